@@ -1,0 +1,1 @@
+//! The bindings file (dab.yaml).

@@ -1,0 +1,3 @@
+//! AST + bindings to a checked petgraph DAG.
+
+pub mod bindings;

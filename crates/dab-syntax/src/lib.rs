@@ -1,0 +1,1 @@
+//! Blueprint grammar to AST.
