@@ -37,7 +37,13 @@ pub struct JsonLabel {
 
 fn position(map: &SourceMap, span: Span) -> (String, usize, usize, usize, usize) {
     let (file, start, end) = map.locate(span);
-    (file.to_owned(), start.line, start.column, end.line, end.column)
+    (
+        file.to_owned(),
+        start.line,
+        start.column,
+        end.line,
+        end.column,
+    )
 }
 
 /// Builds the JSON report of a list of diagnostics.

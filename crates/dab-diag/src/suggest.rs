@@ -2,7 +2,10 @@
 //! since everything in a blueprint is case-sensitive (SPEC section 1).
 
 /// The closest candidate to `wrong`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    wrong: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = wrong.to_lowercase();
     let mut best: Option<(usize, &'a str)> = None;
     for cand in candidates {

@@ -1,1 +1,8 @@
-//! Blueprint grammar to AST.
+//! The blueprint language front end: `grammar/dab.pest` to an AST whose every
+//! node has a span. pest types never leave this crate.
+
+pub mod ast;
+mod parse;
+mod split;
+
+pub use parse::parse;
