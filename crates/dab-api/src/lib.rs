@@ -1,1 +1,3 @@
 //! The interface between the engine and connectors.
+
+pub mod schema;

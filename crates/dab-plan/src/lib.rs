@@ -1,3 +1,233 @@
-//! AST + bindings to a checked petgraph DAG.
+//! AST + bindings -> a checked plan: the pipelines as span-free configs, what
+//! every name stands for, and the petgraph DAG. Every check of SPEC section 3
+//! runs here, in one pass, so `dab validate` and `dab run` reject exactly the
+//! same things.
 
 pub mod bindings;
+mod cycles;
+pub mod diff;
+mod expr;
+pub mod graph;
+pub mod model;
+mod names;
+pub mod ops;
+mod pipeline;
+mod set;
+
+use std::collections::{BTreeMap, HashMap};
+
+use dab_diag::{Code, Diagnostic, SourceMap};
+use dab_syntax::ast::Blueprint;
+
+use crate::bindings::Bindings;
+use crate::model::{Endpoint, Pipeline, Role};
+
+pub use diff::{diff, ReloadPlan};
+pub use set::{check_set, CheckedSet, SourceSet};
+
+/// Choices that change what is checked.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--service NAME`: the service this process will run (W004).
+    pub service: Option<String>,
+}
+
+/// A checked blueprint set.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// In source order; only pipelines without errors.
+    pub pipelines: Vec<Pipeline>,
+    /// Every name used by a pipeline, resolved.
+    pub endpoints: BTreeMap<String, Endpoint>,
+    pub graph: graph::Dag,
+}
+
+impl Plan {
+    pub fn pipeline(&self, id: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.id == id)
+    }
+
+    /// The services of the set, in order of first appearance.
+    pub fn services(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for p in &self.pipelines {
+            if !out.contains(&p.service.as_str()) {
+                out.push(&p.service);
+            }
+        }
+        out
+    }
+}
+
+/// Checks parsed blueprints against bindings; returns the plan and every
+/// diagnostic found (the plan is only meant to run when there are no errors).
+pub fn plan(
+    blueprints: &[Blueprint],
+    bindings: &Bindings,
+    options: &Options,
+) -> (Plan, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let statements: Vec<_> = blueprints
+        .iter()
+        .flat_map(|b| b.statements.iter())
+        .collect();
+
+    let mut first_by_id: HashMap<String, dab_diag::Span> = HashMap::new();
+    let mut checked = Vec::with_capacity(statements.len());
+    for st in &statements {
+        let id = st.id();
+        if let Some(first) = first_by_id.get(&id) {
+            diags.push(
+                Diagnostic::new(Code::E013, st.head_span, format!("duplicate pipeline id `{id}`"))
+                    .with_label_here("defined again here")
+                    .with_label(*first, "first defined here")
+                    .with_help(format!(
+                        "give one a name: `{}.NewPipeline(\"other\")`; ids are `service` or `service/name`",
+                        st.service.name
+                    )),
+            );
+        } else {
+            first_by_id.insert(id, st.head_span);
+        }
+        checked.push(pipeline::check_statement(st, &mut diags));
+    }
+
+    if let Some(declared) = &bindings.types {
+        let names: Vec<&str> = declared.iter().map(|t| t.name.as_str()).collect();
+        for (t, span) in checked.iter().flat_map(|c| c.types.iter()) {
+            if !names.contains(&t.as_str()) {
+                diags.push(
+                    Diagnostic::new(Code::E014, *span, format!("unknown event type `{t}`"))
+                        .with_label_here("not declared under `types:`")
+                        .with_suggestion(t, names.iter().copied())
+                        .with_help_or(format!(
+                            "declare it under `types:` in the bindings file: `{t}: {{}}`"
+                        )),
+                );
+            }
+        }
+    }
+
+    let per_pipeline: Vec<_> = checked.iter().map(|c| c.uses.clone()).collect();
+    let uses = names::collect_uses(&per_pipeline);
+    let endpoints = names::resolve(&uses, bindings, &mut diags);
+
+    let members: Vec<cycles::Member<'_>> = statements
+        .iter()
+        .map(|st| cycles::Member {
+            id: "",
+            head: st.head_span,
+        })
+        .collect();
+    let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
+    let members: Vec<cycles::Member<'_>> = members
+        .into_iter()
+        .zip(&ids)
+        .map(|(m, id)| cycles::Member { id, ..m })
+        .collect();
+    cycles::check_cycles(
+        &members,
+        &uses,
+        |n| endpoints.get(n).is_some_and(|e| e.role() == Role::Queue),
+        &mut diags,
+    );
+
+    if let Some(service) = &options.service {
+        service_links(service, &statements, &uses, &endpoints, &mut diags);
+    }
+
+    let pipelines: Vec<Pipeline> = statements
+        .iter()
+        .zip(checked)
+        .filter_map(|(st, c)| {
+            let config = c.config?;
+            let resolved = std::iter::once(config.input.as_str())
+                .chain(config.writes())
+                .all(|n| endpoints.contains_key(n));
+            resolved.then(|| Pipeline {
+                id: st.id(),
+                service: st.service.name.clone(),
+                span: st.head_span,
+                config,
+            })
+        })
+        .collect();
+    let graph = graph::build(&pipelines, &endpoints);
+    (
+        Plan {
+            pipelines,
+            endpoints,
+            graph,
+        },
+        diags,
+    )
+}
+
+/// W004: a memory queue that links the selected service with another one.
+fn service_links(
+    service: &str,
+    statements: &[&dab_syntax::ast::Statement],
+    uses: &[(String, names::Uses)],
+    endpoints: &BTreeMap<String, Endpoint>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (name, u) in uses {
+        if !endpoints.get(name).is_some_and(Endpoint::is_memory_queue) {
+            continue;
+        }
+        let svc = |p: usize| statements[p].service.name.as_str();
+        let all = u.reads.iter().chain(&u.writes);
+        let Some(&(_, here)) = all.clone().find(|(p, _)| svc(*p) == service) else {
+            continue;
+        };
+        if let Some(&(other_p, other_span)) = all.clone().find(|(p, _)| svc(*p) != service) {
+            diags.push(
+                Diagnostic::new(
+                    Code::W004,
+                    here,
+                    format!(
+                        "memory queue `{name}` links service `{service}` with `{}`, which a separate process cannot reach",
+                        svc(other_p)
+                    ),
+                )
+                .with_label_here(format!("used by `{service}`"))
+                .with_label(other_span, format!("used by `{}`", svc(other_p)))
+                .with_help(format!("bind `{name}` as a Kafka queue: `queues: {{ {name}: {{ kind: kafka, ... }} }}`")),
+            );
+        }
+    }
+}
+
+trait HelpOr {
+    fn with_help_or(self, help: String) -> Self;
+}
+
+impl HelpOr for Diagnostic {
+    fn with_help_or(self, help: String) -> Self {
+        match self.help {
+            Some(_) => self,
+            None => self.with_help(help),
+        }
+    }
+}
+
+/// Parses and plans in one call, with the bindings already loaded.
+pub fn parse_and_plan(
+    map: &SourceMap,
+    bindings: &Bindings,
+    options: &Options,
+) -> (Plan, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut blueprints = Vec::new();
+    for (id, file) in map.files() {
+        if Some(id) == bindings.file {
+            continue;
+        }
+        let (bp, d) = dab_syntax::parse(id, &file.text);
+        blueprints.push(bp);
+        diags.extend(d);
+    }
+    let (plan, d) = plan(&blueprints, bindings, options);
+    diags.extend(d);
+    (plan, diags)
+}

@@ -43,7 +43,11 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
                     statements.push(cx.statement(stmt));
                 }
             }
-            Err(e) => cx.diags.push(syntax_error(file, start, chunk, e)),
+            Err(e) => {
+                let literals = expected_literals(chunk);
+                cx.diags
+                    .push(syntax_error(file, start, chunk, e, &literals));
+            }
         }
     }
     (Blueprint { file, statements }, cx.diags)
@@ -69,22 +73,56 @@ fn is_blank(text: &str) -> bool {
     }
 }
 
-fn syntax_error(file: FileId, base: usize, chunk: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+/// The punctuation pest would have accepted where a chunk failed. pest only
+/// tracks literal tokens with its (slower) error detail on, so the failing
+/// chunk is parsed a second time with it, and the happy path pays nothing.
+fn expected_literals(chunk: &str) -> Vec<String> {
+    pest::set_error_detail(true);
+    let attempts = DabParser::parse(Rule::single, chunk)
+        .err()
+        .and_then(|e| e.parse_attempts());
+    pest::set_error_detail(false);
+    let Some(attempts) = attempts else {
+        return Vec::new();
+    };
+    attempts
+        .expected_tokens()
+        .into_iter()
+        .map(|t| t.to_string())
+        .filter(|t| [")", "]", ",", "(", "=", ".", ";"].contains(&t.as_str()))
+        .map(|t| format!("`{t}`"))
+        .collect()
+}
+
+fn syntax_error(
+    file: FileId,
+    base: usize,
+    chunk: &str,
+    e: pest::error::Error<Rule>,
+    literals: &[String],
+) -> Diagnostic {
     let pos = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
-    let found_len = chunk[pos..].chars().next().map_or(0, char::len_utf8);
-    let found = match chunk[pos..].chars().next() {
-        None => "end of statement".to_owned(),
-        Some(c) if c.is_whitespace() => "white space".to_owned(),
-        Some(_) => format!("`{}`", first_token(&chunk[pos..])),
+    // At the end of a chunk, point just past its last token, not at the
+    // white space or comments before the next statement.
+    let content_end = chunk.trim_end().len();
+    let pos = pos.min(content_end);
+    let rest = &chunk[pos..content_end];
+    let found_len = first_token(rest).len();
+    let found = if rest.is_empty() {
+        "end of statement".to_owned()
+    } else {
+        format!("`{}`", first_token(rest))
     };
     let expected = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().filter_map(|r| describe(*r)).collect();
+            names.extend(literals.iter().map(String::as_str));
             names.sort_unstable();
             names.dedup();
+            prune(&mut names);
             join_alternatives(&names)
         }
         pest::error::ErrorVariant::CustomError { message } => message.clone(),
@@ -96,12 +134,32 @@ fn syntax_error(file: FileId, base: usize, chunk: &str, e: pest::error::Error<Ru
     };
     let span = Span::new(file, base + pos, base + pos + found_len);
     let mut d = Diagnostic::new(Code::E001, span, message);
-    if pos == chunk.len() || chunk[pos..].trim_start().is_empty() {
+    if rest.is_empty() {
         d = d.with_help("the statement ends here; is a `)` or `]` missing?");
     } else {
         d = d.with_label_here("unexpected here");
     }
     d
+}
+
+/// Keeps the alternatives a person would type next: where a list or call
+/// could close, "an operator could continue the expression" is only noise.
+fn prune(names: &mut Vec<&str>) {
+    let has = |names: &Vec<&str>, n: &str| names.contains(&n);
+    if has(names, "`)`") || has(names, "`]`") {
+        names.retain(|n| {
+            !matches!(
+                *n,
+                "`&&`" | "`||`" | "a comparison" | "`.field`" | "`=`" | "`.`" | "`(`"
+            )
+        });
+    }
+    if has(names, "`.Op(...)`") {
+        names.retain(|n| *n != "`.`");
+    }
+    if has(names, "an argument") {
+        names.retain(|n| *n != "`(`");
+    }
 }
 
 fn first_token(s: &str) -> &str {

@@ -1,1 +1,305 @@
-//! The bindings file (dab.yaml).
+//! The bindings file (`dab.yaml`, SPEC section 2): what the names of a
+//! blueprint set stand for on this host, checked against the catalog of
+//! connector kinds in `dab_api::schema`, every problem an E015 or E017.
+
+mod check;
+mod coerce;
+mod interpolate;
+mod listen;
+mod scalar;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use dab_diag::{Code, Diagnostic, FileId, SourceMap, Span};
+use marked_yaml::Node;
+
+pub use dab_api::schema::Section;
+
+use scalar::describe;
+use yaml::{DuplicateKey, Locator};
+
+/// Looks up environment variables; the CLI passes process env + --env-file + --env.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A field's value after interpolation and typing; span-free so that two
+/// loads of the same configuration compare equal (reload diffs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigValue {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    List(Vec<ConfigValue>),
+    Map(BTreeMap<String, ConfigValue>),
+}
+
+/// One bound name.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub name: String,
+    pub section: Section,
+    pub name_span: Span,
+    /// Empty when the binding has no usable `kind`; an unknown kind is kept
+    /// as written.
+    pub kind: String,
+    /// The `kind` value, or the name when there is none.
+    pub kind_span: Span,
+    /// Span-free, after interpolation and type coercion; excludes `kind`.
+    /// Durations are integers of milliseconds. A field with a bad value is
+    /// left out (and reported).
+    pub fields: BTreeMap<String, ConfigValue>,
+    /// Value spans, for later diagnostics.
+    pub field_spans: BTreeMap<String, Span>,
+}
+
+impl Binding {
+    /// Span-free comparable config, for reload diffs.
+    pub fn config(&self) -> (&str, &BTreeMap<String, ConfigValue>) {
+        (&self.kind, &self.fields)
+    }
+}
+
+/// A name declared under `types:`.
+#[derive(Debug, Clone)]
+pub struct TypeDecl {
+    pub name: String,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Bindings {
+    pub file: Option<FileId>,
+    pub sources: Vec<Binding>,
+    pub sinks: Vec<Binding>,
+    pub queues: Vec<Binding>,
+    /// `None` when the file has no `types:` key: then any type name goes.
+    pub types: Option<Vec<TypeDecl>>,
+    /// The file could not be read as YAML at all, so no name in it is
+    /// known; the planner then stays quiet about unknown names instead of
+    /// burying the one real error under E010s.
+    pub unreadable: bool,
+}
+
+impl Bindings {
+    /// The binding of a name, in any section.
+    pub fn get(&self, name: &str) -> Option<&Binding> {
+        self.all().find(|b| b.name == name)
+    }
+
+    /// Sources, then sinks, then queues, each in file order.
+    pub fn all(&self) -> impl Iterator<Item = &Binding> {
+        self.sources.iter().chain(&self.sinks).chain(&self.queues)
+    }
+
+    fn section_mut(&mut self, section: Section) -> &mut Vec<Binding> {
+        match section {
+            Section::Sources => &mut self.sources,
+            Section::Sinks => &mut self.sinks,
+            Section::Queues => &mut self.queues,
+        }
+    }
+}
+
+/// What the loader carries while walking one file (private to this module
+/// and its submodules).
+struct Ctx<'a> {
+    loc: Locator<'a>,
+    env: EnvLookup<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    /// Records an E015 and returns it for a help line.
+    fn error(&mut self, span: Span, message: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::new(Code::E015, span, message));
+        let last = self.diags.len() - 1;
+        &mut self.diags[last]
+    }
+}
+
+const TOP_LEVEL: [&str; 4] = ["sources", "sinks", "queues", "types"];
+
+/// Adds the file to `map` (so diagnostics can point into it) and loads it. Never panics on any input.
+pub fn load_bindings(
+    map: &mut SourceMap,
+    name: &str,
+    text: String,
+    env: EnvLookup<'_>,
+) -> (Bindings, Vec<Diagnostic>) {
+    let file = map.add(name, text);
+    let mut out = Bindings {
+        file: Some(file),
+        ..Bindings::default()
+    };
+    let Some(src) = map.get(file) else {
+        return (out, Vec::new());
+    };
+    let mut ctx = Ctx {
+        loc: Locator::new(file, src),
+        env,
+        diags: Vec::new(),
+    };
+    let Some(parsed) = yaml::parse(&ctx.loc, &mut ctx.diags) else {
+        out.unreadable = true;
+        return (out, ctx.diags);
+    };
+    if let Node::Mapping(top) = &parsed.root {
+        for (key, value) in top.iter() {
+            let key_span = ctx.loc.scalar(key);
+            match key.as_str() {
+                "types" => out.types = Some(types(&mut ctx, key_span, value)),
+                k => match Section::from_key(k) {
+                    Some(section) => {
+                        let bound = section_bindings(&mut ctx, section, key_span, value);
+                        out.section_mut(section).extend(bound);
+                    }
+                    None => {
+                        let d = Diagnostic::new(
+                            Code::E015,
+                            key_span,
+                            format!("unknown top-level key `{k}`"),
+                        )
+                        .with_help("the top-level keys are sources, sinks, queues and types")
+                        .with_suggestion(k, TOP_LEVEL);
+                        ctx.diags.push(d);
+                    }
+                },
+            }
+        }
+    }
+    duplicate_keys(&mut ctx, &out, &parsed.duplicates);
+    bound_twice(&mut ctx, &out);
+    listen::check(&out.sources, &mut ctx.diags);
+    let mut diags = ctx.diags;
+    dab_diag::sort(&mut diags);
+    (out, diags)
+}
+
+fn section_bindings(ctx: &mut Ctx<'_>, section: Section, key: Span, value: &Node) -> Vec<Binding> {
+    match value {
+        Node::Mapping(entries) => entries
+            .iter()
+            .map(|(name, v)| check::binding(ctx, section, name, v))
+            .collect(),
+        Node::Scalar(s) if scalar::is_null(s) => Vec::new(),
+        _ => {
+            let span = ctx.loc.value(key, value);
+            ctx.error(
+                span,
+                format!(
+                    "`{section}` must be a mapping of names to bindings, found {}",
+                    describe(value)
+                ),
+            )
+            .help = Some(format!(
+                "for example `{section}: {{ Name: {{ kind: ... }} }}`"
+            ));
+            Vec::new()
+        }
+    }
+}
+
+fn types(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<TypeDecl> {
+    let entries = match value {
+        Node::Mapping(entries) => entries,
+        Node::Scalar(s) if scalar::is_null(s) => return Vec::new(),
+        _ => {
+            let span = ctx.loc.value(key, value);
+            ctx.error(
+                span,
+                format!(
+                    "`types` must be a mapping of type names, found {}",
+                    describe(value)
+                ),
+            )
+            .help = Some("for example `types: { MyEvent: {} }`".to_owned());
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, decl) in entries.iter() {
+        let span = ctx.loc.scalar(name);
+        let empty = match decl {
+            Node::Mapping(_) => true,
+            Node::Scalar(s) => scalar::is_null(s),
+            Node::Sequence(_) => false,
+        };
+        if !empty {
+            let at = ctx.loc.value(span, decl);
+            ctx.error(
+                at,
+                format!(
+                    "type `{}` must map to a mapping, found {}",
+                    name.as_str(),
+                    describe(decl)
+                ),
+            )
+            .help = Some(format!(
+                "write `{}: {{}}`; schemas come later",
+                name.as_str()
+            ));
+        }
+        // Declared even if its body is wrong, so FilterType does not also
+        // report it as unknown.
+        out.push(TypeDecl {
+            name: name.as_str().to_owned(),
+            span,
+        });
+    }
+    out
+}
+
+/// Keys given twice in one mapping. YAML keeps the last value, which would
+/// silently drop a binding or a field.
+fn duplicate_keys(ctx: &mut Ctx<'_>, out: &Bindings, duplicates: &[DuplicateKey]) {
+    for dup in duplicates {
+        let binding = out.all().find(|b| b.name_span == dup.first);
+        let message = match binding {
+            Some(b) => format!("name `{}` is bound twice in `{}`", dup.key, b.section),
+            None => format!("key `{}` appears twice in one mapping", dup.key),
+        };
+        ctx.diags.push(
+            Diagnostic::new(Code::E015, dup.second, message)
+                .with_label(dup.first, "first here")
+                .with_help("YAML keeps only the last one; remove or rename one of them"),
+        );
+    }
+}
+
+/// A name bound in two sections.
+fn bound_twice(ctx: &mut Ctx<'_>, out: &Bindings) {
+    let mut all: Vec<&Binding> = out.all().collect();
+    all.sort_by_key(|b| b.name_span);
+    let mut first: HashMap<&str, &Binding> = HashMap::new();
+    for b in all {
+        match first.get(b.name.as_str()) {
+            Some(earlier) if earlier.section != b.section => {
+                ctx.diags.push(
+                    Diagnostic::new(
+                        Code::E015,
+                        b.name_span,
+                        format!(
+                            "name `{}` is bound as a {} and as a {}",
+                            b.name,
+                            earlier.section.singular(),
+                            b.section.singular()
+                        ),
+                    )
+                    .with_label(
+                        earlier.name_span,
+                        format!("bound as a {} here", earlier.section.singular()),
+                    )
+                    .with_help("a name stands for one thing; rename one of them"),
+                );
+            }
+            Some(_) => {}
+            None => {
+                first.insert(&b.name, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The catalog of connector kinds a bindings file may name, with their fields.
+//!
+//! Plain data: the bindings loader checks files against it, and the docs and
+//! connectors read it, so a field is added here once and known everywhere.
+
+use std::fmt;
+
+/// The three top-level sections of a bindings file that bind names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    Sources,
+    Sinks,
+    Queues,
+}
+
+impl Section {
+    pub const ALL: [Section; 3] = [Section::Sources, Section::Sinks, Section::Queues];
+
+    /// The YAML key of the section (`sources`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::Sources => "sources",
+            Section::Sinks => "sinks",
+            Section::Queues => "queues",
+        }
+    }
+
+    /// One member of the section (`source`), for messages.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Section::Sources => "source",
+            Section::Sinks => "sink",
+            Section::Queues => "queue",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.key() == key)
+    }
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// What a field's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Str,
+    Int,
+    /// An integer or a float.
+    Number,
+    Bool,
+    /// A list of strings, or one comma-separated string (as a variable gives).
+    StrList,
+    /// A string-to-string map, handed to a client library as is.
+    Map,
+    Enum(&'static [&'static str]),
+    /// `host:port`.
+    Address,
+    Path,
+    Url,
+    /// `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or an integer of milliseconds;
+    /// loaded as integer milliseconds.
+    Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub required: bool,
+    /// The value is an address or socket path this binding listens on; two
+    /// sources may not share one (E017).
+    pub listen: bool,
+    pub doc: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindSpec {
+    pub section: Section,
+    pub kind: &'static str,
+    pub fields: &'static [FieldSpec],
+    pub doc: &'static str,
+}
+
+impl KindSpec {
+    pub fn field(&self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+const FRAMING: FieldType = FieldType::Enum(&["ndjson", "protobuf"]);
+const CODEC: FieldType = FieldType::Enum(&["json", "protobuf"]);
+const COMPRESSION: FieldType = FieldType::Enum(&["none", "gzip", "snappy", "lz4", "zstd"]);
+const START_OFFSET: FieldType = FieldType::Enum(&["earliest", "latest"]);
+
+const fn req(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        required: true,
+        listen: false,
+        doc,
+    }
+}
+
+const fn opt(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        required: false,
+        listen: false,
+        doc,
+    }
+}
+
+const fn listen(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        required: true,
+        listen: true,
+        doc,
+    }
+}
+
+const KAFKA_OPTIONS: FieldSpec = opt(
+    "options",
+    FieldType::Map,
+    "librdkafka settings, passed as is",
+);
+const KAFKA_BROKERS: FieldSpec = req(
+    "brokers",
+    FieldType::Str,
+    "bootstrap brokers, comma-separated host:port",
+);
+
+static KINDS: &[KindSpec] = &[
+    // Sources.
+    KindSpec {
+        section: Section::Sources,
+        kind: "tcp",
+        doc: "TCP listener reading framed events",
+        fields: &[
+            listen("listen", FieldType::Address, "address to listen on"),
+            opt(
+                "framing",
+                FRAMING,
+                "ndjson lines or length-delimited protobuf",
+            ),
+            opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+        ],
+    },
+    KindSpec {
+        section: Section::Sources,
+        kind: "unix",
+        doc: "Unix socket listener reading framed events",
+        fields: &[
+            listen("path", FieldType::Path, "socket path to listen on"),
+            opt(
+                "framing",
+                FRAMING,
+                "ndjson lines or length-delimited protobuf",
+            ),
+            opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+        ],
+    },
+    KindSpec {
+        section: Section::Sources,
+        kind: "http",
+        doc: "HTTP server taking POST /v1/events with a JSON array of events",
+        fields: &[
+            listen("listen", FieldType::Address, "address to listen on"),
+            opt(
+                "max_body_bytes",
+                FieldType::Int,
+                "largest accepted request body",
+            ),
+        ],
+    },
+    KindSpec {
+        section: Section::Sources,
+        kind: "murron_grpc",
+        doc: "Murron gRPC server",
+        fields: &[
+            listen("listen", FieldType::Address, "address to listen on"),
+            opt(
+                "max_message_bytes",
+                FieldType::Int,
+                "largest accepted message",
+            ),
+            opt(
+                "max_concurrent_streams",
+                FieldType::Int,
+                "streams per connection",
+            ),
+            opt(
+                "tls_cert",
+                FieldType::Path,
+                "PEM certificate; TLS is off without it",
+            ),
+            opt("tls_key", FieldType::Path, "PEM private key of tls_cert"),
+        ],
+    },
+    KindSpec {
+        section: Section::Sources,
+        kind: "kafka",
+        doc: "Kafka consumer",
+        fields: &[
+            KAFKA_BROKERS,
+            // One of `topic` and `topics` is required; the loader checks that.
+            opt("topic", FieldType::Str, "topic to read"),
+            opt("topics", FieldType::StrList, "topics to read"),
+            opt("group", FieldType::Str, "consumer group id"),
+            opt("codec", CODEC, "payload encoding"),
+            opt(
+                "start_offset",
+                START_OFFSET,
+                "where a new group starts reading",
+            ),
+            KAFKA_OPTIONS,
+        ],
+    },
+    KindSpec {
+        section: Section::Sources,
+        kind: "generator",
+        doc: "synthetic events, for tests and benchmarks",
+        fields: &[
+            opt(
+                "rate",
+                FieldType::Number,
+                "events per second; unlimited without it",
+            ),
+            opt("count", FieldType::Int, "events to emit before ending"),
+            opt("types", FieldType::StrList, "event types, used in turn"),
+            opt("payload_bytes", FieldType::Int, "message size"),
+            opt("seed", FieldType::Int, "random seed"),
+            opt("hosts", FieldType::StrList, "host names, used in turn"),
+            opt("pids", FieldType::Int, "number of distinct pids"),
+        ],
+    },
+    // Sinks.
+    KindSpec {
+        section: Section::Sinks,
+        kind: "tcp",
+        doc: "TCP client writing framed events",
+        fields: &[
+            req("connect", FieldType::Address, "address to connect to"),
+            opt(
+                "framing",
+                FRAMING,
+                "ndjson lines or length-delimited protobuf",
+            ),
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "file",
+        doc: "NDJSON file, appended to",
+        fields: &[
+            req("path", FieldType::Path, "file to append to"),
+            opt("fsync", FieldType::Bool, "fsync after each batch"),
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "http",
+        doc: "HTTP client posting JSON arrays of events",
+        fields: &[
+            req("endpoint", FieldType::Url, "URL to POST to"),
+            opt("timeout", FieldType::Duration, "per-request timeout"),
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "murron_grpc",
+        doc: "Murron gRPC client",
+        fields: &[
+            req("endpoint", FieldType::Url, "server URL"),
+            opt("batch_size", FieldType::Int, "events per request"),
+            opt(
+                "batch_timeout",
+                FieldType::Duration,
+                "longest wait to fill a batch",
+            ),
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "kafka",
+        doc: "Kafka producer",
+        fields: &[
+            KAFKA_BROKERS,
+            req("topic", FieldType::Str, "topic to write"),
+            opt("key", FieldType::Str, "event field used as message key"),
+            opt("codec", CODEC, "payload encoding"),
+            opt("compression", COMPRESSION, "producer compression"),
+            KAFKA_OPTIONS,
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "stdout",
+        doc: "NDJSON on standard output",
+        fields: &[],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "blackhole",
+        doc: "drops and acknowledges every event",
+        fields: &[],
+    },
+    // Queues.
+    KindSpec {
+        section: Section::Queues,
+        kind: "memory",
+        doc: "bounded in-process channel",
+        fields: &[
+            opt("capacity", FieldType::Int, "events held at most"),
+            opt(
+                "capacity_bytes",
+                FieldType::Int,
+                "payload bytes held at most",
+            ),
+        ],
+    },
+    KindSpec {
+        section: Section::Queues,
+        kind: "kafka",
+        doc: "Kafka topic, linking services across processes",
+        fields: &[
+            KAFKA_BROKERS,
+            req("topic", FieldType::Str, "topic backing the queue"),
+            opt("codec", CODEC, "payload encoding"),
+            opt(
+                "partitions",
+                FieldType::Int,
+                "partitions when the topic is created",
+            ),
+            KAFKA_OPTIONS,
+        ],
+    },
+];
+
+/// Every connector kind DAB knows, in a stable order.
+pub fn builtin_kinds() -> &'static [KindSpec] {
+    KINDS
+}
+
+pub fn find_kind(section: Section, kind: &str) -> Option<&'static KindSpec> {
+    KINDS
+        .iter()
+        .find(|k| k.section == section && k.kind == kind)
+}
+
+/// The kinds of one section, in catalog order.
+pub fn kinds_of(section: Section) -> impl Iterator<Item = &'static KindSpec> {
+    KINDS.iter().filter(move |k| k.section == section)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_unique_per_section_and_fields_unique_per_kind() {
+        for (i, a) in KINDS.iter().enumerate() {
+            assert!(
+                !KINDS[..i]
+                    .iter()
+                    .any(|b| b.section == a.section && b.kind == a.kind),
+                "{} {} twice",
+                a.section,
+                a.kind
+            );
+            for (j, f) in a.fields.iter().enumerate() {
+                assert_ne!(f.name, "kind", "{} declares `kind`", a.kind);
+                assert!(!a.fields[..j].iter().any(|g| g.name == f.name));
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_respect_the_section() {
+        assert_eq!(
+            find_kind(Section::Sources, "tcp")
+                .and_then(|k| k.field("listen"))
+                .map(|f| f.listen),
+            Some(true)
+        );
+        assert!(find_kind(Section::Sinks, "tcp")
+            .and_then(|k| k.field("listen"))
+            .is_none());
+        assert!(find_kind(Section::Queues, "tcp").is_none());
+        assert_eq!(
+            kinds_of(Section::Queues)
+                .map(|k| k.kind)
+                .collect::<Vec<_>>(),
+            ["memory", "kafka"]
+        );
+        assert_eq!(Section::from_key("sinks"), Some(Section::Sinks));
+    }
+}

@@ -1,0 +1,88 @@
+//! Command-line arguments (SPEC section 6).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "dab", version, about = "DAB: blueprints for event pipelines")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check blueprints and bindings; exit 0 valid, 1 invalid, 2 usage or I/O error
+    Validate(ValidateArgs),
+    /// Print the pipeline DAG as Graphviz dot or Mermaid
+    Graph(GraphArgs),
+}
+
+/// Where the bindings and environment come from.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Bindings file (default: dab.yaml beside the first blueprint path)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use no bindings file, even if a dab.yaml is there
+    #[arg(long, conflicts_with = "config")]
+    pub no_config: bool,
+    /// Read environment variables from a KEY=VALUE file (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Set an environment variable for interpolation (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Blueprint files or directories (all *.dab below them)
+    #[arg(value_name = "PATH", required_unless_present = "diff")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Fail (exit 1) on warnings too
+    #[arg(long)]
+    pub deny_warnings: bool,
+    /// Check as if only this service's pipelines ran in this process
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Print the reload plan from OLD to NEW (each a file or directory)
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "paths")]
+    pub diff: Option<Vec<PathBuf>>,
+    /// Bindings for OLD with --diff
+    #[arg(long, value_name = "FILE", requires = "diff")]
+    pub old_config: Option<PathBuf>,
+    /// Bindings for NEW with --diff
+    #[arg(long, value_name = "FILE", requires = "diff")]
+    pub new_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Blueprint files or directories
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}

@@ -1,0 +1,70 @@
+//! The reload plan: which pipelines a change adds, rebuilds, removes or keeps.
+//! Shared by `dab validate --diff` and hot reload, so both always agree.
+//! Pipelines are matched by id and compared as derived-`PartialEq` configs,
+//! including the bindings of every name they read or write.
+
+use crate::model::Pipeline;
+use crate::Plan;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    pub added: Vec<String>,
+    /// With the reasons, e.g. "stages changed", "binding `Out` changed".
+    pub rebuilt: Vec<(String, Vec<String>)>,
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+impl ReloadPlan {
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty() && self.rebuilt.is_empty() && self.removed.is_empty()
+    }
+}
+
+pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    for p in &new.pipelines {
+        match old.pipeline(&p.id) {
+            None => plan.added.push(p.id.clone()),
+            Some(o) => {
+                let reasons = why_changed(old, o, new, p);
+                if reasons.is_empty() {
+                    plan.unchanged.push(p.id.clone());
+                } else {
+                    plan.rebuilt.push((p.id.clone(), reasons));
+                }
+            }
+        }
+    }
+    for o in &old.pipelines {
+        if new.pipeline(&o.id).is_none() {
+            plan.removed.push(o.id.clone());
+        }
+    }
+    plan
+}
+
+fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String> {
+    let (oc, nc) = (&o.config, &n.config);
+    let mut reasons = Vec::new();
+    if oc.input != nc.input {
+        reasons.push(format!("input `{}` -> `{}`", oc.input, nc.input));
+    }
+    if oc.stages != nc.stages {
+        reasons.push("stages changed".to_owned());
+    }
+    if oc.outputs != nc.outputs || oc.when_full != nc.when_full {
+        reasons.push("outputs changed".to_owned());
+    }
+    let mut names: Vec<&str> = std::iter::once(nc.input.as_str())
+        .chain(nc.writes())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        if old.endpoints.get(name) != new.endpoints.get(name) && old.endpoints.contains_key(name) {
+            reasons.push(format!("binding `{name}` changed"));
+        }
+    }
+    reasons
+}

@@ -1,0 +1,349 @@
+//! The checked plan as the runtime will consume it: span-free configs with
+//! derived `PartialEq`, so a reload diff compares configs, not text.
+
+use std::collections::BTreeMap;
+
+use dab_diag::Span;
+
+use crate::bindings::ConfigValue;
+
+/// A checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// `service` or `service/name`.
+    pub id: String,
+    pub service: String,
+    /// `service.NewPipeline(...)`.
+    pub span: Span,
+    pub config: PipelineConfig,
+}
+
+/// Everything that decides how a pipeline behaves, without positions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub input: String,
+    pub stages: Vec<Stage>,
+    pub outputs: Vec<Output>,
+    pub when_full: WhenFull,
+}
+
+impl PipelineConfig {
+    /// Every name this pipeline writes to: outputs and overflow targets.
+    pub fn writes(&self) -> impl Iterator<Item = &str> {
+        let overflow = self
+            .stages
+            .iter()
+            .chain(self.outputs.iter().flat_map(|o| o.modifiers.iter()))
+            .filter_map(Stage::overflow_target);
+        self.outputs
+            .iter()
+            .map(|o| o.target.as_str())
+            .chain(overflow)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub target: String,
+    /// `With*` ops written after `Out`, applied to this output on its own.
+    pub modifiers: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    #[default]
+    Block,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    FilterType {
+        types: Vec<String>,
+    },
+    Filter {
+        predicate: Predicate,
+    },
+    Sample {
+        rate: u64,
+        /// The op's position in its pipeline; salts the hash so that two
+        /// samplers in a row decide independently.
+        salt: u64,
+    },
+    RateLimit {
+        per_second: f64,
+        burst: u32,
+        on_limit: OnLimit,
+    },
+}
+
+impl Stage {
+    pub fn overflow_target(&self) -> Option<&str> {
+        match self {
+            Stage::RateLimit {
+                on_limit: OnLimit::Overflow(name),
+                ..
+            } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// A short label for graphs and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Stage::FilterType { types } => format!("FilterType({})", types.join(", ")),
+            Stage::Filter { predicate } => format!("Filter({predicate})"),
+            Stage::Sample { rate, .. } => format!("WithSampleRate({rate})"),
+            Stage::RateLimit {
+                per_second,
+                burst,
+                on_limit,
+            } => {
+                let limit = match on_limit {
+                    OnLimit::Wait => String::new(),
+                    OnLimit::Drop => ", on_limit = drop".to_owned(),
+                    OnLimit::Overflow(n) => format!(", on_limit = overflow, overflow = {n}"),
+                };
+                format!("WithRateLimit({per_second}, burst = {burst}{limit})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnLimit {
+    Wait,
+    Drop,
+    Overflow(String),
+}
+
+/// A checked `Filter` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predicate {
+    Const(bool),
+    Not(Box<Predicate>),
+    And(Box<Predicate>, Box<Predicate>),
+    Or(Box<Predicate>, Box<Predicate>),
+    Compare {
+        lhs: Operand,
+        op: CmpOp,
+        rhs: Operand,
+    },
+    In {
+        lhs: Operand,
+        set: Vec<Value>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Field(Field),
+    Tag(String),
+    Value(Value),
+}
+
+/// The event fields an expression may read (SPEC section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Timestamp,
+    Host,
+    Type,
+    Offset,
+    Pid,
+    Message,
+}
+
+impl Field {
+    pub const ALL: &'static [(&'static str, Field)] = &[
+        ("timestamp", Field::Timestamp),
+        ("host", Field::Host),
+        ("type", Field::Type),
+        ("offset", Field::Offset),
+        ("pid", Field::Pid),
+        ("message", Field::Message),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Field::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    pub fn value_type(self) -> ValueType {
+        match self {
+            Field::Host | Field::Type | Field::Message => ValueType::Str,
+            Field::Timestamp | Field::Offset | Field::Pid => ValueType::Int,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl Value {
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Value::Int(_) => ValueType::Int,
+            Value::Float(_) => ValueType::Float,
+            Value::Str(_) => ValueType::Str,
+            Value::Bool(_) => ValueType::Bool,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    Int,
+    Float,
+    Str,
+    Bool,
+}
+
+impl ValueType {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ValueType::Int => "an integer",
+            ValueType::Float => "a float",
+            ValueType::Str => "a string",
+            ValueType::Bool => "a boolean",
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Operand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operand::Field(field) => f.write_str(field.name()),
+            Operand::Tag(t) if t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                write!(f, "tags.{t}")
+            }
+            Operand::Tag(t) => write!(f, "tags[{t:?}]"),
+            Operand::Value(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Predicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Predicate::Const(b) => write!(f, "{b}"),
+            Predicate::Not(p) => write!(f, "!({p})"),
+            Predicate::And(a, b) => write!(f, "({a} && {b})"),
+            Predicate::Or(a, b) => write!(f, "({a} || {b})"),
+            Predicate::Compare { lhs, op, rhs } => write!(f, "{lhs} {} {rhs}", op.as_str()),
+            Predicate::In { lhs, set } => {
+                let items: Vec<String> = set.iter().map(ToString::to_string).collect();
+                write!(f, "{lhs} in [{}]", items.join(", "))
+            }
+        }
+    }
+}
+
+/// What a name in a blueprint stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    /// `Stdin`, `Stdout`, `Blackhole`, `Generator`.
+    Builtin { role: Role },
+    /// Bound in the bindings file.
+    Bound {
+        role: Role,
+        kind: String,
+        fields: BTreeMap<String, ConfigValue>,
+    },
+    /// Written and read by pipelines, bound nowhere: an in-memory queue.
+    ImplicitQueue,
+}
+
+impl Endpoint {
+    pub fn role(&self) -> Role {
+        match self {
+            Endpoint::Builtin { role } | Endpoint::Bound { role, .. } => *role,
+            Endpoint::ImplicitQueue => Role::Queue,
+        }
+    }
+
+    /// True for queues kept in this process's memory.
+    pub fn is_memory_queue(&self) -> bool {
+        match self {
+            Endpoint::ImplicitQueue => true,
+            Endpoint::Bound {
+                role: Role::Queue,
+                kind,
+                ..
+            } => kind == "memory",
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Source,
+    Sink,
+    Queue,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+            Role::Queue => "queue",
+        }
+    }
+}
+
+/// Names that work with no bindings at all (SPEC section 2).
+pub const BUILTIN_NAMES: &[(&str, Role)] = &[
+    ("Stdin", Role::Source),
+    ("Generator", Role::Source),
+    ("Stdout", Role::Sink),
+    ("Blackhole", Role::Sink),
+];
+
+pub fn builtin_role(name: &str) -> Option<Role> {
+    BUILTIN_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| *r)
+}

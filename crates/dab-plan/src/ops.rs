@@ -1,0 +1,192 @@
+//! The operator registry: every op with its typed signature. The checks in
+//! `pipeline.rs` read signatures from here, so adding an op is one entry plus
+//! its semantic checks, never a new branch in the generic argument checker.
+
+/// Where an op may stand in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    /// `In`: first, exactly once.
+    Input,
+    /// `Out`: ends the stage chain.
+    Output,
+    /// Applies to the stream before `Out`; not allowed after it.
+    Stage,
+    /// `With*`: a stage before `Out`, a per-output modifier after it.
+    Modifier,
+}
+
+/// The type an argument must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// A source, sink or queue name.
+    Name,
+    /// An event type: an identifier or a string.
+    TypeName,
+    Int,
+    /// An integer or a float.
+    Number,
+    /// A boolean expression over event fields.
+    Condition,
+    /// One of these identifiers.
+    Choice(&'static [&'static str]),
+}
+
+impl ParamType {
+    pub fn describe(self) -> String {
+        match self {
+            ParamType::Name => "a name".to_owned(),
+            ParamType::TypeName => "an event type (a name or a string)".to_owned(),
+            ParamType::Int => "an integer".to_owned(),
+            ParamType::Number => "a number".to_owned(),
+            ParamType::Condition => "a condition".to_owned(),
+            ParamType::Choice(c) => format!("one of {}", c.join(", ")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub doc: &'static str,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OpSpec {
+    pub name: &'static str,
+    pub class: OpClass,
+    /// Positional parameters, in order.
+    pub positional: &'static [Param],
+    /// The last positional parameter repeats (one or more).
+    pub variadic: bool,
+    /// Optional `key = value` parameters.
+    pub named: &'static [Param],
+    pub doc: &'static str,
+}
+
+impl OpSpec {
+    /// "1 argument", "1 or more arguments".
+    pub fn arity_text(&self) -> String {
+        let n = self.positional.len();
+        let plural = if n == 1 && !self.variadic { "" } else { "s" };
+        if self.variadic {
+            format!("{n} or more argument{plural}")
+        } else {
+            format!("{n} argument{plural}")
+        }
+    }
+}
+
+const NAME: Param = Param {
+    name: "name",
+    ty: ParamType::Name,
+    doc: "a source, sink or queue",
+};
+
+const RATE_LIMIT_NAMED: &[Param] = &[
+    Param {
+        name: "burst",
+        ty: ParamType::Int,
+        doc: "bucket size: events allowed at once (default: the rate, at least 1)",
+    },
+    Param {
+        name: "on_limit",
+        ty: ParamType::Choice(&["wait", "drop", "overflow"]),
+        doc: "wait (default, back pressure), drop (counted), overflow (to `overflow`)",
+    },
+    Param {
+        name: "overflow",
+        ty: ParamType::Name,
+        doc: "the queue or sink that takes the excess with `on_limit = overflow`",
+    },
+];
+
+const RATE: Param = Param {
+    name: "rate",
+    ty: ParamType::Number,
+    doc: "events per second, > 0 (0.5 is one event every two seconds)",
+};
+
+static OPERATORS: &[OpSpec] = &[
+    OpSpec {
+        name: "In",
+        class: OpClass::Input,
+        positional: &[NAME],
+        variadic: false,
+        named: &[],
+        doc: "Read from a source or a queue",
+    },
+    OpSpec {
+        name: "Out",
+        class: OpClass::Output,
+        positional: &[NAME],
+        variadic: true,
+        named: &[Param {
+            name: "when_full",
+            ty: ParamType::Choice(&["block", "drop_newest"]),
+            doc: "what a full output buffer does: block (default) or drop_newest (counted)",
+        }],
+        doc: "Write to sinks and/or queues; each output gets every event",
+    },
+    OpSpec {
+        name: "FilterType",
+        class: OpClass::Stage,
+        positional: &[Param {
+            name: "type",
+            ty: ParamType::TypeName,
+            doc: "an event type",
+        }],
+        variadic: true,
+        named: &[],
+        doc: "Keep events whose `type` is one of those listed, byte for byte",
+    },
+    OpSpec {
+        name: "Filter",
+        class: OpClass::Stage,
+        positional: &[Param {
+            name: "condition",
+            ty: ParamType::Condition,
+            doc: "a boolean expression over event fields and tags",
+        }],
+        variadic: false,
+        named: &[],
+        doc: "Keep events for which the condition is true",
+    },
+    OpSpec {
+        name: "WithSampleRate",
+        class: OpClass::Modifier,
+        positional: &[Param {
+            name: "n",
+            ty: ParamType::Int,
+            doc: "keep 1 event in n, n >= 1",
+        }],
+        variadic: false,
+        named: &[],
+        doc: "Keep 1 event in n, by a fixed hash of the event UID",
+    },
+    OpSpec {
+        name: "WithRateLimitPerSecond",
+        class: OpClass::Modifier,
+        positional: &[RATE],
+        variadic: false,
+        named: RATE_LIMIT_NAMED,
+        doc: "At most `rate` events per second (token bucket)",
+    },
+    OpSpec {
+        name: "WithRateLimit",
+        class: OpClass::Modifier,
+        positional: &[RATE],
+        variadic: false,
+        named: RATE_LIMIT_NAMED,
+        doc: "Same as WithRateLimitPerSecond",
+    },
+];
+
+/// Every operator the language knows, in documentation order.
+pub fn builtin_operators() -> &'static [OpSpec] {
+    OPERATORS
+}
+
+pub fn find_op(name: &str) -> Option<&'static OpSpec> {
+    OPERATORS.iter().find(|o| o.name == name)
+}

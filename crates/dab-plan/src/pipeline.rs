@@ -1,0 +1,518 @@
+//! Checks one statement: op order (E002-E006), arguments against the op's
+//! signature (E007-E009), no-effect ops (W002). Names are only collected here;
+//! `names.rs` resolves them once every pipeline of the set is known.
+
+use dab_diag::{Code, Diagnostic, Span};
+use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
+
+use crate::expr::check_condition;
+use crate::model::{OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull};
+use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
+
+/// One mention of a source, sink or queue name.
+#[derive(Debug, Clone)]
+pub(crate) struct NameUse {
+    pub name: String,
+    pub span: Span,
+    pub write: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CheckedStatement {
+    /// `None` when the statement has errors.
+    pub config: Option<PipelineConfig>,
+    pub uses: Vec<NameUse>,
+    /// `FilterType` arguments, for the E014 check against declared types.
+    pub types: Vec<(String, Span)>,
+}
+
+/// A checked argument value.
+enum ArgValue {
+    Name(Ident),
+    Type(String, Span),
+    Int(i64, Span),
+    Number(f64, Span),
+    Condition(Predicate),
+    Choice(String),
+}
+
+pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> CheckedStatement {
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    let mut out = CheckedStatement::default();
+    let id = st.id();
+    let mut input: Option<(&Op, Option<Ident>)> = None;
+    let mut outputs: Option<(Vec<String>, WhenFull)> = None;
+    let mut stages = Vec::new();
+    let mut modifiers = Vec::new();
+
+    for (index, op) in st.ops.iter().enumerate() {
+        let Some(spec) = find_op(&op.name.name) else {
+            diags.push(
+                Diagnostic::new(
+                    Code::E006,
+                    op.name.span,
+                    format!("unknown operator `{}`", op.name.name),
+                )
+                .with_label_here("not an operator")
+                .with_suggestion(&op.name.name, builtin_operators().iter().map(|o| o.name)),
+            );
+            continue;
+        };
+        let after_out = outputs.is_some();
+        match spec.class {
+            OpClass::Input => {
+                if let Some((first, _)) = input {
+                    diags.push(
+                        Diagnostic::new(
+                            Code::E003,
+                            op.span,
+                            format!("pipeline `{id}` has more than one `In`"),
+                        )
+                        .with_label_here("second `In`")
+                        .with_label(first.span, "first `In` here")
+                        .with_help("a pipeline reads one source or queue; use another pipeline for a second input"),
+                    );
+                    continue;
+                }
+                if index != 0 {
+                    diags.push(
+                        Diagnostic::new(Code::E002, op.span, "`In` must be the first op")
+                            .with_label_here("not first")
+                            .with_help(format!(
+                                "move `{}` to the front of the pipeline",
+                                op_text(op)
+                            )),
+                    );
+                }
+                let args = check_args(spec, op, diags);
+                let name = args.and_then(|mut a| match a.pop() {
+                    Some(ArgValue::Name(n)) => Some(n),
+                    _ => None,
+                });
+                if let Some(n) = &name {
+                    out.uses.push(NameUse {
+                        name: n.name.clone(),
+                        span: n.span,
+                        write: false,
+                    });
+                }
+                input = Some((op, name));
+            }
+            OpClass::Output => {
+                if after_out {
+                    diags.push(stage_after_out(op));
+                    continue;
+                }
+                let mut targets = Vec::new();
+                let mut when_full = WhenFull::Block;
+                for a in check_args(spec, op, diags).unwrap_or_default() {
+                    match a {
+                        ArgValue::Name(n) => {
+                            out.uses.push(NameUse {
+                                name: n.name.clone(),
+                                span: n.span,
+                                write: true,
+                            });
+                            targets.push(n.name);
+                        }
+                        ArgValue::Choice(c) if c == "drop_newest" => {
+                            when_full = WhenFull::DropNewest
+                        }
+                        _ => {}
+                    }
+                }
+                outputs = Some((targets, when_full));
+            }
+            OpClass::Stage if after_out => diags.push(stage_after_out(op)),
+            OpClass::Stage | OpClass::Modifier => {
+                let Some(args) = check_args(spec, op, diags) else {
+                    continue;
+                };
+                if let Some(stage) = build_stage(spec, op, index, args, &mut out, diags) {
+                    if after_out {
+                        modifiers.push(stage);
+                    } else {
+                        stages.push(stage);
+                    }
+                }
+            }
+        }
+    }
+
+    if input.is_none() {
+        diags.push(
+            Diagnostic::new(
+                Code::E002,
+                st.head_span,
+                format!("pipeline `{id}` has no `In`"),
+            )
+            .with_label_here("no input")
+            .with_help("start the pipeline with `.In(Source)`, e.g. `.In(Stdin)`"),
+        );
+    }
+    if outputs.is_none() {
+        diags.push(
+            Diagnostic::new(
+                Code::E004,
+                st.head_span,
+                format!("pipeline `{id}` has no `Out`"),
+            )
+            .with_label_here("no output")
+            .with_help("end the pipeline with `.Out(Sink)`, e.g. `.Out(Stdout)`"),
+        );
+    }
+
+    let errors_after = diags.iter().filter(|d| d.is_error()).count();
+    if errors_after == errors_before {
+        if let (Some((_, Some(input))), Some((targets, when_full))) = (input, outputs) {
+            out.config = Some(PipelineConfig {
+                input: input.name,
+                stages,
+                outputs: targets
+                    .into_iter()
+                    .map(|target| Output {
+                        target,
+                        modifiers: modifiers.clone(),
+                    })
+                    .collect(),
+                when_full,
+            });
+        }
+    }
+    out
+}
+
+fn op_text(op: &Op) -> String {
+    format!("{}(...)", op.name.name)
+}
+
+fn stage_after_out(op: &Op) -> Diagnostic {
+    Diagnostic::new(
+        Code::E005,
+        op.span,
+        format!("`{}` after `Out`", op.name.name),
+    )
+    .with_label_here("after the outputs")
+    .with_help(format!(
+        "only `With*` modifiers and `OnError` may follow `Out`; move `{}` before `Out`",
+        op_text(op)
+    ))
+}
+
+/// Checks arity, named arguments and types against the signature. Returns the
+/// values in order (positional first, then named) when all are well formed.
+fn check_args(spec: &OpSpec, op: &Op, diags: &mut Vec<Diagnostic>) -> Option<Vec<ArgValue>> {
+    let mut ok = true;
+    let positional: Vec<&Arg> = op.positional().collect();
+    let want = spec.positional.len();
+    let arity_ok = if spec.variadic {
+        positional.len() >= want
+    } else {
+        positional.len() == want
+    };
+    if !arity_ok {
+        ok = false;
+        let span = positional.get(want).map_or(op.span, |a| a.span);
+        diags.push(
+            Diagnostic::new(
+                Code::E007,
+                span,
+                format!(
+                    "`{}` takes {}, found {}",
+                    spec.name,
+                    spec.arity_text(),
+                    positional.len()
+                ),
+            )
+            .with_label_here(if positional.len() > want {
+                "extra argument"
+            } else {
+                "missing argument"
+            })
+            .with_help(signature_help(spec)),
+        );
+    }
+    let mut values = Vec::new();
+    for (i, arg) in positional.iter().enumerate() {
+        let Some(param) = spec.positional.get(i).or(if spec.variadic {
+            spec.positional.last()
+        } else {
+            None
+        }) else {
+            continue;
+        };
+        match check_value(param.ty, &arg.value, diags) {
+            Some(v) => values.push(v),
+            None => ok = false,
+        }
+    }
+    let mut seen: Vec<&Ident> = Vec::new();
+    for arg in &op.args {
+        let Some(key) = &arg.key else { continue };
+        if let Some(first) = seen.iter().find(|k| k.name == key.name) {
+            ok = false;
+            diags.push(
+                Diagnostic::new(
+                    Code::E008,
+                    key.span,
+                    format!("`{}` is given twice", key.name),
+                )
+                .with_label(first.span, "first given here"),
+            );
+            continue;
+        }
+        seen.push(key);
+        let Some(param) = spec.named.iter().find(|p| p.name == key.name) else {
+            ok = false;
+            let mut d = Diagnostic::new(
+                Code::E008,
+                key.span,
+                format!("unknown named argument `{}` for `{}`", key.name, spec.name),
+            )
+            .with_label_here("unknown argument");
+            d = if spec.named.is_empty() {
+                d.with_help(format!("`{}` takes no named arguments", spec.name))
+            } else {
+                d.with_suggestion(&key.name, spec.named.iter().map(|p| p.name))
+            };
+            if d.help.is_none() {
+                d = d.with_help(signature_help(spec));
+            }
+            diags.push(d);
+            continue;
+        };
+        match check_value(param.ty, &arg.value, diags) {
+            Some(v) => values.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then_some(values)
+}
+
+fn signature_help(spec: &OpSpec) -> String {
+    let mut parts: Vec<String> = spec.positional.iter().map(|p| p.name.to_owned()).collect();
+    if spec.variadic {
+        parts.push("...".to_owned());
+    }
+    parts.extend(spec.named.iter().map(|p| format!("{} = ...", p.name)));
+    format!("usage: {}({})", spec.name, parts.join(", "))
+}
+
+fn wrong_type(expected: &str, e: &Expr) -> Diagnostic {
+    let found = match &e.kind {
+        ExprKind::Int(v) => format!("an integer `{v}`"),
+        ExprKind::Float(v) => format!("a float `{v}`"),
+        ExprKind::Str(s) => format!("a string `{s:?}`"),
+        _ => e.describe().to_owned(),
+    };
+    Diagnostic::new(
+        Code::E008,
+        e.span,
+        format!("expected {expected}, found {found}"),
+    )
+    .with_label_here(format!("expected {expected}"))
+}
+
+fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<ArgValue> {
+    let value = match (ty, &e.kind) {
+        (ParamType::Name, _) => e.as_name().cloned().map(ArgValue::Name),
+        (ParamType::TypeName, ExprKind::Str(s)) => Some(ArgValue::Type(s.clone(), e.span)),
+        (ParamType::TypeName, _) => e.as_name().map(|n| ArgValue::Type(n.name.clone(), n.span)),
+        (ParamType::Int, ExprKind::Int(v)) => Some(ArgValue::Int(*v, e.span)),
+        (ParamType::Number, ExprKind::Int(v)) => Some(ArgValue::Number(*v as f64, e.span)),
+        (ParamType::Number, ExprKind::Float(v)) => Some(ArgValue::Number(*v, e.span)),
+        (ParamType::Condition, _) => return check_condition(e, diags).map(ArgValue::Condition),
+        (ParamType::Choice(choices), _) => match e.as_name() {
+            Some(n) if choices.contains(&n.name.as_str()) => Some(ArgValue::Choice(n.name.clone())),
+            Some(n) => {
+                diags.push(
+                    Diagnostic::new(
+                        Code::E009,
+                        n.span,
+                        format!("`{}` is not one of {}", n.name, choices.join(", ")),
+                    )
+                    .with_label_here("not allowed here")
+                    .with_suggestion(&n.name, choices.iter().copied()),
+                );
+                return None;
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    if value.is_none() {
+        let mut d = wrong_type(&ty.describe(), e);
+        if ty == ParamType::Int && matches!(e.kind, ExprKind::Float(_)) {
+            d = d.with_help("write a whole number");
+        } else if ty == ParamType::Name && matches!(e.kind, ExprKind::Str(_)) {
+            d = d.with_help("names are written without quotes");
+        }
+        diags.push(d);
+    }
+    value
+}
+
+fn build_stage(
+    spec: &OpSpec,
+    op: &Op,
+    index: usize,
+    args: Vec<ArgValue>,
+    out: &mut CheckedStatement,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Stage> {
+    match spec.name {
+        "FilterType" => {
+            let mut types = Vec::new();
+            for a in args {
+                if let ArgValue::Type(t, span) = a {
+                    out.types.push((t.clone(), span));
+                    types.push(t);
+                }
+            }
+            Some(Stage::FilterType { types })
+        }
+        "Filter" => {
+            let predicate = args.into_iter().find_map(|a| match a {
+                ArgValue::Condition(p) => Some(p),
+                _ => None,
+            })?;
+            if predicate == Predicate::Const(true) {
+                diags.push(
+                    Diagnostic::new(Code::W002, op.span, "`Filter(true)` keeps every event")
+                        .with_label_here("no effect")
+                        .with_help("remove it"),
+                );
+            }
+            Some(Stage::Filter { predicate })
+        }
+        "WithSampleRate" => {
+            let Some(ArgValue::Int(n, span)) = args.into_iter().next() else {
+                return None;
+            };
+            if n < 1 {
+                diags.push(
+                    Diagnostic::new(
+                        Code::E009,
+                        span,
+                        format!("sample rate must be at least 1, found {n}"),
+                    )
+                    .with_label_here("out of range")
+                    .with_help("`WithSampleRate(n)` keeps 1 event in n; n = 1 keeps all"),
+                );
+                return None;
+            }
+            if n == 1 {
+                diags.push(
+                    Diagnostic::new(Code::W002, op.span, "`WithSampleRate(1)` keeps every event")
+                        .with_label_here("no effect")
+                        .with_help("remove it, or sample with n > 1"),
+                );
+            }
+            Some(Stage::Sample {
+                rate: n.unsigned_abs(),
+                salt: index as u64,
+            })
+        }
+        _ => rate_limit(op, args, out, diags),
+    }
+}
+
+fn rate_limit(
+    op: &Op,
+    args: Vec<ArgValue>,
+    out: &mut CheckedStatement,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Stage> {
+    let mut rate = None;
+    let mut burst = None;
+    let mut on_limit = "wait".to_owned();
+    let mut overflow: Option<Ident> = None;
+    for (i, a) in args.into_iter().enumerate() {
+        match a {
+            ArgValue::Number(r, span) if i == 0 => rate = Some((r, span)),
+            ArgValue::Int(b, span) => burst = Some((b, span)),
+            ArgValue::Choice(c) => on_limit = c,
+            ArgValue::Name(n) => overflow = Some(n),
+            _ => {}
+        }
+    }
+    let (per_second, rate_span) = rate?;
+    let mut ok = true;
+    if per_second <= 0.0 {
+        ok = false;
+        diags.push(
+            Diagnostic::new(
+                Code::E009,
+                rate_span,
+                format!("rate must be greater than 0, found {per_second}"),
+            )
+            .with_label_here("out of range")
+            .with_help("the rate is events per second; 0.5 is one event every two seconds"),
+        );
+    }
+    let burst = match burst {
+        Some((b, span)) => match u32::try_from(b) {
+            Ok(b) if b >= 1 => b,
+            _ => {
+                ok = false;
+                diags.push(
+                    Diagnostic::new(
+                        Code::E009,
+                        span,
+                        format!("burst must be between 1 and {}, found {b}", u32::MAX),
+                    )
+                    .with_label_here("out of range"),
+                );
+                1
+            }
+        },
+        // One second's worth, at least one event.
+        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    };
+    let on_limit = match (on_limit.as_str(), overflow) {
+        ("overflow", Some(target)) => {
+            out.uses.push(NameUse {
+                name: target.name.clone(),
+                span: target.span,
+                write: true,
+            });
+            OnLimit::Overflow(target.name)
+        }
+        ("overflow", None) => {
+            ok = false;
+            diags.push(
+                Diagnostic::new(
+                    Code::E007,
+                    op.span,
+                    "`on_limit = overflow` needs `overflow = Name`",
+                )
+                .with_label_here("missing `overflow`")
+                .with_help("name the queue or sink that takes the excess: `overflow = Spill`"),
+            );
+            OnLimit::Wait
+        }
+        (other, Some(target)) => {
+            diags.push(
+                Diagnostic::new(
+                    Code::W002,
+                    target.span,
+                    format!("`overflow` has no effect with `on_limit = {other}`"),
+                )
+                .with_label_here("ignored")
+                .with_help("add `on_limit = overflow`, or remove `overflow`"),
+            );
+            if other == "drop" {
+                OnLimit::Drop
+            } else {
+                OnLimit::Wait
+            }
+        }
+        ("drop", None) => OnLimit::Drop,
+        _ => OnLimit::Wait,
+    };
+    ok.then_some(Stage::RateLimit {
+        per_second,
+        burst,
+        on_limit,
+    })
+}

@@ -1,0 +1,364 @@
+//! End-to-end tests of the `dab` binary as a user runs it: exit codes,
+//! stdout and stderr, config discovery, multi-file sets, `--diff`, `graph`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{dab, root, run_in, stderr, stdout};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(p, text).expect("write");
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
+    let out = run_in(&root(), &["validate", "blueprints/murron.dab"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "ok: 2 pipelines in 1 file\n");
+    // --deny-warnings: the seed has none.
+    let out = run_in(&root(), &["validate", "blueprints", "--deny-warnings"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn without_bindings_the_seed_names_are_unknown() {
+    let out = run_in(
+        &root(),
+        &[
+            "validate",
+            "blueprints/murron.dab",
+            "--no-config",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let codes: Vec<&str> = v["diagnostics"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| d["code"].as_str().expect("code"))
+        .collect();
+    assert_eq!(codes, ["E010", "E010"], "{v}");
+    assert_eq!(v["errors"], 2);
+    assert_eq!(v["warnings"], 0);
+    // MurronGRPC on line 3, column 8, 10 characters.
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["file"], "blueprints/murron.dab");
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(3), Some(8))
+    );
+    assert_eq!(
+        (d["end_line"].as_u64(), d["end_column"].as_u64()),
+        (Some(3), Some(18))
+    );
+    assert_eq!(d["severity"], "error");
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "w.dab",
+        "svc.NewPipeline().In(Stdin).WithSampleRate(1).Out(Stdout)\n",
+    );
+    let out = run_in(dir.path(), &["validate", "w.dab"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("warning[W002]"), "{}", stdout(&out));
+    let out = run_in(dir.path(), &["validate", "w.dab", "--deny-warnings"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn every_error_of_every_file_in_one_run() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "set/a.dab",
+        "a.NewPipeline().In(Stdin).Fliter(x).Out(Q)\nb.NewPipeline().In(Stdin.Out(Stdout)\n",
+    );
+    write(
+        dir.path(),
+        "set/nested/b.dab",
+        "c.NewPipeline().In(Q).WithSampleRate(0).Out(Nowhere)\n",
+    );
+    let out = run_in(dir.path(), &["validate", "set", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let got: Vec<(String, String)> = v["diagnostics"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().expect("f").to_owned(),
+                d["code"].as_str().expect("c").to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("set/a.dab", "E006"),
+        ("set/a.dab", "E001"),
+        ("set/nested/b.dab", "E009"),
+        ("set/nested/b.dab", "E010"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(f, c)| ((*f).to_owned(), (*c).to_owned()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn queues_link_files_and_a_cycle_across_files_names_every_member() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "a.dab",
+        "a.NewPipeline().In(Generator).Out(Q1)\nb.NewPipeline().In(Q1).Out(Q2)\n",
+    );
+    write(dir.path(), "b.dab", "c.NewPipeline().In(Q2).Out(Stdout)\n");
+    let out = run_in(dir.path(), &["validate", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "ok: 3 pipelines in 2 files\n");
+
+    write(dir.path(), "b.dab", "c.NewPipeline().In(Q2).Out(Q1)\n");
+    let out = run_in(dir.path(), &["validate", ".", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "E012");
+    assert_eq!(
+        d["message"],
+        "cycle through queues: b -> Q2 -> c -> Q1 -> b"
+    );
+    let label_files: Vec<&str> = d["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l["file"].as_str().expect("file"))
+        .collect();
+    assert_eq!(label_files, ["a.dab", "b.dab"]);
+}
+
+#[test]
+fn env_interpolation_from_flags_and_files() {
+    let dir = tmp();
+    write(dir.path(), "p.dab", "svc.NewPipeline().In(T).Out(Stdout)\n");
+    write(
+        dir.path(),
+        "dab.yaml",
+        "sources:\n  T: { kind: tcp, listen: \"${DAB_E2E_LISTEN}\" }\n",
+    );
+    let out = run_in(dir.path(), &["validate", "p.dab"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("error[E015]: environment variable `DAB_E2E_LISTEN` is not set"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("--> dab.yaml:2:"), "{}", stdout(&out));
+
+    let out = run_in(
+        dir.path(),
+        &[
+            "validate",
+            "p.dab",
+            "--env",
+            "DAB_E2E_LISTEN=127.0.0.1:7000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    write(
+        dir.path(),
+        "host.env",
+        "# host settings\nexport DAB_E2E_LISTEN=\"127.0.0.1:7001\"\n",
+    );
+    let out = run_in(dir.path(), &["validate", "p.dab", "--env-file", "host.env"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn usage_and_io_errors_exit_2_with_a_message() {
+    let dir = tmp();
+    let out = run_in(dir.path(), &["validate", "missing.dab"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read `missing.dab`"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::create_dir(dir.path().join("empty")).expect("mkdir");
+    let out = run_in(dir.path(), &["validate", "empty"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no *.dab files found in empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_in(dir.path(), &["validate", "--format", "xml", "x.dab"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    write(
+        dir.path(),
+        "ok.dab",
+        "svc.NewPipeline().In(Stdin).Out(Stdout)\n",
+    );
+    let out = run_in(dir.path(), &["validate", "ok.dab", "--env", "NOEQUALS"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--env expects KEY=VALUE"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_in(dir.path(), &["validate", "ok.dab", "--config", "nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope.yaml"), "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_utf8_is_a_diagnostic_with_its_place() {
+    let dir = tmp();
+    let mut bytes = b"svc.NewPipeline().In(Stdin).Out(Stdout)\n// caf".to_vec();
+    bytes.extend([0xff, 0xfe]);
+    bytes.extend(b"\n");
+    std::fs::write(dir.path().join("bad.dab"), bytes).expect("write");
+    let out = run_in(dir.path(), &["validate", "bad.dab"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("error[E001]: invalid UTF-8"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("--> bad.dab:2:7"), "{}", stdout(&out));
+}
+
+#[test]
+fn diff_prints_the_reload_plan() {
+    let dir = tmp();
+    write(dir.path(), "old/p.dab", "a.NewPipeline().In(Stdin).Out(Stdout)\nb.NewPipeline().In(Stdin).WithSampleRate(2).Out(Out)\nc.NewPipeline().In(Generator).Out(Blackhole)\n");
+    write(
+        dir.path(),
+        "old/dab.yaml",
+        "sinks:\n  Out: { kind: file, path: /tmp/a.ndjson }\n",
+    );
+    write(dir.path(), "new/p.dab", "a.NewPipeline().In(Stdin).Out(Stdout)\nb.NewPipeline().In(Stdin).WithSampleRate(2).Out(Out)\nd.NewPipeline().In(Generator).Out(Blackhole)\n");
+    write(
+        dir.path(),
+        "new/dab.yaml",
+        "sinks:\n  Out: { kind: file, path: /tmp/b.ndjson }\n",
+    );
+    let out = run_in(dir.path(), &["validate", "--diff", "old", "new"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        "reload plan: 1 added, 1 rebuilt, 1 removed, 1 unchanged\n  + added      d\n  ~ rebuilt    b (binding `Out` changed)\n  - removed    c\n  = unchanged  a\n"
+    );
+    let out = run_in(
+        dir.path(),
+        &["validate", "--diff", "old", "new", "--format", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["rebuilt"][0]["id"], "b");
+    assert_eq!(v["added"][0], "d");
+
+    // An invalid side is reported and nothing is planned.
+    write(dir.path(), "new/p.dab", "a.NewPipeline().In(Stdin)\n");
+    let out = run_in(dir.path(), &["validate", "--diff", "old", "new"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("E004"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("reload plan"));
+}
+
+#[test]
+fn graph_renders_dot_and_mermaid() {
+    let out = run_in(&root(), &["graph", "blueprints"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dot = stdout(&out);
+    assert!(dot.starts_with("digraph dab {"), "{dot}");
+    for needle in [
+        "label=\"MurronGRPC\", shape=invhouse",
+        "label=\"MyEventQueue\", shape=cylinder",
+        "label=\"SidecarClient\", shape=house",
+        "label=\"FilterType(MyEvent)\"",
+        "label=\"WithSampleRate(5)\"",
+    ] {
+        assert!(dot.contains(needle), "missing {needle} in\n{dot}");
+    }
+    // 3 named nodes + 3 stages, 2 + 3 edges... every edge once.
+    assert_eq!(dot.matches(" -> ").count(), 5, "{dot}");
+
+    let out = run_in(&root(), &["graph", "blueprints", "--format", "mermaid"]);
+    let m = stdout(&out);
+    assert!(m.starts_with("flowchart LR\n"), "{m}");
+    assert!(m.contains("[(\"MyEventQueue\")]"), "{m}");
+
+    let dir = tmp();
+    write(dir.path(), "bad.dab", "svc.NewPipeline().In(Stdin)\n");
+    let out = run_in(dir.path(), &["graph", "bad.dab"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).is_empty(),
+        "graph output on an invalid set: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("E004"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_is_there_for_every_command() {
+    for args in [
+        &["--help"][..],
+        &["validate", "--help"],
+        &["graph", "--help"],
+    ] {
+        let out = dab().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout(&out).contains("Usage: dab"), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn the_checked_in_picture_of_the_seed_is_current() {
+    let out = run_in(&root(), &["graph", "blueprints"]);
+    let want = std::fs::read_to_string(root().join("docs/murron.dot")).expect("docs/murron.dot");
+    assert_eq!(
+        stdout(&out),
+        want,
+        "run ./scripts/render-graph.sh and commit docs/murron.*"
+    );
+}
