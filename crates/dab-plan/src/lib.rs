@@ -89,6 +89,24 @@ pub fn plan(
         } else {
             first_by_id.insert(id, st.head_span);
         }
+        if let Some(name) = &st.name {
+            if name.value.is_empty()
+                || !name
+                    .value
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+            {
+                diags.push(
+                    Diagnostic::new(
+                        Code::E009,
+                        name.span,
+                        format!("pipeline name {:?} is not allowed", name.value),
+                    )
+                    .with_label_here("letters, digits, `_`, `-` and `.` only")
+                    .with_help("the id is `service/name`, so a name is one non-empty word"),
+                );
+            }
+        }
         checked.push(pipeline::check_statement(st, &mut diags));
     }
 

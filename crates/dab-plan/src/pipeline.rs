@@ -107,6 +107,17 @@ pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> Ch
                 let mut when_full = WhenFull::Block;
                 for a in check_args(spec, op, diags).unwrap_or_default() {
                     match a {
+                        ArgValue::Name(n) if targets.contains(&n.name) => {
+                            diags.push(
+                                Diagnostic::new(
+                                    Code::W002,
+                                    n.span,
+                                    format!("`{}` is listed twice in `Out`", n.name),
+                                )
+                                .with_label_here("already an output")
+                                .with_help("each output gets every event once; remove the repeat"),
+                            );
+                        }
                         ArgValue::Name(n) => {
                             out.uses.push(NameUse {
                                 name: n.name.clone(),
@@ -469,15 +480,17 @@ fn rate_limit(
         // One second's worth, at least one event.
         None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
     };
+    // SPEC: every argument naming a queue or sink is a write, so it is
+    // resolved and cycle-checked even where it has no effect.
+    if let Some(target) = &overflow {
+        out.uses.push(NameUse {
+            name: target.name.clone(),
+            span: target.span,
+            write: true,
+        });
+    }
     let on_limit = match (on_limit.as_str(), overflow) {
-        ("overflow", Some(target)) => {
-            out.uses.push(NameUse {
-                name: target.name.clone(),
-                span: target.span,
-                write: true,
-            });
-            OnLimit::Overflow(target.name)
-        }
+        ("overflow", Some(target)) => OnLimit::Overflow(target.name),
         ("overflow", None) => {
             ok = false;
             diags.push(
