@@ -1,3 +1,19 @@
-//! The interface between the engine and connectors.
+//! The interface between the engine and connectors: the event, batches and
+//! their acknowledgements, the `Source` and `Sink` traits, and the catalog
+//! of connector kinds. Small on purpose (ripgrep's `grep-matcher` habit):
+//! connectors depend on this crate only.
 
+pub mod ack;
+pub mod batch;
+pub mod config;
+pub mod connector;
+pub mod event;
 pub mod schema;
+
+pub use ack::{AckStatus, AckToken};
+pub use batch::Batch;
+pub use config::ConfigValue;
+pub use connector::{
+    BuildError, ConnectorError, Sink, SinkFactory, Source, SourceContext, SourceFactory,
+};
+pub use event::{Event, Text};

@@ -27,15 +27,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// A field's value after interpolation and typing; span-free so that two
 /// loads of the same configuration compare equal (reload diffs).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigValue {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    List(Vec<ConfigValue>),
-    Map(BTreeMap<String, ConfigValue>),
-}
+pub use dab_api::config::ConfigValue;
 
 /// One bound name.
 #[derive(Debug, Clone)]
