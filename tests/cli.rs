@@ -31,7 +31,10 @@ fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
     );
     assert_eq!(stdout(&out), "ok: 2 pipelines in 1 file\n");
     // --deny-warnings: the seed has none.
-    let out = run_in(&root(), &["validate", "blueprints", "--deny-warnings"]);
+    let out = run_in(
+        &root(),
+        &["validate", "blueprints/murron.dab", "--deny-warnings"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
 
@@ -306,7 +309,7 @@ fn diff_prints_the_reload_plan() {
 
 #[test]
 fn graph_renders_dot_and_mermaid() {
-    let out = run_in(&root(), &["graph", "blueprints"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dot = stdout(&out);
     assert!(dot.starts_with("digraph dab {"), "{dot}");
@@ -322,7 +325,10 @@ fn graph_renders_dot_and_mermaid() {
     // 3 named nodes + 3 stages, 2 + 3 edges... every edge once.
     assert_eq!(dot.matches(" -> ").count(), 5, "{dot}");
 
-    let out = run_in(&root(), &["graph", "blueprints", "--format", "mermaid"]);
+    let out = run_in(
+        &root(),
+        &["graph", "blueprints/murron.dab", "--format", "mermaid"],
+    );
     let m = stdout(&out);
     assert!(m.starts_with("flowchart LR\n"), "{m}");
     assert!(m.contains("[(\"MyEventQueue\")]"), "{m}");
@@ -354,7 +360,7 @@ fn help_is_there_for_every_command() {
 
 #[test]
 fn the_checked_in_picture_of_the_seed_is_current() {
-    let out = run_in(&root(), &["graph", "blueprints"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
     let want = std::fs::read_to_string(root().join("docs/murron.dot")).expect("docs/murron.dot");
     assert_eq!(
         stdout(&out),

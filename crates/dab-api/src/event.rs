@@ -94,8 +94,9 @@ pub struct Event {
     /// In arrival order; keys are unique. `dab.*` keys are DAB's own.
     pub tags: Vec<(Text, Text)>,
     /// The bytes the event arrived as, while it is unchanged. Code that
-    /// changes a field directly must call [`Event::touch`].
-    raw: Option<(RawCodec, Bytes)>,
+    /// changes a field directly must call [`Event::touch`]; prefer
+    /// [`Event::with_raw`] and [`Event::raw`] to reading this.
+    pub raw: Option<(RawCodec, Bytes)>,
 }
 
 impl Event {

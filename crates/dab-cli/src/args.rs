@@ -17,6 +17,41 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the pipeline DAG as Graphviz dot or Mermaid
     Graph(GraphArgs),
+    /// Run a blueprint set until its sources end or a signal stops it
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Blueprint files or directories
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Run only this service's pipelines
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Log format on stderr (the level comes from RUST_LOG, default info)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds to drain after SIGTERM/Ctrl-C before giving up on what is left
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Refuse new work above this resident memory, in MiB (0: no limit)
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub max_memory_mb: u64,
+    /// Capacity of each channel between tasks, in batches
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub channel_batches: usize,
 }
 
 /// Where the bindings and environment come from.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod admin;
 mod args;
 mod cmd;
 mod env;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         args::Command::Validate(a) => cmd::validate::run(a),
         args::Command::Graph(a) => cmd::graph::run(a),
+        args::Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(code) => code,

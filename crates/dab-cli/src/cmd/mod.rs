@@ -1,4 +1,5 @@
 //! One module per subcommand.
 
 pub mod graph;
+pub mod run;
 pub mod validate;

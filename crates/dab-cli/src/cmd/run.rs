@@ -1,0 +1,125 @@
+//! `dab run`: check the set exactly as `dab validate` does, then start it and
+//! stop gracefully on SIGTERM or Ctrl-C (a second signal, or the drain
+//! deadline, forces the stop). Exits 0 once every source is finite and
+//! exhausted and everything is drained.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dab_plan::Options;
+use dab_runtime::{Registry, RunOptions};
+
+use crate::args::{Format, LogFormat, RunArgs};
+use crate::cmd::validate::report_to;
+use crate::input::load_and_check;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout may be a data sink (`Stdout`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logs(a.log_format);
+    let options = Options {
+        service: a.service.clone(),
+    };
+    let set = load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options)?;
+    if set.has_errors() {
+        // Same checks, same words as `dab validate`; nothing starts.
+        report_to(&mut std::io::stderr().lock(), &set, Format::Human)?;
+        return Ok(ExitCode::from(1));
+    }
+    for d in &set.diagnostics {
+        tracing::warn!("{}", crate::render::render(&set.map, d).trim_end());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(a, set.plan))
+}
+
+async fn serve(a: RunArgs, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
+    let registry = Registry::new(
+        dab_connectors::builtin_sources(),
+        dab_connectors::builtin_sinks(),
+    );
+    let opts = RunOptions {
+        service: a.service.clone(),
+        channel_batches: a.channel_batches,
+        max_rss_bytes: a.max_memory_mb * 1024 * 1024,
+        ..RunOptions::default()
+    };
+    let running = Arc::new(dab_runtime::start(&plan, &registry, &opts)?);
+    if let Some(addr) = &a.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(crate::admin::serve(listener, running.clone()));
+    }
+    tracing::info!(pipelines = running.metrics.pipelines.len(), "running");
+
+    let deadline = Duration::from_secs(a.shutdown_timeout);
+    let signals = {
+        let running = running.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: draining what was read (a second signal forces)");
+            running.shutdown();
+            tokio::select! {
+                _ = wait_for_signal() => tracing::warn!("second signal: forcing stop"),
+                _ = tokio::time::sleep(deadline) => tracing::warn!(?deadline, "drain deadline passed: forcing stop"),
+            }
+            running.force();
+            // Whatever still hangs after a grace period is abandoned.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::error!("tasks did not end after a forced stop; exiting");
+            std::process::exit(1);
+        })
+    };
+    running.wait().await;
+    signals.abort();
+    let failures = running.failures();
+    if failures.is_empty() {
+        tracing::info!("all pipelines drained; exiting");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            eprintln!("dab: {f}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,34 @@
+//! `Blackhole`: accepts and discards everything (benchmarks, dry runs). The
+//! runtime's sink metrics still count what it took.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use dab_api::{BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory};
+
+#[derive(Debug, Default)]
+pub struct Blackhole;
+
+#[async_trait]
+impl Sink for Blackhole {
+    async fn write(&mut self, _events: &[Event]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct BlackholeFactory;
+
+impl SinkFactory for BlackholeFactory {
+    fn kind(&self) -> &'static str {
+        "blackhole"
+    }
+
+    fn build(
+        &self,
+        _name: &str,
+        _fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(Blackhole))
+    }
+}

@@ -1,0 +1,327 @@
+//! The `http` source: an HTTP/1.1 server taking `POST /v1/events` with a
+//! JSON array of events. One request becomes one batch, and its answer waits
+//! for the batch's acknowledgement: 200 once every event is delivered or
+//! deliberately dropped, 503 if any copy failed, so a client that sees 200
+//! may forget the events and one that sees anything else may send them
+//! again. A full pipeline makes the request wait (back pressure reaches the
+//! client as latency); admission control answers 429 before the body is
+//! read.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dab_api::connector::{Admission, SourceStats};
+use dab_api::{AckStatus, AckToken, Batch, ConnectorError, Source, SourceContext};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::codec::json;
+use crate::codec::Filler;
+
+const EVENTS_PATH: &str = "/v1/events";
+const HEALTH_PATH: &str = "/healthz";
+
+/// How long requests in flight at shutdown may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A client that opens a connection and sends nothing holds a task; this
+/// bounds how long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSourceConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Larger bodies are answered 413 without being read.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct HttpSource {
+    name: String,
+    config: HttpSourceConfig,
+}
+
+impl HttpSource {
+    pub fn new(name: &str, config: HttpSourceConfig) -> HttpSource {
+        HttpSource {
+            name: name.to_owned(),
+            config,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let listen = &self.config.listen;
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            ConnectorError::io(
+                format!("http source {}: cannot listen on {listen}", self.name),
+                e,
+            )
+        })?;
+        tracing::info!(source = %self.name, %listen, "http source listening");
+
+        let shared = Arc::new(Shared {
+            filler: Mutex::new(Filler::new(&ctx.name)),
+            max_body_bytes: self.config.max_body_bytes,
+            out: ctx.out,
+            stats: ctx.stats,
+            admission: ctx.admission,
+        });
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // Answers are small; do not let Nagle hold them back.
+                        let _ = stream.set_nodelay(true);
+                        let shared = shared.clone();
+                        let service = service_fn(move |req| handle(shared.clone(), req));
+                        let conn = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service);
+                        let conn = graceful.watch(conn);
+                        connections.spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "http connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead
+                        // of spinning; the clients retry.
+                        tracing::warn!(source = %self.name, error = %e, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+
+        // Stop taking connections, close idle ones, let requests in flight
+        // get their acknowledgement and answer.
+        drop(listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                source = %self.name,
+                "http requests still in flight after {SHUTDOWN_GRACE:?}; closing them"
+            );
+        }
+        // Dropping the connections drops their senders, so the pipeline
+        // downstream can drain.
+        connections.shutdown().await;
+        Ok(())
+    }
+}
+
+/// What every request handler of one source shares.
+struct Shared {
+    /// One sequence per (host, pid, type) for the whole source, so offsets
+    /// it fills in stay unique across connections.
+    filler: Mutex<Filler>,
+    max_body_bytes: usize,
+    out: mpsc::Sender<Batch>,
+    stats: Arc<SourceStats>,
+    admission: Arc<dyn Admission>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let reply = match (req.method(), req.uri().path()) {
+        (&Method::POST, EVENTS_PATH) => post_events(&shared, req).await,
+        (_, EVENTS_PATH) => method_not_allowed("POST"),
+        (&Method::GET | &Method::HEAD, HEALTH_PATH) => plain(StatusCode::OK, "ok\n"),
+        (_, HEALTH_PATH) => method_not_allowed("GET, HEAD"),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such path `{path}`; events go to POST {EVENTS_PATH}"),
+        ),
+    };
+    Ok(reply)
+}
+
+async fn post_events(shared: &Shared, req: Request<Incoming>) -> Reply {
+    if !shared.admission.admit() {
+        SourceStats::add(&shared.stats.refused, 1);
+        let mut reply = error(StatusCode::TOO_MANY_REQUESTS, "overloaded, retry later");
+        reply
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return reply;
+    }
+
+    let max = shared.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large(max);
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(max),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the body: {e}"),
+            )
+        }
+    };
+    let body_len = body.len() as u64;
+
+    // Checks UTF-8 too; the error names the byte where decoding stopped.
+    let decoded = match json::decode_array(body) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            SourceStats::add(&shared.stats.decode_errors, 1);
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    if decoded.is_empty() {
+        return accepted(0);
+    }
+
+    let mut events = Vec::with_capacity(decoded.len());
+    {
+        let mut filler = match shared.filler.lock() {
+            Ok(f) => f,
+            // A panic elsewhere cannot leave a sequence half-updated in a
+            // way that matters more than refusing every request would.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (mut event, present) in decoded {
+            filler.fill(&mut event, present);
+            events.push(event);
+        }
+    }
+    let n = events.len();
+
+    let (token, ack) = AckToken::channel();
+    // Waiting here for room in the channel is the back pressure.
+    if shared.out.send(Batch::new(events, token)).await.is_err() {
+        return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
+    }
+    SourceStats::add(&shared.stats.events, n as u64);
+    SourceStats::add(&shared.stats.bytes, body_len);
+
+    match ack.await {
+        Ok(AckStatus::Delivered) => accepted(n),
+        Ok(AckStatus::Failed) => retriable(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the events were not delivered; send them again",
+        ),
+        Err(_) => retriable(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline stopped before delivering the events; send them again",
+        ),
+    }
+}
+
+fn accepted(n: usize) -> Reply {
+    json_reply(StatusCode::OK, format!("{{\"accepted\":{n}}}"))
+}
+
+fn too_large(max: usize) -> Reply {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body is larger than {max} bytes"),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut reply = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed; use {allow}"),
+    );
+    reply
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    reply
+}
+
+fn retriable(status: StatusCode, reason: &str) -> Reply {
+    let mut reply = error(status, reason);
+    reply
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    reply
+}
+
+/// `{"error": reason}`.
+fn error(status: StatusCode, reason: &str) -> Reply {
+    let mut body = String::with_capacity(reason.len() + 12);
+    body.push_str("{\"error\":\"");
+    escape_json(reason, &mut body);
+    body.push_str("\"}");
+    json_reply(status, body)
+}
+
+fn json_reply(status: StatusCode, body: String) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    reply
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}
+
+fn escape_json(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_valid_json() {
+        let mut s = String::new();
+        escape_json("a \"b\" \\ c\n\u{1}", &mut s);
+        assert_eq!(s, "a \\\"b\\\" \\\\ c\\n\\u0001");
+    }
+}

@@ -1,0 +1,39 @@
+//! Built-in connectors. Each lives in its own module behind the `Source` /
+//! `Sink` traits of `dab-api`; `builtin_sources()` and `builtin_sinks()` list
+//! them explicitly (no global registry), and the CLI hands the lists to the
+//! runtime.
+
+pub mod blackhole;
+pub mod codec;
+pub mod file;
+pub mod framing;
+pub mod generator;
+pub mod http;
+mod socket_common;
+pub mod stdio;
+pub mod tcp;
+pub mod unix;
+
+use dab_api::{SinkFactory, SourceFactory};
+
+/// Every built-in source kind.
+pub fn builtin_sources() -> Vec<Box<dyn SourceFactory>> {
+    vec![
+        Box::new(generator::GeneratorFactory),
+        Box::new(stdio::StdinFactory),
+        Box::new(tcp::TcpSourceFactory),
+        Box::new(unix::UnixSourceFactory),
+        Box::new(http::HttpSourceFactory),
+    ]
+}
+
+/// Every built-in sink kind.
+pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
+    vec![
+        Box::new(stdio::StdoutFactory),
+        Box::new(blackhole::BlackholeFactory),
+        Box::new(file::FileSinkFactory),
+        Box::new(tcp::TcpSinkFactory),
+        Box::new(http::HttpSinkFactory),
+    ]
+}

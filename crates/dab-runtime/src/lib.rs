@@ -1,0 +1,16 @@
+//! A checked plan as running tokio tasks joined by bounded channels: the
+//! stages, fan-out with per-output buffer policies, memory queues,
+//! acknowledgements, sink retries, shutdown and metrics (SPEC section 5).
+//! Connectors come in through `Registry`; this crate knows only `dab-api`.
+
+pub mod admission;
+pub mod metrics;
+pub mod output;
+pub mod pipeline;
+mod predicate;
+pub mod sample;
+mod sink;
+pub mod stages;
+mod topology;
+
+pub use topology::{start, Registry, RunOptions, Running, StartError};

@@ -1,0 +1,531 @@
+//! Counters and gauges of a running topology, and their Prometheus text
+//! rendering (SPEC section 5: per pipeline and stage events in/out, drops by
+//! reason, bytes, channel depth, batch latency; process RSS). Plain atomics
+//! on the hot path; rendering walks them on scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dab_api::connector::SourceStats;
+use dab_api::Batch;
+use tokio::sync::mpsc::WeakSender;
+
+/// Why an event was dropped on purpose. Every drop is counted by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Filter,
+    Sample,
+    RateLimit,
+    /// A `when_full = drop_newest` output was full.
+    OutputFull,
+    /// A sink gave up on a batch at forced shutdown.
+    SinkFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Filter,
+        DropReason::Sample,
+        DropReason::RateLimit,
+        DropReason::OutputFull,
+        DropReason::SinkFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Filter => "filter",
+            DropReason::Sample => "sample",
+            DropReason::RateLimit => "rate_limit",
+            DropReason::OutputFull => "output_full",
+            DropReason::SinkFailed => "sink_failed",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Batch latency through a pipeline, in fixed buckets (seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: LATENCY_BOUNDS,
+            counts: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| s <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct StageMetrics {
+    pub label: String,
+    pub events_in: Counter,
+    pub events_out: Counter,
+}
+
+#[derive(Debug, Default)]
+pub struct OutputMetrics {
+    pub target: String,
+    pub events: Counter,
+    pub dropped_full: Counter,
+    /// Time spent waiting for this output's buffer: which output holds the
+    /// others back (SPEC section 5).
+    pub blocked_ns: Counter,
+}
+
+#[derive(Debug, Default)]
+pub struct PipelineMetrics {
+    pub id: String,
+    pub events_in: Counter,
+    pub bytes_in: Counter,
+    pub events_out: Counter,
+    dropped: [Counter; 5],
+    pub stages: Vec<StageMetrics>,
+    pub outputs: Vec<OutputMetrics>,
+    pub latency: Histogram,
+}
+
+impl PipelineMetrics {
+    pub fn new(id: &str, stages: Vec<String>, outputs: Vec<String>) -> PipelineMetrics {
+        PipelineMetrics {
+            id: id.to_owned(),
+            stages: stages
+                .into_iter()
+                .map(|label| StageMetrics {
+                    label,
+                    ..StageMetrics::default()
+                })
+                .collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|target| OutputMetrics {
+                    target,
+                    ..OutputMetrics::default()
+                })
+                .collect(),
+            ..PipelineMetrics::default()
+        }
+    }
+
+    pub fn dropped(&self, r: DropReason, n: u64) {
+        let i = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.dropped[i].add(n);
+    }
+
+    pub fn dropped_count(&self, r: DropReason) -> u64 {
+        let i = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.dropped[i].get()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    pub name: String,
+    pub events: Counter,
+    pub bytes: Counter,
+    pub batches: Counter,
+    pub errors: Counter,
+    /// Batches given up on (forced shutdown); their sources see a failed ack.
+    pub failed_batches: Counter,
+    pub failed_events: Counter,
+    pub breaker_open: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub struct QueueMetrics {
+    pub name: String,
+    pub events: Counter,
+    pub depth_events: AtomicU64,
+    pub capacity_events: u64,
+}
+
+/// Everything a topology exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub pipelines: Vec<Arc<PipelineMetrics>>,
+    pub sources: Vec<(String, Arc<SourceStats>)>,
+    pub sinks: Vec<Arc<SinkMetrics>>,
+    pub queues: Vec<Arc<QueueMetrics>>,
+    /// Bounded channels, for depth gauges: (owner, weak sender).
+    pub channels: Mutex<Vec<(String, WeakSender<Batch>)>>,
+}
+
+/// Resident set size of this process in bytes (Linux), 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            &mut o,
+            "dab_pipeline_events_in_total",
+            "counter",
+            "Events a pipeline received",
+        );
+        for p in &self.pipelines {
+            let _ = writeln!(
+                o,
+                "dab_pipeline_events_in_total{{pipeline=\"{}\"}} {}",
+                esc(&p.id),
+                p.events_in.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_pipeline_bytes_in_total",
+            "counter",
+            "Bytes a pipeline received",
+        );
+        for p in &self.pipelines {
+            let _ = writeln!(
+                o,
+                "dab_pipeline_bytes_in_total{{pipeline=\"{}\"}} {}",
+                esc(&p.id),
+                p.bytes_in.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_pipeline_events_out_total",
+            "counter",
+            "Events a pipeline handed to its outputs",
+        );
+        for p in &self.pipelines {
+            let _ = writeln!(
+                o,
+                "dab_pipeline_events_out_total{{pipeline=\"{}\"}} {}",
+                esc(&p.id),
+                p.events_out.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_pipeline_dropped_total",
+            "counter",
+            "Events dropped on purpose, by reason",
+        );
+        for p in &self.pipelines {
+            for r in DropReason::ALL {
+                let _ = writeln!(
+                    o,
+                    "dab_pipeline_dropped_total{{pipeline=\"{}\",reason=\"{}\"}} {}",
+                    esc(&p.id),
+                    r.as_str(),
+                    p.dropped_count(r)
+                );
+            }
+        }
+        family(
+            &mut o,
+            "dab_stage_events_in_total",
+            "counter",
+            "Events into a stage",
+        );
+        for p in &self.pipelines {
+            for (i, s) in p.stages.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "dab_stage_events_in_total{{pipeline=\"{}\",stage=\"{i}\",op=\"{}\"}} {}",
+                    esc(&p.id),
+                    esc(&s.label),
+                    s.events_in.get()
+                );
+            }
+        }
+        family(
+            &mut o,
+            "dab_stage_events_out_total",
+            "counter",
+            "Events out of a stage",
+        );
+        for p in &self.pipelines {
+            for (i, s) in p.stages.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "dab_stage_events_out_total{{pipeline=\"{}\",stage=\"{i}\",op=\"{}\"}} {}",
+                    esc(&p.id),
+                    esc(&s.label),
+                    s.events_out.get()
+                );
+            }
+        }
+        family(
+            &mut o,
+            "dab_output_blocked_seconds_total",
+            "counter",
+            "Time a pipeline waited on one output's full buffer",
+        );
+        for p in &self.pipelines {
+            for out in &p.outputs {
+                let _ = writeln!(
+                    o,
+                    "dab_output_blocked_seconds_total{{pipeline=\"{}\",output=\"{}\"}} {}",
+                    esc(&p.id),
+                    esc(&out.target),
+                    out.blocked_ns.get() as f64 / 1e9
+                );
+            }
+        }
+        family(
+            &mut o,
+            "dab_pipeline_batch_latency_seconds",
+            "histogram",
+            "Time from a batch's arrival in a pipeline to its hand-off to the outputs",
+        );
+        for p in &self.pipelines {
+            let h = &p.latency;
+            let mut cum = 0;
+            for (b, c) in h.bounds.iter().zip(&h.counts) {
+                cum += c.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    o,
+                    "dab_pipeline_batch_latency_seconds_bucket{{pipeline=\"{}\",le=\"{b}\"}} {cum}",
+                    esc(&p.id)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "dab_pipeline_batch_latency_seconds_bucket{{pipeline=\"{}\",le=\"+Inf\"}} {count}",
+                esc(&p.id)
+            );
+            let _ = writeln!(
+                o,
+                "dab_pipeline_batch_latency_seconds_sum{{pipeline=\"{}\"}} {}",
+                esc(&p.id),
+                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                o,
+                "dab_pipeline_batch_latency_seconds_count{{pipeline=\"{}\"}} {count}",
+                esc(&p.id)
+            );
+        }
+        family(
+            &mut o,
+            "dab_source_events_total",
+            "counter",
+            "Events a source decoded and sent on",
+        );
+        for (n, s) in &self.sources {
+            let _ = writeln!(
+                o,
+                "dab_source_events_total{{source=\"{}\"}} {}",
+                esc(n),
+                s.events.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_source_bytes_total",
+            "counter",
+            "Bytes a source decoded",
+        );
+        for (n, s) in &self.sources {
+            let _ = writeln!(
+                o,
+                "dab_source_bytes_total{{source=\"{}\"}} {}",
+                esc(n),
+                s.bytes.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_source_decode_errors_total",
+            "counter",
+            "Input a source could not decode",
+        );
+        for (n, s) in &self.sources {
+            let _ = writeln!(
+                o,
+                "dab_source_decode_errors_total{{source=\"{}\"}} {}",
+                esc(n),
+                s.decode_errors.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_source_refused_total",
+            "counter",
+            "Work a source refused under admission control",
+        );
+        for (n, s) in &self.sources {
+            let _ = writeln!(
+                o,
+                "dab_source_refused_total{{source=\"{}\"}} {}",
+                esc(n),
+                s.refused.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_events_total",
+            "counter",
+            "Events a sink wrote",
+        );
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_events_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.events.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_bytes_total",
+            "counter",
+            "Bytes (event size) a sink wrote",
+        );
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_bytes_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.bytes.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_errors_total",
+            "counter",
+            "Failed sink writes (each is retried)",
+        );
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_errors_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.errors.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_failed_events_total",
+            "counter",
+            "Events a sink gave up on; their sources saw a failed ack",
+        );
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_failed_events_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.failed_events.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_circuit_open",
+            "gauge",
+            "1 while a sink's circuit breaker is open",
+        );
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_circuit_open{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                u8::from(s.breaker_open.load(Ordering::Relaxed))
+            );
+        }
+        family(
+            &mut o,
+            "dab_queue_depth_events",
+            "gauge",
+            "Events held in a memory queue",
+        );
+        for q in &self.queues {
+            let _ = writeln!(
+                o,
+                "dab_queue_depth_events{{queue=\"{}\"}} {}",
+                esc(&q.name),
+                q.depth_events.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_channel_depth_batches",
+            "gauge",
+            "Batches waiting in a bounded channel",
+        );
+        if let Ok(channels) = self.channels.lock() {
+            for (owner, weak) in channels.iter() {
+                if let Some(tx) = weak.upgrade() {
+                    let _ = writeln!(
+                        o,
+                        "dab_channel_depth_batches{{channel=\"{}\"}} {}",
+                        esc(owner),
+                        tx.max_capacity() - tx.capacity()
+                    );
+                }
+            }
+        }
+        family(
+            &mut o,
+            "dab_process_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the process",
+        );
+        let _ = writeln!(o, "dab_process_resident_memory_bytes {}", rss_bytes());
+        o
+    }
+}
