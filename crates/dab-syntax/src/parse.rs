@@ -6,7 +6,12 @@ use pest::iterators::Pair;
 use pest::Parser as _;
 
 use crate::ast::*;
-use crate::split::statement_starts;
+use crate::split::{statement_starts, too_big, TooBig};
+
+/// Deepest nesting of parentheses and brackets a statement may have.
+pub const MAX_NESTING: usize = 64;
+/// Most `!`, `&&` and `||` operators a statement may have.
+pub const MAX_OPERATORS: usize = 256;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../../grammar/dab.pest"]
@@ -34,6 +39,28 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
         let chunk = &text[start..end];
         cx.base = start;
+        if let Some((at, why)) = too_big(chunk, MAX_NESTING, MAX_OPERATORS) {
+            let (message, label) = match why {
+                TooBig::Nesting => (
+                    format!("nested more than {MAX_NESTING} levels deep"),
+                    "too deep",
+                ),
+                TooBig::Operators => (
+                    format!("more than {MAX_OPERATORS} `!`, `&&` and `||` in one statement"),
+                    "one too many",
+                ),
+            };
+            cx.diags.push(
+                Diagnostic::new(
+                    Code::E001,
+                    Span::new(file, start + at, start + at + 1),
+                    message,
+                )
+                .with_label_here(label)
+                .with_help("split the condition across pipelines or simplify it"),
+            );
+            continue;
+        }
         match DabParser::parse(Rule::single, chunk) {
             Ok(mut pairs) => {
                 let stmt = pairs.next().and_then(|single| {

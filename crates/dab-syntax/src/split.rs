@@ -27,6 +27,78 @@ pub(crate) fn statement_starts(text: &str) -> Vec<usize> {
     starts
 }
 
+/// Why a statement is refused before pest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TooBig {
+    /// `(` or `[` nested deeper than the limit.
+    Nesting,
+    /// More `!`, `&&`, `||` operators than the limit.
+    Operators,
+}
+
+/// The offset and kind of the first place where a statement is too deeply
+/// nested or has too many logical operators, outside comments and strings.
+/// pest and the expression tree recurse once per level (and an `a && b &&
+/// ...` chain is a tree as deep as it is long), so such text would exhaust
+/// the stack; it is refused before pest runs.
+pub(crate) fn too_big(text: &str, max_depth: usize, max_ops: usize) -> Option<(usize, TooBig)> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut ops = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'(' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Some((i, TooBig::Nesting));
+                }
+            }
+            b')' | b']' => depth = depth.saturating_sub(1),
+            b'!' | b'&' | b'|' => {
+                let pair = matches!(
+                    (bytes[i], bytes.get(i + 1)),
+                    (b'&', Some(b'&')) | (b'|', Some(b'|'))
+                );
+                let not = bytes[i] == b'!' && bytes.get(i + 1) != Some(&b'=');
+                if pair || not {
+                    ops += 1;
+                    if ops > max_ops {
+                        return Some((i, TooBig::Operators));
+                    }
+                    if pair {
+                        i += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn lex(text: &str) -> Vec<Tok> {
     let bytes = text.as_bytes();
     let mut toks = Vec::new();
