@@ -58,8 +58,14 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
         let text = text.into();
+        // A line ends at `\n`, or at a `\r` not followed by `\n` (old Mac
+        // files): YAML parsers count both, and spans must agree with them.
+        let bytes = text.as_bytes();
         let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .chain(bytes.iter().enumerate().filter_map(|(i, &b)| {
+                let ends = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+                ends.then_some(i + 1)
+            }))
             .collect();
         SourceFile {
             name: name.into(),
@@ -103,7 +109,7 @@ impl SourceFile {
             .line_starts
             .get(line)
             .map_or(self.text.len(), |&next| next - 1);
-        self.text[start..end.max(start)].trim_end_matches('\r')
+        self.text[start..end.max(start)].trim_end_matches(['\r', '\n'])
     }
 
     pub fn line_count(&self) -> usize {
@@ -181,6 +187,15 @@ mod tests {
         assert_eq!(f.line_col(9), LineCol { line: 2, column: 4 });
         assert_eq!(f.offset_of(2, 4), 9);
         assert_eq!(f.line_text(2), "\té→x");
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line_like_yaml_says() {
+        let f = SourceFile::new("a", "a: 1\rb: 2\r\nc: 3\n");
+        assert_eq!(f.line_col(5), LineCol { line: 2, column: 1 });
+        assert_eq!(f.line_col(11), LineCol { line: 3, column: 1 });
+        assert_eq!(f.line_text(1), "a: 1");
+        assert_eq!(f.line_text(2), "b: 2");
     }
 
     #[test]

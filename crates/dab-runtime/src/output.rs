@@ -15,34 +15,62 @@ use crate::metrics::QueueMetrics;
 /// queue's reader drains what is left and ends.
 #[derive(Debug, Clone)]
 pub struct QueueWriter {
-    tx: mpsc::UnboundedSender<(Batch, u32)>,
+    tx: mpsc::UnboundedSender<(Batch, Permits)>,
     /// One permit per event of room; taken by writers, given back by the
     /// reader once a batch has moved on.
     room: Arc<Semaphore>,
     capacity: u32,
+    /// One permit per KiB of event bytes, the same way.
+    kib_room: Arc<Semaphore>,
+    kib_capacity: u32,
     metrics: Arc<QueueMetrics>,
+}
+
+/// What a queued batch holds of the queue's room.
+#[derive(Debug, Clone, Copy)]
+struct Permits {
+    events: u32,
+    kib: u32,
 }
 
 /// The reading end: the runtime's fan-out task owns it.
 #[derive(Debug)]
 pub struct QueueReader {
-    rx: mpsc::UnboundedReceiver<(Batch, u32)>,
+    rx: mpsc::UnboundedReceiver<(Batch, Permits)>,
     room: Arc<Semaphore>,
+    kib_room: Arc<Semaphore>,
     metrics: Arc<QueueMetrics>,
 }
 
-pub fn memory_queue(capacity: u32, metrics: Arc<QueueMetrics>) -> (QueueWriter, QueueReader) {
+/// A queue holding at most `capacity` events and `capacity_bytes` bytes of
+/// events (rounded up to KiB).
+pub fn memory_queue(
+    capacity: u32,
+    capacity_bytes: u64,
+    metrics: Arc<QueueMetrics>,
+) -> (QueueWriter, QueueReader) {
     let capacity = capacity.max(1);
+    let kib_capacity = u32::try_from(capacity_bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS as u32);
     let (tx, rx) = mpsc::unbounded_channel();
     let room = Arc::new(Semaphore::new(capacity as usize));
+    let kib_room = Arc::new(Semaphore::new(kib_capacity as usize));
     (
         QueueWriter {
             tx,
             room: room.clone(),
             capacity,
+            kib_room: kib_room.clone(),
+            kib_capacity,
             metrics: metrics.clone(),
         },
-        QueueReader { rx, room, metrics },
+        QueueReader {
+            rx,
+            room,
+            kib_room,
+            metrics,
+        },
     )
 }
 
@@ -52,38 +80,58 @@ impl QueueReader {
         self.metrics
             .depth_events
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        self.room.add_permits(permits as usize);
+        self.room.add_permits(permits.events as usize);
+        self.kib_room.add_permits(permits.kib as usize);
         Some(batch)
     }
 }
 
 impl QueueWriter {
-    fn permits_for(&self, b: &Batch) -> u32 {
+    fn permits_for(&self, b: &Batch) -> Permits {
         // A batch larger than the queue takes the whole queue, not forever.
-        u32::try_from(b.len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.capacity)
+        Permits {
+            events: u32::try_from(b.len())
+                .unwrap_or(u32::MAX)
+                .clamp(1, self.capacity),
+            kib: u32::try_from(b.bytes().div_ceil(1024))
+                .unwrap_or(u32::MAX)
+                .clamp(1, self.kib_capacity),
+        }
     }
 
     async fn send(&self, b: Batch) -> Result<(), Batch> {
         let n = self.permits_for(&b);
-        match self.room.acquire_many(n).await {
+        match self.room.acquire_many(n.events).await {
             Ok(p) => p.forget(),
             Err(_) => return Err(b),
+        }
+        match self.kib_room.acquire_many(n.kib).await {
+            Ok(p) => p.forget(),
+            Err(_) => {
+                self.room.add_permits(n.events as usize);
+                return Err(b);
+            }
         }
         self.push(b, n)
     }
 
     fn try_send(&self, b: Batch) -> Result<(), Batch> {
         let n = self.permits_for(&b);
-        match self.room.try_acquire_many(n) {
+        match self.room.try_acquire_many(n.events) {
             Ok(p) => p.forget(),
             Err(_) => return Err(b),
+        }
+        match self.kib_room.try_acquire_many(n.kib) {
+            Ok(p) => p.forget(),
+            Err(_) => {
+                self.room.add_permits(n.events as usize);
+                return Err(b);
+            }
         }
         self.push(b, n)
     }
 
-    fn push(&self, b: Batch, n: u32) -> Result<(), Batch> {
+    fn push(&self, b: Batch, n: Permits) -> Result<(), Batch> {
         let len = b.len() as u64;
         match self.tx.send((b, n)) {
             Ok(()) => {
@@ -92,7 +140,8 @@ impl QueueWriter {
                 Ok(())
             }
             Err(mpsc::error::SendError((b, n))) => {
-                self.room.add_permits(n as usize);
+                self.room.add_permits(n.events as usize);
+                self.kib_room.add_permits(n.kib as usize);
                 Err(b)
             }
         }
@@ -103,6 +152,8 @@ impl QueueWriter {
         FillGauge {
             room: self.room.clone(),
             capacity: self.capacity,
+            kib_room: self.kib_room.clone(),
+            kib_capacity: self.kib_capacity,
         }
     }
 }
@@ -112,11 +163,16 @@ impl QueueWriter {
 pub struct FillGauge {
     room: Arc<Semaphore>,
     capacity: u32,
+    kib_room: Arc<Semaphore>,
+    kib_capacity: u32,
 }
 
 impl FillGauge {
+    /// The fuller of the two bounds, 0.0 to 1.0.
     pub fn fill(&self) -> f64 {
-        1.0 - self.room.available_permits() as f64 / f64::from(self.capacity)
+        let events = 1.0 - self.room.available_permits() as f64 / f64::from(self.capacity);
+        let bytes = 1.0 - self.kib_room.available_permits() as f64 / f64::from(self.kib_capacity);
+        events.max(bytes)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use dab_api::Batch;
 use dab_plan::model::WhenFull;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, PipelineMetrics};
 use crate::output::{OutputTx, QueueReader};
@@ -43,120 +44,167 @@ pub struct PipelineTask {
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,
     pub metrics: Arc<PipelineMetrics>,
+    /// Cancelled when shutdown is forced: stop waiting (on a rate limit or a
+    /// full output) and abandon the batch in hand, whose source then hears
+    /// "failed".
+    pub force: CancellationToken,
 }
 
 impl PipelineTask {
     /// Runs until the input closes, then drops the outputs so that
     /// downstream drains in turn.
     pub async fn run(mut self) {
-        while let Some(mut batch) = self.input.recv().await {
-            let t0 = Instant::now();
-            let m = &*self.metrics;
-            m.events_in.add(batch.len() as u64);
-            m.bytes_in.add(batch.bytes() as u64);
-            for (i, s) in self.stages.iter_mut().enumerate() {
-                let n = batch.len() as u64;
-                if let Some(sm) = m.stages.get(i) {
-                    sm.events_in.add(n);
-                }
-                s.apply(&mut batch, m).await;
-                if let Some(sm) = m.stages.get(i) {
-                    sm.events_out.add(batch.len() as u64);
-                }
-                if batch.is_empty() {
-                    break;
-                }
+        loop {
+            let batch = tokio::select! {
+                b = self.input.recv() => b,
+                _ = self.force.cancelled() => None,
+            };
+            let Some(batch) = batch else { return };
+            let work = process(
+                &mut self.stages,
+                &mut self.outputs,
+                self.when_full,
+                &self.metrics,
+                batch,
+            );
+            tokio::select! {
+                biased;
+                // Dropping the unfinished work drops its ack shares unsettled.
+                _ = self.force.cancelled() => return,
+                _ = work => {}
             }
-            if batch.is_empty() {
-                // Everything was dropped on purpose: that is delivery.
-                batch.ack.complete();
-                m.latency.observe(t0.elapsed());
-                continue;
-            }
-            let mut stage_index = self.stages.len();
-            let last = self.outputs.len().saturating_sub(1);
-            let mut original = Some(batch);
-            for (i, out) in self.outputs.iter_mut().enumerate() {
-                let mut copy = if i == last {
-                    match original.take() {
-                        Some(b) => b,
-                        None => break,
-                    }
-                } else {
-                    match &original {
-                        Some(b) => b.share(),
-                        None => break,
-                    }
-                };
-                for s in &mut out.modifiers {
-                    let n = copy.len() as u64;
-                    if let Some(sm) = m.stages.get(stage_index) {
-                        sm.events_in.add(n);
-                    }
-                    if !copy.is_empty() {
-                        s.apply(&mut copy, m).await;
-                    }
-                    if let Some(sm) = m.stages.get(stage_index) {
-                        sm.events_out.add(copy.len() as u64);
-                    }
-                    stage_index += 1;
-                }
-                if copy.is_empty() {
-                    copy.ack.complete();
-                    continue;
-                }
-                let n = copy.len() as u64;
-                let om = m.outputs.get(i);
-                let sent = match self.when_full {
-                    WhenFull::Block => {
-                        let waited = Instant::now();
-                        let r = out.tx.send(copy).await;
-                        if let Some(om) = om {
-                            om.blocked_ns.add(waited.elapsed().as_nanos() as u64);
-                        }
-                        r
-                    }
-                    WhenFull::DropNewest => match out.tx.try_send(copy) {
-                        Ok(()) => Ok(()),
-                        Err(b) => {
-                            // The user chose to keep siblings flowing: a
-                            // deliberate, counted drop.
-                            if let Some(om) = om {
-                                om.dropped_full.add(n);
-                            }
-                            m.dropped(DropReason::OutputFull, n);
-                            b.ack.complete();
-                            continue;
-                        }
-                    },
-                };
-                match sent {
-                    Ok(()) => {
-                        m.events_out.add(n);
-                        if let Some(om) = om {
-                            om.events.add(n);
-                        }
-                    }
-                    // The reader is gone (forced shutdown): not delivered.
-                    Err(b) => b.ack.fail(),
-                }
-            }
-            m.latency.observe(t0.elapsed());
         }
     }
 }
 
+async fn process(
+    stages: &mut [Compiled],
+    outputs: &mut [Output],
+    when_full: WhenFull,
+    m: &PipelineMetrics,
+    mut batch: Batch,
+) {
+    let t0 = Instant::now();
+    m.events_in.add(batch.len() as u64);
+    m.bytes_in.add(batch.bytes() as u64);
+    for (i, s) in stages.iter_mut().enumerate() {
+        let n = batch.len() as u64;
+        if let Some(sm) = m.stages.get(i) {
+            sm.events_in.add(n);
+        }
+        s.apply(&mut batch, m).await;
+        if let Some(sm) = m.stages.get(i) {
+            sm.events_out.add(batch.len() as u64);
+        }
+        if batch.is_empty() {
+            break;
+        }
+    }
+    if batch.is_empty() {
+        // Everything was dropped on purpose: that is delivery.
+        batch.ack.complete();
+        m.latency.observe(t0.elapsed());
+        return;
+    }
+    let mut stage_index = stages.len();
+    let last = outputs.len().saturating_sub(1);
+    let mut original = Some(batch);
+    for (i, out) in outputs.iter_mut().enumerate() {
+        let mut copy = if i == last {
+            match original.take() {
+                Some(b) => b,
+                None => break,
+            }
+        } else {
+            match &original {
+                Some(b) => b.share(),
+                None => break,
+            }
+        };
+        for s in &mut out.modifiers {
+            let n = copy.len() as u64;
+            if let Some(sm) = m.stages.get(stage_index) {
+                sm.events_in.add(n);
+            }
+            if !copy.is_empty() {
+                s.apply(&mut copy, m).await;
+            }
+            if let Some(sm) = m.stages.get(stage_index) {
+                sm.events_out.add(copy.len() as u64);
+            }
+            stage_index += 1;
+        }
+        if copy.is_empty() {
+            copy.ack.complete();
+            continue;
+        }
+        let n = copy.len() as u64;
+        let om = m.outputs.get(i);
+        let sent = match when_full {
+            WhenFull::Block => {
+                let waited = Instant::now();
+                let r = out.tx.send(copy).await;
+                if let Some(om) = om {
+                    om.blocked_ns.add(waited.elapsed().as_nanos() as u64);
+                }
+                r
+            }
+            WhenFull::DropNewest => match out.tx.try_send(copy) {
+                Ok(()) => Ok(()),
+                Err(b) => {
+                    // The user chose to keep siblings flowing: a
+                    // deliberate, counted drop.
+                    if let Some(om) = om {
+                        om.dropped_full.add(n);
+                    }
+                    m.dropped(DropReason::OutputFull, n);
+                    b.ack.complete();
+                    continue;
+                }
+            },
+        };
+        match sent {
+            Ok(()) => {
+                m.events_out.add(n);
+                if let Some(om) = om {
+                    om.events.add(n);
+                }
+            }
+            // The reader is gone (forced shutdown): not delivered.
+            Err(b) => b.ack.fail(),
+        }
+    }
+    m.latency.observe(t0.elapsed());
+}
+
 /// Gives every reader every batch (a source or queue read by several
 /// pipelines); the original's share settles once all copies are handed on.
-pub async fn fan_out(mut inlet: Inlet, readers: Vec<mpsc::Sender<Batch>>) {
-    while let Some(batch) = inlet.recv().await {
-        let mut delivered = true;
-        for r in &readers {
-            if let Err(e) = r.send(batch.share()).await {
-                e.0.ack.fail();
-                delivered = false;
+pub async fn fan_out(
+    mut inlet: Inlet,
+    readers: Vec<mpsc::Sender<Batch>>,
+    force: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            b = inlet.recv() => b,
+            _ = force.cancelled() => None,
+        };
+        let Some(batch) = batch else { return };
+        let hand_on = async {
+            let mut delivered = true;
+            for r in &readers {
+                if let Err(e) = r.send(batch.share()).await {
+                    e.0.ack.fail();
+                    delivered = false;
+                }
             }
-        }
+            delivered
+        };
+        let delivered = tokio::select! {
+            biased;
+            _ = force.cancelled() => false,
+            d = hand_on => d,
+        };
         if delivered {
             batch.ack.complete();
         } else {

@@ -39,7 +39,12 @@ enum Outcome {
 impl SinkTask {
     pub async fn run(mut self) {
         let mut pending: Vec<AckToken> = Vec::new();
-        while let Some(batch) = self.input.recv().await {
+        loop {
+            let batch = tokio::select! {
+                b = self.input.recv() => b,
+                _ = self.force.cancelled() => None,
+            };
+            let Some(batch) = batch else { break };
             let n = batch.len() as u64;
             let bytes = batch.bytes() as u64;
             let Batch { events, ack } = batch;
@@ -95,9 +100,17 @@ async fn retry(
 ) -> Outcome {
     let mut failures: u32 = 0;
     loop {
-        let result: Result<(), ConnectorError> = match op {
-            Op::Write(events) => sink.write(events).await,
-            Op::Flush => sink.flush().await,
+        let attempt = async {
+            match op {
+                Op::Write(events) => sink.write(events).await,
+                Op::Flush => sink.flush().await,
+            }
+        };
+        // A forced stop must reach a write that never returns, too.
+        let result: Result<(), ConnectorError> = tokio::select! {
+            biased;
+            _ = force.cancelled() => return Outcome::GaveUp,
+            r = attempt => r,
         };
         match result {
             Ok(()) => {

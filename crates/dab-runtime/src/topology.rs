@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub queue_high_water: f64,
     /// Events a memory queue holds when its binding says nothing.
     pub default_queue_capacity: u32,
+    /// Bytes of events a memory queue holds when its binding says nothing.
+    pub default_queue_bytes: u64,
 }
 
 impl Default for RunOptions {
@@ -72,6 +74,7 @@ impl Default for RunOptions {
             max_rss_bytes: 0,
             queue_high_water: 0.9,
             default_queue_capacity: 10_000,
+            default_queue_bytes: 64 << 20,
         }
     }
 }
@@ -184,20 +187,24 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                 kind,
             });
         }
-        let capacity = match ep {
-            Endpoint::Bound { fields, .. } => match fields.get("capacity") {
-                Some(ConfigValue::Int(c)) => u32::try_from(*c).unwrap_or(u32::MAX),
-                _ => opts.default_queue_capacity,
+        let field = |key: &str| match ep {
+            Endpoint::Bound { fields, .. } => match fields.get(key) {
+                Some(ConfigValue::Int(c)) => u64::try_from(*c).ok(),
+                _ => None,
             },
-            _ => opts.default_queue_capacity,
+            _ => None,
         };
+        let capacity = field("capacity").map_or(opts.default_queue_capacity, |c| {
+            u32::try_from(c).unwrap_or(u32::MAX)
+        });
+        let capacity_bytes = field("capacity_bytes").unwrap_or(opts.default_queue_bytes);
         let qm = Arc::new(QueueMetrics {
             name: name.to_owned(),
             capacity_events: u64::from(capacity),
             ..QueueMetrics::default()
         });
         metrics.queues.push(qm.clone());
-        let (w, r) = memory_queue(capacity, qm);
+        let (w, r) = memory_queue(capacity, capacity_bytes, qm);
         queue_writers.insert(name, w);
         queue_readers.insert(name, r);
     }
@@ -294,8 +301,14 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     // not delivered.
     for (name, mut q) in queue_readers.drain() {
         tracing::warn!(queue = name, "memory queue has no reader in this process; its events are dropped and reported failed");
+        let force = force.clone();
         tracker.spawn(async move {
-            while let Some(b) = q.recv().await {
+            loop {
+                let b = tokio::select! {
+                    b = q.recv() => b,
+                    _ = force.cancelled() => None,
+                };
+                let Some(b) = b else { return };
                 b.ack.fail();
             }
         });
@@ -359,6 +372,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             outputs,
             when_full: c.when_full,
             metrics: pm,
+            force: force.clone(),
         });
     }
 
@@ -386,7 +400,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         tracker.spawn(t.run());
     }
     for (inlet, readers) in fanouts {
-        tracker.spawn(fan_out(inlet, readers));
+        tracker.spawn(fan_out(inlet, readers, force.clone()));
     }
     for (name, source, out) in sources {
         let stats = Arc::new(SourceStats::default());

@@ -20,6 +20,10 @@ struct DabParser;
 /// Parses one blueprint file. Never panics; syntax errors come back as E001
 /// diagnostics and the statements around them are still parsed.
 pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
+    // pest's error detail is a process-wide switch. It is turned on and never
+    // off: toggling it around one parse raced with parses on other threads
+    // and made messages depend on timing.
+    pest::set_error_detail(true);
     let mut cx = Cx {
         file,
         base: 0,
@@ -71,7 +75,7 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
                 }
             }
             Err(e) => {
-                let literals = expected_literals(chunk);
+                let literals = expected_literals(&e);
                 cx.diags
                     .push(syntax_error(file, start, chunk, e, &literals));
             }
@@ -82,16 +86,16 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
 
 /// True when the text holds only white space and comments.
 fn is_blank(text: &str) -> bool {
-    let mut rest = text.trim_start();
+    fn skip(t: &str) -> &str {
+        t.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+    }
+    let mut rest = skip(text);
     loop {
         if let Some(r) = rest.strip_prefix("//") {
-            rest = r
-                .split_once('\n')
-                .map_or("", |(_, after)| after)
-                .trim_start();
+            rest = skip(r.split_once('\n').map_or("", |(_, after)| after));
         } else if let Some(r) = rest.strip_prefix("/*") {
             match r.split_once("*/") {
-                Some((_, after)) => rest = after.trim_start(),
+                Some((_, after)) => rest = skip(after),
                 None => return false,
             }
         } else {
@@ -100,16 +104,10 @@ fn is_blank(text: &str) -> bool {
     }
 }
 
-/// The punctuation pest would have accepted where a chunk failed. pest only
-/// tracks literal tokens with its (slower) error detail on, so the failing
-/// chunk is parsed a second time with it, and the happy path pays nothing.
-fn expected_literals(chunk: &str) -> Vec<String> {
-    pest::set_error_detail(true);
-    let attempts = DabParser::parse(Rule::single, chunk)
-        .err()
-        .and_then(|e| e.parse_attempts());
-    pest::set_error_detail(false);
-    let Some(attempts) = attempts else {
+/// The punctuation pest would have accepted where a chunk failed (pest
+/// reports rules, not literal tokens, unless its error detail is on).
+fn expected_literals(e: &pest::error::Error<Rule>) -> Vec<String> {
+    let Some(attempts) = e.parse_attempts() else {
         return Vec::new();
     };
     attempts

@@ -63,7 +63,9 @@ pub(crate) fn too_big(text: &str, max_depth: usize, max_ops: usize) -> Option<(u
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    if bytes[i] == b'\\' {
+                    // An escape covers the next character, but never a line
+                    // break: an unterminated string ends at the line's end.
+                    if bytes[i] == b'\\' && bytes.get(i + 1).is_some_and(|&c| c != b'\n') {
                         i += 1;
                     }
                     i += 1;
@@ -122,7 +124,9 @@ fn lex(text: &str) -> Vec<Tok> {
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    if bytes[i] == b'\\' {
+                    // An escape covers the next character, but never a line
+                    // break: an unterminated string ends at the line's end.
+                    if bytes[i] == b'\\' && bytes.get(i + 1).is_some_and(|&c| c != b'\n') {
                         i += 1;
                     }
                     i += 1;

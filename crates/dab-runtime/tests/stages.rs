@@ -1,0 +1,338 @@
+//! The stages of SPEC section 1 as they run: FilterType matches bytes,
+//! Filter follows the expression rules, samplers decide by the documented
+//! hash and tag what they keep, rate limits wait, drop or overflow. Every
+//! deliberate drop is counted by reason and counts as delivered.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dab_api::{AckStatus, Event, Text};
+use dab_runtime::metrics::DropReason;
+use dab_runtime::sample::keep;
+use support::*;
+
+fn tagged(mut e: Event, tags: &[(&str, &str)]) -> Event {
+    for (k, v) in tags {
+        e.set_tag(Text::from(*k), Text::from(*v));
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_events_count_as_delivered_and_by_reason() {
+    let h = Harness::new();
+    // Batch 0: only B (all filtered out); batch 1: mixed; batch 2: empty.
+    let b_only: Vec<Event> = (0..6).map(|o| ev("B", o)).collect();
+    let mixed = alternating(6, 40);
+    let (_, mut rxs) = h.vec_source("Src", vec![b_only, mixed.clone(), Vec::new()]);
+    let s = h.sink("S");
+    let plan = plan(
+        "p.NewPipeline().In(Src).FilterType(A).WithSampleRate(3).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+
+    assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered; 3]);
+    finish(&running).await;
+
+    let a: Vec<&Event> = mixed.iter().filter(|e| e.ty.as_str() == "A").collect();
+    // FilterType is op 1, the sampler op 2 (its salt).
+    let kept: Vec<u64> = a
+        .iter()
+        .filter(|e| keep(e, 3, 2))
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(s.offsets(), kept);
+    let p = pipeline(&running, "p");
+    assert_eq!(p.events_in.get(), 46);
+    assert_eq!(p.dropped_count(DropReason::Filter), 6 + 20);
+    assert_eq!(
+        p.dropped_count(DropReason::Sample),
+        (a.len() - kept.len()) as u64
+    );
+    assert_eq!(p.dropped_count(DropReason::RateLimit), 0);
+    assert_eq!(p.dropped_count(DropReason::OutputFull), 0);
+    assert_eq!(p.events_out.get(), kept.len() as u64);
+    // The all-B batch never reached the sink.
+    let writes = s.writes.load(Ordering::SeqCst);
+    assert_eq!(writes, u64::from(!kept.is_empty()));
+}
+
+/// One source read by one pipeline per filter; each sink's offsets must be
+/// exactly those the Rust predicate keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filter_type_and_filter_keep_exactly_the_matching_events() {
+    let types = [
+        "chat.message",
+        "Chat.message",
+        "chat.message ",
+        "chat.messages",
+        "chat",
+        "A",
+        "a",
+    ];
+    let hosts = ["web-1", "web-2", "web-3"];
+    let mut events = Vec::new();
+    for o in 0..84u64 {
+        let mut e = ev(types[o as usize % types.len()], o);
+        e.host = Text::from(hosts[o as usize % hosts.len()]);
+        e.pid = (o % 5) as u32;
+        let e = match o % 4 {
+            0 => tagged(e, &[("env", "prod")]),
+            1 => tagged(e, &[("env", "staging"), ("k-1", "v")]),
+            2 => tagged(e, &[("k-1", "w")]),
+            _ => e,
+        };
+        events.push(e);
+    }
+    type Check = fn(&Event) -> bool;
+    let cases: Vec<(&str, &str, Check)> = vec![
+        ("FilterType(\"chat.message\", A)", "S0", |e| {
+            matches!(e.ty.as_str(), "chat.message" | "A")
+        }),
+        ("Filter(tags.env == \"prod\")", "S1", |e| {
+            e.tag("env").map(Text::as_str) == Some("prod")
+        }),
+        ("Filter(tags.env != \"prod\")", "S2", |e| {
+            e.tag("env").map(Text::as_str) != Some("prod")
+        }),
+        ("Filter(host in [\"web-1\", \"web-3\"])", "S3", |e| {
+            matches!(e.host.as_str(), "web-1" | "web-3")
+        }),
+        ("Filter(pid >= 3 && offset < 40)", "S4", |e| {
+            e.pid >= 3 && e.offset < 40
+        }),
+        (
+            "Filter(!(type == \"A\") || tags[\"k-1\"] == \"v\")",
+            "S5",
+            |e| e.ty.as_str() != "A" || e.tag("k-1").map(Text::as_str) == Some("v"),
+        ),
+        ("Filter(tags.missing != \"x\")", "S6", |_| true),
+        ("Filter(tags.missing == \"\")", "S7", |_| false),
+        ("Filter(pid in [0, 4] || type in [\"chat\"])", "S8", |e| {
+            e.pid == 0 || e.pid == 4 || e.ty.as_str() == "chat"
+        }),
+        ("FilterType(chat)", "S9", |e| e.ty.as_str() == "chat"),
+    ];
+    let mut blueprint = String::new();
+    for (i, (stage, sink, _)) in cases.iter().enumerate() {
+        blueprint.push_str(&format!("f{i}.NewPipeline().In(Src).{stage}.Out({sink})\n"));
+    }
+    let sinks: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 10));
+    let plan = plan(&blueprint, &bindings(&["Src"], &sinks, ""));
+    let running = h.start(&plan, 8);
+
+    let statuses = acks(&mut rxs).await;
+    assert!(statuses.iter().all(|s| *s == AckStatus::Delivered));
+    finish(&running).await;
+    for (i, (stage, sink, check)) in cases.iter().enumerate() {
+        let want: Vec<Event> = events.iter().filter(|e| check(e)).cloned().collect();
+        assert_eq!(
+            h.sink(sink).offsets(),
+            offsets(&want),
+            "{stage} kept the wrong events"
+        );
+        // Kept events leave unchanged.
+        assert_eq!(h.sink(sink).events(), want, "{stage} changed events");
+        let p = pipeline(&running, &format!("f{i}"));
+        assert_eq!(
+            p.dropped_count(DropReason::Filter),
+            (events.len() - want.len()) as u64,
+            "{stage} drop count"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn samplers_follow_the_documented_hash_and_tag_what_they_keep() {
+    const N: u64 = 100_000;
+    let events: Vec<Event> = (0..N)
+        .map(|o| ev(if o % 3 == 0 { "A" } else { "B" }, o))
+        .collect();
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 1000));
+    let plan = plan(
+        "one.NewPipeline().In(Src).WithSampleRate(7).Out(S1)\n\
+         two.NewPipeline().In(Src).WithSampleRate(10).WithSampleRate(10).Out(S2)\n\
+         after.NewPipeline().In(Src).Out(S3).WithSampleRate(5)\n",
+        &bindings(&["Src"], &["S1", "S2", "S3"], ""),
+    );
+    let running = h.start(&plan, 8);
+    let statuses = acks(&mut rxs).await;
+    assert!(statuses.iter().all(|s| *s == AckStatus::Delivered));
+    finish(&running).await;
+
+    // Salts are op positions in the statement, `In` being 0.
+    let want_one: Vec<u64> = events
+        .iter()
+        .filter(|e| keep(e, 7, 1))
+        .map(|e| e.offset)
+        .collect();
+    let want_two: Vec<u64> = events
+        .iter()
+        .filter(|e| keep(e, 10, 1) && keep(e, 10, 2))
+        .map(|e| e.offset)
+        .collect();
+    let want_after: Vec<u64> = events
+        .iter()
+        .filter(|e| keep(e, 5, 2))
+        .map(|e| e.offset)
+        .collect();
+    let (s1, s2, s3) = (h.sink("S1"), h.sink("S2"), h.sink("S3"));
+    assert_eq!(s1.offsets(), want_one);
+    assert_eq!(s2.offsets(), want_two);
+    assert_eq!(s3.offsets(), want_after);
+
+    // Two samplers in a row are independent: about 1 in 100 pass both.
+    let both = want_two.len();
+    assert!(
+        (700..=1300).contains(&both),
+        "{both} of {N} passed two 1-in-10 samplers"
+    );
+    let one = want_one.len() as f64 / N as f64;
+    assert!(
+        (one - 1.0 / 7.0).abs() < 0.01,
+        "1-in-7 kept a fraction {one}"
+    );
+
+    for (sink, rate) in [(&s1, "7"), (&s2, "10"), (&s3, "5")] {
+        for e in sink.events() {
+            assert_eq!(e.tags.len(), 1, "{}: tags {:?}", sink.name, e.tags);
+            assert_eq!(e.tag("dab.sample_rate").map(Text::as_str), Some(rate));
+        }
+    }
+    let dropped = |id: &str| pipeline(&running, id).dropped_count(DropReason::Sample);
+    assert_eq!(dropped("one"), N - want_one.len() as u64);
+    assert_eq!(dropped("two"), N - want_two.len() as u64);
+    assert_eq!(dropped("after"), N - want_after.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_wait_slows_down_and_loses_nothing() {
+    // governor keeps its own clock (quanta) and timer (futures-timer), so
+    // tokio's paused time does not apply: this measures real time, briefly.
+    // 1000 events at 2000/s with a burst of 100: at least 900 / 2000 s.
+    let h = Harness::new();
+    let events = alternating(0, 1000);
+    let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 50));
+    let s = h.sink("S");
+    let plan = plan(
+        "p.NewPipeline().In(Src).WithRateLimitPerSecond(2000, burst = 100).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let t0 = Instant::now();
+    let running = h.start(&plan, 8);
+    finish(&running).await;
+    let took = t0.elapsed();
+
+    assert!(
+        took >= Duration::from_millis(440),
+        "1000 events took {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "1000 events took {took:?}");
+    assert_eq!(s.events(), events);
+    assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered; 20]);
+    assert_eq!(
+        pipeline(&running, "p").dropped_count(DropReason::RateLimit),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_drop_counts_every_excess_event() {
+    const SENT: u64 = 1000;
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, SENT), 100));
+    let s = h.sink("S");
+    let plan = plan(
+        "p.NewPipeline().In(Src).WithRateLimitPerSecond(1000, burst = 100, on_limit = drop).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered; 10]);
+    finish(&running).await;
+
+    let got = s.len() as u64;
+    let dropped = pipeline(&running, "p").dropped_count(DropReason::RateLimit);
+    assert_eq!(got + dropped, SENT, "received {got} + dropped {dropped}");
+    assert!(got >= 100, "the burst of 100 was not let through: {got}");
+    assert!(dropped > 0);
+    let offs = s.offsets();
+    assert!(
+        offs.windows(2).all(|w| w[0] < w[1]),
+        "duplicates or reordering"
+    );
+    assert_eq!(sink_metrics(&running, "S").events.get(), got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_overflow_sends_the_excess_on_and_acks_after_both() {
+    const SENT: u64 = 1000;
+    let h = Harness::new();
+    let events = alternating(0, SENT);
+    let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 100));
+    let (s, spill) = (h.sink("S"), h.sink("Spill"));
+    spill.write_gate.hold();
+    let plan = plan(
+        "p.NewPipeline().In(Src)\
+           .WithRateLimitPerSecond(1000, burst = 100, on_limit = overflow, overflow = Spill)\
+           .Out(S)",
+        &bindings(&["Src"], &["S", "Spill"], ""),
+    );
+    let running = h.start(&plan, 16);
+
+    // The first batch fits the burst and needs only S.
+    assert_eq!(ack(&mut rxs[0]).await, AckStatus::Delivered);
+    eventually("the excess to reach Spill", || {
+        spill.write_calls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(pending(&mut rxs[9]), "acked before the overflow sink wrote");
+
+    spill.write_gate.release();
+    let statuses = acks(&mut rxs[1..]).await;
+    assert!(statuses.iter().all(|st| *st == AckStatus::Delivered));
+    finish(&running).await;
+
+    let (got, spilled) = (s.len() as u64, spill.len() as u64);
+    assert_eq!(got + spilled, SENT, "S {got} + Spill {spilled}");
+    assert!(spilled > 0);
+    let all: BTreeSet<u64> = s.offsets().into_iter().chain(spill.offsets()).collect();
+    assert_eq!(
+        all,
+        (0..SENT).collect::<BTreeSet<_>>(),
+        "lost or duplicated"
+    );
+    let p = pipeline(&running, "p");
+    assert_eq!(p.dropped_count(DropReason::RateLimit), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forced_shutdown_ends_a_pipeline_waiting_on_its_rate_limit() {
+    // 50 events at 1/s would take 49 s to drain; a forced stop must not wait
+    // for them, and what was not delivered is reported failed.
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 50), 25));
+    let s = h.sink("S");
+    let plan = plan(
+        "p.NewPipeline().In(Src).WithRateLimitPerSecond(1, burst = 1).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    eventually("the pipeline to take the first batch", || {
+        pipeline(&running, "p").events_in.get() >= 25
+    })
+    .await;
+
+    running.shutdown();
+    running.force();
+    finish(&running).await;
+    assert_eq!(acks(&mut rxs).await, vec![AckStatus::Failed; 2]);
+    assert!(s.len() < 50, "{} events written", s.len());
+}

@@ -1,0 +1,652 @@
+//! Test connectors and helpers for the runtime's integration tests: a
+//! finite `VecSource` whose batches carry tracked acks, an endless
+//! `LoopSource`, and a `RecordingSink` that can be held (slow or stalled)
+//! or told to fail. Factories register them under real connector kinds
+//! (`generator`, `tcp`, `file`) so the bindings checker accepts the plans,
+//! and hand out shared handles keyed by binding name.
+//!
+//! Every wait here is bounded by `LIMIT`: a hang is a test failure with a
+//! message, never a stuck test run.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dab_api::connector::{Admission, SourceStats};
+use dab_api::{
+    AckStatus, AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory,
+    Source, SourceContext, SourceFactory, Text,
+};
+use dab_plan::Plan;
+use dab_runtime::metrics::{PipelineMetrics, SinkMetrics};
+use dab_runtime::{Registry, RunOptions, Running};
+use tokio::sync::{oneshot, watch};
+
+/// The longest any single wait in a test may take.
+pub const LIMIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------- events
+
+/// An event with a unique offset; host `web-1`, pid 1, message `m<offset>`.
+pub fn ev(ty: &str, offset: u64) -> Event {
+    Event {
+        timestamp: 1_732_320_000_000_000_000 + offset as i64,
+        host: Text::from("web-1"),
+        ty: Text::from(ty),
+        offset,
+        pid: 1,
+        message: bytes::Bytes::from(format!("m{offset}")),
+        ..Event::default()
+    }
+}
+
+/// `count` events, types alternating A, B, A, ..., offsets from `first`.
+pub fn alternating(first: u64, count: u64) -> Vec<Event> {
+    (first..first + count)
+        .map(|o| ev(if o % 2 == 0 { "A" } else { "B" }, o))
+        .collect()
+}
+
+/// Cuts events into batches of `size`.
+pub fn batches(events: Vec<Event>, size: usize) -> Vec<Vec<Event>> {
+    events.chunks(size).map(<[Event]>::to_vec).collect()
+}
+
+/// The offsets of events, in order: the identity tests compare.
+pub fn offsets(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.offset).collect()
+}
+
+// ---------------------------------------------------------------- gates
+
+/// Open or closed; `pass` waits while closed.
+#[derive(Debug)]
+pub struct Gate(watch::Sender<bool>);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(watch::Sender::new(true))
+    }
+
+    pub fn hold(&self) {
+        self.0.send_replace(false);
+    }
+
+    pub fn release(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn pass(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in the handle, which outlives the sink.
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+// ---------------------------------------------------------------- sinks
+
+/// What a `RecordingSink` saw, and how it should behave.
+#[derive(Debug)]
+pub struct SinkHandle {
+    pub name: String,
+    events: Mutex<Vec<Event>>,
+    /// Held: `write` waits before doing anything.
+    pub write_gate: Gate,
+    /// Held: `flush` waits before doing anything.
+    pub flush_gate: Gate,
+    /// Calls to `write` (including failed and held ones).
+    pub write_calls: AtomicU64,
+    /// Successful writes.
+    pub writes: AtomicU64,
+    pub flush_calls: AtomicU64,
+    pub flushes: AtomicU64,
+    /// The next this many writes fail (before recording anything).
+    pub fail_writes: AtomicU64,
+    /// The next this many flushes fail.
+    pub fail_flushes: AtomicU64,
+    pub always_fail: AtomicBool,
+}
+
+impl SinkHandle {
+    fn new(name: &str) -> SinkHandle {
+        SinkHandle {
+            name: name.to_owned(),
+            events: Mutex::new(Vec::new()),
+            write_gate: Gate::new(),
+            flush_gate: Gate::new(),
+            write_calls: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            flush_calls: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            fail_writes: AtomicU64::new(0),
+            fail_flushes: AtomicU64::new(0),
+            always_fail: AtomicBool::new(false),
+        }
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("sink lock").clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.lock().expect("sink lock").len()
+    }
+
+    pub fn offsets(&self) -> Vec<u64> {
+        offsets(&self.events())
+    }
+
+    pub fn fail_next_writes(&self, k: u64) {
+        self.fail_writes.store(k, Ordering::SeqCst);
+    }
+
+    pub fn fail_next_flushes(&self, k: u64) {
+        self.fail_flushes.store(k, Ordering::SeqCst);
+    }
+}
+
+/// Takes one from a "fail the next K" counter; true if this call fails.
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+        .is_ok()
+}
+
+#[derive(Debug)]
+struct RecordingSink(Arc<SinkHandle>);
+
+#[async_trait]
+impl Sink for RecordingSink {
+    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+        let h = &self.0;
+        h.write_calls.fetch_add(1, Ordering::SeqCst);
+        h.write_gate.pass().await;
+        if h.always_fail.load(Ordering::SeqCst) {
+            return Err(ConnectorError::Other(format!("{}: always fails", h.name)));
+        }
+        if take_one(&h.fail_writes) {
+            return Err(ConnectorError::Other(format!("{}: told to fail", h.name)));
+        }
+        h.events
+            .lock()
+            .expect("sink lock")
+            .extend(events.iter().cloned());
+        h.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        let h = &self.0;
+        h.flush_calls.fetch_add(1, Ordering::SeqCst);
+        h.flush_gate.pass().await;
+        if h.always_fail.load(Ordering::SeqCst) || take_one(&h.fail_flushes) {
+            return Err(ConnectorError::Other(format!("{}: flush fails", h.name)));
+        }
+        h.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- sources
+
+/// What a test source did.
+#[derive(Debug, Default)]
+pub struct SourceHandle {
+    /// Events and batches the runtime accepted (`send` returned).
+    pub sent_events: AtomicU64,
+    pub sent_batches: AtomicU64,
+    /// The source returned from `run`.
+    pub finished: AtomicBool,
+    /// Ack outcomes seen by a `LoopSource`, per batch.
+    pub delivered: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    admission: Mutex<Option<Arc<dyn Admission>>>,
+}
+
+impl SourceHandle {
+    pub fn sent(&self) -> u64 {
+        self.sent_events.load(Ordering::SeqCst)
+    }
+
+    /// The admission control the runtime gave this source.
+    pub fn admits(&self) -> Option<bool> {
+        self.admission
+            .lock()
+            .expect("source lock")
+            .as_ref()
+            .map(|a| a.admit())
+    }
+}
+
+/// Called with the index of the next batch; the source waits until it
+/// returns true (lets a test pace a source against a sink).
+pub type Pace = Arc<dyn Fn(usize) -> bool + Send + Sync>;
+
+enum SourceSpec {
+    Vec {
+        batches: Vec<Batch>,
+        pace: Option<Pace>,
+    },
+    Loop {
+        batch_size: u64,
+    },
+    Failing {
+        message: String,
+    },
+}
+
+/// Sends prepared batches, then ends.
+struct VecSource {
+    batches: Vec<Batch>,
+    pace: Option<Pace>,
+    handle: Arc<SourceHandle>,
+}
+
+/// Sends batches of `A` events with offsets 0, 1, 2, ... until shutdown.
+struct LoopSource {
+    batch_size: u64,
+    handle: Arc<SourceHandle>,
+}
+
+fn note_sent(ctx: &SourceContext, h: &SourceHandle, n: u64) {
+    SourceStats::add(&ctx.stats.events, n);
+    h.sent_events.fetch_add(n, Ordering::SeqCst);
+    h.sent_batches.fetch_add(1, Ordering::SeqCst);
+}
+
+#[async_trait]
+impl Source for VecSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let VecSource {
+            batches,
+            pace,
+            handle,
+        } = *self;
+        *handle.admission.lock().expect("source lock") = Some(ctx.admission.clone());
+        for (i, batch) in batches.into_iter().enumerate() {
+            if let Some(pace) = &pace {
+                while !pace(i) {
+                    tokio::select! {
+                        biased;
+                        _ = ctx.shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    }
+                }
+            }
+            let n = batch.len() as u64;
+            let permit = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                p = ctx.out.reserve() => p,
+            };
+            match permit {
+                Ok(p) => p.send(batch),
+                Err(_) => return Err(ConnectorError::Other("pipeline input closed".into())),
+            }
+            note_sent(&ctx, &handle, n);
+        }
+        handle.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for LoopSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let h = self.handle;
+        *h.admission.lock().expect("source lock") = Some(ctx.admission.clone());
+        let mut next = 0u64;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => break,
+                p = ctx.out.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            // The batch exists only once there is room, so a stop never
+            // abandons a batch that was not sent.
+            let events: Vec<Event> = (next..next + self.batch_size).map(|o| ev("A", o)).collect();
+            next += self.batch_size;
+            let (delivered, failed) = (h.delivered.clone(), h.failed.clone());
+            let ack = AckToken::new(move |status| {
+                let c = if status == AckStatus::Delivered {
+                    delivered
+                } else {
+                    failed
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+            permit.send(Batch::new(events, ack));
+            note_sent(&ctx, &h, self.batch_size);
+        }
+        h.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Ends with an error once it has waited `FAIL_AFTER` (a port in use).
+struct FailingSource {
+    message: String,
+}
+
+const FAIL_AFTER: Duration = Duration::from_millis(50);
+
+#[async_trait]
+impl Source for FailingSource {
+    async fn run(self: Box<Self>, _ctx: SourceContext) -> Result<(), ConnectorError> {
+        tokio::time::sleep(FAIL_AFTER).await;
+        Err(ConnectorError::Other(self.message))
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+#[derive(Default)]
+struct Shared {
+    sources: Mutex<HashMap<String, (SourceSpec, Arc<SourceHandle>)>>,
+    sinks: Mutex<HashMap<String, Arc<SinkHandle>>>,
+}
+
+/// The test's side of the connectors: prepare sources, reach sinks.
+#[derive(Clone, Default)]
+pub struct Harness(Arc<Shared>);
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Harness")
+    }
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::default()
+    }
+
+    /// A finite source sending `batches` in order; one ack receiver per batch.
+    pub fn vec_source(
+        &self,
+        name: &str,
+        batches: Vec<Vec<Event>>,
+    ) -> (Arc<SourceHandle>, Vec<oneshot::Receiver<AckStatus>>) {
+        self.paced_source(name, batches, None)
+    }
+
+    /// Like `vec_source`, waiting for `pace(i)` before sending batch `i`.
+    pub fn paced_source(
+        &self,
+        name: &str,
+        batches: Vec<Vec<Event>>,
+        pace: Option<Pace>,
+    ) -> (Arc<SourceHandle>, Vec<oneshot::Receiver<AckStatus>>) {
+        let mut rxs = Vec::new();
+        let mut prepared = Vec::new();
+        for events in batches {
+            let (token, rx) = AckToken::channel();
+            prepared.push(Batch::new(events, token));
+            rxs.push(rx);
+        }
+        let handle = Arc::new(SourceHandle::default());
+        self.0.sources.lock().expect("harness lock").insert(
+            name.to_owned(),
+            (
+                SourceSpec::Vec {
+                    batches: prepared,
+                    pace,
+                },
+                handle.clone(),
+            ),
+        );
+        (handle, rxs)
+    }
+
+    /// An endless source of `A` events, `batch_size` per batch.
+    pub fn loop_source(&self, name: &str, batch_size: u64) -> Arc<SourceHandle> {
+        let handle = Arc::new(SourceHandle::default());
+        self.0.sources.lock().expect("harness lock").insert(
+            name.to_owned(),
+            (SourceSpec::Loop { batch_size }, handle.clone()),
+        );
+        handle
+    }
+
+    /// A source that sends nothing and fails with `message`.
+    pub fn failing_source(&self, name: &str, message: &str) {
+        self.0.sources.lock().expect("harness lock").insert(
+            name.to_owned(),
+            (
+                SourceSpec::Failing {
+                    message: message.to_owned(),
+                },
+                Arc::new(SourceHandle::default()),
+            ),
+        );
+    }
+
+    /// The handle of sink `name` (created on first use, before or after start).
+    pub fn sink(&self, name: &str) -> Arc<SinkHandle> {
+        self.0
+            .sinks
+            .lock()
+            .expect("harness lock")
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(SinkHandle::new(name)))
+            .clone()
+    }
+
+    /// Test sources as kinds `generator` and `tcp`, test sinks as `file`.
+    pub fn registry(&self) -> Registry {
+        Registry::new(
+            vec![
+                Box::new(TestSources {
+                    kind: "generator",
+                    h: self.clone(),
+                }),
+                Box::new(TestSources {
+                    kind: "tcp",
+                    h: self.clone(),
+                }),
+            ],
+            vec![Box::new(TestSinks {
+                kind: "file",
+                h: self.clone(),
+            })],
+        )
+    }
+
+    /// Starts `plan` with `channel_batches` per bounded channel.
+    pub fn start(&self, plan: &Plan, channel_batches: usize) -> Running {
+        let opts = RunOptions {
+            channel_batches,
+            ..RunOptions::default()
+        };
+        match dab_runtime::start(plan, &self.registry(), &opts) {
+            Ok(r) => r,
+            Err(e) => panic!("start failed: {e}"),
+        }
+    }
+}
+
+struct TestSources {
+    kind: &'static str,
+    h: Harness,
+}
+
+impl SourceFactory for TestSources {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        _fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<Box<dyn Source>, BuildError> {
+        let taken = self.h.0.sources.lock().expect("harness lock").remove(name);
+        match taken {
+            Some((SourceSpec::Vec { batches, pace }, handle)) => Ok(Box::new(VecSource {
+                batches,
+                pace,
+                handle,
+            })),
+            Some((SourceSpec::Loop { batch_size }, handle)) => {
+                Ok(Box::new(LoopSource { batch_size, handle }))
+            }
+            Some((SourceSpec::Failing { message }, _)) => Ok(Box::new(FailingSource { message })),
+            None => Err(BuildError {
+                name: name.to_owned(),
+                reason: "the test prepared no source of this name".into(),
+            }),
+        }
+    }
+}
+
+struct TestSinks {
+    kind: &'static str,
+    h: Harness,
+}
+
+impl SinkFactory for TestSinks {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        _fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(RecordingSink(self.h.sink(name))))
+    }
+}
+
+// ---------------------------------------------------------------- plans
+
+/// Checks one blueprint with its bindings; panics with the diagnostics if
+/// the set has errors.
+pub fn plan(blueprint: &str, bindings: &str) -> Plan {
+    let checked = dab_plan::check_set(
+        dab_plan::SourceSet {
+            blueprints: vec![("test.dab".into(), blueprint.into())],
+            bindings: Some(("dab.yaml".into(), bindings.into())),
+        },
+        &|_| None,
+        &dab_plan::Options::default(),
+    );
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| format!("{:?}: {}", d.code, d.message))
+        .collect();
+    assert!(errors.is_empty(), "blueprint has errors: {errors:#?}");
+    checked.plan
+}
+
+/// Bindings with the given sources (kind `generator`) and sinks (kind
+/// `file`, each with its own path), plus `extra` YAML sections.
+pub fn bindings(sources: &[&str], sinks: &[&str], extra: &str) -> String {
+    let mut y = String::from("sources:\n");
+    for s in sources {
+        y.push_str(&format!("  {s}: {{ kind: generator }}\n"));
+    }
+    y.push_str("sinks:\n");
+    for s in sinks {
+        y.push_str(&format!(
+            "  {s}: {{ kind: file, path: \"/tmp/dab-runtime-tests/{s}.ndjson\" }}\n"
+        ));
+    }
+    y.push_str(extra);
+    y
+}
+
+// ---------------------------------------------------------------- waits
+
+/// Waits for a batch's ack, at most `LIMIT`.
+pub async fn ack(rx: &mut oneshot::Receiver<AckStatus>) -> AckStatus {
+    match tokio::time::timeout(LIMIT, rx).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => panic!("ack callback dropped without a status"),
+        Err(_) => panic!("no ack within {LIMIT:?}"),
+    }
+}
+
+/// Waits for every batch's ack and returns them in batch order.
+pub async fn acks(rxs: &mut [oneshot::Receiver<AckStatus>]) -> Vec<AckStatus> {
+    let mut out = Vec::new();
+    for rx in rxs {
+        out.push(ack(rx).await);
+    }
+    out
+}
+
+/// True while the batch has no ack yet.
+pub fn pending(rx: &mut oneshot::Receiver<AckStatus>) -> bool {
+    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+}
+
+/// Polls `cond` until it holds, at most `LIMIT`.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let polled = tokio::time::timeout(LIMIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(
+        polled.is_ok(),
+        "timed out after {LIMIT:?} waiting for {what}"
+    );
+}
+
+/// Waits until `value` has not changed for `quiet`, at most `LIMIT`;
+/// returns the settled value.
+pub async fn settled(quiet: Duration, mut value: impl FnMut() -> u64) -> u64 {
+    let polled = tokio::time::timeout(LIMIT, async {
+        let mut last = value();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = value();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    })
+    .await;
+    match polled {
+        Ok(v) => v,
+        Err(_) => panic!("value kept changing for {LIMIT:?}"),
+    }
+}
+
+/// Waits for every task of the topology to end, at most `LIMIT`.
+pub async fn finish(running: &Running) {
+    let ended = tokio::time::timeout(LIMIT, running.wait()).await;
+    assert!(ended.is_ok(), "topology did not end within {LIMIT:?}");
+}
+
+// ---------------------------------------------------------------- metrics
+
+pub fn pipeline<'a>(running: &'a Running, id: &str) -> &'a PipelineMetrics {
+    running
+        .metrics
+        .pipelines
+        .iter()
+        .find(|p| p.id == id)
+        .unwrap_or_else(|| panic!("no metrics for pipeline {id}"))
+}
+
+pub fn sink_metrics<'a>(running: &'a Running, name: &str) -> &'a SinkMetrics {
+    running
+        .metrics
+        .sinks
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no metrics for sink {name}"))
+}
