@@ -32,7 +32,6 @@ impl Answer {
 pub struct Received {
     pub path: String,
     pub body: Vec<u8>,
-    pub at: Instant,
     /// Taken just before the answer is written, so anything that follows
     /// from the answer happens after it.
     pub answered_at: Instant,
@@ -143,7 +142,6 @@ fn serve(mut conn: TcpStream, stop: &AtomicBool, log: &Mutex<Vec<Received>>, han
     let _ = conn.set_nodelay(true);
     let mut buf = Vec::new();
     while let Ok(Some((path, body))) = read_request(&mut conn, &mut buf, stop) {
-        let at = Instant::now();
         let answer = handler(&path, &body);
         std::thread::sleep(answer.hold.min(MAX_HOLD));
         let answered_at = Instant::now();
@@ -157,7 +155,6 @@ fn serve(mut conn: TcpStream, stop: &AtomicBool, log: &Mutex<Vec<Received>>, han
         log.lock().expect("server log").push(Received {
             path,
             body,
-            at,
             answered_at,
             status,
         });

@@ -122,12 +122,21 @@ impl Event {
     }
 
     /// Records the bytes this event was decoded from.
+    #[inline]
     pub fn with_raw(mut self, codec: RawCodec, bytes: Bytes) -> Event {
         self.raw = Some((codec, bytes));
         self
     }
 
+    /// Records the bytes this event was decoded from, in place (decoders
+    /// avoid moving the whole event twice).
+    #[inline]
+    pub fn set_raw(&mut self, codec: RawCodec, bytes: Bytes) {
+        self.raw = Some((codec, bytes));
+    }
+
     /// The arrival bytes, if the event is unchanged and was in `codec`.
+    #[inline]
     pub fn raw(&self, codec: RawCodec) -> Option<&Bytes> {
         match &self.raw {
             Some((c, b)) if *c == codec => Some(b),

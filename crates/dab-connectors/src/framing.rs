@@ -5,9 +5,12 @@
 //! Both framers copy what they are fed into one `BytesMut` and hand out
 //! complete messages as `split_to().freeze()`: the message shares that
 //! buffer instead of being copied again, so the decoder can slice fields
-//! out of it (see `codec::json`). Both bound what they hold of an
-//! incomplete message, so a peer cannot make us buffer without limit, and
-//! give the same output whatever the chunk boundaries are.
+//! out of it (see `codec::json`). The price: a message kept alive keeps
+//! its whole chunk of the buffer alive (at least 64 KiB, or one push), so
+//! code that holds events for long should copy what it keeps. Both bound
+//! what they hold of an incomplete message, so a peer cannot make us
+//! buffer without limit, and give the same output whatever the chunk
+//! boundaries are.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

@@ -124,6 +124,8 @@ fn now_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    // `Event` has a private field: no struct literals outside dab-api.
+    #![allow(clippy::field_reassign_with_default)]
     use super::*;
     use bytes::Bytes;
     use dab_api::event::RawCodec;

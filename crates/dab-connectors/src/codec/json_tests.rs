@@ -3,10 +3,13 @@
 //! the round trip and for never panicking.
 
 #![allow(clippy::unwrap_used)]
+// `Event` has a private field: no struct literals outside dab-api.
+#![allow(clippy::field_reassign_with_default)]
 
 use super::*;
 use crate::codec::testing::event;
 use crate::codec::DecodeError;
+use dab_api::Text;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -88,19 +91,29 @@ fn raw_is_the_object_without_surrounding_whitespace_and_keeps_unknown_keys() {
 }
 
 #[test]
-fn strings_without_escapes_are_slices_of_the_line() {
+fn message_is_a_slice_of_the_line_and_short_strings_are_interned() {
     let line = b(CANONICAL);
     let range = line.as_ptr_range();
     let (ev, _) = decode(line.clone()).unwrap();
-    for p in [
-        ev.host.as_bytes().as_ptr(),
-        ev.ty.as_bytes().as_ptr(),
-        ev.tags[0].0.as_bytes().as_ptr(),
-    ] {
-        assert!(range.contains(&p));
-    }
     // The escaped message had to be copied.
     assert!(!range.contains(&ev.message.as_ptr()));
+    assert!(range.contains(&ev.raw(RawCodec::Json).unwrap().as_ptr()));
+
+    let line2 = b(r#"{"host":"web-1","type":"MyEvent","message":"plain payload"}"#);
+    let (ev2, _) = decode(line2.clone()).unwrap();
+    assert!(line2.as_ptr_range().contains(&ev2.message.as_ptr()));
+    // host and type live in neither line: both events share one copy.
+    for (a, b) in [(&ev.host, &ev2.host), (&ev.ty, &ev2.ty)] {
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert!(!range.contains(&a.as_bytes().as_ptr()));
+    }
+
+    // Past the interning length, strings are slices of the line.
+    let long = "h".repeat(crate::codec::MAX_INTERNED_LEN + 1);
+    let line3 = b(&format!(r#"{{"host":"{long}"}}"#));
+    let (ev3, _) = decode(line3.clone()).unwrap();
+    assert_eq!(ev3.host.as_str(), long);
+    assert!(line3.as_ptr_range().contains(&ev3.host.as_bytes().as_ptr()));
 }
 
 #[test]

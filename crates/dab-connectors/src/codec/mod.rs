@@ -7,12 +7,16 @@
 //! pass-through pipeline never re-encodes.
 
 mod filler;
+mod intern;
 pub mod json;
+mod json_parse;
 pub mod proto;
+mod swar;
 #[cfg(test)]
 mod testing;
 
 pub use filler::{Filler, MAX_TRACKED_SEQUENCES};
+pub use intern::{MAX_INTERNED_BYTES, MAX_INTERNED_LEN};
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 

@@ -4,10 +4,11 @@
 //! [`pb`] holds the messages derived with prost (no protoc needed) for
 //! code that wants the generated types, gRPC above all. [`decode`] and
 //! [`encode`] do not go through them: they read and write the wire format
-//! directly so that `host`, `type`, `message` and tags are slices of the
-//! input (prost's `String`s would copy), tags keep their wire order, and an
-//! unchanged event is written back as the bytes it came in (unknown fields
-//! included). Tests check both paths produce and accept the same bytes.
+//! directly so that `message` is a slice of the input, host, type and tags
+//! are interned (prost's `String`s would copy every time), tags keep their
+//! wire order, and an unchanged event is written back as the bytes it came
+//! in (unknown fields included). Tests check that both paths write and
+//! accept the same bytes.
 //!
 //! proto3 scalars carry no presence, so `timestamp == 0` and `host == ""`
 //! count as missing (filled by `Filler`); `offset` is always present, as 0
@@ -42,6 +43,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use dab_api::event::RawCodec;
 use dab_api::{Event, Text};
 
+use super::intern::intern;
 use super::{DecodeError, Present};
 
 /// The messages of `proto/murron.proto` (package `murron.v1`), as
@@ -97,6 +99,8 @@ pub fn to_pb(ev: &Event) -> pb::Event {
 
 /// An event from the generated message, with the same presence rule as
 /// [`decode`]. It has no raw bytes.
+// `Event` has a private field, so it cannot be built with a struct literal.
+#[allow(clippy::field_reassign_with_default)]
 pub fn from_pb(m: pb::Event) -> (Event, Present) {
     let present = Present {
         timestamp: m.timestamp != 0,
@@ -162,7 +166,8 @@ pub fn decode(buf: Bytes) -> Result<(Event, Present), DecodeError> {
         host: !ev.host.is_empty(),
         offset: true,
     };
-    Ok((ev.with_raw(RawCodec::Protobuf, buf), present))
+    ev.set_raw(RawCodec::Protobuf, buf);
+    Ok((ev, present))
 }
 
 /// Writes one `Event` message, no length prefix: the raw bytes when the
@@ -211,6 +216,9 @@ fn fail(reason: impl Into<String>) -> DecodeError {
 }
 
 fn text(buf: &Bytes, r: Range<usize>, name: &str) -> Result<Text, DecodeError> {
+    if let Some(t) = intern(&buf[r.clone()]) {
+        return Ok(t);
+    }
     let at = r.start;
     Text::from_bytes(buf.slice(r))
         .ok_or_else(|| fail(format!("`{name}` at byte {at} is not valid UTF-8")))

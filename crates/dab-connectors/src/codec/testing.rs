@@ -1,5 +1,8 @@
 //! Proptest strategies shared by the codec tests.
 
+// `Event` has a private field: no struct literals outside dab-api.
+#![allow(clippy::field_reassign_with_default)]
+
 use bytes::Bytes;
 use dab_api::{Event, Text};
 use proptest::collection::vec;
