@@ -52,6 +52,12 @@ pub(crate) fn resolve(
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Endpoint> {
     let mut endpoints = BTreeMap::new();
+    // One lookup table, not a scan of every binding per name: the scan made
+    // validation grow as names x bindings on large sets.
+    let mut by_name: HashMap<&str, &crate::bindings::Binding> = HashMap::new();
+    for b in bindings.all() {
+        by_name.entry(b.name.as_str()).or_insert(b);
+    }
     let known: Vec<&str> = bindings
         .all()
         .map(|b| b.name.as_str())
@@ -59,7 +65,7 @@ pub(crate) fn resolve(
         .chain(uses.iter().map(|(n, _)| n.as_str()))
         .collect();
     for (name, u) in uses {
-        let endpoint = if let Some(b) = bindings.get(name) {
+        let endpoint = if let Some(b) = by_name.get(name.as_str()).copied() {
             Endpoint::Bound {
                 role: role_of(b.section),
                 kind: b.kind.clone(),
@@ -102,7 +108,11 @@ pub(crate) fn resolve(
                 );
             }
         }
-        if let Some(b) = bindings.get(name).filter(|b| b.section == Section::Queues) {
+        if let Some(b) = by_name
+            .get(name.as_str())
+            .copied()
+            .filter(|b| b.section == Section::Queues)
+        {
             if let (Some(&(_, read)), true) = (u.reads.first(), u.writes.is_empty()) {
                 diags.push(
                     Diagnostic::new(
