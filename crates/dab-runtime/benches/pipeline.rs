@@ -1,0 +1,94 @@
+//! Events/s of a whole in-process pipeline on ONE thread: the plan comes
+//! from `dab_plan::check_set` exactly as `dab run` builds it, the real
+//! `generator` source and `Blackhole` sink come from `dab_connectors`, and
+//! `dab_runtime::start` runs it on a current-thread tokio runtime. The
+//! target is 3 million events/s for
+//! `Generator -> FilterType -> WithSampleRate -> Blackhole`; the bare
+//! `Generator -> Blackhole` figure shows what the stages add.
+//!
+//! `taskset -c 0 cargo bench -p dab-runtime --bench pipeline`
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use dab_plan::{check_set, Options, Plan, SourceSet};
+use dab_runtime::{Registry, RunOptions};
+
+/// Events the generator emits per run.
+const EVENTS: u64 = 1_000_000;
+
+fn plan(blueprint: &str) -> Plan {
+    let bindings = format!(
+        "sources:\n  Gen: {{ kind: generator, count: {EVENTS}, types: [A, B], payload_bytes: 100, seed: 7 }}\ntypes:\n  A: {{}}\n  B: {{}}\n"
+    );
+    let set = check_set(
+        SourceSet {
+            blueprints: vec![("bench.dab".into(), blueprint.into())],
+            bindings: Some(("dab.yaml".into(), bindings)),
+        },
+        &|_| None,
+        &Options::default(),
+    );
+    assert!(!set.has_errors(), "{:?}", set.diagnostics);
+    set.plan
+}
+
+fn registry() -> Registry {
+    Registry::new(
+        dab_connectors::builtin_sources(),
+        dab_connectors::builtin_sinks(),
+    )
+}
+
+/// Starts the plan on a fresh current-thread runtime and waits until the
+/// generator is exhausted and everything drained. Returns the wall time
+/// and the events the pipeline received and the sink took.
+fn run_once(plan: &Plan, registry: &Registry) -> (Duration, u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let running = dab_runtime::start(plan, registry, &RunOptions::default()).expect("start");
+        running.wait().await;
+        let elapsed = t0.elapsed();
+        let m = &running.metrics;
+        let events_in = m.pipelines.iter().map(|p| p.events_in.get()).sum();
+        let sunk = m.sinks.iter().map(|s| s.events.get()).sum();
+        (elapsed, events_in, sunk)
+    })
+}
+
+fn pipeline(c: &mut Criterion) {
+    let registry = registry();
+    let cases = [
+        (
+            "generator_filtertype_sample_blackhole",
+            "bench.NewPipeline().In(Gen).FilterType(A).WithSampleRate(5).Out(Blackhole)",
+        ),
+        (
+            "generator_blackhole",
+            "bench.NewPipeline().In(Gen).Out(Blackhole)",
+        ),
+    ];
+    let mut g = c.benchmark_group("pipeline_1thread");
+    g.throughput(Throughput::Elements(EVENTS));
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(6));
+    for (name, blueprint) in cases {
+        let plan = plan(blueprint);
+        // The figure is only meaningful if every event went through.
+        let (_, events_in, sunk) = run_once(&plan, &registry);
+        assert_eq!(events_in, EVENTS, "{name}: the pipeline saw {events_in}");
+        assert!(sunk > 0 && sunk <= EVENTS, "{name}: the sink took {sunk}");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| run_once(&plan, &registry).0).sum())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
