@@ -9,6 +9,7 @@ pub mod config;
 pub mod connector;
 pub mod event;
 pub mod schema;
+pub mod signature;
 
 pub use ack::{AckStatus, AckToken};
 pub use batch::Batch;

@@ -19,6 +19,21 @@ pub enum Command {
     Graph(GraphArgs),
     /// Run a blueprint set until its sources end or a signal stops it
     Run(RunArgs),
+    /// Print the reliability (REP) score table of an NDJSON file or a running dab
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// NDJSON event files to score offline
+    #[arg(value_name = "FILE", required_unless_present = "url")]
+    pub files: Vec<PathBuf>,
+    /// The admin address of a running `dab run --metrics ADDR`, e.g. 127.0.0.1:9598
+    #[arg(long, value_name = "ADDR", conflicts_with = "files")]
+    pub url: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         args::Command::Validate(a) => cmd::validate::run(a),
         args::Command::Graph(a) => cmd::graph::run(a),
         args::Command::Run(a) => cmd::run::run(a),
+        args::Command::Inspect(a) => cmd::inspect::run(a),
     };
     match result {
         Ok(code) => code,

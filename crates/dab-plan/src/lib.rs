@@ -107,7 +107,7 @@ pub fn plan(
                 );
             }
         }
-        checked.push(pipeline::check_statement(st, &mut diags));
+        checked.push(pipeline::check_statement(st, &bindings.keys, &mut diags));
     }
 
     if let Some(declared) = &bindings.types {

@@ -25,10 +25,13 @@ pub struct PipelineConfig {
     pub stages: Vec<Stage>,
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,
+    /// `OnError(Name)`: where events that fail a stage go.
+    pub on_error: Option<String>,
 }
 
 impl PipelineConfig {
-    /// Every name this pipeline writes to: outputs and overflow targets.
+    /// Every name this pipeline writes to: outputs, overflow targets and the
+    /// `OnError` target.
     pub fn writes(&self) -> impl Iterator<Item = &str> {
         let overflow = self
             .stages
@@ -39,6 +42,7 @@ impl PipelineConfig {
             .iter()
             .map(|o| o.target.as_str())
             .chain(overflow)
+            .chain(self.on_error.as_deref())
     }
 }
 
@@ -75,6 +79,13 @@ pub enum Stage {
         burst: u32,
         on_limit: OnLimit,
     },
+    VerifySignature {
+        key: String,
+        source: crate::bindings::KeySource,
+    },
+    Dedup {
+        within: std::time::Duration,
+    },
 }
 
 impl Stage {
@@ -106,6 +117,8 @@ impl Stage {
                 };
                 format!("WithRateLimit({per_second}, burst = {burst}{limit})")
             }
+            Stage::VerifySignature { key, .. } => format!("VerifySignature(key = {key})"),
+            Stage::Dedup { within } => format!("Dedup(within = {}s)", within.as_secs()),
         }
     }
 }

@@ -13,6 +13,8 @@ pub enum OpClass {
     Stage,
     /// `With*`: a stage before `Out`, a per-output modifier after it.
     Modifier,
+    /// `OnError(Name)`: where events that fail a stage go; before or after `Out`.
+    ErrorRoute,
 }
 
 /// The type an argument must have.
@@ -29,6 +31,8 @@ pub enum ParamType {
     Condition,
     /// One of these identifiers.
     Choice(&'static [&'static str]),
+    /// A duration literal: `250ms`, `10s`, `10m`, `1h`.
+    Duration,
 }
 
 impl ParamType {
@@ -40,6 +44,7 @@ impl ParamType {
             ParamType::Number => "a number".to_owned(),
             ParamType::Condition => "a condition".to_owned(),
             ParamType::Choice(c) => format!("one of {}", c.join(", ")),
+            ParamType::Duration => "a duration such as `10m`".to_owned(),
         }
     }
 }
@@ -179,6 +184,38 @@ static OPERATORS: &[OpSpec] = &[
         variadic: false,
         named: RATE_LIMIT_NAMED,
         doc: "Same as WithRateLimitPerSecond",
+    },
+    OpSpec {
+        name: "VerifySignature",
+        class: OpClass::Stage,
+        positional: &[],
+        variadic: false,
+        named: &[Param {
+            name: "key",
+            ty: ParamType::Name,
+            doc: "a key declared under `keys:` in the bindings file (required)",
+        }],
+        doc: "Keep events whose HMAC-SHA256 signature verifies; the others go to `OnError` or are dropped and counted",
+    },
+    OpSpec {
+        name: "Dedup",
+        class: OpClass::Stage,
+        positional: &[],
+        variadic: false,
+        named: &[Param {
+            name: "within",
+            ty: ParamType::Duration,
+            doc: "how long a UID is remembered (default 10m)",
+        }],
+        doc: "Drop events whose UID was seen within the window (redeliveries after retries)",
+    },
+    OpSpec {
+        name: "OnError",
+        class: OpClass::ErrorRoute,
+        positional: &[NAME],
+        variadic: false,
+        named: &[],
+        doc: "Send events that fail a stage (a bad signature) to this queue or sink",
     },
 ];
 

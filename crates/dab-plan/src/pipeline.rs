@@ -7,6 +7,7 @@ use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 
 use crate::expr::check_condition;
 use crate::model::{OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull};
+use crate::bindings::KeyDecl;
 use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
 
 /// One mention of a source, sink or queue name.
@@ -34,9 +35,14 @@ enum ArgValue {
     Number(f64, Span),
     Condition(Predicate),
     Choice(String),
+    Duration(std::time::Duration, Span),
 }
 
-pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> CheckedStatement {
+pub(crate) fn check_statement(
+    st: &Statement,
+    keys: &[KeyDecl],
+    diags: &mut Vec<Diagnostic>,
+) -> CheckedStatement {
     let errors_before = diags.iter().filter(|d| d.is_error()).count();
     let mut out = CheckedStatement::default();
     let id = st.id();
@@ -44,6 +50,7 @@ pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> Ch
     let mut outputs: Option<(Vec<String>, WhenFull)> = None;
     let mut stages = Vec::new();
     let mut modifiers = Vec::new();
+    let mut on_error: Option<(&Op, String)> = None;
 
     for (index, op) in st.ops.iter().enumerate() {
         let Some(spec) = find_op(&op.name.name) else {
@@ -134,12 +141,30 @@ pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> Ch
                 }
                 outputs = Some((targets, when_full));
             }
+            OpClass::ErrorRoute => {
+                if let Some((first, _)) = &on_error {
+                    diags.push(
+                        Diagnostic::new(Code::E007, op.span, "only one `OnError` per pipeline")
+                            .with_label_here("second `OnError`")
+                            .with_label(first.span, "first `OnError` here"),
+                    );
+                    continue;
+                }
+                if let Some(ArgValue::Name(n)) = check_args(spec, op, diags).and_then(|mut a| a.pop()) {
+                    out.uses.push(NameUse {
+                        name: n.name.clone(),
+                        span: n.span,
+                        write: true,
+                    });
+                    on_error = Some((op, n.name));
+                }
+            }
             OpClass::Stage if after_out => diags.push(stage_after_out(op)),
             OpClass::Stage | OpClass::Modifier => {
                 let Some(args) = check_args(spec, op, diags) else {
                     continue;
                 };
-                if let Some(stage) = build_stage(spec, op, index, args, &mut out, diags) {
+                if let Some(stage) = build_stage(spec, op, index, args, keys, &mut out, diags) {
                     if after_out {
                         modifiers.push(stage);
                     } else {
@@ -187,6 +212,7 @@ pub(crate) fn check_statement(st: &Statement, diags: &mut Vec<Diagnostic>) -> Ch
                     })
                     .collect(),
                 when_full,
+                on_error: on_error.map(|(_, name)| name),
             });
         }
     }
@@ -333,6 +359,7 @@ fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<A
         (ParamType::Number, ExprKind::Int(v)) => Some(ArgValue::Number(*v as f64, e.span)),
         (ParamType::Number, ExprKind::Float(v)) => Some(ArgValue::Number(*v, e.span)),
         (ParamType::Condition, _) => return check_condition(e, diags).map(ArgValue::Condition),
+        (ParamType::Duration, ExprKind::Duration(d)) => Some(ArgValue::Duration(*d, e.span)),
         (ParamType::Choice(choices), _) => match e.as_name() {
             Some(n) if choices.contains(&n.name.as_str()) => Some(ArgValue::Choice(n.name.clone())),
             Some(n) => {
@@ -368,10 +395,54 @@ fn build_stage(
     op: &Op,
     index: usize,
     args: Vec<ArgValue>,
+    keys: &[KeyDecl],
     out: &mut CheckedStatement,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Stage> {
     match spec.name {
+        "VerifySignature" => {
+            let Some(ArgValue::Name(key)) = args.into_iter().next() else {
+                diags.push(
+                    Diagnostic::new(Code::E007, op.span, "`VerifySignature` needs `key = Name`")
+                        .with_label_here("missing `key`")
+                        .with_help("name a key declared under `keys:` in the bindings file; keys are never written in blueprints"),
+                );
+                return None;
+            };
+            let Some(decl) = keys.iter().find(|k| k.name == key.name) else {
+                diags.push(
+                    Diagnostic::new(Code::E010, key.span, format!("unknown key `{}`", key.name))
+                        .with_label_here("not under `keys:`")
+                        .with_suggestion(&key.name, keys.iter().map(|k| k.name.as_str()))
+                        .with_help_or_default(format!(
+                            "declare it in the bindings file: `keys: {{ {}: {{ env: VARIABLE }} }}`",
+                            key.name
+                        )),
+                );
+                return None;
+            };
+            Some(Stage::VerifySignature {
+                key: key.name,
+                source: decl.source.clone(),
+            })
+        }
+        "Dedup" => {
+            let within = match args.into_iter().next() {
+                Some(ArgValue::Duration(d, span)) => {
+                    if d.is_zero() {
+                        diags.push(
+                            Diagnostic::new(Code::E009, span, "`within` must be longer than 0")
+                                .with_label_here("out of range")
+                                .with_help("for example `Dedup(within = 10m)`"),
+                        );
+                        return None;
+                    }
+                    d
+                }
+                _ => std::time::Duration::from_secs(600),
+            };
+            Some(Stage::Dedup { within })
+        }
         "FilterType" => {
             let mut types = Vec::new();
             for a in args {
@@ -528,4 +599,18 @@ fn rate_limit(
         burst,
         on_limit,
     })
+}
+
+trait HelpOrDefault {
+    fn with_help_or_default(self, help: String) -> Self;
+}
+
+impl HelpOrDefault for Diagnostic {
+    fn with_help_or_default(self, help: String) -> Self {
+        if self.help.is_some() {
+            self
+        } else {
+            self.with_help(help)
+        }
+    }
 }

@@ -109,7 +109,7 @@ fn bench_stages(c: &mut Criterion) {
         g.throughput(Throughput::Elements(BATCH as u64));
         g.measurement_time(Duration::from_secs(3));
         for (name, stage) in stages(ops) {
-            let mut compiled = compile(&stage, |_| None);
+            let mut compiled = compile(&stage, |_| None, None).expect("the stage compiles");
             let metrics = PipelineMetrics::new("bench", vec![stage.label()], Vec::new());
             g.bench_function(name, |b| {
                 b.iter_batched_ref(

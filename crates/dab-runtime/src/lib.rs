@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod metrics;
 pub mod output;
+pub mod reliability;
 pub mod pipeline;
 mod predicate;
 pub mod sample;

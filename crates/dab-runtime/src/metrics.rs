@@ -22,15 +22,21 @@ pub enum DropReason {
     OutputFull,
     /// A sink gave up on a batch at forced shutdown.
     SinkFailed,
+    /// `VerifySignature` failed and the pipeline has no `OnError`.
+    BadSignature,
+    /// `Dedup` saw the UID within its window.
+    Duplicate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
         DropReason::OutputFull,
         DropReason::SinkFailed,
+        DropReason::BadSignature,
+        DropReason::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,8 @@ impl DropReason {
             DropReason::RateLimit => "rate_limit",
             DropReason::OutputFull => "output_full",
             DropReason::SinkFailed => "sink_failed",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Duplicate => "duplicate",
         }
     }
 }
@@ -119,7 +127,9 @@ pub struct PipelineMetrics {
     pub events_in: Counter,
     pub bytes_in: Counter,
     pub events_out: Counter,
-    dropped: [Counter; 5],
+    dropped: [Counter; 7],
+    /// Events that failed a stage (a bad signature), routed or dropped.
+    pub failed_events: Counter,
     pub stages: Vec<StageMetrics>,
     pub outputs: Vec<OutputMetrics>,
     pub latency: Histogram,
@@ -150,6 +160,10 @@ impl PipelineMetrics {
     pub fn dropped(&self, r: DropReason, n: u64) {
         let i = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
         self.dropped[i].add(n);
+    }
+
+    pub fn failed(&self, n: u64) {
+        self.failed_events.add(n);
     }
 
     pub fn dropped_count(&self, r: DropReason) -> u64 {

@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dab_api::{Batch, Text};
+use std::collections::HashSet;
+use std::time::Instant;
+
+use dab_api::signature::Signer;
+use dab_plan::bindings::KeySource;
 use dab_plan::model::{OnLimit, Predicate, Stage};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics::{DropReason, PipelineMetrics};
 use crate::output::OutputTx;
 use crate::predicate::eval;
-use crate::sample::keep;
+use crate::sample::{keep, uid_hash};
 
 pub enum Compiled {
     FilterType(Vec<Bytes>),
@@ -27,6 +32,65 @@ pub enum Compiled {
         burst: u32,
         on_limit: Limit,
     },
+    VerifySignature {
+        signer: Signer,
+        on_error: Option<OutputTx>,
+    },
+    Dedup(Dedup),
+}
+
+/// Remembers UIDs for at least `within` and at most twice that: two
+/// generations of 64-bit UID hashes, the older dropped when the newer is
+/// `within` old (or holds `max` entries, which also starts a new one and
+/// is counted). About 20 to 40 bytes per remembered UID across both
+/// generations (a `HashSet<u64>` entry plus table slack), so at most about
+/// 80 MB with the default 1,000,000 per generation. A 64-bit hash makes a
+/// false "duplicate" a 1 in 10^13 event at a million UIDs.
+#[derive(Debug)]
+pub struct Dedup {
+    within: Duration,
+    max: usize,
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    started: Instant,
+    pub early_rotations: u64,
+}
+
+/// The salt of the dedup hash, apart from every sampler's op position.
+const DEDUP_SALT: u64 = u64::MAX;
+
+impl Dedup {
+    pub fn new(within: Duration, max: usize) -> Dedup {
+        Dedup {
+            within,
+            max: max.max(1),
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            started: Instant::now(),
+            early_rotations: 0,
+        }
+    }
+
+    /// True when the UID was seen within the window; remembers it otherwise.
+    pub fn seen(&mut self, e: &dab_api::Event, now: Instant) -> bool {
+        if now.duration_since(self.started) >= self.within {
+            self.rotate(now);
+        } else if self.current.len() >= self.max {
+            self.early_rotations += 1;
+            self.rotate(now);
+        }
+        let h = uid_hash(e, DEDUP_SALT);
+        if self.current.contains(&h) || self.previous.contains(&h) {
+            return true;
+        }
+        self.current.insert(h);
+        false
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        self.previous = std::mem::take(&mut self.current);
+        self.started = now;
+    }
 }
 
 #[derive(Debug)]
@@ -43,15 +107,48 @@ impl std::fmt::Debug for Compiled {
             Compiled::Filter(_) => "Filter",
             Compiled::Sample { .. } => "Sample",
             Compiled::RateLimit { .. } => "RateLimit",
+            Compiled::VerifySignature { .. } => "VerifySignature",
+            Compiled::Dedup(_) => "Dedup",
         })
     }
 }
 
 pub const SAMPLE_TAG: &str = "dab.sample_rate";
 
-/// Compiles a stage; `overflow` resolves the target of `on_limit = overflow`.
-pub fn compile(s: &Stage, overflow: impl Fn(&str) -> Option<OutputTx>) -> Compiled {
-    match s {
+/// Reads a signing key's bytes from where the bindings say.
+pub fn read_key(source: &KeySource) -> Result<Vec<u8>, String> {
+    match source {
+        KeySource::Env(var) => std::env::var_os(var)
+            .map(|v| v.into_encoded_bytes())
+            .ok_or_else(|| format!("environment variable `{var}` is not set")),
+        KeySource::File(path) => {
+            let mut bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read key file `{path}`: {e}"))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+/// Events a dedup generation holds at most.
+pub const DEDUP_MAX_PER_GENERATION: usize = 1_000_000;
+
+/// Compiles a stage; `overflow` resolves the target of `on_limit = overflow`
+/// and `on_error` is the pipeline's `OnError` output. Fails only when a
+/// signing key cannot be read.
+pub fn compile(
+    s: &Stage,
+    overflow: impl Fn(&str) -> Option<OutputTx>,
+    on_error: Option<OutputTx>,
+) -> Result<Compiled, String> {
+    Ok(match s {
+        Stage::VerifySignature { key, source } => Compiled::VerifySignature {
+            signer: Signer::new(&read_key(source).map_err(|e| format!("key `{key}`: {e}"))?),
+            on_error,
+        },
+        Stage::Dedup { within } => Compiled::Dedup(Dedup::new(*within, DEDUP_MAX_PER_GENERATION)),
         Stage::FilterType { types } => Compiled::FilterType(
             types
                 .iter()
@@ -84,7 +181,7 @@ pub fn compile(s: &Stage, overflow: impl Fn(&str) -> Option<OutputTx>) -> Compil
                 },
             }
         }
-    }
+    })
 }
 
 impl Compiled {
@@ -92,6 +189,36 @@ impl Compiled {
     pub async fn apply(&mut self, batch: &mut Batch, m: &PipelineMetrics) {
         let before = batch.events.len();
         match self {
+            Compiled::Dedup(d) => {
+                let now = Instant::now();
+                batch.events.retain(|e| !d.seen(e, now));
+                m.dropped(DropReason::Duplicate, (before - batch.events.len()) as u64);
+            }
+            Compiled::VerifySignature { signer, on_error } => {
+                let mut bad = Vec::new();
+                let mut good = Vec::with_capacity(before);
+                for e in batch.events.drain(..) {
+                    if signer.verify(&e) {
+                        good.push(e);
+                    } else {
+                        bad.push(e);
+                    }
+                }
+                batch.events = good;
+                if !bad.is_empty() {
+                    let n = bad.len() as u64;
+                    m.failed(n);
+                    match on_error {
+                        Some(target) => {
+                            let routed = Batch::new(bad, batch.ack.share());
+                            if let Err(b) = target.send(routed).await {
+                                b.ack.fail();
+                            }
+                        }
+                        None => m.dropped(DropReason::BadSignature, n),
+                    }
+                }
+            }
             Compiled::FilterType(types) => {
                 batch
                     .events

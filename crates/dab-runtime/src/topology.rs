@@ -91,6 +91,8 @@ pub enum StartError {
     },
     #[error("no pipeline of service `{0}` in this blueprint set")]
     NoPipelines(String),
+    #[error("pipeline `{pipeline}`: {reason}")]
+    Stage { pipeline: String, reason: String },
 }
 
 /// A started topology.
@@ -355,7 +357,16 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             c.outputs.iter().map(|o| o.target.clone()).collect(),
         ));
         metrics.pipelines.push(pm.clone());
-        let stages = c.stages.iter().map(|s| compile(s, output_for)).collect();
+        let on_error = || c.on_error.as_deref().and_then(output_for);
+        let bad_key = |e: String| StartError::Stage {
+            pipeline: p.id.clone(),
+            reason: e,
+        };
+        let stages = c
+            .stages
+            .iter()
+            .map(|s| compile(s, output_for, on_error()).map_err(bad_key))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut outputs = Vec::new();
         for o in &c.outputs {
             let Some(tx) = output_for(&o.target) else {
@@ -363,7 +374,11 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             };
             outputs.push(Output {
                 tx,
-                modifiers: o.modifiers.iter().map(|s| compile(s, output_for)).collect(),
+                modifiers: o
+                    .modifiers
+                    .iter()
+                    .map(|s| compile(s, output_for, on_error()).map_err(bad_key))
+                    .collect::<Result<Vec<_>, _>>()?,
             });
         }
         pipeline_tasks.push(PipelineTask {

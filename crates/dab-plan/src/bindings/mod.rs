@@ -5,6 +5,7 @@
 mod check;
 mod coerce;
 mod interpolate;
+mod keys;
 mod listen;
 mod scalar;
 mod yaml;
@@ -28,6 +29,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// A field's value after interpolation and typing; span-free so that two
 /// loads of the same configuration compare equal (reload diffs).
 pub use dab_api::config::ConfigValue;
+pub use keys::{KeyDecl, KeySource};
 
 /// One bound name.
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub struct Bindings {
     pub queues: Vec<Binding>,
     /// `None` when the file has no `types:` key: then any type name goes.
     pub types: Option<Vec<TypeDecl>>,
+    /// Signing keys by name (`keys:`), for `VerifySignature(key = Name)`.
+    pub keys: Vec<KeyDecl>,
     /// The file could not be read as YAML at all, so no name in it is
     /// known; the planner then stays quiet about unknown names instead of
     /// burying the one real error under E010s.
@@ -113,7 +117,7 @@ impl Ctx<'_> {
     }
 }
 
-const TOP_LEVEL: [&str; 4] = ["sources", "sinks", "queues", "types"];
+const TOP_LEVEL: [&str; 5] = ["sources", "sinks", "queues", "types", "keys"];
 
 /// Adds the file to `map` (so diagnostics can point into it) and loads it. Never panics on any input.
 pub fn load_bindings(
@@ -144,6 +148,7 @@ pub fn load_bindings(
             let key_span = ctx.loc.scalar(key);
             match key.as_str() {
                 "types" => out.types = Some(types(&mut ctx, key_span, value)),
+                "keys" => out.keys = keys::keys(&mut ctx, key_span, value),
                 k => match Section::from_key(k) {
                     Some(section) => {
                         let bound = section_bindings(&mut ctx, section, key_span, value);
@@ -155,7 +160,7 @@ pub fn load_bindings(
                             key_span,
                             format!("unknown top-level key `{k}`"),
                         )
-                        .with_help("the top-level keys are sources, sinks, queues and types")
+                        .with_help("the top-level keys are sources, sinks, queues, types and keys")
                         .with_suggestion(k, TOP_LEVEL);
                         ctx.diags.push(d);
                     }

@@ -1,0 +1,1 @@
+//! Reliability (REP) scores per (host, pid, type); being built (issue 4).
