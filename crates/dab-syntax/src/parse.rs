@@ -20,10 +20,6 @@ struct DabParser;
 /// Parses one blueprint file. Never panics; syntax errors come back as E001
 /// diagnostics and the statements around them are still parsed.
 pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
-    // pest's error detail is a process-wide switch. It is turned on and never
-    // off: toggling it around one parse raced with parses on other threads
-    // and made messages depend on timing.
-    pest::set_error_detail(true);
     let mut cx = Cx {
         file,
         base: 0,
@@ -75,7 +71,7 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
                 }
             }
             Err(e) => {
-                let literals = expected_literals(&e);
+                let literals = expected_literals(chunk);
                 cx.diags
                     .push(syntax_error(file, start, chunk, e, &literals));
             }
@@ -104,10 +100,26 @@ fn is_blank(text: &str) -> bool {
     }
 }
 
-/// The punctuation pest would have accepted where a chunk failed (pest
-/// reports rules, not literal tokens, unless its error detail is on).
-fn expected_literals(e: &pest::error::Error<Rule>) -> Vec<String> {
-    let Some(attempts) = e.parse_attempts() else {
+/// Serialises the detailed re-parse: pest's error detail is one switch
+/// for the whole process.
+static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The punctuation pest would have accepted where a chunk failed. pest
+/// tracks literal tokens only with its error detail on, which halves parse
+/// speed (an allocation per literal tried), so only a failing chunk is
+/// parsed again with it. The switch is process-wide: the re-parse holds a
+/// lock, so two failing parses never turn it off under each other and the
+/// message never depends on timing; a clean parse on another thread at that
+/// moment is merely slower.
+fn expected_literals(chunk: &str) -> Vec<String> {
+    let guard = DETAIL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pest::set_error_detail(true);
+    let attempts = DabParser::parse(Rule::single, chunk)
+        .err()
+        .and_then(|e| e.parse_attempts());
+    pest::set_error_detail(false);
+    drop(guard);
+    let Some(attempts) = attempts else {
         return Vec::new();
     };
     attempts
