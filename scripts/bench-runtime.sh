@@ -20,6 +20,7 @@
 # Usage: scripts/bench-runtime.sh
 # Knobs (environment): RUNS=3 WINDOW=10 WINDOWS=3 WARMUP=3 GEN_EVENTS=20000000
 #   STAGES=0|1 SKIP_INPROC=0|1 CONNECTIONS=1 QUIET_WAIT=30 DAB_ARGS=  DAB_BIN=
+#   LAT_RATE= (events/s for the latency runs; default: half the flat-out median)
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -253,7 +254,7 @@ EOF
     r=$(grep '^RECV' "$dir/recv.out" || echo "RECV error=no_result")
     rss=$(cat "$dir/rss" 2>/dev/null || echo 0)
     cores=$(awk -v a="$dab_cpu0" -v b="$dab_cpu1" -v d=$((t1 - t0)) 'BEGIN { printf "%.2f", (b - a) / (d / 1e9) }')
-    echo "RUN label=$label rate=$rate $(sed 's/^RECV //' <<<"$r") sent=$(field "$s" sent) send_eps=$(field "$s" eps) line_bytes=$(field "$s" avg_line_bytes) rss_kib=$rss dab_cores=$cores busy_before=$busy" >>"$TMP/results"
+    echo "RUN label=$label rate=$rate ${r#RECV } sent=$(field "$s" sent) send_eps=$(field "$s" eps) line_bytes=$(field "$s" avg_line_bytes) rss_kib=$rss dab_cores=$cores busy_before=$busy" >>"$TMP/results"
     tail -n 1 "$TMP/results" >&2
 }
 
@@ -290,9 +291,11 @@ TCP_MAX=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" media
 TCP_RSS=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" rss_kib; done | sort -n | tail -n 1)
 TCP_CORES=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" dab_cores; done | median)
 
-HALF=$(awk -v m="$TCP_MAX" 'BEGIN { printf "%.0f", m / 2 }')
+HALF=${LAT_RATE:-$(awk -v m="$TCP_MAX" 'BEGIN { printf "%.0f", m / 2 }')}
 echo
-echo "## latency at half the measured rate: $HALF events/s ($RUNS runs)"
+why="half the flat-out median"
+if [[ -n ${LAT_RATE:-} ]]; then why="set by LAT_RATE"; fi
+echo "## latency at $HALF events/s ($why; $RUNS runs)"
 for ((r = 1; r <= RUNS; r++)); do
     log "== tcp at $HALF events/s, run $r"
     tcp_run "half$r" "$HALF"

@@ -18,5 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is required (rustup.rs)" >&2; exit 1; }
+# Python gRPC for the interop tests (a venv under ~/.cache/dab).
+./scripts/setup-python.sh
 cargo build --release --quiet
 echo "setup: ok" >&2

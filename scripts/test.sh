@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 # A target dir outside the clone keeps CI's warm cache between fresh clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
 
+# Python gRPC for the interop test (a client nobody here wrote); skipped
+# when the venv is already there.
+./scripts/setup-python.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --quiet

@@ -1,6 +1,6 @@
 //! The admin endpoint of `dab run --metrics ADDR`: `GET /metrics`
-//! (Prometheus text), `/healthz` (alive) and `/readyz` (all pipelines
-//! running). GET-only and tiny, so a hand-written HTTP/1.1 responder does the
+//! (Prometheus text), `/healthz` (alive), `/readyz` (all pipelines
+//! running) and `/reliability` (the REP report `dab inspect --url` reads). GET-only and tiny, so a hand-written HTTP/1.1 responder does the
 //! job without a web framework in the binary's hot dependencies.
 
 use std::sync::Arc;
@@ -40,8 +40,16 @@ async fn answer(mut s: TcpStream, running: &Running) -> std::io::Result<()> {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            running.metrics.render(),
+            running.render_metrics(),
         ),
+        ("GET", "/reliability") => match &running.reliability {
+            Some(t) => ("200 OK", "application/json", t.snapshot().to_json()),
+            None => (
+                "404 Not Found",
+                "text/plain",
+                "reliability tracking is off; start dab run with --reliability\n".to_owned(),
+            ),
+        },
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", "/readyz") => {
             if running.failures().is_empty() {

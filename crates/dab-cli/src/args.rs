@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Capacity of each channel between tasks, in batches
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub channel_batches: usize,
+    /// Track the reliability (REP) score of what the sinks write: the
+    /// `dab_reliability_score` metric and `dab inspect --url`
+    #[arg(long)]
+    pub reliability: bool,
 }
 
 /// Where the bindings and environment come from.

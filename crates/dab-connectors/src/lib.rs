@@ -9,6 +9,7 @@ pub mod file;
 pub mod framing;
 pub mod generator;
 pub mod http;
+pub mod murron;
 mod socket_common;
 pub mod stdio;
 pub mod tcp;
@@ -24,6 +25,7 @@ pub fn builtin_sources() -> Vec<Box<dyn SourceFactory>> {
         Box::new(tcp::TcpSourceFactory),
         Box::new(unix::UnixSourceFactory),
         Box::new(http::HttpSourceFactory),
+        Box::new(murron::MurronSourceFactory),
     ]
 }
 
@@ -35,5 +37,6 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
         Box::new(file::FileSinkFactory),
         Box::new(tcp::TcpSinkFactory),
         Box::new(http::HttpSinkFactory),
+        Box::new(murron::MurronSinkFactory),
     ]
 }

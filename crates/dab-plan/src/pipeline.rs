@@ -5,9 +5,9 @@
 use dab_diag::{Code, Diagnostic, Span};
 use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 
+use crate::bindings::KeyDecl;
 use crate::expr::check_condition;
 use crate::model::{OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull};
-use crate::bindings::KeyDecl;
 use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
 
 /// One mention of a source, sink or queue name.
@@ -150,7 +150,9 @@ pub(crate) fn check_statement(
                     );
                     continue;
                 }
-                if let Some(ArgValue::Name(n)) = check_args(spec, op, diags).and_then(|mut a| a.pop()) {
+                if let Some(ArgValue::Name(n)) =
+                    check_args(spec, op, diags).and_then(|mut a| a.pop())
+                {
                     out.uses.push(NameUse {
                         name: n.name.clone(),
                         span: n.span,

@@ -6,9 +6,9 @@
 pub mod admission;
 pub mod metrics;
 pub mod output;
-pub mod reliability;
 pub mod pipeline;
 mod predicate;
+pub mod reliability;
 pub mod sample;
 mod sink;
 pub mod stages;

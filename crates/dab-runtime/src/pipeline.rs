@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, PipelineMetrics};
 use crate::output::{OutputTx, QueueReader};
+use crate::reliability::Tracker;
 use crate::stages::Compiled;
 
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct PipelineTask {
     /// full output) and abandon the batch in hand, whose source then hears
     /// "failed".
     pub force: CancellationToken,
+    /// Reliability tracking, when on: deliberate drops are reported here.
+    pub reliability: Option<Arc<Tracker>>,
 }
 
 impl PipelineTask {
@@ -65,6 +68,7 @@ impl PipelineTask {
                 &mut self.outputs,
                 self.when_full,
                 &self.metrics,
+                self.reliability.as_deref(),
                 batch,
             );
             tokio::select! {
@@ -82,6 +86,7 @@ async fn process(
     outputs: &mut [Output],
     when_full: WhenFull,
     m: &PipelineMetrics,
+    tracker: Option<&Tracker>,
     mut batch: Batch,
 ) {
     let t0 = Instant::now();
@@ -92,7 +97,7 @@ async fn process(
         if let Some(sm) = m.stages.get(i) {
             sm.events_in.add(n);
         }
-        s.apply(&mut batch, m).await;
+        s.apply_tracked(&mut batch, m, tracker).await;
         if let Some(sm) = m.stages.get(i) {
             sm.events_out.add(batch.len() as u64);
         }
@@ -127,7 +132,7 @@ async fn process(
                 sm.events_in.add(n);
             }
             if !copy.is_empty() {
-                s.apply(&mut copy, m).await;
+                s.apply_tracked(&mut copy, m, tracker).await;
             }
             if let Some(sm) = m.stages.get(stage_index) {
                 sm.events_out.add(copy.len() as u64);

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SinkMetrics;
+use crate::reliability::Tracker;
 
 /// Back-off bounds.
 const BASE: Duration = Duration::from_millis(50);
@@ -29,6 +30,8 @@ pub struct SinkTask {
     pub metrics: Arc<SinkMetrics>,
     /// Cancelled when shutdown is forced: stop retrying.
     pub force: CancellationToken,
+    /// Reliability tracking, when on: what this sink wrote is "delivered".
+    pub reliability: Option<Arc<Tracker>>,
 }
 
 enum Outcome {
@@ -57,6 +60,9 @@ impl SinkTask {
             .await
             {
                 Outcome::Done => {
+                    if let Some(t) = &self.reliability {
+                        t.delivered(&events);
+                    }
                     self.metrics.events.add(n);
                     self.metrics.bytes.add(bytes);
                     self.metrics.batches.add(1);

@@ -17,6 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::metrics::{DropReason, PipelineMetrics};
 use crate::output::OutputTx;
 use crate::predicate::eval;
+use crate::reliability::Tracker;
 use crate::sample::{keep, uid_hash};
 
 pub enum Compiled {
@@ -187,6 +188,17 @@ pub fn compile(
 impl Compiled {
     /// Applies the stage; dropped events are counted by reason.
     pub async fn apply(&mut self, batch: &mut Batch, m: &PipelineMetrics) {
+        self.apply_tracked(batch, m, None).await;
+    }
+
+    /// Like `apply`; events dropped on purpose are also reported to the
+    /// reliability tracker, so they do not count as missing.
+    pub async fn apply_tracked(
+        &mut self,
+        batch: &mut Batch,
+        m: &PipelineMetrics,
+        tracker: Option<&Tracker>,
+    ) {
         let before = batch.events.len();
         match self {
             Compiled::Dedup(d) => {
@@ -220,17 +232,17 @@ impl Compiled {
                 }
             }
             Compiled::FilterType(types) => {
-                batch
-                    .events
-                    .retain(|e| types.iter().any(|t| t.as_ref() == e.ty.as_bytes()));
+                keep_where(&mut batch.events, tracker, |e| {
+                    types.iter().any(|t| t.as_ref() == e.ty.as_bytes())
+                });
                 m.dropped(DropReason::Filter, (before - batch.events.len()) as u64);
             }
             Compiled::Filter(p) => {
-                batch.events.retain(|e| eval(p, e));
+                keep_where(&mut batch.events, tracker, |e| eval(p, e));
                 m.dropped(DropReason::Filter, (before - batch.events.len()) as u64);
             }
             Compiled::Sample { rate, salt, tag } => {
-                batch.events.retain(|e| keep(e, *rate, *salt));
+                keep_where(&mut batch.events, tracker, |e| keep(e, *rate, *salt));
                 for e in &mut batch.events {
                     e.set_tag(Text::from_static(SAMPLE_TAG), tag.clone());
                 }
@@ -253,7 +265,7 @@ impl Compiled {
                     }
                 }
                 Limit::Drop => {
-                    batch.events.retain(|_| limiter.check().is_ok());
+                    keep_where(&mut batch.events, tracker, |_| limiter.check().is_ok());
                     m.dropped(DropReason::RateLimit, (before - batch.events.len()) as u64);
                 }
                 Limit::Overflow(target) => {
@@ -277,6 +289,25 @@ impl Compiled {
                     }
                 }
             },
+        }
+    }
+}
+
+/// `retain`, but with a tracker the dropped events are reported to it first
+/// (moved aside, not cloned; without one this is a plain `retain`).
+fn keep_where(
+    events: &mut Vec<dab_api::Event>,
+    tracker: Option<&Tracker>,
+    mut keep: impl FnMut(&dab_api::Event) -> bool,
+) {
+    match tracker {
+        None => events.retain(|e| keep(e)),
+        Some(t) => {
+            let (kept, dropped): (Vec<_>, Vec<_>) = events.drain(..).partition(|e| keep(e));
+            *events = kept;
+            if !dropped.is_empty() {
+                t.dropped(&dropped);
+            }
         }
     }
 }

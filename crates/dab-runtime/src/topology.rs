@@ -24,6 +24,7 @@ use crate::admission::RuntimeAdmission;
 use crate::metrics::{rss_bytes, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
 use crate::pipeline::{fan_out, Inlet, Output, PipelineTask};
+use crate::reliability::{Limits, Tracker};
 use crate::sink::SinkTask;
 use crate::stages::compile;
 
@@ -64,6 +65,9 @@ pub struct RunOptions {
     pub default_queue_capacity: u32,
     /// Bytes of events a memory queue holds when its binding says nothing.
     pub default_queue_bytes: u64,
+    /// Track the reliability (REP) score at the sinks. Off by default: it
+    /// costs a lock and a table lookup per key per batch.
+    pub reliability: bool,
 }
 
 impl Default for RunOptions {
@@ -75,6 +79,7 @@ impl Default for RunOptions {
             queue_high_water: 0.9,
             default_queue_capacity: 10_000,
             default_queue_bytes: 64 << 20,
+            reliability: false,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Running {
     tracker: TaskTracker,
     background: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// The reliability tracker, when `RunOptions::reliability` is on.
+    pub reliability: Option<Arc<Tracker>>,
     failures: Arc<Mutex<Vec<String>>>,
 }
 
@@ -122,6 +129,15 @@ impl Running {
     pub async fn wait(&self) {
         self.tracker.wait().await;
         self.background.cancel();
+    }
+
+    /// Prometheus text of every metric, reliability scores included.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.metrics.render();
+        if let Some(t) = &self.reliability {
+            t.prometheus(&mut out);
+        }
+        out
     }
 
     /// Errors sources ended with (a port in use, a socket that vanished).
@@ -159,6 +175,9 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     let tracker = TaskTracker::new();
     let failures = Arc::new(Mutex::new(Vec::new()));
     let mut metrics = Metrics::default();
+    let reliability = opts
+        .reliability
+        .then(|| Arc::new(Tracker::new(Limits::default())));
     let channels: Mutex<Vec<(String, mpsc::WeakSender<Batch>)>> = Mutex::new(Vec::new());
 
     // Readers of each name, in plan order.
@@ -253,6 +272,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                 input: rx,
                 metrics: sm,
                 force: force.clone(),
+                reliability: reliability.clone(),
             });
         }
     }
@@ -388,6 +408,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             when_full: c.when_full,
             metrics: pm,
             force: force.clone(),
+            reliability: reliability.clone(),
         });
     }
 
@@ -457,6 +478,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         tracker,
         background,
         metrics: Arc::new(metrics),
+        reliability,
         failures,
     })
 }

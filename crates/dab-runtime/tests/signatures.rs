@@ -58,7 +58,10 @@ async fn bad_signatures_go_to_on_error_and_good_ones_pass() {
     assert_eq!(ok.offsets(), good);
     assert_eq!(dlq.offsets(), bad);
     assert_eq!(pipeline(&running, "p").failed_events.get(), 10);
-    assert_eq!(pipeline(&running, "p").dropped_count(DropReason::BadSignature), 0);
+    assert_eq!(
+        pipeline(&running, "p").dropped_count(DropReason::BadSignature),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,13 +75,20 @@ async fn without_on_error_bad_signatures_are_dropped_and_counted() {
     let ok = h.sink("Ok");
     let plan = plan(
         "p.NewPipeline().In(Src).VerifySignature(key = Murron).Out(Ok)",
-        &bindings(&["Src"], &["Ok"], &format!("keys:\n  Murron: {{ file: \"{key}\" }}\n")),
+        &bindings(
+            &["Src"],
+            &["Ok"],
+            &format!("keys:\n  Murron: {{ file: \"{key}\" }}\n"),
+        ),
     );
     let running = h.start(&plan, 8);
     assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered]);
     finish(&running).await;
     assert_eq!(ok.len(), 0);
-    assert_eq!(pipeline(&running, "p").dropped_count(DropReason::BadSignature), 40);
+    assert_eq!(
+        pipeline(&running, "p").dropped_count(DropReason::BadSignature),
+        40
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,12 +98,19 @@ async fn an_unreadable_key_fails_the_start_naming_it() {
     let _ = h.sink("Ok");
     let plan = plan(
         "p.NewPipeline().In(Src).VerifySignature(key = Murron).Out(Ok)",
-        &bindings(&["Src"], &["Ok"], "keys:\n  Murron: { file: \"/nonexistent/dab.key\" }\n"),
+        &bindings(
+            &["Src"],
+            &["Ok"],
+            "keys:\n  Murron: { file: \"/nonexistent/dab.key\" }\n",
+        ),
     );
     let err = dab_runtime::start(&plan, &h.registry(), &dab_runtime::RunOptions::default())
         .expect_err("start must fail");
     let text = err.to_string();
-    assert!(text.contains("key `Murron`") && text.contains("/nonexistent/dab.key"), "{text}");
+    assert!(
+        text.contains("key `Murron`") && text.contains("/nonexistent/dab.key"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,5 +130,8 @@ async fn dedup_drops_redelivered_uids_and_counts_them() {
     assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered; 3]);
     finish(&running).await;
     assert_eq!(s.offsets(), (0..60).collect::<Vec<u64>>());
-    assert_eq!(pipeline(&running, "p").dropped_count(DropReason::Duplicate), 30);
+    assert_eq!(
+        pipeline(&running, "p").dropped_count(DropReason::Duplicate),
+        30
+    );
 }

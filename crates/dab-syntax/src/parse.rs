@@ -112,7 +112,9 @@ static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// message never depends on timing; a clean parse on another thread at that
 /// moment is merely slower.
 fn expected_literals(chunk: &str) -> Vec<String> {
-    let guard = DETAIL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let guard = DETAIL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     pest::set_error_detail(true);
     let attempts = DabParser::parse(Rule::single, chunk)
         .err()

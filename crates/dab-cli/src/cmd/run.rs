@@ -59,6 +59,7 @@ async fn serve(a: RunArgs, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
         service: a.service.clone(),
         channel_batches: a.channel_batches,
         max_rss_bytes: a.max_memory_mb * 1024 * 1024,
+        reliability: a.reliability,
         ..RunOptions::default()
     };
     let running = Arc::new(dab_runtime::start(&plan, &registry, &opts)?);

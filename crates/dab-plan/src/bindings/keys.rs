@@ -40,7 +40,10 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
             let span = ctx.loc.value(key, value);
             ctx.error(
                 span,
-                format!("`keys` must be a mapping of key names, found {}", describe(value)),
+                format!(
+                    "`keys` must be a mapping of key names, found {}",
+                    describe(value)
+                ),
             )
             .help = Some("for example `keys: { Murron: { env: MURRON_HMAC_KEY } }`".to_owned());
             return Vec::new();
@@ -58,7 +61,11 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
             let at = ctx.loc.value(span, decl);
             ctx.error(
                 at,
-                format!("key `{}` must be a mapping, found {}", name.as_str(), describe(decl)),
+                format!(
+                    "key `{}` must be a mapping, found {}",
+                    name.as_str(),
+                    describe(decl)
+                ),
             )
             .help = Some(help);
             continue;
@@ -71,7 +78,10 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(found) => {
-                    ctx.error(vspan, format!("`{}` must be a string, found {found}", field.as_str()));
+                    ctx.error(
+                        vspan,
+                        format!("`{}` must be a string, found {found}", field.as_str()),
+                    );
                     continue;
                 }
             };
@@ -79,20 +89,34 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
                 "env" => KeySource::Env(value),
                 "file" => KeySource::File(value),
                 other => {
-                    ctx.error(fspan, format!("unknown field `{other}` for key `{}`", name.as_str()))
-                        .help = Some(help.clone());
+                    ctx.error(
+                        fspan,
+                        format!("unknown field `{other}` for key `{}`", name.as_str()),
+                    )
+                    .help = Some(help.clone());
                     continue;
                 }
             };
             if source.is_some() {
-                ctx.error(fspan, format!("key `{}` has both `env` and `file`", name.as_str()))
-                    .help = Some("a key comes from one place".to_owned());
+                ctx.error(
+                    fspan,
+                    format!("key `{}` has both `env` and `file`", name.as_str()),
+                )
+                .help = Some("a key comes from one place".to_owned());
                 continue;
             }
             if let KeySource::Env(var) = &this {
                 if (ctx.env)(var).is_none() {
-                    ctx.error(vspan, format!("environment variable `{var}` for key `{}` is not set", name.as_str()))
-                        .help = Some(format!("set it on the host, or pass --env {var}=... to dab validate"));
+                    ctx.error(
+                        vspan,
+                        format!(
+                            "environment variable `{var}` for key `{}` is not set",
+                            name.as_str()
+                        ),
+                    )
+                    .help = Some(format!(
+                        "set it on the host, or pass --env {var}=... to dab validate"
+                    ));
                 }
             }
             source = Some(this);
@@ -104,8 +128,11 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
                 source,
             }),
             None => {
-                ctx.error(span, format!("key `{}` says neither `env` nor `file`", name.as_str()))
-                    .help = Some(help);
+                ctx.error(
+                    span,
+                    format!("key `{}` says neither `env` nor `file`", name.as_str()),
+                )
+                .help = Some(help);
             }
         }
     }

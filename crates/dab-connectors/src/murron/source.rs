@@ -1,0 +1,190 @@
+//! The `murron_grpc` source: a tonic server on `listen` with the limits of
+//! its binding (message size, HTTP/2 streams per connection), optional TLS
+//! (rustls with ring), and a graceful stop: on shutdown it takes no new
+//! connection or batch and gives the batches in flight [`SHUTDOWN_GRACE`]
+//! to be acknowledged before answering them `UNAVAILABLE`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dab_api::{ConnectorError, Source, SourceContext};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use super::rpc::murron_server::MurronServer;
+use super::service::{Counted, MurronService, Shared};
+
+/// How long batches in flight at shutdown may take to be acknowledged.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// After the grace, how long calls get to send their `UNAVAILABLE`.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Pings on idle connections find peers that vanished without a FIN.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MurronSourceConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Larger messages are refused with `OUT_OF_RANGE` before being read.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// TLS is off without it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files: a certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct MurronSource {
+    name: String,
+    config: MurronSourceConfig,
+    listener: Option<TcpListener>,
+}
+
+impl MurronSource {
+    pub fn new(name: &str, config: MurronSourceConfig) -> MurronSource {
+        MurronSource {
+            name: name.to_owned(),
+            config,
+            listener: None,
+        }
+    }
+
+    /// Serves on a socket bound already (tests bind port 0 and read it);
+    /// `config.listen` is then only for logs.
+    pub fn with_listener(
+        name: &str,
+        config: MurronSourceConfig,
+        listener: TcpListener,
+    ) -> MurronSource {
+        MurronSource {
+            name: name.to_owned(),
+            config,
+            listener: Some(listener),
+        }
+    }
+
+    fn error(&self, what: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Other(format!("murron_grpc source {}: {what}", self.name))
+    }
+
+    async fn tls(&self, files: &TlsFiles) -> Result<ServerTlsConfig, ConnectorError> {
+        let read = |path: PathBuf, what: &'static str| async move {
+            tokio::fs::read(&path).await.map_err(|e| {
+                ConnectorError::io(
+                    format!(
+                        "murron_grpc source {}: cannot read {what} {}",
+                        self.name,
+                        path.display()
+                    ),
+                    e,
+                )
+            })
+        };
+        let cert = read(files.cert.clone(), "tls_cert").await?;
+        let key = read(files.key.clone(), "tls_key").await?;
+        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+    }
+}
+
+#[async_trait]
+impl Source for MurronSource {
+    async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let listen = self.config.listen.clone();
+        let listener = match self.listener.take() {
+            Some(listener) => listener,
+            None => TcpListener::bind(&listen).await.map_err(|e| {
+                ConnectorError::io(
+                    format!(
+                        "murron_grpc source {}: cannot listen on {listen}",
+                        self.name
+                    ),
+                    e,
+                )
+            })?,
+        };
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| listen.clone(), |a| a.to_string());
+
+        let mut server = Server::builder()
+            .max_concurrent_streams(self.config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(KEEPALIVE));
+        if let Some(files) = &self.config.tls {
+            let tls = self.tls(files).await?;
+            server = server
+                .tls_config(tls)
+                .map_err(|e| self.error(format!("invalid TLS certificate or key: {e}")))?;
+        }
+
+        let abort = CancellationToken::new();
+        let shared = Arc::new(Shared::new(
+            &ctx.name,
+            ctx.out,
+            ctx.stats.clone(),
+            ctx.admission,
+            ctx.shutdown.clone(),
+            abort.clone(),
+        ));
+        let service = Counted {
+            inner: MurronServer::new(MurronService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(self.config.max_message_bytes),
+            stats: ctx.stats,
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = server
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned());
+        tokio::pin!(serve);
+        tracing::info!(
+            source = %self.name,
+            listen = %local,
+            tls = self.config.tls.is_some(),
+            "murron_grpc source listening"
+        );
+
+        let ended = tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => None,
+            ended = &mut serve => Some(ended),
+        };
+        // Stop taking connections and batches (tonic closes the listener
+        // and asks each connection to finish), and let the batches in
+        // flight be acknowledged.
+        let ended = match ended {
+            Some(ended) => ended,
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::warn!(
+                        source = %self.name,
+                        "murron_grpc calls still waiting for acks after {SHUTDOWN_GRACE:?}; \
+                         answering them UNAVAILABLE"
+                    );
+                    abort.cancel();
+                    tokio::time::timeout(ABORT_GRACE, &mut serve)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            },
+        };
+        // Whatever is left gives up its sender, so the pipeline drains.
+        abort.cancel();
+        shared.close();
+        ended.map_err(|e| self.error(e))
+    }
+}
