@@ -291,6 +291,20 @@ impl Metrics {
         }
         family(
             &mut o,
+            "dab_pipeline_failed_events_total",
+            "counter",
+            "Events that failed a stage (a bad signature), sent to OnError or dropped",
+        );
+        for p in &self.pipelines {
+            let _ = writeln!(
+                o,
+                "dab_pipeline_failed_events_total{{pipeline=\"{}\"}} {}",
+                esc(&p.id),
+                p.failed_events.get()
+            );
+        }
+        family(
+            &mut o,
             "dab_stage_events_in_total",
             "counter",
             "Events into a stage",
