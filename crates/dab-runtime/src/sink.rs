@@ -32,6 +32,16 @@ pub struct SinkTask {
     pub force: CancellationToken,
     /// Reliability tracking, when on: what this sink wrote is "delivered".
     pub reliability: Option<Arc<Tracker>>,
+    /// Batching by count and time (`batch_size`, `batch_timeout` in the
+    /// binding): small batches arriving within the timeout are written
+    /// together, up to the size. `None` writes each batch as it comes.
+    pub coalesce: Option<Coalesce>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Coalesce {
+    pub max_events: usize,
+    pub max_wait: Duration,
 }
 
 enum Outcome {
@@ -47,7 +57,22 @@ impl SinkTask {
                 b = self.input.recv() => b,
                 _ = self.force.cancelled() => None,
             };
-            let Some(batch) = batch else { break };
+            let Some(mut batch) = batch else { break };
+            let mut extra_acks = Vec::new();
+            if let Some(c) = self.coalesce {
+                // Gather more until the size is reached or the time is up.
+                let deadline = tokio::time::Instant::now() + c.max_wait;
+                while batch.len() < c.max_events {
+                    let next = tokio::select! {
+                        b = self.input.recv() => b,
+                        _ = tokio::time::sleep_until(deadline) => None,
+                        _ = self.force.cancelled() => None,
+                    };
+                    let Some(more) = next else { break };
+                    batch.events.extend(more.events);
+                    extra_acks.push(more.ack);
+                }
+            }
             let n = batch.len() as u64;
             let bytes = batch.bytes() as u64;
             let Batch { events, ack } = batch;
@@ -67,11 +92,13 @@ impl SinkTask {
                     self.metrics.bytes.add(bytes);
                     self.metrics.batches.add(1);
                     pending.push(ack);
+                    pending.extend(extra_acks);
                 }
                 Outcome::GaveUp => {
                     self.metrics.failed_batches.add(1);
                     self.metrics.failed_events.add(n);
                     ack.fail();
+                    extra_acks.into_iter().for_each(AckToken::fail);
                 }
             }
             if self.input.is_empty() || pending.len() >= FLUSH_EVERY {
@@ -144,5 +171,65 @@ async fn retry(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dab_api::Event;
+    use std::sync::Mutex;
+
+    /// Records the size of every write.
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    #[async_trait::async_trait]
+    impl Sink for Sizes {
+        async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+            self.0.lock().map(|mut v| v.push(events.len())).ok();
+            Ok(())
+        }
+    }
+
+    fn batch(n: usize) -> (Batch, tokio::sync::oneshot::Receiver<dab_api::AckStatus>) {
+        let (ack, rx) = AckToken::channel();
+        (Batch::new(vec![Event::default(); n], ack), rx)
+    }
+
+    #[tokio::test]
+    async fn coalesces_small_batches_by_count_and_time_and_acks_them_all() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(64);
+        let task = SinkTask {
+            sink: Box::new(Sizes(sizes.clone())),
+            input: rx,
+            metrics: Arc::new(SinkMetrics::default()),
+            force: CancellationToken::new(),
+            reliability: None,
+            coalesce: Some(Coalesce {
+                max_events: 25,
+                max_wait: Duration::from_millis(200),
+            }),
+        };
+        let mut acks = Vec::new();
+        // Six batches of 10 wait in the channel: batches are added until 25
+        // or more are gathered, so two writes of 10 + 10 + 10.
+        for _ in 0..6 {
+            let (b, a) = batch(10);
+            acks.push(a);
+            tx.send(b).await.map_err(|_| ()).ok();
+        }
+        let handle = tokio::spawn(task.run());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A late batch waits for the timeout, then goes alone.
+        let (b, a) = batch(5);
+        acks.push(a);
+        tx.send(b).await.map_err(|_| ()).ok();
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        for a in acks {
+            assert_eq!(a.await.ok(), Some(dab_api::AckStatus::Delivered));
+        }
+        assert_eq!(*sizes.lock().expect("sizes"), vec![30, 30, 5]);
     }
 }

@@ -146,6 +146,23 @@ impl Running {
     }
 }
 
+/// `batch_timeout` (ms) in a sink's binding turns on batching by time,
+/// up to `batch_size` events (500 when not given).
+fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Coalesce> {
+    let wait = match fields.get("batch_timeout") {
+        Some(ConfigValue::Int(ms)) if *ms > 0 => Duration::from_millis(u64::try_from(*ms).ok()?),
+        _ => return None,
+    };
+    let max_events = match fields.get("batch_size") {
+        Some(ConfigValue::Int(n)) if *n > 0 => usize::try_from(*n).ok()?,
+        _ => 500,
+    };
+    Some(crate::sink::Coalesce {
+        max_events,
+        max_wait: wait,
+    })
+}
+
 fn builtin_kind(name: &str) -> &'static str {
     match name {
         "Stdin" => "stdin",
@@ -273,6 +290,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                 metrics: sm,
                 force: force.clone(),
                 reliability: reliability.clone(),
+                coalesce: coalesce_of(fields),
             });
         }
     }
