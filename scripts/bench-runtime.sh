@@ -21,6 +21,7 @@
 # Knobs (environment): RUNS=3 WINDOW=10 WINDOWS=3 WARMUP=3 GEN_EVENTS=20000000
 #   STAGES=0|1 SKIP_INPROC=0|1 CONNECTIONS=1 QUIET_WAIT=30 DAB_ARGS=  DAB_BIN=
 #   LAT_RATE= (events/s for the latency runs; default: half the flat-out median)
+#   SKIP_MAX=1 (with LAT_RATE: latency runs only)
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -279,18 +280,24 @@ wait "$relay_pid" || true
 CEILING=$(field "$(grep '^RECV' "$TMP/ceiling.recv" || true)" median_eps)
 echo "relay: $(millions "${CEILING:-0}") events/s (machine busy before: $busy)"
 
-echo
-echo "## tcp ndjson -> FilterType -> tcp ndjson, flat out ($RUNS runs, ${WINDOWS}x${WINDOW} s windows after ${WARMUP} s; dab run ${DAB_EXTRA[*]:-with defaults}; $CONNECTIONS sender connection(s))"
-: >"$TMP/results"
-for ((r = 1; r <= RUNS; r++)); do
-    log "== tcp flat out, run $r"
-    tcp_run "max$r" 0
-done
-grep 'label=max' "$TMP/results"
-TCP_MAX=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" median_eps; done | median)
-TCP_RSS=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" rss_kib; done | sort -n | tail -n 1)
-TCP_CORES=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" dab_cores; done | median)
-
+TCP_MAX=nan
+TCP_RSS=0
+TCP_CORES=nan
+if [[ ${SKIP_MAX:-0} == 1 && -n ${LAT_RATE:-} ]]; then
+    log "== SKIP_MAX=1: no flat-out runs"
+else
+    echo
+    echo "## tcp ndjson -> FilterType -> tcp ndjson, flat out ($RUNS runs, ${WINDOWS}x${WINDOW} s windows after ${WARMUP} s; dab run ${DAB_EXTRA[*]:-with defaults}; $CONNECTIONS sender connection(s))"
+    : >"$TMP/results"
+    for ((r = 1; r <= RUNS; r++)); do
+        log "== tcp flat out, run $r"
+        tcp_run "max$r" 0
+    done
+    grep 'label=max' "$TMP/results"
+    TCP_MAX=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" median_eps; done | median)
+    TCP_RSS=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" rss_kib; done | sort -n | tail -n 1)
+    TCP_CORES=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" dab_cores; done | median)
+fi
 HALF=${LAT_RATE:-$(awk -v m="$TCP_MAX" 'BEGIN { printf "%.0f", m / 2 }')}
 echo
 why="half the flat-out median"
