@@ -10,6 +10,7 @@ pub mod framing;
 pub mod generator;
 pub mod http;
 pub mod murron;
+mod settings;
 mod socket_common;
 pub mod stdio;
 pub mod tcp;

@@ -6,6 +6,7 @@
 mod sink;
 mod source;
 
+use crate::settings::{build_error, check_listen};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -105,21 +106,6 @@ impl HttpSinkConfig {
             endpoint: endpoint.to_owned(),
             timeout,
         })
-    }
-}
-
-/// `host:port` with a port number; the host is resolved when binding.
-fn check_listen(listen: &str) -> Result<(), String> {
-    match listen.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("`listen` must be host:port, not `{listen}`")),
-    }
-}
-
-fn build_error(name: &str, reason: impl Into<String>) -> BuildError {
-    BuildError {
-        name: name.to_owned(),
-        reason: reason.into(),
     }
 }
 

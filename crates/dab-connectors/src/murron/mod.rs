@@ -20,6 +20,7 @@ mod sink;
 mod source;
 pub mod wire;
 
+use crate::settings::{build_error, check_listen};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -159,21 +160,6 @@ fn positive<T: TryFrom<i64>>(n: i64) -> Option<T> {
 
 fn must_be_positive(field: &str, n: i64) -> String {
     format!("`{field}` must be a positive number in range, not {n}")
-}
-
-/// `host:port` with a port number; the host is resolved when binding.
-fn check_listen(listen: &str) -> Result<(), String> {
-    match listen.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("`listen` must be host:port, not `{listen}`")),
-    }
-}
-
-fn build_error(name: &str, reason: impl Into<String>) -> BuildError {
-    BuildError {
-        name: name.to_owned(),
-        reason: reason.into(),
-    }
 }
 
 #[cfg(test)]
