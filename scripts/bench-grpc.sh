@@ -232,10 +232,10 @@ EOF
     # The client's window starts about 50 ms after it connects.
     sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.1 }')"
     local ev0 ev1 cpu0 cpu1 j0 j1 t0 t1 perf_pid=""
+    t0=$(date +%s%N)
     ev0=$(source_events "$admin")
     cpu0=$(cpu_of "$dab_pid")
     j0=$(jiffies)
-    t0=$(date +%s%N)
     if [[ $profile == 1 ]]; then
         timeout $((DURATION + 30)) perf record -F 499 --call-graph dwarf,16384 -p "$dab_pid" \
             -o "$TMP/perf.data" -- sleep "$DURATION" >"$dir/perf.out" 2>&1 &
@@ -243,10 +243,10 @@ EOF
         STARTED+=("$perf_pid")
     fi
     sleep "$DURATION"
+    t1=$(date +%s%N)
     ev1=$(source_events "$admin")
     cpu1=$(cpu_of "$dab_pid")
     j1=$(jiffies)
-    t1=$(date +%s%N)
     wait "$load_pid" || log "  murron_load failed: $(tail -n 3 "$dir/load.err" "$dir/load.out")"
     if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
     stop "$dab_pid" 40

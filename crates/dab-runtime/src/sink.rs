@@ -106,6 +106,14 @@ impl SinkTask {
             }
         }
         self.flush(&mut pending).await;
+        // A forced stop leaves batches in the channel: they were not
+        // written, so they are failed and counted like any given up on.
+        self.input.close();
+        while let Ok(b) = self.input.try_recv() {
+            self.metrics.failed_batches.add(1);
+            self.metrics.failed_events.add(b.len() as u64);
+            b.ack.fail();
+        }
     }
 
     async fn flush(&mut self, pending: &mut Vec<AckToken>) {
