@@ -7,7 +7,8 @@
 #     $CONNECTIONS connections x $IN_FLIGHT calls in flight, batches of
 #     $BATCH events of about $EVENT_BYTES bytes, flat out: events/s acked
 #     over $DURATION s after $WARMUP s, cross-checked against the delta of
-#     dab's own `dab_source_events_total` over the same seconds; dab's peak
+#     dab's own `dab_source_events_total` over the same seconds (less 0.5 s,
+#     so as to lie inside the client's window); dab's peak
 #     RSS sampled from /proc every 100 ms; CPU of dab and of the client;
 #     $RUNS runs, median;
 #  2. the same at half the flat-out median (or $LAT_RATE) for batch ack
@@ -229,8 +230,10 @@ EOF
         >"$dir/load.out" 2>"$dir/load.err" &
     load_pid=$!
     STARTED+=("$load_pid")
-    # The client's window starts about 50 ms after it connects.
-    sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.1 }')"
+    # The client's window starts about 50 ms after it connects; dab's count
+    # is taken over a window 0.3 s later and 0.5 s shorter, so that it lies
+    # inside the client's (the client stops sending when its window ends).
+    sleep "$(awk -v w="$WARMUP" 'BEGIN { print w + 0.3 }')"
     local ev0 ev1 cpu0 cpu1 j0 j1 t0 t1 perf_pid=""
     t0=$(date +%s%N)
     ev0=$(source_events "$admin")
@@ -242,7 +245,7 @@ EOF
         perf_pid=$!
         STARTED+=("$perf_pid")
     fi
-    sleep "$DURATION"
+    sleep "$(awk -v d="$DURATION" 'BEGIN { print (d > 1 ? d - 0.5 : d / 2) }')"
     t1=$(date +%s%N)
     ev1=$(source_events "$admin")
     cpu1=$(cpu_of "$dab_pid")
@@ -309,9 +312,10 @@ if [[ $PERF == 1 && -f $TMP/perf.data ]]; then
     perf report -i "$TMP/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio -g none 2>/dev/null |
         grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+$//' | cut -c 1-160 | head -n 40 || true
     echo
-    echo "## the same, inclusive (children), top 60"
+    echo "## the same, inclusive (children), top 40 without tokio's and std's frames"
     perf report -i "$TMP/perf.data" --children --sort symbol --percent-limit 2 --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+$//' | cut -c 1-160 | head -n 60 || true
+        grep -E '^ +[0-9]' | grep -vE '\(inlined\)|tokio::runtime|std::|catch_unwind|do_call|call_once|clone3|start_thread|__rust_begin' |
+        sed -E 's/[[:space:]]+$//' | cut -c 1-160 | head -n 40 || true
     if [[ -n ${PERF_KEEP:-} ]]; then cp "$TMP/perf.data" "$PERF_KEEP"; fi
 fi
 

@@ -108,6 +108,22 @@ impl Args {
                 a.stream = true;
                 continue;
             }
+            const VALUED: &[&str] = &[
+                "--addr",
+                "--connections",
+                "--in-flight",
+                "--batch",
+                "--event-bytes",
+                "--rate",
+                "--duration",
+                "--warmup",
+                "--types",
+                "--threads",
+                "--call-timeout",
+            ];
+            if !VALUED.contains(&flag.as_str()) {
+                return Err(format!("unknown flag {flag}\n\n{USAGE}").into());
+            }
             let value = it
                 .next()
                 .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
@@ -519,7 +535,16 @@ async fn connect(addr: &str) -> Result<MurronClient<Channel>, BoxError> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
-        .await?;
+        .await
+        .map_err(|e| {
+            let mut why = format!("cannot connect to {addr}: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                why.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            why
+        })?;
     Ok(MurronClient::new(channel))
 }
 
@@ -661,7 +686,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn main() -> Result<(), BoxError> {
+fn main() -> std::process::ExitCode {
+    match try_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("murron_load: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<(), BoxError> {
     let args = Args::parse()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
