@@ -16,3 +16,29 @@ pub(crate) fn build_error(name: &str, reason: impl Into<String>) -> BuildError {
         reason: reason.into(),
     }
 }
+
+/// An `http://host[:port]/path` endpoint; https needs TLS, which the sinks
+/// do not have yet.
+pub(crate) fn http_endpoint(endpoint: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("`endpoint` `{endpoint}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`endpoint` `{endpoint}`: https is not supported yet, use http://"
+            ))
+        }
+        Some(other) => {
+            return Err(format!(
+                "`endpoint` `{endpoint}`: scheme `{other}` is not http"
+            ))
+        }
+        None => return Err(format!("`endpoint` `{endpoint}` must start with http://")),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("`endpoint` `{endpoint}` has no host"));
+    }
+    Ok(uri)
+}

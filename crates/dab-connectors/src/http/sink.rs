@@ -125,29 +125,8 @@ impl Sink for HttpSink {
     }
 }
 
-/// `http://authority/path`; https needs TLS, which the sink has not yet.
 fn parse_endpoint(endpoint: &str) -> Result<Uri, String> {
-    let uri: Uri = endpoint
-        .parse()
-        .map_err(|e| format!("`endpoint` `{endpoint}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "`endpoint` `{endpoint}`: https is not supported yet, use http://"
-            ))
-        }
-        Some(other) => {
-            return Err(format!(
-                "`endpoint` `{endpoint}`: scheme `{other}` is not http"
-            ))
-        }
-        None => return Err(format!("`endpoint` `{endpoint}` must start with http://")),
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err(format!("`endpoint` `{endpoint}` has no host"));
-    }
-    Ok(uri)
+    crate::settings::http_endpoint(endpoint)
 }
 
 /// `HTTP 400 Bad Request: <the start of the body>`.

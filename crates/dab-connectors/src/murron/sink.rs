@@ -166,26 +166,7 @@ fn causes(mut cause: Option<&(dyn std::error::Error + 'static)>, parts: &mut Vec
 
 /// `http://host:port`; TLS to the peer is not built into the sink yet.
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint, String> {
-    let uri: tonic::codegen::http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("`endpoint` `{endpoint}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "`endpoint` `{endpoint}`: https is not supported by the sink yet, use http://"
-            ))
-        }
-        Some(other) => {
-            return Err(format!(
-                "`endpoint` `{endpoint}`: scheme `{other}` is not http"
-            ))
-        }
-        None => return Err(format!("`endpoint` `{endpoint}` must start with http://")),
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err(format!("`endpoint` `{endpoint}` has no host"));
-    }
+    let uri = crate::settings::http_endpoint(endpoint)?;
     Ok(Endpoint::from(uri)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
