@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::Batch;
 use crate::config::ConfigValue;
 use crate::event::Event;
+use crate::metrics::ConnectorMetrics;
 
 /// A source or sink that failed at run time.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,12 @@ pub trait Source: Send {
     /// Reads until the input ends (a finite source) or `ctx.shutdown` fires.
     /// Returning drops `ctx.out`, which lets the pipelines downstream drain.
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError>;
+
+    /// Metrics of this connector beyond `SourceStats`, exported by the
+    /// runtime on every scrape. Asked once, before `run`.
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -102,6 +109,11 @@ pub trait Sink: Send {
     /// sink's input is idle and at shutdown.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+
+    /// Metrics of this connector beyond the runtime's sink counters.
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        None
     }
 }
 

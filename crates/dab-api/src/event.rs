@@ -99,7 +99,33 @@ pub struct Event {
     pub raw: Option<(RawCodec, Bytes)>,
 }
 
+/// The type of an event that stands for input a source could not decode
+/// (a Kafka message that is not an event). Pipelines send such events to
+/// their `OnError` output, or count and drop them; they never reach a
+/// stage or an ordinary output.
+pub const UNDECODABLE_TYPE: &str = "dab.undecodable";
+
+/// The tag that says why input was undecodable.
+pub const ERROR_TAG: &str = "dab.error";
+
 impl Event {
+    /// Stands for input that is not an event: the bytes as they came in
+    /// `message`, the reason in the `dab.error` tag, and where they came from
+    /// in `host`.
+    pub fn undecodable(origin: Text, input: Bytes, reason: String) -> Event {
+        Event {
+            host: origin,
+            ty: Text::from_static(UNDECODABLE_TYPE),
+            message: input,
+            tags: vec![(Text::from_static(ERROR_TAG), Text::from(reason))],
+            ..Event::default()
+        }
+    }
+
+    pub fn is_undecodable(&self) -> bool {
+        self.ty.as_bytes() == UNDECODABLE_TYPE.as_bytes()
+    }
+
     pub fn tag(&self, key: &str) -> Option<&Text> {
         self.tags
             .iter()

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod connector;
 pub mod event;
+pub mod metrics;
 pub mod schema;
 pub mod signature;
 

@@ -9,6 +9,7 @@ pub mod file;
 pub mod framing;
 pub mod generator;
 pub mod http;
+pub mod kafka;
 pub mod murron;
 mod settings;
 mod socket_common;
@@ -27,6 +28,7 @@ pub fn builtin_sources() -> Vec<Box<dyn SourceFactory>> {
         Box::new(unix::UnixSourceFactory),
         Box::new(http::HttpSourceFactory),
         Box::new(murron::MurronSourceFactory),
+        Box::new(kafka::KafkaSourceFactory),
     ]
 }
 
@@ -39,5 +41,6 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
         Box::new(tcp::TcpSinkFactory),
         Box::new(http::HttpSinkFactory),
         Box::new(murron::MurronSinkFactory),
+        Box::new(kafka::KafkaSinkFactory),
     ]
 }

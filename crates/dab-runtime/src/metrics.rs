@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dab_api::connector::SourceStats;
+use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::Batch;
 use tokio::sync::mpsc::WeakSender;
 
@@ -26,10 +27,13 @@ pub enum DropReason {
     BadSignature,
     /// `Dedup` saw the UID within its window.
     Duplicate,
+    /// Input a source could not decode (a Kafka message that is not an
+    /// event), and the pipeline has no `OnError`.
+    Undecodable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -37,6 +41,7 @@ impl DropReason {
         DropReason::SinkFailed,
         DropReason::BadSignature,
         DropReason::Duplicate,
+        DropReason::Undecodable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +53,7 @@ impl DropReason {
             DropReason::SinkFailed => "sink_failed",
             DropReason::BadSignature => "bad_signature",
             DropReason::Duplicate => "duplicate",
+            DropReason::Undecodable => "undecodable",
         }
     }
 }
@@ -127,7 +133,7 @@ pub struct PipelineMetrics {
     pub events_in: Counter,
     pub bytes_in: Counter,
     pub events_out: Counter,
-    dropped: [Counter; 7],
+    dropped: [Counter; 8],
     /// Events that failed a stage (a bad signature), routed or dropped.
     pub failed_events: Counter,
     pub stages: Vec<StageMetrics>,
@@ -202,6 +208,8 @@ pub struct Metrics {
     pub queues: Vec<Arc<QueueMetrics>>,
     /// Bounded channels, for depth gauges: (owner, weak sender).
     pub channels: Mutex<Vec<(String, WeakSender<Batch>)>>,
+    /// Connectors' own metrics (Kafka lag, commits, produce latency).
+    pub connectors: Vec<Arc<dyn ConnectorMetrics>>,
 }
 
 /// Resident set size of this process in bytes (Linux), 0 elsewhere.
@@ -554,6 +562,54 @@ impl Metrics {
             "Resident set size of the process",
         );
         let _ = writeln!(o, "dab_process_resident_memory_bytes {}", rss_bytes());
+        render_samples(&mut o, &self.connectors);
         o
     }
+}
+
+/// Connectors' samples, grouped by family so each family's HELP and TYPE
+/// lines appear once, in the order families were first seen.
+pub fn render_samples(o: &mut String, connectors: &[Arc<dyn ConnectorMetrics>]) {
+    let mut samples = Vec::new();
+    for c in connectors {
+        c.samples(&mut samples);
+    }
+    let mut families: Vec<&'static str> = Vec::new();
+    for s in &samples {
+        if !families.contains(&s.family) {
+            families.push(s.family);
+        }
+    }
+    for f in families {
+        let mut first = true;
+        for s in samples.iter().filter(|s| s.family == f) {
+            if first {
+                let _ = writeln!(
+                    o,
+                    "# HELP {} {}\n# TYPE {} {}",
+                    f,
+                    s.help,
+                    f,
+                    s.kind.as_str()
+                );
+                first = false;
+            }
+            write_sample(o, s);
+        }
+    }
+}
+
+fn write_sample(o: &mut String, s: &Sample) {
+    o.push_str(s.name);
+    if !s.labels.is_empty() {
+        o.push('{');
+        for (i, (k, v)) in s.labels.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{k}=\"{}\"", esc(v));
+        }
+        o.push('}');
+    }
+    let _ = writeln!(o, " {}", s.value);
 }

@@ -38,9 +38,18 @@ impl Inlet {
     }
 }
 
+/// Input a source could not decode, sent to the pipeline's `OnError`
+/// output (or counted and dropped) before any stage sees it.
+#[derive(Debug)]
+pub struct Screen {
+    pub on_error: Option<OutputTx>,
+}
+
 #[derive(Debug)]
 pub struct PipelineTask {
     pub input: Inlet,
+    /// Set for inputs that can carry undecodable input (Kafka).
+    pub screen: Option<Screen>,
     pub stages: Vec<Compiled>,
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,
@@ -64,6 +73,7 @@ impl PipelineTask {
             };
             let Some(batch) = batch else { return };
             let work = process(
+                self.screen.as_ref(),
                 &mut self.stages,
                 &mut self.outputs,
                 self.when_full,
@@ -82,6 +92,7 @@ impl PipelineTask {
 }
 
 async fn process(
+    screen: Option<&Screen>,
     stages: &mut [Compiled],
     outputs: &mut [Output],
     when_full: WhenFull,
@@ -92,6 +103,9 @@ async fn process(
     let t0 = Instant::now();
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
+    if let Some(screen) = screen {
+        screen_out(screen, &mut batch, m).await;
+    }
     for (i, s) in stages.iter_mut().enumerate() {
         let n = batch.len() as u64;
         if let Some(sm) = m.stages.get(i) {
@@ -180,6 +194,27 @@ async fn process(
         }
     }
     m.latency.observe(t0.elapsed());
+}
+
+async fn screen_out(screen: &Screen, batch: &mut Batch, m: &PipelineMetrics) {
+    if !batch.events.iter().any(dab_api::Event::is_undecodable) {
+        return;
+    }
+    let (bad, good): (Vec<_>, Vec<_>) = batch
+        .events
+        .drain(..)
+        .partition(dab_api::Event::is_undecodable);
+    batch.events = good;
+    let n = bad.len() as u64;
+    m.failed(n);
+    match &screen.on_error {
+        Some(target) => {
+            if let Err(b) = target.send(Batch::new(bad, batch.ack.share())).await {
+                b.ack.fail();
+            }
+        }
+        None => m.dropped(DropReason::Undecodable, n),
+    }
 }
 
 /// Gives every reader every batch (a source or queue read by several

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::RuntimeAdmission;
 use crate::metrics::{rss_bytes, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
-use crate::pipeline::{fan_out, Inlet, Output, PipelineTask};
+use crate::pipeline::{fan_out, Inlet, Output, PipelineTask, Screen};
 use crate::reliability::{Limits, Tracker};
 use crate::sink::SinkTask;
 use crate::stages::compile;
@@ -163,6 +163,14 @@ fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Co
     })
 }
 
+/// A source to build: its name (a Kafka queue's reader is
+/// `queue:pipeline`), kind and settings.
+struct SourceSpec<'a> {
+    name: String,
+    kind: &'a str,
+    fields: std::borrow::Cow<'a, BTreeMap<String, ConfigValue>>,
+}
+
 fn builtin_kind(name: &str) -> &'static str {
     match name {
         "Stdin" => "stdin",
@@ -206,6 +214,9 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     // Memory queues used by the selected pipelines.
     let mut queue_writers: HashMap<&str, QueueWriter> = HashMap::new();
     let mut queue_readers: HashMap<&str, QueueReader> = HashMap::new();
+    // Queues bound to Kafka topics: a producer for the writers, a consumer
+    // group per reading pipeline.
+    let mut kafka_queues: HashMap<&str, &BTreeMap<String, ConfigValue>> = HashMap::new();
     let used = pipelines
         .iter()
         .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
@@ -213,6 +224,12 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         let Some(ep) = endpoint(name) else { continue };
         if ep.role() != Role::Queue || queue_writers.contains_key(name) {
             continue;
+        }
+        if let Endpoint::Bound { kind, fields, .. } = ep {
+            if kind == "kafka" {
+                kafka_queues.insert(name, fields);
+                continue;
+            }
         }
         if !ep.is_memory_queue() {
             let kind = match ep {
@@ -257,12 +274,14 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     for p in &pipelines {
         for name in p.config.writes() {
             let Some(ep) = endpoint(name) else { continue };
-            if ep.role() != Role::Sink || sink_txs.contains_key(name) {
+            if sink_txs.contains_key(name) {
                 continue;
             }
-            let (kind, fields) = match ep {
-                Endpoint::Bound { kind, fields, .. } => (kind.as_str(), fields),
-                _ => (builtin_kind(name), &empty),
+            let (kind, fields) = match (kafka_queues.get(name), ep) {
+                (Some(fields), _) => ("kafka", *fields),
+                (None, _) if ep.role() != Role::Sink => continue,
+                (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
+                (None, _) => (builtin_kind(name), &empty),
             };
             let factory = registry
                 .sinks
@@ -270,10 +289,17 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                 .find(|f| f.kind() == kind)
                 .ok_or_else(|| StartError::UnknownKind {
                     name: name.to_owned(),
-                    role: "sink",
+                    role: if kafka_queues.contains_key(name) {
+                        "queue"
+                    } else {
+                        "sink"
+                    },
                     kind: kind.to_owned(),
                 })?;
             let sink = factory.build(name, fields)?;
+            if let Some(m) = sink.metrics() {
+                metrics.connectors.push(m);
+            }
             let (tx, rx) = mpsc::channel(cap);
             if let Ok(mut c) = channels.lock() {
                 c.push((format!("sink:{name}"), tx.downgrade()));
@@ -305,9 +331,36 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     // Pipeline inputs: a channel per reader, except a queue read by one
     // pipeline, which that pipeline reads directly.
     let mut inlets: Vec<Option<Inlet>> = (0..pipelines.len()).map(|_| None).collect();
-    let mut source_outs: Vec<(&str, mpsc::Sender<Batch>)> = Vec::new();
+    let mut source_outs: Vec<(SourceSpec<'_>, mpsc::Sender<Batch>)> = Vec::new();
     let mut fanouts = Vec::new();
     for (&name, idxs) in &readers {
+        if let Some(fields) = kafka_queues.get(name) {
+            // Each reading pipeline is its own consumer group, so different
+            // pipelines each get every event and replicas of one pipeline
+            // share the partitions (SPEC section 2).
+            for &i in idxs {
+                let (tx, rx) = mpsc::channel(cap);
+                let id = &pipelines[i].id;
+                if let Ok(mut c) = channels.lock() {
+                    c.push((format!("pipeline:{id}"), tx.downgrade()));
+                }
+                inlets[i] = Some(Inlet::Channel(rx));
+                let mut fields = (*fields).clone();
+                fields.insert(
+                    "group".to_owned(),
+                    ConfigValue::Str(format!("dab.{name}.{id}")),
+                );
+                source_outs.push((
+                    SourceSpec {
+                        name: format!("{name}:{id}"),
+                        kind: "kafka",
+                        fields: std::borrow::Cow::Owned(fields),
+                    },
+                    tx,
+                ));
+            }
+            continue;
+        }
         let is_queue = queue_readers.contains_key(name);
         if is_queue && idxs.len() == 1 {
             if let Some(q) = queue_readers.remove(name) {
@@ -326,14 +379,29 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         }
         if let Some(q) = queue_readers.remove(name) {
             fanouts.push((Inlet::Queue(q), reader_txs));
-        } else if reader_txs.len() == 1 {
-            if let Some(tx) = reader_txs.pop() {
-                source_outs.push((name, tx));
-            }
         } else {
-            let (tx, rx) = mpsc::channel(cap);
-            source_outs.push((name, tx));
-            fanouts.push((Inlet::Channel(rx), reader_txs));
+            let Some(ep) = endpoint(name) else { continue };
+            let spec = match ep {
+                Endpoint::Bound { kind, fields, .. } => SourceSpec {
+                    name: name.to_owned(),
+                    kind: kind.as_str(),
+                    fields: std::borrow::Cow::Borrowed(fields),
+                },
+                _ => SourceSpec {
+                    name: name.to_owned(),
+                    kind: builtin_kind(name),
+                    fields: std::borrow::Cow::Borrowed(&empty),
+                },
+            };
+            if reader_txs.len() == 1 {
+                if let Some(tx) = reader_txs.pop() {
+                    source_outs.push((spec, tx));
+                }
+            } else {
+                let (tx, rx) = mpsc::channel(cap);
+                source_outs.push((spec, tx));
+                fanouts.push((Inlet::Channel(rx), reader_txs));
+            }
         }
     }
     // Queues nobody here reads (W001, or read by a service run elsewhere):
@@ -357,22 +425,21 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
     // Build every source before starting anything, so a bad setting fails
     // the start, not half a topology.
     let mut sources = Vec::new();
-    for (name, out) in source_outs {
-        let Some(ep) = endpoint(name) else { continue };
-        let (kind, fields) = match ep {
-            Endpoint::Bound { kind, fields, .. } => (kind.as_str(), fields),
-            _ => (builtin_kind(name), &empty),
-        };
+    for (spec, out) in source_outs {
         let factory = registry
             .sources
             .iter()
-            .find(|f| f.kind() == kind)
+            .find(|f| f.kind() == spec.kind)
             .ok_or_else(|| StartError::UnknownKind {
-                name: name.to_owned(),
+                name: spec.name.clone(),
                 role: "source",
-                kind: kind.to_owned(),
+                kind: spec.kind.to_owned(),
             })?;
-        sources.push((name.to_owned(), factory.build(name, fields)?, out));
+        let source = factory.build(&spec.name, &spec.fields)?;
+        if let Some(m) = source.metrics() {
+            metrics.connectors.push(m);
+        }
+        sources.push((spec.name, source, out));
     }
 
     let mut pipeline_tasks = Vec::new();
@@ -419,8 +486,15 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                     .collect::<Result<Vec<_>, _>>()?,
             });
         }
+        // Kafka input can carry messages that are not events.
+        let kafka_input = kafka_queues.contains_key(c.input.as_str())
+            || matches!(endpoint(&c.input), Some(Endpoint::Bound { kind, .. }) if kind == "kafka");
+        let screen = kafka_input.then(|| Screen {
+            on_error: on_error(),
+        });
         pipeline_tasks.push(PipelineTask {
             input,
+            screen,
             stages,
             outputs,
             when_full: c.when_full,

@@ -1,0 +1,366 @@
+//! Kafka sources, sinks and queues on librdkafka (SPEC sections 2, 4, 5).
+//!
+//! - The source is a consumer-group member. Offsets are stored only when
+//!   the events they cover are acknowledged end to end ([`offsets`]) and
+//!   librdkafka commits the stored ones every second and on revoke; the
+//!   source commits once more, synchronously, when it stops. Under back
+//!   pressure the assigned partitions are paused until the pipeline takes
+//!   the next batch.
+//! - The sink is an idempotent producer (`acks=all`). A write hands the
+//!   messages to librdkafka; `flush` waits for every delivery report, so the
+//!   runtime acknowledges a batch only once Kafka has it. Failed deliveries
+//!   are sent again on the next flush and reported as errors meanwhile, so
+//!   the runtime backs off; a message too large for the broker is counted
+//!   and dropped, since sending it again cannot succeed.
+//! - A queue bound to a topic is both: pipelines writing the queue share
+//!   one producer; each pipeline reading it is its own consumer group,
+//!   `dab.<queue>.<pipeline id>` (built by the runtime).
+//!
+//! One event per message: the value is the JSON object or the protobuf
+//! event (`codec`), the key the field named by `key`, or none.
+
+pub mod metrics;
+pub mod offsets;
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+
+use dab_api::config::Fields;
+use dab_api::{BuildError, ConfigValue, Sink, SinkFactory, Source, SourceFactory};
+use rdkafka::ClientConfig;
+
+use crate::settings::build_error;
+
+pub use sink::KafkaSink;
+pub use source::KafkaSource;
+
+/// The payload encoding of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Json,
+    Protobuf,
+}
+
+impl Codec {
+    fn from_fields(name: &str, f: Fields<'_>) -> Result<Codec, BuildError> {
+        match f.str("codec") {
+            None | Some("json") => Ok(Codec::Json),
+            Some("protobuf") => Ok(Codec::Protobuf),
+            Some(other) => Err(build_error(
+                name,
+                format!("`codec` must be json or protobuf, not `{other}`"),
+            )),
+        }
+    }
+}
+
+/// `options:` of a binding, as librdkafka settings (strings).
+fn options(
+    name: &str,
+    fields: &BTreeMap<String, ConfigValue>,
+) -> Result<Vec<(String, String)>, BuildError> {
+    let Some(v) = fields.get("options") else {
+        return Ok(Vec::new());
+    };
+    let ConfigValue::Map(m) = v else {
+        return Err(build_error(
+            name,
+            "`options` must be a map of librdkafka settings",
+        ));
+    };
+    m.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                ConfigValue::Str(s) => s.clone(),
+                ConfigValue::Int(i) => i.to_string(),
+                ConfigValue::Float(x) => x.to_string(),
+                ConfigValue::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(build_error(
+                        name,
+                        format!("`options.{k}` must be a string, number or boolean"),
+                    ))
+                }
+            };
+            Ok((k.clone(), s))
+        })
+        .collect()
+}
+
+fn brokers<'a>(name: &str, f: Fields<'a>) -> Result<&'a str, BuildError> {
+    match f.str("brokers") {
+        Some(b) if !b.trim().is_empty() => Ok(b),
+        _ => Err(build_error(
+            name,
+            "`brokers` is required (host:port, comma-separated)",
+        )),
+    }
+}
+
+fn partitions(name: &str, f: Fields<'_>) -> Result<Option<i32>, BuildError> {
+    match f.int("partitions") {
+        None => Ok(None),
+        Some(n) if (1..=100_000).contains(&n) => Ok(i32::try_from(n).ok()),
+        Some(n) => Err(build_error(
+            name,
+            format!("`partitions` must be between 1 and 100000, not {n}"),
+        )),
+    }
+}
+
+/// Creates a queue's topic when it does not exist yet. Failures are logged,
+/// not fatal: the topic may exist already, or the broker may create topics
+/// itself.
+async fn ensure_topic(
+    name: &str,
+    brokers: &str,
+    options: &[(String, String)],
+    topic: &str,
+    partitions: i32,
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> =
+        match client_config(&[("bootstrap.servers", brokers.to_owned())], options).create() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(queue = name, error = %e, "cannot create a kafka admin client");
+                return;
+            }
+        };
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    // The broker's default replication first; a broker that wants a number
+    // gets 1.
+    for replication in [-1, 1] {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        match admin.create_topics([&new], &opts).await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(_)) => {
+                    tracing::info!(queue = name, topic, partitions, "kafka topic created");
+                    return;
+                }
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => return,
+                Some(Err((_, RDKafkaErrorCode::InvalidReplicationFactor))) if replication < 0 => {
+                    continue
+                }
+                Some(Err((_, code))) => {
+                    tracing::warn!(queue = name, topic, error = %code, "cannot create kafka topic");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(queue = name, topic, error = %e, "cannot create kafka topic");
+                return;
+            }
+        }
+    }
+}
+
+/// Our defaults, then the binding's `options` over them.
+fn client_config(defaults: &[(&str, String)], options: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, v.as_str());
+    }
+    for (k, v) in options {
+        c.set(k.as_str(), v.as_str());
+    }
+    c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    c
+}
+
+/// Settings of `kind: kafka` sources (and of queues read by a pipeline).
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub codec: Codec,
+    /// `earliest` (the default: a new group misses nothing) or `latest`.
+    pub start_offset: String,
+    pub options: Vec<(String, String)>,
+    /// Events per batch handed to the pipeline, at most.
+    pub batch_events: usize,
+    /// Create the topics with this many partitions when they do not exist
+    /// (queues).
+    pub partitions: Option<i32>,
+}
+
+impl KafkaSourceConfig {
+    pub fn from_fields(
+        name: &str,
+        fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<KafkaSourceConfig, BuildError> {
+        let f = Fields(fields);
+        let mut topics: Vec<String> = f
+            .str_list("topics")
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if let Some(t) = f.str("topic") {
+            topics.insert(0, t.to_owned());
+        }
+        topics.retain(|t| !t.is_empty());
+        if topics.is_empty() {
+            return Err(build_error(name, "`topic` or `topics` is required"));
+        }
+        let start_offset = match f.str("start_offset") {
+            None => "earliest".to_owned(),
+            Some(s @ ("earliest" | "latest")) => s.to_owned(),
+            Some(other) => {
+                return Err(build_error(
+                    name,
+                    format!("`start_offset` must be earliest or latest, not `{other}`"),
+                ))
+            }
+        };
+        Ok(KafkaSourceConfig {
+            brokers: brokers(name, f)?.to_owned(),
+            topics,
+            group: f
+                .str("group")
+                .map_or_else(|| format!("dab.{name}"), str::to_owned),
+            codec: Codec::from_fields(name, f)?,
+            start_offset,
+            options: options(name, fields)?,
+            batch_events: 1024,
+            partitions: partitions(name, f)?,
+        })
+    }
+
+    /// librdkafka's settings for the consumer.
+    pub fn client_config(&self, name: &str) -> ClientConfig {
+        client_config(
+            &[
+                ("bootstrap.servers", self.brokers.clone()),
+                ("group.id", self.group.clone()),
+                ("client.id", format!("dab-{name}")),
+                // At least once: we store offsets as acknowledgements come
+                // back; librdkafka commits what is stored every second and
+                // on revoke.
+                ("enable.auto.commit", "true".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.commit.interval.ms", "1000".into()),
+                ("auto.offset.reset", self.start_offset.clone()),
+                // Groups join in seconds, and a dead member's partitions
+                // move on in seconds (librdkafka's default is 45 s).
+                ("session.timeout.ms", "6000".into()),
+                ("heartbeat.interval.ms", "1000".into()),
+                // Bounds what librdkafka prefetches (default 64 MiB).
+                ("queued.max.messages.kbytes", "32768".into()),
+                // Consumer lag per partition comes from the statistics.
+                ("statistics.interval.ms", "1000".into()),
+            ],
+            &self.options,
+        )
+    }
+}
+
+/// Settings of `kind: kafka` sinks (and of queues written by a pipeline).
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// Event field used as message key: host, type, pid, offset, or a tag.
+    pub key: Option<String>,
+    pub codec: Codec,
+    pub compression: String,
+    pub options: Vec<(String, String)>,
+    /// Create the topic with this many partitions when it does not exist.
+    pub partitions: Option<i32>,
+}
+
+impl KafkaSinkConfig {
+    pub fn from_fields(
+        name: &str,
+        fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<KafkaSinkConfig, BuildError> {
+        let f = Fields(fields);
+        let topic = match f.str("topic") {
+            Some(t) if !t.is_empty() => t.to_owned(),
+            _ => return Err(build_error(name, "`topic` is required")),
+        };
+        let compression = match f.str("compression") {
+            None => "none".to_owned(),
+            Some(c @ ("none" | "gzip" | "snappy" | "lz4" | "zstd")) => c.to_owned(),
+            Some(other) => {
+                return Err(build_error(
+                    name,
+                    format!("`compression` must be none, gzip, snappy, lz4 or zstd, not `{other}`"),
+                ))
+            }
+        };
+        Ok(KafkaSinkConfig {
+            brokers: brokers(name, f)?.to_owned(),
+            topic,
+            key: f.str("key").map(str::to_owned),
+            codec: Codec::from_fields(name, f)?,
+            compression,
+            options: options(name, fields)?,
+            partitions: partitions(name, f)?,
+        })
+    }
+
+    /// librdkafka's settings for the producer.
+    pub fn client_config(&self, name: &str) -> ClientConfig {
+        client_config(
+            &[
+                ("bootstrap.servers", self.brokers.clone()),
+                ("client.id", format!("dab-{name}")),
+                // Idempotent: retries inside librdkafka never duplicate or
+                // reorder; implies acks=all.
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                ("compression.codec", self.compression.clone()),
+                ("linger.ms", "5".into()),
+                ("batch.num.messages", "10000".into()),
+                // A delivery that has not succeeded in 30 s is reported
+                // failed to us (and sent again), not held for 5 minutes.
+                ("message.timeout.ms", "30000".into()),
+                ("statistics.interval.ms", "0".into()),
+            ],
+            &self.options,
+        )
+    }
+}
+
+/// Builds `kind: kafka` sources.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaSourceFactory;
+
+impl SourceFactory for KafkaSourceFactory {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<Box<dyn Source>, BuildError> {
+        let config = KafkaSourceConfig::from_fields(name, fields)?;
+        Ok(Box::new(KafkaSource::new(name, config)?))
+    }
+}
+
+/// Builds `kind: kafka` sinks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaSinkFactory;
+
+impl SinkFactory for KafkaSinkFactory {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, ConfigValue>,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        let config = KafkaSinkConfig::from_fields(name, fields)?;
+        Ok(Box::new(KafkaSink::new(name, config)?))
+    }
+}
