@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Installs Python gRPC (tests/interop/requirements.txt) into a virtualenv
-# under ~/.cache/dab/venv for the gRPC interop test
-# (crates/dab-connectors/tests/murron_grpc.rs, `python_grpcio_client_interop`).
-# Safe to run again: skipped when the venv already imports grpc and
-# grpc_tools at the pinned versions. DAB_VENV overrides the location.
+# Installs Python gRPC and confluent-kafka (tests/interop/requirements.txt)
+# into a virtualenv under ~/.cache/dab/venv for the gRPC interop test
+# (crates/dab-connectors/tests/murron_grpc.rs, `python_grpcio_client_interop`)
+# and the Kafka client of the Kafka tests (tests/kafka_support/client.py).
+# Safe to run again: skipped when the venv already imports grpc, grpc_tools
+# and confluent_kafka at the pinned versions. DAB_VENV overrides the location.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${DAB_VENV:-$HOME/.cache/dab/venv}"
 req="tests/interop/requirements.txt"
 want_grpc="$(sed -n 's/^grpcio==//p' "$req")"
+want_kafka="$(sed -n 's/^confluent-kafka==//p' "$req")"
 
 if [ -x "$venv/bin/python" ] &&
-  "$venv/bin/python" -c "import grpc, grpc_tools, sys; sys.exit(grpc.__version__ != '$want_grpc')" 2>/dev/null; then
-  echo "setup-python: $venv has grpcio $want_grpc already" >&2
+  "$venv/bin/python" -c "
+import sys, grpc, grpc_tools, confluent_kafka
+sys.exit(grpc.__version__ != '$want_grpc' or confluent_kafka.__version__ != '$want_kafka')
+" 2>/dev/null; then
+  echo "setup-python: $venv has grpcio $want_grpc and confluent-kafka $want_kafka already" >&2
   exit 0
 fi
 
@@ -31,4 +36,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "setup-python: installing $req" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-"$venv/bin/python" -c "import grpc, grpc_tools; print('setup-python: grpcio', grpc.__version__)" >&2
+"$venv/bin/python" -c "
+import grpc, grpc_tools, confluent_kafka
+print('setup-python: grpcio', grpc.__version__, '- confluent-kafka', confluent_kafka.__version__,
+      '(librdkafka', confluent_kafka.libversion()[0] + ')')
+" >&2

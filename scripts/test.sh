@@ -10,6 +10,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
 # Python gRPC for the interop test (a client nobody here wrote); skipped
 # when the venv is already there.
 ./scripts/setup-python.sh
+# A Kafka-protocol broker (tansu) for tests/kafka.rs; built once (about
+# 15 minutes cold), then reused from ~/.cache/dab/tansu.
+./scripts/setup-kafka.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -299,3 +299,42 @@ async fn undecodable_messages_are_marked_counted_and_do_not_block() {
     );
     stop(r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_committed_while_batches_are_unacknowledged() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 3000).await;
+    let mut r = start_source(&brokers, "events", "g5");
+    // Hold every batch: read, never settled.
+    let mut held = Vec::new();
+    let mut n = 0;
+    while n < 3000 {
+        let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(20), r.rx.recv()).await else {
+            break;
+        };
+        n += b.len();
+        held.push(b);
+    }
+    assert_eq!(n, 3000);
+    // Several auto-commit intervals pass.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let c = committed(&brokers, "events", "g5", 2);
+    assert!(
+        c.iter().all(|o| *o <= 0),
+        "committed {c:?} with nothing acknowledged"
+    );
+    // Acknowledge the first batch only: its offsets, nothing past.
+    let first = held.remove(0);
+    let covered = first.len() as i64;
+    first.ack.complete();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let c = committed(&brokers, "events", "g5", 2);
+    assert!(
+        c.iter().map(|o| o.max(&0)).sum::<i64>() <= covered,
+        "committed {c:?} past the first batch of {covered}"
+    );
+    drop(held);
+    stop(r).await;
+}

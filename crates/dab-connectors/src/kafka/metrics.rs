@@ -140,6 +140,8 @@ pub struct KafkaSinkMetrics {
     pub too_large: AtomicU64,
     /// Messages sent again after a failed delivery.
     pub resent: AtomicU64,
+    /// Producers rebuilt after a fatal error.
+    pub restarts: AtomicU64,
     latency: Mutex<([u64; LATENCY_BOUNDS.len() + 1], f64)>,
 }
 
@@ -157,6 +159,10 @@ impl KafkaSinkMetrics {
 
     pub fn too_large(&self, n: u64) {
         add(&self.too_large, n);
+    }
+
+    pub fn producer_restarted(&self) {
+        add(&self.restarts, 1);
     }
 
     pub fn resent(&self, n: u64) {
@@ -211,6 +217,14 @@ impl ConnectorMetrics for KafkaSinkMetrics {
                 "dab_kafka_resent_total",
                 "Messages sent again after a failed delivery",
                 get(&self.resent),
+            )
+            .label("sink", sink()),
+        );
+        out.push(
+            Sample::counter(
+                "dab_kafka_producer_restarts_total",
+                "Producers rebuilt after a fatal error",
+                get(&self.restarts),
             )
             .label("sink", sink()),
         );

@@ -149,6 +149,17 @@ impl KafkaSink {
         })
     }
 
+    /// Waits until every message handed to librdkafka has its report.
+    async fn idle(&self) {
+        loop {
+            let idle = self.shared.idle.notified();
+            if self.shared.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// Hands one message to librdkafka, waiting while its queue is full.
     async fn send(&self, key: Option<&[u8]>, payload: &[u8], inflight: &Arc<Inflight>) {
         loop {
@@ -263,12 +274,29 @@ impl Sink for KafkaSink {
     /// sent again and the flush reports an error, so the runtime backs off
     /// and flushes again (the batches stay unacknowledged meanwhile).
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        loop {
-            let idle = self.shared.idle.notified();
-            if self.shared.pending.load(Ordering::Acquire) == 0 {
-                break;
+        self.idle().await;
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            // An idempotent producer can hit a fatal error (a broker that
+            // lost its state answers "unknown producer id"): it never
+            // recovers, so build a new one. Dropping the old one purges
+            // what it still holds; those reports land in `failed` and are
+            // sent again below.
+            tracing::error!(sink = %self.name, error = %code, reason, "kafka producer hit a fatal error; starting a new producer");
+            self.shared.metrics.producer_restarted();
+            match self
+                .config
+                .client_config(&self.name)
+                .create_with_context(Ctx(self.shared.clone()))
+            {
+                Ok(p) => drop(std::mem::replace(&mut self.producer, p)),
+                Err(e) => {
+                    return Err(ConnectorError::Other(format!(
+                        "kafka producer for `{}` cannot be rebuilt: {e}",
+                        self.config.topic
+                    )))
+                }
             }
-            idle.await;
+            self.idle().await;
         }
         let failed = std::mem::take(
             &mut *self
