@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// `dab_reliability_score` metric and `dab inspect --url`
     #[arg(long)]
     pub reliability: bool,
+    /// Reload when a blueprint or the bindings file changes (SIGHUP always
+    /// reloads). An invalid set is reported and the running one kept.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Where the bindings and environment come from.

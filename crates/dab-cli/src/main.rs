@@ -10,6 +10,7 @@ mod args;
 mod cmd;
 mod env;
 mod input;
+mod reload;
 mod render;
 
 fn main() -> ExitCode {

@@ -54,8 +54,13 @@ fn run_once(plan: &Plan, registry: &Registry) -> (Duration, u64, u64) {
         running.wait().await;
         let elapsed = t0.elapsed();
         let m = &running.metrics;
-        let events_in = m.pipelines.iter().map(|p| p.events_in.get()).sum();
-        let sunk = m.sinks.iter().map(|s| s.events.get()).sum();
+        let events_in = m
+            .pipelines
+            .snapshot()
+            .iter()
+            .map(|p| p.events_in.get())
+            .sum();
+        let sunk = m.sinks.snapshot().iter().map(|s| s.events.get()).sum();
         (elapsed, events_in, sunk)
     })
 }

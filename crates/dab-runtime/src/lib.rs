@@ -14,4 +14,4 @@ mod sink;
 pub mod stages;
 mod topology;
 
-pub use topology::{start, Registry, RunOptions, Running, StartError};
+pub use topology::{start, Registry, ReloadReport, RunOptions, Running, StartError};

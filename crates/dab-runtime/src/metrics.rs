@@ -202,14 +202,69 @@ pub struct QueueMetrics {
 /// Everything a topology exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub pipelines: Vec<Arc<PipelineMetrics>>,
-    pub sources: Vec<(String, Arc<SourceStats>)>,
-    pub sinks: Vec<Arc<SinkMetrics>>,
-    pub queues: Vec<Arc<QueueMetrics>>,
+    pub pipelines: Live<Arc<PipelineMetrics>>,
+    pub sources: Live<(String, Arc<SourceStats>)>,
+    pub sinks: Live<Arc<SinkMetrics>>,
+    pub queues: Live<Arc<QueueMetrics>>,
     /// Bounded channels, for depth gauges: (owner, weak sender).
-    pub channels: Mutex<Vec<(String, WeakSender<Batch>)>>,
+    pub channels: Live<(String, WeakSender<Batch>)>,
     /// Connectors' own metrics (Kafka lag, commits, produce latency).
-    pub connectors: Vec<Arc<dyn ConnectorMetrics>>,
+    pub connectors: Live<Arc<dyn ConnectorMetrics>>,
+    /// Hot reloads (SPEC section 5).
+    pub reload: ReloadMetrics,
+}
+
+/// A list a reload changes while scrapes read it.
+#[derive(Debug)]
+pub struct Live<T>(Mutex<Vec<T>>);
+
+impl<T> Default for Live<T> {
+    fn default() -> Self {
+        Live(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T: Clone> Live<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn push(&self, v: T) {
+        self.lock().push(v);
+    }
+
+    pub fn retain(&self, keep: impl FnMut(&T) -> bool) {
+        self.lock().retain(keep);
+    }
+
+    pub fn snapshot(&self) -> Vec<T> {
+        self.lock().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Reload outcomes.
+#[derive(Debug, Default)]
+pub struct ReloadMetrics {
+    pub ok: Counter,
+    /// Invalid sets (diagnostics) and pieces that failed to build.
+    pub failed: Counter,
+    /// Unix seconds of the last successful reload (0: none yet).
+    pub last_success_unix: AtomicU64,
+    /// Duration of the last reload, check to serving, in microseconds.
+    pub last_duration_us: AtomicU64,
+    pub added: Counter,
+    pub rebuilt: Counter,
+    pub removed: Counter,
 }
 
 /// Resident set size of this process in bytes (Linux), 0 elsewhere.
@@ -234,6 +289,12 @@ fn esc(s: &str) -> String {
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
+        let pipelines = self.pipelines.snapshot();
+        let sources = self.sources.snapshot();
+        let sinks = self.sinks.snapshot();
+        let queues = self.queues.snapshot();
+        let channels = self.channels.snapshot();
+        let connectors = self.connectors.snapshot();
         let mut o = String::with_capacity(4096);
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -244,7 +305,7 @@ impl Metrics {
             "counter",
             "Events a pipeline received",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             let _ = writeln!(
                 o,
                 "dab_pipeline_events_in_total{{pipeline=\"{}\"}} {}",
@@ -258,7 +319,7 @@ impl Metrics {
             "counter",
             "Bytes a pipeline received",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             let _ = writeln!(
                 o,
                 "dab_pipeline_bytes_in_total{{pipeline=\"{}\"}} {}",
@@ -272,7 +333,7 @@ impl Metrics {
             "counter",
             "Events a pipeline handed to its outputs",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             let _ = writeln!(
                 o,
                 "dab_pipeline_events_out_total{{pipeline=\"{}\"}} {}",
@@ -286,7 +347,7 @@ impl Metrics {
             "counter",
             "Events dropped on purpose, by reason",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             for r in DropReason::ALL {
                 let _ = writeln!(
                     o,
@@ -303,7 +364,7 @@ impl Metrics {
             "counter",
             "Events that failed a stage (a bad signature), sent to OnError or dropped",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             let _ = writeln!(
                 o,
                 "dab_pipeline_failed_events_total{{pipeline=\"{}\"}} {}",
@@ -317,7 +378,7 @@ impl Metrics {
             "counter",
             "Events into a stage",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             for (i, s) in p.stages.iter().enumerate() {
                 let _ = writeln!(
                     o,
@@ -334,7 +395,7 @@ impl Metrics {
             "counter",
             "Events out of a stage",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             for (i, s) in p.stages.iter().enumerate() {
                 let _ = writeln!(
                     o,
@@ -351,7 +412,7 @@ impl Metrics {
             "counter",
             "Time a pipeline waited on one output's full buffer",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             for out in &p.outputs {
                 let _ = writeln!(
                     o,
@@ -368,7 +429,7 @@ impl Metrics {
             "histogram",
             "Time from a batch's arrival in a pipeline to its hand-off to the outputs",
         );
-        for p in &self.pipelines {
+        for p in &pipelines {
             let h = &p.latency;
             let mut cum = 0;
             for (b, c) in h.bounds.iter().zip(&h.counts) {
@@ -403,7 +464,7 @@ impl Metrics {
             "counter",
             "Events a source decoded and sent on",
         );
-        for (n, s) in &self.sources {
+        for (n, s) in &sources {
             let _ = writeln!(
                 o,
                 "dab_source_events_total{{source=\"{}\"}} {}",
@@ -417,7 +478,7 @@ impl Metrics {
             "counter",
             "Bytes a source decoded",
         );
-        for (n, s) in &self.sources {
+        for (n, s) in &sources {
             let _ = writeln!(
                 o,
                 "dab_source_bytes_total{{source=\"{}\"}} {}",
@@ -431,7 +492,7 @@ impl Metrics {
             "counter",
             "Input a source could not decode",
         );
-        for (n, s) in &self.sources {
+        for (n, s) in &sources {
             let _ = writeln!(
                 o,
                 "dab_source_decode_errors_total{{source=\"{}\"}} {}",
@@ -445,7 +506,7 @@ impl Metrics {
             "counter",
             "Work a source refused under admission control",
         );
-        for (n, s) in &self.sources {
+        for (n, s) in &sources {
             let _ = writeln!(
                 o,
                 "dab_source_refused_total{{source=\"{}\"}} {}",
@@ -459,7 +520,7 @@ impl Metrics {
             "counter",
             "Events a sink wrote",
         );
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "dab_sink_events_total{{sink=\"{}\"}} {}",
@@ -473,7 +534,7 @@ impl Metrics {
             "counter",
             "Bytes (event size) a sink wrote",
         );
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "dab_sink_bytes_total{{sink=\"{}\"}} {}",
@@ -487,7 +548,7 @@ impl Metrics {
             "counter",
             "Failed sink writes (each is retried)",
         );
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "dab_sink_errors_total{{sink=\"{}\"}} {}",
@@ -501,7 +562,7 @@ impl Metrics {
             "counter",
             "Events a sink gave up on; their sources saw a failed ack",
         );
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "dab_sink_failed_events_total{{sink=\"{}\"}} {}",
@@ -515,7 +576,7 @@ impl Metrics {
             "gauge",
             "1 while a sink's circuit breaker is open",
         );
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "dab_sink_circuit_open{{sink=\"{}\"}} {}",
@@ -529,7 +590,7 @@ impl Metrics {
             "gauge",
             "Events held in a memory queue",
         );
-        for q in &self.queues {
+        for q in &queues {
             let _ = writeln!(
                 o,
                 "dab_queue_depth_events{{queue=\"{}\"}} {}",
@@ -543,16 +604,14 @@ impl Metrics {
             "gauge",
             "Batches waiting in a bounded channel",
         );
-        if let Ok(channels) = self.channels.lock() {
-            for (owner, weak) in channels.iter() {
-                if let Some(tx) = weak.upgrade() {
-                    let _ = writeln!(
-                        o,
-                        "dab_channel_depth_batches{{channel=\"{}\"}} {}",
-                        esc(owner),
-                        tx.max_capacity() - tx.capacity()
-                    );
-                }
+        for (owner, weak) in channels.iter() {
+            if let Some(tx) = weak.upgrade() {
+                let _ = writeln!(
+                    o,
+                    "dab_channel_depth_batches{{channel=\"{}\"}} {}",
+                    esc(owner),
+                    tx.max_capacity() - tx.capacity()
+                );
             }
         }
         family(
@@ -562,8 +621,60 @@ impl Metrics {
             "Resident set size of the process",
         );
         let _ = writeln!(o, "dab_process_resident_memory_bytes {}", rss_bytes());
-        render_samples(&mut o, &self.connectors);
+        render_samples(&mut o, &connectors);
+        self.reload.render(&mut o);
         o
+    }
+}
+
+impl ReloadMetrics {
+    fn render(&self, o: &mut String) {
+        let rows: [(&str, &str, &str, u64); 6] = [
+            (
+                "dab_reloads_total",
+                "counter",
+                "Reloads applied",
+                self.ok.get(),
+            ),
+            (
+                "dab_reload_failures_total",
+                "counter",
+                "Reloads refused (invalid set) or rolled back (a piece failed to build)",
+                self.failed.get(),
+            ),
+            (
+                "dab_reload_last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last applied reload",
+                self.last_success_unix.load(Ordering::Relaxed),
+            ),
+            (
+                "dab_reload_pipelines_added_total",
+                "counter",
+                "Pipelines started by reloads",
+                self.added.get(),
+            ),
+            (
+                "dab_reload_pipelines_rebuilt_total",
+                "counter",
+                "Pipelines rebuilt by reloads",
+                self.rebuilt.get(),
+            ),
+            (
+                "dab_reload_pipelines_removed_total",
+                "counter",
+                "Pipelines drained and stopped by reloads",
+                self.removed.get(),
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dab_reload_duration_seconds Duration of the last reload, from reading the files to the new topology serving\n# TYPE dab_reload_duration_seconds gauge\ndab_reload_duration_seconds {}",
+            self.last_duration_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
     }
 }
 

@@ -16,22 +16,24 @@ use dab_api::connector::{Admission, SourceStats};
 use dab_api::{Batch, ConfigValue, SinkFactory, SourceContext, SourceFactory};
 use dab_plan::model::{Endpoint, Pipeline, Role};
 use dab_plan::Plan;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::RuntimeAdmission;
 use crate::metrics::{rss_bytes, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
-use crate::pipeline::{fan_out, Inlet, Output, PipelineTask, Screen};
+use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
 use crate::reliability::{Limits, Tracker};
 use crate::sink::SinkTask;
 use crate::stages::compile;
 
-/// The connector kinds this build knows, handed in by the CLI.
+/// The connector kinds this build knows, handed in by the CLI. Cheap to
+/// clone: reloads keep one.
+#[derive(Clone)]
 pub struct Registry {
-    sources: Vec<Box<dyn SourceFactory>>,
-    sinks: Vec<Box<dyn SinkFactory>>,
+    sources: Arc<Vec<Box<dyn SourceFactory>>>,
+    sinks: Arc<Vec<Box<dyn SinkFactory>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -47,7 +49,10 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub fn new(sources: Vec<Box<dyn SourceFactory>>, sinks: Vec<Box<dyn SinkFactory>>) -> Registry {
-        Registry { sources, sinks }
+        Registry {
+            sources: Arc::new(sources),
+            sinks: Arc::new(sinks),
+        }
     }
 }
 
@@ -98,9 +103,11 @@ pub enum StartError {
     NoPipelines(String),
     #[error("pipeline `{pipeline}`: {reason}")]
     Stage { pipeline: String, reason: String },
+    #[error("shutting down; nothing new is started")]
+    ShuttingDown,
 }
 
-/// A started topology.
+/// A started topology. `reload` swaps pipelines while it runs.
 #[derive(Debug)]
 pub struct Running {
     shutdown: CancellationToken,
@@ -111,17 +118,27 @@ pub struct Running {
     /// The reliability tracker, when `RunOptions::reliability` is on.
     pub reliability: Option<Arc<Tracker>>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// What runs now; `None` once shutdown began (nothing more is built,
+    /// and the senders it held are gone so everything can drain).
+    state: Arc<Mutex<Option<State>>>,
+    registry: Arc<Registry>,
+    opts: RunOptions,
+    rss: Arc<AtomicU64>,
+    /// Sources running; when the last ends by itself (finite sources) the
+    /// topology finishes.
+    live_sources: Arc<AtomicU64>,
 }
 
 impl Running {
     /// Graceful: sources stop reading; everything read is drained.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+        finish(&self.state, &self.tracker);
     }
 
     /// Forced: sinks stop retrying; what is undelivered is reported failed.
     pub fn force(&self) {
-        self.shutdown.cancel();
+        self.shutdown();
         self.force.cancel();
     }
 
@@ -180,337 +197,102 @@ fn builtin_kind(name: &str) -> &'static str {
     }
 }
 
+/// What a reload changed, by pipeline id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub rebuilt: Vec<(String, Vec<String>)>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// Readers of one input, by pipeline id, in plan order.
+type Readers = Vec<(String, mpsc::Sender<Batch>)>;
+
+/// What runs now, keyed for reloads.
+struct State {
+    plan: Option<Plan>,
+    pipelines: HashMap<String, PipelineSlot>,
+    /// By input key: a source's name, a memory queue's name, or
+    /// `queue:pipeline` for a Kafka queue's reader.
+    inputs: HashMap<String, InputSlot>,
+    sinks: HashMap<String, SinkSlot>,
+    queues: HashMap<String, QueueWriter>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .field("inputs", &self.inputs.keys().collect::<Vec<_>>())
+            .field("sinks", &self.sinks.keys().collect::<Vec<_>>())
+            .field("queues", &self.queues.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+struct PipelineSlot {
+    tx: mpsc::Sender<Batch>,
+    metrics: Arc<PipelineMetrics>,
+}
+
+struct InputSlot {
+    readers: watch::Sender<Readers>,
+    /// Set for sources (not for memory queues).
+    source: Option<SourceSlot>,
+}
+
+struct SourceSlot {
+    /// The binding it was built from; a different one means a new source.
+    spec: (String, BTreeMap<String, ConfigValue>),
+    stop: CancellationToken,
+    stats: Arc<SourceStats>,
+    connector: Option<Arc<dyn dab_api::metrics::ConnectorMetrics>>,
+}
+
+struct SinkSlot {
+    spec: (String, BTreeMap<String, ConfigValue>),
+    tx: mpsc::Sender<Batch>,
+    metrics: Arc<SinkMetrics>,
+    connector: Option<Arc<dyn dab_api::metrics::ConnectorMetrics>>,
+}
+
+/// Drops what the running topology holds (so everything can drain) and
+/// lets `wait` return once every task has ended.
+fn finish(state: &Mutex<Option<State>>, tracker: &TaskTracker) {
+    let taken = state.lock().map(|mut s| s.take()).unwrap_or(None);
+    drop(taken);
+    tracker.close();
+}
+
 /// Compiles and starts a plan. Must run inside a tokio runtime.
 pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Running, StartError> {
-    let pipelines: Vec<&Pipeline> = plan
-        .pipelines
-        .iter()
-        .filter(|p| opts.service.as_ref().is_none_or(|s| &p.service == s))
-        .collect();
-    if let (Some(s), true) = (&opts.service, pipelines.is_empty()) {
-        return Err(StartError::NoPipelines(s.clone()));
-    }
-    let empty = BTreeMap::new();
-    let endpoint = |name: &str| plan.endpoints.get(name);
-    let cap = opts.channel_batches.max(1);
-
-    let shutdown = CancellationToken::new();
-    let force = CancellationToken::new();
-    let background = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let mut metrics = Metrics::default();
-    let reliability = opts
-        .reliability
-        .then(|| Arc::new(Tracker::new(Limits::default())));
-    let channels: Mutex<Vec<(String, mpsc::WeakSender<Batch>)>> = Mutex::new(Vec::new());
-
-    // Readers of each name, in plan order.
-    let mut readers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, p) in pipelines.iter().enumerate() {
-        readers.entry(p.config.input.as_str()).or_default().push(i);
-    }
-
-    // Memory queues used by the selected pipelines.
-    let mut queue_writers: HashMap<&str, QueueWriter> = HashMap::new();
-    let mut queue_readers: HashMap<&str, QueueReader> = HashMap::new();
-    // Queues bound to Kafka topics: a producer for the writers, a consumer
-    // group per reading pipeline.
-    let mut kafka_queues: HashMap<&str, &BTreeMap<String, ConfigValue>> = HashMap::new();
-    let used = pipelines
-        .iter()
-        .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
-    for name in used {
-        let Some(ep) = endpoint(name) else { continue };
-        if ep.role() != Role::Queue || queue_writers.contains_key(name) {
-            continue;
-        }
-        if let Endpoint::Bound { kind, fields, .. } = ep {
-            if kind == "kafka" {
-                kafka_queues.insert(name, fields);
-                continue;
-            }
-        }
-        if !ep.is_memory_queue() {
-            let kind = match ep {
-                Endpoint::Bound { kind, .. } => kind.clone(),
-                _ => "?".into(),
-            };
-            return Err(StartError::UnknownKind {
-                name: name.to_owned(),
-                role: "queue",
-                kind,
-            });
-        }
-        let field = |key: &str| match ep {
-            Endpoint::Bound { fields, .. } => match fields.get(key) {
-                Some(ConfigValue::Int(c)) => u64::try_from(*c).ok(),
-                _ => None,
-            },
-            _ => None,
-        };
-        let capacity = field("capacity").map_or(opts.default_queue_capacity, |c| {
-            u32::try_from(c).unwrap_or(u32::MAX)
-        });
-        let capacity_bytes = field("capacity_bytes").unwrap_or(opts.default_queue_bytes);
-        let qm = Arc::new(QueueMetrics {
-            name: name.to_owned(),
-            capacity_events: u64::from(capacity),
-            ..QueueMetrics::default()
-        });
-        metrics.queues.push(qm.clone());
-        let (w, r) = memory_queue(capacity, capacity_bytes, qm);
-        queue_writers.insert(name, w);
-        queue_readers.insert(name, r);
-    }
-    let queue_gauges: Vec<_> = queue_writers
-        .values()
-        .map(QueueWriter::fill_gauge)
-        .collect();
-
-    // Sinks used by the selected pipelines.
-    let mut sink_txs: HashMap<&str, mpsc::Sender<Batch>> = HashMap::new();
-    let mut sink_tasks = Vec::new();
-    for p in &pipelines {
-        for name in p.config.writes() {
-            let Some(ep) = endpoint(name) else { continue };
-            if sink_txs.contains_key(name) {
-                continue;
-            }
-            let (kind, fields) = match (kafka_queues.get(name), ep) {
-                (Some(fields), _) => ("kafka", *fields),
-                (None, _) if ep.role() != Role::Sink => continue,
-                (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
-                (None, _) => (builtin_kind(name), &empty),
-            };
-            let factory = registry
-                .sinks
-                .iter()
-                .find(|f| f.kind() == kind)
-                .ok_or_else(|| StartError::UnknownKind {
-                    name: name.to_owned(),
-                    role: if kafka_queues.contains_key(name) {
-                        "queue"
-                    } else {
-                        "sink"
-                    },
-                    kind: kind.to_owned(),
-                })?;
-            let sink = factory.build(name, fields)?;
-            if let Some(m) = sink.metrics() {
-                metrics.connectors.push(m);
-            }
-            let (tx, rx) = mpsc::channel(cap);
-            if let Ok(mut c) = channels.lock() {
-                c.push((format!("sink:{name}"), tx.downgrade()));
-            }
-            let sm = Arc::new(SinkMetrics {
-                name: name.to_owned(),
-                ..SinkMetrics::default()
-            });
-            metrics.sinks.push(sm.clone());
-            sink_txs.insert(name, tx);
-            sink_tasks.push(SinkTask {
-                sink,
-                input: rx,
-                metrics: sm,
-                force: force.clone(),
-                reliability: reliability.clone(),
-                coalesce: coalesce_of(fields),
-            });
-        }
-    }
-
-    let output_for = |name: &str| -> Option<OutputTx> {
-        if let Some(tx) = sink_txs.get(name) {
-            return Some(OutputTx::Channel(tx.clone()));
-        }
-        queue_writers.get(name).map(|w| OutputTx::Queue(w.clone()))
+    let running = Running {
+        shutdown: CancellationToken::new(),
+        force: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        background: CancellationToken::new(),
+        metrics: Arc::new(Metrics::default()),
+        reliability: opts
+            .reliability
+            .then(|| Arc::new(Tracker::new(Limits::default()))),
+        failures: Arc::new(Mutex::new(Vec::new())),
+        state: Arc::new(Mutex::new(Some(State {
+            plan: None,
+            pipelines: HashMap::new(),
+            inputs: HashMap::new(),
+            sinks: HashMap::new(),
+            queues: HashMap::new(),
+        }))),
+        registry: Arc::new(registry.clone()),
+        opts: opts.clone(),
+        rss: Arc::new(AtomicU64::new(rss_bytes())),
+        live_sources: Arc::new(AtomicU64::new(0)),
     };
-
-    // Pipeline inputs: a channel per reader, except a queue read by one
-    // pipeline, which that pipeline reads directly.
-    let mut inlets: Vec<Option<Inlet>> = (0..pipelines.len()).map(|_| None).collect();
-    let mut source_outs: Vec<(SourceSpec<'_>, mpsc::Sender<Batch>)> = Vec::new();
-    let mut fanouts = Vec::new();
-    for (&name, idxs) in &readers {
-        if let Some(fields) = kafka_queues.get(name) {
-            // Each reading pipeline is its own consumer group, so different
-            // pipelines each get every event and replicas of one pipeline
-            // share the partitions (SPEC section 2).
-            for &i in idxs {
-                let (tx, rx) = mpsc::channel(cap);
-                let id = &pipelines[i].id;
-                if let Ok(mut c) = channels.lock() {
-                    c.push((format!("pipeline:{id}"), tx.downgrade()));
-                }
-                inlets[i] = Some(Inlet::Channel(rx));
-                let mut fields = (*fields).clone();
-                fields.insert(
-                    "group".to_owned(),
-                    ConfigValue::Str(format!("dab.{name}.{id}")),
-                );
-                source_outs.push((
-                    SourceSpec {
-                        name: format!("{name}:{id}"),
-                        kind: "kafka",
-                        fields: std::borrow::Cow::Owned(fields),
-                    },
-                    tx,
-                ));
-            }
-            continue;
-        }
-        let is_queue = queue_readers.contains_key(name);
-        if is_queue && idxs.len() == 1 {
-            if let Some(q) = queue_readers.remove(name) {
-                inlets[idxs[0]] = Some(Inlet::Queue(q));
-            }
-            continue;
-        }
-        let mut reader_txs = Vec::new();
-        for &i in idxs {
-            let (tx, rx) = mpsc::channel(cap);
-            if let Ok(mut c) = channels.lock() {
-                c.push((format!("pipeline:{}", pipelines[i].id), tx.downgrade()));
-            }
-            inlets[i] = Some(Inlet::Channel(rx));
-            reader_txs.push(tx);
-        }
-        if let Some(q) = queue_readers.remove(name) {
-            fanouts.push((Inlet::Queue(q), reader_txs));
-        } else {
-            let Some(ep) = endpoint(name) else { continue };
-            let spec = match ep {
-                Endpoint::Bound { kind, fields, .. } => SourceSpec {
-                    name: name.to_owned(),
-                    kind: kind.as_str(),
-                    fields: std::borrow::Cow::Borrowed(fields),
-                },
-                _ => SourceSpec {
-                    name: name.to_owned(),
-                    kind: builtin_kind(name),
-                    fields: std::borrow::Cow::Borrowed(&empty),
-                },
-            };
-            if reader_txs.len() == 1 {
-                if let Some(tx) = reader_txs.pop() {
-                    source_outs.push((spec, tx));
-                }
-            } else {
-                let (tx, rx) = mpsc::channel(cap);
-                source_outs.push((spec, tx));
-                fanouts.push((Inlet::Channel(rx), reader_txs));
-            }
-        }
-    }
-    // Queues nobody here reads (W001, or read by a service run elsewhere):
-    // drain them so writers never block forever, and report the copies as
-    // not delivered.
-    for (name, mut q) in queue_readers.drain() {
-        tracing::warn!(queue = name, "memory queue has no reader in this process; its events are dropped and reported failed");
-        let force = force.clone();
-        tracker.spawn(async move {
-            loop {
-                let b = tokio::select! {
-                    b = q.recv() => b,
-                    _ = force.cancelled() => None,
-                };
-                let Some(b) = b else { return };
-                b.ack.fail();
-            }
-        });
-    }
-
-    // Build every source before starting anything, so a bad setting fails
-    // the start, not half a topology.
-    let mut sources = Vec::new();
-    for (spec, out) in source_outs {
-        let factory = registry
-            .sources
-            .iter()
-            .find(|f| f.kind() == spec.kind)
-            .ok_or_else(|| StartError::UnknownKind {
-                name: spec.name.clone(),
-                role: "source",
-                kind: spec.kind.to_owned(),
-            })?;
-        let source = factory.build(&spec.name, &spec.fields)?;
-        if let Some(m) = source.metrics() {
-            metrics.connectors.push(m);
-        }
-        sources.push((spec.name, source, out));
-    }
-
-    let mut pipeline_tasks = Vec::new();
-    for (i, p) in pipelines.iter().enumerate() {
-        let Some(input) = inlets[i].take() else {
-            continue;
-        };
-        let c = &p.config;
-        let mut labels: Vec<String> = c.stages.iter().map(|s| s.label()).collect();
-        for o in &c.outputs {
-            labels.extend(
-                o.modifiers
-                    .iter()
-                    .map(|m| format!("{} -> {}", m.label(), o.target)),
-            );
-        }
-        let pm = Arc::new(PipelineMetrics::new(
-            &p.id,
-            labels,
-            c.outputs.iter().map(|o| o.target.clone()).collect(),
-        ));
-        metrics.pipelines.push(pm.clone());
-        let on_error = || c.on_error.as_deref().and_then(output_for);
-        let bad_key = |e: String| StartError::Stage {
-            pipeline: p.id.clone(),
-            reason: e,
-        };
-        let stages = c
-            .stages
-            .iter()
-            .map(|s| compile(s, output_for, on_error()).map_err(bad_key))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut outputs = Vec::new();
-        for o in &c.outputs {
-            let Some(tx) = output_for(&o.target) else {
-                continue;
-            };
-            outputs.push(Output {
-                tx,
-                modifiers: o
-                    .modifiers
-                    .iter()
-                    .map(|s| compile(s, output_for, on_error()).map_err(bad_key))
-                    .collect::<Result<Vec<_>, _>>()?,
-            });
-        }
-        // Kafka input can carry messages that are not events.
-        let kafka_input = kafka_queues.contains_key(c.input.as_str())
-            || matches!(endpoint(&c.input), Some(Endpoint::Bound { kind, .. }) if kind == "kafka");
-        let screen = kafka_input.then(|| Screen {
-            on_error: on_error(),
-        });
-        pipeline_tasks.push(PipelineTask {
-            input,
-            screen,
-            stages,
-            outputs,
-            when_full: c.when_full,
-            metrics: pm,
-            force: force.clone(),
-            reliability: reliability.clone(),
-        });
-    }
-
-    // Everything is built; now start it. No sender stays behind here.
-    drop(sink_txs);
-    drop(queue_writers);
-    let rss = Arc::new(AtomicU64::new(rss_bytes()));
+    running.apply(plan)?;
     {
-        let rss = rss.clone();
-        let stop = background.clone();
+        let rss = running.rss.clone();
+        let stop = running.background.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
@@ -521,38 +303,590 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             }
         });
     }
-    for t in sink_tasks {
-        tracker.spawn(t.run());
+    // A set with no source at all has nothing to wait for.
+    if running.live_sources.load(Ordering::Acquire) == 0 {
+        finish(&running.state, &running.tracker);
     }
-    for t in pipeline_tasks {
-        tracker.spawn(t.run());
-    }
-    for (inlet, readers) in fanouts {
-        tracker.spawn(fan_out(inlet, readers, force.clone()));
-    }
-    for (name, source, out) in sources {
-        let stats = Arc::new(SourceStats::default());
-        metrics.sources.push((name.clone(), stats.clone()));
-        let admission: Arc<dyn Admission> = Arc::new(RuntimeAdmission {
-            rss: rss.clone(),
-            max_rss: opts.max_rss_bytes,
-            out: out.downgrade(),
-            queues: queue_gauges.clone(),
-            high_water: opts.queue_high_water,
-        });
-        if let Ok(mut c) = channels.lock() {
-            c.push((format!("source:{name}"), out.downgrade()));
+    Ok(running)
+}
+
+impl Running {
+    /// Swaps in a new plan: pipelines that changed (by `dab_plan::diff`)
+    /// are rebuilt, added ones started, removed ones drained and stopped.
+    /// Memory queues keep their contents; sources and sinks whose binding
+    /// did not change keep running (a listener keeps its connections).
+    /// Every new piece is built before anything changes, so a piece that
+    /// fails to build leaves the running topology as it was.
+    pub fn reload(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
+        let started = std::time::Instant::now();
+        let r = self.apply(plan);
+        let m = &self.metrics.reload;
+        match &r {
+            Ok(report) => {
+                m.ok.add(1);
+                m.added.add(report.added.len() as u64);
+                m.rebuilt.add(report.rebuilt.len() as u64);
+                m.removed.add(report.removed.len() as u64);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                m.last_success_unix.store(now, Ordering::Relaxed);
+                m.last_duration_us
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Err(_) => m.failed.add(1),
         }
+        r
+    }
+
+    fn apply(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
+        let opts = &self.opts;
+        let selected: Vec<&Pipeline> = plan
+            .pipelines
+            .iter()
+            .filter(|p| opts.service.as_ref().is_none_or(|s| &p.service == s))
+            .collect();
+        if let (Some(s), true) = (&opts.service, selected.is_empty()) {
+            return Err(StartError::NoPipelines(s.clone()));
+        }
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(st) = guard.as_mut() else {
+            return Err(StartError::ShuttingDown);
+        };
+        let staged = self.build(plan, &selected, st)?;
+        Ok(self.commit(plan, &selected, st, staged))
+    }
+}
+
+/// Everything a reload builds before it changes anything.
+struct Staged {
+    report: ReloadReport,
+    queues: Vec<(String, QueueWriter, QueueReader)>,
+    sinks: Vec<(String, SinkSlot, SinkTask)>,
+    sources: Vec<StagedSource>,
+    pipelines: Vec<(String, PipelineSlot, PipelineTask)>,
+}
+
+struct StagedSource {
+    key: String,
+    slot: SourceSlot,
+    source: Box<dyn dab_api::Source>,
+    tx: mpsc::Sender<Batch>,
+    rx: mpsc::Receiver<Batch>,
+}
+
+/// The input key of a pipeline, and, for a Kafka queue, its fields with
+/// the pipeline's consumer group.
+fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>) {
+    let name = p.config.input.as_str();
+    let empty: &'static BTreeMap<String, ConfigValue> = empty_fields();
+    match plan.endpoints.get(name) {
+        Some(Endpoint::Bound { kind, fields, role }) if *role == Role::Queue && kind == "kafka" => {
+            let key = format!("{name}:{}", p.id);
+            let mut fields = fields.clone();
+            fields.insert(
+                "group".to_owned(),
+                ConfigValue::Str(format!("dab.{name}.{}", p.id)),
+            );
+            (
+                key.clone(),
+                Some(SourceSpec {
+                    name: key,
+                    kind: "kafka",
+                    fields: std::borrow::Cow::Owned(fields),
+                }),
+            )
+        }
+        Some(Endpoint::Bound {
+            role: Role::Source,
+            kind,
+            fields,
+        }) => (
+            name.to_owned(),
+            Some(SourceSpec {
+                name: name.to_owned(),
+                kind: kind.as_str(),
+                fields: std::borrow::Cow::Borrowed(fields),
+            }),
+        ),
+        Some(Endpoint::Builtin { role: Role::Source }) => (
+            name.to_owned(),
+            Some(SourceSpec {
+                name: name.to_owned(),
+                kind: builtin_kind(name),
+                fields: std::borrow::Cow::Borrowed(empty),
+            }),
+        ),
+        _ => (name.to_owned(), None),
+    }
+}
+
+fn empty_fields() -> &'static BTreeMap<String, ConfigValue> {
+    static EMPTY: std::sync::OnceLock<BTreeMap<String, ConfigValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(BTreeMap::new)
+}
+
+impl Running {
+    fn build(&self, plan: &Plan, selected: &[&Pipeline], st: &State) -> Result<Staged, StartError> {
+        let opts = &self.opts;
+        let cap = opts.channel_batches.max(1);
+        let endpoint = |name: &str| plan.endpoints.get(name);
+        let old = st.plan.as_ref();
+        let diff = old.map(|o| dab_plan::diff(o, plan));
+        let mut report = ReloadReport::default();
+        let mut rebuild: Vec<&Pipeline> = Vec::new();
+        for p in selected {
+            match (st.pipelines.contains_key(&p.id), &diff) {
+                (false, _) => {
+                    report.added.push(p.id.clone());
+                    rebuild.push(p);
+                }
+                (true, Some(d)) => match d.rebuilt.iter().find(|(id, _)| *id == p.id) {
+                    Some((_, why)) => {
+                        report.rebuilt.push((p.id.clone(), why.clone()));
+                        rebuild.push(p);
+                    }
+                    None => report.kept.push(p.id.clone()),
+                },
+                (true, None) => report.kept.push(p.id.clone()),
+            }
+        }
+        for id in st.pipelines.keys() {
+            if !selected.iter().any(|p| &p.id == id) {
+                report.removed.push(id.clone());
+            }
+        }
+        report.removed.sort();
+
+        // Memory queues used by the selected pipelines that do not exist yet.
+        let mut queues = Vec::new();
+        let mut kafka_queues: HashMap<&str, &BTreeMap<String, ConfigValue>> = HashMap::new();
+        let used = selected
+            .iter()
+            .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
+        for name in used {
+            let Some(ep) = endpoint(name) else { continue };
+            if ep.role() != Role::Queue {
+                continue;
+            }
+            if let Endpoint::Bound { kind, fields, .. } = ep {
+                if kind == "kafka" {
+                    kafka_queues.insert(name, fields);
+                    continue;
+                }
+            }
+            if !ep.is_memory_queue() {
+                let kind = match ep {
+                    Endpoint::Bound { kind, .. } => kind.clone(),
+                    _ => "?".into(),
+                };
+                return Err(StartError::UnknownKind {
+                    name: name.to_owned(),
+                    role: "queue",
+                    kind,
+                });
+            }
+            if st.queues.contains_key(name) || queues.iter().any(|(n, _, _)| n == name) {
+                continue;
+            }
+            let field = |key: &str| match ep {
+                Endpoint::Bound { fields, .. } => match fields.get(key) {
+                    Some(ConfigValue::Int(c)) => u64::try_from(*c).ok(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let capacity = field("capacity").map_or(opts.default_queue_capacity, |c| {
+                u32::try_from(c).unwrap_or(u32::MAX)
+            });
+            let capacity_bytes = field("capacity_bytes").unwrap_or(opts.default_queue_bytes);
+            let qm = Arc::new(QueueMetrics {
+                name: name.to_owned(),
+                capacity_events: u64::from(capacity),
+                ..QueueMetrics::default()
+            });
+            self.metrics.queues.push(qm.clone());
+            let (w, r) = memory_queue(capacity, capacity_bytes, qm);
+            queues.push((name.to_owned(), w, r));
+        }
+
+        // Sinks (and Kafka queues written) by pipelines being built.
+        let mut sinks: Vec<(String, SinkSlot, SinkTask)> = Vec::new();
+        for p in &rebuild {
+            for name in p.config.writes() {
+                let Some(ep) = endpoint(name) else { continue };
+                let (kind, fields) = match (kafka_queues.get(name), ep) {
+                    (Some(fields), _) => ("kafka", *fields),
+                    (None, _) if ep.role() != Role::Sink => continue,
+                    (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
+                    (None, _) => (builtin_kind(name), empty_fields()),
+                };
+                let spec = (kind.to_owned(), fields.clone());
+                let unchanged = st.sinks.get(name).is_some_and(|s| s.spec == spec);
+                if unchanged || sinks.iter().any(|(n, _, _)| n == name) {
+                    continue;
+                }
+                let factory = self
+                    .registry
+                    .sinks
+                    .iter()
+                    .find(|f| f.kind() == kind)
+                    .ok_or_else(|| StartError::UnknownKind {
+                        name: name.to_owned(),
+                        role: if kafka_queues.contains_key(name) {
+                            "queue"
+                        } else {
+                            "sink"
+                        },
+                        kind: kind.to_owned(),
+                    })?;
+                let sink = factory.build(name, fields)?;
+                let connector = sink.metrics();
+                let (tx, rx) = mpsc::channel(cap);
+                let sm = Arc::new(SinkMetrics {
+                    name: name.to_owned(),
+                    ..SinkMetrics::default()
+                });
+                let task = SinkTask {
+                    sink,
+                    input: rx,
+                    metrics: sm.clone(),
+                    force: self.force.clone(),
+                    reliability: self.reliability.clone(),
+                    coalesce: coalesce_of(fields),
+                };
+                sinks.push((
+                    name.to_owned(),
+                    SinkSlot {
+                        spec,
+                        tx,
+                        metrics: sm,
+                        connector,
+                    },
+                    task,
+                ));
+            }
+        }
+
+        // Sources: new ones, and ones whose binding changed.
+        let mut sources: Vec<StagedSource> = Vec::new();
+        for p in selected {
+            let (key, spec) = input_of(plan, p);
+            let Some(spec) = spec else { continue };
+            let wanted = (spec.kind.to_owned(), spec.fields.clone().into_owned());
+            let unchanged = st
+                .inputs
+                .get(&key)
+                .and_then(|i| i.source.as_ref())
+                .is_some_and(|s| s.spec == wanted);
+            if unchanged || sources.iter().any(|s| s.key == key) {
+                continue;
+            }
+            let factory = self
+                .registry
+                .sources
+                .iter()
+                .find(|f| f.kind() == spec.kind)
+                .ok_or_else(|| StartError::UnknownKind {
+                    name: spec.name.clone(),
+                    role: "source",
+                    kind: spec.kind.to_owned(),
+                })?;
+            let source = factory.build(&spec.name, &spec.fields)?;
+            let connector = source.metrics();
+            let (tx, rx) = mpsc::channel(cap);
+            sources.push(StagedSource {
+                key,
+                slot: SourceSlot {
+                    spec: wanted,
+                    stop: self.shutdown.child_token(),
+                    stats: Arc::new(SourceStats::default()),
+                    connector,
+                },
+                source,
+                tx,
+                rx,
+            });
+        }
+
+        // Pipelines: compiled against the sinks and queues they will have.
+        let sink_tx = |name: &str| -> Option<OutputTx> {
+            if let Some((_, slot, _)) = sinks.iter().find(|(n, _, _)| n == name) {
+                return Some(OutputTx::Channel(slot.tx.clone()));
+            }
+            if let Some(slot) = st.sinks.get(name) {
+                return Some(OutputTx::Channel(slot.tx.clone()));
+            }
+            if let Some(w) = st.queues.get(name) {
+                return Some(OutputTx::Queue(w.clone()));
+            }
+            queues
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, w, _)| OutputTx::Queue(w.clone()))
+        };
+        let mut pipelines = Vec::new();
+        for p in &rebuild {
+            let c = &p.config;
+            let mut labels: Vec<String> = c.stages.iter().map(|s| s.label()).collect();
+            for o in &c.outputs {
+                labels.extend(
+                    o.modifiers
+                        .iter()
+                        .map(|m| format!("{} -> {}", m.label(), o.target)),
+                );
+            }
+            let pm = Arc::new(PipelineMetrics::new(
+                &p.id,
+                labels,
+                c.outputs.iter().map(|o| o.target.clone()).collect(),
+            ));
+            let on_error = || c.on_error.as_deref().and_then(sink_tx);
+            let bad_key = |e: String| StartError::Stage {
+                pipeline: p.id.clone(),
+                reason: e,
+            };
+            let stages = c
+                .stages
+                .iter()
+                .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut outputs = Vec::new();
+            for o in &c.outputs {
+                let Some(tx) = sink_tx(&o.target) else {
+                    continue;
+                };
+                outputs.push(Output {
+                    tx,
+                    modifiers: o
+                        .modifiers
+                        .iter()
+                        .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
+                        .collect::<Result<Vec<_>, _>>()?,
+                });
+            }
+            let kafka_input = kafka_queues.contains_key(c.input.as_str())
+                || matches!(endpoint(&c.input), Some(Endpoint::Bound { kind, .. }) if kind == "kafka");
+            let screen = kafka_input.then(|| Screen {
+                on_error: on_error(),
+            });
+            let (tx, rx) = mpsc::channel(cap);
+            pipelines.push((
+                p.id.clone(),
+                PipelineSlot {
+                    tx,
+                    metrics: pm.clone(),
+                },
+                PipelineTask {
+                    input: Inlet::Channel(rx),
+                    screen,
+                    stages,
+                    outputs,
+                    when_full: c.when_full,
+                    metrics: pm,
+                    force: self.force.clone(),
+                    reliability: self.reliability.clone(),
+                },
+            ));
+        }
+        Ok(Staged {
+            report,
+            queues,
+            sinks,
+            sources,
+            pipelines,
+        })
+    }
+
+    /// Starts what `build` made and retires what it replaces. Cannot fail.
+    fn commit(
+        &self,
+        plan: &Plan,
+        selected: &[&Pipeline],
+        st: &mut State,
+        staged: Staged,
+    ) -> ReloadReport {
+        let Staged {
+            report,
+            queues,
+            sinks,
+            sources,
+            pipelines,
+        } = staged;
+        let m = &self.metrics;
+        let channel =
+            |owner: String, tx: &mpsc::Sender<Batch>| m.channels.push((owner, tx.downgrade()));
+
+        // New memory queues; their readers become inputs below.
+        let mut queue_readers: HashMap<String, QueueReader> = HashMap::new();
+        for (name, w, r) in queues {
+            st.queues.insert(name.clone(), w);
+            queue_readers.insert(name, r);
+        }
+        // Sinks: the new ones start; a replaced one drains what the
+        // pipelines it served still send, then ends.
+        for (name, slot, task) in sinks {
+            m.sinks.push(slot.metrics.clone());
+            if let Some(c) = &slot.connector {
+                m.connectors.push(c.clone());
+            }
+            channel(format!("sink:{name}"), &slot.tx);
+            self.tracker.spawn(task.run());
+            if let Some(old) = st.sinks.insert(name, slot) {
+                retire_sink(m, &old);
+            }
+        }
+        // Pipelines: new ones start; replaced and removed ones drain.
+        for (id, slot, task) in pipelines {
+            m.pipelines.push(slot.metrics.clone());
+            channel(format!("pipeline:{id}"), &slot.tx);
+            self.tracker.spawn(task.run());
+            if let Some(old) = st.pipelines.insert(id, slot) {
+                m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
+            }
+        }
+        for id in &report.removed {
+            if let Some(old) = st.pipelines.remove(id) {
+                m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
+            }
+        }
+        // Sources whose binding changed stop; their routers hand what is
+        // left to the pipelines they served.
+        let mut new_sources: HashMap<String, StagedSource> =
+            sources.into_iter().map(|s| (s.key.clone(), s)).collect();
+        for key in new_sources.keys() {
+            if let Some(old) = st.inputs.remove(key) {
+                retire_input(m, old);
+            }
+        }
+        // Inputs: each gets the readers the new plan gives it.
+        let mut readers: BTreeMap<String, Readers> = BTreeMap::new();
+        for p in selected {
+            let (key, _) = input_of(plan, p);
+            let entry = readers.entry(key).or_default();
+            if let Some(slot) = st.pipelines.get(&p.id) {
+                entry.push((p.id.clone(), slot.tx.clone()));
+            }
+        }
+        // Memory queues nobody here reads still get a router, which fails
+        // what is written to them (W001, or read by a service run elsewhere).
+        for name in st.queues.keys() {
+            readers.entry(name.clone()).or_default();
+        }
+        let queue_gauges: Vec<_> = st.queues.values().map(QueueWriter::fill_gauge).collect();
+        for (key, list) in readers {
+            if let Some(slot) = st.inputs.get(&key) {
+                slot.readers.send_replace(list);
+                continue;
+            }
+            let (wtx, wrx) = watch::channel(list);
+            if let Some(staged) = new_sources.remove(&key) {
+                self.spawn_source(&key, staged.source, &staged.slot, staged.tx, &queue_gauges);
+                self.tracker.spawn(route(
+                    Inlet::Channel(staged.rx),
+                    wrx,
+                    key.clone(),
+                    self.force.clone(),
+                ));
+                st.inputs.insert(
+                    key,
+                    InputSlot {
+                        readers: wtx,
+                        source: Some(staged.slot),
+                    },
+                );
+            } else if let Some(q) = queue_readers.remove(&key) {
+                self.tracker
+                    .spawn(route(Inlet::Queue(q), wrx, key.clone(), self.force.clone()));
+                st.inputs.insert(
+                    key,
+                    InputSlot {
+                        readers: wtx,
+                        source: None,
+                    },
+                );
+            }
+        }
+        // Inputs no pipeline reads any more: sources stop; memory queues
+        // that nothing writes either are dropped once drained.
+        let keep: std::collections::HashSet<String> = selected
+            .iter()
+            .map(|p| input_of(plan, p).0)
+            .chain(st.queues.keys().cloned())
+            .collect();
+        let gone: Vec<String> = st
+            .inputs
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = st.inputs.remove(&key) {
+                retire_input(m, old);
+            }
+        }
+        // Sinks and queues nothing writes any more.
+        let written: std::collections::HashSet<&str> =
+            selected.iter().flat_map(|p| p.config.writes()).collect();
+        let unused: Vec<String> = st
+            .sinks
+            .keys()
+            .filter(|k| !written.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for name in unused {
+            if let Some(old) = st.sinks.remove(&name) {
+                retire_sink(m, &old);
+            }
+        }
+        let read: std::collections::HashSet<&str> =
+            selected.iter().map(|p| p.config.input.as_str()).collect();
+        st.queues
+            .retain(|name, _| written.contains(name.as_str()) || read.contains(name.as_str()));
+        m.channels.retain(|(_, w)| w.upgrade().is_some());
+        st.plan = Some(plan.clone());
+        report
+    }
+
+    fn spawn_source(
+        &self,
+        name: &str,
+        source: Box<dyn dab_api::Source>,
+        slot: &SourceSlot,
+        out: mpsc::Sender<Batch>,
+        queue_gauges: &[crate::output::FillGauge],
+    ) {
+        let m = &self.metrics;
+        m.sources.push((name.to_owned(), slot.stats.clone()));
+        if let Some(c) = &slot.connector {
+            m.connectors.push(c.clone());
+        }
+        m.channels.push((format!("source:{name}"), out.downgrade()));
+        let admission: Arc<dyn Admission> = Arc::new(RuntimeAdmission {
+            rss: self.rss.clone(),
+            max_rss: self.opts.max_rss_bytes,
+            out: out.downgrade(),
+            queues: queue_gauges.to_vec(),
+            high_water: self.opts.queue_high_water,
+        });
         let ctx = SourceContext {
-            name: name.clone(),
+            name: name.to_owned(),
             out,
-            shutdown: shutdown.child_token(),
-            stats,
+            shutdown: slot.stop.clone(),
+            stats: slot.stats.clone(),
             admission,
         };
-        let failures = failures.clone();
-        let stop_all = shutdown.clone();
-        tracker.spawn(async move {
+        let failures = self.failures.clone();
+        let stop_all = self.shutdown.clone();
+        let live = self.live_sources.clone();
+        let state = self.state.clone();
+        let tracker = self.tracker.clone();
+        let name = name.to_owned();
+        live.fetch_add(1, Ordering::AcqRel);
+        self.tracker.spawn(async move {
             if let Err(e) = source.run(ctx).await {
                 tracing::error!(source = %name, error = %e, "source failed; shutting down");
                 if let Ok(mut f) = failures.lock() {
@@ -560,17 +894,98 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
                 }
                 stop_all.cancel();
             }
+            // The last source ended by itself (finite input): drain and end.
+            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                finish(&state, &tracker);
+            }
         });
     }
-    tracker.close();
-    metrics.channels = channels;
-    Ok(Running {
-        shutdown,
-        force,
-        tracker,
-        background,
-        metrics: Arc::new(metrics),
-        reliability,
-        failures,
-    })
+}
+
+fn retire_sink(m: &Metrics, old: &SinkSlot) {
+    m.sinks.retain(|s| !Arc::ptr_eq(s, &old.metrics));
+    if let Some(c) = &old.connector {
+        m.connectors.retain(|x| !Arc::ptr_eq(x, c));
+    }
+}
+
+fn retire_input(m: &Metrics, old: InputSlot) {
+    if let Some(s) = old.source {
+        s.stop.cancel();
+        m.sources.retain(|(_, st)| !Arc::ptr_eq(st, &s.stats));
+        if let Some(c) = &s.connector {
+            m.connectors.retain(|x| !Arc::ptr_eq(x, c));
+        }
+    }
+}
+
+/// Hands each batch of an input (a source or a memory queue) to the
+/// pipelines reading it now; a reload changes the list between batches.
+/// One reader gets the batch itself, several get shares (fan-out). When
+/// the list is replaced, the senders of pipelines no longer listed are
+/// dropped at once, so those pipelines drain and end.
+async fn route(
+    mut input: Inlet,
+    mut readers: watch::Receiver<Readers>,
+    name: String,
+    force: CancellationToken,
+) {
+    let mut current: Readers = readers.borrow_and_update().clone();
+    let mut warned = false;
+    loop {
+        let batch = tokio::select! {
+            b = input.recv() => b,
+            Ok(()) = readers.changed() => {
+                current = readers.borrow_and_update().clone();
+                continue;
+            }
+            _ = force.cancelled() => None,
+        };
+        let Some(batch) = batch else { return };
+        if readers.has_changed().unwrap_or(false) {
+            current = readers.borrow_and_update().clone();
+        }
+        match current.len() {
+            0 => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(input = %name, "no pipeline in this process reads this input; its events are reported failed");
+                }
+                batch.ack.fail();
+            }
+            1 => {
+                let send = current[0].1.send(batch);
+                let r = tokio::select! {
+                    biased;
+                    _ = force.cancelled() => return,
+                    r = send => r,
+                };
+                if let Err(e) = r {
+                    e.0.ack.fail();
+                }
+            }
+            _ => {
+                let hand_on = async {
+                    let mut delivered = true;
+                    for (_, r) in &current {
+                        if let Err(e) = r.send(batch.share()).await {
+                            e.0.ack.fail();
+                            delivered = false;
+                        }
+                    }
+                    delivered
+                };
+                let delivered = tokio::select! {
+                    biased;
+                    _ = force.cancelled() => false,
+                    d = hand_on => d,
+                };
+                if delivered {
+                    batch.ack.complete();
+                } else {
+                    batch.ack.fail();
+                }
+            }
+        }
+    }
 }

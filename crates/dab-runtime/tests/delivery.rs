@@ -335,9 +335,9 @@ async fn a_memory_queue_gives_every_reader_every_event() {
         pipeline(&running, "r2").dropped_count(DropReason::Filter),
         10
     );
-    assert_eq!(running.metrics.queues[0].events.get(), 20);
+    assert_eq!(running.metrics.queues.snapshot()[0].events.get(), 20);
     assert_eq!(
-        running.metrics.queues[0]
+        running.metrics.queues.snapshot()[0]
             .depth_events
             .load(Ordering::SeqCst),
         0
@@ -392,9 +392,12 @@ async fn a_full_memory_queue_bounds_what_is_taken_from_the_source() {
     let running = h.start(&plan, CAP);
 
     let taken = settled(QUIET, || src.sent()).await;
-    // Downstream of the queue: S's write, S's channel, the reader's batch in
-    // hand; upstream: the writer's batch in hand and the source's channel.
-    let bound = (QUEUE + (2 * CAP + 3) * BATCH) as u64;
+    // Every input has a router (reloads swap its readers): downstream of
+    // the queue, its router's batch in hand, the reader's channel, the
+    // reader's batch in hand, S's channel and S's write; upstream, the
+    // source's channel, its router's batch in hand, the writer's channel
+    // and the writer's batch in hand.
+    let bound = (QUEUE + (4 * CAP + 5) * BATCH) as u64;
     assert!(
         taken >= QUEUE as u64,
         "only {taken} taken: the queue never filled"
@@ -404,7 +407,7 @@ async fn a_full_memory_queue_bounds_what_is_taken_from_the_source() {
         "{taken} events taken from the source, bound {bound}"
     );
     assert_eq!(
-        running.metrics.queues[0]
+        running.metrics.queues.snapshot()[0]
             .depth_events
             .load(Ordering::SeqCst),
         QUEUE as u64

@@ -1,7 +1,8 @@
 //! `dab run`: check the set exactly as `dab validate` does, then start it and
 //! stop gracefully on SIGTERM or Ctrl-C (a second signal, or the drain
 //! deadline, forces the stop). Exits 0 once every source is finite and
-//! exhausted and everything is drained.
+//! exhausted and everything is drained. SIGHUP, and file changes with
+//! `--watch`, reload the set (`crate::reload`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,10 +48,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(a, set.plan))
+    rt.block_on(serve(Arc::new(a), set.plan))
 }
 
-async fn serve(a: RunArgs, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
+async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
     let registry = Registry::new(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
@@ -72,6 +73,20 @@ async fn serve(a: RunArgs, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(pipelines = running.metrics.pipelines.len(), "running");
 
+    // Hot reload: SIGHUP always, file changes with --watch.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    crate::reload::hangup(reload_tx.clone());
+    let _watcher = if a.watch {
+        Some(
+            crate::reload::watch(&a, reload_tx.clone())
+                .context("cannot watch the blueprint set")?,
+        )
+    } else {
+        None
+    };
+    drop(reload_tx);
+    let reloads = tokio::spawn(crate::reload::serve(a.clone(), running.clone(), reload_rx));
+
     let deadline = Duration::from_secs(a.shutdown_timeout);
     let signals = {
         let running = running.clone();
@@ -92,6 +107,7 @@ async fn serve(a: RunArgs, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
     };
     running.wait().await;
     signals.abort();
+    reloads.abort();
     let failures = running.failures();
     if failures.is_empty() {
         tracing::info!("all pipelines drained; exiting");

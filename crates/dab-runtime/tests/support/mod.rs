@@ -633,20 +633,22 @@ pub async fn finish(running: &Running) {
 
 // ---------------------------------------------------------------- metrics
 
-pub fn pipeline<'a>(running: &'a Running, id: &str) -> &'a PipelineMetrics {
+pub fn pipeline(running: &Running, id: &str) -> Arc<PipelineMetrics> {
     running
         .metrics
         .pipelines
-        .iter()
+        .snapshot()
+        .into_iter()
         .find(|p| p.id == id)
         .unwrap_or_else(|| panic!("no metrics for pipeline {id}"))
 }
 
-pub fn sink_metrics<'a>(running: &'a Running, name: &str) -> &'a SinkMetrics {
+pub fn sink_metrics(running: &Running, name: &str) -> Arc<SinkMetrics> {
     running
         .metrics
         .sinks
-        .iter()
+        .snapshot()
+        .into_iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no metrics for sink {name}"))
 }

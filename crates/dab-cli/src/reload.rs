@@ -1,0 +1,211 @@
+//! Hot reload for `dab run` (SPEC section 5): `--watch` on the blueprint
+//! files and the bindings file, and SIGHUP. Each trigger reads the set
+//! again and runs exactly the checks of `dab validate`. An invalid set
+//! leaves the running topology untouched: its diagnostics are logged as
+//! `dab validate` renders them and `dab_reload_failures_total` goes up. A
+//! valid one is applied by `Running::reload`, which rebuilds only the
+//! pipelines `dab_plan::diff` says changed.
+//!
+//! Watching is on the directories, not the files: editors that save by
+//! writing a new file and renaming it over the old one replace the inode,
+//! which a watch on the file itself would lose. Events are debounced: a
+//! reload starts once the files have been quiet for `QUIET` (an editor's
+//! save is several events), and at most `MAX_WAIT` after the first.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dab_plan::Options;
+use dab_runtime::Running;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::args::RunArgs;
+use crate::input::{bindings_path, blueprint_files, load_and_check};
+
+/// Quiet time that ends a burst of file events.
+const QUIET: Duration = Duration::from_millis(15);
+/// A steady stream of events still reloads this often.
+const MAX_WAIT: Duration = Duration::from_millis(200);
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Watch,
+    Hangup,
+}
+
+/// The files of the set: blueprints and the bindings file, absolute.
+fn watched(a: &RunArgs) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+    let mut files = BTreeSet::new();
+    let mut dirs = BTreeSet::new();
+    for p in &a.paths {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        if abs.is_dir() {
+            dirs.insert(abs);
+        } else {
+            if let Some(parent) = abs.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+            files.insert(abs);
+        }
+    }
+    if let Ok(found) = blueprint_files(&a.paths) {
+        for f in found {
+            files.insert(std::path::absolute(&f).unwrap_or(f));
+        }
+    }
+    let first = a.paths.first().map_or(Path::new("."), PathBuf::as_path);
+    if let Some(b) = bindings_path(first, a.config.config.as_deref(), a.config.no_config) {
+        let abs = std::path::absolute(&b).unwrap_or(b);
+        if let Some(parent) = abs.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+        files.insert(abs);
+    }
+    (files, dirs)
+}
+
+/// Whether an event path concerns the set: one of its files, or a `.dab`
+/// file in a directory given on the command line.
+fn concerns(path: &Path, files: &BTreeSet<PathBuf>, dirs_given: &BTreeSet<PathBuf>) -> bool {
+    files.contains(path)
+        || (path.extension().is_some_and(|e| e == "dab")
+            && dirs_given.iter().any(|d| path.starts_with(d)))
+}
+
+/// Starts watching; events that concern the set go to `tx` as triggers,
+/// debounced. The watcher lives as long as the returned value.
+pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (files, dirs) = watched(a);
+    let given: BTreeSet<PathBuf> = a
+        .paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let recursive = given.clone();
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if ev.kind.is_access() {
+            return;
+        }
+        if ev.paths.iter().any(|p| concerns(p, &files, &given)) {
+            let _ = raw_tx.send(());
+        }
+    })?;
+    for d in &dirs {
+        let mode = if recursive.contains(d) {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        watcher.watch(d, mode)?;
+    }
+    // Debounce on a plain thread: the watcher's callback must not block.
+    std::thread::Builder::new()
+        .name("dab-watch".into())
+        .spawn(move || {
+            while raw_rx.recv().is_ok() {
+                let first = Instant::now();
+                loop {
+                    let left = MAX_WAIT.saturating_sub(first.elapsed());
+                    match raw_rx.recv_timeout(QUIET.min(left)) {
+                        Ok(()) if !left.is_zero() => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        _ => break,
+                    }
+                }
+                if tx.blocking_send(Trigger::Watch).is_err() {
+                    return;
+                }
+            }
+        })?;
+    tracing::info!(dirs = ?dirs, "watching the blueprint set for changes");
+    Ok(watcher)
+}
+
+/// Forwards SIGHUP as a trigger.
+#[cfg(unix)]
+pub fn hangup(tx: mpsc::Sender<Trigger>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with --watch instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if tx.send(Trigger::Hangup).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+pub fn hangup(_tx: mpsc::Sender<Trigger>) {}
+
+/// Applies triggers one at a time; triggers that arrive during a reload
+/// are folded into the next one.
+pub async fn serve(a: Arc<RunArgs>, running: Arc<Running>, mut rx: mpsc::Receiver<Trigger>) {
+    while let Some(trigger) = rx.recv().await {
+        while rx.try_recv().is_ok() {}
+        reload_once(&a, &running, trigger);
+    }
+}
+
+fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
+    let started = Instant::now();
+    let options = Options {
+        service: a.service.clone(),
+    };
+    let set = match load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options) {
+        Ok(set) => set,
+        Err(e) => {
+            running.metrics.reload.failed.add(1);
+            tracing::error!(?trigger, error = %format!("{e:#}"), "reload failed: cannot read the set; the running pipelines are unchanged");
+            return;
+        }
+    };
+    if set.has_errors() {
+        running.metrics.reload.failed.add(1);
+        for d in &set.diagnostics {
+            let text = crate::render::render(&set.map, d);
+            if d.is_error() {
+                tracing::error!("{}", text.trim_end());
+            } else {
+                tracing::warn!("{}", text.trim_end());
+            }
+        }
+        tracing::error!(
+            ?trigger,
+            errors = set.diagnostics.iter().filter(|d| d.is_error()).count(),
+            "reload refused: the set is invalid; the running pipelines are unchanged"
+        );
+        return;
+    }
+    match running.reload(&set.plan) {
+        Ok(r) => {
+            let rebuilt: Vec<String> = r
+                .rebuilt
+                .iter()
+                .map(|(id, why)| format!("{id} ({})", why.join("; ")))
+                .collect();
+            tracing::info!(
+                ?trigger,
+                added = ?r.added,
+                rebuilt = ?rebuilt,
+                removed = ?r.removed,
+                kept = r.kept.len(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "reloaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(?trigger, error = %e, "reload rolled back: a new piece could not be built; the running pipelines are unchanged");
+        }
+    }
+}
