@@ -127,6 +127,9 @@ pub struct Running {
     /// Sources running; when the last ends by itself (finite sources) the
     /// topology finishes.
     live_sources: Arc<AtomicU64>,
+    /// True until the first plan is applied: a source of the first plan
+    /// that fails stops the process; one started by a reload does not.
+    state_is_first: std::sync::atomic::AtomicBool,
 }
 
 impl Running {
@@ -288,8 +291,10 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         opts: opts.clone(),
         rss: Arc::new(AtomicU64::new(rss_bytes())),
         live_sources: Arc::new(AtomicU64::new(0)),
+        state_is_first: std::sync::atomic::AtomicBool::new(true),
     };
     running.apply(plan)?;
+    running.state_is_first.store(false, Ordering::Release);
     {
         let rss = running.rss.clone();
         let stop = running.background.clone();
@@ -881,6 +886,10 @@ impl Running {
         };
         let failures = self.failures.clone();
         let stop_all = self.shutdown.clone();
+        // A source that a reload started (the first start is `plan: None`)
+        // and that fails (a port in use) must not stop everything else.
+        let fatal = self.state_is_first.load(Ordering::Acquire);
+        let metrics = self.metrics.clone();
         let live = self.live_sources.clone();
         let state = self.state.clone();
         let tracker = self.tracker.clone();
@@ -888,11 +897,16 @@ impl Running {
         live.fetch_add(1, Ordering::AcqRel);
         self.tracker.spawn(async move {
             if let Err(e) = source.run(ctx).await {
-                tracing::error!(source = %name, error = %e, "source failed; shutting down");
-                if let Ok(mut f) = failures.lock() {
-                    f.push(format!("source `{name}`: {e}"));
+                if fatal {
+                    tracing::error!(source = %name, error = %e, "source failed; shutting down");
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!("source `{name}`: {e}"));
+                    }
+                    stop_all.cancel();
+                } else {
+                    metrics.reload.failed.add(1);
+                    tracing::error!(source = %name, error = %e, "source started by a reload failed; the rest keeps running; fix the binding and reload");
                 }
-                stop_all.cancel();
             }
             // The last source ended by itself (finite input): drain and end.
             if live.fetch_sub(1, Ordering::AcqRel) == 1 {
