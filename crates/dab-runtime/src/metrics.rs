@@ -362,7 +362,7 @@ impl Metrics {
             &mut o,
             "dab_pipeline_failed_events_total",
             "counter",
-            "Events that failed a stage (a bad signature), sent to OnError or dropped",
+            "Events that failed a stage (a bad signature) or were undecodable, sent to OnError or dropped",
         );
         for p in &pipelines {
             let _ = writeln!(
