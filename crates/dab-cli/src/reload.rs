@@ -165,13 +165,12 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
     let set = match load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options) {
         Ok(set) => set,
         Err(e) => {
-            running.metrics.reload.failed.add(1);
             tracing::error!(?trigger, error = %format!("{e:#}"), "reload failed: cannot read the set; the running pipelines are unchanged");
+            running.metrics.reload.failed.add(1);
             return;
         }
     };
     if set.has_errors() {
-        running.metrics.reload.failed.add(1);
         for d in &set.diagnostics {
             let text = crate::render::render(&set.map, d);
             if d.is_error() {
