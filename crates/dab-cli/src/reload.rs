@@ -184,6 +184,8 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
             errors = set.diagnostics.iter().filter(|d| d.is_error()).count(),
             "reload refused: the set is invalid; the running pipelines are unchanged"
         );
+        // Counted once the log says why, so a scrape never runs ahead of it.
+        running.metrics.reload.failed.add(1);
         return;
     }
     match running.reload(&set.plan) {

@@ -551,10 +551,17 @@ impl Running {
                 let sink = factory.build(name, fields)?;
                 let connector = sink.metrics();
                 let (tx, rx) = mpsc::channel(cap);
-                let sm = Arc::new(SinkMetrics {
-                    name: name.to_owned(),
-                    ..SinkMetrics::default()
-                });
+                // A sink rebuilt under the same name keeps counting in the
+                // same series, the old instance's last writes included.
+                let sm = st.sinks.get(name).map_or_else(
+                    || {
+                        Arc::new(SinkMetrics {
+                            name: name.to_owned(),
+                            ..SinkMetrics::default()
+                        })
+                    },
+                    |old| old.metrics.clone(),
+                );
                 let task = SinkTask {
                     sink,
                     input: rx,
@@ -734,14 +741,17 @@ impl Running {
         // Sinks: the new ones start; a replaced one drains what the
         // pipelines it served still send, then ends.
         for (name, slot, task) in sinks {
-            m.sinks.push(slot.metrics.clone());
+            if !m.sinks.snapshot().iter().any(|x| Arc::ptr_eq(x, &slot.metrics)) {
+                m.sinks.push(slot.metrics.clone());
+            }
             if let Some(c) = &slot.connector {
                 m.connectors.push(c.clone());
             }
             channel(format!("sink:{name}"), &slot.tx);
             self.tracker.spawn(task.run());
+            let shared = slot.metrics.clone();
             if let Some(old) = st.sinks.insert(name, slot) {
-                retire_sink(m, &old);
+                retire_sink(m, &old, Arc::ptr_eq(&old.metrics, &shared));
             }
         }
         // Pipelines: new ones start; replaced and removed ones drain.
@@ -844,7 +854,7 @@ impl Running {
             .collect();
         for name in unused {
             if let Some(old) = st.sinks.remove(&name) {
-                retire_sink(m, &old);
+                retire_sink(m, &old, false);
             }
         }
         let read: std::collections::HashSet<&str> =
@@ -916,8 +926,10 @@ impl Running {
     }
 }
 
-fn retire_sink(m: &Metrics, old: &SinkSlot) {
-    m.sinks.retain(|s| !Arc::ptr_eq(s, &old.metrics));
+fn retire_sink(m: &Metrics, old: &SinkSlot, metrics_live_on: bool) {
+    if !metrics_live_on {
+        m.sinks.retain(|s| !Arc::ptr_eq(s, &old.metrics));
+    }
     if let Some(c) = &old.connector {
         m.connectors.retain(|x| !Arc::ptr_eq(x, c));
     }
