@@ -741,7 +741,12 @@ impl Running {
         // Sinks: the new ones start; a replaced one drains what the
         // pipelines it served still send, then ends.
         for (name, slot, task) in sinks {
-            if !m.sinks.snapshot().iter().any(|x| Arc::ptr_eq(x, &slot.metrics)) {
+            if !m
+                .sinks
+                .snapshot()
+                .iter()
+                .any(|x| Arc::ptr_eq(x, &slot.metrics))
+            {
                 m.sinks.push(slot.metrics.clone());
             }
             if let Some(c) = &slot.connector {
