@@ -153,7 +153,10 @@ pub fn hangup(_tx: mpsc::Sender<Trigger>) {}
 pub async fn serve(a: Arc<RunArgs>, running: Arc<Running>, mut rx: mpsc::Receiver<Trigger>) {
     while let Some(trigger) = rx.recv().await {
         while rx.try_recv().is_ok() {}
-        reload_once(&a, &running, trigger);
+        // Reading and checking the set is synchronous work (milliseconds
+        // per hundred pipelines); keep it off the async workers.
+        let (a, running) = (a.clone(), running.clone());
+        let _ = tokio::task::spawn_blocking(move || reload_once(&a, &running, trigger)).await;
     }
 }
 
@@ -190,6 +193,11 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
     }
     match running.reload(&set.plan) {
         Ok(r) => {
+            // The whole reload, reading and checking the files included.
+            running.metrics.reload.last_duration_us.store(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let rebuilt: Vec<String> = r
                 .rebuilt
                 .iter()
