@@ -71,10 +71,19 @@ struct Running {
 }
 
 fn start_source(brokers: &str, topic: &str, group: &str) -> Running {
+    start_source_with(brokers, topic, group, "json")
+}
+
+fn start_source_with(brokers: &str, topic: &str, group: &str, codec: &str) -> Running {
     let source = KafkaSourceFactory
         .build(
             "In",
-            &fields(&[("brokers", brokers), ("topic", topic), ("group", group)]),
+            &fields(&[
+                ("brokers", brokers),
+                ("topic", topic),
+                ("group", group),
+                ("codec", codec),
+            ]),
         )
         .expect("source");
     let (tx, rx) = mpsc::channel(4);
@@ -336,5 +345,52 @@ async fn nothing_is_committed_while_batches_are_unacknowledged() {
         "committed {c:?} past the first batch of {covered}"
     );
     drop(held);
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_protobuf_is_marked_counted_and_does_not_block() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("pb", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    for i in 0..20u64 {
+        let mut buf = bytes::BytesMut::new();
+        let value: Vec<u8> = if i % 5 == 2 {
+            // A field header promising 100 bytes that never come.
+            vec![0x32, 100, 1, 2, 3]
+        } else {
+            dab_connectors::codec::proto::encode(&event(i), &mut buf);
+            buf.to_vec()
+        };
+        p.send(BaseRecord::<(), [u8]>::to("pb").payload(&value[..]))
+            .expect("send");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+    let mut r = start_source_with(&brokers, "pb", "g6", "protobuf");
+    let got = take(&mut r, 20, Duration::from_secs(20), |_| true).await;
+    assert_eq!(got.len(), 20);
+    let bad: Vec<&Event> = got.iter().filter(|e| e.is_undecodable()).collect();
+    assert_eq!(bad.len(), 4);
+    let reason = bad[0]
+        .tag(dab_api::event::ERROR_TAG)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    assert!(reason.starts_with("pb[0]@2: invalid protobuf"), "{reason}");
+    let good: BTreeSet<u64> = got
+        .iter()
+        .filter(|e| !e.is_undecodable())
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(good.len(), 16);
+    assert_eq!(
+        r.stats
+            .decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
     stop(r).await;
 }
