@@ -183,6 +183,9 @@ fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Co
     })
 }
 
+/// Input depth, in batches, of a Kafka sink (at least `channel_batches`).
+const KAFKA_SINK_BATCHES: usize = 64;
+
 /// A source to build: its name (a Kafka queue's reader is
 /// `queue:pipeline`), kind and settings.
 struct SourceSpec<'a> {
@@ -550,7 +553,16 @@ impl Running {
                     })?;
                 let sink = factory.build(name, fields)?;
                 let connector = sink.metrics();
-                let (tx, rx) = mpsc::channel(cap);
+                // A Kafka sink's flush waits a broker round trip for every
+                // delivery report; a deeper input keeps the pipelines
+                // flowing meanwhile (a bandwidth-delay product, about
+                // 16 MiB of 250-byte events).
+                let depth = if kind == "kafka" {
+                    cap.max(KAFKA_SINK_BATCHES)
+                } else {
+                    cap
+                };
+                let (tx, rx) = mpsc::channel(depth);
                 // A sink rebuilt under the same name keeps counting in the
                 // same series, the old instance's last writes included.
                 let sm = st.sinks.get(name).map_or_else(

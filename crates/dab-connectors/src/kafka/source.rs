@@ -33,8 +33,14 @@ use crate::settings::build_error;
 /// the partition's next owner).
 const REVOKE_DRAIN: Duration = Duration::from_secs(2);
 /// How long a full pipeline may hold the consumer before the partitions
-/// are paused.
-const PAUSE_AFTER: Duration = Duration::from_millis(20);
+/// are paused. Short waits are ordinary back pressure: librdkafka stops
+/// fetching by itself once its queue holds `queued.max.messages.kbytes`
+/// (32 MiB here), which bounds memory. A pause throws the prefetched
+/// messages away and fetches them again on resume, so it is kept for a
+/// pipeline stuck for seconds (a dead sink). tansu 0.6 also skips the rest
+/// of a record batch when a fetch starts in its middle, which a resume
+/// does (docs/PERFORMANCE.md, "Kafka").
+const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 pub struct KafkaSource {
     name: String,
