@@ -102,6 +102,8 @@ BROKER_PORT=
 BROKER_PID=
 
 log() { printf '%s\n' "$*" >&2; }
+# machine_busy, wait_quiet
+. scripts/lib/bench.sh  # (the script has cd'd to the repository root)
 
 # Only our own children, by pid (a pid that ended may have been reused).
 ours() { [[ $(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ') == "$$" ]]; }
@@ -150,26 +152,7 @@ loadavg() { cut -d ' ' -f 1-3 /proc/loadavg; }
 # CPU seconds (user + system) of a live process.
 cpu_of() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# Busy share of the whole machine (0..1, all cores) over one second.
-machine_busy() {
-    local a b
-    a=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.2f", (d > 0 ? (y[1] - x[1]) / d : 0) }'
-}
 
-# Waits (at most $QUIET_WAIT s) until other work uses under a quarter of
-# the machine. Prints the last busy figure.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT)) busy
-    busy=$(machine_busy)
-    while awk -v b="$busy" 'BEGIN { exit !(b > 0.25) }' && ((SECONDS < deadline)); do
-        log "  machine $(awk -v b="$busy" 'BEGIN { printf "%.0f", b * 100 }')% busy with other work; waiting for quiet"
-        busy=$(machine_busy)
-    done
-    printf '%s' "$busy"
-}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null && return 0

@@ -66,6 +66,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log() { printf '%s\n' "$*" >&2; }
+# machine_busy, wait_quiet
+. scripts/lib/bench.sh  # (the script has cd'd to the repository root)
 
 # Median of numbers on stdin.
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -77,28 +79,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "nan"; else printf 
 
 millions() { awk -v a="$1" 'BEGIN { printf "%.3fM", a / 1e6 }'; }
 
-# Busy share of the whole machine (0..1, both cores) over one second, from
-# /proc/stat. Reported with every figure as "busy before".
-machine_busy() {
-    local a b
-    a=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.2f", (d > 0 ? (y[1] - x[1]) / d : 0) }'
-}
 
-# Waits (at most $QUIET_WAIT s) until other work uses under a quarter of
-# the machine; benchmarks on a shared box are otherwise meaningless.
-# Prints the last busy figure.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT)) busy
-    busy=$(machine_busy)
-    while awk -v b="$busy" 'BEGIN { exit !(b > 0.25) }' && ((SECONDS < deadline)); do
-        log "  machine $(awk -v b="$busy" 'BEGIN { printf "%.0f", b * 100 }')% busy with other work; waiting for quiet"
-        busy=$(machine_busy)
-    done
-    printf '%s' "$busy"
-}
 
 # CPU seconds (user + system) of a live process.
 cpu_of() {
