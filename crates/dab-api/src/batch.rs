@@ -1,17 +1,36 @@
-//! The unit that crosses channels: events plus their acknowledgement share.
+//! The unit that crosses channels: events plus their acknowledgement share,
+//! and where a sink should send the events a peer refuses for good.
+
+use std::sync::Arc;
 
 use crate::ack::AckToken;
 use crate::event::Event;
+
+/// Where events that a sink's peer refused for good go: the `OnError`
+/// output of the pipeline that sent the batch (SPEC section 11). The
+/// runtime implements it; a sink never sees it.
+#[async_trait::async_trait]
+pub trait Reroute: Send + Sync + std::fmt::Debug {
+    /// Hands the batch on, waiting for room. `Err` gives it back when the
+    /// target is gone.
+    async fn send(&self, batch: Batch) -> Result<(), Batch>;
+}
 
 #[derive(Debug)]
 pub struct Batch {
     pub events: Vec<Event>,
     pub ack: AckToken,
+    /// The sending pipeline's `OnError` target, set on the way to a sink.
+    pub on_error: Option<Arc<dyn Reroute>>,
 }
 
 impl Batch {
     pub fn new(events: Vec<Event>, ack: AckToken) -> Batch {
-        Batch { events, ack }
+        Batch {
+            events,
+            ack,
+            on_error: None,
+        }
     }
 
     /// A copy for another output; both must be settled.
@@ -19,6 +38,7 @@ impl Batch {
         Batch {
             events: self.events.clone(),
             ack: self.ack.share(),
+            on_error: self.on_error.clone(),
         }
     }
 

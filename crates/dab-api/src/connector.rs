@@ -99,15 +99,120 @@ pub trait Source: Send {
     }
 }
 
+/// Whether retrying can help, decided where the peer's answer is
+/// understood (the sink), read by the runtime's driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Peer down, timeout, 5xx, 408, 429, disk full: retry with back-off.
+    Transient,
+    /// The peer refused what it was given for good (HTTP 4xx other than
+    /// 408/429, gRPC `INVALID_ARGUMENT`, a message too large, a value the
+    /// sink cannot encode). Sending the same events again cannot succeed;
+    /// the runtime narrows a refused batch down to the events refused on
+    /// their own and sends only those to `OnError` (SPEC section 11).
+    Permanent,
+}
+
+/// A sink failure with its class.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SinkError {
+    pub class: ErrorClass,
+    #[source]
+    pub error: ConnectorError,
+}
+
+impl SinkError {
+    pub fn transient(error: impl Into<ConnectorError>) -> SinkError {
+        SinkError {
+            class: ErrorClass::Transient,
+            error: error.into(),
+        }
+    }
+
+    pub fn permanent(error: impl Into<ConnectorError>) -> SinkError {
+        SinkError {
+            class: ErrorClass::Permanent,
+            error: error.into(),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class == ErrorClass::Permanent
+    }
+}
+
+/// Errors without a class are transient: retrying is the safe default.
+impl From<ConnectorError> for SinkError {
+    fn from(error: ConnectorError) -> SinkError {
+        SinkError::transient(error)
+    }
+}
+
+impl From<String> for ConnectorError {
+    fn from(s: String) -> ConnectorError {
+        ConnectorError::Other(s)
+    }
+}
+
+/// One event of a write that the peer refused for good, by its index in
+/// the slice given to `write`, with the peer's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// What a successful write says beyond "taken".
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Events refused one by one (a Kafka message too large, a value that
+    /// cannot be encoded). The rest of the write was taken.
+    pub rejected: Vec<Rejection>,
+}
+
+impl Written {
+    pub fn all() -> Written {
+        Written::default()
+    }
+}
+
+/// A sink: where events leave DAB.
+///
+/// The contract every implementation keeps (SPEC section 11, "acknowledged
+/// means delivered"):
+///
+/// - `Ok` from `write` means the events were *taken* (buffered, sent on a
+///   socket, handed to a client library); `Ok` from `flush` means everything
+///   taken since the last good flush is durably handed on (fsynced, answered
+///   by the peer, confirmed by the broker). The runtime acknowledges a batch
+///   to its source only after a good flush that follows its write.
+/// - An `Err` from `write` or `flush` acknowledges nothing. The runtime
+///   then calls `rewind`, which puts the sink back where its last good flush
+///   left it (drops buffered bytes, cuts a file back to its last good length
+///   so no torn record stays, drops a connection), and writes everything
+///   taken since that flush again. Duplicates are possible (at least once);
+///   losses are not.
+/// - An error's class says whether retrying can help. A `Permanent` error of
+///   a write means the peer refused the write as a whole; the runtime
+///   splits it to find the events refused on their own.
 #[async_trait::async_trait]
 pub trait Sink: Send {
-    /// Writes events. `Ok` means they are delivered as far as this sink can
-    /// tell; the runtime then acknowledges them. An `Err` is retried.
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError>;
+    /// Takes events (see the trait's contract).
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError>;
 
-    /// Makes earlier writes durable (fsync, flush a socket). Called when the
-    /// sink's input is idle and at shutdown.
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
+    /// Makes every write taken since the last good flush durable. Called
+    /// when the sink's input is idle, every so many batches, and at
+    /// shutdown.
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// After a failed `write` or `flush`: return to the state of the last
+    /// good flush, so that writing the same events again leaves no torn or
+    /// half-written record behind. The default does nothing, which is right
+    /// for sinks whose writes are all-or-nothing (one request per write).
+    async fn rewind(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
 

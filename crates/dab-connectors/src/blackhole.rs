@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use dab_api::{BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory};
+use dab_api::{BuildError, ConfigValue, Event, Sink, SinkError, SinkFactory, Written};
 
 #[derive(Debug, Default)]
 pub struct Blackhole;
 
 #[async_trait]
 impl Sink for Blackhole {
-    async fn write(&mut self, _events: &[Event]) -> Result<(), ConnectorError> {
-        Ok(())
+    async fn write(&mut self, _events: &[Event]) -> Result<Written, SinkError> {
+        Ok(Written::all())
     }
 }
 

@@ -1,6 +1,13 @@
 //! `file` sink: NDJSON appended to a file. `flush` fsyncs, and the runtime
 //! acknowledges a batch only after the flush that follows its write, so an
 //! acknowledged event is on disk.
+//!
+//! The sink remembers the file's length after its last good flush. A failed
+//! write or flush (a full disk, an I/O error) leaves the file in an unknown
+//! state, perhaps with a torn line at its end; `rewind` cuts the file back
+//! to that length, and the runtime writes everything since again. So a
+//! reader never finds a torn line, and once space returns every
+//! acknowledged event is in the file exactly as a whole line.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +15,9 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use dab_api::config::Fields;
-use dab_api::{BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory};
+use dab_api::{
+    BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError, SinkFactory, Written,
+};
 use tokio::io::AsyncWriteExt;
 
 use crate::stdio::encode_lines;
@@ -18,6 +27,8 @@ pub struct FileSink {
     path: PathBuf,
     fsync: bool,
     file: Option<tokio::fs::File>,
+    /// The file's length after the last good flush (or when first opened).
+    good_len: Option<u64>,
     buf: BytesMut,
 }
 
@@ -27,67 +38,108 @@ impl FileSink {
             path: path.into(),
             fsync,
             file: None,
+            good_len: None,
             buf: BytesMut::with_capacity(64 * 1024),
         }
     }
 
-    async fn file(&mut self) -> Result<&mut tokio::fs::File, ConnectorError> {
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                    ConnectorError::io(format!("cannot create `{}`", dir.display()), e)
-                })?;
-            }
-            let f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| {
-                    ConnectorError::io(format!("cannot open `{}`", self.path.display()), e)
-                })?;
-            self.file = Some(f);
+    fn io(&self, what: &str, e: std::io::Error) -> SinkError {
+        SinkError::transient(ConnectorError::io(
+            format!("{what} `{}`", self.path.display()),
+            e,
+        ))
+    }
+
+    async fn open(&mut self) -> Result<(), SinkError> {
+        if self.file.is_some() {
+            return Ok(());
         }
-        self.file
-            .as_mut()
-            .ok_or_else(|| ConnectorError::Other("file not open".into()))
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| self.io("cannot create the directory of", e))?;
+        }
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(|e| self.io("cannot open", e))?;
+        if self.good_len.is_none() {
+            let len = f
+                .metadata()
+                .await
+                .map_err(|e| self.io("cannot stat", e))?
+                .len();
+            self.good_len = Some(len);
+        }
+        self.file = Some(f);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
+        self.open().await?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         encode_lines(events, &mut buf);
-        let path = self.path.display().to_string();
-        let result = match self.file().await {
-            Ok(f) => f
-                .write_all(&buf)
-                .await
-                .map_err(|e| ConnectorError::io(format!("write `{path}`"), e)),
-            Err(e) => Err(e),
+        let result = match self.file.as_mut() {
+            Some(f) => f.write_all(&buf).await,
+            None => Ok(()),
         };
         self.buf = buf;
-        if result.is_err() {
-            // Reopen on the next try: the file may have been moved or the disk freed.
-            self.file = None;
-        }
-        result
+        result.map_err(|e| self.io("write", e))?;
+        Ok(Written::all())
     }
 
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
-        let fsync = self.fsync;
-        let path = self.path.display().to_string();
-        if let Some(f) = self.file.as_mut() {
-            f.flush()
-                .await
-                .map_err(|e| ConnectorError::io(format!("flush `{path}`"), e))?;
-            if fsync {
-                f.sync_data()
-                    .await
-                    .map_err(|e| ConnectorError::io(format!("fsync `{path}`"), e))?;
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut r = f.flush().await.map_err(|e| ("flush", e));
+        if r.is_ok() && self.fsync {
+            r = f.sync_data().await.map_err(|e| ("fsync", e));
+        }
+        let len = match r {
+            Ok(()) => f.metadata().await.map(|m| m.len()).map_err(|e| ("stat", e)),
+            Err(e) => Err(e),
+        };
+        match len {
+            Ok(len) => {
+                self.good_len = Some(len);
+                Ok(())
             }
+            Err((what, e)) => Err(self.io(what, e)),
+        }
+    }
+
+    /// Reopens the file (a moved file or freed disk is picked up) and cuts
+    /// it back to its length after the last good flush.
+    async fn rewind(&mut self) -> Result<(), SinkError> {
+        // The old handle may still hold bytes it failed to write.
+        self.file = None;
+        self.open().await?;
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let len = f.metadata().await.map(|m| m.len()).map_err(|e| ("stat", e));
+        let cut = match (len, self.good_len) {
+            (Ok(len), Some(good)) if len > good => {
+                f.set_len(good).await.map_err(|e| ("truncate", e))
+            }
+            // Shorter than we left it: rotated or truncated by someone
+            // else; this is the new start.
+            (Ok(len), _) => {
+                self.good_len = Some(len);
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+        };
+        if let Err((what, e)) = cut {
+            self.file = None;
+            return Err(self.io(what, e));
         }
         Ok(())
     }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use dab_api::connector::SourceStats;
 use dab_api::{
-    AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory, Source,
-    SourceContext, SourceFactory,
+    AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError, SinkFactory,
+    Source, SourceContext, SourceFactory, Written,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -119,20 +119,23 @@ pub struct Stdout {
 
 #[async_trait]
 impl Sink for Stdout {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    /// A pipe cannot be cut back: after a failure the runtime writes the
+    /// held events again, so a reader may see a line twice (at least once).
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         self.buf.clear();
         encode_lines(events, &mut self.buf);
         self.out
             .write_all(&self.buf)
             .await
-            .map_err(|e| ConnectorError::io("stdout: write", e))
+            .map_err(|e| ConnectorError::io("stdout: write", e))?;
+        Ok(Written::all())
     }
 
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
         self.out
             .flush()
             .await
-            .map_err(|e| ConnectorError::io("stdout: flush", e))
+            .map_err(|e| SinkError::transient(ConnectorError::io("stdout: flush", e)))
     }
 }
 

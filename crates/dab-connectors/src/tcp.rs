@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use dab_api::{
-    BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory, Source, SourceContext,
-    SourceFactory,
+    BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError, SinkFactory, Source,
+    SourceContext, SourceFactory, Written,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -212,9 +212,9 @@ fn peer_closed(stream: &TcpStream) -> bool {
 
 #[async_trait]
 impl Sink for TcpSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Written::all());
         }
         self.encode(events);
         let buf = std::mem::take(&mut self.buf);
@@ -226,23 +226,42 @@ impl Sink for TcpSink {
         };
         self.buf = buf;
         if result.is_err() {
-            // The runtime retries the whole batch on a fresh connection.
+            // The runtime rewinds and writes again on a fresh connection.
             self.stream = None;
         }
-        result
+        result?;
+        Ok(Written::all())
     }
 
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
+    /// The protocol has no acknowledgement of its own: a flush succeeds
+    /// when the bytes are handed to the kernel and the peer has not closed
+    /// the connection meanwhile. A peer that closed may not have read what
+    /// we sent, so everything since the last good flush is sent again.
+    async fn flush(&mut self) -> Result<(), SinkError> {
         let Some(stream) = &mut self.stream else {
             return Ok(());
         };
         if let Err(e) = stream.flush().await {
             self.stream = None;
-            return Err(ConnectorError::io(
+            return Err(SinkError::transient(ConnectorError::io(
                 format!("cannot flush tcp {}", self.connect),
                 e,
-            ));
+            )));
         }
+        if peer_closed(stream) {
+            self.stream = None;
+            return Err(SinkError::transient(ConnectorError::Other(format!(
+                "tcp {}: the peer closed the connection before the flush",
+                self.connect
+            ))));
+        }
+        Ok(())
+    }
+
+    /// A fresh connection: a frame cut short by a failed write must not be
+    /// followed by the same events on the same stream.
+    async fn rewind(&mut self) -> Result<(), SinkError> {
+        self.stream = None;
         Ok(())
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dab_api::connector::{Admission, SourceStats};
 use dab_api::{
-    Batch, ConfigValue, ConnectorError, Event, Sink, SinkFactory, SourceContext, SourceFactory,
-    Text,
+    Batch, ConfigValue, ConnectorError, ErrorClass, Event, Sink, SinkError, SinkFactory,
+    SourceContext, SourceFactory, Text,
 };
 use dab_connectors::http::{HttpSinkFactory, HttpSourceFactory};
 use http_body_util::{BodyExt, Full};
@@ -661,10 +661,11 @@ fn build_sink(addr: &str, timeout_ms: i64) -> Box<dyn Sink> {
         .expect("sink builds")
 }
 
-async fn write(sink: &mut Box<dyn Sink>, events: &[Event]) -> Result<(), ConnectorError> {
+async fn write(sink: &mut Box<dyn Sink>, events: &[Event]) -> Result<(), SinkError> {
     timeout(WAIT, sink.write(events))
         .await
         .expect("write returns in time")
+        .map(|w| assert!(w.rejected.is_empty(), "{:?}", w.rejected))
 }
 
 #[tokio::test]
@@ -713,15 +714,18 @@ async fn sink_posts_json_arrays_and_reports_refusals() {
         .await
         .expect_err("500 is an error");
     assert!(err.to_string().contains("500"), "{err}");
+    assert_eq!(err.class, ErrorClass::Transient, "500 is worth a retry");
     server.answer(429, "");
     let err = write(&mut sink, &events)
         .await
         .expect_err("429 is an error");
     assert!(err.to_string().contains("429"), "{err}");
+    assert_eq!(err.class, ErrorClass::Transient, "429 is worth a retry");
     server.answer(400, "unknown field `typ`");
     let err = write(&mut sink, &events)
         .await
         .expect_err("400 is an error");
+    assert_eq!(err.class, ErrorClass::Permanent, "400 is a refusal");
     let msg = err.to_string();
     assert!(
         msg.contains("400") && msg.contains("unknown field `typ`"),
@@ -742,6 +746,7 @@ async fn sink_fails_while_the_server_is_down_and_recovers() {
     let addr = server.stop().await;
     let err = write(&mut sink, &events).await.expect_err("server is down");
     assert!(err.to_string().contains(&addr), "{err}");
+    assert_eq!(err.class, ErrorClass::Transient);
 
     let server = TestServer::start(&addr).await;
     write(&mut sink, &events).await.expect("back up");

@@ -130,7 +130,7 @@ async fn take(
         let Ok(Some(b)) = tokio::time::timeout(idle, r.rx.recv()).await else {
             break;
         };
-        let Batch { events, ack } = b;
+        let Batch { events, ack, .. } = b;
         if keep(i) {
             ack.complete();
         } else {

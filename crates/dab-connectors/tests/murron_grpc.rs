@@ -21,7 +21,8 @@ use bytes::Bytes;
 use dab_api::connector::{Admission, SourceStats};
 use dab_api::event::RawCodec;
 use dab_api::{
-    Batch, ConfigValue, ConnectorError, Event, Sink, SinkFactory, Source, SourceContext, Text,
+    Batch, ConfigValue, ConnectorError, Event, Sink, SinkError, SinkFactory, Source, SourceContext,
+    Text,
 };
 use dab_connectors::murron::rpc::murron_client::MurronClient;
 use dab_connectors::murron::rpc::murron_server::{Murron, MurronServer};
@@ -772,10 +773,11 @@ fn sink(addr: SocketAddr, batch_size: i64) -> Box<dyn Sink> {
     MurronSinkFactory.build("GrpcOut", &fields).unwrap()
 }
 
-async fn write(sink: &mut Box<dyn Sink>, events: &[Event]) -> Result<(), ConnectorError> {
+async fn write(sink: &mut Box<dyn Sink>, events: &[Event]) -> Result<(), SinkError> {
     timeout(WAIT, sink.write(events))
         .await
         .expect("write ends in time")
+        .map(|w| assert!(w.rejected.is_empty(), "{:?}", w.rejected))
 }
 
 #[tokio::test]

@@ -188,6 +188,14 @@ pub struct SinkMetrics {
     /// Batches given up on (forced shutdown); their sources see a failed ack.
     pub failed_batches: Counter,
     pub failed_events: Counter,
+    /// Events written again after a failed write or flush (a rewind).
+    pub rewritten_events: Counter,
+    /// Events the peer refused for good (SPEC section 11) ...
+    pub rejected_events: Counter,
+    /// ... of which sent to the pipeline's `OnError` target ...
+    pub rejected_rerouted: Counter,
+    /// ... and dropped (reason `rejected`), for want of one.
+    pub dropped_rejected: Counter,
     pub breaker_open: AtomicBool,
 }
 
@@ -568,6 +576,51 @@ impl Metrics {
                 "dab_sink_failed_events_total{{sink=\"{}\"}} {}",
                 esc(&s.name),
                 s.failed_events.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_rewritten_events_total",
+            "counter",
+            "Events a sink wrote again after a failed write or flush (nothing acknowledged was lost)",
+        );
+        for s in &sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_rewritten_events_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.rewritten_events.get()
+            );
+        }
+        family(
+            &mut o,
+            "dab_sink_rejected_events_total",
+            "counter",
+            "Events a sink's peer refused for good, by where they went (on_error, or dropped)",
+        );
+        for s in &sinks {
+            let routed = s.rejected_rerouted.get();
+            let dropped = s.dropped_rejected.get();
+            for (outcome, v) in [("on_error", routed), ("dropped", dropped)] {
+                let _ = writeln!(
+                    o,
+                    "dab_sink_rejected_events_total{{sink=\"{}\",outcome=\"{outcome}\"}} {v}",
+                    esc(&s.name),
+                );
+            }
+        }
+        family(
+            &mut o,
+            "dab_sink_dropped_events_total",
+            "counter",
+            "Events a sink did not deliver and will not retry, by reason",
+        );
+        for s in &sinks {
+            let _ = writeln!(
+                o,
+                "dab_sink_dropped_events_total{{sink=\"{}\",reason=\"rejected\"}} {}",
+                esc(&s.name),
+                s.dropped_rejected.get()
             );
         }
         family(

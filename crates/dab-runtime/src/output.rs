@@ -202,3 +202,10 @@ impl OutputTx {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl dab_api::batch::Reroute for OutputTx {
+    async fn send(&self, b: Batch) -> Result<(), Batch> {
+        OutputTx::send(self, b).await
+    }
+}

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dab_api::batch::Reroute;
 use dab_api::Batch;
 use dab_plan::model::WhenFull;
 use tokio::sync::mpsc;
@@ -60,6 +61,9 @@ pub struct PipelineTask {
     pub force: CancellationToken,
     /// Reliability tracking, when on: deliberate drops are reported here.
     pub reliability: Option<Arc<Tracker>>,
+    /// The `OnError` target, handed to sinks with every batch so that
+    /// events a peer refuses for good go there (SPEC section 11).
+    pub on_error: Option<Arc<dyn Reroute>>,
 }
 
 impl PipelineTask {
@@ -72,15 +76,14 @@ impl PipelineTask {
                 _ = self.force.cancelled() => None,
             };
             let Some(batch) = batch else { return };
-            let work = process(
-                self.screen.as_ref(),
-                &mut self.stages,
-                &mut self.outputs,
-                self.when_full,
-                &self.metrics,
-                self.reliability.as_deref(),
-                batch,
-            );
+            let ctx = Ctx {
+                screen: self.screen.as_ref(),
+                when_full: self.when_full,
+                metrics: &self.metrics,
+                tracker: self.reliability.as_deref(),
+                on_error: self.on_error.as_ref(),
+            };
+            let work = process(&ctx, &mut self.stages, &mut self.outputs, batch);
             tokio::select! {
                 biased;
                 // Dropping the unfinished work drops its ack shares unsettled.
@@ -91,15 +94,23 @@ impl PipelineTask {
     }
 }
 
-async fn process(
-    screen: Option<&Screen>,
-    stages: &mut [Compiled],
-    outputs: &mut [Output],
+/// What `process` reads of its pipeline besides the stages and outputs.
+struct Ctx<'a> {
+    screen: Option<&'a Screen>,
     when_full: WhenFull,
-    m: &PipelineMetrics,
-    tracker: Option<&Tracker>,
-    mut batch: Batch,
-) {
+    metrics: &'a PipelineMetrics,
+    tracker: Option<&'a Tracker>,
+    on_error: Option<&'a Arc<dyn Reroute>>,
+}
+
+async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], mut batch: Batch) {
+    let Ctx {
+        screen,
+        when_full,
+        metrics: m,
+        tracker,
+        on_error,
+    } = *ctx;
     let t0 = Instant::now();
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
@@ -157,6 +168,7 @@ async fn process(
             copy.ack.complete();
             continue;
         }
+        copy.on_error = on_error.cloned();
         let n = copy.len() as u64;
         let om = m.outputs.get(i);
         let sent = match when_full {

@@ -713,6 +713,7 @@ impl Running {
                     metrics: pm,
                     force: self.force.clone(),
                     reliability: self.reliability.clone(),
+                    on_error: on_error().map(|t| Arc::new(t) as Arc<dyn dab_api::batch::Reroute>),
                 },
             ));
         }

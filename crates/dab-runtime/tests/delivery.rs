@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dab_api::AckStatus;
+use dab_api::{AckStatus, Text};
 use dab_runtime::metrics::DropReason;
 use support::*;
 
@@ -88,11 +88,15 @@ async fn a_sink_that_fails_k_times_then_succeeds_delivers_once() {
     assert!(!m.breaker_open.load(Ordering::SeqCst));
 }
 
+/// Issue 10's first fault: a flush that fails (a full disk) must not
+/// acknowledge what the sink took since its last good flush. The driver
+/// rewinds the sink and writes those events again; they are acknowledged
+/// once, after the one good flush, and found in the sink exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failing_flush_is_retried_and_then_acknowledged() {
-    const K: u64 = 2;
+async fn a_failing_flush_writes_again_and_acknowledges_only_after_a_good_flush() {
+    const K: u64 = 3;
     let h = Harness::new();
-    let (_, mut rxs) = h.vec_source("Src", vec![alternating(0, 4)]);
+    let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 8), 4));
     let s = h.sink("S");
     s.fail_next_flushes(K);
     let plan = plan(
@@ -101,11 +105,130 @@ async fn a_failing_flush_is_retried_and_then_acknowledged() {
     );
     let running = h.start(&plan, 8);
 
-    assert_eq!(ack(&mut rxs[0]).await, AckStatus::Delivered);
+    for rx in &mut rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+        // The acknowledgement came after the good flush, not before.
+        assert!(s.flushes.load(Ordering::SeqCst) >= 1);
+    }
     finish(&running).await;
-    assert_eq!(s.offsets(), vec![0, 1, 2, 3]);
-    assert_eq!(s.flush_calls.load(Ordering::SeqCst), K + 1);
-    assert_eq!(sink_metrics(&running, "S").errors.get(), K);
+    assert_eq!(
+        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert_eq!(s.rewinds.load(Ordering::SeqCst), K);
+    let m = sink_metrics(&running, "S");
+    assert_eq!(m.errors.get(), K);
+    // Every failed flush wrote again what was held since the last good one.
+    assert!(
+        m.rewritten_events.get() >= K * 4,
+        "{}",
+        m.rewritten_events.get()
+    );
+    assert_eq!(m.events.get(), 8, "delivered counts each event once");
+    assert_eq!(m.failed_events.get(), 0);
+}
+
+/// A write that fails half way (a disk that fills during the write) leaves
+/// a partial write behind; the rewind takes it away, so what the sink
+/// holds at the end is every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_fails_half_way_leaves_nothing_torn() {
+    const K: u64 = 2;
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 12), 4));
+    let s = h.sink("S");
+    s.fail_next_writes(K);
+    let plan = plan(
+        "p.NewPipeline().In(Src).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    for rx in &mut rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+    }
+    finish(&running).await;
+    assert_eq!(
+        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    assert_eq!(s.rewinds.load(Ordering::SeqCst), K);
+}
+
+/// Issue 10: a peer that refuses any batch holding a poison event (an HTTP
+/// 400 for the batch). The driver narrows the refusal down to the poison
+/// events alone; they go to `OnError` with the reason in `dab.error`, and
+/// every other event is delivered. The source hears "delivered" once both
+/// are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
+    let h = Harness::new();
+    let mut events = alternating(0, 64);
+    for i in [5usize, 6, 40] {
+        events[i].ty = Text::from_static("Poison");
+        events[i].touch();
+    }
+    let (_, mut rxs) = h.vec_source("Src", batches(events, 16));
+    let s = h.sink("S");
+    s.refuse_type("Poison");
+    let dead = h.sink("Dead");
+    let plan = plan(
+        "p.NewPipeline().In(Src).OnError(Dead).Out(S)",
+        &bindings(&["Src"], &["S", "Dead"], ""),
+    );
+    let running = h.start(&plan, 8);
+    for rx in &mut rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+    }
+    finish(&running).await;
+    let good: Vec<u64> = (0..64).filter(|i| ![5, 6, 40].contains(i)).collect();
+    assert_eq!(
+        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
+        good
+    );
+    let bad = dead.durable();
+    assert_eq!(
+        bad.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![5, 6, 40]
+    );
+    for e in &bad {
+        let reason = e.tag("dab.error").map(|t| t.as_str().to_owned());
+        assert_eq!(reason.as_deref(), Some("HTTP 400: batch holds a `Poison`"));
+    }
+    let m = sink_metrics(&running, "S");
+    assert_eq!(m.rejected_events.get(), 3);
+    assert_eq!(m.rejected_rerouted.get(), 3);
+    assert_eq!(m.dropped_rejected.get(), 0);
+    assert_eq!(m.events.get(), 61);
+}
+
+/// Without `OnError`, refused events are counted dropped (`rejected`);
+/// the rest of the batch is still delivered and the sink never wedges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_events_without_on_error_are_counted_as_rejected() {
+    let h = Harness::new();
+    let mut events = alternating(0, 32);
+    events[31].ty = Text::from_static("Poison");
+    events[31].touch();
+    let (_, mut rxs) = h.vec_source("Src", batches(events, 8));
+    let s = h.sink("S");
+    s.refuse_type("Poison");
+    let plan = plan(
+        "p.NewPipeline().In(Src).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    for rx in &mut rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+    }
+    finish(&running).await;
+    assert_eq!(s.durable().len(), 31);
+    let m = sink_metrics(&running, "S");
+    assert_eq!((m.rejected_events.get(), m.dropped_rejected.get()), (1, 1));
+    let text = running.render_metrics();
+    assert!(
+        text.contains("dab_sink_dropped_events_total{sink=\"S\",reason=\"rejected\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,13 +1,16 @@
 //! The `http` sink: each write is one `POST` of a JSON array of events to
 //! the endpoint, over a kept-alive HTTP/1.1 connection. A 2xx answer means
-//! delivered; anything else is an error for the runtime to handle (it retries
-//! with back-off), so the sink itself never retries.
+//! delivered. A 4xx other than 408 and 429 is a permanent refusal (the
+//! runtime narrows the batch down to the events refused on their own and
+//! sends those to `OnError`); anything else (no answer, 408, 429, 5xx, 3xx)
+//! is transient and retried with back-off by the runtime, so the sink
+//! itself never retries.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
-use dab_api::{BuildError, ConnectorError, Event, Sink};
+use dab_api::{BuildError, ConnectorError, Event, Sink, SinkError, Written};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
@@ -89,9 +92,9 @@ impl HttpSink {
 
 #[async_trait]
 impl Sink for HttpSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Written::all());
         }
         let mut req = Request::new(Full::new(self.encode(events)));
         *req.method_mut() = Method::POST;
@@ -113,16 +116,30 @@ impl Sink for HttpSink {
             Ok::<_, String>((status, body))
         };
         let (status, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Err(self.failure(format!("no answer within {:?}", self.timeout))),
-            Ok(Err(e)) => return Err(self.failure(e)),
+            Err(_) => {
+                return Err(self
+                    .failure(format!("no answer within {:?}", self.timeout))
+                    .into())
+            }
+            Ok(Err(e)) => return Err(self.failure(e).into()),
             Ok(Ok(answer)) => answer,
         };
         if status.is_success() {
-            Ok(())
+            Ok(Written::all())
+        } else if is_permanent(status) {
+            Err(SinkError::permanent(self.failure(refusal(status, &body))))
         } else {
-            Err(self.failure(refusal(status, &body)))
+            Err(SinkError::transient(self.failure(refusal(status, &body))))
         }
     }
+}
+
+/// A 4xx other than 408 (timeout) and 429 (too many requests): sending the
+/// same body again cannot succeed.
+fn is_permanent(status: StatusCode) -> bool {
+    status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS
 }
 
 fn parse_endpoint(endpoint: &str) -> Result<Uri, String> {
@@ -169,6 +186,24 @@ mod tests {
         let long = vec![b'x'; 1000];
         let r = refusal(StatusCode::CONFLICT, &long);
         assert!(r.ends_with('…') && r.len() < 260, "{r}");
+    }
+
+    #[test]
+    fn only_4xx_other_than_408_and_429_are_permanent() {
+        for (code, permanent) in [
+            (400, true),
+            (404, true),
+            (413, true),
+            (422, true),
+            (408, false),
+            (429, false),
+            (500, false),
+            (503, false),
+            (301, false),
+        ] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert_eq!(is_permanent(status), permanent, "{code}");
+        }
     }
 
     #[test]

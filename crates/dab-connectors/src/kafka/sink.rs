@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dab_api::metrics::ConnectorMetrics;
-use dab_api::{BuildError, ConnectorError, Event, Sink};
+use dab_api::{BuildError, ConnectorError, Event, Rejection, Sink, SinkError, Written};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -161,7 +161,13 @@ impl KafkaSink {
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
-    async fn send(&self, key: Option<&[u8]>, payload: &[u8], inflight: &Arc<Inflight>) {
+    /// `Some(reason)` when the message is too large ever to be taken.
+    async fn send(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        inflight: &Arc<Inflight>,
+    ) -> Option<String> {
         loop {
             let mut record = BaseRecord::<[u8], [u8], Arc<Inflight>>::with_opaque_to(
                 &self.config.topic,
@@ -172,20 +178,22 @@ impl KafkaSink {
                 record = record.key(k);
             }
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) if is_too_large(&e) => {
                     self.shared.metrics.too_large(1);
-                    tracing::error!(sink = %self.name, bytes = payload.len(), error = %e, "message too large; dropped (counted in dab_kafka_too_large_total)");
                     self.shared.settle(inflight, 1);
-                    return;
+                    return Some(format!(
+                        "kafka: message of {} bytes too large: {e}",
+                        payload.len()
+                    ));
                 }
                 Err((e, _)) => {
                     self.shared.fail(key, payload, e.to_string());
                     self.shared.settle(inflight, 1);
-                    return;
+                    return None;
                 }
             }
         }
@@ -231,9 +239,9 @@ fn encode(codec: Codec, ev: &Event, buf: &mut BytesMut) -> Bytes {
 
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Written::all());
         }
         if !self.topic_checked {
             if let Some(p) = self.config.partitions {
@@ -257,23 +265,26 @@ impl Sink for KafkaSink {
             .fetch_add(events.len(), Ordering::AcqRel);
         let mut key_buf = std::mem::take(&mut self.key_buf);
         let mut buf = std::mem::take(&mut self.buf);
-        for ev in events {
+        let mut rejected = Vec::new();
+        for (index, ev) in events.iter().enumerate() {
             let payload = encode(self.config.codec, ev, &mut buf);
             let key = match &self.config.key {
                 Some(k) => key_of(ev, k, &mut key_buf).map(<[u8]>::to_vec),
                 None => None,
             };
-            self.send(key.as_deref(), &payload, &inflight).await;
+            if let Some(reason) = self.send(key.as_deref(), &payload, &inflight).await {
+                rejected.push(Rejection { index, reason });
+            }
         }
         self.key_buf = key_buf;
         self.buf = buf;
-        Ok(())
+        Ok(Written { rejected })
     }
 
     /// Waits for every delivery report. Messages whose delivery failed are
     /// sent again and the flush reports an error, so the runtime backs off
     /// and flushes again (the batches stay unacknowledged meanwhile).
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
         self.idle().await;
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             // An idempotent producer can hit a fatal error (a broker that
@@ -290,10 +301,10 @@ impl Sink for KafkaSink {
             {
                 Ok(p) => drop(std::mem::replace(&mut self.producer, p)),
                 Err(e) => {
-                    return Err(ConnectorError::Other(format!(
+                    return Err(SinkError::transient(ConnectorError::Other(format!(
                         "kafka producer for `{}` cannot be rebuilt: {e}",
                         self.config.topic
-                    )))
+                    ))))
                 }
             }
             self.idle().await;
@@ -322,13 +333,15 @@ impl Sink for KafkaSink {
         });
         self.shared.pending.fetch_add(n, Ordering::AcqRel);
         for f in failed {
-            self.send(f.key.as_deref(), &f.payload, &inflight).await;
+            // Too large was decided when it was first sent; it cannot
+            // change on the way back.
+            let _ = self.send(f.key.as_deref(), &f.payload, &inflight).await;
         }
-        Err(ConnectorError::Other(format!(
+        Err(SinkError::transient(ConnectorError::Other(format!(
             "{n} kafka deliveries to `{}` failed ({}); sending them again",
             self.config.topic,
             reason.unwrap_or_default()
-        )))
+        ))))
     }
 
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {

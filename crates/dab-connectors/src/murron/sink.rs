@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dab_api::{BuildError, ConnectorError, Event, Sink};
+use dab_api::{BuildError, ConnectorError, Event, Rejection, Sink, SinkError, Written};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -69,7 +69,7 @@ impl MurronSink {
         ))
     }
 
-    async fn send(&mut self, batch: Batch, events: usize) -> Result<(), ConnectorError> {
+    async fn send(&mut self, batch: Batch, events: usize) -> Result<(), SinkError> {
         let client = match &mut self.client {
             Some(client) => client,
             None => {
@@ -85,43 +85,82 @@ impl MurronSink {
             Ok(ack) => {
                 // The peer does not speak this protocol as we do; start over.
                 self.client = None;
-                Err(self.failure(format!(
+                Err(SinkError::transient(self.failure(format!(
                     "acknowledged {} events of {events}",
                     ack.get_ref().accepted
-                )))
+                ))))
             }
             Err(status) => {
                 if !server_answer(status.code()) {
                     self.client = None;
                 }
-                Err(self.failure(describe(&status)))
+                let e = self.failure(describe(&status));
+                if status.code() == Code::InvalidArgument {
+                    Err(SinkError::permanent(e))
+                } else {
+                    Err(SinkError::transient(e))
+                }
             }
         }
+    }
+
+    /// One call with `events`; when the peer refuses it as invalid, halves
+    /// until the events it refuses on their own are found, so that calls
+    /// already answered are not sent again.
+    fn send_narrowing<'a>(
+        &'a mut self,
+        events: &'a [Event],
+        base: usize,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<Rejection>, SinkError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            for event in events {
+                self.writer.push(event);
+            }
+            let batch = self.writer.finish();
+            match self.send(batch, events.len()).await {
+                Ok(()) => Ok(Vec::new()),
+                Err(e) if e.is_permanent() && events.len() == 1 => Ok(vec![Rejection {
+                    index: base,
+                    reason: e.error.to_string(),
+                }]),
+                Err(e) if e.is_permanent() => {
+                    let mid = events.len() / 2;
+                    let mut left = self.send_narrowing(&events[..mid], base).await?;
+                    left.extend(self.send_narrowing(&events[mid..], base + mid).await?);
+                    Ok(left)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 }
 
 #[async_trait]
 impl Sink for MurronSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
-        // A write cut short by an error left nothing behind: `finish` took
-        // it before the call.
-        for event in events {
-            let full = self.writer.events() >= self.batch_size
-                || (!self.writer.is_empty()
-                    && self.writer.len() + BatchWriter::cost(event) > MAX_CALL_BYTES);
+    /// One call per `batch_size` events (or `MAX_CALL_BYTES`). A transient
+    /// failure of a later call fails the write, and the runtime sends the
+    /// whole write again (calls already answered arrive twice: at least
+    /// once). An `INVALID_ARGUMENT` is narrowed down inside the write.
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
+        let mut rejected = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, event) in events.iter().enumerate() {
+            let cost = BatchWriter::cost(event);
+            let full = i - start >= self.batch_size || (i > start && bytes + cost > MAX_CALL_BYTES);
             if full {
-                let n = self.writer.events();
-                let batch = self.writer.finish();
-                self.send(batch, n).await?;
+                rejected.extend(self.send_narrowing(&events[start..i], start).await?);
+                start = i;
+                bytes = 0;
             }
-            self.writer.push(event);
+            bytes += cost;
         }
-        if !self.writer.is_empty() {
-            let n = self.writer.events();
-            let batch = self.writer.finish();
-            self.send(batch, n).await?;
+        if start < events.len() {
+            rejected.extend(self.send_narrowing(&events[start..], start).await?);
         }
-        Ok(())
+        Ok(Written { rejected })
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dab_api::connector::{Admission, SourceStats};
 use dab_api::{
-    AckStatus, AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkFactory,
-    Source, SourceContext, SourceFactory, Text,
+    AckStatus, AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError,
+    SinkFactory, Source, SourceContext, SourceFactory, Text, Written,
 };
 use dab_plan::Plan;
 use dab_runtime::metrics::{PipelineMetrics, SinkMetrics};
@@ -93,7 +93,16 @@ impl Gate {
 #[derive(Debug)]
 pub struct SinkHandle {
     pub name: String,
+    /// Every event a successful `write` took, rewound or not.
     events: Mutex<Vec<Event>>,
+    /// Taken since the last good flush; dropped by `rewind`.
+    pending: Mutex<Vec<Event>>,
+    /// What good flushes made durable: what a reader of the sink finds.
+    durable: Mutex<Vec<Event>>,
+    /// A write holding an event of this type is refused for good as a
+    /// whole (an HTTP 400 for the batch).
+    pub poison_type: Mutex<Option<String>>,
+    pub rewinds: AtomicU64,
     /// Held: `write` waits before doing anything.
     pub write_gate: Gate,
     /// Held: `flush` waits before doing anything.
@@ -116,6 +125,10 @@ impl SinkHandle {
         SinkHandle {
             name: name.to_owned(),
             events: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            durable: Mutex::new(Vec::new()),
+            poison_type: Mutex::new(None),
+            rewinds: AtomicU64::new(0),
             write_gate: Gate::new(),
             flush_gate: Gate::new(),
             write_calls: AtomicU64::new(0),
@@ -134,6 +147,15 @@ impl SinkHandle {
 
     pub fn len(&self) -> usize {
         self.events.lock().expect("sink lock").len()
+    }
+
+    /// What good flushes made durable, in order.
+    pub fn durable(&self) -> Vec<Event> {
+        self.durable.lock().expect("sink lock").clone()
+    }
+
+    pub fn refuse_type(&self, ty: &str) {
+        *self.poison_type.lock().expect("sink lock") = Some(ty.to_owned());
     }
 
     pub fn offsets(&self) -> Vec<u64> {
@@ -161,32 +183,60 @@ struct RecordingSink(Arc<SinkHandle>);
 
 #[async_trait]
 impl Sink for RecordingSink {
-    async fn write(&mut self, events: &[Event]) -> Result<(), ConnectorError> {
+    async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         let h = &self.0;
         h.write_calls.fetch_add(1, Ordering::SeqCst);
         h.write_gate.pass().await;
         if h.always_fail.load(Ordering::SeqCst) {
-            return Err(ConnectorError::Other(format!("{}: always fails", h.name)));
+            return Err(ConnectorError::Other(format!("{}: always fails", h.name)).into());
         }
         if take_one(&h.fail_writes) {
-            return Err(ConnectorError::Other(format!("{}: told to fail", h.name)));
+            // A failed write may leave part of itself behind, as a disk
+            // that fills up does: `rewind` must take it away again.
+            let half = events.len() / 2;
+            h.pending
+                .lock()
+                .expect("sink lock")
+                .extend(events[..half].iter().cloned());
+            return Err(ConnectorError::Other(format!("{}: told to fail", h.name)).into());
+        }
+        let poison = h.poison_type.lock().expect("sink lock").clone();
+        if let Some(p) = poison {
+            if events.iter().any(|e| e.ty.as_str() == p) {
+                return Err(SinkError::permanent(ConnectorError::Other(format!(
+                    "HTTP 400: batch holds a `{p}`"
+                ))));
+            }
         }
         h.events
             .lock()
             .expect("sink lock")
             .extend(events.iter().cloned());
+        h.pending
+            .lock()
+            .expect("sink lock")
+            .extend(events.iter().cloned());
         h.writes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Written::all())
     }
 
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
         let h = &self.0;
         h.flush_calls.fetch_add(1, Ordering::SeqCst);
         h.flush_gate.pass().await;
         if h.always_fail.load(Ordering::SeqCst) || take_one(&h.fail_flushes) {
-            return Err(ConnectorError::Other(format!("{}: flush fails", h.name)));
+            return Err(ConnectorError::Other(format!("{}: flush fails", h.name)).into());
         }
+        let pending = std::mem::take(&mut *h.pending.lock().expect("sink lock"));
+        h.durable.lock().expect("sink lock").extend(pending);
         h.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn rewind(&mut self) -> Result<(), SinkError> {
+        let h = &self.0;
+        h.rewinds.fetch_add(1, Ordering::SeqCst);
+        h.pending.lock().expect("sink lock").clear();
         Ok(())
     }
 }
