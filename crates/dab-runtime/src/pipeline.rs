@@ -20,6 +20,10 @@ use crate::stages::Compiled;
 pub struct Output {
     pub tx: OutputTx,
     pub modifiers: Vec<Compiled>,
+    /// Whether events this output's sink refuses for good may go to the
+    /// pipeline's `OnError`: not when `OnError` is this very output, which
+    /// would hand the sink its own poison again.
+    pub reroute: bool,
 }
 
 /// Where batches come from: a bounded channel (a source, or a fan-out) or a
@@ -168,7 +172,7 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
             copy.ack.complete();
             continue;
         }
-        copy.on_error = on_error.cloned();
+        copy.on_error = on_error.filter(|_| out.reroute).cloned();
         let n = copy.len() as u64;
         let om = m.outputs.get(i);
         let sent = match when_full {

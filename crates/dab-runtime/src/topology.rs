@@ -684,6 +684,7 @@ impl Running {
                     continue;
                 };
                 outputs.push(Output {
+                    reroute: c.on_error.as_deref() != Some(o.target.as_str()),
                     tx,
                     modifiers: o
                         .modifiers

@@ -718,3 +718,29 @@ async fn a_queue_whose_reader_runs_elsewhere_fails_its_acks() {
     assert_eq!(h.sink("S").len(), 0);
     assert_eq!(running.metrics.pipelines.len(), 1);
 }
+
+/// `OnError(S).Out(S)`: handing a sink its own poison again would loop (and
+/// could wait on its own full input). Such events are counted as rejected
+/// instead; the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_is_not_sent_back_to_the_sink_that_refused_it() {
+    let h = Harness::new();
+    let mut events = alternating(0, 16);
+    events[3].ty = Text::from_static("Poison");
+    events[3].touch();
+    let (_, mut rxs) = h.vec_source("Src", batches(events, 8));
+    let s = h.sink("S");
+    s.refuse_type("Poison");
+    let plan = plan(
+        "p.NewPipeline().In(Src).OnError(S).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    for rx in &mut rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+    }
+    finish(&running).await;
+    assert_eq!(s.durable().len(), 15);
+    let m = sink_metrics(&running, "S");
+    assert_eq!((m.rejected_events.get(), m.dropped_rejected.get()), (1, 1));
+}
