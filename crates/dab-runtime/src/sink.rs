@@ -185,6 +185,7 @@ impl Driver {
                     return Ok(());
                 }
                 Err(e) => {
+                    self.cut_back().await;
                     if let Err(g) = self.failed(e.as_ref()).await {
                         self.count_failed(&w);
                         w.fail();
@@ -230,6 +231,7 @@ impl Driver {
                     return Ok(());
                 }
                 Err(e) => {
+                    self.cut_back().await;
                     self.failed(e.as_ref()).await?;
                     self.recover().await?;
                 }
@@ -268,6 +270,7 @@ impl Driver {
                     }
                     Err(e) => {
                         self.held = held;
+                        self.cut_back().await;
                         self.failed(e.as_ref()).await?;
                         continue 'again;
                     }
@@ -275,6 +278,17 @@ impl Driver {
             }
             self.held = held;
             return Ok(());
+        }
+    }
+
+    /// Rewinds at once after a failure, before the back-off, so that a
+    /// torn record does not stay visible to readers while we wait. Best
+    /// effort: `recover` rewinds again (and retries) before writing.
+    async fn cut_back(&mut self) {
+        tokio::select! {
+            biased;
+            _ = self.force.cancelled() => {}
+            _ = self.sink.rewind() => {}
         }
     }
 
