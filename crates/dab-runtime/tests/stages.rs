@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dab_api::{AckStatus, Event, Text};
-use dab_runtime::metrics::DropReason;
+use dab_runtime::metrics::{DropReason, Undelivered};
 use dab_runtime::sample::keep;
 use support::*;
 
@@ -335,4 +335,16 @@ async fn forced_shutdown_ends_a_pipeline_waiting_on_its_rate_limit() {
     finish(&running).await;
     assert_eq!(acks(&mut rxs).await, vec![AckStatus::Failed; 2]);
     assert!(s.len() < 50, "{} events written", s.len());
+    // The pipeline dropped the batch it held (waiting for tokens), and the
+    // second batch was abandoned where it waited: at the pipeline's input,
+    // or still at the router. Either way 50 are counted, each where it was.
+    let p = pipeline(&running, "p");
+    let held = p.undelivered.get(Undelivered::Abandoned);
+    let place = running.abandoned_by_place();
+    match held {
+        50 => assert_eq!(place, "pipeline:p=50"),
+        25 => assert_eq!(place, "input:Src=25 pipeline:p=25"),
+        _ => panic!("the pipeline counted {held} abandoned; places: {place}"),
+    }
+    assert_eq!(running.abandoned(), 50);
 }
