@@ -1017,7 +1017,11 @@ fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
     let (mut dab, metrics) = start_with_metrics(dir.path(), &["--channel-batches", "1"]);
     wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let depth = |c: &str| format!("dab_channel_depth_batches{{channel=\"{c}\"}}");
-    let (sink_q, pipe_q, src_q) = (depth("sink:HttpOut"), depth("pipeline:t"), depth("source:HttpIn"));
+    let (sink_q, pipe_q, src_q) = (
+        depth("sink:HttpOut"),
+        depth("pipeline:t"),
+        depth("source:HttpIn"),
+    );
     let read = "dab_source_events_total{source=\"HttpIn\"}";
     let piped = "dab_pipeline_events_in_total{pipeline=\"t\"}";
 
@@ -1027,15 +1031,28 @@ fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
     // input, E in the router's hand, F in the source's channel.
     let mut posts = Vec::new();
     posts.push(post_in_background(&listen, held_body(0, 10)));
-    poll(START, "A at the peer", || (peer.requests() == 1).then_some(()), || dab.stderr());
+    poll(
+        START,
+        "A at the peer",
+        || (peer.requests() == 1).then_some(()),
+        || dab.stderr(),
+    );
     posts.push(post_in_background(&listen, held_body(10, 20)));
     wait_metrics(&metrics, &[(read, 30.0), (&sink_q, 1.0)], START);
     posts.push(post_in_background(&listen, held_body(30, 30)));
-    wait_metrics(&metrics, &[(piped, 60.0), (&sink_q, 1.0), (&pipe_q, 0.0)], START);
+    wait_metrics(
+        &metrics,
+        &[(piped, 60.0), (&sink_q, 1.0), (&pipe_q, 0.0)],
+        START,
+    );
     posts.push(post_in_background(&listen, held_body(60, 40)));
     wait_metrics(&metrics, &[(read, 100.0), (&pipe_q, 1.0)], START);
     posts.push(post_in_background(&listen, held_body(100, 50)));
-    wait_metrics(&metrics, &[(read, 150.0), (&pipe_q, 1.0), (&src_q, 0.0)], START);
+    wait_metrics(
+        &metrics,
+        &[(read, 150.0), (&pipe_q, 1.0), (&src_q, 0.0)],
+        START,
+    );
     posts.push(post_in_background(&listen, held_body(150, 60)));
     wait_metrics(&metrics, &[(read, 210.0), (&src_q, 1.0)], START);
     assert_eq!(peer.requests(), 1, "the peer saw more than batch A");
@@ -1044,13 +1061,24 @@ fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
     // abandoned while it waits.
     dab.terminate();
     dab.wait_for_log(EXIT, "the drain", |l| {
-        log_fields(l, "stopping: draining what was read (a second signal forces)").is_some()
+        log_fields(
+            l,
+            "stopping: draining what was read (a second signal forces)",
+        )
+        .is_some()
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(dab.running(), "dab ended without the peer answering; stderr:\n{}", dab.stderr());
+    assert!(
+        dab.running(),
+        "dab ended without the peer answering; stderr:\n{}",
+        dab.stderr()
+    );
     let before = scrape(&metrics);
     assert_eq!(must_metric(&before, "dab_abandoned_events_total"), 0.0);
-    assert_eq!(must_metric(&before, "dab_sink_failed_events_total{sink=\"HttpOut\"}"), 0.0);
+    assert_eq!(
+        must_metric(&before, "dab_sink_failed_events_total{sink=\"HttpOut\"}"),
+        0.0
+    );
 
     // The second signal forces the stop: every place fails what it holds.
     dab.terminate();
@@ -1064,7 +1092,10 @@ fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
         fields["places"], "input:HttpIn=110 pipeline:t=70 sink:HttpOut=30",
         "{fields}"
     );
-    assert!(err.contains("dab: 210 events abandoned by the stop"), "{err}");
+    assert!(
+        err.contains("dab: 210 events abandoned by the stop"),
+        "{err}"
+    );
     // Every client heard "failed" (and may send again): none heard 200.
     let answers: Vec<u16> = posts.into_iter().map(|p| p.join().expect("post")).collect();
     assert_eq!(answers, vec![503; 6]);
@@ -1080,11 +1111,19 @@ fn the_drain_deadline_forces_the_stop_and_exits_3_naming_the_sink() {
     let (mut dab, metrics) = start_with_metrics(dir.path(), &["--shutdown-timeout", "1"]);
     wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let post = post_in_background(&listen, held_body(0, 10));
-    poll(START, "the batch at the peer", || (peer.requests() == 1).then_some(()), || dab.stderr());
+    poll(
+        START,
+        "the batch at the peer",
+        || (peer.requests() == 1).then_some(()),
+        || dab.stderr(),
+    );
     let before = scrape(&metrics);
     assert_eq!(must_metric(&before, "dab_abandoned_events_total"), 0.0);
     assert_eq!(
-        must_metric(&before, "dab_input_undelivered_events_total{input=\"HttpIn\",reason=\"abandoned\"}"),
+        must_metric(
+            &before,
+            "dab_input_undelivered_events_total{input=\"HttpIn\",reason=\"abandoned\"}"
+        ),
         0.0
     );
 
@@ -1094,7 +1133,10 @@ fn the_drain_deadline_forces_the_stop_and_exits_3_naming_the_sink() {
     let took = t0.elapsed();
     let err = dab.stderr();
     assert_eq!(status.code(), Some(3), "stderr:\n{err}");
-    assert!(took >= Duration::from_secs(1), "forced after {took:?}, before the deadline");
+    assert!(
+        took >= Duration::from_secs(1),
+        "forced after {took:?}, before the deadline"
+    );
     assert!(err.contains("drain deadline passed: forcing stop"), "{err}");
     let fields = abandoned_log(&dab);
     assert_eq!(fields["abandoned"], 10, "{fields}");

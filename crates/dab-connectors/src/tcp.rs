@@ -132,9 +132,7 @@ impl SourceFactory for TcpSourceFactory {
         let listen = required_str(name, fields, "listen")?;
         socket_common::check_address(name, "listen", listen)?;
         let settings = SocketSettings::from_fields(name, fields)?;
-        Ok(Box::new(
-            TcpSource::new(listen, settings).named(name),
-        ))
+        Ok(Box::new(TcpSource::new(listen, settings).named(name)))
     }
 }
 

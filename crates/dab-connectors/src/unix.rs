@@ -151,8 +151,6 @@ impl SourceFactory for UnixSourceFactory {
             });
         }
         let settings = SocketSettings::from_fields(name, fields)?;
-        Ok(Box::new(
-            UnixSource::new(path, settings).named(name),
-        ))
+        Ok(Box::new(UnixSource::new(path, settings).named(name)))
     }
 }
