@@ -148,7 +148,12 @@ mod tests {
         for &(host, pid, ty, offset, salt, want) in PYTHON {
             assert_eq!(from_the_docs(host, pid, ty, offset, salt), want);
         }
-        let hosts = ["", "web-1", "h\u{e9}t\u{e9}", "a-much-longer-host-name.example"];
+        let hosts = [
+            "",
+            "web-1",
+            "h\u{e9}t\u{e9}",
+            "a-much-longer-host-name.example",
+        ];
         let types = ["", "A", "MyEvent", "T\u{ff}"];
         for (i, host) in hosts.iter().enumerate() {
             for (j, ty) in types.iter().enumerate() {
