@@ -389,6 +389,16 @@ fn unix_source_sampler_keeps_the_set_the_documented_hash_predicts() {
                 "dab_pipeline_dropped_total{pipeline=\"t\",reason=\"sample\"}",
                 (N as usize - predicted.len()) as f64,
             ),
+            // The unix source's acknowledgement outcomes: sampled out is
+            // delivered too.
+            (
+                "dab_source_acked_events_total{source=\"UnixIn\",outcome=\"delivered\"}",
+                N as f64,
+            ),
+            (
+                "dab_source_acked_events_total{source=\"UnixIn\",outcome=\"failed\"}",
+                0.0,
+            ),
         ],
         Duration::from_secs(20),
     );
@@ -745,6 +755,24 @@ fn sigterm_mid_stream_exits_0_and_writes_everything_that_was_read() {
         &scrape(&metrics),
         "dab_source_events_total{source=\"TcpIn\"}",
     ) as u64;
+    // Every batch read is acknowledged as delivered once the file sink
+    // flushed it; none failed, none was abandoned.
+    wait_metrics(
+        &metrics,
+        &[
+            (
+                "dab_source_acked_events_total{source=\"TcpIn\",outcome=\"delivered\"}",
+                read as f64,
+            ),
+            (
+                "dab_source_acked_events_total{source=\"TcpIn\",outcome=\"failed\"}",
+                0.0,
+            ),
+            ("dab_source_abandoned_events_total{source=\"TcpIn\"}", 0.0),
+            ("dab_abandoned_events_total", 0.0),
+        ],
+        Duration::from_secs(10),
+    );
     gate.release();
     assert_exit_0(&mut dab, EXIT);
     let ended = producer.stop();
