@@ -90,6 +90,16 @@ impl Undelivered {
         }
     }
 
+    /// A send that failed because the next task's input was closed: by a
+    /// forced stop (`Abandoned`), or because that task ended or died.
+    pub fn reader_closed(forced: bool) -> Undelivered {
+        if forced {
+            Undelivered::Abandoned
+        } else {
+            Undelivered::ReaderGone
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Undelivered::NoReader => 0,

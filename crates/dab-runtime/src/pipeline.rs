@@ -106,6 +106,7 @@ impl PipelineTask {
                 metrics: &self.metrics,
                 tracker: self.reliability.as_deref(),
                 on_error: self.on_error.as_ref(),
+                force: &self.force,
             };
             let work = process(&ctx, &mut self.stages, &mut self.outputs, batch);
             tokio::select! {
@@ -139,6 +140,9 @@ struct Ctx<'a> {
     metrics: &'a PipelineMetrics,
     tracker: Option<&'a Tracker>,
     on_error: Option<&'a Arc<dyn Reroute>>,
+    /// To tell a copy abandoned by a forced stop from one whose reader
+    /// ended.
+    force: &'a CancellationToken,
 }
 
 async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], mut batch: Batch) {
@@ -148,12 +152,13 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
         metrics: m,
         tracker,
         on_error,
+        force,
     } = *ctx;
     let t0 = Instant::now();
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
     if let Some(screen) = screen {
-        screen_out(screen, &mut batch, m).await;
+        screen_out(screen, &mut batch, m, force).await;
     }
     for (i, s) in stages.iter_mut().enumerate() {
         let n = batch.len() as u64;
@@ -239,9 +244,10 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
                     om.events.add(n);
                 }
             }
-            // The reader is gone (a forced stop): not delivered.
+            // The reader is gone (a forced stop, or it died): not delivered.
             Err(b) => {
-                m.undelivered.add(Undelivered::ReaderGone, n);
+                m.undelivered
+                    .add(Undelivered::reader_closed(force.is_cancelled()), n);
                 b.ack.fail();
             }
         }
@@ -249,7 +255,12 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
     m.latency.observe(t0.elapsed());
 }
 
-async fn screen_out(screen: &Screen, batch: &mut Batch, m: &PipelineMetrics) {
+async fn screen_out(
+    screen: &Screen,
+    batch: &mut Batch,
+    m: &PipelineMetrics,
+    force: &CancellationToken,
+) {
     if !batch.events.iter().any(dab_api::Event::is_undecodable) {
         return;
     }
@@ -263,7 +274,8 @@ async fn screen_out(screen: &Screen, batch: &mut Batch, m: &PipelineMetrics) {
     match &screen.on_error {
         Some(target) => {
             if let Err(b) = target.send(Batch::new(bad, batch.ack.share())).await {
-                m.undelivered.add(Undelivered::ReaderGone, n);
+                m.undelivered
+                    .add(Undelivered::reader_closed(force.is_cancelled()), n);
                 b.ack.fail();
             }
         }

@@ -1013,15 +1013,6 @@ async fn route(
 ) {
     let mut current: Readers = readers.borrow_and_update().clone();
     let mut warned = false;
-    // A send fails when the reader's input is closed: by a forced stop
-    // (abandoned), or because the reader ended or died.
-    let gone = |force: &CancellationToken| {
-        if force.is_cancelled() {
-            Undelivered::Abandoned
-        } else {
-            Undelivered::ReaderGone
-        }
-    };
     loop {
         let batch = tokio::select! {
             b = input.recv() => b,
@@ -1061,7 +1052,8 @@ async fn route(
                     r = send => r,
                 };
                 if let Err(e) = r {
-                    m.undelivered.add(gone(&force), n);
+                    m.undelivered
+                        .add(Undelivered::reader_closed(force.is_cancelled()), n);
                     e.0.ack.fail();
                 }
             }
@@ -1084,7 +1076,8 @@ async fn route(
                 if delivered {
                     batch.ack.complete();
                 } else {
-                    m.undelivered.add(gone(&force), n);
+                    m.undelivered
+                        .add(Undelivered::reader_closed(force.is_cancelled()), n);
                     batch.ack.fail();
                 }
             }
