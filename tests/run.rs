@@ -1107,6 +1107,13 @@ fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
         must_metric(&before, "dab_sink_failed_events_total{sink=\"HttpOut\"}"),
         0.0
     );
+    for series in [
+        "dab_input_undelivered_events_total{input=\"HttpIn\",reason=\"abandoned\"}",
+        "dab_pipeline_undelivered_events_total{pipeline=\"t\",reason=\"abandoned\"}",
+        "dab_source_abandoned_events_total{source=\"HttpIn\"}",
+    ] {
+        assert_eq!(must_metric(&before, series), 0.0, "{series}");
+    }
 
     // The second signal forces the stop: every place fails what it holds.
     dab.terminate();

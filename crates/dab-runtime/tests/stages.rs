@@ -418,4 +418,10 @@ async fn forced_shutdown_ends_a_pipeline_waiting_on_its_rate_limit() {
         _ => panic!("the pipeline counted {held} abandoned; places: {place}"),
     }
     assert_eq!(running.abandoned(), 50);
+    let text = running.render_metrics();
+    let series = format!(
+        "dab_pipeline_undelivered_events_total{{pipeline=\"p\",reason=\"abandoned\"}} {held}\n"
+    );
+    assert!(text.contains(&series), "no {series:?} in\n{text}");
+    assert!(text.contains("\ndab_abandoned_events_total 50\n"), "{text}");
 }
