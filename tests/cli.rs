@@ -359,6 +359,23 @@ fn help_is_there_for_every_command() {
 }
 
 #[test]
+fn run_help_lists_every_exit_status() {
+    let out = dab().args(["run", "--help"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    let statuses: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Exit status:")
+        .filter_map(|l| l.trim_start().split_once("  ").map(|(code, _)| code))
+        .collect();
+    assert_eq!(statuses, ["0", "1", "2", "3"], "{help}");
+    assert!(
+        help.contains("3  events were abandoned: a forced stop"),
+        "{help}"
+    );
+}
+
+#[test]
 fn the_checked_in_picture_of_the_seed_is_current() {
     let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
     let want = std::fs::read_to_string(root().join("docs/murron.dot")).expect("docs/murron.dot");

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tonic::Code;
 
 use grpc_support::{
-    connect, event, kill9, must_connect, python_or_skip, read_events, root, runtime, send,
+    connect, event, kill9, must_connect, python_with_grpc, read_events, root, runtime, send,
     uid_counts, uid_of, uid_of_json, Jitter, Kid, RssSampler, Uid,
 };
 use run_support::client::{
@@ -109,9 +109,7 @@ fn events(host: &str, pid: u32, ty: &str, first: u64, n: u64) -> Vec<Event> {
 #[test]
 fn python_grpcio_clients_through_dab_run_land_every_kept_event() {
     let test = "python_grpcio_clients_through_dab_run_land_every_kept_event";
-    let Some(python) = python_or_skip(test) else {
-        return;
-    };
+    let python = python_with_grpc(test);
     let root = root();
     let dir = tmp();
     let listen = free_addr();

@@ -389,6 +389,16 @@ fn unix_source_sampler_keeps_the_set_the_documented_hash_predicts() {
                 "dab_pipeline_dropped_total{pipeline=\"t\",reason=\"sample\"}",
                 (N as usize - predicted.len()) as f64,
             ),
+            // The unix source's acknowledgement outcomes: sampled out is
+            // delivered too.
+            (
+                "dab_source_acked_events_total{source=\"UnixIn\",outcome=\"delivered\"}",
+                N as f64,
+            ),
+            (
+                "dab_source_acked_events_total{source=\"UnixIn\",outcome=\"failed\"}",
+                0.0,
+            ),
         ],
         Duration::from_secs(20),
     );
@@ -745,6 +755,24 @@ fn sigterm_mid_stream_exits_0_and_writes_everything_that_was_read() {
         &scrape(&metrics),
         "dab_source_events_total{source=\"TcpIn\"}",
     ) as u64;
+    // Every batch read is acknowledged as delivered once the file sink
+    // flushed it; none failed, none was abandoned.
+    wait_metrics(
+        &metrics,
+        &[
+            (
+                "dab_source_acked_events_total{source=\"TcpIn\",outcome=\"delivered\"}",
+                read as f64,
+            ),
+            (
+                "dab_source_acked_events_total{source=\"TcpIn\",outcome=\"failed\"}",
+                0.0,
+            ),
+            ("dab_source_abandoned_events_total{source=\"TcpIn\"}", 0.0),
+            ("dab_abandoned_events_total", 0.0),
+        ],
+        Duration::from_secs(10),
+    );
     gate.release();
     assert_exit_0(&mut dab, EXIT);
     let ended = producer.stop();
@@ -967,4 +995,186 @@ fn a_source_that_cannot_listen_fails_the_run_and_names_the_address() {
     assert!(!status.success(), "dab ran on a taken port; stderr:\n{err}");
     assert!(err.contains(&addr), "stderr does not name {addr}:\n{err}");
     drop(taken);
+}
+
+// 11 -----------------------------------------------------------------------
+// A forced stop that abandons events exits 3 and counts them by place
+// (issue 10, SPEC section 11).
+
+/// `n` events of type `F` with offsets from `first`, as an HTTP body.
+fn held_body(first: u64, n: u64) -> String {
+    let events: Vec<String> = (first..first + n)
+        .map(|i| format!(r#"{{"host":"h","type":"F","pid":1,"offset":{i},"message":"m{i}"}}"#))
+        .collect();
+    format!("[{}]", events.join(","))
+}
+
+/// Posts `body` on a thread; the answer comes when dab settles the batch.
+fn post_in_background(addr: &str, body: String) -> std::thread::JoinHandle<u16> {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || post_events(&addr, &body, Duration::from_secs(60)).status)
+}
+
+/// The fields of dab's last log line, which names what a stop abandoned.
+fn abandoned_log(dab: &Dab) -> Value {
+    const MESSAGE: &str = "stopped with events abandoned; exiting with status 3";
+    let err = dab.stderr();
+    err.lines()
+        .find_map(|l| log_fields(l, MESSAGE))
+        .unwrap_or_else(|| panic!("no {MESSAGE:?} line; stderr:\n{err}"))
+}
+
+/// An http source into an http sink whose peer never answers; channels of
+/// one batch, so every place can be made to hold exactly one.
+fn held_set(dir: &Path, listen: &str, peer: &str) {
+    write_set(
+        dir,
+        "t.NewPipeline().In(HttpIn).Out(HttpOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{peer}/ingest\", timeout: 120000 }}\n"
+        ),
+    );
+}
+
+#[test]
+fn a_second_sigterm_abandons_what_every_place_holds_counts_it_and_exits_3() {
+    let peer = run_support::silent::Silent::start();
+    let dir = tmp();
+    let listen = free_addr();
+    held_set(dir.path(), &listen, peer.addr());
+    let (mut dab, metrics) = start_with_metrics(dir.path(), &["--channel-batches", "1"]);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let depth = |c: &str| format!("dab_channel_depth_batches{{channel=\"{c}\"}}");
+    let (sink_q, pipe_q, src_q) = (
+        depth("sink:HttpOut"),
+        depth("pipeline:t"),
+        depth("source:HttpIn"),
+    );
+    let read = "dab_source_events_total{source=\"HttpIn\"}";
+    let piped = "dab_pipeline_events_in_total{pipeline=\"t\"}";
+
+    // Six batches, each placed before the next is sent: A in the sink's
+    // request to the silent peer, B in the sink's input, C in the
+    // pipeline's hand (waiting for room at the sink), D in the pipeline's
+    // input, E in the router's hand, F in the source's channel.
+    let mut posts = Vec::new();
+    posts.push(post_in_background(&listen, held_body(0, 10)));
+    poll(
+        START,
+        "A at the peer",
+        || (peer.requests() == 1).then_some(()),
+        || dab.stderr(),
+    );
+    posts.push(post_in_background(&listen, held_body(10, 20)));
+    wait_metrics(&metrics, &[(read, 30.0), (&sink_q, 1.0)], START);
+    posts.push(post_in_background(&listen, held_body(30, 30)));
+    wait_metrics(
+        &metrics,
+        &[(piped, 60.0), (&sink_q, 1.0), (&pipe_q, 0.0)],
+        START,
+    );
+    posts.push(post_in_background(&listen, held_body(60, 40)));
+    wait_metrics(&metrics, &[(read, 100.0), (&pipe_q, 1.0)], START);
+    posts.push(post_in_background(&listen, held_body(100, 50)));
+    wait_metrics(
+        &metrics,
+        &[(read, 150.0), (&pipe_q, 1.0), (&src_q, 0.0)],
+        START,
+    );
+    posts.push(post_in_background(&listen, held_body(150, 60)));
+    wait_metrics(&metrics, &[(read, 210.0), (&src_q, 1.0)], START);
+    assert_eq!(peer.requests(), 1, "the peer saw more than batch A");
+
+    // A graceful stop cannot finish: the peer never answers. Nothing is
+    // abandoned while it waits.
+    dab.terminate();
+    dab.wait_for_log(EXIT, "the drain", |l| {
+        log_fields(
+            l,
+            "stopping: draining what was read (a second signal forces)",
+        )
+        .is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dab.running(),
+        "dab ended without the peer answering; stderr:\n{}",
+        dab.stderr()
+    );
+    let before = scrape(&metrics);
+    assert_eq!(must_metric(&before, "dab_abandoned_events_total"), 0.0);
+    assert_eq!(
+        must_metric(&before, "dab_sink_failed_events_total{sink=\"HttpOut\"}"),
+        0.0
+    );
+    for series in [
+        "dab_input_undelivered_events_total{input=\"HttpIn\",reason=\"abandoned\"}",
+        "dab_pipeline_undelivered_events_total{pipeline=\"t\",reason=\"abandoned\"}",
+        "dab_source_abandoned_events_total{source=\"HttpIn\"}",
+    ] {
+        assert_eq!(must_metric(&before, series), 0.0, "{series}");
+    }
+
+    // The second signal forces the stop: every place fails what it holds.
+    dab.terminate();
+    let status = dab.wait(EXIT);
+    let err = dab.stderr();
+    assert_eq!(status.code(), Some(3), "stderr:\n{err}");
+    let fields = abandoned_log(&dab);
+    assert_eq!(fields["abandoned"], 210, "{fields}");
+    // Router: E + F; pipeline: C + D; sink: A + B.
+    assert_eq!(
+        fields["places"], "input:HttpIn=110 pipeline:t=70 sink:HttpOut=30",
+        "{fields}"
+    );
+    assert!(
+        err.contains("dab: 210 events abandoned by the stop"),
+        "{err}"
+    );
+    // Every client heard "failed" (and may send again): none heard 200.
+    let answers: Vec<u16> = posts.into_iter().map(|p| p.join().expect("post")).collect();
+    assert_eq!(answers, vec![503; 6]);
+    assert_eq!(peer.requests(), 1, "the sink wrote again after the stop");
+}
+
+#[test]
+fn the_drain_deadline_forces_the_stop_and_exits_3_naming_the_sink() {
+    let peer = run_support::silent::Silent::start();
+    let dir = tmp();
+    let listen = free_addr();
+    held_set(dir.path(), &listen, peer.addr());
+    let (mut dab, metrics) = start_with_metrics(dir.path(), &["--shutdown-timeout", "1"]);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let post = post_in_background(&listen, held_body(0, 10));
+    poll(
+        START,
+        "the batch at the peer",
+        || (peer.requests() == 1).then_some(()),
+        || dab.stderr(),
+    );
+    let before = scrape(&metrics);
+    assert_eq!(must_metric(&before, "dab_abandoned_events_total"), 0.0);
+    assert_eq!(
+        must_metric(
+            &before,
+            "dab_input_undelivered_events_total{input=\"HttpIn\",reason=\"abandoned\"}"
+        ),
+        0.0
+    );
+
+    let t0 = Instant::now();
+    dab.terminate();
+    let status = dab.wait(EXIT);
+    let took = t0.elapsed();
+    let err = dab.stderr();
+    assert_eq!(status.code(), Some(3), "stderr:\n{err}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "forced after {took:?}, before the deadline"
+    );
+    assert!(err.contains("drain deadline passed: forcing stop"), "{err}");
+    let fields = abandoned_log(&dab);
+    assert_eq!(fields["abandoned"], 10, "{fields}");
+    assert_eq!(fields["places"], "sink:HttpOut=10", "{fields}");
+    assert_eq!(post.join().expect("post"), 503);
 }

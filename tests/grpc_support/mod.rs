@@ -1,10 +1,10 @@
-//! Helpers of `tests/grpc.rs`: the Python grpcio interpreter (or a loud
-//! skip), child processes killed on drop, tonic clients of the Murron
+//! Helpers of `tests/grpc.rs`: the Python grpcio interpreter (a failure
+//! when missing), child processes killed on drop, tonic clients of the Murron
 //! service with deadlines, events, sink files, `SIGKILL`, and an RSS
 //! sampler.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,10 +31,9 @@ pub fn root() -> PathBuf {
 }
 
 /// A Python that imports `grpc` and `grpc_tools`: `DAB_PYTHON`, or the venv
-/// `scripts/setup-python.sh` makes. Without one the test fails when `CI`
-/// is set, and otherwise says loudly, past the harness's capture, that it
-/// skipped (`None`).
-pub fn python_or_skip(test: &str) -> Option<PathBuf> {
+/// `scripts/setup-python.sh` makes. Without one the test fails, saying how
+/// to install it: a missing dependency is never a pass.
+pub fn python_with_grpc(test: &str) -> PathBuf {
     let python: PathBuf = match std::env::var_os("DAB_PYTHON") {
         Some(p) => p.into(),
         None => std::env::var_os("HOME")
@@ -46,23 +45,14 @@ pub fn python_or_skip(test: &str) -> Option<PathBuf> {
         .args(["-c", "import grpc, grpc_tools"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    let how = format!(
-        "Python grpcio is not installed (looked for {}). Install it with \
-         scripts/setup-python.sh, or point DAB_PYTHON at a python that imports \
-         grpc and grpc_tools.",
+    assert!(
+        ok,
+        "{test}: Python grpcio is not installed (looked for {}). Install it with \
+         scripts/setup-python.sh (scripts/test.sh runs it), or point DAB_PYTHON at a \
+         python that imports grpc and grpc_tools.",
         python.display()
     );
-    assert!(std::env::var_os("CI").is_none(), "{test}: {how}");
-    // Straight to the terminal: the harness does not capture this, so a
-    // skipped test is never a silent pass.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n{test} SKIPPED (it fails when CI is set): {how}\n"
-    );
-    None
+    python
 }
 
 /// A child process that is killed if the test ends without reaping it.

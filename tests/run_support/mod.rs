@@ -1,13 +1,15 @@
 //! Helpers of the `dab run` end-to-end tests (`tests/run.rs`): the process
 //! under test, a raw HTTP/1.1 client and metrics scraper, a scriptable HTTP
-//! server standing in for a sink's peer, socket producers, and the sampler's
-//! documented hash written out independently of the product.
+//! server standing in for a sink's peer, a peer that never answers, socket
+//! producers, and the sampler's documented hash written out independently
+//! of the product.
 
 pub mod client;
 pub mod process;
 pub mod producer;
 pub mod sample;
 pub mod server;
+pub mod silent;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

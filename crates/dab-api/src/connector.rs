@@ -58,6 +58,11 @@ pub struct SourceStats {
     pub decode_errors: AtomicU64,
     /// Work refused under admission control.
     pub refused: AtomicU64,
+    /// Events read and decoded but never handed on, so never acknowledged
+    /// either way: downstream had no room or was gone when the source
+    /// stopped (a forced stop, or a stop whose drain outlasted the
+    /// source's grace). Counted so that no loss is silent.
+    pub abandoned: AtomicU64,
 }
 
 impl SourceStats {

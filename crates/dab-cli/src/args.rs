@@ -18,6 +18,7 @@ pub enum Command {
     /// Print the pipeline DAG as Graphviz dot or Mermaid
     Graph(GraphArgs),
     /// Run a blueprint set until its sources end or a signal stops it
+    #[command(after_help = RUN_EXIT_CODES)]
     Run(RunArgs),
     /// Print the reliability (REP) score table of an NDJSON file or a running dab
     Inspect(InspectArgs),
@@ -41,6 +42,18 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// `dab run`'s exit statuses (docs/runtime.md, "Exit status").
+pub const RUN_EXIT_CODES: &str = "\
+Exit status:
+  0  stopped cleanly: every source ended, or SIGTERM/Ctrl-C drained
+     everything read (delivered, or dropped on purpose and counted)
+  1  the blueprint set is invalid, or a source failed (a port in use)
+  2  usage or I/O error, or a connector that cannot be built
+  3  events were abandoned: a forced stop (a second signal, or the
+     --shutdown-timeout deadline) failed events still in flight, or
+     tasks did not end after it; their sources heard \"failed\", and
+     dab_abandoned_events_total counts them";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

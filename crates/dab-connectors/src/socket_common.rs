@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dab_api::config::{ConfigValue, Fields};
 use dab_api::connector::SourceStats;
+use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::{AckStatus, AckToken, Batch, BuildError, Event, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::task::TaskTracker;
@@ -138,14 +139,40 @@ pub(crate) fn check_address(name: &str, key: &str, addr: &str) -> Result<(), Bui
 }
 
 /// How a source's batches ended, counted in events. Sockets cannot tell
-/// their clients, so these are for logs, tests and operators.
+/// their clients, so these are for operators: exported on `/metrics` as
+/// `dab_source_acked_events_total{source, outcome}` (the source's
+/// `metrics()`), logged when it stops, and read by tests.
 #[derive(Debug, Default)]
 pub struct AckCounts {
+    /// The binding's name, the `source` label.
+    name: String,
     delivered: AtomicU64,
     failed: AtomicU64,
 }
 
+impl ConnectorMetrics for AckCounts {
+    fn samples(&self, out: &mut Vec<Sample>) {
+        const HELP: &str = "Events of a tcp or unix source's batches by acknowledgement outcome \
+             (delivered, or failed: not delivered, and the peer cannot be told)";
+        for (outcome, v) in [("delivered", self.delivered()), ("failed", self.failed())] {
+            out.push(
+                Sample::counter("dab_source_acked_events_total", HELP, v)
+                    .label("source", self.name.clone())
+                    .label("outcome", outcome),
+            );
+        }
+    }
+}
+
 impl AckCounts {
+    /// Counts for the source bound as `name`.
+    pub fn named(name: &str) -> AckCounts {
+        AckCounts {
+            name: name.to_owned(),
+            ..AckCounts::default()
+        }
+    }
+
     /// Events whose batch was delivered (or deliberately dropped).
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
@@ -241,6 +268,7 @@ pub(crate) async fn serve<L: Listener>(
         source = %shared.ctx.name,
         delivered = shared.acks.delivered(),
         failed = shared.acks.failed(),
+        abandoned = shared.ctx.stats.abandoned.load(Ordering::Relaxed),
         decode_errors = shared.ctx.stats.decode_errors.load(Ordering::Relaxed),
         "{kind} source stopped"
     );
@@ -472,8 +500,8 @@ impl Connection {
             biased;
             p = ctx.out.reserve() => p,
             _ = deadline => {
-                tracing::warn!(source = %ctx.name, peer = %self.peer, events = n, "{} shutdown: no room downstream; giving up events already read", self.shared.kind);
-                self.shared.acks.failed.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::warn!(source = %ctx.name, peer = %self.peer, events = n, "{} shutdown: no room downstream; giving up events already read (counted as abandoned)", self.shared.kind);
+                SourceStats::add(&ctx.stats.abandoned, n as u64);
                 return false;
             }
         };
@@ -485,7 +513,9 @@ impl Connection {
                 true
             }
             Err(_) => {
-                tracing::debug!(source = %ctx.name, peer = %self.peer, "output closed; closing the connection");
+                // Read from the socket and never handed on: lost, so counted.
+                tracing::warn!(source = %ctx.name, peer = %self.peer, events = n, "{} output closed (a forced stop); giving up events already read (counted as abandoned)", self.shared.kind);
+                SourceStats::add(&ctx.stats.abandoned, n as u64);
                 false
             }
         }

@@ -75,6 +75,8 @@ pub async fn read_ndjson<R: tokio::io::AsyncRead + Unpin + Send>(
                 .await
                 .is_err()
             {
+                // Read and never handed on (a forced stop): counted.
+                SourceStats::add(&ctx.stats.abandoned, count);
                 return Ok(());
             }
             SourceStats::add(&ctx.stats.events, count);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use dab_api::metrics::ConnectorMetrics;
 use dab_api::{
     BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError, SinkFactory, Source,
     SourceContext, SourceFactory, Written,
@@ -75,6 +76,14 @@ impl TcpSource {
     pub fn acks(&self) -> Arc<AckCounts> {
         Arc::clone(&self.acks)
     }
+
+    /// Names the source (the `source` label of its acknowledgement
+    /// counts on `/metrics`).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> TcpSource {
+        self.acks = Arc::new(AckCounts::named(name));
+        self
+    }
 }
 
 struct Tcp(TcpListener);
@@ -90,6 +99,10 @@ impl Listener for Tcp {
 
 #[async_trait]
 impl Source for TcpSource {
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        Some(Arc::clone(&self.acks) as Arc<dyn ConnectorMetrics>)
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let this = *self;
         let listener = match this.listener {
@@ -119,7 +132,7 @@ impl SourceFactory for TcpSourceFactory {
         let listen = required_str(name, fields, "listen")?;
         socket_common::check_address(name, "listen", listen)?;
         let settings = SocketSettings::from_fields(name, fields)?;
-        Ok(Box::new(TcpSource::new(listen, settings)))
+        Ok(Box::new(TcpSource::new(listen, settings).named(name)))
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dab_api::metrics::ConnectorMetrics;
 use dab_api::{BuildError, ConfigValue, ConnectorError, Source, SourceContext, SourceFactory};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -37,6 +38,14 @@ impl UnixSource {
     /// Delivered and failed event counts of this source's batches.
     pub fn acks(&self) -> Arc<AckCounts> {
         Arc::clone(&self.acks)
+    }
+
+    /// Names the source (the `source` label of its acknowledgement
+    /// counts on `/metrics`).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> UnixSource {
+        self.acks = Arc::new(AckCounts::named(name));
+        self
     }
 }
 
@@ -92,6 +101,10 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 #[async_trait]
 impl Source for UnixSource {
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        Some(Arc::clone(&self.acks) as Arc<dyn ConnectorMetrics>)
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let this = *self;
         let path = this.path;
@@ -138,6 +151,6 @@ impl SourceFactory for UnixSourceFactory {
             });
         }
         let settings = SocketSettings::from_fields(name, fields)?;
-        Ok(Box::new(UnixSource::new(path, settings)))
+        Ok(Box::new(UnixSource::new(path, settings).named(name)))
     }
 }

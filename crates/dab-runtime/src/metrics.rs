@@ -58,6 +58,103 @@ impl DropReason {
     }
 }
 
+/// Why events were *not* delivered (their sources hear "failed"). These
+/// are failures, not drops on purpose ([`DropReason`]); each is counted
+/// where it happens, so that no loss is silent (SPEC section 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// An input that no pipeline in this process reads: a memory queue
+    /// whose readers a reload removed, or that a service run elsewhere
+    /// reads (W004).
+    NoReader,
+    /// The next task's input was closed before it took the batch (that
+    /// task ended or died).
+    ReaderGone,
+    /// A forced stop abandoned them: the batch in hand, or batches still
+    /// queued at the task's input.
+    Abandoned,
+}
+
+impl Undelivered {
+    pub const ALL: [Undelivered; 3] = [
+        Undelivered::NoReader,
+        Undelivered::ReaderGone,
+        Undelivered::Abandoned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Undelivered::NoReader => "no_reader",
+            Undelivered::ReaderGone => "reader_gone",
+            Undelivered::Abandoned => "abandoned",
+        }
+    }
+
+    /// A send that failed because the next task's input was closed: by a
+    /// forced stop (`Abandoned`), or because that task ended or died.
+    pub fn reader_closed(forced: bool) -> Undelivered {
+        if forced {
+            Undelivered::Abandoned
+        } else {
+            Undelivered::ReaderGone
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Undelivered::NoReader => 0,
+            Undelivered::ReaderGone => 1,
+            Undelivered::Abandoned => 2,
+        }
+    }
+}
+
+/// Events a forced stop abandoned anywhere in the process (routers,
+/// pipelines, sinks, sources), each also counted under its own place.
+/// `dab run` exits non-zero when this is not 0 (docs/runtime.md).
+/// Cloning shares the count.
+#[derive(Debug, Default, Clone)]
+pub struct AbandonedTotal(Arc<Counter>);
+
+impl AbandonedTotal {
+    pub fn add(&self, n: u64) {
+        self.0.add(n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// Undelivered events of one place, by reason; abandoned ones also go to
+/// the process total.
+#[derive(Debug, Default)]
+pub struct UndeliveredCounts {
+    by_reason: [Counter; 3],
+    total: AbandonedTotal,
+}
+
+impl UndeliveredCounts {
+    /// Counts that add abandoned events to `total` as well.
+    pub fn new(total: AbandonedTotal) -> UndeliveredCounts {
+        UndeliveredCounts {
+            by_reason: Default::default(),
+            total,
+        }
+    }
+
+    pub fn add(&self, r: Undelivered, n: u64) {
+        self.by_reason[r.index()].add(n);
+        if r == Undelivered::Abandoned {
+            self.total.add(n);
+        }
+    }
+
+    pub fn get(&self, r: Undelivered) -> u64 {
+        self.by_reason[r.index()].get()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
@@ -139,6 +236,9 @@ pub struct PipelineMetrics {
     pub stages: Vec<StageMetrics>,
     pub outputs: Vec<OutputMetrics>,
     pub latency: Histogram,
+    /// Events this pipeline failed to hand on (an output or `OnError`
+    /// gone, a forced stop), by reason.
+    pub undelivered: UndeliveredCounts,
 }
 
 impl PipelineMetrics {
@@ -161,6 +261,12 @@ impl PipelineMetrics {
                 .collect(),
             ..PipelineMetrics::default()
         }
+    }
+
+    /// Metrics whose abandoned events also count in `total`.
+    pub fn with_total(mut self, total: AbandonedTotal) -> PipelineMetrics {
+        self.undelivered = UndeliveredCounts::new(total);
+        self
     }
 
     pub fn dropped(&self, r: DropReason, n: u64) {
@@ -197,6 +303,27 @@ pub struct SinkMetrics {
     /// ... and dropped (reason `rejected`), for want of one.
     pub dropped_rejected: Counter,
     pub breaker_open: AtomicBool,
+    /// The process total that `failed_events` also counts into.
+    pub abandoned: AbandonedTotal,
+}
+
+impl SinkMetrics {
+    /// Counts events the sink failed (their sources hear "failed"): given
+    /// up at a forced stop, left in its input by one, or refused for good
+    /// with their `OnError` target gone.
+    pub fn gave_up(&self, batches: u64, events: u64) {
+        self.failed_batches.add(batches);
+        self.failed_events.add(events);
+        self.abandoned.add(events);
+    }
+}
+
+/// What the router of one input (a source, a memory queue, a Kafka
+/// queue's reader) failed to hand on, by reason.
+#[derive(Debug)]
+pub struct InputMetrics {
+    pub name: String,
+    pub undelivered: UndeliveredCounts,
 }
 
 #[derive(Debug, Default)]
@@ -212,6 +339,8 @@ pub struct QueueMetrics {
 pub struct Metrics {
     pub pipelines: Live<Arc<PipelineMetrics>>,
     pub sources: Live<(String, Arc<SourceStats>)>,
+    /// Routers, by input.
+    pub inputs: Live<Arc<InputMetrics>>,
     pub sinks: Live<Arc<SinkMetrics>>,
     pub queues: Live<Arc<QueueMetrics>>,
     /// Bounded channels, for depth gauges: (owner, weak sender).
@@ -220,6 +349,8 @@ pub struct Metrics {
     pub connectors: Live<Arc<dyn ConnectorMetrics>>,
     /// Hot reloads (SPEC section 5).
     pub reload: ReloadMetrics,
+    /// Events a forced stop abandoned, over the whole process.
+    pub abandoned: AbandonedTotal,
 }
 
 /// A list a reload changes while scrapes read it.
@@ -299,6 +430,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let pipelines = self.pipelines.snapshot();
         let sources = self.sources.snapshot();
+        let inputs = self.inputs.snapshot();
         let sinks = self.sinks.snapshot();
         let queues = self.queues.snapshot();
         let channels = self.channels.snapshot();
@@ -379,6 +511,23 @@ impl Metrics {
                 esc(&p.id),
                 p.failed_events.get()
             );
+        }
+        family(
+            &mut o,
+            "dab_pipeline_undelivered_events_total",
+            "counter",
+            "Events a pipeline failed to hand on (their sources heard failed), by reason",
+        );
+        for p in &pipelines {
+            for r in [Undelivered::ReaderGone, Undelivered::Abandoned] {
+                let _ = writeln!(
+                    o,
+                    "dab_pipeline_undelivered_events_total{{pipeline=\"{}\",reason=\"{}\"}} {}",
+                    esc(&p.id),
+                    r.as_str(),
+                    p.undelivered.get(r)
+                );
+            }
         }
         family(
             &mut o,
@@ -524,6 +673,37 @@ impl Metrics {
         }
         family(
             &mut o,
+            "dab_source_abandoned_events_total",
+            "counter",
+            "Events a source read but never handed on (no room downstream, or downstream gone, when it stopped)",
+        );
+        for (n, s) in &sources {
+            let _ = writeln!(
+                o,
+                "dab_source_abandoned_events_total{{source=\"{}\"}} {}",
+                esc(n),
+                s.abandoned.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut o,
+            "dab_input_undelivered_events_total",
+            "counter",
+            "Events an input's router failed to hand to a pipeline (their sources heard failed), by reason",
+        );
+        for i in &inputs {
+            for r in Undelivered::ALL {
+                let _ = writeln!(
+                    o,
+                    "dab_input_undelivered_events_total{{input=\"{}\",reason=\"{}\"}} {}",
+                    esc(&i.name),
+                    r.as_str(),
+                    i.undelivered.get(r)
+                );
+            }
+        }
+        family(
+            &mut o,
             "dab_sink_events_total",
             "counter",
             "Events a sink wrote",
@@ -568,7 +748,7 @@ impl Metrics {
             &mut o,
             "dab_sink_failed_events_total",
             "counter",
-            "Events a sink gave up on; their sources saw a failed ack",
+            "Events a sink gave up on (a forced stop, or refused events whose OnError target was gone); their sources saw a failed ack",
         );
         for s in &sinks {
             let _ = writeln!(
@@ -674,9 +854,46 @@ impl Metrics {
             "Resident set size of the process",
         );
         let _ = writeln!(o, "dab_process_resident_memory_bytes {}", rss_bytes());
+        family(
+            &mut o,
+            "dab_abandoned_events_total",
+            "counter",
+            "Events a forced stop abandoned anywhere in the process (a non-zero count makes dab run exit 3)",
+        );
+        let _ = writeln!(o, "dab_abandoned_events_total {}", self.abandoned.get());
         render_samples(&mut o, &connectors);
         self.reload.render(&mut o);
         o
+    }
+}
+
+impl Metrics {
+    /// Where events were abandoned, for the log at exit: `source:NAME`,
+    /// `input:NAME`, `pipeline:ID` and `sink:NAME` with their counts, the
+    /// non-zero ones, space-separated in that order (places a reload
+    /// retired are no longer listed; the total still counts them).
+    pub fn abandoned_by_place(&self) -> String {
+        let mut places = Vec::new();
+        for (n, s) in self.sources.snapshot() {
+            places.push((format!("source:{n}"), s.abandoned.load(Ordering::Relaxed)));
+        }
+        for i in self.inputs.snapshot() {
+            let n = i.undelivered.get(Undelivered::Abandoned);
+            places.push((format!("input:{}", i.name), n));
+        }
+        for p in self.pipelines.snapshot() {
+            let n = p.undelivered.get(Undelivered::Abandoned);
+            places.push((format!("pipeline:{}", p.id), n));
+        }
+        for s in self.sinks.snapshot() {
+            places.push((format!("sink:{}", s.name), s.failed_events.get()));
+        }
+        places
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(p, n)| format!("{p}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 

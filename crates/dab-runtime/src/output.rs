@@ -75,6 +75,20 @@ pub fn memory_queue(
 }
 
 impl QueueReader {
+    /// Forced stop: closes the queue to writers and takes out what it
+    /// holds, so that it can be failed and counted.
+    pub fn close_and_drain(mut self) -> Vec<Batch> {
+        self.rx.close();
+        let mut out = Vec::new();
+        while let Ok((batch, _)) = self.rx.try_recv() {
+            self.metrics
+                .depth_events
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            out.push(batch);
+        }
+        out
+    }
+
     pub async fn recv(&mut self) -> Option<Batch> {
         let (batch, permits) = self.rx.recv().await?;
         self.metrics

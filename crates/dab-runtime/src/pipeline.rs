@@ -11,7 +11,7 @@ use dab_plan::model::WhenFull;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{DropReason, PipelineMetrics};
+use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
 use crate::output::{OutputTx, QueueReader};
 use crate::reliability::Tracker;
 use crate::stages::Compiled;
@@ -39,6 +39,23 @@ impl Inlet {
         match self {
             Inlet::Channel(rx) => rx.recv().await,
             Inlet::Queue(q) => q.recv().await,
+        }
+    }
+
+    /// Forced stop: closes the inlet to its senders and takes out what is
+    /// still queued, so that it can be failed and counted, not dropped
+    /// unseen.
+    pub fn close_and_drain(self) -> Vec<Batch> {
+        match self {
+            Inlet::Channel(mut rx) => {
+                rx.close();
+                let mut out = Vec::new();
+                while let Ok(b) = rx.try_recv() {
+                    out.push(b);
+                }
+                out
+            }
+            Inlet::Queue(q) => q.close_and_drain(),
         }
     }
 }
@@ -72,28 +89,50 @@ pub struct PipelineTask {
 
 impl PipelineTask {
     /// Runs until the input closes, then drops the outputs so that
-    /// downstream drains in turn.
+    /// downstream drains in turn. A forced stop fails the batch in hand and
+    /// those still queued, and counts them (`Undelivered::Abandoned`).
     pub async fn run(mut self) {
         loop {
             let batch = tokio::select! {
                 b = self.input.recv() => b,
                 _ = self.force.cancelled() => None,
             };
-            let Some(batch) = batch else { return };
+            let Some(batch) = batch else {
+                if self.force.is_cancelled() {
+                    self.abandon_rest();
+                }
+                return;
+            };
+            let n = batch.len() as u64;
             let ctx = Ctx {
                 screen: self.screen.as_ref(),
                 when_full: self.when_full,
                 metrics: &self.metrics,
                 tracker: self.reliability.as_deref(),
                 on_error: self.on_error.as_ref(),
+                force: &self.force,
             };
             let work = process(&ctx, &mut self.stages, &mut self.outputs, batch);
             tokio::select! {
                 biased;
-                // Dropping the unfinished work drops its ack shares unsettled.
-                _ = self.force.cancelled() => return,
+                // Dropping the unfinished work drops its ack shares
+                // unsettled, which fails them; count what was in hand.
+                _ = self.force.cancelled() => {
+                    self.metrics.undelivered.add(Undelivered::Abandoned, n);
+                    self.abandon_rest();
+                    return;
+                }
                 _ = work => {}
             }
+        }
+    }
+
+    fn abandon_rest(self) {
+        for b in self.input.close_and_drain() {
+            self.metrics
+                .undelivered
+                .add(Undelivered::Abandoned, b.len() as u64);
+            b.ack.fail();
         }
     }
 }
@@ -105,6 +144,9 @@ struct Ctx<'a> {
     metrics: &'a PipelineMetrics,
     tracker: Option<&'a Tracker>,
     on_error: Option<&'a Arc<dyn Reroute>>,
+    /// To tell a copy abandoned by a forced stop from one whose reader
+    /// ended.
+    force: &'a CancellationToken,
 }
 
 async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], mut batch: Batch) {
@@ -114,12 +156,13 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
         metrics: m,
         tracker,
         on_error,
+        force,
     } = *ctx;
     let t0 = Instant::now();
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
     if let Some(screen) = screen {
-        screen_out(screen, &mut batch, m).await;
+        screen_out(screen, &mut batch, m, force).await;
     }
     for (i, s) in stages.iter_mut().enumerate() {
         let n = batch.len() as u64;
@@ -205,14 +248,23 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
                     om.events.add(n);
                 }
             }
-            // The reader is gone (forced shutdown): not delivered.
-            Err(b) => b.ack.fail(),
+            // The reader is gone (a forced stop, or it died): not delivered.
+            Err(b) => {
+                m.undelivered
+                    .add(Undelivered::reader_closed(force.is_cancelled()), n);
+                b.ack.fail();
+            }
         }
     }
     m.latency.observe(t0.elapsed());
 }
 
-async fn screen_out(screen: &Screen, batch: &mut Batch, m: &PipelineMetrics) {
+async fn screen_out(
+    screen: &Screen,
+    batch: &mut Batch,
+    m: &PipelineMetrics,
+    force: &CancellationToken,
+) {
     if !batch.events.iter().any(dab_api::Event::is_undecodable) {
         return;
     }
@@ -226,45 +278,11 @@ async fn screen_out(screen: &Screen, batch: &mut Batch, m: &PipelineMetrics) {
     match &screen.on_error {
         Some(target) => {
             if let Err(b) = target.send(Batch::new(bad, batch.ack.share())).await {
+                m.undelivered
+                    .add(Undelivered::reader_closed(force.is_cancelled()), n);
                 b.ack.fail();
             }
         }
         None => m.dropped(DropReason::Undecodable, n),
-    }
-}
-
-/// Gives every reader every batch (a source or queue read by several
-/// pipelines); the original's share settles once all copies are handed on.
-pub async fn fan_out(
-    mut inlet: Inlet,
-    readers: Vec<mpsc::Sender<Batch>>,
-    force: CancellationToken,
-) {
-    loop {
-        let batch = tokio::select! {
-            b = inlet.recv() => b,
-            _ = force.cancelled() => None,
-        };
-        let Some(batch) = batch else { return };
-        let hand_on = async {
-            let mut delivered = true;
-            for r in &readers {
-                if let Err(e) = r.send(batch.share()).await {
-                    e.0.ack.fail();
-                    delivered = false;
-                }
-            }
-            delivered
-        };
-        let delivered = tokio::select! {
-            biased;
-            _ = force.cancelled() => false,
-            d = hand_on => d,
-        };
-        if delivered {
-            batch.ack.complete();
-        } else {
-            batch.ack.fail();
-        }
     }
 }

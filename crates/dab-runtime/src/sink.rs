@@ -159,8 +159,7 @@ impl SinkTask {
         // written, so they are failed and counted like any given up on.
         self.input.close();
         while let Ok(b) = self.input.try_recv() {
-            d.metrics.failed_batches.add(1);
-            d.metrics.failed_events.add(b.len() as u64);
+            d.metrics.gave_up(1, b.len() as u64);
             b.ack.fail();
         }
     }
@@ -322,8 +321,8 @@ impl Driver {
     }
 
     fn count_failed(&self, w: &Write) {
-        self.metrics.failed_batches.add(w.parts.len() as u64);
-        self.metrics.failed_events.add(w.events.len() as u64);
+        self.metrics
+            .gave_up(w.parts.len() as u64, w.events.len() as u64);
     }
 
     /// Forced stop: everything held fails.
@@ -371,9 +370,14 @@ async fn reject(metrics: &SinkMetrics, w: &mut Write, mut rejected: Vec<Rejectio
         metrics.rejected_events.add(n);
         match &part.on_error {
             Some(target) => {
-                metrics.rejected_rerouted.add(n);
-                if let Err(b) = target.send(Batch::new(out, part.ack.share())).await {
-                    b.ack.fail();
+                match target.send(Batch::new(out, part.ack.share())).await {
+                    Ok(()) => metrics.rejected_rerouted.add(n),
+                    // The OnError target is gone (a forced stop): failed,
+                    // and counted as such.
+                    Err(b) => {
+                        metrics.gave_up(0, n);
+                        b.ack.fail();
+                    }
                 }
             }
             None => {

@@ -14,7 +14,7 @@ use dab_plan::bindings::KeySource;
 use dab_plan::model::{OnLimit, Predicate, Stage};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::metrics::{DropReason, PipelineMetrics};
+use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
 use crate::output::OutputTx;
 use crate::predicate::eval;
 use crate::reliability::Tracker;
@@ -224,6 +224,7 @@ impl Compiled {
                         Some(target) => {
                             let routed = Batch::new(bad, batch.ack.share());
                             if let Err(b) = target.send(routed).await {
+                                m.undelivered.add(Undelivered::ReaderGone, n);
                                 b.ack.fail();
                             }
                         }
@@ -284,6 +285,7 @@ impl Compiled {
                         if let Err(b) = target.send(spill).await {
                             // The overflow target is gone (shutdown): the
                             // copy is lost, and its source hears so.
+                            m.undelivered.add(Undelivered::ReaderGone, b.len() as u64);
                             b.ack.fail();
                         }
                     }

@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::RuntimeAdmission;
-use crate::metrics::{rss_bytes, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics};
+use crate::metrics::{
+    rss_bytes, InputMetrics, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics, Undelivered,
+    UndeliveredCounts,
+};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
 use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
 use crate::reliability::{Limits, Tracker};
@@ -160,6 +163,17 @@ impl Running {
         out
     }
 
+    /// Events a stop abandoned (forced, or a source that gave up what it
+    /// read): 0 after a clean drain.
+    pub fn abandoned(&self) -> u64 {
+        self.metrics.abandoned.get()
+    }
+
+    /// Where events were abandoned (`Metrics::abandoned_by_place`).
+    pub fn abandoned_by_place(&self) -> String {
+        self.metrics.abandoned_by_place()
+    }
+
     /// Errors sources ended with (a port in use, a socket that vanished).
     pub fn failures(&self) -> Vec<String> {
         self.failures.lock().map(|f| f.clone()).unwrap_or_default()
@@ -244,6 +258,7 @@ struct PipelineSlot {
 
 struct InputSlot {
     readers: watch::Sender<Readers>,
+    metrics: Arc<InputMetrics>,
     /// Set for sources (not for memory queues).
     source: Option<SourceSlot>,
 }
@@ -569,6 +584,7 @@ impl Running {
                     || {
                         Arc::new(SinkMetrics {
                             name: name.to_owned(),
+                            abandoned: self.metrics.abandoned.clone(),
                             ..SinkMetrics::default()
                         })
                     },
@@ -663,11 +679,14 @@ impl Running {
                         .map(|m| format!("{} -> {}", m.label(), o.target)),
                 );
             }
-            let pm = Arc::new(PipelineMetrics::new(
-                &p.id,
-                labels,
-                c.outputs.iter().map(|o| o.target.clone()).collect(),
-            ));
+            let pm = Arc::new(
+                PipelineMetrics::new(
+                    &p.id,
+                    labels,
+                    c.outputs.iter().map(|o| o.target.clone()).collect(),
+                )
+                .with_total(self.metrics.abandoned.clone()),
+            );
             let on_error = || c.on_error.as_deref().and_then(sink_tx);
             let bad_key = |e: String| StartError::Stage {
                 pipeline: p.id.clone(),
@@ -817,28 +836,36 @@ impl Running {
                 continue;
             }
             let (wtx, wrx) = watch::channel(list);
+            let im = Arc::new(InputMetrics {
+                name: key.clone(),
+                undelivered: UndeliveredCounts::new(m.abandoned.clone()),
+            });
             if let Some(staged) = new_sources.remove(&key) {
                 self.spawn_source(&key, staged.source, &staged.slot, staged.tx, &queue_gauges);
+                m.inputs.push(im.clone());
                 self.tracker.spawn(route(
                     Inlet::Channel(staged.rx),
                     wrx,
-                    key.clone(),
+                    im.clone(),
                     self.force.clone(),
                 ));
                 st.inputs.insert(
                     key,
                     InputSlot {
                         readers: wtx,
+                        metrics: im,
                         source: Some(staged.slot),
                     },
                 );
             } else if let Some(q) = queue_readers.remove(&key) {
+                m.inputs.push(im.clone());
                 self.tracker
-                    .spawn(route(Inlet::Queue(q), wrx, key.clone(), self.force.clone()));
+                    .spawn(route(Inlet::Queue(q), wrx, im.clone(), self.force.clone()));
                 st.inputs.insert(
                     key,
                     InputSlot {
                         readers: wtx,
+                        metrics: im,
                         source: None,
                     },
                 );
@@ -919,13 +946,20 @@ impl Running {
         // and that fails (a port in use) must not stop everything else.
         let fatal = self.state_is_first.load(Ordering::Acquire);
         let metrics = self.metrics.clone();
+        let stats = slot.stats.clone();
         let live = self.live_sources.clone();
         let state = self.state.clone();
         let tracker = self.tracker.clone();
         let name = name.to_owned();
         live.fetch_add(1, Ordering::AcqRel);
         self.tracker.spawn(async move {
-            if let Err(e) = source.run(ctx).await {
+            let ended = source.run(ctx).await;
+            // What the source read but could not hand on is lost for good:
+            // it counts towards the forced-stop total (and exit status).
+            metrics
+                .abandoned
+                .add(stats.abandoned.load(Ordering::Relaxed));
+            if let Err(e) = ended {
                 if fatal {
                     tracing::error!(source = %name, error = %e, "source failed; shutting down");
                     if let Ok(mut f) = failures.lock() {
@@ -955,6 +989,7 @@ fn retire_sink(m: &Metrics, old: &SinkSlot, metrics_live_on: bool) {
 }
 
 fn retire_input(m: &Metrics, old: InputSlot) {
+    m.inputs.retain(|i| !Arc::ptr_eq(i, &old.metrics));
     if let Some(s) = old.source {
         s.stop.cancel();
         m.sources.retain(|(_, st)| !Arc::ptr_eq(st, &s.stats));
@@ -968,11 +1003,13 @@ fn retire_input(m: &Metrics, old: InputSlot) {
 /// pipelines reading it now; a reload changes the list between batches.
 /// One reader gets the batch itself, several get shares (fan-out). When
 /// the list is replaced, the senders of pipelines no longer listed are
-/// dropped at once, so those pipelines drain and end.
+/// dropped at once, so those pipelines drain and end. Every batch it
+/// cannot hand on fails, counted by reason (`Undelivered`); a forced stop
+/// fails and counts the batch in hand and everything still queued.
 async fn route(
     mut input: Inlet,
     mut readers: watch::Receiver<Readers>,
-    name: String,
+    m: Arc<InputMetrics>,
     force: CancellationToken,
 ) {
     let mut current: Readers = readers.borrow_and_update().clone();
@@ -984,28 +1021,40 @@ async fn route(
                 current = readers.borrow_and_update().clone();
                 continue;
             }
-            _ = force.cancelled() => None,
+            _ = force.cancelled() => {
+                abandon_rest(input, &m.undelivered);
+                return;
+            }
         };
         let Some(batch) = batch else { return };
         if readers.has_changed().unwrap_or(false) {
             current = readers.borrow_and_update().clone();
         }
+        let n = batch.len() as u64;
         match current.len() {
             0 => {
                 if !warned {
                     warned = true;
-                    tracing::warn!(input = %name, "no pipeline in this process reads this input; its events are reported failed");
+                    tracing::warn!(input = %m.name, "no pipeline in this process reads this input; its events are reported failed (counted as no_reader)");
                 }
+                m.undelivered.add(Undelivered::NoReader, n);
                 batch.ack.fail();
             }
             1 => {
                 let send = current[0].1.send(batch);
                 let r = tokio::select! {
                     biased;
-                    _ = force.cancelled() => return,
+                    _ = force.cancelled() => {
+                        // The batch in hand is dropped with the send.
+                        m.undelivered.add(Undelivered::Abandoned, n);
+                        abandon_rest(input, &m.undelivered);
+                        return;
+                    }
                     r = send => r,
                 };
                 if let Err(e) = r {
+                    m.undelivered
+                        .add(Undelivered::reader_closed(force.is_cancelled()), n);
                     e.0.ack.fail();
                 }
             }
@@ -1028,9 +1077,19 @@ async fn route(
                 if delivered {
                     batch.ack.complete();
                 } else {
+                    m.undelivered
+                        .add(Undelivered::reader_closed(force.is_cancelled()), n);
                     batch.ack.fail();
                 }
             }
         }
+    }
+}
+
+/// Forced stop: fails and counts every batch still queued at `input`.
+fn abandon_rest(input: Inlet, counts: &UndeliveredCounts) {
+    for b in input.close_and_drain() {
+        counts.add(Undelivered::Abandoned, b.len() as u64);
+        b.ack.fail();
     }
 }

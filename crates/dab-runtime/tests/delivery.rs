@@ -263,6 +263,12 @@ async fn a_dead_sink_fails_its_batches_on_forced_shutdown() {
     assert_eq!(m.failed_events.get(), 7);
     assert_eq!(m.failed_batches.get(), 2);
     assert_eq!(m.events.get(), 0);
+    // Both batches reached the sink: nothing was abandoned elsewhere.
+    assert_eq!(running.abandoned(), 7);
+    assert_eq!(running.abandoned_by_place(), "sink:S=7");
+    assert!(running
+        .render_metrics()
+        .contains("\ndab_abandoned_events_total 7\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -719,6 +725,15 @@ async fn a_queue_whose_reader_runs_elsewhere_fails_its_acks() {
     finish(&running).await;
     assert_eq!(h.sink("S").len(), 0);
     assert_eq!(running.metrics.pipelines.len(), 1);
+    // Failed, and counted by reason at Q's router: not a silent loss, and
+    // not an abandonment (nothing was forced).
+    let text = running.render_metrics();
+    for (reason, n) in [("no_reader", 20), ("reader_gone", 0), ("abandoned", 0)] {
+        let series =
+            format!("dab_input_undelivered_events_total{{input=\"Q\",reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&series), "no {series:?} in\n{text}");
+    }
+    assert_eq!(running.abandoned(), 0);
 }
 
 /// `OnError(S).Out(S)`: handing a sink its own poison again would loop (and

@@ -1,7 +1,8 @@
 //! `Running::reload` (SPEC section 5, issue 6) through the runtime alone:
 //! a piece that fails to build leaves the running topology as it was; a
 //! rebuilt reader of a memory queue takes over its contents with nothing
-//! lost; unchanged pipelines and sources keep running.
+//! lost; unchanged pipelines and sources keep running; a memory queue whose
+//! reader a reload removed fails and counts what it gets.
 
 mod support;
 
@@ -98,4 +99,41 @@ async fn a_rebuilt_queue_reader_takes_over_the_queue_with_nothing_lost() {
     running.shutdown();
     finish(&running).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_whose_reader_a_reload_removed_fails_and_counts_what_it_gets() {
+    // After the reload nothing in this process reads Q (W001), so what w
+    // writes to it is not delivered: its sources hear "failed", and Q's
+    // router counts it as `no_reader`, not as abandoned.
+    let h = Harness::new();
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let gate = reloaded.clone();
+    let pace: Pace = Arc::new(move |i| i < 2 || gate.load(Ordering::SeqCst));
+    let (_, mut rxs) = h.paced_source("Src", batches(alternating(0, 40), 10), Some(pace));
+    let s = h.sink("S");
+    let b = bindings(&["Src"], &["S"], "queues:\n  Q: { kind: memory }\n");
+    let running = h.start(
+        &plan(
+            "w.NewPipeline().In(Src).Out(Q)\nr.NewPipeline().In(Q).Out(S)\n",
+            &b,
+        ),
+        2,
+    );
+    assert_eq!(acks(&mut rxs[..2]).await, vec![AckStatus::Delivered; 2]);
+    let report = running
+        .reload(&plan("w.NewPipeline().In(Src).Out(Q)\n", &b))
+        .expect("reload");
+    assert_eq!(report.removed, vec!["r".to_owned()]);
+    reloaded.store(true, Ordering::SeqCst);
+    assert_eq!(acks(&mut rxs[2..]).await, vec![AckStatus::Failed; 2]);
+    finish(&running).await;
+    assert_eq!(s.len(), 20);
+    let text = running.render_metrics();
+    for (reason, n) in [("no_reader", 20), ("reader_gone", 0), ("abandoned", 0)] {
+        let series =
+            format!("dab_input_undelivered_events_total{{input=\"Q\",reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&series), "no {series:?} in\n{text}");
+    }
+    assert_eq!(running.abandoned(), 0);
 }

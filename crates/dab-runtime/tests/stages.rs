@@ -6,11 +6,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dab_api::{AckStatus, Event, Text};
-use dab_runtime::metrics::DropReason;
+use dab_runtime::metrics::{DropReason, Undelivered};
 use dab_runtime::sample::keep;
 use support::*;
 
@@ -243,31 +244,101 @@ async fn rate_limit_wait_slows_down_and_loses_nothing() {
     );
 }
 
+/// Whole periods of 1 ms (the limiter's period at 1,000/s) in `d`.
+fn periods(d: Duration) -> u64 {
+    d.as_micros() as u64 / 1_000
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rate_limit_drop_counts_every_excess_event() {
-    const SENT: u64 = 1000;
+async fn rate_limit_drop_lets_through_exactly_what_the_bucket_holds() {
+    // governor's bucket (GCRA) at 1,000/s with a burst of 100: one cell
+    // every T = 1 ms, at most 100 held; a drop-limited batch larger than
+    // what the bucket holds takes all of it. The test releases batches at
+    // instants it measures, so the cells each batch finds are bounded by
+    // the clock on both sides: n = whole periods since the bucket was last
+    // emptied, capped at the burst, +-1 for the rounding of an instant to
+    // a period. Batch 0 finds a full bucket; batch 1 comes >= 40 ms after
+    // batch 0 emptied it; batch 2 (150 events) after >= 150 ms, when the
+    // bucket has been full (100, not 150) for a while.
+    const B: u64 = 100;
     let h = Harness::new();
-    let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, SENT), 100));
+    let sizes = [100u64, 100, 150];
+    let mut events = Vec::new();
+    let mut first = 0;
+    let mut ranges = Vec::new();
+    for n in sizes {
+        events.push(alternating(first, n));
+        ranges.push(first..first + n);
+        first += n;
+    }
+    let released = Arc::new(AtomicUsize::new(0));
+    let gate = released.clone();
+    let pace: Pace = Arc::new(move |i| i < gate.load(Ordering::SeqCst));
+    let (_, mut rxs) = h.paced_source("Src", events, Some(pace));
     let s = h.sink("S");
     let plan = plan(
         "p.NewPipeline().In(Src).WithRateLimitPerSecond(1000, burst = 100, on_limit = drop).Out(S)",
         &bindings(&["Src"], &["S"], ""),
     );
     let running = h.start(&plan, 8);
-    assert_eq!(acks(&mut rxs).await, vec![AckStatus::Delivered; 10]);
+    let released0 = Instant::now();
+    released.store(1, Ordering::SeqCst);
+    assert_eq!(ack(&mut rxs[0]).await, AckStatus::Delivered);
+    let acked0 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let released1 = Instant::now();
+    released.store(2, Ordering::SeqCst);
+    assert_eq!(ack(&mut rxs[1]).await, AckStatus::Delivered);
+    let acked1 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let released2 = Instant::now();
+    released.store(3, Ordering::SeqCst);
+    assert_eq!(ack(&mut rxs[2]).await, AckStatus::Delivered);
+    let acked2 = Instant::now();
     finish(&running).await;
 
-    let got = s.len() as u64;
-    let dropped = pipeline(&running, "p").dropped_count(DropReason::RateLimit);
-    assert_eq!(got + dropped, SENT, "received {got} + dropped {dropped}");
-    assert!(got >= 100, "the burst of 100 was not let through: {got}");
-    assert!(dropped > 0);
     let offs = s.offsets();
     assert!(
         offs.windows(2).all(|w| w[0] < w[1]),
-        "duplicates or reordering"
+        "duplicates or reordering: {offs:?}"
     );
-    assert_eq!(sink_metrics(&running, "S").events.get(), got);
+    let got: Vec<u64> = ranges
+        .iter()
+        .map(|r| offs.iter().filter(|o| r.contains(o)).count() as u64)
+        .collect();
+    // Batch 0: the full bucket, all 100.
+    assert_eq!(got[0], B, "batch 0");
+    // Batch 1: the cells that came back since batch 0 emptied the bucket
+    // (no later than acked0) until batch 1 was checked (no earlier than
+    // released1, no later than acked1; batch 0 was checked after
+    // released0).
+    let (lo, hi) = (
+        periods(released1 - acked0).saturating_sub(1).min(B),
+        (periods(acked1 - released0) + 1).min(B),
+    );
+    assert!(
+        (lo..=hi).contains(&got[1]),
+        "batch 1 let {} through; the bucket arithmetic says {lo}..={hi}",
+        got[1]
+    );
+    // Batch 2: >= 150 ms later the bucket is full, and holds 100, not
+    // more: exactly the burst, plus a cell per period its checks took.
+    let hi2 = B + periods(acked2 - released2) + 1;
+    assert!(periods(released2 - acked1) > B + 1);
+    assert!(
+        (B..=hi2).contains(&got[2]),
+        "batch 2 let {} through; the bucket arithmetic says {B}..={hi2}",
+        got[2]
+    );
+    // Everything else was dropped, and counted, and counts as delivered.
+    let sent: u64 = sizes.iter().sum();
+    let passed: u64 = got.iter().sum();
+    assert_eq!(
+        pipeline(&running, "p").dropped_count(DropReason::RateLimit),
+        sent - passed
+    );
+    assert_eq!(sink_metrics(&running, "S").events.get(), passed);
+    eprintln!("rate limit drop: batches let through {got:?} (batch 1 bounds {lo}..={hi}, batch 2 {B}..={hi2})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,4 +406,22 @@ async fn forced_shutdown_ends_a_pipeline_waiting_on_its_rate_limit() {
     finish(&running).await;
     assert_eq!(acks(&mut rxs).await, vec![AckStatus::Failed; 2]);
     assert!(s.len() < 50, "{} events written", s.len());
+    // The pipeline dropped the batch it held (waiting for tokens), and the
+    // second batch was abandoned where it waited: at the pipeline's input,
+    // or still at the router. Either way 50 are counted, each where it was.
+    let p = pipeline(&running, "p");
+    let held = p.undelivered.get(Undelivered::Abandoned);
+    let place = running.abandoned_by_place();
+    match held {
+        50 => assert_eq!(place, "pipeline:p=50"),
+        25 => assert_eq!(place, "input:Src=25 pipeline:p=25"),
+        _ => panic!("the pipeline counted {held} abandoned; places: {place}"),
+    }
+    assert_eq!(running.abandoned(), 50);
+    let text = running.render_metrics();
+    let series = format!(
+        "dab_pipeline_undelivered_events_total{{pipeline=\"p\",reason=\"abandoned\"}} {held}\n"
+    );
+    assert!(text.contains(&series), "no {series:?} in\n{text}");
+    assert!(text.contains("\ndab_abandoned_events_total 50\n"), "{text}");
 }

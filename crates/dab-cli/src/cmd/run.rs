@@ -1,8 +1,9 @@
 //! `dab run`: check the set exactly as `dab validate` does, then start it and
 //! stop gracefully on SIGTERM or Ctrl-C (a second signal, or the drain
 //! deadline, forces the stop). Exits 0 once every source is finite and
-//! exhausted and everything is drained. SIGHUP, and file changes with
-//! `--watch`, reload the set (`crate::reload`).
+//! exhausted and everything is drained; 3 when a stop abandoned events
+//! (`crate::args::RUN_EXIT_CODES` lists every status). SIGHUP, and file
+//! changes with `--watch`, reload the set (`crate::reload`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use dab_runtime::{Registry, RunOptions};
 use crate::args::{Format, LogFormat, RunArgs};
 use crate::cmd::validate::report_to;
 use crate::input::load_and_check;
+
+/// A stop abandoned events (docs/runtime.md, "Exit status").
+const EXIT_ABANDONED: u8 = 3;
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -101,21 +105,36 @@ async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode
             running.force();
             // Whatever still hangs after a grace period is abandoned.
             tokio::time::sleep(Duration::from_secs(5)).await;
-            tracing::error!("tasks did not end after a forced stop; exiting");
-            std::process::exit(1);
+            tracing::error!(
+                abandoned = running.abandoned(),
+                "tasks did not end within 5 s of a forced stop; exiting, abandoning what they hold"
+            );
+            std::process::exit(i32::from(EXIT_ABANDONED));
         })
     };
     running.wait().await;
     signals.abort();
     reloads.abort();
     let failures = running.failures();
+    for f in &failures {
+        eprintln!("dab: {f}");
+    }
+    let abandoned = running.abandoned();
+    if abandoned > 0 {
+        // Their sources heard "failed" (those that can hear); the rest
+        // is lost, and the exit status must say so.
+        tracing::error!(
+            abandoned,
+            places = %running.abandoned_by_place(),
+            "stopped with events abandoned; exiting with status 3"
+        );
+        eprintln!("dab: {abandoned} events abandoned by the stop");
+        return Ok(ExitCode::from(EXIT_ABANDONED));
+    }
     if failures.is_empty() {
         tracing::info!("all pipelines drained; exiting");
         Ok(ExitCode::SUCCESS)
     } else {
-        for f in &failures {
-            eprintln!("dab: {f}");
-        }
         Ok(ExitCode::from(1))
     }
 }

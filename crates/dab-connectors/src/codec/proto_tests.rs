@@ -1,5 +1,7 @@
-//! Tests of the protobuf codec: agreement with prost's generated messages
-//! in both directions, presence, raw pass-through, bad input.
+//! Tests of the protobuf codec: golden bytes written by Python's protobuf
+//! from `proto/murron.proto` (and read field by field below), agreement
+//! with prost's messages in both directions, presence, raw pass-through,
+//! bad input.
 
 #![allow(clippy::unwrap_used)]
 // `Event` has a private field: no struct literals outside dab-api.
@@ -38,6 +40,82 @@ fn reason(buf: &[u8]) -> String {
     match decode(Bytes::copy_from_slice(buf)) {
         Ok((ev, _)) => panic!("{buf:?} should fail, decoded {ev:?}"),
         Err(e) => e.reason(),
+    }
+}
+
+/// `sample()` as Python's protobuf (grpcio-tools 1.x, `protoc -Iproto
+/// --python_out`, `SerializeToString(deterministic=True)`) writes it:
+///
+/// ```text
+/// e = murron_pb2.Event(timestamp=1732320000000000000, host="web-1", type="MyEvent",
+///                      offset=42, pid=311, message=b"GET /api/chat.postMessage 200")
+/// e.tags["env"] = "prod"
+/// ```
+#[rustfmt::skip]
+const GOLDEN_SAMPLE: &[u8] = &[
+    // 1: timestamp, varint 1732320000000000000
+    0x08, 0x80, 0x80, 0xb8, 0xea, 0xc9, 0xfb, 0x9b, 0x85, 0x18,
+    // 2: host, 5 bytes "web-1"
+    0x12, 0x05, b'w', b'e', b'b', b'-', b'1',
+    // 3: type, 7 bytes "MyEvent"
+    0x1a, 0x07, b'M', b'y', b'E', b'v', b'e', b'n', b't',
+    // 4: offset 42; 5: pid 311 (0xb7 0x02)
+    0x20, 0x2a, 0x28, 0xb7, 0x02,
+    // 6: message, 29 bytes
+    0x32, 0x1d, b'G', b'E', b'T', b' ', b'/', b'a', b'p', b'i', b'/', b'c', b'h', b'a', b't',
+    b'.', b'p', b'o', b's', b't', b'M', b'e', b's', b's', b'a', b'g', b'e', b' ', b'2', b'0', b'0',
+    // 8: one tags entry of 11 bytes: 1: key "env", 2: value "prod"
+    0x42, 0x0b, 0x0a, 0x03, b'e', b'n', b'v', 0x12, 0x04, b'p', b'r', b'o', b'd',
+];
+
+/// The extremes, as Python's protobuf writes them:
+///
+/// ```text
+/// e = murron_pb2.Event(timestamp=-1, host="h", type="T", offset=2**64-1, pid=2**32-1,
+///                      message=b"\x00\xff", signature=b"\x01\x02\x03")
+/// e.tags["b"] = "2"; e.tags["a"] = "1"
+/// ```
+#[rustfmt::skip]
+const GOLDEN_EXTREMES: &[u8] = &[
+    // 1: timestamp -1: int64 is a ten-byte varint of two's complement
+    0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    // 2: host "h"; 3: type "T"
+    0x12, 0x01, b'h', 0x1a, 0x01, b'T',
+    // 4: offset u64::MAX (ten bytes); 5: pid u32::MAX (five bytes)
+    0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    0x28, 0xff, 0xff, 0xff, 0xff, 0x0f,
+    // 6: message 00 ff; 7: signature 01 02 03
+    0x32, 0x02, 0x00, 0xff, 0x3a, 0x03, 0x01, 0x02, 0x03,
+    // 8: tags in key order, one entry each
+    0x42, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'1',
+    0x42, 0x06, 0x0a, 0x01, b'b', 0x12, 0x01, b'2',
+];
+
+fn extremes() -> Event {
+    let mut ev = Event::default();
+    ev.timestamp = -1;
+    ev.host = Text::from("h");
+    ev.ty = Text::from("T");
+    ev.offset = u64::MAX;
+    ev.pid = u32::MAX;
+    ev.message = Bytes::from_static(&[0x00, 0xff]);
+    ev.signature = Bytes::from_static(&[1, 2, 3]);
+    ev.tags = vec![
+        (Text::from("a"), Text::from("1")),
+        (Text::from("b"), Text::from("2")),
+    ];
+    ev
+}
+
+#[test]
+fn writes_and_reads_the_bytes_python_protobuf_writes() {
+    for (ev, golden) in [(sample(), GOLDEN_SAMPLE), (extremes(), GOLDEN_EXTREMES)] {
+        assert_eq!(&enc(&ev)[..], golden, "{ev:?}");
+        let (got, present) = decode(Bytes::from_static(golden)).unwrap();
+        assert_eq!(present, Present::ALL);
+        assert_eq!(untouched(got), ev);
+        // prost reads the same event from them.
+        assert_eq!(pb::Event::decode(golden).unwrap(), to_pb(&ev));
     }
 }
 
@@ -177,11 +255,17 @@ fn bad_input_is_refused_with_a_reason() {
 }
 
 #[test]
-fn batch_message_carries_events() {
+fn batch_message_is_what_python_protobuf_writes() {
+    // murron_pb2.Batch(events=[e, murron_pb2.Event()]): field 1 twice,
+    // the sample's 75 bytes, then an empty event.
+    let mut golden = vec![0x0a, 75];
+    golden.extend_from_slice(GOLDEN_SAMPLE);
+    golden.extend_from_slice(&[0x0a, 0x00]);
     let batch = pb::Batch {
         events: vec![to_pb(&sample()), pb::Event::default()],
     };
-    let got = pb::Batch::decode(batch.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(batch.encode_to_vec(), golden);
+    let got = pb::Batch::decode(golden.as_slice()).unwrap();
     assert_eq!(got.events.len(), 2);
     assert_eq!(from_pb(got.events[0].clone()).0, sample());
     assert!(!from_pb(got.events[1].clone()).1.host);
@@ -191,6 +275,9 @@ proptest! {
     #[test]
     fn round_trip(ev in event()) {
         let bytes = enc(&ev);
+        // The bytes mean this event to an independent reader (prost), not
+        // only to our own decoder.
+        prop_assert_eq!(pb::Event::decode(bytes.clone()).unwrap(), to_pb(&ev));
         let (got, present) = decode(bytes.clone()).unwrap();
         prop_assert_eq!(present.timestamp, ev.timestamp != 0);
         prop_assert_eq!(present.host, !ev.host.is_empty());
