@@ -138,7 +138,7 @@ pub struct PipelineMetrics {
     pub events_in: Counter,
     pub bytes_in: Counter,
     pub events_out: Counter,
-    dropped: [Counter; 8],
+    dropped: [Counter; DropReason::ALL.len()],
     /// Events that failed a stage (a bad signature), routed or dropped.
     pub failed_events: Counter,
     pub stages: Vec<StageMetrics>,
