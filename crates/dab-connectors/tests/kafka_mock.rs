@@ -577,3 +577,58 @@ async fn undecodable_protobuf_is_marked_counted_and_does_not_block() {
     );
     stop(r).await;
 }
+
+/// A rebalance while a batch is unacknowledged: the revoked member waits
+/// up to 2 s for it inside librdkafka's rebalance callback. That wait
+/// runs on the source's own thread, so the only tokio worker here keeps
+/// running tasks: a 10 ms ticker never stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_rebalance_drain_never_holds_a_tokio_worker() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 2000).await;
+    let mut r1 = start_source(&brokers, "events", "g10");
+    // Hold the first batch: the revoke drain has to wait for it.
+    let held = next_batch(&mut r1, Duration::from_secs(20)).await;
+    let gap = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let stop_ticking = CancellationToken::new();
+    let ticker = {
+        let gap = gap.clone();
+        let stop = stop_ticking.clone();
+        tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = std::time::Instant::now();
+                let mut g = gap.lock().expect("gap");
+                *g = (*g).max(now - last);
+                last = now;
+            }
+        })
+    };
+    let revoked = || sample(r1.source_metrics.as_ref(), "dab_kafka_partitions_revoked_total");
+    let r2 = start_source(&brokers, "events", "g10");
+    let t0 = std::time::Instant::now();
+    while revoked() < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no rebalance within 30 s"
+        );
+        // Keep r1's channel moving so its reader gets to poll.
+        while let Ok(b) = r1.rx.try_recv() {
+            b.ack.complete();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_ticking.cancel();
+    ticker.await.expect("ticker");
+    let worst = *gap.lock().expect("gap");
+    assert!(
+        worst < Duration::from_millis(500),
+        "a tokio worker stalled for {worst:?} during the rebalance"
+    );
+    drop(held);
+    stop(r1).await;
+    stop(r2).await;
+}
