@@ -220,8 +220,14 @@ fn kill_9_mid_stream_and_restart_loses_nothing() {
     let text = scrape(&metrics);
     eprintln!(
         "produce latency before the kill: {} s over {} deliveries",
-        series(&text, "dab_kafka_produce_latency_seconds_sum{sink=\"KOut\"}"),
-        series(&text, "dab_kafka_produce_latency_seconds_count{sink=\"KOut\"}")
+        series(
+            &text,
+            "dab_kafka_produce_latency_seconds_sum{sink=\"KOut\"}"
+        ),
+        series(
+            &text,
+            "dab_kafka_produce_latency_seconds_count{sink=\"KOut\"}"
+        )
     );
     broker::signal(dab.pid(), "KILL");
     let _ = dab.wait(Duration::from_secs(10));
@@ -625,9 +631,16 @@ fn a_batch_failing_downstream_is_sent_again_until_the_downstream_is_back() {
         || (m("dab_kafka_redelivered_batches_total") >= 3.0).then_some(()),
         || format!("{}\n{}", scrape(&metrics), dab.stderr()),
     );
-    assert!(!dir.path().join("done.ndjson").exists() || file_lines(&dir.path().join("done.ndjson")).is_empty());
+    assert!(
+        !dir.path().join("done.ndjson").exists()
+            || file_lines(&dir.path().join("done.ndjson")).is_empty()
+    );
     let c = committed(&python, &brokers, "in", "redeliver");
-    assert_eq!(c["total"].as_u64(), Some(0), "nothing committed while failing: {c}");
+    assert_eq!(
+        c["total"].as_u64(),
+        Some(0),
+        "nothing committed while failing: {c}"
+    );
     // The downstream comes back: `work` moves into this process's service.
     ingest_set(dir.path(), &brokers, ingest, "ingest", sources);
     broker::signal(dab.pid(), "HUP");
@@ -656,7 +669,11 @@ fn a_batch_failing_downstream_is_sent_again_until_the_downstream_is_back() {
         0.0
     );
     dab.terminate();
-    assert!(dab.wait(Duration::from_secs(30)).success(), "{}", dab.stderr());
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }
 
 #[test]
@@ -693,7 +710,11 @@ fn exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on() {
     wait_committed(&python, &brokers, "in", "g-drop", total, &dab);
     let mut got = seqs(&bad);
     got.sort_unstable();
-    assert_eq!(got, (0..total).collect::<Vec<u64>>(), "each event once in bad.ndjson");
+    assert_eq!(
+        got,
+        (0..total).collect::<Vec<u64>>(),
+        "each event once in bad.ndjson"
+    );
     for l in &bad {
         let v: Value = serde_json::from_str(l).expect("NDJSON");
         let why = v["tags"]["dab.error"].as_str().unwrap_or_default();
@@ -726,15 +747,24 @@ fn exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on() {
         s("dab_pipeline_dropped_total{pipeline=\"ingest\",reason=\"retries_exhausted\"}"),
         0.0
     );
-    assert_eq!(s("dab_kafka_exhausted_events_total{source=\"KIn\"}"), total as f64);
-    assert_eq!(s("dab_kafka_exhausted_events_total{source=\"KIn2\"}"), total as f64);
+    assert_eq!(
+        s("dab_kafka_exhausted_events_total{source=\"KIn\"}"),
+        total as f64
+    );
+    assert_eq!(
+        s("dab_kafka_exhausted_events_total{source=\"KIn2\"}"),
+        total as f64
+    );
     // KIn: every batch failed twice (read, sent again once); KIn2: once.
     let (f1, r1) = (
         s("dab_kafka_failed_batches_total{source=\"KIn\"}"),
         s("dab_kafka_redelivered_batches_total{source=\"KIn\"}"),
     );
     assert!(r1 >= 1.0 && f1 == 2.0 * r1, "{text}");
-    assert_eq!(s("dab_kafka_redelivered_batches_total{source=\"KIn2\"}"), 0.0);
+    assert_eq!(
+        s("dab_kafka_redelivered_batches_total{source=\"KIn2\"}"),
+        0.0
+    );
     // Both pipelines took their given-up batches: none was lost on the way.
     for src in ["KIn", "KIn2"] {
         assert_eq!(
@@ -748,9 +778,16 @@ fn exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on() {
             "{text}"
         );
     }
-    assert!(!dir.path().join("done.ndjson").exists() || file_lines(&dir.path().join("done.ndjson")).is_empty());
+    assert!(
+        !dir.path().join("done.ndjson").exists()
+            || file_lines(&dir.path().join("done.ndjson")).is_empty()
+    );
     dab.terminate();
-    assert!(dab.wait(Duration::from_secs(30)).success(), "{}", dab.stderr());
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }
 
 /// tansu with `sqlite://` storage, stopped mid-stream with SIGTERM and
@@ -813,7 +850,10 @@ fn a_broker_restart_with_sigterm_and_sigkill_loses_nothing() {
     eprintln!("producer: {p}");
     assert_eq!((num(&p, "produced"), num(&p, "pending")), (total, 0), "{p}");
     let out = count_out(&python, &brokers, total);
-    eprintln!("broker restarts {downs:?}: {} duplicates of {total}", num(&out, "duplicates"));
+    eprintln!(
+        "broker restarts {downs:?}: {} duplicates of {total}",
+        num(&out, "duplicates")
+    );
     let text = scrape(&metrics);
     let show: Vec<String> = text
         .lines()
@@ -848,5 +888,9 @@ fn a_broker_restart_with_sigterm_and_sigkill_loses_nothing() {
     assert_eq!(num(&out, "distinct"), total, "{out}");
     assert!(dab.running(), "dab must ride it out: {}", dab.stderr());
     dab.terminate();
-    assert!(dab.wait(Duration::from_secs(30)).success(), "{}", dab.stderr());
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }

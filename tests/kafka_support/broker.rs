@@ -504,7 +504,10 @@ impl Broker {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "the broker still runs");
         if let Err(e) = self.spawn_and_wait() {
-            panic!("tansu did not start again: {e}\n--- log ---\n{}", self.log());
+            panic!(
+                "tansu did not start again: {e}\n--- log ---\n{}",
+                self.log()
+            );
         }
     }
 

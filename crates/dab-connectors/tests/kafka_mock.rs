@@ -270,12 +270,18 @@ async fn a_failed_batch_is_sent_again_and_then_committed() {
     let metrics = r.source_metrics.clone();
     stop(r).await;
     assert_eq!(committed(&brokers, "events", "g2", 1), vec![2000]);
-    assert_eq!(sample(metrics.as_ref(), "dab_kafka_failed_batches_total"), 1.0);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_failed_batches_total"),
+        1.0
+    );
     assert_eq!(
         sample(metrics.as_ref(), "dab_kafka_redelivered_batches_total"),
         1.0
     );
-    assert_eq!(sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"), 0.0);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +321,11 @@ async fn a_batch_failing_past_max_redeliveries_is_marked_and_committed_past() {
         b.ack.complete();
     }
     // Back-offs of 250 ms and 500 ms came before the last two sends.
-    assert!(t0.elapsed() >= Duration::from_millis(750), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(750),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(arrivals, 4, "read once, sent again twice, then marked");
     let marked = marked.expect("marked");
     let first = marked.events[0].offset;
@@ -336,12 +346,18 @@ async fn a_batch_failing_past_max_redeliveries_is_marked_and_committed_past() {
     let metrics = r.source_metrics.clone();
     stop(r).await;
     assert_eq!(committed(&brokers, "events", "g7", 1), vec![2000]);
-    assert_eq!(sample(metrics.as_ref(), "dab_kafka_failed_batches_total"), 3.0);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_failed_batches_total"),
+        3.0
+    );
     assert_eq!(
         sample(metrics.as_ref(), "dab_kafka_redelivered_batches_total"),
         2.0
     );
-    assert_eq!(sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"), n);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        n
+    );
     assert_eq!(
         sample(metrics.as_ref(), "dab_kafka_source_dropped_events_total"),
         0.0
@@ -375,7 +391,10 @@ async fn an_exhausted_batch_nobody_takes_is_counted_dropped_and_committed_past()
         sample(metrics.as_ref(), "dab_kafka_source_dropped_events_total"),
         500.0
     );
-    assert_eq!(sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"), 500.0);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        500.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +421,10 @@ async fn failed_batches_left_waiting_at_stop_are_read_again_by_the_next_consumer
     held.expect("a second batch").ack.fail();
     stop(r).await;
     let c = committed(&brokers, "events", "g9", 1);
-    assert!(c[0] < 2000, "commit must stop before the failed batch: {c:?}");
+    assert!(
+        c[0] < 2000,
+        "commit must stop before the failed batch: {c:?}"
+    );
     let mut r2 = start_source(&brokers, "events", "g9");
     let again = take(&mut r2, 2000, Duration::from_secs(8), |_| true).await;
     assert_eq!(
@@ -607,7 +629,12 @@ async fn a_rebalance_drain_never_holds_a_tokio_worker() {
             }
         })
     };
-    let revoked = || sample(r1.source_metrics.as_ref(), "dab_kafka_partitions_revoked_total");
+    let revoked = || {
+        sample(
+            r1.source_metrics.as_ref(),
+            "dab_kafka_partitions_revoked_total",
+        )
+    };
     let r2 = start_source(&brokers, "events", "g10");
     let t0 = std::time::Instant::now();
     while revoked() < 1.0 {

@@ -85,7 +85,9 @@ impl Offsets {
             return Advance::None;
         };
         match part.pending.get_mut(&first) {
-            Some(r) if r.id == id && r.state != State::Done => r.state = State::Done,
+            // Only a range handed on: one waiting to be sent again has no
+            // outstanding attempt to settle.
+            Some(r) if r.id == id && r.state == State::InFlight => r.state = State::Done,
             _ => return Advance::None,
         }
         let mut store = None;
@@ -243,13 +245,16 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever order acknowledgements come in, the commit position
-        /// never passes an unsettled range, and ends past the last one.
+        /// Whatever order acknowledgements come in, and however often a
+        /// range fails and is sent again first, the commit position never
+        /// passes an unsettled range, and ends past the last one.
         #[test]
         fn never_commits_past_an_unsettled_range(
             sizes in proptest::collection::vec(1i64..50, 1..40),
             order in proptest::collection::vec(any::<prop::sample::Index>(), 40),
+            failures in proptest::collection::vec(0u8..3, 40),
         ) {
+            let mut failures = failures;
             let mut o = Offsets::default();
             let mut ranges = Vec::new();
             let mut next = 0;
@@ -266,8 +271,18 @@ mod tests {
                 let pick = order[k % order.len()].index(left.len());
                 k += 1;
                 let i = left.swap_remove(pick);
-                settled[i] = true;
                 let (first, _, id) = ranges[i];
+                let f = i % failures.len();
+                if failures[f] > 0 {
+                    // Fails, waits (commits nothing), is sent again.
+                    failures[f] -= 1;
+                    prop_assert!(o.fail(&tp(0), first, id));
+                    prop_assert_eq!(o.complete(&tp(0), first, id), Advance::None);
+                    prop_assert!(o.resend(&tp(0), first, id));
+                    left.push(i);
+                    continue;
+                }
+                settled[i] = true;
                 if let Advance::Store(pos) = o.complete(&tp(0), first, id) {
                     prop_assert!(pos > committed);
                     committed = pos;

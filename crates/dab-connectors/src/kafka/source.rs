@@ -256,8 +256,7 @@ impl Decoder {
         if let Some(i) = self.topics.iter().position(|(n, _)| &**n == name) {
             return i;
         }
-        self.topics
-            .push((Arc::<str>::from(name), Text::from(name)));
+        self.topics.push((Arc::<str>::from(name), Text::from(name)));
         self.topics.len() - 1
     }
 
@@ -401,9 +400,7 @@ impl Shared {
                 // Not even `OnError` took them (it, or the pipeline, is
                 // gone): counted, logged, and committed past, as promised.
                 let n = sent.msgs.len() as u64;
-                self.metrics
-                    .exhausted_lost
-                    .fetch_add(n, Ordering::Relaxed);
+                self.metrics.exhausted_lost.fetch_add(n, Ordering::Relaxed);
                 for (tp, first, _) in &sent.spans {
                     tracing::error!(source = %self.metrics.name, topic = %tp.0, partition = tp.1, first_offset = first, "events given up on after max_redeliveries could not be handed to OnError; dropped (retries_exhausted)");
                 }
@@ -430,7 +427,10 @@ impl Shared {
                 let (at, redeliveries) = if exhausted {
                     (Instant::now(), redeliveries)
                 } else {
-                    (Instant::now() + back_off(redeliveries + 1), redeliveries + 1)
+                    (
+                        Instant::now() + back_off(redeliveries + 1),
+                        redeliveries + 1,
+                    )
                 };
                 tracing::warn!(source = %self.metrics.name, events = msgs.len(), redeliveries, exhausted, "a batch was not delivered; it will be sent again");
                 self.retries().push(Retry {
