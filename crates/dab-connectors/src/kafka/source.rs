@@ -365,6 +365,9 @@ struct Shared {
     /// Set once the reader stops: failed batches are then left to the
     /// next reader of their partitions (not committed, read again).
     stopping: AtomicBool,
+    /// When "sent again" and "giving up" were last logged.
+    last_retry_log: Mutex<Option<Instant>>,
+    last_give_up_log: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -409,19 +412,17 @@ impl Shared {
             AckStatus::Failed => {
                 KafkaSourceMetrics::inc(&self.metrics.failed_batches);
                 let Sent {
-                    mut msgs,
+                    msgs,
                     mut spans,
                     redeliveries,
                     ..
                 } = sent;
+                // Partitions revoked meanwhile are the next owner's; their
+                // messages are left out when the batch is sent again.
                 spans.retain(|(tp, first, id)| o.fail(tp, *first, *id));
                 drop(o);
                 if spans.is_empty() || self.stopping.load(Ordering::Acquire) {
                     return;
-                }
-                if spans.len() < msgs.len() {
-                    // Partitions revoked meanwhile are the next owner's.
-                    msgs.retain(|m| spans.iter().any(|(tp, _, _)| tp.1 == m.partition));
                 }
                 let exhausted = redeliveries >= self.max_redeliveries;
                 let (at, redeliveries) = if exhausted {
@@ -432,7 +433,11 @@ impl Shared {
                         redeliveries + 1,
                     )
                 };
-                tracing::warn!(source = %self.metrics.name, events = msgs.len(), redeliveries, exhausted, "a batch was not delivered; it will be sent again");
+                if !exhausted {
+                    log_rarely(&self.last_retry_log, |()| {
+                        tracing::warn!(source = %self.metrics.name, events = msgs.len(), redeliveries, "a batch was not delivered; it will be sent again (logged at most every 5 s)");
+                    });
+                }
                 self.retries().push(Retry {
                     at,
                     sent: Sent {
@@ -492,6 +497,8 @@ impl Source for KafkaSource {
             retries: Mutex::new(Vec::new()),
             max_redeliveries: config.max_redeliveries,
             stopping: AtomicBool::new(false),
+            last_retry_log: Mutex::new(None),
+            last_give_up_log: Mutex::new(None),
         });
         let reader = Reader {
             name: name.clone(),
@@ -684,7 +691,9 @@ impl Reader {
                     ev.set_tag(Text::from_static(ERROR_TAG), Text::from(why));
                 }
             }
-            tracing::warn!(source = %self.name, events = events.len(), attempts, "giving up on a batch: its events go to OnError, or are dropped (retries_exhausted)");
+            log_rarely(&self.shared.last_give_up_log, |()| {
+                tracing::warn!(source = %self.name, events = events.len(), attempts, "giving up on a batch: its events go to OnError, or are dropped (retries_exhausted); logged at most every 5 s, counted in dab_kafka_exhausted_events_total");
+            });
         } else {
             KafkaSourceMetrics::inc(&m.redelivered_batches);
         }
