@@ -834,7 +834,19 @@ fn a_broker_restart_with_sigterm_and_sigkill_loses_nothing() {
             Duration::from_secs(90),
             "events delivered before the broker stops",
             || (delivered(&metrics) >= after).then_some(()),
-            || format!("{}\n{}\n{}", scrape(&metrics), dab.stderr(), broker.log()),
+            || {
+                let log = broker.log();
+                // A known tansu 0.6 bug (docs/decisions.md): after a restart
+                // its SQLite engine can panic on an idempotent producer's
+                // produce request, so dab's producer never gets through.
+                let known = if log.contains("more or less than one row") {
+                    "tansu panicked in idempotent_message_check (\"more or less than one row\") \
+                     after the restart: the broker bug in docs/decisions.md, not dab's\n"
+                } else {
+                    ""
+                };
+                format!("{known}{}\n{}\n{log}", scrape(&metrics), dab.stderr())
+            },
         );
         let t0 = std::time::Instant::now();
         let status = broker.stop(sig, Duration::from_secs(30));
