@@ -638,3 +638,51 @@ async fn a_message_too_large_is_rejected_alone_and_the_rest_delivered() {
         2.0
     );
 }
+
+/// A producer fatal error (the broker answers a head-of-line produce
+/// request OUT_OF_ORDER_SEQUENCE_NUMBER: its idempotence state no longer
+/// matches the producer's) fails the write in flight; `rewind`, as the
+/// runtime calls it before writing that write again, builds a new
+/// producer, and the write then goes through. Nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_rebuilds_the_producer_and_loses_nothing() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = sink_on(&brokers, "events");
+    let first: Vec<Event> = (0..100).map(event).collect();
+    let mut c = sink.write_confirmed(&first).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let second: Vec<Event> = (100..200).map(event).collect();
+    let mut c = sink.write_confirmed(&second).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(matches!(c, Confirmed::Failed(_)), "{c:?}");
+
+    sink.rewind().await.expect("rewind builds a new producer");
+    assert_eq!(
+        sink_counter(sink.as_ref(), "dab_kafka_producer_restarts_total"),
+        1.0
+    );
+    let mut c = sink.write_confirmed(&second).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+    let mut back: Vec<u64> = read_back(&brokers, "events", 1, 200)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    back.sort_unstable();
+    back.dedup();
+    assert_eq!(back, (0..200).collect::<Vec<u64>>());
+}
