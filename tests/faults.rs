@@ -15,14 +15,13 @@ mod fault_support;
 mod run_support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fault_support::load::{Load, Spec};
 use fault_support::peer::{Handler, Peer, Seen};
 use fault_support::{
-    file_events, file_offsets, signal, start_dab, terminate_ok, yaml_path, Row, Size, Tmpfs, EXIT,
+    file_events, file_offsets, signal, start_dab, terminate_ok, yaml_path, Row, Size, Tmpfs,
     START,
 };
 use run_support::client::{free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics};
@@ -419,4 +418,296 @@ fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
         must_metric(&text, "dab_sink_errors_total{sink=\"HttpOut\"}")
     );
     row.report();
+}
+
+// kill -9 of the downstream process of a gRPC relay --------------------------
+
+/// Clients -> A (`http` in, `murron_grpc` out) -> B (`murron_grpc` in,
+/// file out). B is killed with -9 under load, stays dead 1 s (3 s at full
+/// size) and starts again on the same port, appending to the same file.
+/// A 200 from A means B had the events in its file, so every acknowledged
+/// event is there; the events B wrote but had not acknowledged when it died
+/// are written again (duplicates, counted).
+#[test]
+fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
+    let size = Size::from_env();
+    let down = size.pick(Duration::from_secs(1), Duration::from_secs(3));
+    let dir = tmp();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).expect("mkdir a");
+    std::fs::create_dir_all(&b_dir).expect("mkdir b");
+    let (listen, b_listen) = (free_addr(), free_addr());
+    let out_path = dir.path().join("relay.ndjson");
+    write_set(
+        &a_dir,
+        "relay.NewPipeline().In(HttpIn).Out(SidecarClient)\n",
+        &format!(
+            "{}sinks:\n  SidecarClient: {{ kind: murron_grpc, endpoint: \"http://{b_listen}\" }}\n",
+            http_in(&listen)
+        ),
+    );
+    write_set(
+        &b_dir,
+        "store.NewPipeline().In(Grpc).Out(F)\n",
+        &format!(
+            "sources:\n  Grpc: {{ kind: murron_grpc, listen: \"{b_listen}\" }}\nsinks:\n  F: {{ kind: file, path: {} }}\n",
+            yaml_path(&out_path)
+        ),
+    );
+    let (mut b, _) = start_dab(&b_dir);
+    let (mut a, a_metrics) = start_dab(&a_dir);
+    wait_http_ok(&listen, "/healthz", START, || a.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            clients: 4,
+            batch: 50,
+            pause: Duration::from_millis(10),
+            budget: u64::MAX,
+            limit: Duration::from_secs(120),
+            timeout: Duration::from_secs(60),
+        },
+    );
+    wait_acks(&load, 3_000, "3,000 acks before the kill", || a.stderr());
+    signal(b.pid(), "KILL");
+    let status = b.wait(Duration::from_secs(5));
+    assert!(!status.success(), "B was killed: {status}");
+    std::thread::sleep(down);
+    let (mut b2, _) = start_dab(&b_dir);
+    let back = Instant::now();
+    wait_acks(&load, 3_000, "3,000 acks after B is back", || {
+        format!("A:\n{}\nB:\n{}", a.stderr(), b2.stderr())
+    });
+    let out = load.stop();
+    wait_metrics(
+        &a_metrics,
+        &[("dab_sink_failed_events_total{sink=\"SidecarClient\"}", 0.0)],
+        Duration::from_secs(5),
+    );
+    terminate_ok(&mut a);
+    terminate_ok(&mut b2);
+
+    let delivered = file_offsets(&out_path);
+    let mut row = Row::tally(
+        &format!("kill -9 of the downstream dab of a gRPC relay, down {} s", down.as_secs()),
+        out.offered,
+        &out.acked,
+        &delivered,
+    );
+    row.recovered = out.first_ack_after(back);
+    row.note = format!("refused: {}", out.refusals_text());
+    row.report();
+    assert!(row.recovered.is_some(), "no 200 after B came back");
+}
+
+// 20 reloads under load ----------------------------------------------------
+
+/// Whether the process catches SIGHUP (`SigCgt` in `/proc/PID/status`).
+fn catches_sighup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        })
+        // SIGHUP is signal 1: bit 0.
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
+/// Under load, the pipeline is rebuilt 20 times by SIGHUP, alternating
+/// `FilterType(A)` and `FilterType(A, B)` (every event is an `A`, so both
+/// keep everything). Every event answered 200 is in the file.
+#[test]
+fn twenty_reloads_under_load() {
+    const RELOADS: u64 = 20;
+    let size = Size::from_env();
+    let gap = size.pick(Duration::from_millis(150), Duration::from_millis(500));
+    let dir = tmp();
+    let listen = free_addr();
+    let out_path = dir.path().join("out.ndjson");
+    let blueprint = |k: u64| {
+        if k % 2 == 0 {
+            "t.NewPipeline().In(HttpIn).FilterType(A).Out(FileOut)\n"
+        } else {
+            "t.NewPipeline().In(HttpIn).FilterType(A, B).Out(FileOut)\n"
+        }
+    };
+    write_set(
+        dir.path(),
+        blueprint(0),
+        &format!(
+            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+            http_in(&listen),
+            yaml_path(&out_path)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    poll(
+        START,
+        "dab to catch SIGHUP",
+        || catches_sighup(dab.pid()).then_some(()),
+        || dab.stderr(),
+    );
+    let load = Load::start(
+        &listen,
+        Spec {
+            clients: 4,
+            batch: 50,
+            pause: Duration::from_millis(5),
+            budget: u64::MAX,
+            limit: Duration::from_secs(300),
+            timeout: Duration::from_secs(60),
+        },
+    );
+    wait_acks(&load, 1_000, "1,000 acks before the first reload", || dab.stderr());
+    let mut acked_between = Vec::new();
+    for k in 1..=RELOADS {
+        std::fs::write(dir.path().join("t.dab"), blueprint(k)).expect("edit t.dab");
+        let before = load.acked();
+        signal(dab.pid(), "HUP");
+        wait_metrics(
+            &metrics,
+            &[
+                ("dab_reloads_total", k as f64),
+                ("dab_reload_failures_total", 0.0),
+            ],
+            Duration::from_secs(30),
+        );
+        std::thread::sleep(gap);
+        acked_between.push(load.acked() - before);
+    }
+    wait_acks(&load, 1_000, "1,000 acks after the last reload", || dab.stderr());
+    let out = load.stop();
+    terminate_ok(&mut dab);
+    let delivered = file_offsets(&out_path);
+    let mut row = Row::tally(
+        "20 reloads (SIGHUP) under load",
+        out.offered,
+        &out.acked,
+        &delivered,
+    );
+    let quiet = acked_between.iter().filter(|n| **n == 0).count();
+    row.note = format!(
+        "{quiet} of 20 reloads with no 200 in the {} ms after; refused: {}",
+        gap.as_millis(),
+        out.refusals_text()
+    );
+    row.report();
+}
+
+// SIGTERM under load -------------------------------------------------------
+
+/// Clients post flat out; SIGTERM arrives mid-stream. dab stops taking
+/// posts, drains, exits 0, and every event answered 200 is in the file.
+/// The time column is how long the drain took.
+#[test]
+fn sigterm_under_load() {
+    let size = Size::from_env();
+    let before = size.pick(5_000, 50_000);
+    let dir = tmp();
+    let listen = free_addr();
+    let out_path = dir.path().join("out.ndjson");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
+        &format!(
+            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+            http_in(&listen),
+            yaml_path(&out_path)
+        ),
+    );
+    let (mut dab, _) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            clients: 8,
+            batch: 50,
+            pause: Duration::ZERO,
+            budget: u64::MAX,
+            limit: Duration::from_secs(300),
+            timeout: Duration::from_secs(30),
+        },
+    );
+    wait_acks(&load, before, "acks before SIGTERM", || dab.stderr());
+    let drained = terminate_ok(&mut dab);
+    let out = load.stop();
+    let delivered = file_offsets(&out_path);
+    let mut row = Row::tally("SIGTERM under load", out.offered, &out.acked, &delivered);
+    row.recovered = Some(drained);
+    row.note = format!(
+        "time = SIGTERM to exit 0; refused after: {}",
+        out.refusals_text()
+    );
+    row.report();
+    assert!(
+        out.offered > out.acked.len() as u64,
+        "the load did not outlast dab: SIGTERM came after the last post"
+    );
+}
+
+// A reconnect storm ----------------------------------------------------------
+
+/// 1,000 clients connect at once, post 10 events each on a fresh
+/// connection, and do it again (2 rounds; 5 at full size). Every 200 is
+/// in the file; dab serves or refuses, and is still serving afterwards.
+#[test]
+fn reconnect_storm_of_1000_clients() {
+    const CLIENTS: usize = 1_000;
+    let size = Size::from_env();
+    let rounds: u64 = size.pick(2, 5);
+    let dir = tmp();
+    let listen = free_addr();
+    let out_path = dir.path().join("out.ndjson");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
+        &format!(
+            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+            http_in(&listen),
+            yaml_path(&out_path)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let started = Instant::now();
+    let load = Load::start(
+        &listen,
+        Spec {
+            clients: CLIENTS,
+            batch: 10,
+            pause: Duration::ZERO,
+            budget: CLIENTS as u64 * 10 * rounds,
+            limit: Duration::from_secs(120),
+            timeout: Duration::from_secs(60),
+        },
+    );
+    poll(
+        Duration::from_secs(180),
+        "the storm to end",
+        || load.finished().then_some(()),
+        || format!("{} acked; dab:\n{}", load.acked(), dab.stderr()),
+    );
+    let out = load.stop();
+    let took = started.elapsed();
+    let r = request(&metrics, "GET", "/healthz", b"", Duration::from_secs(5))
+        .expect("/healthz after the storm");
+    assert_eq!(r.status, 200, "/healthz after the storm");
+    terminate_ok(&mut dab);
+    let delivered = file_offsets(&out_path);
+    let mut row = Row::tally(
+        &format!("reconnect storm, 1,000 clients × {rounds}"),
+        out.offered,
+        &out.acked,
+        &delivered,
+    );
+    row.note = format!(
+        "{:.1} s for the storm; refused: {}",
+        took.as_secs_f64(),
+        out.refusals_text()
+    );
+    row.report();
+    assert_eq!(out.offered, CLIENTS as u64 * 10 * rounds);
 }
