@@ -9,15 +9,19 @@
 //! promise; a row then counts the offsets its sink's peer (an HTTP server
 //! here, a file, or a second dab) holds against the offsets answered 200.
 
+#[path = "kafka_support/broker.rs"]
+mod broker;
 #[allow(dead_code)]
 mod fault_support;
 #[allow(dead_code)]
 mod run_support;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fault_support::kafka;
 use fault_support::load::{Load, Spec};
 use fault_support::peer::{Handler, Peer, Seen};
 use fault_support::{
@@ -25,6 +29,7 @@ use fault_support::{
     START,
 };
 use run_support::client::{free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics};
+use run_support::process::Dab;
 use run_support::{poll, write_set};
 
 fn tmp() -> tempfile::TempDir {
@@ -710,4 +715,346 @@ fn reconnect_storm_of_1000_clients() {
     );
     row.report();
     assert_eq!(out.offered, CLIENTS as u64 * 10 * rounds);
+}
+
+// Kafka ------------------------------------------------------------------------
+
+/// The wall clock, as dab's logs show it.
+fn now_utc() -> String {
+    let o = std::process::Command::new("date")
+        .args(["-u", "+%H:%M:%S.%N"])
+        .output()
+        .expect("run date");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// A tansu broker with sqlite storage and topics `in` and `out`.
+fn kafka_broker(in_partitions: u32) -> (broker::Broker, std::path::PathBuf) {
+    let python = kafka::python();
+    let b = broker::Broker::start_with_storage(&kafka::tansu(), kafka::SQLITE);
+    b.create_topic("in", in_partitions);
+    b.create_topic("out", 3);
+    (b, python)
+}
+
+/// Starts the outside producer of `total` events `0..total` (type A) at
+/// `rate` events/s into `in`.
+fn kafka_producer(python: &Path, brokers: &str, total: u64, rate: u64) -> broker::ClientRun {
+    broker::spawn_client(
+        python,
+        "produce",
+        brokers,
+        "in",
+        &[
+            "--count",
+            &total.to_string(),
+            "--types",
+            "A",
+            "--rate",
+            &rate.to_string(),
+            "--key",
+            "offset",
+        ],
+    )
+}
+
+/// `dab run` in `dir`, waiting until it was given partitions.
+fn start_member(dir: &Path) -> (Dab, String) {
+    let metrics = free_addr();
+    let mut d = Dab::start(dir, &["run", "t.dab", "--metrics", &metrics]);
+    d.wait_for_log(Duration::from_secs(60), "partitions assigned", |l| {
+        l.contains("kafka partitions assigned")
+    });
+    (d, metrics)
+}
+
+fn series(metrics: &str, s: &str) -> f64 {
+    run_support::client::metric(&scrape(metrics), s).unwrap_or(0.0)
+}
+
+/// The distinct offsets among `files` and every offset as read.
+fn union_offsets(files: &[std::path::PathBuf]) -> (BTreeSet<u64>, Vec<u64>) {
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(file_offsets(f));
+    }
+    (all.iter().copied().collect(), all)
+}
+
+/// Waits until `files` together hold every offset of `0..total`.
+fn wait_all_in_files(
+    files: &[std::path::PathBuf],
+    total: u64,
+    limit: Duration,
+    describe: &dyn Fn() -> String,
+) {
+    poll(
+        limit,
+        &format!("all {total} events in the files"),
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            (union_offsets(files).0.len() as u64 >= total).then_some(())
+        },
+        || format!("{} distinct so far; {}", union_offsets(files).0.len(), describe()),
+    );
+}
+
+/// `kill -9` of dab reading a Kafka topic into a file, mid-stream, and a
+/// restart. Acknowledging is committing: every event produced (and so,
+/// by the end, committed) is in the file; the duplicates are the events
+/// written after the last commit before the kill.
+#[test]
+fn kill_9_of_dab_on_a_kafka_source() {
+    let size = Size::from_env();
+    let (total, rate) = size.pick((20_000u64, 10_000u64), (200_000, 20_000));
+    let (b, python) = kafka_broker(3);
+    let brokers = b.addr();
+    let dir = tmp();
+    let out_path = dir.path().join("out.ndjson");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(KIn).Out(F)\n",
+        &format!(
+            "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: faults-k9 }}\nsinks:\n  F: {{ kind: file, path: {} }}\n",
+            yaml_path(&out_path)
+        ),
+    );
+    let producer = kafka_producer(&python, &brokers, total, rate);
+    let (mut dab, metrics) = start_member(dir.path());
+    poll(
+        Duration::from_secs(60),
+        "a third delivered before the kill",
+        || (series(&metrics, "dab_sink_events_total{sink=\"F\"}") >= (total / 3) as f64).then_some(()),
+        || dab.stderr(),
+    );
+    signal(dab.pid(), "KILL");
+    let _ = dab.wait(Duration::from_secs(10));
+    let lines_at_kill = file_offsets(&out_path).len();
+    let (mut again, _) = start_member(dir.path());
+    let back = Instant::now();
+    let recovered = poll(
+        Duration::from_secs(60),
+        "the restarted dab to write",
+        || (file_offsets(&out_path).len() > lines_at_kill).then(|| back.elapsed()),
+        || again.stderr(),
+    );
+    let p = producer.finish(Duration::from_secs(180));
+    assert_eq!((kafka::num(&p, "produced"), kafka::num(&p, "errors")), (total, 0), "{p}");
+    wait_all_in_files(&[out_path.clone()], total, Duration::from_secs(120), &|| again.stderr());
+    terminate_ok(&mut again);
+    drop(b);
+
+    let acked: BTreeSet<u64> = (0..total).collect();
+    let delivered = file_offsets(&out_path);
+    let mut row = Row::tally("kill -9 of dab on a Kafka source", total, &acked, &delivered);
+    // The restart's own time to join the group counts: measured from the
+    // new process's start.
+    row.recovered = Some(recovered);
+    row.note = format!(
+        "{rate} events/s in; killed at {lines_at_kill} lines; auto commit every 1 s"
+    );
+    row.report();
+}
+
+/// The relay `In(KIn).Out(KOut)` between two topics of one broker, which
+/// is stopped with `sig` (`KILL` or `TERM`) mid-stream and started again
+/// with the same sqlite storage: topics, messages, and the group's
+/// commits survive. The outside producer and dab's consumer and producer
+/// ride it out; the outside consumer then finds every event on `out`.
+fn broker_restart(sig: &str) {
+    let size = Size::from_env();
+    let (total, rate) = size.pick((20_000u64, 5_000u64), (200_000, 20_000));
+    let (mut b, python) = kafka_broker(3);
+    let brokers = b.addr();
+    let dir = tmp();
+    write_set(
+        dir.path(),
+        "relay.NewPipeline().In(KIn).Out(KOut)\n",
+        &format!(
+            "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: faults-br }}\nsinks:\n  KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: out }}\n"
+        ),
+    );
+    let producer = kafka_producer(&python, &brokers, total, rate);
+    let (mut dab, metrics) = start_member(dir.path());
+    let delivered_now = || series(&metrics, "dab_kafka_delivered_total{sink=\"KOut\"}");
+    poll(
+        Duration::from_secs(60),
+        "a third delivered before the broker stops",
+        || (delivered_now() >= (total / 3) as f64).then_some(()),
+        || dab.stderr(),
+    );
+    let pid = b.pid();
+    broker::signal(pid, sig);
+    // Until it has exited (a zombie, since only `restart` reaps it).
+    let stopped = Instant::now();
+    poll(
+        Duration::from_secs(30),
+        "the broker to exit",
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            matches!(state, None | Some("Z" | "X")).then_some(())
+        },
+        || b.log(),
+    );
+    let exit_took = stopped.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = delivered_now();
+    b.restart();
+    let back = Instant::now();
+    let recovered = poll(
+        Duration::from_secs(120),
+        "dab to deliver again after the restart",
+        || (delivered_now() > before).then(|| back.elapsed()),
+        || format!("{}\n--- broker ---\n{}", dab.stderr(), b.log()),
+    );
+    let p = producer.finish(Duration::from_secs(240));
+    // What the broker acknowledged to the outside producer is what it
+    // holds in `in` (a broker that is stopping may refuse some sends;
+    // those were never offered to dab): read it back.
+    let in_dump = dir.path().join("in.dump");
+    let held = broker::consume(
+        &python,
+        &brokers,
+        "in",
+        &[
+            "--dump",
+            &in_dump.display().to_string(),
+            "--idle-ms",
+            "1500",
+            "--timeout-s",
+            "120",
+        ],
+    );
+    let acked: BTreeSet<u64> = file_offsets(&in_dump).into_iter().collect();
+    assert_eq!(
+        acked.len() as u64,
+        kafka::num(&p, "produced"),
+        "the broker holds other events than it acknowledged: producer {p}, topic {held}"
+    );
+    poll(
+        Duration::from_secs(120),
+        "dab to deliver every event of `in`",
+        || (delivered_now() >= acked.len() as f64).then_some(()),
+        || format!("{} of {} delivered; dab:\n{}", delivered_now(), acked.len(), dab.stderr()),
+    );
+    terminate_ok(&mut dab);
+    let out_dump = dir.path().join("out.dump");
+    broker::consume(
+        &python,
+        &brokers,
+        "out",
+        &[
+            "--dump",
+            &out_dump.display().to_string(),
+            "--expect",
+            &acked.len().to_string(),
+            "--idle-ms",
+            "1500",
+            "--timeout-s",
+            "120",
+        ],
+    );
+    let delivered = file_offsets(&out_dump);
+    let mut row = Row::tally(
+        &format!("broker restart (kill -{sig}), sqlite storage"),
+        total,
+        &acked,
+        &delivered,
+    );
+    row.recovered = Some(recovered);
+    row.note = format!(
+        "{rate} events/s in; Kafka in -> dab -> Kafka out; broker exited {:.1} s after the signal, down 1 s; the outside producer had {} sends refused",
+        exit_took.as_secs_f64(),
+        kafka::num(&p, "errors")
+    );
+    row.report();
+}
+
+#[test]
+fn broker_restart_after_kill_9() {
+    broker_restart("KILL");
+}
+
+#[test]
+fn broker_restart_after_sigterm() {
+    broker_restart("TERM");
+}
+
+/// Members of one group reading `in` (6 partitions) into their own files
+/// while a producer runs: a second and a third member join, the first
+/// leaves (SIGTERM), the second is killed (-9); the third reads to the end.
+/// Together the files hold every event.
+///
+/// The members heartbeat every 3 s, not dab's default 1 s: with 1 s,
+/// tansu 0.6 never expires the killed member (seen with dab and with a
+/// plain confluent-kafka consumer alike: the survivor keeps its half and
+/// the dead member's partitions stay unread), and the row would measure
+/// that broker bug instead of dab.
+#[test]
+fn rebalance_join_leave_kill() {
+    let size = Size::from_env();
+    let (total, rate) = size.pick((30_000u64, 1_500u64), (200_000, 5_000));
+    let (b, python) = kafka_broker(6);
+    let brokers = b.addr();
+    let dir = tmp();
+    let member_dir = |k: usize| {
+        let d = dir.path().join(format!("m{k}"));
+        std::fs::create_dir_all(&d).expect("mkdir member");
+        write_set(
+            &d,
+            "t.NewPipeline().In(KIn).Out(F)\n",
+            &format!(
+                "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: faults-rb, options: {{ heartbeat.interval.ms: \"3000\" }} }}\nsinks:\n  F: {{ kind: file, path: out.ndjson }}\n"
+            ),
+        );
+        d
+    };
+    let dirs: Vec<_> = (0..3).map(member_dir).collect();
+    let files: Vec<_> = dirs.iter().map(|d| d.join("out.ndjson")).collect();
+    let producer = kafka_producer(&python, &brokers, total, rate);
+    let written = |k: usize| file_offsets(&files[k]).len();
+    let (mut m0, _) = start_member(&dirs[0]);
+    poll(Duration::from_secs(60), "member 0 writing", || (written(0) > 1_000).then_some(()), || m0.stderr());
+    let (mut m1, _) = start_member(&dirs[1]);
+    poll(Duration::from_secs(60), "member 1 writing", || (written(1) > 500).then_some(()), || m1.stderr());
+    let (mut m2, m2_metrics) = start_member(&dirs[2]);
+    poll(Duration::from_secs(60), "member 2 writing", || (written(2) > 500).then_some(()), || m2.stderr());
+    // One leaves the group cleanly...
+    let left_at = now_utc();
+    terminate_ok(&mut m0);
+    let n1 = written(1);
+    poll(Duration::from_secs(60), "member 1 writing after 0 left", || (written(1) > n1 + 500).then_some(()), || m1.stderr());
+    // ...and one dies without a word.
+    let killed_at = now_utc();
+    signal(m1.pid(), "KILL");
+    let _ = m1.wait(Duration::from_secs(10));
+    let killed = Instant::now();
+    let p = producer.finish(Duration::from_secs(300));
+    assert_eq!((kafka::num(&p, "produced"), kafka::num(&p, "errors")), (total, 0), "{p}");
+    wait_all_in_files(&files, total, Duration::from_secs(120), &|| {
+        format!(
+            "member 0 left at {left_at}, member 1 killed at {killed_at}; member 2:\n{}\n{}\nproducer: {p}",
+            m2.stderr(),
+            scrape(&m2_metrics)
+                .lines()
+                .filter(|l| l.starts_with("dab_kafka") || l.starts_with("dab_sink") || l.starts_with("dab_source"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let took = killed.elapsed();
+    terminate_ok(&mut m2);
+    drop(b);
+
+    let acked: BTreeSet<u64> = (0..total).collect();
+    let (_, delivered) = union_offsets(&files);
+    let per: Vec<usize> = (0..3).map(written).collect();
+    let mut row = Row::tally("rebalance: 2 join, 1 leaves, 1 killed", total, &acked, &delivered);
+    row.note = format!(
+        "{rate} events/s in; lines per member {per:?}; all in {:.1} s after the kill",
+        took.as_secs_f64()
+    );
+    row.report();
+    assert!(per.iter().all(|n| *n > 0), "a member wrote nothing: {per:?}");
 }

@@ -3,6 +3,7 @@
 //! (acknowledged against delivered), starting and signalling `dab`, and a
 //! small tmpfs that is unmounted whatever happens.
 
+pub mod kafka;
 pub mod load;
 pub mod peer;
 
