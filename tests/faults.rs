@@ -25,8 +25,7 @@ use fault_support::kafka;
 use fault_support::load::{Load, Spec};
 use fault_support::peer::{Handler, Peer, Seen};
 use fault_support::{
-    file_events, file_offsets, signal, start_dab, terminate_ok, yaml_path, Row, Size, Tmpfs,
-    START,
+    file_events, file_offsets, signal, start_dab, terminate_ok, yaml_path, Row, Size, Tmpfs, START,
 };
 use run_support::client::{free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics};
 use run_support::process::Dab;
@@ -42,7 +41,10 @@ fn http_in(listen: &str) -> String {
 }
 
 fn sink_errors(metrics: &str, sink: &str) -> f64 {
-    must_metric(&scrape(metrics), &format!("dab_sink_errors_total{{sink=\"{sink}\"}}"))
+    must_metric(
+        &scrape(metrics),
+        &format!("dab_sink_errors_total{{sink=\"{sink}\"}}"),
+    )
 }
 
 /// Waits until the load has `n` more acknowledgements than now.
@@ -93,7 +95,9 @@ fn sink_peer_down() {
             timeout: Duration::from_secs(60),
         },
     );
-    wait_acks(&load, 2_000, "2,000 acks before the peer dies", || dab.stderr());
+    wait_acks(&load, 2_000, "2,000 acks before the peer dies", || {
+        dab.stderr()
+    });
 
     drop(peer);
     let died = Instant::now();
@@ -106,7 +110,9 @@ fn sink_peer_down() {
     std::thread::sleep(down.saturating_sub(died.elapsed()));
     let peer = Peer::start(&peer_addr, &seen, &handler);
     let back = Instant::now();
-    wait_acks(&load, 2_000, "2,000 acks after the peer is back", || dab.stderr());
+    wait_acks(&load, 2_000, "2,000 acks after the peer is back", || {
+        dab.stderr()
+    });
     let out = load.stop();
     terminate_ok(&mut dab);
     drop(peer);
@@ -291,14 +297,22 @@ fn full_disk_then_freed() {
     let delivered = file_offsets(&out_path);
     drop(disk);
 
-    let mut row = Row::tally("full disk, then freed (file sink)", out.offered, &out.acked, &delivered);
+    let mut row = Row::tally(
+        "full disk, then freed (file sink)",
+        out.offered,
+        &out.acked,
+        &delivered,
+    );
     row.recovered = recovered;
     row.note = format!(
         "{errors} sink errors while full; {acked_while_full} acked while full; {later} posts answered 200 after; refused: {}",
         out.refusals_text()
     );
     row.report();
-    assert_eq!(missing_before_exit, 0, "acknowledged but not yet in the file");
+    assert_eq!(
+        missing_before_exit, 0,
+        "acknowledged but not yet in the file"
+    );
     assert!(later > 0, "no post succeeded after the space came back");
 }
 
@@ -375,13 +389,22 @@ fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
                 "dab_sink_rejected_events_total{sink=\"HttpOut\",outcome=\"dropped\"}",
                 0.0,
             ),
-            ("dab_sink_dropped_events_total{sink=\"HttpOut\",reason=\"rejected\"}", 0.0),
+            (
+                "dab_sink_dropped_events_total{sink=\"HttpOut\",reason=\"rejected\"}",
+                0.0,
+            ),
             ("dab_sink_events_total{sink=\"Bad\"}", p),
             ("dab_sink_failed_events_total{sink=\"HttpOut\"}", 0.0),
         ],
         Duration::from_secs(10),
     );
-    let refused_batches = seen.lock().expect("seen").answers.get(&400).copied().unwrap_or(0);
+    let refused_batches = seen
+        .lock()
+        .expect("seen")
+        .answers
+        .get(&400)
+        .copied()
+        .unwrap_or(0);
     terminate_ok(&mut dab);
     drop(peer);
 
@@ -407,7 +430,10 @@ fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
         let reason = e["tags"]["dab.error"]
             .as_str()
             .unwrap_or_else(|| panic!("no dab.error tag: {e}"));
-        assert!(reason.contains("400"), "the peer's reason is missing: {reason}");
+        assert!(
+            reason.contains("400"),
+            "the peer's reason is missing: {reason}"
+        );
     }
     let mut all = delivered.clone();
     all.extend(bad_offsets.iter().copied());
@@ -494,7 +520,10 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
 
     let delivered = file_offsets(&out_path);
     let mut row = Row::tally(
-        &format!("kill -9 of the downstream dab of a gRPC relay, down {} s", down.as_secs()),
+        &format!(
+            "kill -9 of the downstream dab of a gRPC relay, down {} s",
+            down.as_secs()
+        ),
         out.offered,
         &out.acked,
         &delivered,
@@ -566,7 +595,9 @@ fn twenty_reloads_under_load() {
             timeout: Duration::from_secs(60),
         },
     );
-    wait_acks(&load, 1_000, "1,000 acks before the first reload", || dab.stderr());
+    wait_acks(&load, 1_000, "1,000 acks before the first reload", || {
+        dab.stderr()
+    });
     let mut acked_between = Vec::new();
     for k in 1..=RELOADS {
         std::fs::write(dir.path().join("t.dab"), blueprint(k)).expect("edit t.dab");
@@ -583,7 +614,9 @@ fn twenty_reloads_under_load() {
         std::thread::sleep(gap);
         acked_between.push(load.acked() - before);
     }
-    wait_acks(&load, 1_000, "1,000 acks after the last reload", || dab.stderr());
+    wait_acks(&load, 1_000, "1,000 acks after the last reload", || {
+        dab.stderr()
+    });
     let out = load.stop();
     terminate_ok(&mut dab);
     let delivered = file_offsets(&out_path);
@@ -795,7 +828,13 @@ fn wait_all_in_files(
             std::thread::sleep(Duration::from_millis(200));
             (union_offsets(files).0.len() as u64 >= total).then_some(())
         },
-        || format!("{} distinct so far; {}", union_offsets(files).0.len(), describe()),
+        || {
+            format!(
+                "{} distinct so far; {}",
+                union_offsets(files).0.len(),
+                describe()
+            )
+        },
     );
 }
 
@@ -806,7 +845,7 @@ fn wait_all_in_files(
 #[test]
 fn kill_9_of_dab_on_a_kafka_source() {
     let size = Size::from_env();
-    let (total, rate) = size.pick((20_000u64, 10_000u64), (200_000, 20_000));
+    let (total, rate) = size.pick((20_000u64, 10_000u64), (100_000, 10_000));
     let (b, python) = kafka_broker(3);
     let brokers = b.addr();
     let dir = tmp();
@@ -824,7 +863,10 @@ fn kill_9_of_dab_on_a_kafka_source() {
     poll(
         Duration::from_secs(60),
         "a third delivered before the kill",
-        || (series(&metrics, "dab_sink_events_total{sink=\"F\"}") >= (total / 3) as f64).then_some(()),
+        || {
+            (series(&metrics, "dab_sink_events_total{sink=\"F\"}") >= (total / 3) as f64)
+                .then_some(())
+        },
         || dab.stderr(),
     );
     signal(dab.pid(), "KILL");
@@ -839,20 +881,33 @@ fn kill_9_of_dab_on_a_kafka_source() {
         || again.stderr(),
     );
     let p = producer.finish(Duration::from_secs(180));
-    assert_eq!((kafka::num(&p, "produced"), kafka::num(&p, "errors")), (total, 0), "{p}");
-    wait_all_in_files(&[out_path.clone()], total, Duration::from_secs(120), &|| again.stderr());
+    assert_eq!(
+        (kafka::num(&p, "produced"), kafka::num(&p, "errors")),
+        (total, 0),
+        "{p}"
+    );
+    wait_all_in_files(
+        std::slice::from_ref(&out_path),
+        total,
+        Duration::from_secs(120),
+        &|| again.stderr(),
+    );
     terminate_ok(&mut again);
     drop(b);
 
     let acked: BTreeSet<u64> = (0..total).collect();
     let delivered = file_offsets(&out_path);
-    let mut row = Row::tally("kill -9 of dab on a Kafka source", total, &acked, &delivered);
+    let mut row = Row::tally(
+        "kill -9 of dab on a Kafka source",
+        total,
+        &acked,
+        &delivered,
+    );
     // The restart's own time to join the group counts: measured from the
     // new process's start.
     row.recovered = Some(recovered);
-    row.note = format!(
-        "{rate} events/s in; killed at {lines_at_kill} lines; auto commit every 1 s"
-    );
+    row.note =
+        format!("{rate} events/s in; killed at {lines_at_kill} lines; auto commit every 1 s");
     row.report();
 }
 
@@ -863,7 +918,7 @@ fn kill_9_of_dab_on_a_kafka_source() {
 /// ride it out; the outside consumer then finds every event on `out`.
 fn broker_restart(sig: &str) {
     let size = Size::from_env();
-    let (total, rate) = size.pick((20_000u64, 5_000u64), (200_000, 20_000));
+    let (total, rate) = size.pick((20_000u64, 5_000u64), (100_000, 10_000));
     let (mut b, python) = kafka_broker(3);
     let brokers = b.addr();
     let dir = tmp();
@@ -892,7 +947,10 @@ fn broker_restart(sig: &str) {
         "the broker to exit",
         || {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             matches!(state, None | Some("Z" | "X")).then_some(())
         },
         || b.log(),
@@ -936,7 +994,14 @@ fn broker_restart(sig: &str) {
         Duration::from_secs(120),
         "dab to deliver every event of `in`",
         || (delivered_now() >= acked.len() as f64).then_some(()),
-        || format!("{} of {} delivered; dab:\n{}", delivered_now(), acked.len(), dab.stderr()),
+        || {
+            format!(
+                "{} of {} delivered; dab:\n{}",
+                delivered_now(),
+                acked.len(),
+                dab.stderr()
+            )
+        },
     );
     terminate_ok(&mut dab);
     let out_dump = dir.path().join("out.dump");
@@ -994,7 +1059,7 @@ fn broker_restart_after_sigterm() {
 #[test]
 fn rebalance_join_leave_kill() {
     let size = Size::from_env();
-    let (total, rate) = size.pick((30_000u64, 1_500u64), (200_000, 5_000));
+    let (total, rate) = size.pick((30_000u64, 1_500u64), (100_000, 4_000));
     let (b, python) = kafka_broker(6);
     let brokers = b.addr();
     let dir = tmp();
@@ -1015,23 +1080,47 @@ fn rebalance_join_leave_kill() {
     let producer = kafka_producer(&python, &brokers, total, rate);
     let written = |k: usize| file_offsets(&files[k]).len();
     let (mut m0, _) = start_member(&dirs[0]);
-    poll(Duration::from_secs(60), "member 0 writing", || (written(0) > 1_000).then_some(()), || m0.stderr());
+    poll(
+        Duration::from_secs(60),
+        "member 0 writing",
+        || (written(0) > 1_000).then_some(()),
+        || m0.stderr(),
+    );
     let (mut m1, _) = start_member(&dirs[1]);
-    poll(Duration::from_secs(60), "member 1 writing", || (written(1) > 500).then_some(()), || m1.stderr());
+    poll(
+        Duration::from_secs(60),
+        "member 1 writing",
+        || (written(1) > 500).then_some(()),
+        || m1.stderr(),
+    );
     let (mut m2, m2_metrics) = start_member(&dirs[2]);
-    poll(Duration::from_secs(60), "member 2 writing", || (written(2) > 500).then_some(()), || m2.stderr());
+    poll(
+        Duration::from_secs(60),
+        "member 2 writing",
+        || (written(2) > 500).then_some(()),
+        || m2.stderr(),
+    );
     // One leaves the group cleanly...
     let left_at = now_utc();
     terminate_ok(&mut m0);
     let n1 = written(1);
-    poll(Duration::from_secs(60), "member 1 writing after 0 left", || (written(1) > n1 + 500).then_some(()), || m1.stderr());
+    poll(
+        Duration::from_secs(60),
+        "member 1 writing after 0 left",
+        || (written(1) > n1 + 500).then_some(()),
+        || m1.stderr(),
+    );
     // ...and one dies without a word.
     let killed_at = now_utc();
     signal(m1.pid(), "KILL");
     let _ = m1.wait(Duration::from_secs(10));
     let killed = Instant::now();
     let p = producer.finish(Duration::from_secs(300));
-    assert_eq!((kafka::num(&p, "produced"), kafka::num(&p, "errors")), (total, 0), "{p}");
+    assert_eq!(
+        (kafka::num(&p, "produced"), kafka::num(&p, "errors")),
+        (total, 0),
+        "{p}"
+    );
     wait_all_in_files(&files, total, Duration::from_secs(120), &|| {
         format!(
             "member 0 left at {left_at}, member 1 killed at {killed_at}; member 2:\n{}\n{}\nproducer: {p}",
@@ -1050,11 +1139,19 @@ fn rebalance_join_leave_kill() {
     let acked: BTreeSet<u64> = (0..total).collect();
     let (_, delivered) = union_offsets(&files);
     let per: Vec<usize> = (0..3).map(written).collect();
-    let mut row = Row::tally("rebalance: 2 join, 1 leaves, 1 killed", total, &acked, &delivered);
+    let mut row = Row::tally(
+        "rebalance: 2 join, 1 leaves, 1 killed",
+        total,
+        &acked,
+        &delivered,
+    );
     row.note = format!(
         "{rate} events/s in; lines per member {per:?}; all in {:.1} s after the kill",
         took.as_secs_f64()
     );
     row.report();
-    assert!(per.iter().all(|n| *n > 0), "a member wrote nothing: {per:?}");
+    assert!(
+        per.iter().all(|n| *n > 0),
+        "a member wrote nothing: {per:?}"
+    );
 }

@@ -21,8 +21,10 @@ fn home() -> PathBuf {
 /// installs it (`~/.cache/dab/tansu-libsql/bin/tansu`). Fails the test when
 /// there is none.
 pub fn tansu() -> PathBuf {
-    let p = std::env::var_os("DAB_TANSU")
-        .map_or_else(|| home().join(".cache/dab/tansu-libsql/bin/tansu"), PathBuf::from);
+    let p = std::env::var_os("DAB_TANSU").map_or_else(
+        || home().join(".cache/dab/tansu-libsql/bin/tansu"),
+        PathBuf::from,
+    );
     assert!(
         p.is_file(),
         "no tansu broker at {} (DAB_TANSU, or ~/.cache/dab/tansu-libsql/bin/tansu): \

@@ -108,7 +108,8 @@ impl Load {
         let t0 = Instant::now();
         let clients = (0..spec.clients)
             .map(|_| {
-                let (addr, stop, shared) = (addr.to_owned(), Arc::clone(&stop), Arc::clone(&shared));
+                let (addr, stop, shared) =
+                    (addr.to_owned(), Arc::clone(&stop), Arc::clone(&shared));
                 std::thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn(move || client(&addr, spec, t0, &stop, &shared))
@@ -171,30 +172,36 @@ fn client(addr: &str, spec: Spec, t0: Instant, stop: &AtomicBool, shared: &Share
         }
         let n = spec.batch.min(spec.budget - first);
         shared.offered.fetch_add(n, Ordering::SeqCst);
-        let refusal =
-            match request(addr, "POST", "/v1/events", body(first, n).as_bytes(), spec.timeout) {
-                Ok(r) if r.status == 200 => {
-                    let answer: serde_json::Value = serde_json::from_str(&r.body)
-                        .unwrap_or_else(|e| panic!("a 200 that is not JSON ({e}): {}", r.body));
-                    assert_eq!(
-                        answer,
-                        serde_json::json!({ "accepted": n }),
-                        "the 200 for a batch of {n}"
-                    );
-                    shared.ack_times.lock().expect("ack times").push(r.at);
-                    shared
-                        .acked
-                        .lock()
-                        .expect("acked")
-                        .extend(first..first + n);
-                    shared.acked_n.fetch_add(n, Ordering::SeqCst);
-                    None
-                }
-                Ok(r) => Some(format!("HTTP {}", r.status)),
-                Err(e) => Some(format!("{:?}", e.kind())),
-            };
+        let refusal = match request(
+            addr,
+            "POST",
+            "/v1/events",
+            body(first, n).as_bytes(),
+            spec.timeout,
+        ) {
+            Ok(r) if r.status == 200 => {
+                let answer: serde_json::Value = serde_json::from_str(&r.body)
+                    .unwrap_or_else(|e| panic!("a 200 that is not JSON ({e}): {}", r.body));
+                assert_eq!(
+                    answer,
+                    serde_json::json!({ "accepted": n }),
+                    "the 200 for a batch of {n}"
+                );
+                shared.ack_times.lock().expect("ack times").push(r.at);
+                shared.acked.lock().expect("acked").extend(first..first + n);
+                shared.acked_n.fetch_add(n, Ordering::SeqCst);
+                None
+            }
+            Ok(r) => Some(format!("HTTP {}", r.status)),
+            Err(e) => Some(format!("{:?}", e.kind())),
+        };
         if let Some(r) = refusal {
-            *shared.refusals.lock().expect("refusals").entry(r).or_default() += 1;
+            *shared
+                .refusals
+                .lock()
+                .expect("refusals")
+                .entry(r)
+                .or_default() += 1;
             // A refused client backs off a little, as a real one would.
             std::thread::sleep(Duration::from_millis(20));
         }

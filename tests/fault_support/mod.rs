@@ -156,7 +156,11 @@ pub fn file_events(path: &Path) -> Vec<serde_json::Value> {
         .enumerate()
         .map(|(n, l)| {
             serde_json::from_str(l).unwrap_or_else(|e| {
-                panic!("{} line {} is not a whole event ({e}): {l}", path.display(), n + 1)
+                panic!(
+                    "{} line {} is not a whole event ({e}): {l}",
+                    path.display(),
+                    n + 1
+                )
             })
         })
         .collect()
@@ -173,7 +177,14 @@ pub fn start_dab(dir: &Path) -> (Dab, String) {
     let metrics = free_addr();
     let dab = Dab::start(
         dir,
-        &["run", "t.dab", "--metrics", &metrics, "--log-format", "json"],
+        &[
+            "run",
+            "t.dab",
+            "--metrics",
+            &metrics,
+            "--log-format",
+            "json",
+        ],
     );
     wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
     (dab, metrics)
