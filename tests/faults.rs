@@ -742,9 +742,10 @@ fn reconnect_storm_of_1000_clients() {
         &delivered,
     );
     row.note = format!(
-        "{:.1} s for the storm; refused: {}",
+        "{:.1} s for the storm; refused: {}; dab warned: {:?}",
         took.as_secs_f64(),
-        out.refusals_text()
+        out.refusals_text(),
+        fault_support::warnings(&dab.stderr())
     );
     row.report();
     assert_eq!(out.offered, CLIENTS as u64 * 10 * rounds);
