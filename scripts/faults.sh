@@ -34,7 +34,6 @@ ALL=(
     kill_9_of_dab_on_a_kafka_source
     kill_9_of_the_downstream_dab_of_a_grpc_relay
     broker_restart_after_kill_9
-    broker_restart_after_sigterm
     rebalance_join_leave_kill
     twenty_reloads_under_load
     sigterm_under_load
