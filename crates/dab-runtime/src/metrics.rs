@@ -30,13 +30,10 @@ pub enum DropReason {
     /// Input a source could not decode (a Kafka message that is not an
     /// event), and the pipeline has no `OnError`.
     Undecodable,
-    /// A source gave up sending a batch again (a Kafka batch past
-    /// `max_redeliveries`), and the pipeline has no `OnError`.
-    RetriesExhausted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -45,7 +42,6 @@ impl DropReason {
         DropReason::BadSignature,
         DropReason::Duplicate,
         DropReason::Undecodable,
-        DropReason::RetriesExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,7 +54,6 @@ impl DropReason {
             DropReason::BadSignature => "bad_signature",
             DropReason::Duplicate => "duplicate",
             DropReason::Undecodable => "undecodable",
-            DropReason::RetriesExhausted => "retries_exhausted",
         }
     }
 }
@@ -235,7 +230,7 @@ pub struct PipelineMetrics {
     pub events_in: Counter,
     pub bytes_in: Counter,
     pub events_out: Counter,
-    dropped: [Counter; DropReason::ALL.len()],
+    dropped: [Counter; 8],
     /// Events that failed a stage (a bad signature), routed or dropped.
     pub failed_events: Counter,
     pub stages: Vec<StageMetrics>,
