@@ -70,7 +70,7 @@ fn home() -> PathBuf {
 }
 
 /// The tansu binary, looked for as `scripts/setup-kafka.sh` does:
-/// `DAB_TANSU`, `tansu` on the `PATH`, `~/.cache/dab/tansu/bin/tansu`.
+/// `DAB_TANSU`, `tansu` on the `PATH`, `~/.cache/dab/tansu-libsql/bin/tansu`.
 pub fn find_tansu() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DAB_TANSU") {
         let p = PathBuf::from(p);
@@ -82,7 +82,7 @@ pub fn find_tansu() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     on_path.or_else(|| {
-        let p = home().join(".cache/dab/tansu/bin/tansu");
+        let p = home().join(".cache/dab/tansu-libsql/bin/tansu");
         p.is_file().then_some(p)
     })
 }
@@ -105,7 +105,7 @@ pub fn tansu_or_skip(test: &str) -> Option<PathBuf> {
         skip(
             test,
             "no tansu broker (looked at DAB_TANSU, tansu on the PATH and \
-             ~/.cache/dab/tansu/bin/tansu). Build it with scripts/setup-kafka.sh \
+             ~/.cache/dab/tansu-libsql/bin/tansu). Build it with scripts/setup-kafka.sh \
              (about 15 minutes cold), or point DAB_TANSU at one.",
         );
     }
