@@ -9,6 +9,12 @@
 //! - `kill_9_mid_stream_and_restart_loses_nothing`
 //! - `two_members_split_the_partitions_and_one_takes_over`
 //! - `a_broker_that_stops_answering_mid_stream_loses_nothing`
+//! - `a_batch_failing_downstream_is_sent_again_until_the_downstream_is_back`
+//! - `exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on`
+//! - `a_broker_restart_with_sigterm_and_sigkill_loses_nothing`
+//!
+//! A missing tansu or Python client fails the test (see
+//! `kafka_support/broker.rs`); nothing here passes by skipping.
 
 #[path = "kafka_support/broker.rs"]
 mod broker;
@@ -18,7 +24,7 @@ mod run_support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use broker::{python_kafka_or_skip, spawn_client, tansu_or_skip, Broker};
+use broker::{python_kafka, spawn_client, tansu, Broker};
 use run_support::client::{free_addr, metric, scrape};
 use run_support::process::Dab;
 use run_support::{file_lines, poll, write_set};
@@ -85,12 +91,7 @@ fn count_out(python: &Path, brokers: &str, expect: u64) -> Value {
 
 #[test]
 fn outside_events_are_filtered_and_bad_ones_routed_to_on_error() {
-    let Some((broker, python)) = tansu_and_python(
-        "outside_events_are_filtered_and_bad_ones_routed_to_on_error",
-        3,
-    ) else {
-        return;
-    };
+    let (broker, python) = tansu_and_python(3);
     let brokers = broker.addr();
     // 20,000 messages, every 50th not JSON: 19,600 events, A and B in turn.
     let p = broker::produce(
@@ -173,14 +174,29 @@ fn outside_events_are_filtered_and_bad_ones_routed_to_on_error() {
     assert_eq!(out["by_type"], serde_json::json!({"A": 9800}), "{out}");
 }
 
+/// The input rate of the kill -9 test, events/s. dab keeps up with it
+/// (it starts first and moves hundreds of thousands of events/s), so it
+/// reads at this rate.
+const KILL_RATE: u64 = 5_000;
+/// librdkafka commits the stored offsets every `auto.commit.interval.ms`.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// The in-flight window, as time: from reading an event to its offset
+/// being stored (the pipeline hop, the Kafka sink's delivery report with
+/// `acks=all` on loopback, the acknowledgement), plus the commit's round
+/// trip. Each is milliseconds on loopback (the produce latency histogram,
+/// `dab_kafka_produce_latency_seconds`, is printed below); 1 s is the
+/// allowance.
+const IN_FLIGHT: Duration = Duration::from_secs(1);
+
 #[test]
 fn kill_9_mid_stream_and_restart_loses_nothing() {
-    let Some((broker, python)) = tansu_and_python("kill_9_mid_stream_and_restart_loses_nothing", 3)
-    else {
-        return;
-    };
+    let (broker, python) = tansu_and_python(3);
     let brokers = broker.addr();
-    let total: u64 = 60_000;
+    let total: u64 = 40_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    relay_set(dir.path(), &brokers, "relay-k");
+    let metrics = free_addr();
+    let mut dab = start_relay(dir.path(), &metrics);
     let producer = spawn_client(
         &python,
         "produce",
@@ -192,18 +208,26 @@ fn kill_9_mid_stream_and_restart_loses_nothing() {
             "--types",
             "A",
             "--rate",
-            "20000",
+            &KILL_RATE.to_string(),
         ],
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    relay_set(dir.path(), &brokers, "relay-k");
-    let metrics = free_addr();
-    let mut dab = start_relay(dir.path(), &metrics);
     poll(
         Duration::from_secs(60),
         "10,000 events delivered before the kill",
         || (delivered(&metrics) >= 10_000.0).then_some(()),
         || dab.stderr(),
+    );
+    let text = scrape(&metrics);
+    eprintln!(
+        "produce latency before the kill: {} s over {} deliveries",
+        series(
+            &text,
+            "dab_kafka_produce_latency_seconds_sum{sink=\"KOut\"}"
+        ),
+        series(
+            &text,
+            "dab_kafka_produce_latency_seconds_count{sink=\"KOut\"}"
+        )
     );
     broker::signal(dab.pid(), "KILL");
     let _ = dab.wait(Duration::from_secs(10));
@@ -215,14 +239,18 @@ fn kill_9_mid_stream_and_restart_loses_nothing() {
     let out = count_out(&python, &brokers, total);
     assert_eq!(num(&out, "missing_count"), 0, "{out}");
     assert_eq!(num(&out, "distinct"), total, "{out}");
-    // Duplicates come only from events delivered but not yet committed at
-    // the kill: at most the auto-commit interval (1 s) at the input rate
-    // (20,000/s) plus the batches in flight; report the figure.
+    // Duplicates are the events written to `out` whose offsets were not
+    // committed at the kill: those acknowledged since the last auto-commit
+    // (at most COMMIT_INTERVAL of input) and those in flight (read, maybe
+    // written, not yet acknowledged and committed: at most IN_FLIGHT of
+    // input). dab reads at the input rate, so at most
+    // 5,000/s x (1 s + 1 s) = 10,000 events, a quarter of the input.
+    let bound = KILL_RATE * (COMMIT_INTERVAL + IN_FLIGHT).as_secs();
     let dups = num(&out, "duplicates");
-    eprintln!("kill -9: {dups} duplicates of {total}");
+    eprintln!("kill -9: {dups} duplicates of {total} (bound {bound})");
     assert!(
-        dups <= 30_000,
-        "{dups} duplicates: more than the in-flight window\n{out}"
+        dups <= bound,
+        "{dups} duplicates: more than the commit interval and the in-flight window allow ({bound})\n{out}"
     );
     again.terminate();
     assert!(
@@ -356,15 +384,13 @@ fn relay_through(
 }
 
 /// A broker with topics `in` (`partitions`) and `out` (3), and the
-/// outside client's Python; `None` (a loud skip) without them.
-fn tansu_and_python(test: &str, partitions: u32) -> Option<(Broker, PathBuf)> {
-    let (Some(tansu), Some(python)) = (tansu_or_skip(test), python_kafka_or_skip(test)) else {
-        return None;
-    };
-    let broker = Broker::start(&tansu);
+/// outside client's Python; a missing one fails the test.
+fn tansu_and_python(partitions: u32) -> (Broker, PathBuf) {
+    let python = python_kafka();
+    let broker = Broker::start(&tansu());
     broker.create_topic("in", partitions);
     broker.create_topic("out", 3);
-    Some((broker, python))
+    (broker, python)
 }
 
 /// On tansu a member that leaves (SIGTERM: drain, commit, LeaveGroup)
@@ -374,12 +400,7 @@ fn tansu_and_python(test: &str, partitions: u32) -> Option<(Broker, PathBuf)> {
 /// the kill -9 case runs on librdkafka's mock cluster below.)
 #[test]
 fn two_members_split_the_partitions_and_one_leaving_hands_them_over() {
-    let Some((broker, python)) = tansu_and_python(
-        "two_members_split_the_partitions_and_one_leaving_hands_them_over",
-        4,
-    ) else {
-        return;
-    };
+    let (broker, python) = tansu_and_python(4);
     relay_through(
         &python,
         &broker.addr(),
@@ -397,11 +418,7 @@ fn two_members_split_the_partitions_and_one_leaving_hands_them_over() {
 /// client; the longer outage runs on the mock cluster below).
 #[test]
 fn a_broker_that_stops_answering_mid_stream_loses_nothing() {
-    let Some((broker, python)) =
-        tansu_and_python("a_broker_that_stops_answering_mid_stream_loses_nothing", 4)
-    else {
-        return;
-    };
+    let (broker, python) = tansu_and_python(4);
     relay_through(
         &python,
         &broker.addr(),
@@ -424,10 +441,7 @@ fn a_broker_that_stops_answering_mid_stream_loses_nothing() {
 /// and the survivor takes its partitions.
 #[test]
 fn on_the_mock_cluster_a_member_killed_9_is_replaced() {
-    let test = "on_the_mock_cluster_a_member_killed_9_is_replaced";
-    let Some(python) = python_kafka_or_skip(test) else {
-        return;
-    };
+    let python = python_kafka();
     let cluster = mock_cluster();
     relay_through(
         &python,
@@ -444,10 +458,7 @@ fn on_the_mock_cluster_a_member_killed_9_is_replaced() {
 /// timeout and far longer than a retry) and come back.
 #[test]
 fn on_the_mock_cluster_a_broker_down_for_10_s_loses_nothing() {
-    let test = "on_the_mock_cluster_a_broker_down_for_10_s_loses_nothing";
-    let Some(python) = python_kafka_or_skip(test) else {
-        return;
-    };
+    let python = python_kafka();
     let cluster = mock_cluster();
     relay_through(
         &python,
@@ -529,4 +540,373 @@ fn read_back(_python: &Path, brokers: &str, expect: u64) -> Value {
         "missing_count": missing.len(),
         "missing": &missing[..missing.len().min(20)],
     })
+}
+
+/// The group's committed offsets of `topic`, from the outside client
+/// (`client.py committed`): `{"committed": {..}, "total": N}`.
+fn committed(python: &Path, brokers: &str, topic: &str, group: &str) -> Value {
+    spawn_client(python, "committed", brokers, topic, &["--group", group])
+        .finish(broker::CLIENT_LIMIT)
+}
+
+/// Polls until the group's commits of `topic` add up to `total`, its
+/// message count (offsets start at 0): everything is committed.
+fn wait_committed(
+    python: &Path,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    total: u64,
+    dab: &Dab,
+) -> Value {
+    poll(
+        Duration::from_secs(60),
+        "the group's commits to reach the end of the topic",
+        || {
+            let c = committed(python, brokers, topic, group);
+            (c["total"].as_u64() == Some(total)).then_some(c)
+        },
+        || {
+            format!(
+                "{}\n{}",
+                committed(python, brokers, topic, group),
+                dab.stderr()
+            )
+        },
+    )
+}
+
+/// A memory queue `Q` between two services, run with `--service ingest`:
+/// `Q` has no reader in this process, so every batch the Kafka source
+/// hands on comes back failed, as from any downstream that is gone.
+fn ingest_set(dir: &Path, brokers: &str, ingest: &str, work_service: &str, sources: &str) {
+    write_set(
+        dir,
+        &format!("{ingest}{work_service}.NewPipeline(\"work\").In(Q).Out(Done)\n"),
+        &format!(
+            "sources:\n{sources}\
+             queues:\n  Q: {{ kind: memory }}\n\
+             sinks:\n  Done: {{ kind: file, path: done.ndjson }}\n  \
+             Bad: {{ kind: file, path: bad.ndjson }}\n"
+        )
+        .replace("BROKERS", brokers),
+    );
+}
+
+/// The `offset` field of each NDJSON line (the producer's sequence).
+fn seqs(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("NDJSON");
+            v["offset"].as_u64().expect("offset")
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_failing_downstream_is_sent_again_until_the_downstream_is_back() {
+    let (broker, python) = tansu_and_python(3);
+    let brokers = broker.addr();
+    let total: u64 = 5_000;
+    let p = broker::produce(&python, &brokers, "in", &["--count", "5000"]);
+    assert_eq!((num(&p, "produced"), num(&p, "errors")), (total, 0), "{p}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sources = "  KIn: { kind: kafka, brokers: \"BROKERS\", topic: in, group: redeliver, max_redeliveries: 100 }\n";
+    let ingest = "ingest.NewPipeline().In(KIn).Out(Q)\n";
+    // `work` runs in another process: nothing here reads Q.
+    ingest_set(dir.path(), &brokers, ingest, "work", sources);
+    let metrics = free_addr();
+    let mut dab = Dab::start(
+        dir.path(),
+        &["run", "t.dab", "--service", "ingest", "--metrics", &metrics],
+    );
+    dab.wait_for_log(Duration::from_secs(30), "partitions assigned", |l| {
+        l.contains("kafka partitions assigned")
+    });
+    let m = |name: &str| series(&scrape(&metrics), &format!("{name}{{source=\"KIn\"}}"));
+    poll(
+        Duration::from_secs(60),
+        "failed batches sent again",
+        || (m("dab_kafka_redelivered_batches_total") >= 3.0).then_some(()),
+        || format!("{}\n{}", scrape(&metrics), dab.stderr()),
+    );
+    assert!(
+        !dir.path().join("done.ndjson").exists()
+            || file_lines(&dir.path().join("done.ndjson")).is_empty()
+    );
+    let c = committed(&python, &brokers, "in", "redeliver");
+    assert_eq!(
+        c["total"].as_u64(),
+        Some(0),
+        "nothing committed while failing: {c}"
+    );
+    // The downstream comes back: `work` moves into this process's service.
+    ingest_set(dir.path(), &brokers, ingest, "ingest", sources);
+    broker::signal(dab.pid(), "HUP");
+    let done = poll(
+        Duration::from_secs(60),
+        "every event in done.ndjson",
+        || {
+            let lines = file_lines(&dir.path().join("done.ndjson"));
+            (lines.len() as u64 >= total).then_some(lines)
+        },
+        || format!("{}\n{}", scrape(&metrics), dab.stderr()),
+    );
+    wait_committed(&python, &brokers, "in", "redeliver", total, &dab);
+    // Each event exactly once: a failed batch never reached the file.
+    let mut got = seqs(&done);
+    got.sort_unstable();
+    assert_eq!(got, (0..total).collect::<Vec<u64>>());
+    let text = scrape(&metrics);
+    let failed = series(&text, "dab_kafka_failed_batches_total{source=\"KIn\"}");
+    let again = series(&text, "dab_kafka_redelivered_batches_total{source=\"KIn\"}");
+    assert!(failed >= 3.0, "{text}");
+    // Every failure was followed by a redelivery (none given up on).
+    assert_eq!(failed, again, "{text}");
+    assert_eq!(
+        series(&text, "dab_kafka_exhausted_events_total{source=\"KIn\"}"),
+        0.0
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+}
+
+#[test]
+fn exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on() {
+    let (broker, python) = tansu_and_python(3);
+    let brokers = broker.addr();
+    let total: u64 = 3_000;
+    let p = broker::produce(&python, &brokers, "in", &["--count", "3000"]);
+    assert_eq!((num(&p, "produced"), num(&p, "errors")), (total, 0), "{p}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two readers of `in`, each its own group: one with OnError and one
+    // redelivery, one without OnError and none.
+    let sources = "  KIn: { kind: kafka, brokers: \"BROKERS\", topic: in, group: g-onerror, max_redeliveries: 1 }\n  \
+                   KIn2: { kind: kafka, brokers: \"BROKERS\", topic: in, group: g-drop, max_redeliveries: 0 }\n";
+    let ingest = "ingest.NewPipeline().In(KIn).OnError(Bad).Out(Q)\n\
+                  ingest.NewPipeline(\"plain\").In(KIn2).Out(Q)\n";
+    ingest_set(dir.path(), &brokers, ingest, "work", sources);
+    let metrics = free_addr();
+    let mut dab = Dab::start(
+        dir.path(),
+        &["run", "t.dab", "--service", "ingest", "--metrics", &metrics],
+    );
+    let bad = poll(
+        Duration::from_secs(90),
+        "every event in bad.ndjson",
+        || {
+            let lines = file_lines(&dir.path().join("bad.ndjson"));
+            (lines.len() as u64 >= total).then_some(lines)
+        },
+        || format!("{}\n{}", scrape(&metrics), dab.stderr()),
+    );
+    // Commits move on past what was given up on, for both groups.
+    wait_committed(&python, &brokers, "in", "g-onerror", total, &dab);
+    wait_committed(&python, &brokers, "in", "g-drop", total, &dab);
+    let mut got = seqs(&bad);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..total).collect::<Vec<u64>>(),
+        "each event once in bad.ndjson"
+    );
+    for l in &bad {
+        let v: Value = serde_json::from_str(l).expect("NDJSON");
+        let why = v["tags"]["dab.error"].as_str().unwrap_or_default();
+        assert!(
+            why.starts_with("in[")
+                && why.ends_with(": not delivered after 2 attempts (max_redeliveries 1)"),
+            "{why}"
+        );
+        assert_eq!(v["type"], "A", "the event as it was read: {v}");
+    }
+    let text = poll(
+        Duration::from_secs(10),
+        "the drop count",
+        || {
+            let t = scrape(&metrics);
+            (series(
+                &t,
+                "dab_pipeline_dropped_total{pipeline=\"ingest/plain\",reason=\"retries_exhausted\"}",
+            ) >= total as f64)
+                .then_some(t)
+        },
+        || scrape(&metrics),
+    );
+    let s = |k: &str| series(&text, k);
+    assert_eq!(
+        s("dab_pipeline_dropped_total{pipeline=\"ingest/plain\",reason=\"retries_exhausted\"}"),
+        total as f64
+    );
+    assert_eq!(
+        s("dab_pipeline_dropped_total{pipeline=\"ingest\",reason=\"retries_exhausted\"}"),
+        0.0
+    );
+    assert_eq!(
+        s("dab_kafka_exhausted_events_total{source=\"KIn\"}"),
+        total as f64
+    );
+    assert_eq!(
+        s("dab_kafka_exhausted_events_total{source=\"KIn2\"}"),
+        total as f64
+    );
+    // KIn: every batch failed twice (read, sent again once); KIn2: once.
+    let (f1, r1) = (
+        s("dab_kafka_failed_batches_total{source=\"KIn\"}"),
+        s("dab_kafka_redelivered_batches_total{source=\"KIn\"}"),
+    );
+    assert!(r1 >= 1.0 && f1 == 2.0 * r1, "{text}");
+    assert_eq!(
+        s("dab_kafka_redelivered_batches_total{source=\"KIn2\"}"),
+        0.0
+    );
+    // Both pipelines took their given-up batches: none was lost on the way.
+    for src in ["KIn", "KIn2"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(
+                    "dab_kafka_source_dropped_events_total{{source=\"{src}\",reason=\"retries_exhausted\"}}"
+                )
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    assert!(
+        !dir.path().join("done.ndjson").exists()
+            || file_lines(&dir.path().join("done.ndjson")).is_empty()
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+}
+
+/// tansu with `sqlite://` storage, killed mid-stream with SIGKILL twice,
+/// and started again on the same port each time, while
+/// an outside producer feeds `in` and dab relays `in` to `out` (a Kafka
+/// source and a Kafka sink): every event the broker acknowledged to the
+/// producer reaches `out`.
+#[test]
+fn a_broker_killed_and_restarted_twice_loses_nothing() {
+    let python = python_kafka();
+    let mut broker = Broker::start_with_storage(&tansu(), broker::SQLITE);
+    broker.create_topic("in", 3);
+    broker.create_topic("out", 3);
+    let brokers = broker.addr();
+    let total: u64 = 30_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    relay_set(dir.path(), &brokers, "relay-restart");
+    let metrics = free_addr();
+    let mut dab = start_relay(dir.path(), &metrics);
+    // Not idempotent, and sending again what failed: the outside producer
+    // is not what is under test. tansu 0.6 answers produce requests with an
+    // error ("Unknown broker error") between SIGTERM and its exit, which
+    // librdkafka does not retry; sent again, such a message may only be
+    // duplicated, never lost.
+    let producer = spawn_client(
+        &python,
+        "produce",
+        &brokers,
+        "in",
+        &[
+            "--count",
+            &total.to_string(),
+            "--types",
+            "A",
+            "--rate",
+            "2500",
+            "--no-idempotence",
+            "--resend-failed",
+        ],
+    );
+    let mut downs = Vec::new();
+    // SIGTERM is not in this loop: tansu 0.6 panics in its storage task on
+    // a graceful stop and, after that restart, on every idempotent
+    // produce (docs/decisions.md); the test then fails on the broker, not
+    // on dab, in about half the runs.
+    for (sig, after) in [("KILL", 4_000.0), ("KILL", 14_000.0)] {
+        poll(
+            Duration::from_secs(90),
+            "events delivered before the broker stops",
+            || (delivered(&metrics) >= after).then_some(()),
+            || {
+                let log = broker.log();
+                // A known tansu 0.6 bug (docs/decisions.md): after a restart
+                // its SQLite engine can panic on an idempotent producer's
+                // produce request, so dab's producer never gets through.
+                let known = if log.contains("more or less than one row") {
+                    "tansu panicked in idempotent_message_check (\"more or less than one row\") \
+                     after the restart: the broker bug in docs/decisions.md, not dab's\n"
+                } else {
+                    ""
+                };
+                format!("{known}{}\n{}\n{log}", scrape(&metrics), dab.stderr())
+            },
+        );
+        let t0 = std::time::Instant::now();
+        let status = broker.stop(sig, Duration::from_secs(30));
+        let exited_after = t0.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        broker.start_again();
+        downs.push(format!(
+            "SIG{sig}: {status} after {exited_after:?}, ready again {:?} after its start",
+            broker.ready_after()
+        ));
+    }
+    let p = producer.finish(Duration::from_secs(150));
+    eprintln!("producer: {p}");
+    assert_eq!((num(&p, "produced"), num(&p, "pending")), (total, 0), "{p}");
+    let out = count_out(&python, &brokers, total);
+    eprintln!(
+        "broker restarts {downs:?}: {} duplicates of {total}",
+        num(&out, "duplicates")
+    );
+    let text = scrape(&metrics);
+    let show: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            [
+                "dab_kafka_consumer_errors_total",
+                "dab_kafka_delivery_errors_total",
+                "dab_kafka_resent_total",
+                "dab_kafka_producer_restarts_total",
+                "dab_kafka_failed_batches_total",
+                "dab_sink_errors_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .map(str::to_owned)
+        .collect();
+    eprintln!("dab through the restarts:\n{}", show.join("\n"));
+    // The restarts reached dab: its consumer saw the broker go away.
+    assert!(
+        series(&text, "dab_kafka_consumer_errors_total{source=\"KIn\"}") > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        num(&out, "missing_count"),
+        0,
+        "{out}\n{}\n{}\n{}",
+        scrape(&metrics),
+        dab.stderr(),
+        broker.log()
+    );
+    assert_eq!(num(&out, "distinct"), total, "{out}");
+    assert!(dab.running(), "dab must ride it out: {}", dab.stderr());
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }

@@ -6,19 +6,13 @@
 //!
 //! Include it with `#[path = "kafka_support/broker.rs"] mod broker;`.
 //!
-//! Storage: the tansu built with `--features dynostore` knows `memory://`
-//! (the default here), `s3://BUCKET/` and `null://`; its `sqlite://` needs
-//! the `libsql` feature, which that build lacks. So a [`Broker::restart`]
-//! with the default storage comes back with **no topics and no messages**,
-//! and an idempotent producer that outlives it fails fatally ("Unknown
-//! Producer Id"). [`Broker::start_with`] takes any storage URL and extra
-//! environment; topics and messages survive a restart with `s3://tansu/`
-//! against a local S3 service, e.g. `moto_server -H 127.0.0.1 -p PORT` (PyPI
-//! `moto[server]`, not installed by the setup scripts) with the bucket made
-//! by `curl -X PUT http://127.0.0.1:PORT/tansu` and the environment
-//! `AWS_ENDPOINT=http://127.0.0.1:PORT`, `AWS_ALLOW_HTTP=true`,
-//! `AWS_ACCESS_KEY_ID=test`, `AWS_SECRET_ACCESS_KEY=test`,
-//! `AWS_DEFAULT_REGION=us-east-1`.
+//! Storage: `memory://` (the default here; everything is gone when the
+//! broker stops, and an idempotent producer that outlives it fails fatally,
+//! "Unknown Producer Id") or `sqlite://FILE` ([`SQLITE`]; the `libsql`
+//! feature that `scripts/setup-kafka.sh` builds in), a file relative to the
+//! broker's working directory that keeps topics, messages and committed
+//! offsets across [`Broker::stop`] and [`Broker::start_again`], whether the
+//! broker was stopped with SIGTERM or SIGKILL.
 //!
 //! Every wait is bounded, and `Drop` kills every child process, so a failed
 //! assertion leaves no broker or client running.
@@ -46,6 +40,10 @@ pub const CLIENT_LIMIT: Duration = Duration::from_secs(180);
 /// The default storage: everything is lost when the broker stops.
 pub const MEMORY: &str = "memory://tansu/";
 
+/// Storage that survives a restart: a SQLite file in the broker's working
+/// directory (a temporary directory per broker).
+pub const SQLITE: &str = "sqlite://tansu.db";
+
 /// Environment variables tansu reads that must not leak in from the
 /// caller's environment (they would switch on schema registries, data
 /// lakes, or other listeners).
@@ -70,52 +68,27 @@ fn home() -> PathBuf {
 }
 
 /// The tansu binary, looked for as `scripts/setup-kafka.sh` does:
-/// `DAB_TANSU`, `tansu` on the `PATH`, `~/.cache/dab/tansu-libsql/bin/tansu`.
-pub fn find_tansu() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("DAB_TANSU") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("tansu"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = home().join(".cache/dab/tansu-libsql/bin/tansu");
-        p.is_file().then_some(p)
-    })
-}
-
-/// Says loudly, past the harness's capture, that `test` skipped; fails
-/// instead when `CI` is set.
-fn skip(test: &str, how: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{test}: {how}");
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n{test} SKIPPED (it fails when CI is set): {how}\n"
+/// `DAB_TANSU`, then `~/.cache/dab/tansu-libsql/bin/tansu` (built with the
+/// `libsql` feature, for `sqlite://` storage). A missing broker fails the
+/// test: the suite installs what it needs (`scripts/setup.sh`), and a test
+/// that passes without running proves nothing.
+pub fn tansu() -> PathBuf {
+    let p = match std::env::var_os("DAB_TANSU") {
+        Some(p) => PathBuf::from(p),
+        None => home().join(".cache/dab/tansu-libsql/bin/tansu"),
+    };
+    assert!(
+        p.is_file(),
+        "no tansu broker at {}: build it with scripts/setup-kafka.sh (about 15 \
+         minutes cold), or point DAB_TANSU at one",
+        p.display()
     );
-}
-
-/// The tansu binary, or `None` after a loud skip message (a panic when
-/// `CI` is set).
-pub fn tansu_or_skip(test: &str) -> Option<PathBuf> {
-    let found = find_tansu();
-    if found.is_none() {
-        skip(
-            test,
-            "no tansu broker (looked at DAB_TANSU, tansu on the PATH and \
-             ~/.cache/dab/tansu-libsql/bin/tansu). Build it with scripts/setup-kafka.sh \
-             (about 15 minutes cold), or point DAB_TANSU at one.",
-        );
-    }
-    found
+    p
 }
 
 /// A Python that imports `confluent_kafka`: `DAB_PYTHON`, or the venv
-/// `scripts/setup-python.sh` makes; `None` after a loud skip message (a
-/// panic when `CI` is set).
-pub fn python_kafka_or_skip(test: &str) -> Option<PathBuf> {
+/// `scripts/setup-python.sh` makes. A missing one fails the test.
+pub fn python_kafka() -> PathBuf {
     let python: PathBuf = match std::env::var_os("DAB_PYTHON") {
         Some(p) => p.into(),
         None => home().join(".cache/dab/venv/bin/python"),
@@ -125,19 +98,14 @@ pub fn python_kafka_or_skip(test: &str) -> Option<PathBuf> {
         .stdin(Stdio::null())
         .output()
         .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    skip(
-        test,
-        &format!(
-            "Python confluent-kafka is not installed (looked for {}). Install it with \
-             scripts/setup-python.sh, or point DAB_PYTHON at a python that imports \
-             confluent_kafka.",
-            python.display()
-        ),
+    assert!(
+        ok,
+        "Python confluent-kafka is not installed (looked for {}): install it with \
+         scripts/setup-python.sh, or point DAB_PYTHON at a python that imports \
+         confluent_kafka",
+        python.display()
     );
-    None
+    python
 }
 
 /// `tests/kafka_support/client.py`.
@@ -498,6 +466,48 @@ impl Broker {
         );
         if let Err(e) = self.spawn_and_wait() {
             panic!("tansu did not restart: {e}\n--- log ---\n{}", self.log());
+        }
+    }
+
+    /// Stops the broker with `signal` (`TERM` or `KILL`) and waits, at most
+    /// `limit`, for it to exit; its exit status. The port stays this
+    /// broker's: [`Broker::start_again`] binds it again.
+    pub fn stop(&mut self, signal_name: &str, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the broker runs");
+        signal(child.id(), signal_name);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let _ = writeln!(
+                    File::options()
+                        .append(true)
+                        .open(self.log_path())
+                        .expect("open the broker log"),
+                    "--- stopped with SIG{signal_name}: {status} ---"
+                );
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tansu did not exit within {limit:?} of SIG{signal_name}\n--- log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again after [`Broker::stop`], on the same port,
+    /// with the same storage, and waits until it answers.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker still runs");
+        if let Err(e) = self.spawn_and_wait() {
+            panic!(
+                "tansu did not start again: {e}\n--- log ---\n{}",
+                self.log()
+            );
         }
     }
 

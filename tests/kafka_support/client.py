@@ -22,9 +22,12 @@ that DAB's codec decodes them as they are)::
 produce --brokers B --topic T --count N [--start S] [--types A,B]
         [--payload-bytes P] [--rate R] [--bad-every K] [--key none|host|offset|type]
         [--host H] [--pid P] [--message-timeout-ms MS] [--linger-ms MS]
-        [--no-idempotence]
+        [--no-idempotence] [--resend-failed]
     Sends N messages with acks=all and idempotence on (unless
-    --no-idempotence), then flushes. An idempotent producer's error is
+    --no-idempotence), then flushes. --resend-failed sends a message whose
+    delivery failed again (a broker that answers errors while it shuts
+    down), until each is delivered once or the flush deadline passes; it
+    may duplicate, never lose. An idempotent producer's error is
     fatal (exit 1, no summary) when the broker forgets its producer id, as
     a tansu with memory storage does when it restarts.
     Good events get consecutive offsets S, S+1, ... and their types in turn
@@ -36,7 +39,8 @@ produce --brokers B --topic T --count N [--start S] [--types A,B]
     messages over partitions). Summary:
         {"produced": <messages acked by the broker, bad ones included>,
          "good": <good events sent>, "bad": <bad messages sent>,
-         "errors": <delivery failures>, "pending": <not delivered at the end>,
+         "errors": <delivery failures>, "resent": <messages sent again>,
+         "pending": <not delivered at the end>,
          "first_offset": S, "next_offset": S + good,
          "first_error": "<text>" | null, "seconds": <wall time>}
 
@@ -71,6 +75,14 @@ create-topic --brokers B --topic T [--partitions P] [--timeout-s S]
 
 metadata --brokers B [--timeout-s S]
     Lists topics and their partition counts: {"brokers": [...], "topics": {T: P}}.
+
+committed --brokers B --topic T --group G [--timeout-s S]
+    The group's committed offset of each partition of T, without joining
+    the group: {"committed": {partition: offset, -1 when none}, "total":
+    sum of the commits (0 for none)}. On a topic whose offsets start at 0,
+    "total" equals the number of messages once the group committed all of
+    them. (tansu 0.6 answers watermark queries with wrong high offsets, so
+    this does not ask for them.)
 """
 
 import argparse
@@ -80,7 +92,7 @@ import time
 import uuid
 
 try:
-    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 except ImportError as e:  # pragma: no cover - environment problem
     sys.stderr.write(
@@ -152,15 +164,19 @@ def cmd_produce(a):
         die("--types is empty", 2)
     if a.count < 0 or a.bad_every < 0 or a.rate < 0 or a.payload_bytes < 0:
         die("--count, --bad-every, --rate and --payload-bytes must not be negative", 2)
-    state = {"ok": 0, "errors": 0, "first_error": None}
+    state = {"ok": 0, "errors": 0, "first_error": None, "resent": 0}
+    # Messages whose delivery failed, to send again (--resend-failed).
+    failed = []
 
-    def on_delivery(err, _msg):
+    def on_delivery(err, msg):
         if err is None:
             state["ok"] += 1
         else:
             state["errors"] += 1
             if state["first_error"] is None:
                 state["first_error"] = str(err)
+            if a.resend_failed:
+                failed.append((msg.value(), msg.key()))
 
     # Transient errors (broker down, paused) are retried by librdkafka
     # until message.timeout.ms; a fatal one ends the run.
@@ -175,6 +191,29 @@ def cmd_produce(a):
         }
     )
     producer = Producer(conf)
+
+    def send(value, key):
+        while True:
+            try:
+                producer.produce(a.topic, value=value, key=key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports and retry.
+                producer.poll(0.05)
+
+    last_resend = [0.0]
+
+    def resend():
+        # At most every 100 ms: a broker that fails everything at once
+        # would otherwise be asked again in a tight loop.
+        if not failed or time.monotonic() - last_resend[0] < 0.1:
+            return
+        last_resend[0] = time.monotonic()
+        while failed:
+            value, key = failed.pop(0)
+            state["resent"] += 1
+            send(value, key)
+
     payload = "x" * a.payload_bytes
     good = bad = 0
     t0 = time.monotonic()
@@ -208,27 +247,32 @@ def cmd_produce(a):
             key_src = {"host": a.host, "offset": str(off), "type": ty}
             good += 1
         key = None if a.key == "none" else key_src[a.key].encode()
-        while True:
-            try:
-                producer.produce(a.topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports and retry.
-                producer.poll(0.05)
+        send(value, key)
         producer.poll(0)
+        resend()
     pending = producer.flush(a.message_timeout_ms / 1000 + 10)
+    # With --resend-failed, until every message is delivered or the
+    # deadline passes.
+    deadline = time.monotonic() + a.message_timeout_ms / 1000 + 30
+    while a.resend_failed and (failed or pending) and time.monotonic() < deadline:
+        if failed:
+            time.sleep(0.2)
+            resend()
+        pending = producer.flush(1)
+    pending += len(failed)
     out = {
         "produced": state["ok"],
         "good": good,
         "bad": bad,
         "errors": state["errors"],
+        "resent": state["resent"],
         "pending": pending,
         "first_offset": a.start,
         "next_offset": a.start + good,
         "first_error": state["first_error"],
         "seconds": round(time.monotonic() - t0, 3),
     }
-    short = state["errors"] > 0 or pending > 0
+    short = (state["errors"] > 0 and not a.resend_failed) or pending > 0
     summary(out, short, f"{state['errors']} delivery errors, {pending} undelivered")
 
 
@@ -464,6 +508,21 @@ def cmd_metadata(a):
     )
 
 
+def cmd_committed(a):
+    conf = base_conf(a.brokers, "consumer", a.verbose)
+    check_reachable(conf, a.timeout_s)
+    admin = AdminClient(conf)
+    parts = topic_partitions(admin, a.topic, a.timeout_s)
+    if not parts:
+        die(f"topic {a.topic} not found")
+    c = Consumer(dict(conf, **{"group.id": a.group, "enable.auto.commit": False}))
+    tps = [TopicPartition(a.topic, p) for p in range(parts)]
+    got = c.committed(tps, timeout=a.timeout_s)
+    c.close()
+    committed = {str(tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in got}
+    summary({"committed": committed, "total": sum(max(o, 0) for o in committed.values())})
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -502,6 +561,11 @@ def main():
         action="store_true",
         help="plain acks=all producer (idempotence dies on a restarted memory broker)",
     )
+    sp.add_argument(
+        "--resend-failed",
+        action="store_true",
+        help="send a message again when its delivery failed, until delivered",
+    )
     sp.set_defaults(func=cmd_produce)
 
     sp = sub.add_parser("consume", help="read JSON events and summarise them")
@@ -529,6 +593,14 @@ def main():
     sp.add_argument("--verbose", action="store_true")
     sp.add_argument("--timeout-s", type=float, default=10)
     sp.set_defaults(func=cmd_metadata)
+
+    sp = sub.add_parser("committed", help="a group's committed offsets")
+    sp.add_argument("--brokers", required=True)
+    sp.add_argument("--verbose", action="store_true")
+    sp.add_argument("--topic", required=True)
+    sp.add_argument("--group", required=True)
+    sp.add_argument("--timeout-s", type=float, default=10)
+    sp.set_defaults(func=cmd_committed)
 
     a = p.parse_args()
     try:

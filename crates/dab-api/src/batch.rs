@@ -22,6 +22,11 @@ pub struct Batch {
     pub ack: AckToken,
     /// The sending pipeline's `OnError` target, set on the way to a sink.
     pub on_error: Option<Arc<dyn Reroute>>,
+    /// Set by a source on events it handed on too often without delivery
+    /// (a Kafka batch past `max_redeliveries`): the reading pipeline sends
+    /// the whole batch to its `OnError` output before any stage, or counts
+    /// it dropped (`retries_exhausted`). Each event says why in `dab.error`.
+    pub retries_exhausted: bool,
 }
 
 impl Batch {
@@ -30,6 +35,7 @@ impl Batch {
             events,
             ack,
             on_error: None,
+            retries_exhausted: false,
         }
     }
 
@@ -39,6 +45,7 @@ impl Batch {
             events: self.events.clone(),
             ack: self.ack.share(),
             on_error: self.on_error.clone(),
+            retries_exhausted: self.retries_exhausted,
         }
     }
 

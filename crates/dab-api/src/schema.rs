@@ -132,6 +132,11 @@ const KAFKA_OPTIONS: FieldSpec = opt(
     FieldType::Map,
     "librdkafka settings, passed as is",
 );
+const KAFKA_MAX_REDELIVERIES: FieldSpec = opt(
+    "max_redeliveries",
+    FieldType::Int,
+    "times a batch that failed downstream is sent again before it goes to OnError (default 5)",
+);
 const KAFKA_BROKERS: FieldSpec = req(
     "brokers",
     FieldType::Str,
@@ -221,6 +226,7 @@ static KINDS: &[KindSpec] = &[
                 START_OFFSET,
                 "where a new group starts reading",
             ),
+            KAFKA_MAX_REDELIVERIES,
             KAFKA_OPTIONS,
         ],
     },
@@ -340,6 +346,7 @@ static KINDS: &[KindSpec] = &[
                 FieldType::Int,
                 "partitions when the topic is created",
             ),
+            KAFKA_MAX_REDELIVERIES,
             KAFKA_OPTIONS,
         ],
     },

@@ -68,6 +68,7 @@ struct Running {
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
     stats: Arc<SourceStats>,
+    source_metrics: Arc<dyn dab_api::metrics::ConnectorMetrics>,
 }
 
 fn start_source(brokers: &str, topic: &str, group: &str) -> Running {
@@ -86,6 +87,11 @@ fn start_source_with(brokers: &str, topic: &str, group: &str, codec: &str) -> Ru
             ]),
         )
         .expect("source");
+    start_built(source)
+}
+
+fn start_built(source: Box<dyn dab_api::Source>) -> Running {
+    let source_metrics = source.metrics().expect("kafka source metrics");
     let (tx, rx) = mpsc::channel(4);
     let stop = CancellationToken::new();
     let stats = Arc::new(SourceStats::default());
@@ -104,6 +110,7 @@ fn start_source_with(brokers: &str, topic: &str, group: &str, codec: &str) -> Ru
         stop,
         handle,
         stats,
+        source_metrics,
     }
 }
 
@@ -200,27 +207,225 @@ async fn acknowledged_events_are_committed_and_nothing_else() {
     );
 }
 
+/// Runs a source with `max_redeliveries`.
+fn start_source_redelivering(brokers: &str, topic: &str, group: &str, max: i64) -> Running {
+    let mut f = fields(&[("brokers", brokers), ("topic", topic), ("group", group)]);
+    f.insert("max_redeliveries".into(), ConfigValue::Int(max));
+    start_built(KafkaSourceFactory.build("In", &f).expect("source"))
+}
+
+/// Receives the next batch, or panics after `limit`.
+async fn next_batch(r: &mut Running, limit: Duration) -> Batch {
+    tokio::time::timeout(limit, r.rx.recv())
+        .await
+        .expect("a batch in time")
+        .expect("source open")
+}
+
+fn sample(r: &dyn dab_api::metrics::ConnectorMetrics, name: &str) -> f64 {
+    let mut samples = Vec::new();
+    r.samples(&mut samples);
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_batch_is_read_again_by_the_next_consumer() {
+async fn a_failed_batch_is_sent_again_and_then_committed() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("events", 1, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
     produce(&brokers, "events", 2000).await;
 
-    // The second batch fails (a sink given up on): nothing from it on is
-    // committed, however many later batches succeed.
-    let mut r = start_source(&brokers, "events", "g2");
-    let first = take(&mut r, 2000, Duration::from_secs(20), |i| i != 1).await;
-    assert_eq!(uids(&first).len(), 2000);
+    // The second batch fails once (a downstream that was gone). The same
+    // consumer sends exactly its events again after the back-off; once
+    // that is delivered, everything is committed.
+    let mut r = start_source_redelivering(&brokers, "events", "g2", 5);
+    let mut seen = Vec::new();
+    let mut failed: Option<Vec<u64>> = None;
+    let mut again: Option<Vec<u64>> = None;
+    let mut n = 0usize;
+    while n < 2000 || again.is_none() {
+        let b = next_batch(&mut r, Duration::from_secs(20)).await;
+        let offsets: Vec<u64> = b.events.iter().map(|e| e.offset).collect();
+        assert!(!b.retries_exhausted);
+        if failed.is_none() && !seen.is_empty() {
+            failed = Some(offsets);
+            b.ack.fail();
+            continue;
+        }
+        if failed.as_ref() == Some(&offsets) {
+            assert!(again.is_none(), "sent again once: {offsets:?}");
+            again = Some(offsets.clone());
+        }
+        n += offsets.len();
+        seen.extend(offsets);
+        b.ack.complete();
+    }
+    assert_eq!(failed, again, "the failed batch, exactly");
+    assert_eq!(seen.len(), 2000, "no duplicates besides the failed batch");
+    assert_eq!(seen.iter().copied().collect::<BTreeSet<u64>>().len(), 2000);
+    let metrics = r.source_metrics.clone();
     stop(r).await;
-    let c = committed(&brokers, "events", "g2", 1);
+    assert_eq!(committed(&brokers, "events", "g2", 1), vec![2000]);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_failed_batches_total"),
+        1.0
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_redelivered_batches_total"),
+        1.0
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_past_max_redeliveries_is_marked_and_committed_past() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 2000).await;
+
+    // The first batch fails every time it is sent: once read, then sent
+    // again twice (max_redeliveries 2), then it comes a fourth time,
+    // marked `retries_exhausted` with the reason on every event.
+    let mut r = start_source_redelivering(&brokers, "events", "g7", 2);
+    let mut poison: Option<Vec<u64>> = None;
+    let mut arrivals = 0;
+    let mut marked: Option<Batch> = None;
+    let mut others = BTreeSet::new();
+    let t0 = std::time::Instant::now();
+    while marked.is_none() || others.len() + poison.as_ref().map_or(0, Vec::len) < 2000 {
+        let b = next_batch(&mut r, Duration::from_secs(20)).await;
+        let offsets: Vec<u64> = b.events.iter().map(|e| e.offset).collect();
+        if poison.is_none() {
+            poison = Some(offsets.clone());
+        }
+        if poison.as_ref() == Some(&offsets) {
+            arrivals += 1;
+            if b.retries_exhausted {
+                marked = Some(b);
+            } else {
+                assert!(arrivals <= 3, "sent unmarked {arrivals} times");
+                b.ack.fail();
+            }
+            continue;
+        }
+        assert!(!b.retries_exhausted);
+        others.extend(offsets);
+        b.ack.complete();
+    }
+    // Back-offs of 250 ms and 500 ms came before the last two sends.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(750),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(arrivals, 4, "read once, sent again twice, then marked");
+    let marked = marked.expect("marked");
+    let first = marked.events[0].offset;
+    let reason = marked.events[0]
+        .tag(dab_api::event::ERROR_TAG)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        reason,
+        format!("events[0]@{first}: not delivered after 3 attempts (max_redeliveries 2)")
+    );
+    // Nothing is committed past the poison batch until it settles...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(committed(&brokers, "events", "g7", 1), vec![-1]);
+    // ... and everything once it does (OnError took it).
+    let n = marked.len() as f64;
+    marked.ack.complete();
+    let metrics = r.source_metrics.clone();
+    stop(r).await;
+    assert_eq!(committed(&brokers, "events", "g7", 1), vec![2000]);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_failed_batches_total"),
+        3.0
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_redelivered_batches_total"),
+        2.0
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        n
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_source_dropped_events_total"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_batch_nobody_takes_is_counted_dropped_and_committed_past() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 500).await;
+    // max_redeliveries 0: the first failure gives up; the marked batch
+    // fails too (no OnError target left): counted, then committed past.
+    let mut r = start_source_redelivering(&brokers, "events", "g8", 0);
+    let mut total = 0;
+    let mut dropped = 0;
+    while total < 500 {
+        let b = next_batch(&mut r, Duration::from_secs(20)).await;
+        if b.retries_exhausted {
+            dropped += b.len();
+            total += b.len();
+        }
+        b.ack.fail();
+    }
+    assert_eq!(dropped, 500);
+    let metrics = r.source_metrics.clone();
+    stop(r).await;
+    assert_eq!(committed(&brokers, "events", "g8", 1), vec![500]);
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_source_dropped_events_total"),
+        500.0
+    );
+    assert_eq!(
+        sample(metrics.as_ref(), "dab_kafka_exhausted_events_total"),
+        500.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batches_left_waiting_at_stop_are_read_again_by_the_next_consumer() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 2000).await;
+    // The second batch fails once everything was read; the source stops
+    // right away, well inside the 250 ms back-off.
+    let mut r = start_source(&brokers, "events", "g9");
+    let mut first = Vec::new();
+    let mut held = None;
+    while first.len() < 2000 {
+        let b = next_batch(&mut r, Duration::from_secs(20)).await;
+        first.extend(b.events.iter().cloned());
+        if held.is_none() && first.len() > b.len() {
+            held = Some(b);
+        } else {
+            b.ack.complete();
+        }
+    }
+    assert_eq!(uids(&first).len(), 2000);
+    held.expect("a second batch").ack.fail();
+    stop(r).await;
+    let c = committed(&brokers, "events", "g9", 1);
     assert!(
         c[0] < 2000,
         "commit must stop before the failed batch: {c:?}"
     );
-
-    // The next member of the group reads from there: the union is whole.
-    let mut r2 = start_source(&brokers, "events", "g2");
+    let mut r2 = start_source(&brokers, "events", "g9");
     let again = take(&mut r2, 2000, Duration::from_secs(8), |_| true).await;
     assert_eq!(
         again.first().map(|e| e.offset),
@@ -393,4 +598,64 @@ async fn undecodable_protobuf_is_marked_counted_and_does_not_block() {
         4
     );
     stop(r).await;
+}
+
+/// A rebalance while a batch is unacknowledged: the revoked member waits
+/// up to 2 s for it inside librdkafka's rebalance callback. That wait
+/// runs on the source's own thread, so the only tokio worker here keeps
+/// running tasks: a 10 ms ticker never stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_rebalance_drain_never_holds_a_tokio_worker() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 2000).await;
+    let mut r1 = start_source(&brokers, "events", "g10");
+    // Hold the first batch: the revoke drain has to wait for it.
+    let held = next_batch(&mut r1, Duration::from_secs(20)).await;
+    let gap = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let stop_ticking = CancellationToken::new();
+    let ticker = {
+        let gap = gap.clone();
+        let stop = stop_ticking.clone();
+        tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = std::time::Instant::now();
+                let mut g = gap.lock().expect("gap");
+                *g = (*g).max(now - last);
+                last = now;
+            }
+        })
+    };
+    let revoked = || {
+        sample(
+            r1.source_metrics.as_ref(),
+            "dab_kafka_partitions_revoked_total",
+        )
+    };
+    let r2 = start_source(&brokers, "events", "g10");
+    let t0 = std::time::Instant::now();
+    while revoked() < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no rebalance within 30 s"
+        );
+        // Keep r1's channel moving so its reader gets to poll.
+        while let Ok(b) = r1.rx.try_recv() {
+            b.ack.complete();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_ticking.cancel();
+    ticker.await.expect("ticker");
+    let worst = *gap.lock().expect("gap");
+    assert!(
+        worst < Duration::from_millis(500),
+        "a tokio worker stalled for {worst:?} during the rebalance"
+    );
+    drop(held);
+    stop(r1).await;
+    stop(r2).await;
 }

@@ -30,10 +30,13 @@ pub enum DropReason {
     /// Input a source could not decode (a Kafka message that is not an
     /// event), and the pipeline has no `OnError`.
     Undecodable,
+    /// A source gave up sending a batch again (a Kafka batch past
+    /// `max_redeliveries`), and the pipeline has no `OnError`.
+    RetriesExhausted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -42,6 +45,7 @@ impl DropReason {
         DropReason::BadSignature,
         DropReason::Duplicate,
         DropReason::Undecodable,
+        DropReason::RetriesExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl DropReason {
             DropReason::BadSignature => "bad_signature",
             DropReason::Duplicate => "duplicate",
             DropReason::Undecodable => "undecodable",
+            DropReason::RetriesExhausted => "retries_exhausted",
         }
     }
 }
@@ -230,7 +235,7 @@ pub struct PipelineMetrics {
     pub events_in: Counter,
     pub bytes_in: Counter,
     pub events_out: Counter,
-    dropped: [Counter; 8],
+    dropped: [Counter; DropReason::ALL.len()],
     /// Events that failed a stage (a bad signature), routed or dropped.
     pub failed_events: Counter,
     pub stages: Vec<StageMetrics>,

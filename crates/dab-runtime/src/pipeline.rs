@@ -161,6 +161,11 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
     let t0 = Instant::now();
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
+    if batch.retries_exhausted {
+        give_up(screen, batch, m).await;
+        m.latency.observe(t0.elapsed());
+        return;
+    }
     if let Some(screen) = screen {
         screen_out(screen, &mut batch, m, force).await;
     }
@@ -284,5 +289,27 @@ async fn screen_out(
             }
         }
         None => m.dropped(DropReason::Undecodable, n),
+    }
+}
+
+/// A batch its source gave up sending again: all of it goes to `OnError`,
+/// or is counted dropped, and its source hears "delivered" either way
+/// unless the `OnError` target is gone.
+async fn give_up(screen: Option<&Screen>, mut batch: Batch, m: &PipelineMetrics) {
+    // Settled here: whoever reads the `OnError` output (a memory queue's
+    // pipeline) treats the events as ordinary ones.
+    batch.retries_exhausted = false;
+    let n = batch.len() as u64;
+    m.failed(n);
+    match screen.and_then(|s| s.on_error.as_ref()) {
+        Some(target) => {
+            if let Err(b) = target.send(batch).await {
+                b.ack.fail();
+            }
+        }
+        None => {
+            m.dropped(DropReason::RetriesExhausted, n);
+            batch.ack.complete();
+        }
     }
 }

@@ -32,9 +32,17 @@ pub struct KafkaSourceMetrics {
     pub revoked: AtomicU64,
     /// Times the partitions were paused because the pipeline was full.
     pub pauses: AtomicU64,
-    /// Batches whose acknowledgement said "failed" (their partition's
-    /// commit position is then frozen until it is reassigned).
+    /// Batches whose acknowledgement said "failed" (each is sent again
+    /// after a back-off, up to `max_redeliveries` times).
     pub failed_batches: AtomicU64,
+    /// Batches sent again after a failure.
+    pub redelivered_batches: AtomicU64,
+    /// Events given up on after `max_redeliveries`: sent once more, marked,
+    /// for the pipeline's `OnError` (or its `retries_exhausted` drop count).
+    pub exhausted_events: AtomicU64,
+    /// Exhausted events whose last hand-off failed too (the `OnError`
+    /// target or the pipeline was gone): dropped, logged, committed past.
+    pub exhausted_lost: AtomicU64,
     /// Errors the consumer reported (broker down, ...), by kind.
     pub errors: AtomicU64,
 }
@@ -77,7 +85,7 @@ impl ConnectorMetrics for KafkaSourceMetrics {
                 );
             }
         }
-        let counters: [(&'static str, &'static str, &AtomicU64); 8] = [
+        let counters: [(&'static str, &'static str, &AtomicU64); 10] = [
             (
                 "dab_kafka_offsets_stored_total",
                 "Offsets stored for commit after their events were acknowledged",
@@ -110,8 +118,18 @@ impl ConnectorMetrics for KafkaSourceMetrics {
             ),
             (
                 "dab_kafka_failed_batches_total",
-                "Batches not delivered; their partition's commit position is held",
+                "Batches not delivered; sent again after a back-off",
                 &self.failed_batches,
+            ),
+            (
+                "dab_kafka_redelivered_batches_total",
+                "Batches sent again after a failure",
+                &self.redelivered_batches,
+            ),
+            (
+                "dab_kafka_exhausted_events_total",
+                "Events given up on after max_redeliveries, sent to OnError or dropped",
+                &self.exhausted_events,
             ),
             (
                 "dab_kafka_consumer_errors_total",
@@ -122,6 +140,15 @@ impl ConnectorMetrics for KafkaSourceMetrics {
         for (name, help, c) in counters {
             out.push(Sample::counter(name, help, get(c)).label("source", src()));
         }
+        out.push(
+            Sample::counter(
+                "dab_kafka_source_dropped_events_total",
+                "Events given up on whose hand-off to OnError failed too, by reason",
+                get(&self.exhausted_lost),
+            )
+            .label("source", src())
+            .label("reason", "retries_exhausted".to_owned()),
+        );
     }
 }
 

@@ -1,11 +1,14 @@
 //! Kafka sources, sinks and queues on librdkafka (SPEC sections 2, 4, 5).
 //!
-//! - The source is a consumer-group member. Offsets are stored only when
-//!   the events they cover are acknowledged end to end ([`offsets`]) and
-//!   librdkafka commits the stored ones every second and on revoke; the
-//!   source commits once more, synchronously, when it stops. Under back
-//!   pressure the assigned partitions are paused until the pipeline takes
-//!   the next batch.
+//! - The source is a consumer-group member, polled from a thread of its
+//!   own. Offsets are stored only when the events they cover are
+//!   acknowledged end to end ([`offsets`]) and librdkafka commits the
+//!   stored ones every second and on revoke; the source commits once more,
+//!   synchronously, when it stops. A batch that failed downstream is sent
+//!   again after a back-off, up to `max_redeliveries` times, then marked
+//!   for the pipeline's `OnError` (or its `retries_exhausted` drop count)
+//!   and committed past. Under back pressure the assigned partitions are
+//!   paused until the pipeline takes the next batch.
 //! - The sink is an idempotent producer (`acks=all`). A write hands the
 //!   messages to librdkafka; `flush` waits for every delivery report, so the
 //!   runtime acknowledges a batch only once Kafka has it. Failed deliveries
@@ -186,7 +189,13 @@ pub struct KafkaSourceConfig {
     /// Create the topics with this many partitions when they do not exist
     /// (queues).
     pub partitions: Option<i32>,
+    /// Times a batch that failed downstream is sent again before its events
+    /// go to `OnError` (or are counted dropped, `retries_exhausted`).
+    pub max_redeliveries: u32,
 }
+
+/// `max_redeliveries` when the binding does not say.
+pub const DEFAULT_MAX_REDELIVERIES: u32 = 5;
 
 impl KafkaSourceConfig {
     pub fn from_fields(
@@ -228,6 +237,18 @@ impl KafkaSourceConfig {
             options: options(name, fields)?,
             batch_events: 1024,
             partitions: partitions(name, f)?,
+            max_redeliveries: match f.int("max_redeliveries") {
+                None => DEFAULT_MAX_REDELIVERIES,
+                Some(n) => u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= 1000)
+                    .ok_or_else(|| {
+                        build_error(
+                            name,
+                            format!("`max_redeliveries` must be between 0 and 1000, not {n}"),
+                        )
+                    })?,
+            },
         })
     }
 

@@ -1,26 +1,33 @@
 //! The Kafka consumer: a group member whose offsets move only behind
-//! acknowledgements (see `offsets`), that pauses its partitions while the
-//! pipeline is full, and that commits what is acknowledged when it stops.
+//! acknowledgements (see `offsets`), that sends a failed batch again after
+//! a back-off and gives up on it after `max_redeliveries` (its events go
+//! to the pipeline's `OnError`, or are counted dropped), that pauses its
+//! partitions while the pipeline is full, and that commits what is
+//! acknowledged when it stops.
+//!
+//! The consumer is polled from a thread of its own, never from a tokio
+//! worker: librdkafka runs the rebalance callbacks (`Ctx::pre_rebalance`,
+//! which waits up to 2 s for revoked partitions' batches) and the final
+//! synchronous commit on the polling thread.
 
-use std::future::Future as _;
-use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dab_api::connector::SourceStats;
+use dab_api::event::ERROR_TAG;
 use dab_api::metrics::ConnectorMetrics;
 use dab_api::{
     AckStatus, AckToken, Batch, BuildError, ConnectorError, Event, Source, SourceContext, Text,
 };
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::KafkaSourceMetrics;
 use super::offsets::{Advance, Offsets, Tp};
@@ -41,11 +48,22 @@ const REVOKE_DRAIN: Duration = Duration::from_secs(2);
 /// of a record batch when a fetch starts in its middle, which a resume
 /// does (docs/PERFORMANCE.md, "Kafka").
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
+/// The longest `poll` waits for a message before the reader looks at
+/// shutdown and at failed batches due to be sent again.
+const POLL: Duration = Duration::from_millis(50);
+/// The back-off before a failed batch is sent again the first time; it
+/// doubles with each attempt, up to `REDELIVER_MAX`.
+const REDELIVER_BASE: Duration = Duration::from_millis(250);
+const REDELIVER_MAX: Duration = Duration::from_secs(5);
+/// Failed batches waiting to be sent again beyond which nothing new is
+/// read: a downstream that fails everything must not grow them without
+/// bound.
+const MAX_WAITING: usize = 16;
 
 pub struct KafkaSource {
     name: String,
     config: KafkaSourceConfig,
-    consumer: Arc<StreamConsumer<Ctx>>,
+    consumer: Arc<BaseConsumer<Ctx>>,
     metrics: Arc<KafkaSourceMetrics>,
     offsets: Arc<Mutex<Offsets>>,
 }
@@ -116,6 +134,12 @@ impl ConsumerContext for Ctx {
         let Rebalance::Revoke(list) = rebalance else {
             return;
         };
+        // librdkafka calls this on the polling thread, which is the
+        // reader's own, so waiting here holds no async worker.
+        debug_assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "the kafka rebalance callback ran on a tokio thread"
+        );
         let revoked = tps(list);
         // Give the batches in flight a moment to be acknowledged, so their
         // offsets are committed before another member takes over.
@@ -134,13 +158,15 @@ impl ConsumerContext for Ctx {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let mut o = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+        // Not under the offsets lock: acknowledgements (on tokio workers)
+        // take it, and must not wait for a broker round trip.
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             if !is_nothing_to_commit(&e) {
                 KafkaSourceMetrics::inc(&self.metrics.commit_errors);
                 tracing::warn!(source = %self.metrics.name, error = %e, "commit on revoke failed");
             }
         }
+        let mut o = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
         for tp in &revoked {
             o.revoke(tp);
         }
@@ -189,7 +215,7 @@ impl KafkaSource {
             offsets: offsets.clone(),
             last_error_log: Mutex::new(None),
         };
-        let consumer: StreamConsumer<Ctx> = config
+        let consumer: BaseConsumer<Ctx> = config
             .client_config(name)
             .create_with_context(ctx)
             .map_err(|e| build_error(name, format!("kafka consumer: {e}")))?;
@@ -203,11 +229,17 @@ impl KafkaSource {
     }
 }
 
-/// The part of a batch read from one partition.
-struct Span {
-    tp: Tp,
-    first: i64,
-    last: i64,
+/// One message as the source keeps it until its batch is acknowledged, so
+/// that a failed batch can be sent again without reading it again.
+#[derive(Debug, Clone)]
+struct Msg {
+    /// Index into `Decoder::topics`.
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    /// Milliseconds since the epoch, when the message has a timestamp.
+    timestamp_ms: Option<i64>,
+    payload: Option<Bytes>,
 }
 
 /// Turns messages into events, filling what the event left out from where
@@ -220,60 +252,75 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn topic(&mut self, name: &str) -> (Arc<str>, Text) {
-        if let Some(t) = self.topics.iter().find(|(n, _)| &**n == name) {
-            return t.clone();
+    fn topic(&mut self, name: &str) -> usize {
+        if let Some(i) = self.topics.iter().position(|(n, _)| &**n == name) {
+            return i;
         }
-        let t = (Arc::<str>::from(name), Text::from(name));
-        self.topics.push(t.clone());
-        t
+        self.topics.push((Arc::<str>::from(name), Text::from(name)));
+        self.topics.len() - 1
     }
 
-    fn decode(&mut self, m: &BorrowedMessage<'_>, stats: &SourceStats) -> Event {
-        let (_, topic) = self.topic(m.topic());
-        let Some(payload) = m.payload() else {
-            SourceStats::add(&stats.decode_errors, 1);
+    fn keep(&mut self, m: &BorrowedMessage<'_>) -> Msg {
+        Msg {
+            topic: self.topic(m.topic()),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            payload: m.payload().map(Bytes::copy_from_slice),
+        }
+    }
+
+    fn where_from(&self, m: &Msg) -> String {
+        format!("{}[{}]@{}", self.topics[m.topic].0, m.partition, m.offset)
+    }
+
+    /// `stats` is `None` when a batch is sent again (its bytes and errors
+    /// were counted the first time).
+    fn decode(&self, m: &Msg, stats: Option<&SourceStats>) -> Event {
+        let topic = &self.topics[m.topic].1;
+        let Some(bytes) = &m.payload else {
+            if let Some(s) = stats {
+                SourceStats::add(&s.decode_errors, 1);
+            }
             return Event::undecodable(
-                topic,
+                topic.clone(),
                 Bytes::new(),
-                format!(
-                    "{}[{}]@{}: empty message (no value)",
-                    m.topic(),
-                    m.partition(),
-                    m.offset()
-                ),
+                format!("{}: empty message (no value)", self.where_from(m)),
             );
         };
-        let bytes = Bytes::copy_from_slice(payload);
-        SourceStats::add(&stats.bytes, bytes.len() as u64);
+        if let Some(s) = stats {
+            SourceStats::add(&s.bytes, bytes.len() as u64);
+        }
         let decoded = match self.codec {
             Codec::Json => json::decode(bytes.clone()),
             Codec::Protobuf => proto::decode(bytes.clone()),
         };
         match decoded {
             Ok((mut ev, present)) => {
-                fill(&mut ev, present, m, &topic);
+                fill(&mut ev, present, m, topic);
                 ev
             }
             Err(e) => {
-                SourceStats::add(&stats.decode_errors, 1);
+                if let Some(s) = stats {
+                    SourceStats::add(&s.decode_errors, 1);
+                }
                 Event::undecodable(
-                    topic,
-                    bytes,
-                    format!("{}[{}]@{}: {e}", m.topic(), m.partition(), m.offset()),
+                    topic.clone(),
+                    bytes.clone(),
+                    format!("{}: {e}", self.where_from(m)),
                 )
             }
         }
     }
 }
 
-fn fill(ev: &mut Event, present: Present, m: &BorrowedMessage<'_>, topic: &Text) {
+fn fill(ev: &mut Event, present: Present, m: &Msg, topic: &Text) {
     if present.timestamp && present.host && present.offset {
         return;
     }
     ev.touch();
     if !present.timestamp {
-        ev.timestamp = match m.timestamp().to_millis() {
+        ev.timestamp = match m.timestamp_ms {
             Some(ms) if ms > 0 => ms.saturating_mul(1_000_000),
             _ => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -284,58 +331,137 @@ fn fill(ev: &mut Event, present: Present, m: &BorrowedMessage<'_>, topic: &Text)
         ev.host = topic.clone();
     }
     if !present.offset {
-        ev.offset = u64::try_from(m.offset()).unwrap_or(0);
-        ev.pid = u32::try_from(m.partition()).unwrap_or(0);
+        ev.offset = u64::try_from(m.offset).unwrap_or(0);
+        ev.pid = u32::try_from(m.partition).unwrap_or(0);
     }
 }
 
-/// The acknowledgement of one batch: store the offsets it covers once
-/// every copy is delivered; freeze the partitions if any copy failed.
-fn ack_for(
+/// A batch handed on, kept until its acknowledgement.
+#[derive(Debug)]
+struct Sent {
+    msgs: Vec<Msg>,
+    /// Per partition: its range's first offset and id in `Offsets`.
     spans: Vec<(Tp, i64, u64)>,
-    offsets: Arc<Mutex<Offsets>>,
-    consumer: Weak<StreamConsumer<Ctx>>,
-    metrics: Arc<KafkaSourceMetrics>,
-) -> AckToken {
-    AckToken::new(move |status| {
-        let mut o = offsets.lock().unwrap_or_else(PoisonError::into_inner);
-        match status {
-            AckStatus::Delivered => {
-                for (tp, first, id) in &spans {
-                    if let Advance::Store(next) = o.complete(tp, *first, *id) {
-                        let Some(c) = consumer.upgrade() else {
-                            continue;
-                        };
-                        // librdkafka's rd_kafka_offset_store stores the
-                        // offset of the last message handled and commits
-                        // that plus one, the next to read.
-                        match c.store_offset(&tp.0, tp.1, next - 1) {
-                            Ok(()) => KafkaSourceMetrics::inc(&metrics.stored),
-                            // Revoked meanwhile: the next owner reads again.
-                            Err(e) => tracing::debug!(error = %e, "offset not stored"),
-                        }
-                    }
-                }
-            }
-            AckStatus::Failed => {
-                KafkaSourceMetrics::inc(&metrics.failed_batches);
-                for (tp, first, id) in &spans {
-                    o.fail(tp, *first, *id);
-                }
-                tracing::warn!(source = %metrics.name, "a batch was not delivered; its partitions' offsets are held so it is read again");
-            }
-        }
-    })
+    /// Times this batch was sent again so far.
+    redeliveries: u32,
+    /// Sent for the last time, marked for `OnError`.
+    exhausted: bool,
 }
 
-/// Polls `recv` once: a message if one is ready now.
-async fn ready(consumer: &StreamConsumer<Ctx>) -> Option<KafkaResult<BorrowedMessage<'_>>> {
-    let mut fut = pin!(consumer.recv());
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(m) => Poll::Ready(Some(m)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
+/// A failed batch and when to send it again.
+#[derive(Debug)]
+struct Retry {
+    at: Instant,
+    sent: Sent,
+}
+
+/// What the acknowledgements share with the reader thread.
+struct Shared {
+    offsets: Arc<Mutex<Offsets>>,
+    consumer: Weak<BaseConsumer<Ctx>>,
+    metrics: Arc<KafkaSourceMetrics>,
+    retries: Mutex<Vec<Retry>>,
+    max_redeliveries: u32,
+    /// Set once the reader stops: failed batches are then left to the
+    /// next reader of their partitions (not committed, read again).
+    stopping: AtomicBool,
+    /// When "sent again" and "giving up" were last logged.
+    last_retry_log: Mutex<Option<Instant>>,
+    last_give_up_log: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
+        self.retries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the ranges done and stores what became committable.
+    fn store(&self, o: &mut Offsets, spans: &[(Tp, i64, u64)]) {
+        for (tp, first, id) in spans {
+            if let Advance::Store(next) = o.complete(tp, *first, *id) {
+                let Some(c) = self.consumer.upgrade() else {
+                    continue;
+                };
+                // librdkafka's rd_kafka_offset_store stores the offset of
+                // the last message handled and commits that plus one, the
+                // next to read.
+                match c.store_offset(&tp.0, tp.1, next - 1) {
+                    Ok(()) => KafkaSourceMetrics::inc(&self.metrics.stored),
+                    // Revoked meanwhile: the next owner reads again.
+                    Err(e) => tracing::debug!(error = %e, "offset not stored"),
+                }
+            }
+        }
+    }
+
+    /// The acknowledgement of one batch sent.
+    fn settle(&self, sent: Sent, status: AckStatus) {
+        let mut o = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+        match status {
+            AckStatus::Delivered => self.store(&mut o, &sent.spans),
+            AckStatus::Failed if sent.exhausted => {
+                // Not even `OnError` took them (it, or the pipeline, is
+                // gone): counted, logged, and committed past, as promised.
+                let n = sent.msgs.len() as u64;
+                self.metrics.exhausted_lost.fetch_add(n, Ordering::Relaxed);
+                for (tp, first, _) in &sent.spans {
+                    tracing::error!(source = %self.metrics.name, topic = %tp.0, partition = tp.1, first_offset = first, "events given up on after max_redeliveries could not be handed to OnError; dropped (retries_exhausted)");
+                }
+                self.store(&mut o, &sent.spans);
+            }
+            AckStatus::Failed => {
+                KafkaSourceMetrics::inc(&self.metrics.failed_batches);
+                let Sent {
+                    msgs,
+                    mut spans,
+                    redeliveries,
+                    ..
+                } = sent;
+                // Partitions revoked meanwhile are the next owner's; their
+                // messages are left out when the batch is sent again.
+                spans.retain(|(tp, first, id)| o.fail(tp, *first, *id));
+                drop(o);
+                if spans.is_empty() || self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let exhausted = redeliveries >= self.max_redeliveries;
+                let (at, redeliveries) = if exhausted {
+                    (Instant::now(), redeliveries)
+                } else {
+                    (
+                        Instant::now() + back_off(redeliveries + 1),
+                        redeliveries + 1,
+                    )
+                };
+                if !exhausted {
+                    log_rarely(&self.last_retry_log, |()| {
+                        tracing::warn!(source = %self.metrics.name, events = msgs.len(), redeliveries, "a batch was not delivered; it will be sent again (logged at most every 5 s)");
+                    });
+                }
+                self.retries().push(Retry {
+                    at,
+                    sent: Sent {
+                        msgs,
+                        spans,
+                        redeliveries,
+                        exhausted,
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// The wait before the `n`th redelivery (from 1).
+fn back_off(n: u32) -> Duration {
+    REDELIVER_BASE
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(REDELIVER_MAX)
+}
+
+fn ack_for(shared: &Arc<Shared>, sent: Sent) -> AckToken {
+    let shared = shared.clone();
+    AckToken::new(move |status| shared.settle(sent, status))
 }
 
 #[async_trait::async_trait]
@@ -364,99 +490,286 @@ impl Source for KafkaSource {
             stats,
             ..
         } = ctx;
-        let mut decoder = Decoder {
-            codec: config.codec,
-            topics: Vec::new(),
+        let shared = Arc::new(Shared {
+            offsets,
+            consumer: Arc::downgrade(&consumer),
+            metrics,
+            retries: Mutex::new(Vec::new()),
+            max_redeliveries: config.max_redeliveries,
+            stopping: AtomicBool::new(false),
+            last_retry_log: Mutex::new(None),
+            last_give_up_log: Mutex::new(None),
+        });
+        let reader = Reader {
+            name: name.clone(),
+            consumer,
+            shared,
+            out,
+            shutdown,
+            stats,
+            decoder: Decoder {
+                codec: config.codec,
+                topics: Vec::new(),
+            },
+            batch_events: config.batch_events,
+            runtime: tokio::runtime::Handle::current(),
+            last_log: Mutex::new(None),
         };
-        let last_log = Mutex::new(None);
-        let weak = Arc::downgrade(&consumer);
-        'read: loop {
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                m = consumer.recv() => m,
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("kafka-{name}"))
+            .spawn(move || {
+                reader.run();
+                let _ = done.send(());
+            })
+            .map_err(|e| ConnectorError::Other(format!("kafka reader thread: {e}")))?;
+        finished
+            .await
+            .map_err(|_| ConnectorError::Other("the kafka reader thread panicked".into()))?;
+        tracing::info!(source = %name, "kafka consumer stopped");
+        Ok(())
+    }
+
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        Some(self.metrics.clone())
+    }
+}
+
+/// The consumer's own thread: polls, decodes, hands batches on, sends
+/// failed ones again, and commits at the end.
+struct Reader {
+    name: String,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Batch>,
+    shutdown: CancellationToken,
+    stats: Arc<SourceStats>,
+    decoder: Decoder,
+    batch_events: usize,
+    /// For waiting on the pipeline's channel from this thread.
+    runtime: tokio::runtime::Handle,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        while !self.shutdown.is_cancelled() {
+            let (due, waiting, next_at) = {
+                let mut r = self.shared.retries();
+                let now = Instant::now();
+                let due = r.iter().position(|t| t.at <= now).map(|i| r.swap_remove(i));
+                (due, r.len(), r.iter().map(|t| t.at).min())
             };
-            let mut events = Vec::with_capacity(64);
-            let mut spans: Vec<Span> = Vec::new();
-            let mut next = Some(first);
-            while let Some(m) = next.take() {
-                match m {
-                    Ok(m) => {
-                        events.push(decoder.decode(&m, &stats));
-                        let (topic, _) = decoder.topic(m.topic());
-                        let (p, off) = (m.partition(), m.offset());
-                        match spans.iter_mut().find(|s| s.tp.1 == p && s.tp.0 == topic) {
-                            Some(s) => s.last = off,
-                            None => spans.push(Span {
-                                tp: (topic, p),
-                                first: off,
-                                last: off,
-                            }),
-                        }
-                    }
-                    Err(e) => {
-                        KafkaSourceMetrics::inc(&metrics.errors);
-                        log_rarely(&last_log, |()| {
-                            tracing::warn!(source = %name, error = %e, "kafka consumer error (will keep retrying)");
-                        });
-                        if events.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue 'read;
-                        }
-                        break;
-                    }
-                }
-                if events.len() >= config.batch_events {
+            if let Some(retry) = due {
+                if self.resend(retry.sent).is_err() {
                     break;
                 }
-                next = ready(&consumer).await;
-            }
-            if events.is_empty() {
                 continue;
             }
-            SourceStats::add(&stats.events, events.len() as u64);
-            let ids = {
-                let mut o = offsets.lock().unwrap_or_else(PoisonError::into_inner);
-                spans
-                    .into_iter()
-                    .map(|s| {
-                        let id = o.track(&s.tp, s.first, s.last);
-                        (s.tp, s.first, id)
-                    })
-                    .collect()
-            };
-            let ack = ack_for(ids, offsets.clone(), weak.clone(), metrics.clone());
-            let batch = Batch::new(events, ack);
-            // A full pipeline: wait a little, then pause the partitions so
-            // librdkafka stops fetching, until the pipeline takes the batch.
-            let permit = match tokio::time::timeout(PAUSE_AFTER, out.reserve()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => break,
+            let wait = next_at.map_or(POLL, |t| {
+                t.saturating_duration_since(Instant::now()).min(POLL)
+            });
+            if waiting >= MAX_WAITING {
+                std::thread::sleep(wait);
+                continue;
+            }
+            if self.read(wait).is_err() {
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    /// Reads up to a batch and hands it on. `Err` when the pipeline is gone.
+    fn read(&mut self, wait: Duration) -> Result<(), ()> {
+        let mut msgs: Vec<Msg> = Vec::new();
+        let mut next = self.consumer.poll(wait);
+        while let Some(m) = next.take() {
+            match m {
+                Ok(m) => msgs.push(self.decoder.keep(&m)),
+                Err(e) => {
+                    KafkaSourceMetrics::inc(&self.shared.metrics.errors);
+                    log_rarely(&self.last_log, |()| {
+                        tracing::warn!(source = %self.name, error = %e, "kafka consumer error (will keep retrying)");
+                    });
+                    if msgs.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    break;
+                }
+            }
+            if msgs.len() >= self.batch_events {
+                break;
+            }
+            next = self.consumer.poll(Duration::ZERO);
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<Event> = msgs
+            .iter()
+            .map(|m| self.decoder.decode(m, Some(&self.stats)))
+            .collect();
+        SourceStats::add(&self.stats.events, events.len() as u64);
+        let spans = self.track(&msgs);
+        let sent = Sent {
+            msgs,
+            spans,
+            redeliveries: 0,
+            exhausted: false,
+        };
+        self.hand_on(Batch::new(events, ack_for(&self.shared, sent)))
+    }
+
+    /// Records the batch's range in each partition it covers.
+    fn track(&self, msgs: &[Msg]) -> Vec<(Tp, i64, u64)> {
+        // (topic, partition, first, last)
+        let mut ranges: Vec<(usize, i32, i64, i64)> = Vec::new();
+        for m in msgs {
+            match ranges
+                .iter_mut()
+                .find(|r| r.1 == m.partition && r.0 == m.topic)
+            {
+                Some(r) => r.3 = m.offset,
+                None => ranges.push((m.topic, m.partition, m.offset, m.offset)),
+            }
+        }
+        let mut o = self
+            .shared
+            .offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ranges
+            .into_iter()
+            .map(|(t, p, first, last)| {
+                let tp = (self.decoder.topics[t].0.clone(), p);
+                let id = o.track(&tp, first, last);
+                (tp, first, id)
+            })
+            .collect()
+    }
+
+    /// Sends a failed batch again, or for the last time marked for
+    /// `OnError`. `Err` when the pipeline is gone.
+    fn resend(&mut self, mut sent: Sent) -> Result<(), ()> {
+        {
+            let mut o = self
+                .shared
+                .offsets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            sent.spans
+                .retain(|(tp, first, id)| o.resend(tp, *first, *id));
+        }
+        if sent.spans.is_empty() {
+            // Every partition was revoked meanwhile.
+            return Ok(());
+        }
+        let topics = &self.decoder.topics;
+        sent.msgs.retain(|m| {
+            sent.spans
+                .iter()
+                .any(|(tp, _, _)| tp.1 == m.partition && tp.0 == topics[m.topic].0)
+        });
+        let mut events: Vec<Event> = sent
+            .msgs
+            .iter()
+            .map(|m| self.decoder.decode(m, None))
+            .collect();
+        let m = &self.shared.metrics;
+        if sent.exhausted {
+            m.exhausted_events
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            let attempts = sent.redeliveries + 1;
+            for (ev, msg) in events.iter_mut().zip(&sent.msgs) {
+                if !ev.is_undecodable() {
+                    let why = format!(
+                        "{}: not delivered after {attempts} attempts (max_redeliveries {})",
+                        self.decoder.where_from(msg),
+                        self.shared.max_redeliveries
+                    );
+                    ev.set_tag(Text::from_static(ERROR_TAG), Text::from(why));
+                }
+            }
+            log_rarely(&self.shared.last_give_up_log, |()| {
+                tracing::warn!(source = %self.name, events = events.len(), attempts, "giving up on a batch: its events go to OnError, or are dropped (retries_exhausted); logged at most every 5 s, counted in dab_kafka_exhausted_events_total");
+            });
+        } else {
+            KafkaSourceMetrics::inc(&m.redelivered_batches);
+        }
+        let exhausted = sent.exhausted;
+        let mut batch = Batch::new(events, ack_for(&self.shared, sent));
+        batch.retries_exhausted = exhausted;
+        self.hand_on(batch)
+    }
+
+    /// Hands a batch to the pipeline. A full pipeline: wait a little, then
+    /// pause the partitions so librdkafka stops fetching, until the
+    /// pipeline takes the batch. `Err` when the pipeline is gone.
+    fn hand_on(&self, batch: Batch) -> Result<(), ()> {
+        let batch = match self.out.try_reserve() {
+            Ok(p) => {
+                p.send(batch);
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return self.gone(batch),
+            Err(mpsc::error::TrySendError::Full(())) => batch,
+        };
+        let permit = self.runtime.block_on(async {
+            match tokio::time::timeout(PAUSE_AFTER, self.out.reserve()).await {
+                Ok(p) => p,
                 Err(_) => {
-                    let paused = consumer.assignment().ok();
+                    let paused = self.consumer.assignment().ok();
                     if let Some(a) = &paused {
-                        if consumer.pause(a).is_ok() {
-                            KafkaSourceMetrics::inc(&metrics.pauses);
+                        if self.consumer.pause(a).is_ok() {
+                            KafkaSourceMetrics::inc(&self.shared.metrics.pauses);
                         }
                     }
-                    let permit = out.reserve().await;
+                    let permit = self.out.reserve().await;
                     if let Some(a) = &paused {
                         // Partitions revoked meanwhile are not ours to resume.
-                        let _ = consumer.resume(a);
+                        let _ = self.consumer.resume(a);
                     }
-                    match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    }
+                    permit
                 }
-            };
-            permit.send(batch);
+            }
+        });
+        match permit {
+            Ok(p) => {
+                p.send(batch);
+                Ok(())
+            }
+            Err(_) => self.gone(batch),
         }
-        // Stop reading; let what was read drain, then commit it.
+    }
+
+    /// The pipeline is gone (stopping): the batch is not delivered, and not
+    /// sent again.
+    fn gone(&self, batch: Batch) -> Result<(), ()> {
+        self.shared.stopping.store(true, Ordering::Release);
+        drop(batch);
+        Err(())
+    }
+
+    /// Stops reading; lets what was read drain, then commits it and leaves
+    /// the group.
+    fn stop(self) {
+        let Reader {
+            name,
+            consumer,
+            shared,
+            out,
+            ..
+        } = self;
+        shared.stopping.store(true, Ordering::Release);
         drop(out);
+        // Failed batches waiting are not sent again: their ranges stay
+        // uncommitted, so the partitions' next reader reads them again.
+        shared.retries().clear();
         let mut waiting = Instant::now();
         loop {
-            let left = offsets
+            let left = shared
+                .offsets
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .unsettled_total();
@@ -467,31 +780,17 @@ impl Source for KafkaSource {
                 waiting = Instant::now();
                 tracing::info!(source = %name, batches = left, "waiting for batches in flight before the final commit");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let c = consumer;
-        let m = metrics.clone();
-        let name2 = name.clone();
-        // The final commit and leaving the group block; keep them off the
-        // async workers.
-        let _ = tokio::task::spawn_blocking(move || {
-            match c.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => KafkaSourceMetrics::inc(&m.commits),
-                Err(e) if is_nothing_to_commit(&e) => {}
-                Err(e) => {
-                    KafkaSourceMetrics::inc(&m.commit_errors);
-                    tracing::warn!(source = %name2, error = %e, "final offset commit failed; uncommitted events will be read again");
-                }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => KafkaSourceMetrics::inc(&shared.metrics.commits),
+            Err(e) if is_nothing_to_commit(&e) => {}
+            Err(e) => {
+                KafkaSourceMetrics::inc(&shared.metrics.commit_errors);
+                tracing::warn!(source = %name, error = %e, "final offset commit failed; uncommitted events will be read again");
             }
-            c.unsubscribe();
-            drop(c);
-        })
-        .await;
-        tracing::info!(source = %name, "kafka consumer stopped");
-        Ok(())
-    }
-
-    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
-        Some(self.metrics.clone())
+        }
+        consumer.unsubscribe();
+        drop(consumer);
     }
 }

@@ -95,6 +95,9 @@ pub(super) fn binding(
     if section == Section::Sources && spec.kind == "kafka" {
         kafka_topics(ctx, &b, entries);
     }
+    if spec.kind == "kafka" {
+        kafka_guarantees(ctx, &b, entries);
+    }
     b
 }
 
@@ -200,6 +203,52 @@ fn kafka_topics(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode) {
             .help = Some("keep one of them".to_owned());
         }
         _ => {}
+    }
+}
+
+/// librdkafka `options:` that would switch off what DAB promises (an
+/// acknowledged event is delivered): DAB stores and commits offsets itself,
+/// only behind acknowledgements, and produces idempotently with `acks=all`.
+fn kafka_guarantees(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode) {
+    let Some((_, Node::Mapping(options))) = entries.iter().find(|(k, _)| k.as_str() == "options")
+    else {
+        return;
+    };
+    let values = match b.fields.get("options") {
+        Some(dab_api::ConfigValue::Map(m)) => Some(m),
+        _ => None,
+    };
+    for (k, _) in options.iter() {
+        let name = k.as_str();
+        let value = values
+            .and_then(|m| m.get(name))
+            .and_then(|v| match v {
+                dab_api::ConfigValue::Str(s) => Some(s.trim().to_ascii_lowercase()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let why = match name {
+            "enable.auto.offset.store" | "enable.auto.commit" => {
+                "DAB stores offsets only after their events are acknowledged and commits them itself"
+            }
+            "enable.idempotence" if value == "false" => {
+                "without idempotence, librdkafka's retries can duplicate or reorder messages"
+            }
+            "acks" if !matches!(value.as_str(), "all" | "-1") => {
+                "a message is acknowledged only once every in-sync replica has it (`acks: all`)"
+            }
+            _ => continue,
+        };
+        let span = ctx.loc.scalar(k);
+        ctx.error(
+            span,
+            format!(
+                "kafka {} `{}`: `options.{name}` would switch off a delivery guarantee",
+                b.section.singular(),
+                b.name
+            ),
+        )
+        .help = Some(format!("remove it: {why}"));
     }
 }
 

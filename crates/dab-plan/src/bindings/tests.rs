@@ -727,3 +727,29 @@ fn odd_input_never_panics() {
         inputs.len()
     );
 }
+
+#[test]
+fn kafka_options_that_switch_off_a_delivery_guarantee_are_e015() {
+    let (map, _, diags) = load(
+        "queues:\n  Q: { kind: kafka, brokers: b, topic: t, options: { enable.auto.offset.store: \"true\", acks: \"0\" } }\n\
+         sources:\n  K: { kind: kafka, brokers: b, topic: t, options: { enable.auto.commit: \"true\", enable.idempotence: \"False\" } }\n",
+    );
+    assert_eq!(
+        render(&map, &diags),
+        [
+            "E015 2:54 kafka queue `Q`: `options.enable.auto.offset.store` would switch off a delivery guarantee",
+            "E015 2:88 kafka queue `Q`: `options.acks` would switch off a delivery guarantee",
+            "E015 4:54 kafka source `K`: `options.enable.auto.commit` would switch off a delivery guarantee",
+            "E015 4:82 kafka source `K`: `options.enable.idempotence` would switch off a delivery guarantee",
+        ]
+    );
+}
+
+#[test]
+fn kafka_options_that_keep_the_guarantees_are_fine() {
+    let (map, _, diags) = load(
+        "sinks:\n  K: { kind: kafka, brokers: b, topic: t, options: { acks: all, enable.idempotence: true, linger.ms: 5 } }\n  \
+         L: { kind: kafka, brokers: b, topic: t, options: { acks: \"-1\", acks_note: \"1\" } }\n",
+    );
+    assert!(diags.is_empty(), "{:#?}", render(&map, &diags));
+}
