@@ -8,9 +8,12 @@
 #   scripts/kafka-broker.sh status [PORT]
 #   scripts/kafka-broker.sh topic NAME PARTITIONS [PORT]
 #
-# `start` runs tansu in the background on 127.0.0.1:PORT with memory storage
-# (every topic and message is gone when it stops; DAB_KAFKA_STORAGE overrides
-# the --storage-engine URL), its log in $DAB_RUN_DIR/tansu-PORT.log and its
+# `start` runs tansu in the background on 127.0.0.1:PORT with SQLite storage
+# in $DAB_RUN_DIR/tansu-PORT.db, removed by `start` so that every start is
+# fresh (DAB_KAFKA_STORAGE overrides the --storage-engine URL; not
+# memory://, whose fetch skips messages after a consumer hand-over in the
+# middle of a record batch: docs/decisions.md, "Kafka tests run tansu on
+# SQLite"), its log in $DAB_RUN_DIR/tansu-PORT.log and its
 # pid in $DAB_RUN_DIR/tansu-PORT.pid ($DAB_RUN_DIR defaults to
 # /tmp/dab-kafka), and waits at most $WAIT seconds (default 30) until it
 # answers a metadata request; otherwise it prints the log's tail, stops it,
@@ -66,6 +69,9 @@ cmd_start() {
   fi
   bin="$(tansu_bin)"
   log="$(logfile "$port")"
+  if [ -z "${DAB_KAFKA_STORAGE:-}" ]; then
+    rm -f "$run_dir/tansu-$port.db" "$run_dir/tansu-$port.db-wal" "$run_dir/tansu-$port.db-shm"
+  fi
   # cd: tansu reads a .env file from its working directory; the -u list
   # keeps the caller's environment from switching on schema registries or
   # data lakes.
@@ -76,7 +82,7 @@ cmd_start() {
       "$bin" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "${DAB_KAFKA_STORAGE:-memory://tansu/}" \
+      --storage-engine "${DAB_KAFKA_STORAGE:-sqlite://tansu-$port.db}" \
       </dev/null >"$log" 2>&1
   ) &
   pid=$!

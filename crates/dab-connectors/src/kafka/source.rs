@@ -82,6 +82,12 @@ struct Ctx {
     metrics: Arc<KafkaSourceMetrics>,
     offsets: Arc<Mutex<Offsets>>,
     last_error_log: Mutex<Option<Instant>>,
+    /// Partitions revoked since the reader last looked: messages of theirs
+    /// it polled before the revoke and has not handed on yet are stale
+    /// (their next owner, maybe this member again, reads them from the
+    /// committed offset), so the reader drops them instead of tracking
+    /// ranges of partitions it no longer holds.
+    revoked: Mutex<Vec<Tp>>,
 }
 
 impl ClientContext for Ctx {
@@ -170,6 +176,11 @@ impl ConsumerContext for Ctx {
         for tp in &revoked {
             o.revoke(tp);
         }
+        drop(o);
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(revoked.iter().cloned());
         self.metrics
             .revoked
             .fetch_add(revoked.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -214,6 +225,7 @@ impl KafkaSource {
             metrics: metrics.clone(),
             offsets: offsets.clone(),
             last_error_log: Mutex::new(None),
+            revoked: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<Ctx> = config
             .client_config(name)
@@ -583,11 +595,23 @@ impl Reader {
     /// Reads up to a batch and hands it on. `Err` when the pipeline is gone.
     fn read(&mut self, wait: Duration) -> Result<(), ()> {
         let mut msgs: Vec<Msg> = Vec::new();
-        let mut next = self.consumer.poll(wait);
-        while let Some(m) = next.take() {
-            match m {
-                Ok(m) => msgs.push(self.decoder.keep(&m)),
-                Err(e) => {
+        let mut wait = wait;
+        loop {
+            // A rebalance runs inside `poll`; what it revoked is dropped
+            // from the messages polled before it, never from the message
+            // this poll returns (librdkafka drops stale ones itself).
+            let next = self.consumer.poll(wait);
+            wait = Duration::ZERO;
+            self.drop_revoked(&mut msgs);
+            match next {
+                None => break,
+                Some(Ok(m)) => {
+                    msgs.push(self.decoder.keep(&m));
+                    if msgs.len() >= self.batch_events {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
                     KafkaSourceMetrics::inc(&self.shared.metrics.errors);
                     log_rarely(&self.last_log, |()| {
                         tracing::warn!(source = %self.name, error = %e, "kafka consumer error (will keep retrying)");
@@ -598,10 +622,6 @@ impl Reader {
                     break;
                 }
             }
-            if msgs.len() >= self.batch_events {
-                break;
-            }
-            next = self.consumer.poll(Duration::ZERO);
         }
         if msgs.is_empty() {
             return Ok(());
@@ -619,6 +639,31 @@ impl Reader {
             exhausted: false,
         };
         self.hand_on(Batch::new(events, ack_for(&self.shared, sent)))
+    }
+
+    /// Drops the messages of partitions revoked since the last look: they
+    /// were polled before the revoke and are not tracked, so nothing of
+    /// theirs is committed, and the partitions' next owner reads them.
+    fn drop_revoked(&self, msgs: &mut Vec<Msg>) {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if revoked.is_empty() || msgs.is_empty() {
+            return;
+        }
+        let before = msgs.len();
+        let topics = &self.decoder.topics;
+        msgs.retain(|m| {
+            !revoked
+                .iter()
+                .any(|tp| tp.1 == m.partition && tp.0 == topics[m.topic].0)
+        });
+        tracing::debug!(source = %self.name, dropped = before - msgs.len(), "messages polled before a revoke dropped; their partitions' next owner reads them");
     }
 
     /// Records the batch's range in each partition it covers.
