@@ -149,6 +149,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "nan" || b == "nan
 fmt_int() { awk -v a="$1" 'BEGIN { if (a == "nan" || a == "") print "nan"; else printf "%\047.0f", a }'; }
 load1() { cut -d ' ' -f 1 /proc/loadavg; }
 loadavg() { cut -d ' ' -f 1-3 /proc/loadavg; }
+# CPU seconds (user + system) of this shell's waited-for children so far.
+children_cpu() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($14 + $15) / 100 }' "/proc/$$/stat"; }
 # CPU seconds (user + system) of a live process.
 cpu_of() { awk '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
@@ -261,19 +263,21 @@ RESULTS="$TMP/results"
 
 # copy PROFILE I: one plain copy; appends a RUN line to $RESULTS.
 run_copy() {
-    local profile=$1 i=$2 out="copy-out-$1-$2" group="bench-copy-$1-$2-$$" settings line t0 t1 c_tansu check busy
+    local profile=$1 i=$2 out="copy-out-$1-$2" group="bench-copy-$1-$2-$$" settings line t0 t1 c_tansu c_copy check busy
     read -r -a settings <<<"$(profile_settings "$profile")"
     topic "$out" 2>/dev/null
     mapfile -t cargs < <(set_args --consumer-set "${settings[@]}")
     busy=$(wait_quiet)
     t0=$(cpu_of "$BROKER_PID")
+    c_copy=$(children_cpu)
     line=$(timeout $((TIMEOUT + 30)) "$BENCH" copy --brokers "$BROKERS" --from in --to "$out" --count "$N" \
         --group "$group" --timeout "$TIMEOUT" "${cargs[@]}" | oneline) || line="failed=1 $line"
     t1=$(cpu_of "$BROKER_PID")
+    c_copy=$(awk -v a="$c_copy" -v b="$(children_cpu)" 'BEGIN { printf "%.2f", b - a }')
     c_tansu=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     check=$(timeout 200 "$BENCH" verify --brokers "$BROKERS" --topic "$out" --count "$N" --idle 2 \
         --consumer-set "fetch.wait.max.ms=$FAST_FETCH_WAIT_MS" | grep -E '^(read|missing|repeated)=' | oneline) || check="verify=failed"
-    echo "RUN kind=copy profile=$profile i=$i $line tansu_cpu=$c_tansu $check busy_before=$busy load1=$(load1)" | tee -a "$RESULTS" >&2
+    echo "RUN kind=copy profile=$profile i=$i $line copy_cpu=$c_copy tansu_cpu=$c_tansu $check busy_before=$busy load1=$(load1)" | tee -a "$RESULTS" >&2
 }
 
 # run_dab PROFILE I: one `dab run`; appends a RUN line to $RESULTS.

@@ -182,6 +182,71 @@ impl Written {
     }
 }
 
+/// What became of one write of a sink that confirms its writes later
+/// ([`Sink::confirms_writes`]).
+#[derive(Debug)]
+pub enum Confirmed {
+    /// The peer has every event of the write but `rejected`, which it
+    /// refused one by one for good (indices into the write's slice).
+    Delivered { rejected: Vec<Rejection> },
+    /// Some events of the write were not delivered, for a reason that may
+    /// pass (a broker down past the message timeout, a producer rebuilt).
+    /// The runtime writes the whole write again after back-off: events
+    /// that did arrive arrive twice (at least once, counted as rewritten).
+    Failed(ConnectorError),
+}
+
+/// The receiving half of a write's confirmation: resolves once, when the
+/// sink knows what became of the write. A sink that drops its
+/// [`Confirmer`] unsent has failed the write.
+#[derive(Debug)]
+pub struct Confirm(tokio::sync::oneshot::Receiver<Confirmed>);
+
+/// The sending half of a write's confirmation, kept by the sink.
+#[derive(Debug)]
+pub struct Confirmer(tokio::sync::oneshot::Sender<Confirmed>);
+
+impl Confirm {
+    pub fn channel() -> (Confirmer, Confirm) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Confirmer(tx), Confirm(rx))
+    }
+
+    /// A write that is already confirmed.
+    pub fn ready(c: Confirmed) -> Confirm {
+        let (tx, rx) = Confirm::channel();
+        tx.send(c);
+        rx
+    }
+
+    /// Waits for the confirmation. Cancel safe: dropping the future and
+    /// calling again loses nothing (it sits in a `select!` beside the
+    /// sink's input).
+    pub async fn recv(&mut self) -> Confirmed {
+        match (&mut self.0).await {
+            Ok(c) => c,
+            Err(_) => Confirmed::Failed(ConnectorError::Other(
+                "the sink dropped the write's confirmation".into(),
+            )),
+        }
+    }
+}
+
+impl Confirmer {
+    pub fn send(self, c: Confirmed) {
+        // The driver may have given up on the write (a forced stop).
+        let _ = self.0.send(c);
+    }
+}
+
+/// A write a sink took and will confirm later.
+#[derive(Debug)]
+pub struct Pending {
+    /// Events refused for good right away, as in [`Written`].
+    pub rejected: Vec<Rejection>,
+    pub confirm: Confirm,
+}
+
 /// A sink: where events leave DAB.
 ///
 /// The contract every implementation keeps (SPEC section 11, "acknowledged
@@ -201,6 +266,15 @@ impl Written {
 /// - An error's class says whether retrying can help. A `Permanent` error of
 ///   a write means the peer refused the write as a whole; the runtime
 ///   splits it to find the events refused on their own.
+///
+/// A sink whose peer confirms each write on its own, later (Kafka's
+/// delivery reports), says so with `confirms_writes` and is driven through
+/// `write_confirmed` instead: the runtime keeps a bounded window of writes
+/// in flight, never calls `flush`, and acknowledges each write, in write
+/// order, when its [`Confirm`] says `Delivered`. A write confirmed
+/// `Failed` is written again (after back-off and `rewind`, which then
+/// must not drop the other writes in flight: they are confirmed on their
+/// own). Nothing is acknowledged before its confirmation.
 #[async_trait::async_trait]
 pub trait Sink: Send {
     /// Takes events (see the trait's contract).
@@ -219,6 +293,27 @@ pub trait Sink: Send {
     /// for sinks whose writes are all-or-nothing (one request per write).
     async fn rewind(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// True for a sink that confirms each write later (see the trait's
+    /// contract); the runtime then uses `write_confirmed`, not `write` and
+    /// `flush`.
+    fn confirms_writes(&self) -> bool {
+        false
+    }
+
+    /// Takes events and returns at once with what was refused right away
+    /// and a [`Confirm`] for the rest. Only called when `confirms_writes`
+    /// is true. The default writes and confirms at once, which is right
+    /// only for a sink whose `write` alone makes events durable.
+    async fn write_confirmed(&mut self, events: &[Event]) -> Result<Pending, SinkError> {
+        let w = self.write(events).await?;
+        Ok(Pending {
+            rejected: w.rejected,
+            confirm: Confirm::ready(Confirmed::Delivered {
+                rejected: Vec::new(),
+            }),
+        })
     }
 
     /// Metrics of this connector beyond the runtime's sink counters.

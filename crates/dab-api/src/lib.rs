@@ -16,7 +16,7 @@ pub use ack::{AckStatus, AckToken};
 pub use batch::Batch;
 pub use config::ConfigValue;
 pub use connector::{
-    BuildError, ConnectorError, ErrorClass, Rejection, Sink, SinkError, SinkFactory, Source,
-    SourceContext, SourceFactory, Written,
+    BuildError, Confirm, Confirmed, Confirmer, ConnectorError, ErrorClass, Pending, Rejection,
+    Sink, SinkError, SinkFactory, Source, SourceContext, SourceFactory, Written,
 };
 pub use event::{Event, Text};

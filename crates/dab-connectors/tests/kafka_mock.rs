@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dab_api::connector::{Admission, SourceStats};
-use dab_api::{Batch, ConfigValue, Event, Sink, SinkFactory, SourceContext, SourceFactory, Text};
+use dab_api::{
+    Batch, ConfigValue, Confirm, Confirmed, Event, Sink, SinkFactory, SourceContext, SourceFactory,
+    Text,
+};
 use dab_connectors::kafka::{KafkaSinkFactory, KafkaSourceFactory};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -658,4 +661,293 @@ async fn a_rebalance_drain_never_holds_a_tokio_worker() {
     drop(held);
     stop(r1).await;
     stop(r2).await;
+}
+
+// ------------------------------------------------- the sink's confirmations
+
+fn sink_on(brokers: &str, topic: &str) -> Box<dyn Sink> {
+    KafkaSinkFactory
+        .build("Out", &fields(&[("brokers", brokers), ("topic", topic)]))
+        .expect("sink")
+}
+
+/// Every message of `topic` (its `partitions` partitions), as
+/// (partition, the event's `offset`) in each partition's order, read with
+/// a plain consumer until `n` came or nothing came for 5 s.
+fn read_back(brokers: &str, topic: &str, partitions: i32, n: usize) -> Vec<(i32, u64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "read-back")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
+    while got.len() < n && quiet_since.elapsed() < Duration::from_secs(5) {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.expect("message");
+        quiet_since = std::time::Instant::now();
+        let v: serde_json::Value =
+            serde_json::from_slice(rdkafka::Message::payload(&m).unwrap_or_default())
+                .expect("json");
+        got.push((
+            rdkafka::Message::partition(&m),
+            v["offset"].as_u64().expect("offset"),
+        ));
+    }
+    got
+}
+
+fn sink_counter(sink: &dyn Sink, name: &str) -> f64 {
+    let mut samples = Vec::new();
+    sink.metrics().expect("sink metrics").samples(&mut samples);
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+fn delivered(c: &Confirmed) -> bool {
+    matches!(c, Confirmed::Delivered { rejected } if rejected.is_empty())
+}
+
+/// Writes go out one after another without waiting, and each write's
+/// confirmation comes when its own messages are delivered: on one
+/// partition, in write order, every one `Delivered`, and the topic holds
+/// every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_is_confirmed_in_order_as_its_reports_arrive() {
+    const WRITES: u64 = 40;
+    const PER: u64 = 100;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = sink_on(&brokers, "events");
+    assert!(sink.confirms_writes());
+    let mut confirms = Vec::new();
+    for w in 0..WRITES {
+        let events: Vec<Event> = (w * PER..(w + 1) * PER).map(event).collect();
+        let p = sink.write_confirmed(&events).await.expect("write");
+        assert!(p.rejected.is_empty());
+        confirms.push(p.confirm);
+    }
+    // Which confirmation resolves first, among those still open, each time.
+    let mut order = Vec::new();
+    let mut open: Vec<(usize, Confirm)> = confirms.into_iter().enumerate().collect();
+    while !open.is_empty() {
+        let waits = open.iter_mut().map(|(i, c)| {
+            let i = *i;
+            Box::pin(async move { (i, c.recv().await) })
+        });
+        let ((i, c), _) =
+            tokio::time::timeout(Duration::from_secs(30), futures_select_all(waits.collect()))
+                .await
+                .expect("a confirmation within 30 s");
+        assert!(delivered(&c), "write {i}: {c:?}");
+        order.push(i);
+        open.retain(|(j, _)| *j != i);
+    }
+    assert_eq!(order, (0..WRITES as usize).collect::<Vec<_>>());
+    let back = read_back(&brokers, "events", 1, (WRITES * PER) as usize);
+    assert_eq!(
+        back.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        (0..WRITES * PER).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sink_counter(sink.as_ref(), "dab_kafka_delivered_total"),
+        (WRITES * PER) as f64
+    );
+}
+
+/// `select_all` without the futures crate: polls every future, returns
+/// the first ready one with its position.
+async fn futures_select_all<F: std::future::Future + Unpin>(mut fs: Vec<F>) -> (F::Output, usize) {
+    std::future::poll_fn(|cx| {
+        for (i, f) in fs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((out, i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// A broker that is down delays the confirmations of the writes made
+/// meanwhile; none says failed, and once the broker is back every write
+/// is confirmed delivered and every event is in the topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_is_down_delays_confirmations_and_loses_nothing() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = sink_on(&brokers, "events");
+    let first = (0..100).map(event).collect::<Vec<_>>();
+    let mut c0 = sink.write_confirmed(&first).await.expect("write").confirm;
+    let c0 = tokio::time::timeout(Duration::from_secs(30), c0.recv())
+        .await
+        .expect("first confirmation");
+    assert!(delivered(&c0), "{c0:?}");
+
+    cluster.broker_down(-1).expect("down");
+    let mut confirms = Vec::new();
+    for w in 1..6u64 {
+        let events: Vec<Event> = (w * 100..(w + 1) * 100).map(event).collect();
+        confirms.push(sink.write_confirmed(&events).await.expect("write").confirm);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for c in &mut confirms {
+        let early = tokio::time::timeout(Duration::from_millis(10), c.recv()).await;
+        assert!(
+            early.is_err(),
+            "confirmed while the broker was down: {early:?}"
+        );
+    }
+    cluster.broker_up(-1).expect("up");
+    for (i, c) in confirms.iter_mut().enumerate() {
+        let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("confirmation after the broker is back");
+        assert!(delivered(&c), "write {}: {c:?}", i + 1);
+    }
+    let mut back: Vec<u64> = read_back(&brokers, "events", 2, 600)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    back.sort_unstable();
+    assert_eq!(back, (0..600).collect::<Vec<u64>>());
+}
+
+/// Too large, both ways: a message over the client's `message.max.bytes`
+/// is refused when it is handed over, and one the broker refuses in its
+/// delivery report (the mock broker is told to answer the next produce
+/// request MSG_SIZE_TOO_LARGE) is refused in the write's confirmation.
+/// Each is rejected alone, with its reason; every other event of the
+/// writes is delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_is_rejected_alone_and_the_rest_delivered() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = sink_on(&brokers, "events");
+
+    // At send time: event 50 of 100 is 1.5 MB.
+    let mut events: Vec<Event> = (0..100).map(event).collect();
+    events[50].message = bytes::Bytes::from(vec![b'x'; 1_500_000]);
+    events[50].touch();
+    let p = sink.write_confirmed(&events).await.expect("write");
+    assert_eq!(p.rejected.len(), 1);
+    assert_eq!(p.rejected[0].index, 50);
+    assert!(
+        p.rejected[0].reason.contains("too large"),
+        "{}",
+        p.rejected[0].reason
+    );
+    let mut c = p.confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+
+    // In the delivery report: the next produce request is refused.
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let mut c = sink
+        .write_confirmed(&[event(100)])
+        .await
+        .expect("write")
+        .confirm;
+    match tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation")
+    {
+        Confirmed::Delivered { rejected } => {
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            assert_eq!(rejected[0].index, 0);
+            assert!(
+                rejected[0].reason.contains("too large for the broker"),
+                "{}",
+                rejected[0].reason
+            );
+        }
+        other => panic!("the report's refusal must be a rejection: {other:?}"),
+    }
+
+    // The sink goes on: the next write is delivered whole.
+    let rest: Vec<Event> = (101..200).map(event).collect();
+    let mut c = sink.write_confirmed(&rest).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+
+    let back: Vec<u64> = read_back(&brokers, "events", 1, 198)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    let expected: Vec<u64> = (0..200).filter(|o| *o != 50 && *o != 100).collect();
+    assert_eq!(back, expected);
+    assert_eq!(
+        sink_counter(sink.as_ref(), "dab_kafka_too_large_total"),
+        2.0
+    );
+}
+
+/// A producer fatal error (the broker answers a head-of-line produce
+/// request OUT_OF_ORDER_SEQUENCE_NUMBER: its idempotence state no longer
+/// matches the producer's) fails the write in flight; `rewind`, as the
+/// runtime calls it before writing that write again, builds a new
+/// producer, and the write then goes through. Nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_rebuilds_the_producer_and_loses_nothing() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("events", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = sink_on(&brokers, "events");
+    let first: Vec<Event> = (0..100).map(event).collect();
+    let mut c = sink.write_confirmed(&first).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let second: Vec<Event> = (100..200).map(event).collect();
+    let mut c = sink.write_confirmed(&second).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(matches!(c, Confirmed::Failed(_)), "{c:?}");
+
+    sink.rewind().await.expect("rewind builds a new producer");
+    assert_eq!(
+        sink_counter(sink.as_ref(), "dab_kafka_producer_restarts_total"),
+        1.0
+    );
+    let mut c = sink.write_confirmed(&second).await.expect("write").confirm;
+    let c = tokio::time::timeout(Duration::from_secs(30), c.recv())
+        .await
+        .expect("confirmation");
+    assert!(delivered(&c), "{c:?}");
+    let mut back: Vec<u64> = read_back(&brokers, "events", 1, 200)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    back.sort_unstable();
+    back.dedup();
+    assert_eq!(back, (0..200).collect::<Vec<u64>>());
 }

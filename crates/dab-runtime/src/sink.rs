@@ -9,14 +9,23 @@
 //! `OnError` target with the reason in `dab.error`, or are counted dropped
 //! (`rejected`) and logged with their UIDs. Nothing is given up on unless
 //! shutdown is forced; then the sources hear "failed".
+//!
+//! A sink that confirms each write on its own (`Sink::confirms_writes`,
+//! Kafka's delivery reports) is driven without flushes: up to `WINDOW`
+//! writes (and `WINDOW_BYTES`) are in flight at once, and each write is
+//! acknowledged, in write order, when its confirmation says delivered.
+//! A write confirmed failed is written again on its own, after back-off
+//! and `rewind` (its events that did arrive arrive twice, counted as
+//! rewritten); events it refused for good take the same way to `OnError`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dab_api::batch::Reroute;
 use dab_api::event::ERROR_TAG;
-use dab_api::{AckToken, Batch, Event, Rejection, Sink, SinkError, Text};
+use dab_api::{AckToken, Batch, Confirm, Confirmed, Event, Rejection, Sink, SinkError, Text};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +42,11 @@ const BREAKER_AFTER: u32 = 5;
 /// the held events pass this many bytes, even under constant load.
 const FLUSH_EVERY: usize = 64;
 const FLUSH_BYTES: usize = 16 << 20;
+/// For a sink that confirms writes: writes (and their bytes) awaiting
+/// confirmation at once. Past this, the driver takes no more input (back
+/// pressure), as it would wait for a flush.
+const WINDOW: usize = FLUSH_EVERY;
+const WINDOW_BYTES: usize = FLUSH_BYTES;
 
 pub struct SinkTask {
     pub sink: Box<dyn Sink>,
@@ -100,6 +114,20 @@ impl Write {
     }
 }
 
+/// A write of a confirming sink, awaiting its confirmations.
+struct Flight {
+    w: Write,
+    /// The write's bytes when it was taken (what it holds of the window).
+    bytes: usize,
+    /// Events refused for good so far (indices into `w.events`); they are
+    /// taken out only when the write is done, so that the indices of later
+    /// confirmations still hold.
+    rejected: Vec<Rejection>,
+    /// Confirmations still awaited, each with the index of its first event
+    /// (more than one when a refused write was split).
+    waiting: VecDeque<(usize, Confirm)>,
+}
+
 /// The driver's state: the sink, and what it took since the last good flush.
 struct Driver {
     sink: Box<dyn Sink>,
@@ -108,8 +136,40 @@ struct Driver {
     reliability: Option<Arc<Tracker>>,
     held: Vec<Write>,
     held_bytes: usize,
+    /// A confirming sink's writes in flight, oldest first.
+    window: VecDeque<Flight>,
+    window_bytes: usize,
     /// Failures in a row, for back-off and the breaker.
     failures: u32,
+}
+
+/// Waits for the next batch, or `None` at the end of input or a forced stop.
+async fn next_batch(input: &mut mpsc::Receiver<Batch>, force: &CancellationToken) -> Option<Batch> {
+    tokio::select! {
+        b = input.recv() => b,
+        _ = force.cancelled() => None,
+    }
+}
+
+/// Adds more waiting batches to `w` until the size is reached or the
+/// time is up.
+async fn gather(
+    w: &mut Write,
+    input: &mut mpsc::Receiver<Batch>,
+    coalesce: Option<Coalesce>,
+    force: &CancellationToken,
+) {
+    let Some(c) = coalesce else { return };
+    let deadline = tokio::time::Instant::now() + c.max_wait;
+    while w.events.len() < c.max_events {
+        let next = tokio::select! {
+            b = input.recv() => b,
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = force.cancelled() => None,
+        };
+        let Some(more) = next else { break };
+        w.add(more);
+    }
 }
 
 impl SinkTask {
@@ -121,39 +181,14 @@ impl SinkTask {
             reliability: self.reliability,
             held: Vec::new(),
             held_bytes: 0,
+            window: VecDeque::new(),
+            window_bytes: 0,
             failures: 0,
         };
-        loop {
-            let batch = tokio::select! {
-                b = self.input.recv() => b,
-                _ = d.force.cancelled() => None,
-            };
-            let Some(batch) = batch else { break };
-            let mut w = Write::from_batch(batch);
-            if let Some(c) = self.coalesce {
-                // Gather more until the size is reached or the time is up.
-                let deadline = tokio::time::Instant::now() + c.max_wait;
-                while w.events.len() < c.max_events {
-                    let next = tokio::select! {
-                        b = self.input.recv() => b,
-                        _ = tokio::time::sleep_until(deadline) => None,
-                        _ = d.force.cancelled() => None,
-                    };
-                    let Some(more) = next else { break };
-                    w.add(more);
-                }
-            }
-            if d.take(w).await.is_err() {
-                break;
-            }
-            let due =
-                self.input.is_empty() || d.held.len() >= FLUSH_EVERY || d.held_bytes >= FLUSH_BYTES;
-            if due && d.flush().await.is_err() {
-                break;
-            }
-        }
-        if d.flush().await.is_err() {
-            d.give_up();
+        if d.sink.confirms_writes() {
+            d.run_confirmed(&mut self.input, self.coalesce).await;
+        } else {
+            d.run_flushed(&mut self.input, self.coalesce).await;
         }
         // A forced stop leaves batches in the channel: they were not
         // written, so they are failed and counted like any given up on.
@@ -166,6 +201,187 @@ impl SinkTask {
 }
 
 impl Driver {
+    /// Writes, and flushes when the input is idle or enough is held.
+    async fn run_flushed(&mut self, input: &mut mpsc::Receiver<Batch>, coalesce: Option<Coalesce>) {
+        while let Some(batch) = next_batch(input, &self.force).await {
+            let mut w = Write::from_batch(batch);
+            gather(&mut w, input, coalesce, &self.force).await;
+            if self.take(w).await.is_err() {
+                break;
+            }
+            let due = input.is_empty()
+                || self.held.len() >= FLUSH_EVERY
+                || self.held_bytes >= FLUSH_BYTES;
+            if due && self.flush().await.is_err() {
+                break;
+            }
+        }
+        if self.flush().await.is_err() {
+            self.give_up();
+        }
+    }
+
+    /// Writes while the window has room and settles confirmations as they
+    /// come, oldest write first; at the end of input, waits for the rest.
+    async fn run_confirmed(
+        &mut self,
+        input: &mut mpsc::Receiver<Batch>,
+        coalesce: Option<Coalesce>,
+    ) {
+        let mut open = true;
+        loop {
+            let room = open && self.window.len() < WINDOW && self.window_bytes < WINDOW_BYTES;
+            if !room && self.window.is_empty() {
+                return;
+            }
+            // Both branches are cancel safe: a confirmation or a batch that
+            // loses the race is still there on the next turn.
+            let front = self.window.front_mut().and_then(|f| f.waiting.front_mut());
+            let waiting = front.is_some();
+            let next = tokio::select! {
+                biased;
+                _ = self.force.cancelled() => break,
+                c = async move {
+                    match front {
+                        Some((_, c)) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if waiting => Ok(c),
+                b = input.recv(), if room => Err(b),
+            };
+            match next {
+                Ok(Confirmed::Delivered { rejected }) => {
+                    self.succeeded();
+                    if let Some(f) = self.window.front_mut() {
+                        if let Some((base, _)) = f.waiting.pop_front() {
+                            f.rejected.extend(rejected.into_iter().map(|r| Rejection {
+                                index: r.index + base,
+                                reason: r.reason,
+                            }));
+                        }
+                    }
+                    self.settle().await;
+                }
+                Ok(Confirmed::Failed(e)) => {
+                    if self.resend_front(SinkError::transient(e)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(Some(batch)) => {
+                    let mut w = Write::from_batch(batch);
+                    gather(&mut w, input, coalesce, &self.force).await;
+                    if self.send(w).await.is_err() {
+                        break;
+                    }
+                }
+                Err(None) => open = false,
+            }
+        }
+        self.give_up();
+    }
+
+    /// Sends `w` into the window; on failure: back off, rewind, send again.
+    async fn send(&mut self, w: Write) -> Result<(), GaveUp> {
+        loop {
+            let sent = tokio::select! {
+                biased;
+                _ = self.force.cancelled() => Err(None),
+                r = send_narrowing(self.sink.as_mut(), &w.events, 0) => r.map_err(Some),
+            };
+            match sent {
+                Ok((rejected, waiting)) => {
+                    self.succeeded();
+                    self.window_bytes += w.bytes;
+                    self.window.push_back(Flight {
+                        bytes: w.bytes,
+                        w,
+                        rejected,
+                        waiting,
+                    });
+                    self.settle().await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let again = match self.failed(e.as_ref()).await {
+                        Ok(()) => self.rewind().await,
+                        Err(g) => Err(g),
+                    };
+                    if let Err(g) = again {
+                        self.count_failed(&w);
+                        w.fail();
+                        return Err(g);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The oldest write in flight was confirmed failed: back off, rewind
+    /// and send it again, until the sink takes it.
+    async fn resend_front(&mut self, mut e: SinkError) -> Result<(), GaveUp> {
+        loop {
+            self.failed(Some(&e)).await?;
+            self.rewind().await?;
+            let Some(f) = self.window.front_mut() else {
+                return Ok(());
+            };
+            let sent = tokio::select! {
+                biased;
+                _ = self.force.cancelled() => return Err(GaveUp),
+                r = send_narrowing(self.sink.as_mut(), &f.w.events, 0) => r,
+            };
+            match sent {
+                Ok((rejected, waiting)) => {
+                    self.metrics.rewritten_events.add(f.w.events.len() as u64);
+                    f.rejected = rejected;
+                    f.waiting = waiting;
+                    self.settle().await;
+                    return Ok(());
+                }
+                Err(next) => e = next,
+            }
+        }
+    }
+
+    /// Rewinds until the sink says it is ready to be written again.
+    async fn rewind(&mut self) -> Result<(), GaveUp> {
+        loop {
+            let rewound = tokio::select! {
+                biased;
+                _ = self.force.cancelled() => return Err(GaveUp),
+                r = self.sink.rewind() => r,
+            };
+            match rewound {
+                Ok(()) => return Ok(()),
+                Err(e) => self.failed(Some(&e)).await?,
+            }
+        }
+    }
+
+    /// Acknowledges the confirmed writes at the front of the window, in
+    /// order: their refused events go their way, the rest is delivered.
+    async fn settle(&mut self) {
+        while self.window.front().is_some_and(|f| f.waiting.is_empty()) {
+            let Some(mut f) = self.window.pop_front() else {
+                return;
+            };
+            self.window_bytes -= f.bytes;
+            reject(&self.metrics, &mut f.w, std::mem::take(&mut f.rejected)).await;
+            self.delivered(f.w);
+        }
+    }
+
+    /// Counts a write delivered and acknowledges its batches.
+    fn delivered(&self, w: Write) {
+        if let Some(t) = &self.reliability {
+            t.delivered(&w.events);
+        }
+        self.metrics.events.add(w.events.len() as u64);
+        self.metrics.bytes.add(w.bytes as u64);
+        self.metrics.batches.add(w.parts.len() as u64);
+        w.parts.into_iter().for_each(|p| p.ack.complete());
+    }
+
     /// Writes `w` and holds it until the next good flush. On failure:
     /// back off, rewind, write the held writes again, then `w`.
     async fn take(&mut self, mut w: Write) -> Result<(), GaveUp> {
@@ -218,14 +434,8 @@ impl Driver {
                 Ok(()) => {
                     self.succeeded();
                     self.held_bytes = 0;
-                    for w in self.held.drain(..) {
-                        if let Some(t) = &self.reliability {
-                            t.delivered(&w.events);
-                        }
-                        self.metrics.events.add(w.events.len() as u64);
-                        self.metrics.bytes.add(w.bytes as u64);
-                        self.metrics.batches.add(w.parts.len() as u64);
-                        w.parts.into_iter().for_each(|p| p.ack.complete());
+                    for w in std::mem::take(&mut self.held) {
+                        self.delivered(w);
                     }
                     return Ok(());
                 }
@@ -307,7 +517,7 @@ impl Driver {
         if f == BREAKER_AFTER && !self.metrics.breaker_open.swap(true, Ordering::Relaxed) {
             tracing::error!(sink = %self.metrics.name, error = %e, "sink keeps failing; circuit open, retrying every {:?}", MAX);
         } else if f < BREAKER_AFTER {
-            tracing::warn!(sink = %self.metrics.name, error = %e, attempt = f, held = self.held.len(), "sink failed; will rewind and write again");
+            tracing::warn!(sink = %self.metrics.name, error = %e, attempt = f, held = self.held.len() + self.window.len(), "sink failed; will rewind and write again");
         }
         if self.force.is_cancelled() {
             return Err(GaveUp);
@@ -325,10 +535,12 @@ impl Driver {
             .gave_up(w.parts.len() as u64, w.events.len() as u64);
     }
 
-    /// Forced stop: everything held fails.
+    /// Forced stop: everything held or in flight fails.
     fn give_up(&mut self) {
         self.held_bytes = 0;
-        for w in std::mem::take(&mut self.held) {
+        self.window_bytes = 0;
+        let flying = std::mem::take(&mut self.window).into_iter().map(|f| f.w);
+        for w in std::mem::take(&mut self.held).into_iter().chain(flying) {
             self.count_failed(&w);
             w.fail();
         }
@@ -429,6 +641,53 @@ fn write_narrowing<'a>(
                 let right = write_narrowing(sink, &events[mid..], base + mid).await?;
                 left.extend(right);
                 Ok(left)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// What `send_narrowing` found: events refused right away, and the
+/// confirmations to wait for, each with the index of its first event.
+type Sent = (Vec<Rejection>, VecDeque<(usize, Confirm)>);
+
+/// `write_narrowing` for a sink that confirms writes later.
+fn send_narrowing<'a>(
+    sink: &'a mut dyn Sink,
+    events: &'a [Event],
+    base: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, SinkError>> + Send + 'a>> {
+    Box::pin(async move {
+        if events.is_empty() {
+            return Ok((Vec::new(), VecDeque::new()));
+        }
+        match sink.write_confirmed(events).await {
+            Ok(p) => {
+                let rejected = p
+                    .rejected
+                    .into_iter()
+                    .map(|r| Rejection {
+                        index: r.index + base,
+                        reason: r.reason,
+                    })
+                    .collect();
+                Ok((rejected, VecDeque::from([(base, p.confirm)])))
+            }
+            Err(e) if e.is_permanent() && events.len() == 1 => Ok((
+                vec![Rejection {
+                    index: base,
+                    reason: e.error.to_string(),
+                }],
+                VecDeque::new(),
+            )),
+            Err(e) if e.is_permanent() => {
+                let mid = events.len() / 2;
+                let (mut rejected, mut waiting) =
+                    send_narrowing(sink, &events[..mid], base).await?;
+                let (r, w) = send_narrowing(sink, &events[mid..], base + mid).await?;
+                rejected.extend(r);
+                waiting.extend(w);
+                Ok((rejected, waiting))
             }
             Err(e) => Err(e),
         }

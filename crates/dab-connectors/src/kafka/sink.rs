@@ -1,16 +1,24 @@
-//! The Kafka producer: idempotent, `acks=all`; a write hands messages to
-//! librdkafka and `flush` waits for their delivery reports, so the runtime
-//! acknowledges only what the broker has.
+//! The Kafka producer: idempotent, `acks=all`. It confirms each write on
+//! its own (`Sink::confirms_writes`): a write hands its messages to
+//! librdkafka and returns; when the last of them has its delivery report,
+//! the write's confirmation says delivered (with the messages the broker
+//! refused as too large, which go to `OnError`), or failed (the runtime
+//! then writes it again). So the runtime acknowledges each write as its
+//! reports come, with no flush that waits for everything. A producer that
+//! hit a fatal error is rebuilt before the next write; what it still held
+//! is purged, reported failed and written again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dab_api::metrics::ConnectorMetrics;
-use dab_api::{BuildError, ConnectorError, Event, Rejection, Sink, SinkError, Written};
+use dab_api::{
+    BuildError, Confirm, Confirmed, Confirmer, ConnectorError, Event, Pending, Rejection, Sink,
+    SinkError, Written,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
@@ -20,56 +28,93 @@ use super::{Codec, KafkaSinkConfig};
 use crate::codec::{json, proto};
 use crate::settings::build_error;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// One write's messages still waiting for a delivery report.
 #[derive(Debug)]
 struct Inflight {
     remaining: AtomicUsize,
     started: Instant,
+    /// Messages the broker refused as too large, by index in the write.
+    rejected: Mutex<Vec<Rejection>>,
+    /// Messages whose delivery failed, and the first reason.
+    failed: Mutex<(usize, Option<String>)>,
+    /// Told when the last report is in; `None` for a plain `write`.
+    confirmer: Mutex<Option<Confirmer>>,
 }
 
-/// A message whose delivery failed, kept to be sent again.
+/// The delivery opaque of one message: its write and its place in it.
 #[derive(Debug)]
-struct Failed {
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+struct Msg {
+    inflight: Arc<Inflight>,
+    index: usize,
 }
 
 /// State shared with librdkafka's delivery callback.
 #[derive(Debug)]
 struct Shared {
     metrics: Arc<KafkaSinkMetrics>,
+    topic: String,
     /// Messages handed to librdkafka without a delivery report yet.
     pending: AtomicUsize,
     /// Woken when `pending` reaches zero.
     idle: Notify,
-    failed: Mutex<Vec<Failed>>,
-    /// The first failure's reason since the last flush, for the error.
+    /// Failed deliveries since the last `flush` (plain writes only: a
+    /// confirmed write reports its own), and the first reason.
+    failures: AtomicU64,
     reason: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// `n` messages of `inflight` have their outcome; the last one
+    /// confirms the write.
     fn settle(&self, inflight: &Inflight, n: usize) {
         if inflight.remaining.fetch_sub(n, Ordering::AcqRel) == n {
             self.metrics.latency(inflight.started.elapsed());
+            let confirmer = lock(&inflight.confirmer).take();
+            let (failed, reason) = std::mem::take(&mut *lock(&inflight.failed));
+            if let Some(c) = confirmer {
+                if failed > 0 {
+                    // The runtime writes the whole write again.
+                    self.metrics.resent(failed as u64);
+                    c.send(Confirmed::Failed(ConnectorError::Other(format!(
+                        "{failed} kafka deliveries to `{}` failed ({}); writing them again",
+                        self.topic,
+                        reason.unwrap_or_default()
+                    ))));
+                } else {
+                    let rejected = std::mem::take(&mut *lock(&inflight.rejected));
+                    c.send(Confirmed::Delivered { rejected });
+                }
+            } else if failed > 0 {
+                self.failures.fetch_add(failed as u64, Ordering::AcqRel);
+                lock(&self.reason).get_or_insert_with(|| reason.unwrap_or_default());
+            }
         }
         if self.pending.fetch_sub(n, Ordering::AcqRel) == n {
             self.idle.notify_one();
         }
     }
 
-    fn fail(&self, key: Option<&[u8]>, payload: &[u8], reason: String) {
+    fn fail(&self, inflight: &Inflight, reason: String) {
         self.metrics.delivery_error(reason.clone());
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Failed {
-                key: key.map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-            });
-        let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.is_none() {
-            *r = Some(reason);
+        let mut f = lock(&inflight.failed);
+        f.0 += 1;
+        f.1.get_or_insert(reason);
+    }
+
+    fn too_large(&self, msg: &Msg, bytes: usize, e: &KafkaError) {
+        self.metrics.too_large(1);
+        let reason = format!("kafka: message of {bytes} bytes too large for the broker: {e}");
+        if lock(&msg.inflight.confirmer).is_none() {
+            tracing::error!(sink = %self.metrics.name, bytes, error = %e, "message too large for the broker; dropped (counted in dab_kafka_too_large_total)");
         }
+        lock(&msg.inflight.rejected).push(Rejection {
+            index: msg.index,
+            reason,
+        });
     }
 }
 
@@ -82,20 +127,17 @@ impl ClientContext for Ctx {
 }
 
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = Arc<Inflight>;
+    type DeliveryOpaque = Box<Msg>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<Inflight>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, msg: Box<Msg>) {
         match result {
             Ok(_) => self.0.metrics.delivered(1),
-            Err((e, m)) if is_too_large(e) => {
-                self.0.metrics.too_large(1);
-                tracing::error!(sink = %self.0.metrics.name, bytes = m.payload_len(), error = %e, "message too large for the broker; dropped (counted in dab_kafka_too_large_total)");
-            }
-            Err((e, m)) => self
-                .0
-                .fail(m.key(), m.payload().unwrap_or_default(), e.to_string()),
+            // Refused by the broker in the report, not only at send time:
+            // sending it again cannot succeed.
+            Err((e, m)) if is_too_large(e) => self.0.too_large(&msg, m.payload_len(), e),
+            Err((e, _)) => self.0.fail(&msg.inflight, e.to_string()),
         }
-        self.0.settle(&inflight, 1);
+        self.0.settle(&msg.inflight, 1);
     }
 }
 
@@ -129,9 +171,10 @@ impl KafkaSink {
     pub fn new(name: &str, config: KafkaSinkConfig) -> Result<KafkaSink, BuildError> {
         let shared = Arc::new(Shared {
             metrics: Arc::new(KafkaSinkMetrics::new(name)),
+            topic: config.topic.clone(),
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
-            failed: Mutex::new(Vec::new()),
+            failures: AtomicU64::new(0),
             reason: Mutex::new(None),
         });
         let producer = config
@@ -160,43 +203,118 @@ impl KafkaSink {
         }
     }
 
+    /// An idempotent producer can hit a fatal error (a broker that lost
+    /// its state answers "unknown producer id"); it never recovers, so a
+    /// new one is built. Dropping the old one purges what it still holds:
+    /// those reports say failed, and their writes are written again.
+    fn renew_if_fatal(&mut self) -> Result<(), SinkError> {
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return Ok(());
+        };
+        tracing::error!(sink = %self.name, error = %code, reason, "kafka producer hit a fatal error; starting a new producer");
+        self.shared.metrics.producer_restarted();
+        match self
+            .config
+            .client_config(&self.name)
+            .create_with_context(Ctx(self.shared.clone()))
+        {
+            Ok(p) => {
+                drop(std::mem::replace(&mut self.producer, p));
+                Ok(())
+            }
+            Err(e) => Err(SinkError::transient(ConnectorError::Other(format!(
+                "kafka producer for `{}` cannot be rebuilt: {e}",
+                self.config.topic
+            )))),
+        }
+    }
+
     /// Hands one message to librdkafka, waiting while its queue is full.
     /// `Some(reason)` when the message is too large ever to be taken.
-    async fn send(
-        &self,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        inflight: &Arc<Inflight>,
-    ) -> Option<String> {
+    async fn send(&self, key: Option<&[u8]>, payload: &[u8], msg: Box<Msg>) -> Option<String> {
+        let mut record =
+            BaseRecord::<[u8], [u8], Box<Msg>>::with_opaque_to(&self.config.topic, msg)
+                .payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         loop {
-            let mut record = BaseRecord::<[u8], [u8], Arc<Inflight>>::with_opaque_to(
-                &self.config.topic,
-                inflight.clone(),
-            )
-            .payload(payload);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
             match self.producer.send(record) {
                 Ok(()) => return None,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((e, _)) if is_too_large(&e) => {
+                Err((e, r)) if is_too_large(&e) => {
                     self.shared.metrics.too_large(1);
-                    self.shared.settle(inflight, 1);
+                    self.shared.settle(&r.delivery_opaque.inflight, 1);
                     return Some(format!(
                         "kafka: message of {} bytes too large: {e}",
                         payload.len()
                     ));
                 }
-                Err((e, _)) => {
-                    self.shared.fail(key, payload, e.to_string());
+                Err((e, r)) => {
+                    let inflight = &r.delivery_opaque.inflight;
+                    self.shared.fail(inflight, e.to_string());
                     self.shared.settle(inflight, 1);
                     return None;
                 }
             }
         }
+    }
+
+    /// Hands `events` to librdkafka as one write; `confirmer` is told when
+    /// the last delivery report is in. Returns the messages refused at
+    /// once as too large.
+    async fn produce(
+        &mut self,
+        events: &[Event],
+        confirmer: Option<Confirmer>,
+    ) -> Result<Vec<Rejection>, SinkError> {
+        if !self.topic_checked {
+            if let Some(p) = self.config.partitions {
+                super::ensure_topic(
+                    &self.name,
+                    &self.config.brokers,
+                    &self.config.options,
+                    &self.config.topic,
+                    p,
+                )
+                .await;
+            }
+            self.topic_checked = true;
+        }
+        self.renew_if_fatal()?;
+        let inflight = Arc::new(Inflight {
+            remaining: AtomicUsize::new(events.len()),
+            started: Instant::now(),
+            rejected: Mutex::new(Vec::new()),
+            failed: Mutex::new((0, None)),
+            confirmer: Mutex::new(confirmer),
+        });
+        self.shared
+            .pending
+            .fetch_add(events.len(), Ordering::AcqRel);
+        let mut key_buf = std::mem::take(&mut self.key_buf);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut rejected = Vec::new();
+        for (index, ev) in events.iter().enumerate() {
+            let payload = encode(self.config.codec, ev, &mut buf);
+            let key = match &self.config.key {
+                Some(k) => key_of(ev, k, &mut key_buf).map(<[u8]>::to_vec),
+                None => None,
+            };
+            let msg = Box::new(Msg {
+                inflight: inflight.clone(),
+                index,
+            });
+            if let Some(reason) = self.send(key.as_deref(), &payload, msg).await {
+                rejected.push(Rejection { index, reason });
+            }
+        }
+        self.key_buf = key_buf;
+        self.buf = buf;
+        Ok(rejected)
     }
 }
 
@@ -239,109 +357,58 @@ fn encode(codec: Codec, ev: &Event, buf: &mut BytesMut) -> Bytes {
 
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
+    fn confirms_writes(&self) -> bool {
+        true
+    }
+
+    async fn write_confirmed(&mut self, events: &[Event]) -> Result<Pending, SinkError> {
+        let (tx, rx) = Confirm::channel();
+        let rejected = if events.is_empty() {
+            tx.send(Confirmed::Delivered {
+                rejected: Vec::new(),
+            });
+            Vec::new()
+        } else {
+            self.produce(events, Some(tx)).await?
+        };
+        Ok(Pending {
+            rejected,
+            confirm: rx,
+        })
+    }
+
+    /// A write without a confirmation, for callers that `flush` (the
+    /// runtime uses `write_confirmed`).
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         if events.is_empty() {
             return Ok(Written::all());
         }
-        if !self.topic_checked {
-            if let Some(p) = self.config.partitions {
-                super::ensure_topic(
-                    &self.name,
-                    &self.config.brokers,
-                    &self.config.options,
-                    &self.config.topic,
-                    p,
-                )
-                .await;
-            }
-            self.topic_checked = true;
-        }
-        let inflight = Arc::new(Inflight {
-            remaining: AtomicUsize::new(events.len()),
-            started: Instant::now(),
-        });
-        self.shared
-            .pending
-            .fetch_add(events.len(), Ordering::AcqRel);
-        let mut key_buf = std::mem::take(&mut self.key_buf);
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut rejected = Vec::new();
-        for (index, ev) in events.iter().enumerate() {
-            let payload = encode(self.config.codec, ev, &mut buf);
-            let key = match &self.config.key {
-                Some(k) => key_of(ev, k, &mut key_buf).map(<[u8]>::to_vec),
-                None => None,
-            };
-            if let Some(reason) = self.send(key.as_deref(), &payload, &inflight).await {
-                rejected.push(Rejection { index, reason });
-            }
-        }
-        self.key_buf = key_buf;
-        self.buf = buf;
+        let rejected = self.produce(events, None).await?;
         Ok(Written { rejected })
     }
 
-    /// Waits for every delivery report. Messages whose delivery failed are
-    /// sent again and the flush reports an error, so the runtime backs off
-    /// and flushes again (the batches stay unacknowledged meanwhile).
+    /// Waits for every delivery report. When deliveries of plain writes
+    /// failed since the last flush, says so: the caller writes them again.
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.idle().await;
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            // An idempotent producer can hit a fatal error (a broker that
-            // lost its state answers "unknown producer id"): it never
-            // recovers, so build a new one. Dropping the old one purges
-            // what it still holds; those reports land in `failed` and are
-            // sent again below.
-            tracing::error!(sink = %self.name, error = %code, reason, "kafka producer hit a fatal error; starting a new producer");
-            self.shared.metrics.producer_restarted();
-            match self
-                .config
-                .client_config(&self.name)
-                .create_with_context(Ctx(self.shared.clone()))
-            {
-                Ok(p) => drop(std::mem::replace(&mut self.producer, p)),
-                Err(e) => {
-                    return Err(SinkError::transient(ConnectorError::Other(format!(
-                        "kafka producer for `{}` cannot be rebuilt: {e}",
-                        self.config.topic
-                    ))))
-                }
-            }
-            self.idle().await;
-        }
-        let failed = std::mem::take(
-            &mut *self
-                .shared
-                .failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        let reason = self
-            .shared
-            .reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if failed.is_empty() {
+        self.renew_if_fatal()?;
+        let failed = self.shared.failures.swap(0, Ordering::AcqRel);
+        let reason = lock(&self.shared.reason).take();
+        if failed == 0 {
             return Ok(());
         }
-        let n = failed.len();
-        self.shared.metrics.resent(n as u64);
-        let inflight = Arc::new(Inflight {
-            remaining: AtomicUsize::new(n),
-            started: Instant::now(),
-        });
-        self.shared.pending.fetch_add(n, Ordering::AcqRel);
-        for f in failed {
-            // Too large was decided when it was first sent; it cannot
-            // change on the way back.
-            let _ = self.send(f.key.as_deref(), &f.payload, &inflight).await;
-        }
         Err(SinkError::transient(ConnectorError::Other(format!(
-            "{n} kafka deliveries to `{}` failed ({}); sending them again",
+            "{failed} kafka deliveries to `{}` failed ({})",
             self.config.topic,
             reason.unwrap_or_default()
         ))))
+    }
+
+    /// After a failed write or confirmation: a producer with a fatal error
+    /// is replaced. Writes still in flight are left alone; each confirms
+    /// on its own.
+    async fn rewind(&mut self) -> Result<(), SinkError> {
+        self.renew_if_fatal()
     }
 
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {

@@ -1,7 +1,8 @@
 //! Test connectors and helpers for the runtime's integration tests: a
 //! finite `VecSource` whose batches carry tracked acks, an endless
 //! `LoopSource`, and a `RecordingSink` that can be held (slow or stalled)
-//! or told to fail. Factories register them under real connector kinds
+//! or told to fail, and can confirm its writes later, as the test says
+//! (a Kafka producer's delivery reports). Factories register them under real connector kinds
 //! (`generator`, `tcp`, `file`) so the bindings checker accepts the plans,
 //! and hand out shared handles keyed by binding name.
 //!
@@ -18,8 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dab_api::connector::{Admission, SourceStats};
 use dab_api::{
-    AckStatus, AckToken, Batch, BuildError, ConfigValue, ConnectorError, Event, Sink, SinkError,
-    SinkFactory, Source, SourceContext, SourceFactory, Text, Written,
+    AckStatus, AckToken, Batch, BuildError, ConfigValue, Confirm, Confirmed, Confirmer,
+    ConnectorError, Event, Pending, Sink, SinkError, SinkFactory, Source, SourceContext,
+    SourceFactory, Text, Written,
 };
 use dab_plan::Plan;
 use dab_runtime::metrics::{PipelineMetrics, SinkMetrics};
@@ -118,6 +120,12 @@ pub struct SinkHandle {
     /// The next this many flushes fail.
     pub fail_flushes: AtomicU64,
     pub always_fail: AtomicBool,
+    /// Set before start: the sink confirms its writes later
+    /// (`confirms_writes`), when the test calls `confirm`.
+    pub confirm_later: AtomicBool,
+    /// A confirming sink's writes in call order, with their confirmers
+    /// (taken by `confirm`).
+    sent: Mutex<Vec<(Vec<Event>, Option<Confirmer>)>>,
 }
 
 impl SinkHandle {
@@ -138,7 +146,43 @@ impl SinkHandle {
             fail_writes: AtomicU64::new(0),
             fail_flushes: AtomicU64::new(0),
             always_fail: AtomicBool::new(false),
+            confirm_later: AtomicBool::new(false),
+            sent: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes the sink confirm its writes later (call before start).
+    pub fn confirm_writes_later(&self) {
+        self.confirm_later.store(true, Ordering::SeqCst);
+    }
+
+    /// The offsets of every write a confirming sink took, in call order.
+    pub fn sent_offsets(&self) -> Vec<Vec<u64>> {
+        self.sent
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .map(|(e, _)| offsets(e))
+            .collect()
+    }
+
+    /// Confirms write `i` (call order). `Delivered` makes its events but
+    /// the rejected ones durable, as a broker's report would.
+    pub fn confirm(&self, i: usize, c: Confirmed) {
+        let mut sent = self.sent.lock().expect("sink lock");
+        let (events, confirmer) = &mut sent[i];
+        let confirmer = confirmer
+            .take()
+            .unwrap_or_else(|| panic!("write {i} was already confirmed"));
+        if let Confirmed::Delivered { rejected } = &c {
+            let kept = events
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !rejected.iter().any(|r| r.index == *j))
+                .map(|(_, e)| e.clone());
+            self.durable.lock().expect("sink lock").extend(kept);
+        }
+        confirmer.send(c);
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -183,6 +227,27 @@ struct RecordingSink(Arc<SinkHandle>);
 
 #[async_trait]
 impl Sink for RecordingSink {
+    fn confirms_writes(&self) -> bool {
+        self.0.confirm_later.load(Ordering::SeqCst)
+    }
+
+    /// Takes the events like `write` (the same gates and failures), then
+    /// leaves them waiting for the test's `confirm`.
+    async fn write_confirmed(&mut self, events: &[Event]) -> Result<Pending, SinkError> {
+        self.write(events).await?;
+        self.0.pending.lock().expect("sink lock").clear();
+        let (tx, rx) = Confirm::channel();
+        self.0
+            .sent
+            .lock()
+            .expect("sink lock")
+            .push((events.to_vec(), Some(tx)));
+        Ok(Pending {
+            rejected: Vec::new(),
+            confirm: rx,
+        })
+    }
+
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         let h = &self.0;
         h.write_calls.fetch_add(1, Ordering::SeqCst);
