@@ -78,8 +78,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     pub max_memory_mb: u64,
     /// Capacity of each channel between tasks, in batches
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub channel_batches: usize,
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub channel_batches: u16,
     /// Track the reliability (REP) score of what the sinks write: the
     /// `dab_reliability_score` metric and `dab inspect --url`
     #[arg(long)]

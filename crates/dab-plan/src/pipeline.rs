@@ -423,9 +423,12 @@ fn build_stage(
                 );
                 return None;
             };
+            // A key that could not be read was reported where it is
+            // declared; the set has an error and never runs.
+            let secret = decl.secret.clone()?;
             Some(Stage::VerifySignature {
                 key: key.name,
-                source: decl.source.clone(),
+                secret,
             })
         }
         "Dedup" => {

@@ -62,7 +62,7 @@ async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode
     );
     let opts = RunOptions {
         service: a.service.clone(),
-        channel_batches: a.channel_batches,
+        channel_batches: usize::from(a.channel_batches),
         max_rss_bytes: a.max_memory_mb * 1024 * 1024,
         reliability: a.reliability,
         ..RunOptions::default()

@@ -95,6 +95,7 @@ pub(super) fn binding(
     if section == Section::Sources && spec.kind == "kafka" {
         kafka_topics(ctx, &b, entries);
     }
+    super::runnable::check(ctx, spec, &b, entries);
     b
 }
 
