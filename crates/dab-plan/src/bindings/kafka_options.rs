@@ -6,11 +6,44 @@
 //! The value rules follow `rd_kafka_anyconf_set_prop0` in librdkafka's
 //! `rdkafka_conf.c`: booleans take true/t/1 and false/f/0 in any case,
 //! integers and floats must be numbers inside the property's range, enum
-//! values and flags are matched without regard to case.
+//! values and flags are matched without regard to case. A property or
+//! value that needs a feature this build of librdkafka lacks (OpenSSL,
+//! libcurl, Cyrus SASL) is refused too, as librdkafka would refuse it.
+//! Rules between properties are in `kafka_rules.rs`.
 
 use dab_diag::did_you_mean;
 
-use super::kafka_table::{LIBRDKAFKA_VERSION, PROPERTIES};
+use super::kafka_table::{LIBRDKAFKA_VERSION, PROPERTIES, VALUE_NEEDS};
+
+/// The `_UNSUPPORTED_<FEATURE>` markers of `rdkafka_conf.c` that the
+/// librdkafka linked into `dab` has: rdkafka 0.38 bundles it with its
+/// default `libz` feature and DAB's `zstd` (snappy is always in, and the
+/// Windows-only GSSAPI marker holds off Windows). It has no OpenSSL, no
+/// libcurl and no Cyrus SASL: TLS and SASL other than PLAIN are refused.
+/// `tests/validate_run.rs` builds clients with every value this table
+/// accepts, so a change of rdkafka features shows up there.
+const BUILT_WITH: &[&str] = &["ZLIB", "SNAPPY", "ZSTD", "WIN32_GSSAPI"];
+
+/// What a missing feature is, in words.
+fn feature_name(marker: &str) -> &'static str {
+    match marker {
+        "SSL" | "OAUTHBEARER" | "SSL_ENGINE" | "SSL_3" | "OPENSSL_1_0_2" | "OPENSSL_1_1_0" => {
+            "OpenSSL"
+        }
+        "OIDC" | "HTTPS" => "libcurl and OpenSSL",
+        "HTTP" => "libcurl",
+        "GSSAPI" | "WIN32_GSSAPI" => "Cyrus SASL (GSSAPI)",
+        "ZLIB" => "zlib",
+        "ZSTD" => "zstd",
+        "SNAPPY" => "snappy",
+        _ => "a feature",
+    }
+}
+
+/// Whether this build has what a `_UNSUPPORTED_<marker>` needs.
+pub(super) fn built_with(marker: &str) -> bool {
+    BUILT_WITH.contains(&marker)
+}
 
 /// What a property's value must be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +64,8 @@ pub(super) enum Ty {
 pub(super) struct Prop {
     pub name: &'static str,
     pub ty: Ty,
+    /// The build feature the property needs (`_UNSUPPORTED_<FEATURE>`).
+    pub needs: Option<&'static str>,
 }
 
 /// Why an option is refused.
@@ -42,6 +77,9 @@ pub(super) enum Problem {
     Api,
     /// The value does not fit; what it must be.
     Value(String),
+    /// The property, or this value of it, needs a library this build of
+    /// librdkafka lacks (the marker).
+    Unsupported(&'static str),
 }
 
 impl Problem {
@@ -60,6 +98,13 @@ impl Problem {
             Problem::Api => (
                 format!("librdkafka property `{key}` cannot be set from a bindings file"),
                 "it takes a callback or pointer through librdkafka's C API; remove it".to_owned(),
+            ),
+            Problem::Unsupported(marker) => (
+                format!(
+                    "librdkafka property `{key}` = `{value}` needs {}, which DAB's librdkafka is built without",
+                    feature_name(marker)
+                ),
+                "DAB links librdkafka without OpenSSL, libcurl and Cyrus SASL: no TLS to brokers, SASL PLAIN only".to_owned(),
             ),
             Problem::Value(expected) => (
                 format!("librdkafka property `{key}` must be {expected}, found `{value}`"),
@@ -84,7 +129,16 @@ pub(super) fn check(key: &str, value: &str) -> Result<(), Problem> {
             PROPERTIES.iter().map(|p| p.name),
         )));
     };
+    if let Some(marker) = prop.needs.filter(|m| !built_with(m)) {
+        return Err(Problem::Unsupported(marker));
+    }
     let v = value.trim();
+    if let Some((_, _, marker)) = VALUE_NEEDS
+        .iter()
+        .find(|(p, val, m)| *p == key && val.eq_ignore_ascii_case(v) && !built_with(m))
+    {
+        return Err(Problem::Unsupported(marker));
+    }
     let fits = match prop.ty {
         Ty::Api => return Err(Problem::Api),
         Ty::Text => true,
@@ -127,9 +181,32 @@ fn expected(ty: Ty) -> String {
     }
 }
 
-/// Every property name, for tests that hold the table against librdkafka.
-pub fn property_names() -> impl Iterator<Item = (&'static str, bool)> {
-    PROPERTIES.iter().map(|p| (p.name, p.ty == Ty::Api))
+/// Values the table accepts for each property: the ends of each range,
+/// every enum word, both booleans (free text gets none). For the test that
+/// builds Kafka clients with every value validate lets through.
+pub fn accepted_samples() -> Vec<(&'static str, Vec<String>)> {
+    PROPERTIES
+        .iter()
+        .filter(|p| p.needs.is_none_or(built_with))
+        .map(|p| {
+            let values: Vec<String> = match p.ty {
+                Ty::Int(lo, hi, words) => [lo.to_string(), hi.to_string()]
+                    .into_iter()
+                    .chain(words.iter().map(|w| (*w).to_owned()))
+                    .collect(),
+                Ty::Float(lo, hi) => vec![lo.to_string(), hi.to_string()],
+                Ty::Bool => vec!["true".to_owned(), "false".to_owned()],
+                Ty::Enum(words) => words.iter().map(|w| (*w).to_owned()).collect(),
+                Ty::Flags(words) => words.iter().take(1).map(|w| (*w).to_owned()).collect(),
+                Ty::Text | Ty::Api => Vec::new(),
+            };
+            let values = values
+                .into_iter()
+                .filter(|v| check(p.name, v).is_ok())
+                .collect();
+            (p.name, values)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,6 +217,9 @@ mod tests {
     fn the_table_is_sorted_for_binary_search() {
         assert!(PROPERTIES.windows(2).all(|w| w[0].name < w[1].name));
         assert_eq!(PROPERTIES.len(), 190);
+        assert!(VALUE_NEEDS
+            .iter()
+            .all(|(p, _, _)| PROPERTIES.iter().any(|q| q.name == *p)));
     }
 
     #[test]
@@ -175,5 +255,15 @@ mod tests {
         );
         assert_eq!(check("zzzzzzzzzzzz", "1"), Err(Problem::Unknown(None)));
         assert_eq!(check("error_cb", "x"), Err(Problem::Api));
+        assert_eq!(
+            check("security.protocol", "SSL"),
+            Err(Problem::Unsupported("SSL"))
+        );
+        assert_eq!(check("security.protocol", "sasl_plaintext"), Ok(()));
+        assert_eq!(
+            check("ssl.ca.location", "/etc/ssl/ca.pem"),
+            Err(Problem::Unsupported("SSL"))
+        );
+        assert_eq!(check("compression.codec", "zstd"), Ok(()));
     }
 }

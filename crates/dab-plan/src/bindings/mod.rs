@@ -6,6 +6,7 @@ mod check;
 mod coerce;
 mod interpolate;
 mod kafka_options;
+mod kafka_rules;
 mod kafka_table;
 mod keys;
 mod listen;
@@ -32,7 +33,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// A field's value after interpolation and typing; span-free so that two
 /// loads of the same configuration compare equal (reload diffs).
 pub use dab_api::config::ConfigValue;
-pub use kafka_options::property_names as kafka_property_names;
+pub use kafka_options::accepted_samples as kafka_option_samples;
 pub use keys::{KeyDecl, KeySource};
 
 /// One bound name.

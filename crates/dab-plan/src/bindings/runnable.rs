@@ -16,6 +16,7 @@ use marked_yaml::Node;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::kafka_rules::{self, Clients};
 use super::{kafka_options, Binding, ConfigValue, Ctx};
 
 /// Runs the checks that apply to `b`, a binding of `spec`.
@@ -32,7 +33,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
     match (spec.section, spec.kind) {
         (Section::Sources, "murron_grpc") => tls(ctx, b),
         (Section::Sources, "generator") => generator_keys(ctx, b),
-        (_, "kafka") => kafka_options_of(ctx, b, entries),
+        (section, "kafka") => kafka_options_of(ctx, section, b, entries),
         _ => {}
     }
 }
@@ -144,7 +145,7 @@ fn generator_keys(ctx: &mut Ctx<'_>, b: &Binding) {
 }
 
 /// Each `options:` entry against librdkafka's properties.
-fn kafka_options_of(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode) {
+fn kafka_options_of(ctx: &mut Ctx<'_>, section: Section, b: &Binding, entries: &MarkedMappingNode) {
     let Some(ConfigValue::Map(options)) = b.fields.get("options") else {
         return;
     };
@@ -160,6 +161,7 @@ fn kafka_options_of(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode)
             (k.as_str(), (ks, ctx.loc.value(ks, v)))
         })
         .collect();
+    let mut fine = BTreeMap::new();
     for (name, value) in options {
         let ConfigValue::Str(value) = value else {
             continue;
@@ -175,6 +177,23 @@ fn kafka_options_of(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode)
             };
             let (message, help) = problem.describe(name, value);
             ctx.error(at, message).help = Some(help);
+        } else {
+            fine.insert(name.clone(), value.clone());
+        }
+    }
+    let clients = match section {
+        Section::Sources => Clients::Consumer,
+        Section::Sinks => Clients::Producer,
+        Section::Queues => Clients::Both,
+    };
+    // Only options that passed alone take part, so that one bad value is
+    // reported once.
+    if fine.len() == options.len() {
+        for (at, message, help) in kafka_rules::clashes(&fine, clients) {
+            let span = at
+                .and_then(|name| spans.get(name.as_str()).map(|s| s.1))
+                .unwrap_or(options_span);
+            ctx.error(span, message).help = Some(help);
         }
     }
 }
