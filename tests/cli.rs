@@ -21,7 +21,7 @@ fn tmp() -> tempfile::TempDir {
 
 #[test]
 fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
-    let out = run_in(&root(), &["validate", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["validate", "blueprints/murron/murron.dab"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -33,7 +33,7 @@ fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
     // --deny-warnings: the seed has none.
     let out = run_in(
         &root(),
-        &["validate", "blueprints/murron.dab", "--deny-warnings"],
+        &["validate", "blueprints/murron/murron.dab", "--deny-warnings"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
@@ -44,7 +44,7 @@ fn without_bindings_the_seed_names_are_unknown() {
         &root(),
         &[
             "validate",
-            "blueprints/murron.dab",
+            "blueprints/murron/murron.dab",
             "--no-config",
             "--format",
             "json",
@@ -63,7 +63,7 @@ fn without_bindings_the_seed_names_are_unknown() {
     assert_eq!(v["warnings"], 0);
     // MurronGRPC on line 3, column 8, 10 characters.
     let d = &v["diagnostics"][0];
-    assert_eq!(d["file"], "blueprints/murron.dab");
+    assert_eq!(d["file"], "blueprints/murron/murron.dab");
     assert_eq!(
         (d["line"].as_u64(), d["column"].as_u64()),
         (Some(3), Some(8))
@@ -309,7 +309,7 @@ fn diff_prints_the_reload_plan() {
 
 #[test]
 fn graph_renders_dot_and_mermaid() {
-    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron/murron.dab"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dot = stdout(&out);
     assert!(dot.starts_with("digraph dab {"), "{dot}");
@@ -327,7 +327,7 @@ fn graph_renders_dot_and_mermaid() {
 
     let out = run_in(
         &root(),
-        &["graph", "blueprints/murron.dab", "--format", "mermaid"],
+        &["graph", "blueprints/murron/murron.dab", "--format", "mermaid"],
     );
     let m = stdout(&out);
     assert!(m.starts_with("flowchart LR\n"), "{m}");
@@ -528,7 +528,7 @@ fn run_help_lists_every_exit_status() {
         .skip_while(|l| *l != "Exit status:")
         .filter_map(|l| l.trim_start().split_once("  ").map(|(code, _)| code))
         .collect();
-    assert_eq!(statuses, ["0", "1", "2", "3"], "{help}");
+    assert_eq!(statuses, ["0", "1", "2", "3", "141"], "{help}");
     assert!(
         help.contains("3  events were abandoned: a forced stop"),
         "{help}"
@@ -537,11 +537,57 @@ fn run_help_lists_every_exit_status() {
 
 #[test]
 fn the_checked_in_picture_of_the_seed_is_current() {
-    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron/murron.dab"]);
     let want = std::fs::read_to_string(root().join("docs/murron.dot")).expect("docs/murron.dot");
     assert_eq!(
         stdout(&out),
         want,
         "run ./scripts/render-graph.sh and commit docs/murron.*"
     );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tmp();
+    write(dir.path(), "big.dab", "g.NewPipeline().In(G).Out(Stdout)\n");
+    write(
+        dir.path(),
+        "dab.yaml",
+        "sources:\n  G: { kind: generator, count: 100000 }\n",
+    );
+    for args in [
+        &["run", "big.dab"][..],
+        &["validate", "big.dab", "--format", "json"],
+        &["graph", "big.dab"],
+    ] {
+        // The reader is gone before dab writes a byte, as with `| head`
+        // once head has what it wants.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut child = dab()
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run dab");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} did not end after its stdout closed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("read stderr");
+        assert_eq!(status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(!err.lines().any(|l| l.starts_with("dab: ")), "{args:?}: {err}");
+    }
 }

@@ -107,7 +107,8 @@ fn wait_source_stopped(dab: &mut Dab, kind: &str, timeout: Duration) -> Value {
 fn quickstart_ends_by_itself_with_a_deterministic_sample_of_a() {
     let root = common::root();
     let once = || -> BTreeSet<Uid> {
-        let mut dab = Dab::start(&root, &["run", "blueprints/quickstart.dab", "--no-config"]);
+        // With no flags at all (issue 11): no dab.yaml sits beside it.
+        let mut dab = Dab::start(&root, &["run", "blueprints/quickstart.dab"]);
         assert_exit_0(&mut dab, Duration::from_secs(10));
         let out = String::from_utf8(dab.stdout()).expect("stdout is UTF-8");
         let mut uids = BTreeSet::new();

@@ -53,7 +53,10 @@ Exit status:
   3  events were abandoned: a forced stop (a second signal, or the
      --shutdown-timeout deadline) failed events still in flight, or
      tasks did not end after it; their sources heard \"failed\", and
-     dab_abandoned_events_total counts them";
+     dab_abandoned_events_total counts them
+  141  the reader of stdout went away (`dab run ... | head`): dab ends
+     quietly, as SIGPIPE ends a Unix tool; what was in flight was never
+     acknowledged to its sources";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
