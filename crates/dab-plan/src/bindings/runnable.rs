@@ -33,6 +33,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
     match (spec.section, spec.kind) {
         (Section::Sources, "murron_grpc") => tls(ctx, b),
         (Section::Sources, "generator") => generator_keys(ctx, b),
+        (Section::Sources, "unix") => socket_path(ctx, b),
         (section, "kafka") => kafka_options_of(ctx, section, b, entries),
         _ => {}
     }
@@ -118,6 +119,28 @@ fn pem_file(
             .with_label_here("read when the set is checked")
             .with_help("TLS files are read by dab validate as by dab run; point at the PEM file the server will load"),
     );
+}
+
+/// The longest Unix socket path Linux binds: `sun_path` holds 108 bytes,
+/// the last a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A socket path too long to bind fails only when the source starts.
+fn socket_path(ctx: &mut Ctx<'_>, b: &Binding) {
+    if let (Some(ConfigValue::Str(path)), Some(span)) =
+        (b.fields.get("path"), b.field_spans.get("path"))
+    {
+        if path.len() > MAX_SOCKET_PATH {
+            ctx.error(
+                *span,
+                format!(
+                    "socket path is {} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket can bind",
+                    path.len()
+                ),
+            )
+            .help = Some("use a shorter path, e.g. under /run or /tmp".to_owned());
+        }
+    }
 }
 
 /// A generator keeps one offset counter per host × pid × type.

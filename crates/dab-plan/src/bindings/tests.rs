@@ -887,3 +887,14 @@ fn key_files_are_read_when_the_set_is_checked() {
     assert_eq!(secret("D").as_deref(), Some(&b"from-env"[..]));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn a_socket_path_too_long_to_bind_is_refused() {
+    let long = format!("/tmp/{}", "s".repeat(103));
+    assert_eq!(long.len(), 108);
+    assert_eq!(
+        all(&format!("sources:\n  U: {{ kind: unix, path: \"{long}\" }}\n")),
+        ["E015 2:26 socket path is 108 bytes, longer than the 107 a Unix socket can bind"]
+    );
+    assert!(all(&format!("sources:\n  U: {{ kind: unix, path: \"{}\" }}\n", &long[..107])).is_empty());
+}
