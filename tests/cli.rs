@@ -33,7 +33,11 @@ fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
     // --deny-warnings: the seed has none.
     let out = run_in(
         &root(),
-        &["validate", "blueprints/murron/murron.dab", "--deny-warnings"],
+        &[
+            "validate",
+            "blueprints/murron/murron.dab",
+            "--deny-warnings",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
@@ -327,7 +331,12 @@ fn graph_renders_dot_and_mermaid() {
 
     let out = run_in(
         &root(),
-        &["graph", "blueprints/murron/murron.dab", "--format", "mermaid"],
+        &[
+            "graph",
+            "blueprints/murron/murron.dab",
+            "--format",
+            "mermaid",
+        ],
     );
     let m = stdout(&out);
     assert!(m.starts_with("flowchart LR\n"), "{m}");
@@ -588,6 +597,9 @@ fn output_into_a_closed_pipe_ends_quietly() {
             .expect("read stderr");
         assert_eq!(status.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
-        assert!(!err.lines().any(|l| l.starts_with("dab: ")), "{args:?}: {err}");
+        assert!(
+            !err.lines().any(|l| l.starts_with("dab: ")),
+            "{args:?}: {err}"
+        );
     }
 }

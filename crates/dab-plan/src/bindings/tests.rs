@@ -893,8 +893,14 @@ fn a_socket_path_too_long_to_bind_is_refused() {
     let long = format!("/tmp/{}", "s".repeat(103));
     assert_eq!(long.len(), 108);
     assert_eq!(
-        all(&format!("sources:\n  U: {{ kind: unix, path: \"{long}\" }}\n")),
+        all(&format!(
+            "sources:\n  U: {{ kind: unix, path: \"{long}\" }}\n"
+        )),
         ["E015 2:26 socket path is 108 bytes, longer than the 107 a Unix socket can bind"]
     );
-    assert!(all(&format!("sources:\n  U: {{ kind: unix, path: \"{}\" }}\n", &long[..107])).is_empty());
+    assert!(all(&format!(
+        "sources:\n  U: {{ kind: unix, path: \"{}\" }}\n",
+        &long[..107]
+    ))
+    .is_empty());
 }
