@@ -95,35 +95,19 @@ async fn without_on_error_bad_signatures_are_dropped_and_counted() {
 fn an_unreadable_key_is_refused_when_the_set_is_checked_and_never_planned() {
     // Since issue 11 the key is read by the check (validate and run alike),
     // not at start: the set has an E018 and no pipeline to start.
-    let checked = dab_plan::check_set(
-        dab_plan::SourceSet {
-            blueprints: vec![(
-                "test.dab".into(),
-                "p.NewPipeline().In(Src).VerifySignature(key = Murron).Out(Ok)".into(),
-            )],
-            bindings: Some((
-                "dab.yaml".into(),
-                bindings(
-                    &["Src"],
-                    &["Ok"],
-                    "keys:\n  Murron: { file: \"/nonexistent/dab.key\" }\n",
-                ),
-            )),
-        },
-        &|_| None,
-        &dab_plan::Options::default(),
+    let (plan, errors) = check(
+        "p.NewPipeline().In(Src).VerifySignature(key = Murron).Out(Ok)",
+        &bindings(
+            &["Src"],
+            &["Ok"],
+            "keys:\n  Murron: { file: \"/nonexistent/dab.key\" }\n",
+        ),
     );
-    let errors: Vec<String> = checked
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| format!("{}: {}", d.code, d.message))
-        .collect();
     assert_eq!(
         errors,
         ["E018: cannot read key file `/nonexistent/dab.key` of key `Murron`: No such file or directory (os error 2)"]
     );
-    assert!(checked.plan.pipelines.is_empty());
+    assert!(plan.pipelines.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
