@@ -202,6 +202,25 @@ fn load(
             entries.push(format!("{needed}: t"));
         }
     }
+    // An https endpoint needs `tls_ca`, and `tls_ca` an https endpoint.
+    if kind.section == Section::Sinks && kind.field("tls_ca").is_some() {
+        match field {
+            Some(("tls_ca", _)) => {
+                entries.retain(|e| !e.starts_with("endpoint:"));
+                entries.push(format!(
+                    "endpoint: {}",
+                    quoted("https://localhost:1/ingest")
+                ));
+            }
+            Some(("endpoint", v)) if v.starts_with("\"https") || v.starts_with("\"HTTPS") => {
+                entries.push(format!(
+                    "tls_ca: {}",
+                    quoted(&files.cert.display().to_string())
+                ));
+            }
+            _ => {}
+        }
+    }
     if let Some((name, value)) = field {
         entries.push(format!("{name}: {value}"));
     }

@@ -151,6 +151,12 @@ const KAFKA_OPTIONS: FieldSpec = opt(
     FieldType::Map,
     "librdkafka settings, passed as is",
 );
+/// The CA an `https://` sink endpoint's certificate must chain to.
+const TLS_CA: FieldSpec = opt(
+    "tls_ca",
+    FieldType::Path,
+    "PEM CA certificates the https:// peer must chain to; required with https",
+);
 const KAFKA_BROKERS: FieldSpec = req(
     "brokers",
     FieldType::Str,
@@ -311,6 +317,7 @@ static KINDS: &[KindSpec] = &[
         fields: &[
             req("endpoint", FieldType::Url, "URL to POST to"),
             opt("timeout", FieldType::Duration, "per-request timeout").within(1, HOUR_MS),
+            TLS_CA,
         ],
     },
     KindSpec {
@@ -319,6 +326,7 @@ static KINDS: &[KindSpec] = &[
         doc: "Murron gRPC client",
         fields: &[
             req("endpoint", FieldType::Url, "server URL"),
+            TLS_CA,
             opt("batch_size", FieldType::Int, "events per request").within(1, 100_000),
             opt(
                 "batch_timeout",

@@ -2,7 +2,8 @@
 //! whose fields each have the right type, checked here so that `dab
 //! validate` refuses it first (SPEC section 3): fields that only make sense
 //! together, endpoints the sinks can speak to, librdkafka's `options:`, and
-//! the files a binding names (TLS certificates and keys, read and parsed).
+//! the files a binding names (TLS certificates, keys and CAs, read and
+//! parsed).
 //!
 //! `tests/validate_run.rs` walks every kind's fields and builds every
 //! binding this module lets through.
@@ -26,7 +27,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
             if let (Some(ConfigValue::Str(url)), Some(span)) =
                 (b.fields.get(field.name), b.field_spans.get(field.name))
             {
-                http_endpoint(ctx, field.name, url, *span);
+                http_endpoint(ctx, b, field.name, url, *span);
             }
         }
     }
@@ -39,23 +40,47 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
     }
 }
 
-/// The `http` and `murron_grpc` sinks speak plain HTTP (docs/decisions.md:
-/// TLS on the sinks is refused, not half done).
-fn http_endpoint(ctx: &mut Ctx<'_>, field: &str, url: &str, span: Span) {
-    let problem = match url.parse::<http::Uri>() {
-        Err(e) => format!("`{field}` `{url}` is not a URL: {e}"),
-        Ok(uri) => match uri.scheme_str() {
-            Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => return,
-            Some("http") => format!("`{field}` `{url}` has no host"),
-            Some("https") => format!("`{field}` `{url}`: https is not supported by DAB's sinks"),
-            Some(other) => format!("`{field}` `{url}`: scheme `{other}` is not http"),
-            None => format!("`{field}` `{url}` must start with http://"),
+/// The `http` and `murron_grpc` sinks speak HTTP, or HTTPS trusting the
+/// CA certificates of `tls_ca` (read and parsed here, as the sink will).
+fn http_endpoint(ctx: &mut Ctx<'_>, b: &Binding, field: &str, url: &str, span: Span) {
+    let ca = b.fields.get("tls_ca").zip(b.field_spans.get("tls_ca"));
+    let (problem, help) = match url.parse::<http::Uri>() {
+        Err(e) => (format!("`{field}` `{url}` is not a URL: {e}"), None),
+        Ok(uri) if uri.host().is_none_or(str::is_empty) => {
+            (format!("`{field}` `{url}` has no host"), None)
+        }
+        Ok(uri) => match (uri.scheme_str(), ca) {
+            (Some("http"), None) => return,
+            (Some("http"), Some((_, at))) => {
+                ctx.error(*at, format!("`tls_ca` is for https:// endpoints, and `{url}` is http://"))
+                    .help = Some("remove `tls_ca`, or write the endpoint as https://".to_owned());
+                return;
+            }
+            (Some("https"), Some((ConfigValue::Str(path), at))) => {
+                pem_file(ctx, "tls_ca", path, *at, certificates);
+                return;
+            }
+            (Some("https"), _) => (
+                format!("`{field}` `{url}` is https:// and needs `tls_ca`"),
+                Some("add `tls_ca: /path/ca.pem`, the PEM CA certificates the server's certificate chains to".to_owned()),
+            ),
+            (Some(other), _) => (format!("`{field}` `{url}`: scheme `{other}` is not http or https"), None),
+            (None, _) => (format!("`{field}` `{url}` must start with http:// or https://"), None),
         },
     };
     ctx.error(span, problem).help = Some(
-        "write http://host:port/path; to reach a TLS peer, run a TLS proxy on this host (see docs/decisions.md)"
-            .to_owned(),
+        help.unwrap_or_else(|| "write http://host:port/path or https://host:port/path".to_owned()),
     );
+}
+
+/// PEM certificates, at least one.
+fn certificates(bytes: &[u8]) -> Result<(), String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(bytes).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) => Err("holds no PEM certificate".to_owned()),
+        Err(e) => Err(format!("is not a PEM certificate: {e}")),
+    }
 }
 
 /// `tls_cert` and `tls_key` go together, and both files must hold what
@@ -66,14 +91,7 @@ fn tls(ctx: &mut Ctx<'_>, b: &Binding) {
     match (cert, key) {
         (None, None) => {}
         (Some((ConfigValue::Str(c), cs)), Some((ConfigValue::Str(k), ks))) => {
-            pem_file(ctx, "tls_cert", c, *cs, |bytes| {
-                let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(bytes).collect();
-                match certs {
-                    Ok(certs) if !certs.is_empty() => Ok(()),
-                    Ok(_) => Err("holds no PEM certificate".to_owned()),
-                    Err(e) => Err(format!("is not a PEM certificate: {e}")),
-                }
-            });
+            pem_file(ctx, "tls_cert", c, *cs, certificates);
             pem_file(ctx, "tls_key", k, *ks, |bytes| {
                 PrivateKeyDer::from_pem_slice(bytes)
                     .map(drop)
@@ -117,7 +135,7 @@ fn pem_file(
     ctx.diags.push(
         Diagnostic::new(Code::E018, span, problem)
             .with_label_here("read when the set is checked")
-            .with_help("TLS files are read by dab validate as by dab run; point at the PEM file the server will load"),
+            .with_help("TLS files are read by dab validate as by dab run; point at the PEM file the connector will load"),
     );
 }
 

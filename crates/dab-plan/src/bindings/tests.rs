@@ -784,14 +784,25 @@ fn a_generator_keeps_its_counters_bounded() {
 }
 
 #[test]
-fn sink_endpoints_must_be_plain_http() {
+fn sink_endpoints_are_http_or_https_with_a_ca() {
     assert_eq!(
         all("sinks:\n  S: { kind: http, endpoint: \"https://h:1/x\" }\n"),
-        ["E015 2:30 `endpoint` `https://h:1/x`: https is not supported by DAB's sinks"]
+        ["E015 2:30 `endpoint` `https://h:1/x` is https:// and needs `tls_ca`"]
+    );
+    assert_eq!(
+        all("sinks:\n  S: { kind: http, endpoint: \"http://h:1/x\", tls_ca: ca.pem }\n"),
+        ["E015 2:54 `tls_ca` is for https:// endpoints, and `http://h:1/x` is http://"]
+    );
+    let (map, _, diags) = load(
+        "sinks:\n  S: { kind: murron_grpc, endpoint: \"https://h:1\", tls_ca: /no/such/ca.pem }\n",
+    );
+    assert_eq!(
+        render(&map, &diags),
+        ["E018 2:60 cannot read `tls_ca` file `/no/such/ca.pem`: No such file or directory (os error 2)"]
     );
     assert_eq!(
         all("sinks:\n  S: { kind: murron_grpc, endpoint: \"ftp://h:1\" }\n"),
-        ["E015 2:37 `endpoint` `ftp://h:1`: scheme `ftp` is not http"]
+        ["E015 2:37 `endpoint` `ftp://h:1`: scheme `ftp` is not http or https"]
     );
     assert_eq!(
         all("sinks:\n  S: { kind: murron_grpc, endpoint: \"http://h:1\" }\n"),
