@@ -231,7 +231,9 @@ fn load(
     );
     let mut map = SourceMap::new();
     let env = |_: &str| None;
-    let (bindings, diags) = load_bindings(&mut map, "dab.yaml", text.clone(), &env);
+    let (bindings, diags) = load_bindings(&mut map, "dab.yaml", text.clone(), &env, &|p| {
+        std::fs::read(p)
+    });
     let errors: Vec<String> = diags
         .iter()
         .filter(|d| d.is_error())

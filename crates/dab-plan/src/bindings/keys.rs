@@ -159,7 +159,7 @@ fn read(ctx: &mut Ctx<'_>, source: &KeySource, name: &str, span: Span) -> Option
             Some(v) => Some(Secret::new(v.into_bytes())),
         },
         KeySource::File(path) => {
-            let problem = match std::fs::read(path) {
+            let problem = match (ctx.files)(path) {
                 Ok(mut bytes) => {
                     // Editors and `echo` end files with a newline that is
                     // not part of the key.

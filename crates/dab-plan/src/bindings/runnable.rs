@@ -125,7 +125,7 @@ fn pem_file(
     span: Span,
     parse: impl Fn(&[u8]) -> Result<(), String>,
 ) {
-    let problem = match std::fs::read(path) {
+    let problem = match (ctx.files)(path) {
         Ok(bytes) => match parse(&bytes) {
             Ok(()) => return,
             Err(why) => format!("`{field}` file `{path}` {why}"),

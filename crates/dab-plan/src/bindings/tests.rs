@@ -14,7 +14,9 @@ fn load_env(text: &str, vars: &[(&str, &str)]) -> (SourceMap, Bindings, Vec<Diag
         .collect();
     let env = move |name: &str| vars.get(name).cloned();
     let mut map = SourceMap::new();
-    let (b, d) = load_bindings(&mut map, "dab.yaml", text.to_owned(), &env);
+    let (b, d) = load_bindings(&mut map, "dab.yaml", text.to_owned(), &env, &|p| {
+        std::fs::read(p)
+    });
     (map, b, d)
 }
 

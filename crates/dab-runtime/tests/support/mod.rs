@@ -585,6 +585,7 @@ pub fn check(blueprint: &str, bindings: &str) -> (Plan, Vec<String>) {
             bindings: Some(("dab.yaml".into(), bindings.into())),
         },
         &|_| None,
+        &|p| std::fs::read(p),
         &dab_plan::Options::default(),
     );
     let errors: Vec<String> = checked
