@@ -21,7 +21,7 @@ fn tmp() -> tempfile::TempDir {
 
 #[test]
 fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
-    let out = run_in(&root(), &["validate", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["validate", "blueprints/murron/murron.dab"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -33,7 +33,11 @@ fn seed_blueprints_are_valid_with_the_dab_yaml_found_beside_them() {
     // --deny-warnings: the seed has none.
     let out = run_in(
         &root(),
-        &["validate", "blueprints/murron.dab", "--deny-warnings"],
+        &[
+            "validate",
+            "blueprints/murron/murron.dab",
+            "--deny-warnings",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
@@ -44,7 +48,7 @@ fn without_bindings_the_seed_names_are_unknown() {
         &root(),
         &[
             "validate",
-            "blueprints/murron.dab",
+            "blueprints/murron/murron.dab",
             "--no-config",
             "--format",
             "json",
@@ -63,7 +67,7 @@ fn without_bindings_the_seed_names_are_unknown() {
     assert_eq!(v["warnings"], 0);
     // MurronGRPC on line 3, column 8, 10 characters.
     let d = &v["diagnostics"][0];
-    assert_eq!(d["file"], "blueprints/murron.dab");
+    assert_eq!(d["file"], "blueprints/murron/murron.dab");
     assert_eq!(
         (d["line"].as_u64(), d["column"].as_u64()),
         (Some(3), Some(8))
@@ -309,7 +313,7 @@ fn diff_prints_the_reload_plan() {
 
 #[test]
 fn graph_renders_dot_and_mermaid() {
-    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron/murron.dab"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dot = stdout(&out);
     assert!(dot.starts_with("digraph dab {"), "{dot}");
@@ -327,7 +331,12 @@ fn graph_renders_dot_and_mermaid() {
 
     let out = run_in(
         &root(),
-        &["graph", "blueprints/murron.dab", "--format", "mermaid"],
+        &[
+            "graph",
+            "blueprints/murron/murron.dab",
+            "--format",
+            "mermaid",
+        ],
     );
     let m = stdout(&out);
     assert!(m.starts_with("flowchart LR\n"), "{m}");
@@ -347,15 +356,175 @@ fn graph_renders_dot_and_mermaid() {
 
 #[test]
 fn help_is_there_for_every_command() {
-    for args in [
-        &["--help"][..],
-        &["validate", "--help"],
-        &["graph", "--help"],
-    ] {
-        let out = dab().args(args).output().expect("run");
-        assert_eq!(out.status.code(), Some(0));
-        assert!(stdout(&out).contains("Usage: dab"), "{}", stdout(&out));
+    let out = dab().arg("--help").output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let top = stdout(&out);
+    // The subcommands as `dab --help` lists them, so a new one is covered
+    // the day it is added.
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert_eq!(commands, ["validate", "graph", "run", "inspect"], "{top}");
+    for command in commands {
+        for flag in ["--help", "-h"] {
+            let out = dab().args([command, flag]).output().expect("run");
+            assert_eq!(out.status.code(), Some(0), "{command} {flag}");
+            let help = stdout(&out);
+            assert!(
+                help.contains(&format!("Usage: dab {command} ")),
+                "{command} {flag}: {help}"
+            );
+            assert!(help.contains("  -h, --help"), "{command} {flag}: {help}");
+            assert_eq!(stderr(&out), "", "{command} {flag}");
+        }
+        let out = dab().args(["help", command]).output().expect("run");
+        assert_eq!(out.status.code(), Some(0), "help {command}");
+        assert!(stdout(&out).contains(&format!("Usage: dab {command} ")));
     }
+}
+
+/// An NDJSON event line signed with `key`, or with a wrong signature.
+fn signed_line(key: &[u8], offset: u64, good: bool) -> String {
+    use base64::Engine as _;
+    let event = dab_api::Event {
+        timestamp: 1_732_320_000_000_000_000,
+        host: "web-1".into(),
+        ty: "Signed".into(),
+        offset,
+        pid: 7,
+        message: b"GET /".to_vec().into(),
+        ..dab_api::Event::default()
+    };
+    let mut sig = dab_api::signature::Signer::new(key).sign(&event);
+    if !good {
+        sig[0] ^= 1;
+    }
+    serde_json::json!({
+        "timestamp": event.timestamp, "host": "web-1", "type": "Signed",
+        "offset": offset, "pid": 7, "message": "GET /",
+        "signature": base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+    .to_string()
+}
+
+#[test]
+fn keys_passed_with_env_validate_and_then_run() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "set.dab",
+        "ingest.NewPipeline().In(Stdin).VerifySignature(key = Murron).Out(Stdout)\n",
+    );
+    write(
+        dir.path(),
+        "dab.yaml",
+        "keys:\n  Murron: { env: DAB_TEST_HMAC }\n",
+    );
+    let env_args = ["--env", "DAB_TEST_HMAC=from the flag"];
+    // Without the variable both refuse, with the same words.
+    let out = run_in(dir.path(), &["validate", "set.dab"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(
+            "error[E015]: environment variable `DAB_TEST_HMAC` for key `Murron` is not set"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_in(dir.path(), &["run", "set.dab"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("error[E015]: environment variable `DAB_TEST_HMAC`"));
+
+    let out = run_in(
+        dir.path(),
+        &[&["validate", "set.dab"][..], &env_args].concat(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "ok: 1 pipeline in 1 file\n");
+
+    // `dab run` takes the same flag, and the key it verifies with is the
+    // one the flag gave: only the event signed with it comes out.
+    let key = b"from the flag";
+    let input = [
+        signed_line(key, 1, true),
+        signed_line(key, 2, false),
+        signed_line(b"another key", 3, true),
+        signed_line(key, 4, true),
+    ]
+    .join("\n")
+        + "\n";
+    let mut child = dab()
+        .current_dir(dir.path())
+        .args([&["run", "set.dab"][..], &env_args].concat())
+        .env_remove("RUST_LOG")
+        .env_remove("DAB_TEST_HMAC")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dab");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("feed stdin");
+    }
+    let out = child
+        .wait_with_output()
+        .expect("dab run ends with its input");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let offsets: Vec<u64> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("an NDJSON line");
+            v["offset"].as_u64().expect("offset")
+        })
+        .collect();
+    assert_eq!(offsets, [1, 4], "{}", stdout(&out));
+}
+
+#[test]
+fn an_unreadable_key_file_is_refused_by_validate_and_by_run() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "set.dab",
+        "ingest.NewPipeline().In(Stdin).VerifySignature(key = Murron).Out(Stdout)\n",
+    );
+    // A directory cannot be read as a file, not even by root (CI runs as
+    // root, which reads files of any mode).
+    std::fs::create_dir(dir.path().join("murron.key")).expect("mkdir");
+    write(
+        dir.path(),
+        "dab.yaml",
+        "keys:\n  Murron: { file: murron.key }\n",
+    );
+    let out = run_in(dir.path(), &["validate", "set.dab", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let d = &v["diagnostics"][0];
+    assert_eq!(v["errors"], 1, "{v}");
+    assert_eq!(d["code"], "E018");
+    assert_eq!(
+        d["message"],
+        "cannot read key file `murron.key` of key `Murron`: Is a directory (os error 21)"
+    );
+    assert_eq!(
+        (&d["file"], &d["line"], &d["column"]),
+        (&"dab.yaml".into(), &2.into(), &19.into())
+    );
+    let out = run_in(dir.path(), &["run", "set.dab"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error[E018]: cannot read key file `murron.key` of key `Murron`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
 }
 
 #[test]
@@ -368,7 +537,7 @@ fn run_help_lists_every_exit_status() {
         .skip_while(|l| *l != "Exit status:")
         .filter_map(|l| l.trim_start().split_once("  ").map(|(code, _)| code))
         .collect();
-    assert_eq!(statuses, ["0", "1", "2", "3"], "{help}");
+    assert_eq!(statuses, ["0", "1", "2", "3", "141"], "{help}");
     assert!(
         help.contains("3  events were abandoned: a forced stop"),
         "{help}"
@@ -377,11 +546,60 @@ fn run_help_lists_every_exit_status() {
 
 #[test]
 fn the_checked_in_picture_of_the_seed_is_current() {
-    let out = run_in(&root(), &["graph", "blueprints/murron.dab"]);
+    let out = run_in(&root(), &["graph", "blueprints/murron/murron.dab"]);
     let want = std::fs::read_to_string(root().join("docs/murron.dot")).expect("docs/murron.dot");
     assert_eq!(
         stdout(&out),
         want,
         "run ./scripts/render-graph.sh and commit docs/murron.*"
     );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tmp();
+    write(dir.path(), "big.dab", "g.NewPipeline().In(G).Out(Stdout)\n");
+    write(
+        dir.path(),
+        "dab.yaml",
+        "sources:\n  G: { kind: generator, count: 100000 }\n",
+    );
+    for args in [
+        &["run", "big.dab"][..],
+        &["validate", "big.dab", "--format", "json"],
+        &["graph", "big.dab"],
+    ] {
+        // The reader is gone before dab writes a byte, as with `| head`
+        // once head has what it wants.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut child = dab()
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run dab");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} did not end after its stdout closed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("read stderr");
+        assert_eq!(status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(
+            !err.lines().any(|l| l.starts_with("dab: ")),
+            "{args:?}: {err}"
+        );
+    }
 }

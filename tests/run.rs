@@ -107,7 +107,8 @@ fn wait_source_stopped(dab: &mut Dab, kind: &str, timeout: Duration) -> Value {
 fn quickstart_ends_by_itself_with_a_deterministic_sample_of_a() {
     let root = common::root();
     let once = || -> BTreeSet<Uid> {
-        let mut dab = Dab::start(&root, &["run", "blueprints/quickstart.dab", "--no-config"]);
+        // With no flags at all (issue 11): no dab.yaml sits beside it.
+        let mut dab = Dab::start(&root, &["run", "blueprints/quickstart.dab"]);
         assert_exit_0(&mut dab, Duration::from_secs(10));
         let out = String::from_utf8(dab.stdout()).expect("stdout is UTF-8");
         let mut uids = BTreeSet::new();
@@ -1177,4 +1178,67 @@ fn the_drain_deadline_forces_the_stop_and_exits_3_naming_the_sink() {
     assert_eq!(fields["abandoned"], 10, "{fields}");
     assert_eq!(fields["places"], "sink:HttpOut=10", "{fields}");
     assert_eq!(post.join().expect("post"), 503);
+}
+
+#[test]
+fn murron_grpc_sink_reaches_an_https_peer_trusting_its_tls_ca() {
+    // dab to dab over TLS: the sink sends to the TLS source of the same
+    // set, trusting the source's self-signed certificate through `tls_ca`.
+    let dir = tmp();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a test certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, pair.cert.pem()).expect("write cert");
+    std::fs::write(&key, pair.signing_key.serialize_pem()).expect("write key");
+    let listen = free_addr();
+    let port = listen.rsplit_once(':').expect("port").1;
+    let out = dir.path().join("out.ndjson");
+    write_set(
+        dir.path(),
+        "send.NewPipeline().In(Gen).Out(GrpcOut)\nrecv.NewPipeline().In(GrpcIn).Out(F)\n",
+        &format!(
+            "sources:\n  Gen: {{ kind: generator, count: 300 }}\n  \
+             GrpcIn: {{ kind: murron_grpc, listen: \"{listen}\", tls_cert: {}, tls_key: {} }}\n\
+             sinks:\n  GrpcOut: {{ kind: murron_grpc, endpoint: \"https://localhost:{port}\", tls_ca: {} }}\n  \
+             F: {{ kind: file, path: {} }}\n",
+            yaml_path(&cert),
+            yaml_path(&key),
+            yaml_path(&cert),
+            yaml_path(&out)
+        ),
+    );
+    let validate = common::run_in(dir.path(), &["validate", "t.dab"]);
+    assert_eq!(
+        validate.status.code(),
+        Some(0),
+        "{}",
+        common::stdout(&validate)
+    );
+    let mut dab = Dab::start(dir.path(), &["run", "t.dab"]);
+    let lines = poll(
+        Duration::from_secs(20),
+        "300 events through TLS",
+        || {
+            let lines = file_lines(&out);
+            (lines.len() >= 300).then_some(lines)
+        },
+        || {
+            format!(
+                "{} lines; stderr:\n{}",
+                file_lines(&out).len(),
+                dab.stderr()
+            )
+        },
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab, EXIT);
+    let uids: BTreeSet<Uid> = lines.iter().map(|l| uid(&parse(l))).collect();
+    assert_eq!((lines.len(), uids.len()), (300, 300));
+    let want: BTreeSet<Uid> = (0..300u64)
+        .map(|i| {
+            let ty = if i % 2 == 0 { "A" } else { "B" };
+            ("gen-1".to_owned(), 1, ty.to_owned(), i / 2)
+        })
+        .collect();
+    assert_eq!(uids, want);
 }

@@ -75,7 +75,23 @@ pub struct FieldSpec {
     /// The value is an address or socket path this binding listens on; two
     /// sources may not share one (E017).
     pub listen: bool,
+    /// Inclusive bounds the loader enforces: on the value of an `Int`,
+    /// `Number` or `Duration` (milliseconds) field, on the number of items
+    /// of a `StrList`. Every numeric field has them, so that no value
+    /// `dab validate` accepts makes a connector that cannot be built or
+    /// that asks for unbounded memory (a test holds every field to this).
+    pub bounds: Option<(i64, i64)>,
     pub doc: &'static str,
+}
+
+impl FieldSpec {
+    /// The same field with inclusive bounds.
+    pub const fn within(self, min: i64, max: i64) -> FieldSpec {
+        FieldSpec {
+            bounds: Some((min, max)),
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +119,7 @@ const fn req(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec 
         ty,
         required: true,
         listen: false,
+        bounds: None,
         doc,
     }
 }
@@ -113,6 +130,7 @@ const fn opt(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec 
         ty,
         required: false,
         listen: false,
+        bounds: None,
         doc,
     }
 }
@@ -123,6 +141,7 @@ const fn listen(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSp
         ty,
         required: true,
         listen: true,
+        bounds: None,
         doc,
     }
 }
@@ -136,12 +155,29 @@ const KAFKA_MAX_REDELIVERIES: FieldSpec = opt(
     "max_redeliveries",
     FieldType::Int,
     "times a batch that failed downstream is sent again before it goes to OnError (default 5)",
+)
+.within(0, 1_000);
+/// The CA an `https://` sink endpoint's certificate must chain to.
+const TLS_CA: FieldSpec = opt(
+    "tls_ca",
+    FieldType::Path,
+    "PEM CA certificates the https:// peer must chain to; required with https",
 );
 const KAFKA_BROKERS: FieldSpec = req(
     "brokers",
     FieldType::Str,
     "bootstrap brokers, comma-separated host:port",
 );
+
+/// The largest frame, body or message a source can be told to accept:
+/// 256 MiB, far above any sane event batch, low enough that one request
+/// cannot ask for all of memory.
+const MAX_MESSAGE: i64 = 256 << 20;
+/// An hour, in milliseconds: the longest timeout a field takes.
+const HOUR_MS: i64 = 3_600_000;
+/// Hosts × pids × types of a generator at most: it keeps one offset
+/// counter for each combination.
+pub const GENERATOR_MAX_KEYS: i64 = 1_000_000;
 
 static KINDS: &[KindSpec] = &[
     // Sources.
@@ -156,7 +192,7 @@ static KINDS: &[KindSpec] = &[
                 FRAMING,
                 "ndjson lines or length-delimited protobuf",
             ),
-            opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+            opt("max_frame_bytes", FieldType::Int, "largest accepted frame").within(1, MAX_MESSAGE),
         ],
     },
     KindSpec {
@@ -170,7 +206,7 @@ static KINDS: &[KindSpec] = &[
                 FRAMING,
                 "ndjson lines or length-delimited protobuf",
             ),
-            opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+            opt("max_frame_bytes", FieldType::Int, "largest accepted frame").within(1, MAX_MESSAGE),
         ],
     },
     KindSpec {
@@ -183,7 +219,8 @@ static KINDS: &[KindSpec] = &[
                 "max_body_bytes",
                 FieldType::Int,
                 "largest accepted request body",
-            ),
+            )
+            .within(1, MAX_MESSAGE),
         ],
     },
     KindSpec {
@@ -196,12 +233,14 @@ static KINDS: &[KindSpec] = &[
                 "max_message_bytes",
                 FieldType::Int,
                 "largest accepted message",
-            ),
+            )
+            .within(1, MAX_MESSAGE),
             opt(
                 "max_concurrent_streams",
                 FieldType::Int,
                 "streams per connection",
-            ),
+            )
+            .within(1, 100_000),
             opt(
                 "tls_cert",
                 FieldType::Path,
@@ -218,7 +257,7 @@ static KINDS: &[KindSpec] = &[
             KAFKA_BROKERS,
             // One of `topic` and `topics` is required; the loader checks that.
             opt("topic", FieldType::Str, "topic to read"),
-            opt("topics", FieldType::StrList, "topics to read"),
+            opt("topics", FieldType::StrList, "topics to read").within(1, 1_000),
             opt("group", FieldType::Str, "consumer group id"),
             opt("codec", CODEC, "payload encoding"),
             opt(
@@ -235,17 +274,24 @@ static KINDS: &[KindSpec] = &[
         kind: "generator",
         doc: "synthetic events, for tests and benchmarks",
         fields: &[
+            // `rate: 0` is refused apart, with a hint to leave it out.
             opt(
                 "rate",
                 FieldType::Number,
                 "events per second; unlimited without it",
-            ),
-            opt("count", FieldType::Int, "events to emit before ending"),
-            opt("types", FieldType::StrList, "event types, used in turn"),
-            opt("payload_bytes", FieldType::Int, "message size"),
-            opt("seed", FieldType::Int, "random seed"),
-            opt("hosts", FieldType::StrList, "host names, used in turn"),
-            opt("pids", FieldType::Int, "number of distinct pids"),
+            )
+            .within(0, 1_000_000_000),
+            opt(
+                "count",
+                FieldType::Int,
+                "events to emit before ending; 0 never ends",
+            )
+            .within(0, i64::MAX),
+            opt("types", FieldType::StrList, "event types, used in turn").within(1, 1_000),
+            opt("payload_bytes", FieldType::Int, "message size").within(0, 1 << 20),
+            opt("seed", FieldType::Int, "random seed").within(0, i64::MAX),
+            opt("hosts", FieldType::StrList, "host names, used in turn").within(1, 1_000),
+            opt("pids", FieldType::Int, "number of distinct pids").within(1, 10_000),
         ],
     },
     // Sinks.
@@ -277,7 +323,8 @@ static KINDS: &[KindSpec] = &[
         doc: "HTTP client posting JSON arrays of events",
         fields: &[
             req("endpoint", FieldType::Url, "URL to POST to"),
-            opt("timeout", FieldType::Duration, "per-request timeout"),
+            opt("timeout", FieldType::Duration, "per-request timeout").within(1, HOUR_MS),
+            TLS_CA,
         ],
     },
     KindSpec {
@@ -286,12 +333,14 @@ static KINDS: &[KindSpec] = &[
         doc: "Murron gRPC client",
         fields: &[
             req("endpoint", FieldType::Url, "server URL"),
-            opt("batch_size", FieldType::Int, "events per request"),
+            TLS_CA,
+            opt("batch_size", FieldType::Int, "events per request").within(1, 100_000),
             opt(
                 "batch_timeout",
                 FieldType::Duration,
                 "longest wait to fill a batch",
-            ),
+            )
+            .within(1, HOUR_MS),
         ],
     },
     KindSpec {
@@ -325,12 +374,13 @@ static KINDS: &[KindSpec] = &[
         kind: "memory",
         doc: "bounded in-process channel",
         fields: &[
-            opt("capacity", FieldType::Int, "events held at most"),
+            opt("capacity", FieldType::Int, "events held at most").within(1, 100_000_000),
             opt(
                 "capacity_bytes",
                 FieldType::Int,
                 "payload bytes held at most",
-            ),
+            )
+            .within(1, 1 << 40),
         ],
     },
     KindSpec {
@@ -345,7 +395,8 @@ static KINDS: &[KindSpec] = &[
                 "partitions",
                 FieldType::Int,
                 "partitions when the topic is created",
-            ),
+            )
+            .within(1, 100_000),
             KAFKA_MAX_REDELIVERIES,
             KAFKA_OPTIONS,
         ],
@@ -386,6 +437,34 @@ mod tests {
             for (j, f) in a.fields.iter().enumerate() {
                 assert_ne!(f.name, "kind", "{} declares `kind`", a.kind);
                 assert!(!a.fields[..j].iter().any(|g| g.name == f.name));
+            }
+        }
+    }
+
+    #[test]
+    fn every_numeric_field_has_bounds() {
+        for k in KINDS {
+            for f in k.fields {
+                let numeric = matches!(
+                    f.ty,
+                    FieldType::Int | FieldType::Number | FieldType::Duration
+                );
+                if numeric {
+                    let (min, max) = f.bounds.unwrap_or((1, 0));
+                    assert!(
+                        min <= max,
+                        "{} {}.{} has no bounds",
+                        k.section,
+                        k.kind,
+                        f.name
+                    );
+                    assert!(
+                        min >= 0,
+                        "{}.{}: negative numbers mean nothing here",
+                        k.kind,
+                        f.name
+                    );
+                }
             }
         }
     }

@@ -53,7 +53,10 @@ Exit status:
   3  events were abandoned: a forced stop (a second signal, or the
      --shutdown-timeout deadline) failed events still in flight, or
      tasks did not end after it; their sources heard \"failed\", and
-     dab_abandoned_events_total counts them";
+     dab_abandoned_events_total counts them
+  141  the reader of stdout went away (`dab run ... | head`): dab ends
+     quietly, as SIGPIPE ends a Unix tool; what was in flight was never
+     acknowledged to its sources";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -78,8 +81,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     pub max_memory_mb: u64,
     /// Capacity of each channel between tasks, in batches
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub channel_batches: usize,
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub channel_batches: u16,
     /// Track the reliability (REP) score of what the sinks write: the
     /// `dab_reliability_score` metric and `dab inspect --url`
     #[arg(long)]

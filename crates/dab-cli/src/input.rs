@@ -127,7 +127,7 @@ pub fn load_and_check(
         set.bindings = Some((display(&b), text));
     }
     let env = Env::from_args(&cfg.env_file, &cfg.env)?;
-    let mut checked = check_set(set, &|k| env.lookup(k), options);
+    let mut checked = check_set(set, &|k| env.lookup(k), &|p| std::fs::read(p), options);
     for (name, at, code) in bad_encoding {
         encoding_error(&mut checked, &name, at, code);
     }

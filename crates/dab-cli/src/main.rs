@@ -13,6 +13,18 @@ mod input;
 mod reload;
 mod render;
 
+/// Standard output was closed by its reader (`dab ... | head`): the status
+/// a shell shows for a tool ended by SIGPIPE (128 + 13), with no message.
+pub const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// Whether an error comes from writing to a pipe whose reader is gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let result = match cli.command {
@@ -23,6 +35,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_STDOUT_CLOSED),
         Err(e) => {
             eprintln!("dab: {e:#}");
             ExitCode::from(2)

@@ -17,28 +17,65 @@ pub(crate) fn build_error(name: &str, reason: impl Into<String>) -> BuildError {
     }
 }
 
-/// An `http://host[:port]/path` endpoint; https needs TLS, which the sinks
-/// do not have yet.
-pub(crate) fn http_endpoint(endpoint: &str) -> Result<hyper::Uri, String> {
+/// Where the `http` and `murron_grpc` sinks send: the endpoint, and for
+/// `https://` the PEM CA certificates the peer's certificate must chain to
+/// (`tls_ca`, required with https, read when the sink is built).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpTarget {
+    pub uri: hyper::Uri,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// An `http://host[:port]/path` endpoint, or an `https://` one with a CA.
+pub(crate) fn http_target(endpoint: &str, tls_ca: Option<&str>) -> Result<HttpTarget, String> {
     let uri: hyper::Uri = endpoint
         .parse()
         .map_err(|e| format!("`endpoint` `{endpoint}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "`endpoint` `{endpoint}`: https is not supported yet, use http://"
-            ))
-        }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         Some(other) => {
             return Err(format!(
-                "`endpoint` `{endpoint}`: scheme `{other}` is not http"
+                "`endpoint` `{endpoint}`: scheme `{other}` is not http or https"
             ))
         }
-        None => return Err(format!("`endpoint` `{endpoint}` must start with http://")),
-    }
+        None => {
+            return Err(format!(
+                "`endpoint` `{endpoint}` must start with http:// or https://"
+            ))
+        }
+    };
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(format!("`endpoint` `{endpoint}` has no host"));
     }
-    Ok(uri)
+    let ca_pem = match (https, tls_ca) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(format!(
+                "`tls_ca` is for https:// endpoints, and `{endpoint}` is http://"
+            ))
+        }
+        (true, None) => {
+            return Err(format!(
+                "`endpoint` `{endpoint}` is https:// and needs `tls_ca`, the PEM CA its certificate chains to"
+            ))
+        }
+        (true, Some(path)) => Some(read_ca(path)?),
+    };
+    Ok(HttpTarget { uri, ca_pem })
+}
+
+/// The bytes of a PEM file holding at least one certificate.
+fn read_ca(path: &str) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read `tls_ca` file `{path}`: {e}"))?;
+    let certs: Result<Vec<_>, _> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(pem),
+        Ok(_) => Err(format!("`tls_ca` file `{path}` holds no PEM certificate")),
+        Err(e) => Err(format!(
+            "`tls_ca` file `{path}` is not a PEM certificate: {e}"
+        )),
+    }
 }

@@ -18,6 +18,46 @@ use crate::framing::LineFramer;
 
 const MAX_LINE: usize = 1 << 20;
 
+/// Standard output's reader went away for good (`dab run ... | head`), so
+/// nothing more can be delivered there. `dab run` waits for it and ends the
+/// way SIGPIPE ends a Unix tool, quietly (docs/runtime.md, "Exit status");
+/// a connector does not end the process itself.
+#[derive(Debug, Default)]
+pub struct StdoutClosed {
+    notify: tokio::sync::Notify,
+    watched: std::sync::atomic::AtomicBool,
+}
+
+impl StdoutClosed {
+    /// Returns once a write to stdout found its reader gone.
+    pub async fn wait(&self) {
+        self.watched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notified().await;
+    }
+}
+
+/// The process's one [`StdoutClosed`].
+pub fn stdout_closed() -> &'static StdoutClosed {
+    static CLOSED: std::sync::OnceLock<StdoutClosed> = std::sync::OnceLock::new();
+    CLOSED.get_or_init(StdoutClosed::default)
+}
+
+/// A failed write or flush of stdout. With its reader gone and someone
+/// waiting to end the process, it never returns: an error would only be
+/// logged ("Broken pipe") in the moment before the exit.
+async fn stdout_error(what: &str, e: std::io::Error) -> ConnectorError {
+    let closed = stdout_closed();
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // A permit is kept if nobody waits yet.
+        closed.notify.notify_one();
+        if closed.watched.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+    ConnectorError::io(what, e)
+}
+
 #[derive(Debug, Default)]
 pub struct Stdin;
 
@@ -126,18 +166,17 @@ impl Sink for Stdout {
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         self.buf.clear();
         encode_lines(events, &mut self.buf);
-        self.out
-            .write_all(&self.buf)
-            .await
-            .map_err(|e| ConnectorError::io("stdout: write", e))?;
+        if let Err(e) = self.out.write_all(&self.buf).await {
+            return Err(stdout_error("stdout: write", e).await.into());
+        }
         Ok(Written::all())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.out
-            .flush()
-            .await
-            .map_err(|e| SinkError::transient(ConnectorError::io("stdout: flush", e)))
+        match self.out.flush().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(SinkError::transient(stdout_error("stdout: flush", e).await)),
+        }
     }
 }
 

@@ -773,3 +773,136 @@ async fn sink_times_out_on_a_silent_server() {
     assert!(started.elapsed() < Duration::from_secs(3));
     holder.abort();
 }
+
+/// An HTTPS peer on loopback presenting a certificate for `names`,
+/// answering 200 to every request and keeping the bodies it got.
+async fn https_peer(names: &[&str]) -> (String, String, Arc<Mutex<Vec<Bytes>>>, JoinHandle<()>) {
+    use rustls_pki_types::pem::PemObject;
+    let pair = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    )
+    .expect("a test certificate");
+    let ca_pem = pair.cert.pem();
+    let certs = vec![pair.cert.der().clone()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(
+        pair.signing_key.serialize_pem().as_bytes(),
+    )
+    .expect("the key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let received = Arc::<Mutex<Vec<Bytes>>>::default();
+    let task = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let mut conns = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, received) = (acceptor.clone(), received.clone());
+                conns.spawn(async move {
+                    // A client that does not trust us ends the handshake.
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let received = received.clone();
+                        async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            received
+                                .lock()
+                                .expect("lock")
+                                .push(body.unwrap_or_default());
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        }
+    });
+    (addr, ca_pem, received, task)
+}
+
+fn https_sink(endpoint: &str, ca_file: &std::path::Path) -> Box<dyn Sink> {
+    let mut fields = str_fields(&[
+        ("endpoint", endpoint),
+        ("tls_ca", &ca_file.display().to_string()),
+    ]);
+    fields.insert("timeout".into(), ConfigValue::Int(2_000));
+    HttpSinkFactory
+        .build("HttpsOut", &fields)
+        .expect("sink builds")
+}
+
+#[tokio::test]
+async fn sink_speaks_https_to_a_peer_whose_certificate_chains_to_tls_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (addr, ca_pem, received, task) = https_peer(&["localhost"]).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write ca");
+    let port = addr.rsplit_once(':').expect("port").1;
+    let events = sample_events();
+
+    let mut sink = https_sink(&format!("https://localhost:{port}/ingest"), &ca);
+    for _ in 0..2 {
+        write(&mut sink, &events).await.expect("delivered over TLS");
+    }
+    {
+        let got = received.lock().expect("lock");
+        assert_eq!(got.len(), 2);
+        let parsed: serde_json::Value = serde_json::from_slice(&got[0]).expect("a JSON body");
+        assert_eq!(parsed.as_array().map(Vec::len), Some(events.len()));
+    }
+
+    // The name is checked: the certificate is for localhost, not 127.0.0.1.
+    let mut by_ip = https_sink(&format!("https://{addr}/ingest"), &ca);
+    let err = write(&mut by_ip, &events).await.expect_err("wrong name");
+    assert!(!err.is_permanent(), "{err}");
+    // And only `tls_ca` is trusted: another CA's certificate is refused.
+    let (other_addr, other_ca_pem, other_received, other_task) = https_peer(&["localhost"]).await;
+    let other_port = other_addr.rsplit_once(':').expect("port").1;
+    let mut wrong_ca = https_sink(&format!("https://localhost:{other_port}/ingest"), &ca);
+    let err = write(&mut wrong_ca, &events).await.expect_err("untrusted");
+    assert!(!err.is_permanent(), "{err}");
+    assert!(other_received.lock().expect("lock").is_empty());
+    assert_ne!(other_ca_pem, ca_pem);
+    assert_eq!(received.lock().expect("lock").len(), 2);
+    task.abort();
+    other_task.abort();
+}
+
+#[test]
+fn https_needs_a_readable_tls_ca_and_http_takes_none() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "no certificate here\n").expect("write");
+    let build = |pairs: &[(&str, &str)]| {
+        HttpSinkFactory
+            .build("Out", &str_fields(pairs))
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        build(&[("endpoint", "https://localhost:1/x")]).as_deref(),
+        Some("Out: `endpoint` `https://localhost:1/x` is https:// and needs `tls_ca`, the PEM CA its certificate chains to")
+    );
+    let junk = junk.display().to_string();
+    assert_eq!(
+        build(&[("endpoint", "https://localhost:1/x"), ("tls_ca", &junk)]),
+        Some(format!(
+            "Out: `tls_ca` file `{junk}` holds no PEM certificate"
+        ))
+    );
+    assert_eq!(
+        build(&[("endpoint", "http://localhost:1/x"), ("tls_ca", &junk)]).as_deref(),
+        Some("Out: `tls_ca` is for https:// endpoints, and `http://localhost:1/x` is http://")
+    );
+}

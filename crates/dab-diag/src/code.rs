@@ -59,6 +59,7 @@ codes! {
     E015 => "invalid bindings file",
     E016 => "name used in the wrong direction",
     E017 => "two bindings share a listen address or socket path",
+    E018 => "a file the bindings name cannot be read or is not what it should be",
     W001 => "bound queue written but never read",
     W002 => "operator with no effect",
     W003 => "binding never used",

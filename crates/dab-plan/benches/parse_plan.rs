@@ -29,7 +29,12 @@ fn bench(c: &mut Criterion) {
 
     // Measure the happy path only: a set with findings would time rendering
     // of help texts and suggestions instead.
-    let checked = check_set(set.clone(), &env, &Options::default());
+    let checked = check_set(
+        set.clone(),
+        &env,
+        &|p| std::fs::read(p),
+        &Options::default(),
+    );
     assert!(
         checked.diagnostics.is_empty(),
         "the benchmark set must be valid, found {} diagnostics, first: {:?}",
@@ -72,7 +77,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("check_set", |b| {
         b.iter_batched(
             || set.clone(),
-            |set| check_set(set, &env, &Options::default()),
+            |set| check_set(set, &env, &|p| std::fs::read(p), &Options::default()),
             BatchSize::LargeInput,
         );
     });

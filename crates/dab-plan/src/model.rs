@@ -60,6 +60,29 @@ pub enum WhenFull {
     DropNewest,
 }
 
+/// A signing key's bytes, read from the host when the set is checked
+/// (SPEC section 3: what `run` would refuse, `validate` refuses first).
+/// Compared by content, so that a reload after a key file was rotated
+/// rebuilds the pipelines that use it; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(std::sync::Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
     FilterType {
@@ -81,7 +104,8 @@ pub enum Stage {
     },
     VerifySignature {
         key: String,
-        source: crate::bindings::KeySource,
+        /// The key's bytes, read when the set was checked.
+        secret: Secret,
     },
     Dedup {
         within: std::time::Duration,

@@ -25,6 +25,10 @@ pub(crate) struct CheckedStatement {
     pub uses: Vec<NameUse>,
     /// `FilterType` arguments, for the E014 check against declared types.
     pub types: Vec<(String, Span)>,
+    /// A stage could not be made from what the bindings hold (a key that
+    /// could not be read, reported where it is declared). The pipeline
+    /// must never be planned without it: it would skip the check.
+    pub missing_stage: bool,
 }
 
 /// A checked argument value.
@@ -201,7 +205,7 @@ pub(crate) fn check_statement(
     }
 
     let errors_after = diags.iter().filter(|d| d.is_error()).count();
-    if errors_after == errors_before {
+    if errors_after == errors_before && !out.missing_stage {
         if let (Some((_, Some(input))), Some((targets, when_full))) = (input, outputs) {
             out.config = Some(PipelineConfig {
                 input: input.name,
@@ -423,9 +427,15 @@ fn build_stage(
                 );
                 return None;
             };
+            // A key that could not be read was reported where it is
+            // declared; the set has an error and never runs.
+            let Some(secret) = decl.secret.clone() else {
+                out.missing_stage = true;
+                return None;
+            };
             Some(Stage::VerifySignature {
                 key: key.name,
-                source: decl.source.clone(),
+                secret,
             })
         }
         "Dedup" => {

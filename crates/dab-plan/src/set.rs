@@ -3,7 +3,7 @@
 
 use dab_diag::{Diagnostic, SourceMap};
 
-use crate::bindings::{load_bindings, Bindings, EnvLookup};
+use crate::bindings::{load_bindings, Bindings, EnvLookup, FileLookup};
 use crate::{parse_and_plan, Options, Plan};
 
 /// The texts of a set, already read from disk (the CLI does the I/O).
@@ -31,7 +31,14 @@ impl CheckedSet {
     }
 }
 
-pub fn check_set(set: SourceSet, env: EnvLookup<'_>, options: &Options) -> CheckedSet {
+/// Checks a set; `env` and `files` are how the check sees the host (the
+/// CLI passes the environment with `--env`, and `std::fs::read`).
+pub fn check_set(
+    set: SourceSet,
+    env: EnvLookup<'_>,
+    files: FileLookup<'_>,
+    options: &Options,
+) -> CheckedSet {
     let mut map = SourceMap::new();
     for (name, text) in set.blueprints {
         map.add(name, text);
@@ -39,7 +46,7 @@ pub fn check_set(set: SourceSet, env: EnvLookup<'_>, options: &Options) -> Check
     let mut diagnostics = Vec::new();
     let bindings = match set.bindings {
         Some((name, text)) => {
-            let (b, d) = load_bindings(&mut map, &name, text, env);
+            let (b, d) = load_bindings(&mut map, &name, text, env, files);
             diagnostics.extend(d);
             b
         }

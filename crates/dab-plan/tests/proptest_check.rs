@@ -342,7 +342,7 @@ fn check_checked_set(checked: &CheckedSet) -> Result<(), TestCaseError> {
 fn check_bindings_text(text: String) -> Result<(), TestCaseError> {
     let mut map = SourceMap::new();
     map.add("other.dab", "x");
-    let (bindings, diags) = load_bindings(&mut map, "dab.yaml", text, &env);
+    let (bindings, diags) = load_bindings(&mut map, "dab.yaml", text, &env, &|p| std::fs::read(p));
     let file = bindings.file;
     prop_assert!(file.is_some());
     for d in &diags {
@@ -387,7 +387,7 @@ fn blueprints_only(text: String) -> CheckedSet {
         blueprints: vec![("a.dab".to_owned(), text)],
         bindings: None,
     };
-    check_set(set, &env, &Options::default())
+    check_set(set, &env, &|p| std::fs::read(p), &Options::default())
 }
 
 // ------------------------------------------------ generated blueprints
@@ -812,7 +812,7 @@ proptest! {
             ],
             bindings: Some(("dab.yaml".to_owned(), apply(yaml, &yaml_mutations.concat()))),
         };
-        let checked = check_set(set, &env, &Options { service: Some("q".to_owned()) });
+        let checked = check_set(set, &env, &|p| std::fs::read(p), &Options { service: Some("q".to_owned()) });
         check_checked_set(&checked)?;
     }
 
@@ -888,7 +888,10 @@ fn seeds_are_valid() {
     }
     for seed in YAML_SEEDS {
         let mut map = SourceMap::new();
-        let (bindings, diags) = load_bindings(&mut map, "dab.yaml", (*seed).to_owned(), &env);
+        let (bindings, diags) =
+            load_bindings(&mut map, "dab.yaml", (*seed).to_owned(), &env, &|p| {
+                std::fs::read(p)
+            });
         assert!(diags.is_empty(), "{seed}: {diags:#?}");
         assert!(bindings.all().count() >= 3, "{seed}");
     }

@@ -27,6 +27,7 @@ fn plan(blueprint: &str) -> Plan {
             bindings: Some(("dab.yaml".into(), bindings)),
         },
         &|_| None,
+        &|p| std::fs::read(p),
         &Options::default(),
     );
     assert!(!set.has_errors(), "{:?}", set.diagnostics);

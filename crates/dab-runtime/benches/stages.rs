@@ -46,6 +46,7 @@ fn stages(ops: &[(&str, &str)]) -> Vec<(String, Stage)> {
             bindings: Some(("dab.yaml".into(), bindings.into())),
         },
         &|_| None,
+        &|p| std::fs::read(p),
         &Options::default(),
     );
     assert!(!set.has_errors(), "{:?}", set.diagnostics);

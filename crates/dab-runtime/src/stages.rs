@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use dab_api::signature::Signer;
-use dab_plan::bindings::KeySource;
 use dab_plan::model::{OnLimit, Predicate, Stage};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -116,23 +115,6 @@ impl std::fmt::Debug for Compiled {
 
 pub const SAMPLE_TAG: &str = "dab.sample_rate";
 
-/// Reads a signing key's bytes from where the bindings say.
-pub fn read_key(source: &KeySource) -> Result<Vec<u8>, String> {
-    match source {
-        KeySource::Env(var) => std::env::var_os(var)
-            .map(|v| v.into_encoded_bytes())
-            .ok_or_else(|| format!("environment variable `{var}` is not set")),
-        KeySource::File(path) => {
-            let mut bytes =
-                std::fs::read(path).map_err(|e| format!("cannot read key file `{path}`: {e}"))?;
-            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                bytes.pop();
-            }
-            Ok(bytes)
-        }
-    }
-}
-
 /// Events a dedup generation holds at most.
 pub const DEDUP_MAX_PER_GENERATION: usize = 1_000_000;
 
@@ -145,8 +127,9 @@ pub fn compile(
     on_error: Option<OutputTx>,
 ) -> Result<Compiled, String> {
     Ok(match s {
-        Stage::VerifySignature { key, source } => Compiled::VerifySignature {
-            signer: Signer::new(&read_key(source).map_err(|e| format!("key `{key}`: {e}"))?),
+        // The key was read when the set was checked (`dab_plan::model::Secret`).
+        Stage::VerifySignature { secret, .. } => Compiled::VerifySignature {
+            signer: Signer::new(secret.bytes()),
             on_error,
         },
         Stage::Dedup { within } => Compiled::Dedup(Dedup::new(*within, DEDUP_MAX_PER_GENERATION)),

@@ -56,13 +56,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
+    // `dab run ... | head`: once the reader of stdout is gone, end as
+    // SIGPIPE ends a Unix tool, quietly and at once. Nothing unacknowledged
+    // is lost by it: sources were not told "delivered" for what is in
+    // flight, as after a kill (docs/RELIABILITY.md).
+    tokio::spawn(async {
+        dab_connectors::stdio::stdout_closed().wait().await;
+        tracing::debug!("stdout closed by its reader; exiting");
+        std::process::exit(i32::from(crate::EXIT_STDOUT_CLOSED));
+    });
     let registry = Registry::new(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
     );
     let opts = RunOptions {
         service: a.service.clone(),
-        channel_batches: a.channel_batches,
+        channel_batches: usize::from(a.channel_batches),
         max_rss_bytes: a.max_memory_mb * 1024 * 1024,
         reliability: a.reliability,
         ..RunOptions::default()

@@ -105,6 +105,7 @@ impl HttpSinkConfig {
         Ok(HttpSinkConfig {
             endpoint: endpoint.to_owned(),
             timeout,
+            tls_ca: f.str("tls_ca").map(str::to_owned),
         })
     }
 }

@@ -4,7 +4,9 @@
 //! runtime narrows the batch down to the events refused on their own and
 //! sends those to `OnError`); anything else (no answer, 408, 429, 5xx, 3xx)
 //! is transient and retried with back-off by the runtime, so the sink
-//! itself never retries.
+//! itself never retries. An `https://` endpoint is reached over TLS
+//! (rustls with ring), trusting only the CA certificates of `tls_ca`; the
+//! server's name is checked against the endpoint's host.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use dab_api::{BuildError, ConnectorError, Event, Sink, SinkError, Written};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -36,6 +39,8 @@ pub struct HttpSinkConfig {
     pub endpoint: String,
     /// For the whole exchange: connect, send, and read the answer.
     pub timeout: Duration,
+    /// With https: the PEM CA file the server's certificate chains to.
+    pub tls_ca: Option<String>,
 }
 
 #[derive(Debug)]
@@ -43,19 +48,30 @@ pub struct HttpSink {
     name: String,
     endpoint: Uri,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     buf: BytesMut,
 }
 
 impl HttpSink {
     pub fn new(name: &str, config: HttpSinkConfig) -> Result<HttpSink, BuildError> {
-        let endpoint = parse_endpoint(&config.endpoint).map_err(|reason| BuildError {
+        let error = |reason: String| BuildError {
             name: name.to_owned(),
             reason,
-        })?;
+        };
+        let target = crate::settings::http_target(&config.endpoint, config.tls_ca.as_deref())
+            .map_err(error)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
+        // The TLS layer lets http:// through untouched.
+        connector.enforce_http(false);
+        let tls = tls_config(target.ca_pem.as_deref()).map_err(error)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let endpoint = target.uri;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -142,8 +158,30 @@ fn is_permanent(status: StatusCode) -> bool {
         && status != StatusCode::TOO_MANY_REQUESTS
 }
 
+/// rustls trusting exactly the certificates of `ca_pem` (none for an
+/// http:// endpoint, which never reaches TLS).
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("`tls_ca`: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("`tls_ca`: a certificate rustls cannot use: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
 fn parse_endpoint(endpoint: &str) -> Result<Uri, String> {
-    crate::settings::http_endpoint(endpoint)
+    crate::settings::http_target(endpoint, None).map(|t| t.uri)
 }
 
 /// `HTTP 400 Bad Request: <the start of the body>`.

@@ -148,6 +148,7 @@ impl MurronSinkConfig {
         };
         Ok(MurronSinkConfig {
             endpoint: endpoint.to_owned(),
+            tls_ca: f.str("tls_ca").map(str::to_owned),
             batch_size,
             batch_timeout,
         })

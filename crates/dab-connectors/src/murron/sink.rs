@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dab_api::{BuildError, ConnectorError, Event, Rejection, Sink, SinkError, Written};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::rpc::murron_client::MurronClient;
@@ -28,8 +28,10 @@ const MAX_CALL_BYTES: usize = DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MurronSinkConfig {
-    /// `http://host:port` of a `Murron` server.
+    /// `http://host:port` or `https://host:port` of a `Murron` server.
     pub endpoint: String,
+    /// With https: the PEM CA file the server's certificate chains to.
+    pub tls_ca: Option<String>,
     /// Events per `Send` call at most.
     pub batch_size: usize,
     /// Accepted from the binding; the runtime's batches decide when a
@@ -48,10 +50,13 @@ pub struct MurronSink {
 
 impl MurronSink {
     pub fn new(name: &str, config: MurronSinkConfig) -> Result<MurronSink, BuildError> {
-        let endpoint = parse_endpoint(&config.endpoint).map_err(|reason| BuildError {
-            name: name.to_owned(),
-            reason,
-        })?;
+        let endpoint =
+            parse_endpoint(&config.endpoint, config.tls_ca.as_deref()).map_err(|reason| {
+                BuildError {
+                    name: name.to_owned(),
+                    reason,
+                }
+            })?;
         Ok(MurronSink {
             name: name.to_owned(),
             endpoint,
@@ -203,10 +208,17 @@ fn causes(mut cause: Option<&(dyn std::error::Error + 'static)>, parts: &mut Vec
     }
 }
 
-/// `http://host:port`; TLS to the peer is not built into the sink yet.
-fn parse_endpoint(endpoint: &str) -> Result<Endpoint, String> {
-    let uri = crate::settings::http_endpoint(endpoint)?;
-    Ok(Endpoint::from(uri)
+/// `http://host:port`, or `https://host:port` with the CA the server's
+/// certificate must chain to (its name is checked against the host).
+fn parse_endpoint(endpoint: &str, tls_ca: Option<&str>) -> Result<Endpoint, String> {
+    let target = crate::settings::http_target(endpoint, tls_ca)?;
+    let mut channel = Endpoint::from(target.uri);
+    if let Some(pem) = target.ca_pem {
+        channel = channel
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| format!("`endpoint` `{endpoint}`: {}", error_chain(&e)))?;
+    }
+    Ok(channel
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true)

@@ -98,6 +98,7 @@ pub(super) fn binding(
     if spec.kind == "kafka" {
         kafka_guarantees(ctx, &b, entries);
     }
+    super::runnable::check(ctx, spec, &b, entries);
     b
 }
 
@@ -206,6 +207,24 @@ fn kafka_topics(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode) {
     }
 }
 
+/// Why a Kafka `options:` entry would switch off a delivery guarantee
+/// (E015), or `None` when it keeps them.
+pub(super) fn guarantee_breach(name: &str, value: &str) -> Option<&'static str> {
+    let value = value.trim().to_ascii_lowercase();
+    match name {
+        "enable.auto.offset.store" | "enable.auto.commit" => Some(
+            "DAB stores offsets only after their events are acknowledged and commits them itself",
+        ),
+        "enable.idempotence" if value == "false" => {
+            Some("without idempotence, librdkafka's retries can duplicate or reorder messages")
+        }
+        "acks" if !matches!(value.as_str(), "all" | "-1") => {
+            Some("a message is acknowledged only once every in-sync replica has it (`acks: all`)")
+        }
+        _ => None,
+    }
+}
+
 /// librdkafka `options:` that would switch off what DAB promises (an
 /// acknowledged event is delivered): DAB stores and commits offsets itself,
 /// only behind acknowledgements, and produces idempotently with `acks=all`.
@@ -223,21 +242,12 @@ fn kafka_guarantees(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode)
         let value = values
             .and_then(|m| m.get(name))
             .and_then(|v| match v {
-                dab_api::ConfigValue::Str(s) => Some(s.trim().to_ascii_lowercase()),
+                dab_api::ConfigValue::Str(s) => Some(s.as_str()),
                 _ => None,
             })
             .unwrap_or_default();
-        let why = match name {
-            "enable.auto.offset.store" | "enable.auto.commit" => {
-                "DAB stores offsets only after their events are acknowledged and commits them itself"
-            }
-            "enable.idempotence" if value == "false" => {
-                "without idempotence, librdkafka's retries can duplicate or reorder messages"
-            }
-            "acks" if !matches!(value.as_str(), "all" | "-1") => {
-                "a message is acknowledged only once every in-sync replica has it (`acks: all`)"
-            }
-            _ => continue,
+        let Some(why) = guarantee_breach(name, value) else {
+            continue;
         };
         let span = ctx.loc.scalar(k);
         ctx.error(

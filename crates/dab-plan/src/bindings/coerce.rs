@@ -13,20 +13,6 @@ use marked_yaml::Node;
 use super::scalar::{describe, number, resolve, text, Val};
 use super::{ConfigValue, Ctx};
 
-/// Integer fields for which 0 makes no sense (a zero-capacity channel
-/// cannot be built, a zero-size frame limit rejects everything).
-const AT_LEAST_ONE: &[&str] = &[
-    "capacity",
-    "capacity_bytes",
-    "batch_size",
-    "partitions",
-    "pids",
-    "max_frame_bytes",
-    "max_body_bytes",
-    "max_message_bytes",
-    "max_concurrent_streams",
-];
-
 fn expected(ty: FieldType) -> String {
     match ty {
         FieldType::Str => "a string".to_owned(),
@@ -77,7 +63,10 @@ pub(super) fn field_value(
 ) -> Option<ConfigValue> {
     let span = ctx.loc.value(key, node);
     match field.ty {
-        FieldType::StrList => return list(ctx, field, span, node),
+        FieldType::StrList => {
+            let value = list(ctx, field, span, node)?;
+            return count_in_range(ctx, field, span, value);
+        }
         FieldType::Map => return map(ctx, field, key, node),
         _ => {}
     }
@@ -86,6 +75,13 @@ pub(super) fn field_value(
         return None;
     };
     let val = resolve(ctx, s, span)?;
+    if let (FieldType::Str, Val::Str(given)) = (field.ty, &val) {
+        // Connectors refuse an empty topic, broker list or group.
+        if given.trim().is_empty() {
+            ctx.error(span, format!("`{}` must not be empty", field.name));
+            return None;
+        }
+    }
     let value = scalar(field.ty, &val, s.as_str());
     match value {
         Some(v) => in_range(ctx, field, span, v),
@@ -137,44 +133,77 @@ fn scalar(ty: FieldType, val: &Val, written: &str) -> Option<ConfigValue> {
     }
 }
 
+/// Holds a number to its field's bounds (`FieldSpec::bounds`).
 fn in_range(
     ctx: &mut Ctx<'_>,
     field: &FieldSpec,
     span: Span,
     value: ConfigValue,
 ) -> Option<ConfigValue> {
-    let (negative, zero) = match value {
-        ConfigValue::Int(i) => (i < 0, i == 0),
-        ConfigValue::Float(f) => (f < 0.0, f == 0.0),
+    let (as_f64, shown) = match &value {
+        ConfigValue::Int(i) => (*i as f64, i.to_string()),
+        ConfigValue::Float(f) => (*f, f.to_string()),
         _ => return Some(value),
     };
-    let shown = match &value {
-        ConfigValue::Int(i) => i.to_string(),
-        ConfigValue::Float(f) => f.to_string(),
-        _ => String::new(),
+    let unit = if field.ty == FieldType::Duration {
+        " ms"
+    } else {
+        ""
     };
-    if negative {
-        ctx.error(
-            span,
-            format!("`{}` must not be negative, found {shown}", field.name),
-        );
-        None
-    } else if zero && field.name == "rate" {
+    if as_f64 == 0.0 && field.name == "rate" {
         ctx.error(
             span,
             format!("`{}` must be greater than 0, found {shown}", field.name),
         )
         .help = Some("leave `rate` out for no limit".to_owned());
-        None
-    } else if zero && AT_LEAST_ONE.contains(&field.name) {
-        ctx.error(
-            span,
-            format!("`{}` must be at least 1, found {shown}", field.name),
-        );
-        None
-    } else {
-        Some(value)
+        return None;
     }
+    let Some((min, max)) = field.bounds else {
+        return Some(value);
+    };
+    // Integers compare as integers, so that i64 bounds are exact.
+    let (below, above) = match &value {
+        ConfigValue::Int(i) => (*i < min, *i > max),
+        _ => (as_f64 < min as f64, as_f64 > max as f64),
+    };
+    let message = if below && as_f64 < 0.0 {
+        format!("`{}` must not be negative, found {shown}", field.name)
+    } else if below {
+        format!(
+            "`{}` must be at least {min}{unit}, found {shown}{unit}",
+            field.name
+        )
+    } else if above {
+        format!(
+            "`{}` must be at most {max}{unit}, found {shown}{unit}",
+            field.name
+        )
+    } else {
+        return Some(value);
+    };
+    ctx.error(span, message).help = Some(format!("`{}` takes {min} to {max}{unit}", field.name));
+    None
+}
+
+/// Holds a list's length to its field's bounds.
+fn count_in_range(
+    ctx: &mut Ctx<'_>,
+    field: &FieldSpec,
+    span: Span,
+    value: ConfigValue,
+) -> Option<ConfigValue> {
+    let (Some((min, max)), ConfigValue::List(items)) = (field.bounds, &value) else {
+        return Some(value);
+    };
+    let n = i64::try_from(items.len()).unwrap_or(i64::MAX);
+    if (min..=max).contains(&n) {
+        return Some(value);
+    }
+    ctx.error(
+        span,
+        format!("`{}` must list {min} to {max} items, found {n}", field.name),
+    );
+    None
 }
 
 fn list(ctx: &mut Ctx<'_>, field: &FieldSpec, span: Span, node: &Node) -> Option<ConfigValue> {

@@ -8,21 +8,27 @@
 //!   Legacy: { file: /etc/dab/legacy.key } # the file's bytes, trailing newline dropped
 //! ```
 //!
-//! The variable must be set when the set is checked, like any `${VAR}`
-//! (pass `--env MURRON_HMAC_KEY=x` to `dab validate` in CI); a file is only
-//! read when the set runs, since CI machines seldom hold production secrets.
+//! Both are read when the set is checked, by `dab validate` as by `dab run`
+//! and every reload (SPEC section 3: whatever `run` would refuse, `validate`
+//! refuses first): an unset or empty variable is an E015, a file that cannot
+//! be read or is empty an E018. In CI, pass `--env MURRON_HMAC_KEY=x`, or
+//! point the file at a stand-in key. The bytes travel in the plan
+//! ([`Secret`]), so `run` uses exactly what was checked, `--env` included.
 
-use dab_diag::Span;
+use dab_diag::{Code, Diagnostic, Span};
 use marked_yaml::Node;
 
 use super::scalar::{describe, is_null, text};
 use super::Ctx;
+use crate::model::Secret;
 
 #[derive(Debug, Clone)]
 pub struct KeyDecl {
     pub name: String,
     pub span: Span,
     pub source: KeySource,
+    /// The key's bytes; `None` when they could not be read (reported).
+    pub secret: Option<Secret>,
 }
 
 /// Where a key's bytes come from.
@@ -71,6 +77,7 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
             continue;
         };
         let mut source = None;
+        let mut secret = None;
         for (field, v) in fields.iter() {
             let fspan = ctx.loc.scalar(field);
             let vspan = ctx.loc.value(fspan, v);
@@ -105,20 +112,7 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
                 .help = Some("a key comes from one place".to_owned());
                 continue;
             }
-            if let KeySource::Env(var) = &this {
-                if (ctx.env)(var).is_none() {
-                    ctx.error(
-                        vspan,
-                        format!(
-                            "environment variable `{var}` for key `{}` is not set",
-                            name.as_str()
-                        ),
-                    )
-                    .help = Some(format!(
-                        "set it on the host, or pass --env {var}=... to dab validate"
-                    ));
-                }
-            }
+            secret = read(ctx, &this, name.as_str(), vspan);
             source = Some(this);
         }
         match source {
@@ -126,6 +120,7 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
                 name: name.as_str().to_owned(),
                 span,
                 source,
+                secret,
             }),
             None => {
                 ctx.error(
@@ -137,4 +132,56 @@ pub(super) fn keys(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<KeyDecl> {
         }
     }
     out
+}
+
+/// The key's bytes, or a diagnostic at `span` saying why there are none.
+fn read(ctx: &mut Ctx<'_>, source: &KeySource, name: &str, span: Span) -> Option<Secret> {
+    match source {
+        KeySource::Env(var) => match (ctx.env)(var) {
+            None => {
+                ctx.error(
+                    span,
+                    format!("environment variable `{var}` for key `{name}` is not set"),
+                )
+                .help = Some(format!(
+                    "set it on the host, or pass --env {var}=... to dab validate and dab run"
+                ));
+                None
+            }
+            Some(v) if v.is_empty() => {
+                ctx.error(
+                    span,
+                    format!("environment variable `{var}` for key `{name}` is empty"),
+                )
+                .help = Some("an empty HMAC key proves nothing; set the real key".to_owned());
+                None
+            }
+            Some(v) => Some(Secret::new(v.into_bytes())),
+        },
+        KeySource::File(path) => {
+            let problem = match (ctx.files)(path) {
+                Ok(mut bytes) => {
+                    // Editors and `echo` end files with a newline that is
+                    // not part of the key.
+                    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        bytes.pop();
+                    }
+                    if !bytes.is_empty() {
+                        return Some(Secret::new(bytes));
+                    }
+                    format!("key file `{path}` of key `{name}` is empty")
+                }
+                Err(e) => format!("cannot read key file `{path}` of key `{name}`: {e}"),
+            };
+            ctx.diags.push(
+                Diagnostic::new(Code::E018, span, problem)
+                    .with_label_here("read when the set is checked")
+                    .with_help(
+                        "key files are read by dab validate, dab run and every reload; \
+                         make it readable by the user running dab, or use `env:`",
+                    ),
+            );
+            None
+        }
+    }
 }

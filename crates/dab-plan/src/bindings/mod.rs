@@ -5,8 +5,12 @@
 mod check;
 mod coerce;
 mod interpolate;
+mod kafka_options;
+mod kafka_rules;
+mod kafka_table;
 mod keys;
 mod listen;
+mod runnable;
 mod scalar;
 mod yaml;
 
@@ -26,9 +30,15 @@ use yaml::{DuplicateKey, Locator};
 /// Looks up environment variables; the CLI passes process env + --env-file + --env.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Reads a file the bindings name (a key file, a TLS certificate, key or
+/// CA), as written in the file. The CLI passes `std::fs::read`: the check
+/// reads what `run` will, yet nothing below the CLI does I/O itself.
+pub type FileLookup<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>;
+
 /// A field's value after interpolation and typing; span-free so that two
 /// loads of the same configuration compare equal (reload diffs).
 pub use dab_api::config::ConfigValue;
+pub use kafka_options::accepted_samples as kafka_option_samples;
 pub use keys::{KeyDecl, KeySource};
 
 /// One bound name.
@@ -105,6 +115,7 @@ impl Bindings {
 struct Ctx<'a> {
     loc: Locator<'a>,
     env: EnvLookup<'a>,
+    files: FileLookup<'a>,
     diags: Vec<Diagnostic>,
 }
 
@@ -125,6 +136,7 @@ pub fn load_bindings(
     name: &str,
     text: String,
     env: EnvLookup<'_>,
+    files: FileLookup<'_>,
 ) -> (Bindings, Vec<Diagnostic>) {
     let file = map.add(name, text);
     let mut out = Bindings {
@@ -137,6 +149,7 @@ pub fn load_bindings(
     let mut ctx = Ctx {
         loc: Locator::new(file, src),
         env,
+        files,
         diags: Vec::new(),
     };
     let Some(parsed) = yaml::parse(&ctx.loc, &mut ctx.diags) else {

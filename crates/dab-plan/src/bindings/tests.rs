@@ -14,7 +14,9 @@ fn load_env(text: &str, vars: &[(&str, &str)]) -> (SourceMap, Bindings, Vec<Diag
         .collect();
     let env = move |name: &str| vars.get(name).cloned();
     let mut map = SourceMap::new();
-    let (b, d) = load_bindings(&mut map, "dab.yaml", text.to_owned(), &env);
+    let (b, d) = load_bindings(&mut map, "dab.yaml", text.to_owned(), &env, &|p| {
+        std::fs::read(p)
+    });
     (map, b, d)
 }
 
@@ -574,10 +576,13 @@ fn interpolated_values_are_checked_after_substitution() {
         diags[0].help.as_deref(),
         Some("for example \"127.0.0.1:8990\"")
     );
-    // Keys are never interpolated.
-    let (_, b, diags) =
+    // Keys are never interpolated: `${K}` is checked as written.
+    let (map, b, diags) =
         load("sinks:\n  S: { kind: kafka, brokers: b, topic: t, options: { \"${K}\": v } }\n");
-    assert!(diags.is_empty());
+    assert_eq!(
+        render(&map, &diags),
+        ["E015 2:54 `${K}` is not a librdkafka property"]
+    );
     let opts = &b.sinks[0].fields["options"];
     assert_eq!(
         opts,
@@ -745,11 +750,196 @@ fn kafka_options_that_switch_off_a_delivery_guarantee_are_e015() {
     );
 }
 
+/// The rendered diagnostics of a file, with its help lines.
+fn all(text: &str) -> Vec<String> {
+    let (map, _, diags) = load(text);
+    render(&map, &diags)
+}
+
+#[test]
+fn numbers_are_held_to_their_fields_bounds() {
+    assert_eq!(
+        all("sources:\n  G: { kind: generator, pids: 10001 }\n"),
+        ["E015 2:31 `pids` must be at most 10000, found 10001"]
+    );
+    assert_eq!(
+        all("sources:\n  G: { kind: generator, payload_bytes: 1048577 }\n"),
+        ["E015 2:40 `payload_bytes` must be at most 1048576, found 1048577"]
+    );
+    assert_eq!(
+        all("sources:\n  G: { kind: generator, rate: 1.5e9 }\n"),
+        ["E015 2:31 `rate` must be at most 1000000000, found 1500000000"]
+    );
+    assert_eq!(
+        all("queues:\n  Q: { kind: kafka, brokers: b, topic: t, partitions: 100001 }\n"),
+        ["E015 2:55 `partitions` must be at most 100000, found 100001"]
+    );
+    assert_eq!(
+        all("sinks:\n  S: { kind: http, endpoint: \"http://h:1\", timeout: 2h }\n"),
+        ["E015 2:53 `timeout` must be at most 3600000 ms, found 7200000 ms"]
+    );
+    assert_eq!(
+        all("sources:\n  G: { kind: generator, hosts: [] }\n"),
+        ["E015 2:32 `hosts` must list 1 to 1000 items, found 0"]
+    );
+    // The bounds themselves are accepted.
+    assert!(all(
+        "sources:\n  G: { kind: generator, pids: 10000, payload_bytes: 1048576, rate: 1000000000 }\n"
+    )
+    .is_empty());
+}
+
+#[test]
+fn a_generator_keeps_its_counters_bounded() {
+    let hosts: Vec<String> = (0..200).map(|i| format!("h{i}")).collect();
+    let text = format!(
+        "sources:\n  G: {{ kind: generator, pids: 10000, hosts: [{}] }}\n",
+        hosts.join(", ")
+    );
+    assert_eq!(
+        all(&text),
+        ["E015 2:3 generator `G` makes 4000000 (host, pid, type) combinations, more than 1000000"]
+    );
+}
+
+#[test]
+fn sink_endpoints_are_http_or_https_with_a_ca() {
+    assert_eq!(
+        all("sinks:\n  S: { kind: http, endpoint: \"https://h:1/x\" }\n"),
+        ["E015 2:30 `endpoint` `https://h:1/x` is https:// and needs `tls_ca`"]
+    );
+    assert_eq!(
+        all("sinks:\n  S: { kind: http, endpoint: \"http://h:1/x\", tls_ca: ca.pem }\n"),
+        ["E015 2:54 `tls_ca` is for https:// endpoints, and `http://h:1/x` is http://"]
+    );
+    let (map, _, diags) = load(
+        "sinks:\n  S: { kind: murron_grpc, endpoint: \"https://h:1\", tls_ca: /no/such/ca.pem }\n",
+    );
+    assert_eq!(
+        render(&map, &diags),
+        ["E018 2:60 cannot read `tls_ca` file `/no/such/ca.pem`: No such file or directory (os error 2)"]
+    );
+    assert_eq!(
+        all("sinks:\n  S: { kind: murron_grpc, endpoint: \"ftp://h:1\" }\n"),
+        ["E015 2:37 `endpoint` `ftp://h:1`: scheme `ftp` is not http or https"]
+    );
+    assert_eq!(
+        all("sinks:\n  S: { kind: murron_grpc, endpoint: \"http://h:1\" }\n"),
+        Vec::<String>::new()
+    );
+}
+
 #[test]
 fn kafka_options_that_keep_the_guarantees_are_fine() {
     let (map, _, diags) = load(
         "sinks:\n  K: { kind: kafka, brokers: b, topic: t, options: { acks: all, enable.idempotence: true, linger.ms: 5 } }\n  \
-         L: { kind: kafka, brokers: b, topic: t, options: { acks: \"-1\", acks_note: \"1\" } }\n",
+         L: { kind: kafka, brokers: b, topic: t, options: { acks: \"-1\" } }\n",
     );
     assert!(diags.is_empty(), "{:#?}", render(&map, &diags));
+}
+
+#[test]
+fn kafka_options_are_librdkafka_properties_with_fitting_values() {
+    assert_eq!(
+        all("sources:\n  K: { kind: kafka, brokers: b, topic: t, options: { session.timeout: \"6000\", fetch.wait.max.ms: \"-5\" } }\n"),
+        [
+            "E015 2:54 `session.timeout` is not a librdkafka property",
+            "E015 2:98 librdkafka property `fetch.wait.max.ms` must be an integer from 0 to 300000, found `-5`",
+        ]
+    );
+    let (_, _, diags) = load(
+        "sources:\n  K: { kind: kafka, brokers: b, topic: t, options: { session.timeout: \"6000\" } }\n",
+    );
+    assert_eq!(
+        diags[0].help.as_deref(),
+        Some("did you mean `session.timeout.ms`?")
+    );
+}
+
+#[test]
+fn tls_needs_both_files_and_reads_them() {
+    assert_eq!(
+        all("sources:\n  G: { kind: murron_grpc, listen: \"127.0.0.1:1\", tls_cert: c.pem }\n"),
+        ["E015 2:60 source `G` has `tls_cert` but no `tls_key`"]
+    );
+    let dir = std::env::temp_dir().join(format!("dab-plan-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not pem at all\n").expect("write");
+    let missing = dir.join("missing.pem");
+    let text = format!(
+        "sources:\n  G: {{ kind: murron_grpc, listen: \"127.0.0.1:1\", tls_cert: \"{}\", tls_key: \"{}\" }}\n",
+        junk.display(),
+        missing.display()
+    );
+    let (map, _, diags) = load(&text);
+    let got = render(&map, &diags);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(diags.iter().all(|d| d.code == Code::E018));
+    assert!(
+        got[0].ends_with("junk.pem` holds no PEM certificate"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].contains("missing.pem`: No such file or directory"),
+        "{got:#?}"
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn key_files_are_read_when_the_set_is_checked() {
+    let dir = std::env::temp_dir().join(format!("dab-plan-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = dir.join("good.key");
+    std::fs::write(&good, "s3cret\n").expect("write");
+    let empty = dir.join("empty.key");
+    std::fs::write(&empty, "\n").expect("write");
+    let text = format!(
+        "keys:\n  A: {{ file: \"{}\" }}\n  B: {{ file: \"{}\" }}\n  C: {{ file: \"{}/none.key\" }}\n  D: {{ env: K }}\n",
+        good.display(),
+        empty.display(),
+        dir.display()
+    );
+    let (map, b, diags) = load_env(&text, &[("K", "from-env")]);
+    let got = render(&map, &diags);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got[0].starts_with("E018 3:"), "{got:#?}");
+    assert!(
+        got[0].ends_with("empty.key` of key `B` is empty"),
+        "{got:#?}"
+    );
+    assert!(got[1].starts_with("E018 4:"), "{got:#?}");
+    assert!(
+        got[1].contains("none.key` of key `C`: No such file"),
+        "{got:#?}"
+    );
+    let secret = |n: &str| {
+        b.keys
+            .iter()
+            .find(|k| k.name == n)
+            .and_then(|k| k.secret.clone())
+            .map(|s| s.bytes().to_vec())
+    };
+    assert_eq!(secret("A").as_deref(), Some(&b"s3cret"[..]));
+    assert_eq!(secret("B"), None);
+    assert_eq!(secret("D").as_deref(), Some(&b"from-env"[..]));
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_socket_path_too_long_to_bind_is_refused() {
+    let long = format!("/tmp/{}", "s".repeat(103));
+    assert_eq!(long.len(), 108);
+    assert_eq!(
+        all(&format!(
+            "sources:\n  U: {{ kind: unix, path: \"{long}\" }}\n"
+        )),
+        ["E015 2:26 socket path is 108 bytes, longer than the 107 a Unix socket can bind"]
+    );
+    assert!(all(&format!(
+        "sources:\n  U: {{ kind: unix, path: \"{}\" }}\n",
+        &long[..107]
+    ))
+    .is_empty());
 }

@@ -642,25 +642,32 @@ impl SinkFactory for TestSinks {
 
 // ---------------------------------------------------------------- plans
 
-/// Checks one blueprint with its bindings; panics with the diagnostics if
-/// the set has errors.
-pub fn plan(blueprint: &str, bindings: &str) -> Plan {
+/// Checks one blueprint with its bindings: the plan and the errors.
+pub fn check(blueprint: &str, bindings: &str) -> (Plan, Vec<String>) {
     let checked = dab_plan::check_set(
         dab_plan::SourceSet {
             blueprints: vec![("test.dab".into(), blueprint.into())],
             bindings: Some(("dab.yaml".into(), bindings.into())),
         },
         &|_| None,
+        &|p| std::fs::read(p),
         &dab_plan::Options::default(),
     );
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
         .filter(|d| d.is_error())
-        .map(|d| format!("{:?}: {}", d.code, d.message))
+        .map(|d| format!("{}: {}", d.code, d.message))
         .collect();
+    (checked.plan, errors)
+}
+
+/// Checks one blueprint with its bindings; panics with the diagnostics if
+/// the set has errors.
+pub fn plan(blueprint: &str, bindings: &str) -> Plan {
+    let (plan, errors) = check(blueprint, bindings);
     assert!(errors.is_empty(), "blueprint has errors: {errors:#?}");
-    checked.plan
+    plan
 }
 
 /// Bindings with the given sources (kind `generator`) and sinks (kind
