@@ -4,6 +4,7 @@
 //! runtime.
 
 pub mod blackhole;
+mod chunked;
 pub mod codec;
 pub mod file;
 pub mod framing;

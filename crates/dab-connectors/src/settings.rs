@@ -2,6 +2,11 @@
 
 use dab_api::BuildError;
 
+/// Events per runtime batch at most, from any socket, HTTP request or gRPC
+/// batch: a larger input is cut into batches of this size, so the memory a
+/// request holds downstream does not grow with its number of events.
+pub(crate) const MAX_BATCH: usize = 1024;
+
 /// `host:port` with a port number; the host is resolved when binding.
 pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
     match listen.rsplit_once(':') {

@@ -19,9 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, DecodeError, Filler, Present};
 use crate::framing::{DelimitedFramer, FrameError, LineFramer};
+use crate::settings::MAX_BATCH;
 
-/// Events per batch at most.
-pub(crate) const MAX_BATCH: usize = 1024;
 /// Bytes asked of the socket per read; one read becomes one or a few batches.
 const READ_BUF: usize = 64 * 1024;
 /// How long a refused connection waits before asking admission again.

@@ -1,7 +1,8 @@
 //! The `http` source: an HTTP/1.1 server taking `POST /v1/events` with a
-//! JSON array of events. One request becomes one batch, and its answer waits
-//! for the batch's acknowledgement: 200 once every event is delivered or
-//! deliberately dropped, 503 if any copy failed, so a client that sees 200
+//! JSON array of events. One request becomes runtime batches of at most
+//! 1,024 events (`chunked` says how), and its answer waits for all their
+//! acknowledgements: 200 once every event is delivered or deliberately
+//! dropped, 503 if any copy of any of them failed, so a client that sees 200
 //! may forget the events and one that sees anything else may send them
 //! again. A full pipeline makes the request wait (back pressure reaches the
 //! client as latency); admission control answers 429 before the body is
@@ -14,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dab_api::connector::{Admission, SourceStats};
-use dab_api::{AckStatus, AckToken, Batch, ConnectorError, Source, SourceContext};
+use dab_api::{AckStatus, Batch, ConnectorError, Source, SourceContext};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -27,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::codec::json;
-use crate::codec::Filler;
+use crate::chunked::{self, Refused};
+use crate::codec::{json, DecodeError, Filler};
 
 const EVENTS_PATH: &str = "/v1/events";
 const HEALTH_PATH: &str = "/healthz";
@@ -195,41 +196,31 @@ async fn post_events(shared: &Shared, req: Request<Incoming>) -> Reply {
     let body_len = body.len() as u64;
 
     // Checks UTF-8 too; the error names the byte where decoding stopped.
-    let decoded = match json::decode_array(body) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            SourceStats::add(&shared.stats.decode_errors, 1);
-            return error(StatusCode::BAD_REQUEST, &e.to_string());
-        }
+    let refused = |e: DecodeError| {
+        SourceStats::add(&shared.stats.decode_errors, 1);
+        error(StatusCode::BAD_REQUEST, &e.to_string())
     };
-    if decoded.is_empty() {
-        return accepted(0);
-    }
-
-    let mut events = Vec::with_capacity(decoded.len());
-    {
-        let mut filler = match shared.filler.lock() {
-            Ok(f) => f,
-            // A panic elsewhere cannot leave a sequence half-updated in a
-            // way that matters more than refusing every request would.
-            Err(poisoned) => poisoned.into_inner(),
+    let reader = match json::ArrayReader::new(body) {
+        Ok(reader) => reader,
+        Err(e) => return refused(e),
+    };
+    // Cut into runtime batches; waiting for room is the back pressure.
+    let sent =
+        match chunked::send(reader, &shared.filler, &shared.out, std::future::pending()).await {
+            Ok(sent) => sent,
+            Err(Refused::Decode(e)) => return refused(e),
+            Err(Refused::Stopped) => {
+                return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping")
+            }
         };
-        for (mut event, present) in decoded {
-            filler.fill(&mut event, present);
-            events.push(event);
-        }
-    }
-    let n = events.len();
-
-    let (token, ack) = AckToken::channel();
-    // Waiting here for room in the channel is the back pressure.
-    if shared.out.send(Batch::new(events, token)).await.is_err() {
-        return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
-    }
-    SourceStats::add(&shared.stats.events, n as u64);
+    SourceStats::add(&shared.stats.events, sent.events);
     SourceStats::add(&shared.stats.bytes, body_len);
+    let n = sent.events as usize;
+    let Some(outcome) = sent.outcome else {
+        return accepted(0);
+    };
 
-    match ack.await {
+    match outcome.await {
         Ok(AckStatus::Delivered) => accepted(n),
         Ok(AckStatus::Failed) => retriable(
             StatusCode::SERVICE_UNAVAILABLE,
