@@ -4,22 +4,26 @@
 //! every acknowledged event reached the sink's peer.
 //!
 //! - `four_10_mib_http_bodies_of_empty_objects_stay_in_bounded_memory`;
-//! - `a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory`.
+//! - `a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory`;
+//! - `idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_served`;
+//! - `tcp_and_grpc_listeners_refuse_connections_over_max_connections`.
 
 #[allow(dead_code)]
 mod grpc_support;
 #[allow(dead_code)]
 mod run_support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use dab_connectors::murron::wire;
 
 use grpc_support::RssSampler;
-use run_support::client::{free_addr, post_events, wait_http_ok, wait_tcp};
+use run_support::client::{free_addr, metric, post_events, scrape, wait_http_ok, wait_tcp};
 use run_support::counter::LineCounter;
 use run_support::process::Dab;
-use run_support::write_set;
+use run_support::{poll, write_set};
 
 /// The bound on peak RSS the amplification tests hold `dab run` to.
 const MAX_RSS_MIB: u64 = 256;
@@ -162,4 +166,252 @@ fn a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory() {
         "{}",
         dab.stderr()
     );
+}
+
+/// Reads until the server closes the connection (EOF or reset); what it
+/// sent first. Panics if it stays open for `limit`.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("connection still open after {limit:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_served() {
+    const IDLE: usize = 2000;
+    const MAX: usize = 1000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = LineCounter::start();
+    let listen = free_addr();
+    let (dab, metrics) = start_relay(
+        dir.path(),
+        &format!(
+            "{{ kind: http, listen: \"{listen}\", max_connections: {MAX}, header_timeout: 2s, body_timeout: 1s }}"
+        ),
+        &counter,
+    );
+    wait_tcp(&listen, START, || dab.stderr());
+    let counts = |text: &str| {
+        let get = |m: &str| metric(text, &format!("{m}{{source=\"In\"}}")).unwrap_or(-1.0) as i64;
+        (
+            get("dab_source_connections_refused_total"),
+            get("dab_source_timeouts_total"),
+        )
+    };
+    // `wait_tcp`'s probe closed at once: neither refused nor timed out.
+    assert_eq!(counts(&scrape(&metrics)), (0, 0));
+
+    // Slow loris, headers: a byte of the head every 100 ms; the head is
+    // never done within header_timeout (2 s).
+    let head_loris = {
+        let listen = listen.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&listen).expect("connect");
+            let head = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]";
+            let started = Instant::now();
+            for b in head {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let answer = read_until_closed(&mut s, Duration::from_secs(10));
+            (started.elapsed(), answer)
+        })
+    };
+    // Slow loris, body: the head at once, then the body a byte every
+    // 300 ms; body_timeout (1 s) answers 408.
+    let body_loris = {
+        let listen = listen.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&listen).expect("connect");
+            s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+                .expect("write head");
+            for _ in 0..5 {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            read_until_closed(&mut s, Duration::from_secs(10))
+        })
+    };
+    // Give the lorises their slots before the idle crowd takes the rest.
+    std::thread::sleep(Duration::from_millis(200));
+    let opening = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..IDLE)
+        .map(|i| TcpStream::connect(&listen).unwrap_or_else(|e| panic!("idle connection {i}: {e}")))
+        .collect();
+    println!("{IDLE} idle connections opened in {:?}", opening.elapsed());
+
+    let (took, head_answer) = head_loris.join().expect("head loris");
+    assert!(
+        took < Duration::from_secs(8),
+        "the head loris was cut off only after {took:?}"
+    );
+    let head_answer = String::from_utf8_lossy(&head_answer).into_owned();
+    assert!(
+        head_answer.is_empty() || head_answer.starts_with("HTTP/1.1 408"),
+        "head loris got {head_answer:?}"
+    );
+    let body_answer = String::from_utf8_lossy(&body_loris.join().expect("body loris")).into_owned();
+    assert!(
+        body_answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "body loris got {body_answer:?}"
+    );
+    assert!(
+        body_answer.contains("the body did not arrive within 1000 ms"),
+        "{body_answer}"
+    );
+    // Every idle connection is closed by the server: refused at once, or
+    // timed out after header_timeout.
+    for (i, s) in idle.iter_mut().enumerate() {
+        let got = read_until_closed(s, Duration::from_secs(20));
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "idle connection {i} got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // Each counted once: the two lorises timed out, every idle connection
+    // was refused or timed out. At least MAX - 2 idle ones had a slot.
+    let (refused, timeouts) = poll(
+        Duration::from_secs(10),
+        "every connection counted",
+        || {
+            let (r, t) = counts(&scrape(&metrics));
+            (r + t == (IDLE + 2) as i64).then_some((r, t))
+        },
+        || format!("{:?}", counts(&scrape(&metrics))),
+    );
+    println!("refused {refused}, timed out {timeouts}");
+    assert!(
+        (1..=(IDLE - MAX + 2) as i64).contains(&refused),
+        "refused {refused}, timeouts {timeouts}"
+    );
+
+    // A normal client, with the crowd's sockets still open on its side.
+    let ok = post_events(
+        &listen,
+        r#"[{"type":"ok"},{"type":"ok"}]"#,
+        Duration::from_secs(10),
+    );
+    assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"accepted":2}"#));
+    assert_eq!(counter.lines(), 2);
+    drop(idle);
+}
+
+#[test]
+fn tcp_and_grpc_listeners_refuse_connections_over_max_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = LineCounter::start();
+    let (tcp, grpc) = (free_addr(), free_addr());
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).Out(Out)\ng.NewPipeline().In(GrpcIn).Out(Out)\n",
+        &format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{tcp}\", max_connections: 3 }}\n  \
+             GrpcIn: {{ kind: murron_grpc, listen: \"{grpc}\", max_connections: 1 }}\n\
+             sinks:\n  Out: {{ kind: tcp, connect: \"{}\" }}\n",
+            counter.addr()
+        ),
+    );
+    let metrics = free_addr();
+    let dab = Dab::start(dir.path(), &["run", "t.dab", "--metrics", &metrics]);
+    wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
+    wait_tcp(&tcp, START, || dab.stderr());
+    wait_tcp(&grpc, START, || dab.stderr());
+    let refused = |source: &str| {
+        metric(
+            &scrape(&metrics),
+            &format!("dab_source_connections_refused_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!(refused("TcpIn"), Some(0.0));
+
+    // Three connections hold every tcp slot: a line from each arrives.
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(&tcp).expect("connect");
+            s.write_all(b"{\"type\":\"held\"}\n").expect("write");
+            s
+        })
+        .collect();
+    poll(
+        Duration::from_secs(10),
+        "a line from each held connection",
+        || (counter.lines() == 3).then_some(()),
+        || format!("{} lines", counter.lines()),
+    );
+    // Two more are closed at once, and what they sent is not read.
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(&tcp).expect("connect");
+        let _ = s.write_all(b"{\"type\":\"over\"}\n");
+        assert_eq!(read_until_closed(&mut s, Duration::from_secs(10)), b"");
+    }
+    assert_eq!(refused("TcpIn"), Some(2.0));
+    // One held connection ends; its slot serves a newcomer. The slot is
+    // freed when dab has read the end, so the newcomer may be refused a
+    // few times first: each refusal is counted.
+    drop(held.pop());
+    let mut refusals = 2.0;
+    let served = (0..100).any(|_| {
+        let mut s = TcpStream::connect(&tcp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("read timeout");
+        let mut buf = [0u8; 1];
+        match s.read(&mut buf) {
+            // Still open after 300 ms: accepted.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                s.write_all(b"{\"type\":\"new\"}\n").expect("write");
+                true
+            }
+            _ => {
+                refusals += 1.0;
+                false
+            }
+        }
+    });
+    assert!(served, "the newcomer was refused 100 times");
+    poll(
+        Duration::from_secs(10),
+        "the newcomer's line",
+        || (counter.lines() == 4).then_some(()),
+        || format!("{} lines", counter.lines()),
+    );
+    assert_eq!(refused("TcpIn"), Some(refusals));
+
+    // gRPC: one connection at a time.
+    let rt = grpc_support::runtime();
+    let one = wire::Batch::from_events(&[grpc_support::event("h", 1, "t", 0)]);
+    let mut first = rt.block_on(grpc_support::must_connect(&grpc));
+    let ack = rt
+        .block_on(grpc_support::send(
+            &mut first,
+            one.clone(),
+            Duration::from_secs(10),
+        ))
+        .expect("first client served");
+    assert_eq!(ack.accepted, 1);
+    let second = rt.block_on(async {
+        match grpc_support::connect(&grpc).await {
+            Ok(mut c) => grpc_support::send(&mut c, one.clone(), Duration::from_secs(10))
+                .await
+                .map(|a| a.accepted)
+                .map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    assert!(second.is_err(), "second connection served: {second:?}");
+    assert_eq!(refused("GrpcIn"), Some(1.0));
+    assert_eq!(counter.lines(), 5);
+    drop(held);
 }

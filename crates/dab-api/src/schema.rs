@@ -152,6 +152,11 @@ static KINDS: &[KindSpec] = &[
                 "ndjson lines or length-delimited protobuf",
             ),
             opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+            opt(
+                "max_connections",
+                FieldType::Int,
+                "connections open at once (default 1024); more are closed and counted",
+            ),
         ],
     },
     KindSpec {
@@ -166,6 +171,11 @@ static KINDS: &[KindSpec] = &[
                 "ndjson lines or length-delimited protobuf",
             ),
             opt("max_frame_bytes", FieldType::Int, "largest accepted frame"),
+            opt(
+                "max_connections",
+                FieldType::Int,
+                "connections open at once (default 1024); more are closed and counted",
+            ),
         ],
     },
     KindSpec {
@@ -178,6 +188,21 @@ static KINDS: &[KindSpec] = &[
                 "max_body_bytes",
                 FieldType::Int,
                 "largest accepted request body",
+            ),
+            opt(
+                "max_connections",
+                FieldType::Int,
+                "connections open at once (default 1024); more are closed and counted",
+            ),
+            opt(
+                "header_timeout",
+                FieldType::Duration,
+                "longest wait for a request's headers (default 10s)",
+            ),
+            opt(
+                "body_timeout",
+                FieldType::Duration,
+                "longest wait for a request's body (default 30s)",
             ),
         ],
     },
@@ -196,6 +221,11 @@ static KINDS: &[KindSpec] = &[
                 "max_concurrent_streams",
                 FieldType::Int,
                 "streams per connection",
+            ),
+            opt(
+                "max_connections",
+                FieldType::Int,
+                "connections open at once (default 1024); more are closed and counted",
             ),
             opt(
                 "tls_cert",

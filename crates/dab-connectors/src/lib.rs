@@ -11,6 +11,7 @@ pub mod framing;
 pub mod generator;
 pub mod http;
 pub mod kafka;
+pub mod limits;
 pub mod murron;
 mod settings;
 mod socket_common;

@@ -1,6 +1,7 @@
 //! The read loop shared by the `tcp` and `unix` sources: accept connections,
 //! frame and decode what each one sends, and hand batches on with back
-//! pressure, admission control and per-connection error isolation.
+//! pressure, admission control, per-connection error isolation and at most
+//! `max_connections` connections at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, DecodeError, Filler, Present};
 use crate::framing::{DelimitedFramer, FrameError, LineFramer};
+use crate::limits::{self, ConnectionLimit};
 use crate::settings::MAX_BATCH;
 
 /// Bytes asked of the socket per read; one read becomes one or a few batches.
@@ -72,6 +74,8 @@ pub struct SocketSettings {
     /// The largest line or frame accepted; larger ones are skipped and
     /// counted as decode errors.
     pub max_frame_bytes: usize,
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
 }
 
 impl Default for SocketSettings {
@@ -79,6 +83,7 @@ impl Default for SocketSettings {
         SocketSettings {
             framing: Framing::Ndjson,
             max_frame_bytes: DEFAULT_MAX_FRAME,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -105,6 +110,7 @@ impl SocketSettings {
         Ok(SocketSettings {
             framing,
             max_frame_bytes,
+            max_connections: limits::max_connections(name, fields)?,
         })
     }
 }
@@ -232,6 +238,7 @@ pub(crate) async fn serve<L: Listener>(
         acks,
     });
     let tracker = TaskTracker::new();
+    let limit = ConnectionLimit::new(settings.max_connections, shared.ctx.stats.clone());
     let mut accept_warn = WarnLimiter::default();
     loop {
         let accepted = tokio::select! {
@@ -245,8 +252,16 @@ pub(crate) async fn serve<L: Listener>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = limit.admit() else {
+                    tracing::debug!(source = %shared.ctx.name, %peer, "{kind} connection refused: max_connections open");
+                    continue;
+                };
                 tracing::debug!(source = %shared.ctx.name, %peer, "{kind} connection accepted");
-                tracker.spawn(connection(stream, peer, Arc::clone(&shared)));
+                let shared = Arc::clone(&shared);
+                tracker.spawn(async move {
+                    connection(stream, peer, shared).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 if let Some(suppressed) = accept_warn.allow() {

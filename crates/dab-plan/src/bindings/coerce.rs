@@ -25,7 +25,14 @@ const AT_LEAST_ONE: &[&str] = &[
     "max_body_bytes",
     "max_message_bytes",
     "max_concurrent_streams",
+    "max_connections",
+    "header_timeout",
+    "body_timeout",
 ];
+
+/// Upper bounds, where a larger value is a mistake rather than a wish
+/// (the connectors refuse the same values when built).
+const AT_MOST: &[(&str, i64)] = &[("max_connections", 1_000_000)];
 
 fn expected(ty: FieldType) -> String {
     match ty {
@@ -165,6 +172,15 @@ fn in_range(
             format!("`{}` must be greater than 0, found {shown}", field.name),
         )
         .help = Some("leave `rate` out for no limit".to_owned());
+        None
+    } else if let Some((_, max)) = AT_MOST
+        .iter()
+        .find(|(name, max)| *name == field.name && matches!(value, ConfigValue::Int(i) if i > *max))
+    {
+        ctx.error(
+            span,
+            format!("`{}` must be at most {max}, found {shown}", field.name),
+        );
         None
     } else if zero && AT_LEAST_ONE.contains(&field.name) {
         ctx.error(
