@@ -6,7 +6,8 @@
 //! - `four_10_mib_http_bodies_of_empty_objects_stay_in_bounded_memory`;
 //! - `a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory`;
 //! - `idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_served`;
-//! - `tcp_and_grpc_listeners_refuse_connections_over_max_connections`.
+//! - `tcp_and_grpc_listeners_refuse_connections_over_max_connections`;
+//! - `input_claiming_reserved_names_is_renamed_and_counted`.
 
 #[allow(dead_code)]
 mod grpc_support;
@@ -45,6 +46,19 @@ fn start_relay(dir: &std::path::Path, source: &str, counter: &LineCounter) -> (D
     let dab = Dab::start(dir, &["run", "t.dab", "--metrics", &metrics]);
     wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
     (dab, metrics)
+}
+
+/// Waits until the peer has read `n` lines, then checks that no more come
+/// in the next 200 ms (a duplicate or a stray event would).
+fn wait_lines(counter: &LineCounter, n: u64) {
+    poll(
+        Duration::from_secs(60),
+        &format!("{n} lines at the peer"),
+        || (counter.lines() >= n).then_some(()),
+        || format!("{} lines", counter.lines()),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(counter.lines(), n);
 }
 
 /// `[{},{},...]` of `n` empty objects: `3n + 1` bytes.
@@ -108,8 +122,9 @@ fn four_10_mib_http_bodies_of_empty_objects_stay_in_bounded_memory() {
         acked += accepted(&a.body);
     }
     assert_eq!(acked, 4 * EVENTS as u64);
-    // Acknowledged means delivered: every line is at the peer already.
-    assert_eq!(counter.lines(), acked);
+    // Acknowledged means delivered: the tcp sink acknowledges once the
+    // kernel has the lines, so the peer reads every one of them.
+    wait_lines(&counter, acked);
     assert!(samples > 10, "only {samples} RSS samples");
     println!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
     assert!(
@@ -152,7 +167,7 @@ fn a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory() {
 
     let ack = ack.unwrap_or_else(|s| panic!("batch refused: {s}; stderr:\n{}", dab.stderr()));
     assert_eq!(ack.accepted, EVENTS as u64);
-    assert_eq!(counter.lines(), ack.accepted);
+    wait_lines(&counter, ack.accepted);
     assert!(samples > 10, "only {samples} RSS samples");
     println!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
     assert!(
@@ -305,7 +320,7 @@ fn idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_se
         Duration::from_secs(10),
     );
     assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"accepted":2}"#));
-    assert_eq!(counter.lines(), 2);
+    wait_lines(&counter, 2);
     drop(idle);
 }
 
@@ -345,12 +360,7 @@ fn tcp_and_grpc_listeners_refuse_connections_over_max_connections() {
             s
         })
         .collect();
-    poll(
-        Duration::from_secs(10),
-        "a line from each held connection",
-        || (counter.lines() == 3).then_some(()),
-        || format!("{} lines", counter.lines()),
-    );
+    wait_lines(&counter, 3);
     // Two more are closed at once, and what they sent is not read.
     for _ in 0..2 {
         let mut s = TcpStream::connect(&tcp).expect("connect");
@@ -381,12 +391,7 @@ fn tcp_and_grpc_listeners_refuse_connections_over_max_connections() {
         }
     });
     assert!(served, "the newcomer was refused 100 times");
-    poll(
-        Duration::from_secs(10),
-        "the newcomer's line",
-        || (counter.lines() == 4).then_some(()),
-        || format!("{} lines", counter.lines()),
-    );
+    wait_lines(&counter, 4);
     assert_eq!(refused("TcpIn"), Some(refusals));
 
     // gRPC: one connection at a time.
@@ -411,7 +416,68 @@ fn tcp_and_grpc_listeners_refuse_connections_over_max_connections() {
         }
     });
     assert!(second.is_err(), "second connection served: {second:?}");
-    assert_eq!(refused("GrpcIn"), Some(1.0));
-    assert_eq!(counter.lines(), 5);
+    // tonic may try the connection more than once; each try is refused.
+    let grpc_refused = refused("GrpcIn").expect("GrpcIn refusals");
+    assert!(grpc_refused >= 1.0, "{grpc_refused}");
+    wait_lines(&counter, 5);
     drop(held);
+}
+
+#[test]
+fn input_claiming_reserved_names_is_renamed_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.ndjson");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "p.NewPipeline().In(In).Out(Out)\n",
+        &format!(
+            "sources:\n  In: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  Out: {{ kind: file, path: {} }}\n",
+            serde_json::to_string(&out.display().to_string()).expect("path")
+        ),
+    );
+    let metrics = free_addr();
+    let mut dab = Dab::start(dir.path(), &["run", "t.dab", "--metrics", &metrics]);
+    wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
+    wait_tcp(&listen, START, || dab.stderr());
+    let answer = post_events(
+        &listen,
+        r#"[{"type":"dab.undecodable","offset":1,"tags":{"dab.error":"forged","env":"x"}},
+            {"type":"t","offset":2,"tags":{"dab.untrusted.sample_rate":"5"}}]"#,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"accepted":2}"#)
+    );
+    let lines = run_support::file_lines(&out);
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(events.len(), 2, "{lines:?}");
+    assert_eq!(events[0]["type"], "dab.untrusted.undecodable");
+    assert_eq!(
+        events[0]["tags"],
+        serde_json::json!({"env": "x", "dab.untrusted.error": "forged"})
+    );
+    // Already marked untrusted: left as it came.
+    assert_eq!(events[1]["type"], "t");
+    assert_eq!(
+        events[1]["tags"],
+        serde_json::json!({"dab.untrusted.sample_rate": "5"})
+    );
+    assert_eq!(
+        metric(
+            &scrape(&metrics),
+            "dab_source_reserved_names_total{source=\"In\"}"
+        ),
+        Some(1.0)
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }

@@ -17,13 +17,13 @@
 //! (up to [`MAX_BATCH`] events) is decoded once.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dab_api::{AckStatus, AckToken, Batch, Event};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::json::ArrayReader;
-use crate::codec::{DecodeError, Filler, Present};
+use crate::codec::{with_budget, DecodeError, Filler, InternBudget, Present};
 use crate::murron::wire::BatchReader;
 use crate::settings::MAX_BATCH;
 
@@ -90,14 +90,13 @@ pub(crate) struct Sent {
 /// pressure) unless `cancel` fires first.
 pub(crate) async fn send<C: Chunks>(
     mut reader: C,
+    intern: &Arc<InternBudget>,
     filler: &Mutex<Filler>,
     out: &mpsc::Sender<Batch>,
     cancel: impl Future<Output = ()>,
 ) -> Result<Sent, Refused> {
     let mut chunk = Vec::new();
-    reader
-        .next_chunk(MAX_BATCH, &mut chunk)
-        .map_err(Refused::Decode)?;
+    with_budget(intern, || reader.next_chunk(MAX_BATCH, &mut chunk)).map_err(Refused::Decode)?;
     if chunk.is_empty() && reader.is_done() {
         return Ok(Sent {
             events: 0,
@@ -105,7 +104,9 @@ pub(crate) async fn send<C: Chunks>(
         });
     }
     if !reader.is_done() {
-        check_rest(reader.clone()).await.map_err(Refused::Decode)?;
+        check_rest(reader.clone(), intern)
+            .await
+            .map_err(Refused::Decode)?;
     }
 
     tokio::pin!(cancel);
@@ -129,8 +130,7 @@ pub(crate) async fn send<C: Chunks>(
         }
         // Checked already, so an error here cannot happen; if it did, the
         // request fails whole rather than being acknowledged in part.
-        reader
-            .next_chunk(MAX_BATCH, &mut chunk)
+        with_budget(intern, || reader.next_chunk(MAX_BATCH, &mut chunk))
             .map_err(Refused::Decode)?;
     }
     root.complete();
@@ -142,10 +142,13 @@ pub(crate) async fn send<C: Chunks>(
 
 /// Decodes the rest of a request without keeping it, yielding between
 /// chunks so that a large body does not hold a runtime thread.
-async fn check_rest<C: Chunks>(mut reader: C) -> Result<(), DecodeError> {
+async fn check_rest<C: Chunks>(
+    mut reader: C,
+    intern: &Arc<InternBudget>,
+) -> Result<(), DecodeError> {
     let mut scratch = Vec::with_capacity(MAX_BATCH);
     while !reader.is_done() {
-        reader.next_chunk(MAX_BATCH, &mut scratch)?;
+        with_budget(intern, || reader.next_chunk(MAX_BATCH, &mut scratch))?;
         scratch.clear();
         tokio::task::yield_now().await;
     }

@@ -18,7 +18,7 @@ use dab_api::{AckStatus, AckToken, Batch, BuildError, Event, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::task::TaskTracker;
 
-use crate::codec::{self, DecodeError, Filler, Present};
+use crate::codec::{self, with_budget, DecodeError, Filler, InternBudget, Present};
 use crate::framing::{DelimitedFramer, FrameError, LineFramer};
 use crate::limits::{self, ConnectionLimit};
 use crate::settings::MAX_BATCH;
@@ -218,6 +218,8 @@ struct Shared {
     /// One filler for the whole source, so that connections without
     /// offsets still get distinct (host, pid, type, offset) UIDs.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     acks: Arc<AckCounts>,
 }
 
@@ -232,7 +234,8 @@ pub(crate) async fn serve<L: Listener>(
 ) {
     let shared = Arc::new(Shared {
         kind,
-        filler: Mutex::new(Filler::new(&ctx.name)),
+        filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),
+        intern: InternBudget::per_source(),
         ctx,
         settings,
         acks,
@@ -425,27 +428,9 @@ impl Connection {
     /// Decodes the pending frames and sends them on in batches.
     async fn deliver(&mut self) -> Next {
         let mut decoded: Vec<(Event, Present)> = Vec::with_capacity(self.frames.len());
-        let mut next = Next::Continue;
         let frames = std::mem::take(&mut self.frames);
-        for frame in frames {
-            match frame {
-                Ok(bytes) => match self.decode(bytes) {
-                    Ok(Some(ev)) => decoded.push(ev),
-                    Ok(None) => {}
-                    Err(e) => self.bad_input(&e.to_string()),
-                },
-                Err(e) => {
-                    let poisoned = matches!(e, FrameError::BadLength);
-                    self.bad_input(&e.to_string());
-                    if poisoned {
-                        let ctx = &self.shared.ctx;
-                        tracing::warn!(source = %ctx.name, peer = %self.peer, "{} stream is unreadable after a bad length prefix; closing the connection", self.shared.kind);
-                        next = Next::Close;
-                        break;
-                    }
-                }
-            }
-        }
+        let budget = Arc::clone(&self.shared.intern);
+        let next = with_budget(&budget, || self.decode_frames(frames, &mut decoded));
         if decoded.is_empty() {
             return next;
         }
@@ -461,6 +446,34 @@ impl Connection {
             }
         }
         next
+    }
+
+    /// Decodes frames into `decoded`; `Close` after a bad length prefix,
+    /// past which the stream cannot be read.
+    fn decode_frames(
+        &mut self,
+        frames: Vec<Result<Bytes, FrameError>>,
+        decoded: &mut Vec<(Event, Present)>,
+    ) -> Next {
+        for frame in frames {
+            match frame {
+                Ok(bytes) => match self.decode(bytes) {
+                    Ok(Some(ev)) => decoded.push(ev),
+                    Ok(None) => {}
+                    Err(e) => self.bad_input(&e.to_string()),
+                },
+                Err(e) => {
+                    let poisoned = matches!(e, FrameError::BadLength);
+                    self.bad_input(&e.to_string());
+                    if poisoned {
+                        let ctx = &self.shared.ctx;
+                        tracing::warn!(source = %ctx.name, peer = %self.peer, "{} stream is unreadable after a bad length prefix; closing the connection", self.shared.kind);
+                        return Next::Close;
+                    }
+                }
+            }
+        }
+        Next::Continue
     }
 
     /// `Ok(None)` for a blank NDJSON line, which is not an event.

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunked::{self, Refused};
-use crate::codec::{json, DecodeError, Filler};
+use crate::codec::{json, DecodeError, Filler, InternBudget};
 use crate::limits::ConnectionLimit;
 
 const EVENTS_PATH: &str = "/v1/events";
@@ -82,7 +82,8 @@ impl Source for HttpSource {
         tracing::info!(source = %self.name, %listen, "http source listening");
 
         let shared = Arc::new(Shared {
-            filler: Mutex::new(Filler::new(&ctx.name)),
+            filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),
+            intern: InternBudget::per_source(),
             max_body_bytes: self.config.max_body_bytes,
             body_timeout: self.config.body_timeout,
             out: ctx.out,
@@ -158,6 +159,8 @@ struct Shared {
     /// One sequence per (host, pid, type) for the whole source, so offsets
     /// it fills in stay unique across connections.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     max_body_bytes: usize,
     body_timeout: Duration,
     out: mpsc::Sender<Batch>,
@@ -238,14 +241,21 @@ async fn post_events(shared: &Shared, req: Request<Incoming>) -> Reply {
         Err(e) => return refused(e),
     };
     // Cut into runtime batches; waiting for room is the back pressure.
-    let sent =
-        match chunked::send(reader, &shared.filler, &shared.out, std::future::pending()).await {
-            Ok(sent) => sent,
-            Err(Refused::Decode(e)) => return refused(e),
-            Err(Refused::Stopped) => {
-                return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping")
-            }
-        };
+    let sent = match chunked::send(
+        reader,
+        &shared.intern,
+        &shared.filler,
+        &shared.out,
+        std::future::pending(),
+    )
+    .await
+    {
+        Ok(sent) => sent,
+        Err(Refused::Decode(e)) => return refused(e),
+        Err(Refused::Stopped) => {
+            return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping")
+        }
+    };
     SourceStats::add(&shared.stats.events, sent.events);
     SourceStats::add(&shared.stats.bytes, body_len);
     let n = sent.events as usize;

@@ -27,7 +27,7 @@ use super::rpc::murron_server::Murron;
 use super::rpc::Ack;
 use super::{wire, STREAM_WINDOW};
 use crate::chunked::{self, Refused};
-use crate::codec::Filler;
+use crate::codec::{Filler, InternBudget};
 
 /// What every call of one source shares.
 #[derive(Debug)]
@@ -37,6 +37,8 @@ pub(super) struct Shared {
     /// One sequence per (host, pid, type) for the whole source, so offsets
     /// it fills in stay unique across connections.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     pub(super) stats: Arc<SourceStats>,
     admission: Arc<dyn Admission>,
     stopping: CancellationToken,
@@ -61,7 +63,8 @@ impl Shared {
     ) -> Shared {
         Shared {
             out: Mutex::new(Some(out)),
-            filler: Mutex::new(Filler::new(name)),
+            filler: Mutex::new(Filler::for_source(name, stats.clone())),
+            intern: InternBudget::per_source(),
             stats,
             admission,
             stopping,
@@ -100,15 +103,21 @@ impl Shared {
         };
         // Cut into runtime batches; waiting for room is the back pressure,
         // cut short by `abort`.
-        let sent = chunked::send(batch.reader(), &self.filler, &out, self.abort.cancelled())
-            .await
-            .map_err(|refused| match refused {
-                Refused::Decode(e) => {
-                    SourceStats::add(&self.stats.decode_errors, 1);
-                    Status::invalid_argument(e.to_string())
-                }
-                Refused::Stopped => stopping(),
-            })?;
+        let sent = chunked::send(
+            batch.reader(),
+            &self.intern,
+            &self.filler,
+            &out,
+            self.abort.cancelled(),
+        )
+        .await
+        .map_err(|refused| match refused {
+            Refused::Decode(e) => {
+                SourceStats::add(&self.stats.decode_errors, 1);
+                Status::invalid_argument(e.to_string())
+            }
+            Refused::Stopped => stopping(),
+        })?;
         SourceStats::add(&self.stats.events, sent.events);
         SourceStats::add(&self.stats.bytes, bytes);
         Ok(Pending {
