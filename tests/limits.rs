@@ -7,7 +7,8 @@
 //! - `a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory`;
 //! - `idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_served`;
 //! - `tcp_and_grpc_listeners_refuse_connections_over_max_connections`;
-//! - `input_claiming_reserved_names_is_renamed_and_counted`.
+//! - `input_claiming_reserved_names_is_renamed_and_counted`;
+//! - `admission_on_memory_is_on_by_default_and_refuses_above_the_mark`.
 
 #[allow(dead_code)]
 mod grpc_support;
@@ -480,4 +481,65 @@ fn input_claiming_reserved_names_is_renamed_and_counted() {
         "{}",
         dab.stderr()
     );
+}
+
+#[test]
+fn admission_on_memory_is_on_by_default_and_refuses_above_the_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = LineCounter::start();
+    let listen = free_addr();
+    let source = format!("{{ kind: http, listen: \"{listen}\" }}");
+    // Default: a mark of half the memory, at least 512 MiB, logged.
+    let (mut dab, _) = start_relay(dir.path(), &source, &counter);
+    let line = dab.wait_for_log(START, "the memory mark", |l| {
+        l.contains("sources refuse new work above this resident memory")
+    });
+    let mark: u64 = line
+        .split("max_memory_mb=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mark in {line:?}"));
+    assert!(mark >= 512, "{line}");
+    wait_tcp(&listen, START, || dab.stderr());
+    let ok = post_events(&listen, "[{}]", Duration::from_secs(10));
+    assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"accepted":1}"#));
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+
+    // A mark below what the process uses already: refused, retriable.
+    let metrics = free_addr();
+    let mut dab = Dab::start(
+        dir.path(),
+        &[
+            "run",
+            "t.dab",
+            "--metrics",
+            &metrics,
+            "--max-memory-mb",
+            "1",
+        ],
+    );
+    wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
+    wait_tcp(&listen, START, || dab.stderr());
+    let refused = post_events(&listen, "[{}]", Duration::from_secs(10));
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (429, r#"{"error":"overloaded, retry later"}"#)
+    );
+    assert_eq!(
+        metric(&scrape(&metrics), "dab_source_refused_total{source=\"In\"}"),
+        Some(1.0)
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+    wait_lines(&counter, 1);
 }
