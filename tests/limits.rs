@@ -10,6 +10,9 @@
 //! - `input_claiming_reserved_names_is_renamed_and_counted`;
 //! - `admission_on_memory_is_on_by_default_and_refuses_above_the_mark`.
 
+// Events are built field by field, the way other crates must.
+#![allow(clippy::field_reassign_with_default)]
+
 #[allow(dead_code)]
 mod grpc_support;
 #[allow(dead_code)]
@@ -127,7 +130,7 @@ fn four_10_mib_http_bodies_of_empty_objects_stay_in_bounded_memory() {
     // kernel has the lines, so the peer reads every one of them.
     wait_lines(&counter, acked);
     assert!(samples > 10, "only {samples} RSS samples");
-    println!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
+    eprintln!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
     assert!(
         peak_kib < MAX_RSS_MIB * 1024,
         "peak RSS {} MiB, bound {MAX_RSS_MIB} MiB",
@@ -170,7 +173,7 @@ fn a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory() {
     assert_eq!(ack.accepted, EVENTS as u64);
     wait_lines(&counter, ack.accepted);
     assert!(samples > 10, "only {samples} RSS samples");
-    println!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
+    eprintln!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
     assert!(
         peak_kib < MAX_RSS_MIB * 1024,
         "peak RSS {} MiB, bound {MAX_RSS_MIB} MiB",
@@ -266,7 +269,7 @@ fn idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_se
     let mut idle: Vec<TcpStream> = (0..IDLE)
         .map(|i| TcpStream::connect(&listen).unwrap_or_else(|e| panic!("idle connection {i}: {e}")))
         .collect();
-    println!("{IDLE} idle connections opened in {:?}", opening.elapsed());
+    eprintln!("{IDLE} idle connections opened in {:?}", opening.elapsed());
 
     let (took, head_answer) = head_loris.join().expect("head loris");
     assert!(
@@ -308,7 +311,7 @@ fn idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_se
         },
         || format!("{:?}", counts(&scrape(&metrics))),
     );
-    println!("refused {refused}, timed out {timeouts}");
+    eprintln!("refused {refused}, timed out {timeouts}");
     assert!(
         (1..=(IDLE - MAX + 2) as i64).contains(&refused),
         "refused {refused}, timeouts {timeouts}"

@@ -58,13 +58,14 @@ mod tests {
     use super::*;
 
     fn event(ty: &str, tags: &[(&str, &str)]) -> Event {
-        let mut e = Event::default();
-        e.ty = Text::from(ty);
-        e.tags = tags
-            .iter()
-            .map(|(k, v)| (Text::from(*k), Text::from(*v)))
-            .collect();
-        e
+        Event {
+            ty: Text::from(ty),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (Text::from(*k), Text::from(*v)))
+                .collect(),
+            ..Event::default()
+        }
     }
 
     fn names(e: &Event) -> (String, Vec<(String, String)>) {
