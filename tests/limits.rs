@@ -65,6 +65,27 @@ fn wait_lines(counter: &LineCounter, n: u64) {
     assert_eq!(counter.lines(), n);
 }
 
+/// Checks the sampled peak against [`MAX_RSS_MIB`].
+fn assert_peak_rss(peak_kib: u64, samples: u64) {
+    assert!(samples > 10, "only {samples} RSS samples");
+    eprintln!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
+    assert!(
+        peak_kib < MAX_RSS_MIB * 1024,
+        "peak RSS {} MiB, bound {MAX_RSS_MIB} MiB",
+        peak_kib / 1024
+    );
+}
+
+/// SIGTERM, and a clean exit within 30 s.
+fn stop(dab: &mut Dab) {
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+}
+
 /// `[{},{},...]` of `n` empty objects: `3n + 1` bytes.
 fn empty_objects(n: usize) -> String {
     let mut body = String::with_capacity(3 * n + 1);
@@ -129,19 +150,8 @@ fn four_10_mib_http_bodies_of_empty_objects_stay_in_bounded_memory() {
     // Acknowledged means delivered: the tcp sink acknowledges once the
     // kernel has the lines, so the peer reads every one of them.
     wait_lines(&counter, acked);
-    assert!(samples > 10, "only {samples} RSS samples");
-    eprintln!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
-    assert!(
-        peak_kib < MAX_RSS_MIB * 1024,
-        "peak RSS {} MiB, bound {MAX_RSS_MIB} MiB",
-        peak_kib / 1024
-    );
-    dab.terminate();
-    assert!(
-        dab.wait(Duration::from_secs(30)).success(),
-        "{}",
-        dab.stderr()
-    );
+    assert_peak_rss(peak_kib, samples);
+    stop(&mut dab);
     assert_eq!(counter.lines(), acked, "nothing more after the stop");
 }
 
@@ -172,19 +182,8 @@ fn a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory() {
     let ack = ack.unwrap_or_else(|s| panic!("batch refused: {s}; stderr:\n{}", dab.stderr()));
     assert_eq!(ack.accepted, EVENTS as u64);
     wait_lines(&counter, ack.accepted);
-    assert!(samples > 10, "only {samples} RSS samples");
-    eprintln!("peak RSS {} MiB over {samples} samples", peak_kib / 1024);
-    assert!(
-        peak_kib < MAX_RSS_MIB * 1024,
-        "peak RSS {} MiB, bound {MAX_RSS_MIB} MiB",
-        peak_kib / 1024
-    );
-    dab.terminate();
-    assert!(
-        dab.wait(Duration::from_secs(30)).success(),
-        "{}",
-        dab.stderr()
-    );
+    assert_peak_rss(peak_kib, samples);
+    stop(&mut dab);
 }
 
 /// Reads until the server closes the connection (EOF or reset); what it
@@ -478,12 +477,7 @@ fn input_claiming_reserved_names_is_renamed_and_counted() {
         ),
         Some(1.0)
     );
-    dab.terminate();
-    assert!(
-        dab.wait(Duration::from_secs(30)).success(),
-        "{}",
-        dab.stderr()
-    );
+    stop(&mut dab);
 }
 
 #[test]
@@ -507,12 +501,7 @@ fn admission_on_memory_is_on_by_default_and_refuses_above_the_mark() {
     wait_tcp(&listen, START, || dab.stderr());
     let ok = post_events(&listen, "[{}]", Duration::from_secs(10));
     assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"accepted":1}"#));
-    dab.terminate();
-    assert!(
-        dab.wait(Duration::from_secs(30)).success(),
-        "{}",
-        dab.stderr()
-    );
+    stop(&mut dab);
 
     // A mark below what the process uses already: refused, retriable.
     let metrics = free_addr();
@@ -538,11 +527,6 @@ fn admission_on_memory_is_on_by_default_and_refuses_above_the_mark() {
         metric(&scrape(&metrics), "dab_source_refused_total{source=\"In\"}"),
         Some(1.0)
     );
-    dab.terminate();
-    assert!(
-        dab.wait(Duration::from_secs(30)).success(),
-        "{}",
-        dab.stderr()
-    );
+    stop(&mut dab);
     wait_lines(&counter, 1);
 }
