@@ -171,3 +171,111 @@ fn fill(filler: &Mutex<Filler>, chunk: &mut Vec<(Event, Present)>) -> Vec<Event>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn body(n: usize) -> Bytes {
+        let items: Vec<String> = (0..n).map(|i| format!("{{\"offset\":{i}}}")).collect();
+        Bytes::from(format!("[{}]", items.join(",")))
+    }
+
+    fn run<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Sends `body` through a channel of `room` batches to a task that
+    /// settles each batch with `settle(index)`; the batch sizes and the
+    /// request's outcome.
+    fn send_and_settle(
+        body: Bytes,
+        room: usize,
+        settle: impl Fn(usize) -> bool + Send + 'static,
+    ) -> (Result<u64, String>, Vec<usize>, Option<AckStatus>) {
+        run(async move {
+            let (tx, mut rx) = mpsc::channel::<Batch>(room);
+            let settler = tokio::spawn(async move {
+                let mut sizes = Vec::new();
+                while let Some(batch) = rx.recv().await {
+                    let ok = settle(sizes.len());
+                    sizes.push(batch.len());
+                    if ok {
+                        batch.ack.complete();
+                    } else {
+                        batch.ack.fail();
+                    }
+                }
+                sizes
+            });
+            let filler = Mutex::new(Filler::new("src"));
+            let reader = ArrayReader::new(body).expect("opens");
+            let sent = send(
+                reader,
+                &InternBudget::per_source(),
+                &filler,
+                &tx,
+                std::future::pending(),
+            )
+            .await;
+            drop(tx);
+            let sizes = settler.await.expect("settler");
+            match sent {
+                Ok(Sent { events, outcome }) => {
+                    let status = match outcome {
+                        Some(o) => Some(o.await.expect("outcome")),
+                        None => None,
+                    };
+                    (Ok(events), sizes, status)
+                }
+                Err(Refused::Decode(e)) => (Err(e.to_string()), sizes, None),
+                Err(Refused::Stopped) => (Err("stopped".to_owned()), sizes, None),
+            }
+        })
+    }
+
+    #[test]
+    fn a_large_request_becomes_bounded_batches_acknowledged_together() {
+        let (sent, sizes, status) = send_and_settle(body(2 * MAX_BATCH + 5), 1, |_| true);
+        assert_eq!(sent, Ok(2 * MAX_BATCH as u64 + 5));
+        assert_eq!(sizes, vec![MAX_BATCH, MAX_BATCH, 5]);
+        assert_eq!(status, Some(AckStatus::Delivered));
+    }
+
+    #[test]
+    fn one_failed_chunk_fails_the_whole_request() {
+        let (sent, sizes, status) = send_and_settle(body(3 * MAX_BATCH), 1, |i| i != 1);
+        assert_eq!(sent, Ok(3 * MAX_BATCH as u64));
+        assert_eq!(sizes.len(), 3);
+        assert_eq!(status, Some(AckStatus::Failed));
+    }
+
+    #[test]
+    fn bad_input_past_the_first_chunk_sends_nothing() {
+        let mut items: Vec<String> = (0..2 * MAX_BATCH)
+            .map(|i| format!("{{\"offset\":{i}}}"))
+            .collect();
+        items.push("{\"offset\":\"x\"}".to_owned());
+        let text = format!("[{}]", items.join(","));
+        let column = text.find("\"x\"").expect("bad value") + 1;
+        let bad = Bytes::from(text);
+        let (sent, sizes, _) = send_and_settle(bad, 4, |_| true);
+        let err = sent.expect_err("refused");
+        assert!(
+            err.starts_with(&format!("invalid JSON event at column {column}: ")),
+            "{err}"
+        );
+        assert_eq!(sizes, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn an_empty_array_is_acknowledged_at_once() {
+        let (sent, sizes, status) = send_and_settle(Bytes::from_static(b" [ ] "), 1, |_| true);
+        assert_eq!((sent, sizes, status), (Ok(0), vec![], None));
+    }
+}
