@@ -1,10 +1,13 @@
 //! Helpers of the `dab run` end-to-end tests (`tests/run.rs`): the process
 //! under test, a raw HTTP/1.1 client and metrics scraper, a scriptable HTTP
-//! server standing in for a sink's peer, a peer that never answers, socket
-//! producers, and the sampler's documented hash written out independently
-//! of the product.
+//! server standing in for a sink's peer, a peer that never answers, a peer
+//! that only counts lines, socket producers, and the sampler's documented
+//! hash written out independently of the product.
 
 pub mod client;
+// Only the limit tests count lines they cannot keep.
+#[allow(dead_code)]
+pub mod counter;
 pub mod process;
 pub mod producer;
 pub mod sample;

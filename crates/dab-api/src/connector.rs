@@ -63,6 +63,15 @@ pub struct SourceStats {
     /// stopped (a forced stop, or a stop whose drain outlasted the
     /// source's grace). Counted so that no loss is silent.
     pub abandoned: AtomicU64,
+    /// Connections closed at once because the listener had
+    /// `max_connections` open already.
+    pub connections_refused: AtomicU64,
+    /// Connections or requests closed because the client was too slow
+    /// (an HTTP header or body not read in time).
+    pub timeouts: AtomicU64,
+    /// Events that claimed a name reserved to DAB (a type or tag key
+    /// starting with `dab.`) and had it renamed at ingest.
+    pub reserved_names: AtomicU64,
 }
 
 impl SourceStats {

@@ -157,6 +157,13 @@ const KAFKA_MAX_REDELIVERIES: FieldSpec = opt(
     "times a batch that failed downstream is sent again before it goes to OnError (default 5)",
 )
 .within(0, 1_000);
+/// A listener's bound on connections open at once.
+const MAX_CONNECTIONS: FieldSpec = opt(
+    "max_connections",
+    FieldType::Int,
+    "connections open at once (default 1024); more are closed and counted",
+)
+.within(1, 1_000_000);
 /// The CA an `https://` sink endpoint's certificate must chain to.
 const TLS_CA: FieldSpec = opt(
     "tls_ca",
@@ -193,6 +200,7 @@ static KINDS: &[KindSpec] = &[
                 "ndjson lines or length-delimited protobuf",
             ),
             opt("max_frame_bytes", FieldType::Int, "largest accepted frame").within(1, MAX_MESSAGE),
+            MAX_CONNECTIONS,
         ],
     },
     KindSpec {
@@ -207,6 +215,7 @@ static KINDS: &[KindSpec] = &[
                 "ndjson lines or length-delimited protobuf",
             ),
             opt("max_frame_bytes", FieldType::Int, "largest accepted frame").within(1, MAX_MESSAGE),
+            MAX_CONNECTIONS,
         ],
     },
     KindSpec {
@@ -221,6 +230,19 @@ static KINDS: &[KindSpec] = &[
                 "largest accepted request body",
             )
             .within(1, MAX_MESSAGE),
+            MAX_CONNECTIONS,
+            opt(
+                "header_timeout",
+                FieldType::Duration,
+                "longest wait for a request's headers (default 10s)",
+            )
+            .within(1, HOUR_MS),
+            opt(
+                "body_timeout",
+                FieldType::Duration,
+                "longest wait for a request's body (default 30s)",
+            )
+            .within(1, HOUR_MS),
         ],
     },
     KindSpec {
@@ -241,6 +263,7 @@ static KINDS: &[KindSpec] = &[
                 "streams per connection",
             )
             .within(1, 100_000),
+            MAX_CONNECTIONS,
             opt(
                 "tls_cert",
                 FieldType::Path,

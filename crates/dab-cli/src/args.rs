@@ -77,9 +77,11 @@ pub struct RunArgs {
     /// Seconds to drain after SIGTERM/Ctrl-C before giving up on what is left
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub shutdown_timeout: u64,
-    /// Refuse new work above this resident memory, in MiB (0: no limit)
-    #[arg(long, value_name = "MIB", default_value_t = 0)]
-    pub max_memory_mb: u64,
+    /// Refuse new work above this resident memory, in MiB. Default: half
+    /// the memory the process may use (the machine's, or its cgroup's
+    /// limit when lower), at least 512 MiB; 0 turns the limit off
+    #[arg(long, value_name = "MIB")]
+    pub max_memory_mb: Option<u64>,
     /// Capacity of each channel between tasks, in batches
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=4096))]

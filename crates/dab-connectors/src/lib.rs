@@ -4,12 +4,14 @@
 //! runtime.
 
 pub mod blackhole;
+mod chunked;
 pub mod codec;
 pub mod file;
 pub mod framing;
 pub mod generator;
 pub mod http;
 pub mod kafka;
+pub mod limits;
 pub mod murron;
 mod settings;
 mod socket_common;

@@ -2,6 +2,11 @@
 
 use dab_api::BuildError;
 
+/// Events per runtime batch at most, from any socket, HTTP request or gRPC
+/// batch: a larger input is cut into batches of this size, so the memory a
+/// request holds downstream does not grow with its number of events.
+pub(crate) const MAX_BATCH: usize = 1024;
+
 /// `host:port` with a port number; the host is resolved when binding.
 pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
     match listen.rsplit_once(':') {
@@ -78,4 +83,38 @@ fn read_ca(path: &str) -> Result<Vec<u8>, String> {
             "`tls_ca` file `{path}` is not a PEM certificate: {e}"
         )),
     }
+}
+
+/// Connections the kernel completes and queues before a listener accepts
+/// them. The usual 128 overflows under a burst of clients (2,000 connecting
+/// at once): the kernel then drops their SYNs and each waits a whole second
+/// to retry. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` (`host:port`; a host name is resolved
+/// and each address tried in turn) with a backlog of [`LISTEN_BACKLOG`].
+pub(crate) async fn listen_tcp(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(LISTEN_BACKLOG)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{addr}` resolves to no address"),
+        )
+    }))
 }

@@ -1,6 +1,7 @@
 //! The read loop shared by the `tcp` and `unix` sources: accept connections,
 //! frame and decode what each one sends, and hand batches on with back
-//! pressure, admission control and per-connection error isolation.
+//! pressure, admission control, per-connection error isolation and at most
+//! `max_connections` connections at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,11 +18,11 @@ use dab_api::{AckStatus, AckToken, Batch, BuildError, Event, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::task::TaskTracker;
 
-use crate::codec::{self, DecodeError, Filler, Present};
+use crate::codec::{self, with_budget, DecodeError, Filler, InternBudget, Present};
 use crate::framing::{DelimitedFramer, FrameError, LineFramer};
+use crate::limits::{self, ConnectionLimit};
+use crate::settings::MAX_BATCH;
 
-/// Events per batch at most.
-pub(crate) const MAX_BATCH: usize = 1024;
 /// Bytes asked of the socket per read; one read becomes one or a few batches.
 const READ_BUF: usize = 64 * 1024;
 /// How long a refused connection waits before asking admission again.
@@ -73,6 +74,8 @@ pub struct SocketSettings {
     /// The largest line or frame accepted; larger ones are skipped and
     /// counted as decode errors.
     pub max_frame_bytes: usize,
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
 }
 
 impl Default for SocketSettings {
@@ -80,6 +83,7 @@ impl Default for SocketSettings {
         SocketSettings {
             framing: Framing::Ndjson,
             max_frame_bytes: DEFAULT_MAX_FRAME,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -106,6 +110,7 @@ impl SocketSettings {
         Ok(SocketSettings {
             framing,
             max_frame_bytes,
+            max_connections: limits::max_connections(name, fields)?,
         })
     }
 }
@@ -213,6 +218,8 @@ struct Shared {
     /// One filler for the whole source, so that connections without
     /// offsets still get distinct (host, pid, type, offset) UIDs.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     acks: Arc<AckCounts>,
 }
 
@@ -227,12 +234,14 @@ pub(crate) async fn serve<L: Listener>(
 ) {
     let shared = Arc::new(Shared {
         kind,
-        filler: Mutex::new(Filler::new(&ctx.name)),
+        filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),
+        intern: InternBudget::per_source(),
         ctx,
         settings,
         acks,
     });
     let tracker = TaskTracker::new();
+    let limit = ConnectionLimit::new(settings.max_connections, shared.ctx.stats.clone());
     let mut accept_warn = WarnLimiter::default();
     loop {
         let accepted = tokio::select! {
@@ -246,8 +255,16 @@ pub(crate) async fn serve<L: Listener>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = limit.admit() else {
+                    tracing::debug!(source = %shared.ctx.name, %peer, "{kind} connection refused: max_connections open");
+                    continue;
+                };
                 tracing::debug!(source = %shared.ctx.name, %peer, "{kind} connection accepted");
-                tracker.spawn(connection(stream, peer, Arc::clone(&shared)));
+                let shared = Arc::clone(&shared);
+                tracker.spawn(async move {
+                    connection(stream, peer, shared).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 if let Some(suppressed) = accept_warn.allow() {
@@ -411,27 +428,9 @@ impl Connection {
     /// Decodes the pending frames and sends them on in batches.
     async fn deliver(&mut self) -> Next {
         let mut decoded: Vec<(Event, Present)> = Vec::with_capacity(self.frames.len());
-        let mut next = Next::Continue;
         let frames = std::mem::take(&mut self.frames);
-        for frame in frames {
-            match frame {
-                Ok(bytes) => match self.decode(bytes) {
-                    Ok(Some(ev)) => decoded.push(ev),
-                    Ok(None) => {}
-                    Err(e) => self.bad_input(&e.to_string()),
-                },
-                Err(e) => {
-                    let poisoned = matches!(e, FrameError::BadLength);
-                    self.bad_input(&e.to_string());
-                    if poisoned {
-                        let ctx = &self.shared.ctx;
-                        tracing::warn!(source = %ctx.name, peer = %self.peer, "{} stream is unreadable after a bad length prefix; closing the connection", self.shared.kind);
-                        next = Next::Close;
-                        break;
-                    }
-                }
-            }
-        }
+        let budget = Arc::clone(&self.shared.intern);
+        let next = with_budget(&budget, || self.decode_frames(frames, &mut decoded));
         if decoded.is_empty() {
             return next;
         }
@@ -447,6 +446,34 @@ impl Connection {
             }
         }
         next
+    }
+
+    /// Decodes frames into `decoded`; `Close` after a bad length prefix,
+    /// past which the stream cannot be read.
+    fn decode_frames(
+        &mut self,
+        frames: Vec<Result<Bytes, FrameError>>,
+        decoded: &mut Vec<(Event, Present)>,
+    ) -> Next {
+        for frame in frames {
+            match frame {
+                Ok(bytes) => match self.decode(bytes) {
+                    Ok(Some(ev)) => decoded.push(ev),
+                    Ok(None) => {}
+                    Err(e) => self.bad_input(&e.to_string()),
+                },
+                Err(e) => {
+                    let poisoned = matches!(e, FrameError::BadLength);
+                    self.bad_input(&e.to_string());
+                    if poisoned {
+                        let ctx = &self.shared.ctx;
+                        tracing::warn!(source = %ctx.name, peer = %self.peer, "{} stream is unreadable after a bad length prefix; closing the connection", self.shared.kind);
+                        return Next::Close;
+                    }
+                }
+            }
+        }
+        Next::Continue
     }
 
     /// `Ok(None)` for a blank NDJSON line, which is not an event.

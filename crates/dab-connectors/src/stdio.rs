@@ -76,7 +76,7 @@ pub async fn read_ndjson<R: tokio::io::AsyncRead + Unpin + Send>(
     ctx: &SourceContext,
 ) -> Result<(), ConnectorError> {
     let mut framer = LineFramer::new(MAX_LINE);
-    let mut filler = Filler::new(&ctx.name);
+    let mut filler = Filler::for_source(&ctx.name, ctx.stats.clone());
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames = Vec::new();
     loop {

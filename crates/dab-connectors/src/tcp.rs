@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Binds `addr`, turning failures (address in use, no such interface) into
 /// an error that names the address.
 pub async fn bind_listener(addr: &str) -> Result<TcpListener, ConnectorError> {
-    TcpListener::bind(addr)
+    crate::settings::listen_tcp(addr)
         .await
         .map_err(|e| ConnectorError::io(format!("cannot listen on tcp {addr}"), e))
 }

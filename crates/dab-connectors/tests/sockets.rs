@@ -119,6 +119,7 @@ fn ndjson(settings_max: usize) -> SocketSettings {
     SocketSettings {
         framing: Framing::Ndjson,
         max_frame_bytes: settings_max,
+        ..SocketSettings::default()
     }
 }
 
@@ -215,6 +216,7 @@ async fn tcp_source_reads_length_delimited_protobuf() {
     let settings = SocketSettings {
         framing: Framing::Protobuf,
         max_frame_bytes: 4096,
+        ..SocketSettings::default()
     };
     let (mut run, addr) = start_tcp(settings, 16).await;
     let mut expected = BTreeSet::new();
@@ -320,6 +322,7 @@ async fn tcp_source_closes_only_a_poisoned_protobuf_stream() {
     let settings = SocketSettings {
         framing: Framing::Protobuf,
         max_frame_bytes: 4096,
+        ..SocketSettings::default()
     };
     let (mut run, addr) = start_tcp(settings, 16).await;
     let mut poisoned = TcpStream::connect(addr).await.expect("connect");

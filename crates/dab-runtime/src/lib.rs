@@ -14,4 +14,5 @@ mod sink;
 pub mod stages;
 mod topology;
 
+pub use admission::default_max_rss;
 pub use topology::{start, Registry, ReloadReport, RunOptions, Running, StartError};

@@ -411,6 +411,27 @@ pub struct ReloadMetrics {
     pub removed: Counter,
 }
 
+/// Source counters of the limits against abusive producers (issue 11
+/// item 5): name, help, and the counter.
+type GuardCounter = fn(&SourceStats) -> &AtomicU64;
+const SOURCE_GUARDS: [(&str, &str, GuardCounter); 3] = [
+    (
+        "dab_source_connections_refused_total",
+        "Connections a listener closed at once because max_connections were open",
+        |s| &s.connections_refused,
+    ),
+    (
+        "dab_source_timeouts_total",
+        "Connections or requests closed because the client was too slow (HTTP header_timeout, body_timeout)",
+        |s| &s.timeouts,
+    ),
+    (
+        "dab_source_reserved_names_total",
+        "Events whose type or tag key claimed a name reserved to DAB (dab.*) and was renamed at ingest",
+        |s| &s.reserved_names,
+    ),
+];
+
 /// Resident set size of this process in bytes (Linux), 0 elsewhere.
 pub fn rss_bytes() -> u64 {
     let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
@@ -675,6 +696,17 @@ impl Metrics {
                 esc(n),
                 s.refused.load(Ordering::Relaxed)
             );
+        }
+        for (metric, help, counter) in SOURCE_GUARDS {
+            family(&mut o, metric, "counter", help);
+            for (n, s) in &sources {
+                let _ = writeln!(
+                    o,
+                    "{metric}{{source=\"{}\"}} {}",
+                    esc(n),
+                    counter(s).load(Ordering::Relaxed)
+                );
+            }
         }
         family(
             &mut o,

@@ -72,10 +72,21 @@ async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode
     let opts = RunOptions {
         service: a.service.clone(),
         channel_batches: usize::from(a.channel_batches),
-        max_rss_bytes: a.max_memory_mb * 1024 * 1024,
+        max_rss_bytes: a
+            .max_memory_mb
+            .map_or_else(dab_runtime::default_max_rss, |mb| {
+                mb.saturating_mul(1 << 20)
+            }),
         reliability: a.reliability,
         ..RunOptions::default()
     };
+    match opts.max_rss_bytes {
+        0 => tracing::info!("admission on memory is off (--max-memory-mb 0)"),
+        max => tracing::info!(
+            max_memory_mb = max >> 20,
+            "sources refuse new work above this resident memory"
+        ),
+    }
     let running = Arc::new(dab_runtime::start(&plan, &registry, &opts)?);
     if let Some(addr) = &a.metrics {
         let listener = tokio::net::TcpListener::bind(addr)

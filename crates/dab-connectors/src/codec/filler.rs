@@ -1,6 +1,8 @@
 //! Fills the fields an incoming event left out (SPEC section 4): the arrival
 //! time for `timestamp`, the source's name for `host`, and the source's own
 //! per (host, pid, type) sequence for `offset`, so that UIDs stay unique.
+//! A running source's filler also renames the reserved names its input
+//! claims (`codec::reserved`), since every source's events pass through it.
 //!
 //! Memory is bounded: at most [`MAX_TRACKED_SEQUENCES`] keys are tracked, in
 //! two generations (young and old, each at most half). A key used again
@@ -14,10 +16,13 @@
 //! shows a jump in its offsets, never a repeat.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use dab_api::connector::SourceStats;
 use dab_api::{Event, Text};
 
+use super::reserved::rename_reserved;
 use super::Present;
 
 /// The most (host, pid, type) sequences one `Filler` remembers.
@@ -34,6 +39,8 @@ pub struct Filler {
     floor: u64,
     /// Reused to build lookup keys without allocating.
     scratch: Vec<u8>,
+    /// Where renamed reserved names are counted (`reserved_names`).
+    stats: Option<Arc<SourceStats>>,
 }
 
 impl std::fmt::Debug for Filler {
@@ -51,6 +58,15 @@ impl Filler {
         Filler::with_limit(source_name, MAX_TRACKED_SEQUENCES)
     }
 
+    /// The filler of a running source: it also renames the reserved names
+    /// input claims (`codec::reserved`) and counts them in `stats`.
+    pub fn for_source(source_name: &str, stats: Arc<SourceStats>) -> Filler {
+        Filler {
+            stats: Some(stats),
+            ..Filler::new(source_name)
+        }
+    }
+
     fn with_limit(source_name: &str, max_keys: usize) -> Filler {
         Filler {
             host: Text::from(source_name),
@@ -59,12 +75,18 @@ impl Filler {
             generation: (max_keys / 2).max(1),
             floor: 0,
             scratch: Vec::new(),
+            stats: None,
         }
     }
 
     /// Fills what `present` says is missing. Forgets the event's arrival
     /// bytes when it changes anything, since they no longer describe it.
     pub fn fill(&mut self, ev: &mut Event, present: Present) {
+        if let Some(stats) = &self.stats {
+            if rename_reserved(ev) {
+                SourceStats::add(&stats.reserved_names, 1);
+            }
+        }
         if present.timestamp && present.host && present.offset {
             return;
         }

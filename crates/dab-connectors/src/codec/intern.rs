@@ -17,18 +17,26 @@
 //! values costs a fixed amount of memory and then nothing. Each thread
 //! keeps a small direct-mapped cache in front of the shared set, so the
 //! shared lock is taken only on a miss.
+//!
+//! Each source has a budget of its own too ([`InternBudget`], at most
+//! [`SOURCE_INTERN_BYTES`] of new strings), set around its decoding with
+//! [`with_budget`]: one producer sending ever-new hosts spends its own
+//! budget, not the process's, so other sources go on interning. Strings
+//! already interned are found whatever the budget.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dab_api::Text;
 
 /// Longer strings are not interned (they are rarely identifiers).
 pub const MAX_INTERNED_LEN: usize = 64;
 /// All interned strings together stay under this many bytes.
-pub const MAX_INTERNED_BYTES: usize = 1 << 20;
+pub const MAX_INTERNED_BYTES: usize = 4 << 20;
+/// New strings one source may intern, in bytes.
+pub const SOURCE_INTERN_BYTES: usize = 256 << 10;
 
 /// Slots in each thread's cache; a power of two.
 const CACHE_SLOTS: usize = 1024;
@@ -49,6 +57,81 @@ static FULL: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static CACHE: RefCell<Vec<Option<(u64, &'static str)>>> = const { RefCell::new(Vec::new()) };
+    /// The budget of the source decoding on this thread now, if any.
+    static BUDGET: RefCell<Option<Arc<InternBudget>>> = const { RefCell::new(None) };
+}
+
+/// What one source may still add to the interned set.
+#[derive(Debug)]
+pub struct InternBudget {
+    spent: AtomicUsize,
+    limit: usize,
+}
+
+impl InternBudget {
+    /// A budget of [`SOURCE_INTERN_BYTES`].
+    pub fn per_source() -> Arc<InternBudget> {
+        InternBudget::of(SOURCE_INTERN_BYTES)
+    }
+
+    pub fn of(limit: usize) -> Arc<InternBudget> {
+        Arc::new(InternBudget {
+            spent: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes of new strings interned under this budget.
+    pub fn spent(&self) -> usize {
+        self.spent.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes unless that would go over the limit.
+    fn take(&self, n: usize) -> bool {
+        self.spent
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                (s + n <= self.limit).then_some(s + n)
+            })
+            .is_ok()
+    }
+}
+
+/// Runs `f` (decoding, which never awaits) with new strings charged to
+/// `budget`. Decoding outside any budget (a Kafka source) is charged to the
+/// process's alone.
+pub fn with_budget<R>(budget: &Arc<InternBudget>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<InternBudget>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            let _ = BUDGET.try_with(|b| {
+                if let Ok(mut b) = b.try_borrow_mut() {
+                    *b = previous;
+                }
+            });
+        }
+    }
+    let previous = BUDGET
+        .try_with(|b| {
+            b.try_borrow_mut()
+                .ok()
+                .and_then(|mut b| b.replace(Arc::clone(budget)))
+        })
+        .ok()
+        .flatten();
+    let _restore = Restore(previous);
+    f()
+}
+
+/// Whether the current source (if any) may intern `n` more bytes; charges
+/// them when it may.
+fn charge_source(n: usize) -> bool {
+    BUDGET
+        .try_with(|b| match b.try_borrow().ok().as_deref() {
+            Some(Some(budget)) => budget.take(n),
+            _ => true,
+        })
+        .unwrap_or(true)
 }
 
 /// The interned `Text` for `s`, or `None` when `s` is too long, not UTF-8,
@@ -90,11 +173,14 @@ fn shared(s: &[u8]) -> Option<&'static str> {
     if FULL.load(Ordering::Relaxed) {
         return None;
     }
-    let added = add(&mut pool, s, MAX_INTERNED_BYTES);
-    if added.is_none() {
+    if pool.bytes + s.len() > MAX_INTERNED_BYTES {
         FULL.store(true, Ordering::Relaxed);
+        return None;
     }
-    added
+    if !charge_source(s.len()) {
+        return None;
+    }
+    add(&mut pool, s, MAX_INTERNED_BYTES)
 }
 
 /// Adds `s` unless that would take the pool over `budget` bytes.
@@ -192,6 +278,25 @@ mod tests {
         assert!(add(&mut pool, "efghij", 10).is_some());
         assert!(add(&mut pool, "k", 10).is_none());
         assert_eq!((pool.bytes, pool.set.len()), (10, 2));
+    }
+
+    #[test]
+    fn a_source_budget_bounds_what_it_adds_but_not_what_it_finds() {
+        let common = intern(b"budget-common-host").unwrap();
+        let budget = InternBudget::of(10);
+        with_budget(&budget, || {
+            assert!(intern(b"budget-a1").is_some());
+            // 9 + 9 > 10: sliced from the input instead.
+            assert!(intern(b"budget-a2").is_none());
+            // Interned before: found at no cost.
+            assert_eq!(
+                intern(b"budget-common-host").unwrap().as_bytes().as_ptr(),
+                common.as_bytes().as_ptr()
+            );
+        });
+        assert_eq!(budget.spent(), 9);
+        // Outside the budget the same string is interned.
+        assert!(intern(b"budget-a2").is_some());
     }
 
     #[test]

@@ -81,48 +81,103 @@ fn decode_one(
 /// Decodes a JSON array of event objects (an HTTP body). Each event's raw
 /// bytes are its own element.
 pub fn decode_array(body: Bytes) -> Result<Vec<(Event, Present)>, DecodeError> {
-    check_utf8(&body)?;
-    let mut p = Parser::new(&body);
+    let mut reader = ArrayReader::new(body)?;
     let mut events = Vec::new();
-    match decode_elements(&mut p, &body, &mut events) {
-        Ok(()) => Ok(events),
-        Err(Fail) => Err(p.error()),
+    while !reader.is_done() {
+        reader.next_chunk(usize::MAX, &mut events)?;
     }
+    Ok(events)
 }
 
-fn decode_elements(
-    p: &mut Parser<'_>,
-    body: &Bytes,
-    events: &mut Vec<(Event, Present)>,
-) -> Result<(), Fail> {
-    p.ws();
-    p.expect(b'[', "expected `[` to open an array of events")?;
-    p.ws();
-    if p.peek() == Some(b']') {
-        p.pos += 1;
-    } else {
-        loop {
+/// Reads a JSON array of event objects a few events at a time, so that a
+/// large body (an HTTP request of millions of `{}`) never becomes all its
+/// events at once: memory follows the chunk, not the body.
+#[derive(Debug, Clone)]
+pub struct ArrayReader {
+    body: Bytes,
+    /// Where the next element (or the closing `]`) starts.
+    pos: usize,
+    done: bool,
+}
+
+impl ArrayReader {
+    /// Checks that the body is UTF-8 and opens the array.
+    pub fn new(body: Bytes) -> Result<ArrayReader, DecodeError> {
+        check_utf8(&body)?;
+        let mut p = Parser::new(&body);
+        let opened = (|| {
             p.ws();
-            p.clear_newline();
-            let start = p.pos;
-            let mut ev = Event::default();
-            let mut present = Present::default();
-            p.object(&mut ev, &mut present)?;
-            if !p.saw_newline() {
-                ev.set_raw(RawCodec::Json, body.slice(start..p.pos));
+            p.expect(b'[', "expected `[` to open an array of events")?;
+            p.ws();
+            if p.peek() == Some(b']') {
+                p.pos += 1;
+                return end(&mut p).map(|()| true);
             }
-            events.push((ev, present));
-            p.ws();
-            match p.peek() {
-                Some(b',') => p.pos += 1,
-                Some(b']') => {
-                    p.pos += 1;
-                    break;
+            Ok(false)
+        })();
+        match opened {
+            Ok(done) => {
+                let pos = p.pos;
+                Ok(ArrayReader { body, pos, done })
+            }
+            Err(Fail) => Err(p.error()),
+        }
+    }
+
+    /// True once the closing `]` (and only whitespace after it) was read.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Appends up to `max` more events to `out`. An error names its byte
+    /// in the whole body; the reader is then done.
+    pub fn next_chunk(
+        &mut self,
+        max: usize,
+        out: &mut Vec<(Event, Present)>,
+    ) -> Result<(), DecodeError> {
+        let mut p = Parser::new(&self.body);
+        p.pos = self.pos;
+        let mut read = 0;
+        let step = (|| {
+            while read < max && !self.done {
+                p.ws();
+                p.clear_newline();
+                let start = p.pos;
+                let mut ev = Event::default();
+                let mut present = Present::default();
+                p.object(&mut ev, &mut present)?;
+                if !p.saw_newline() {
+                    ev.set_raw(RawCodec::Json, self.body.slice(start..p.pos));
                 }
-                _ => return p.fail_at(p.pos, "expected `,` or `]` after an event"),
+                out.push((ev, present));
+                read += 1;
+                p.ws();
+                match p.peek() {
+                    Some(b',') => p.pos += 1,
+                    Some(b']') => {
+                        p.pos += 1;
+                        end(&mut p)?;
+                        self.done = true;
+                    }
+                    _ => return p.fail_at(p.pos, "expected `,` or `]` after an event"),
+                }
+            }
+            Ok(())
+        })();
+        self.pos = p.pos;
+        match step {
+            Ok(()) => Ok(()),
+            Err(Fail) => {
+                self.done = true;
+                Err(p.error())
             }
         }
     }
+}
+
+/// After the array: only whitespace.
+fn end(p: &mut Parser<'_>) -> Result<(), Fail> {
     p.ws();
     if !p.at_end() {
         return p.fail_at(p.pos, "unexpected characters after the array");

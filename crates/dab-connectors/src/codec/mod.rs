@@ -11,12 +11,15 @@ mod intern;
 pub mod json;
 mod json_parse;
 pub mod proto;
+pub mod reserved;
 mod swar;
 #[cfg(test)]
 mod testing;
 
 pub use filler::{Filler, MAX_TRACKED_SEQUENCES};
-pub use intern::{MAX_INTERNED_BYTES, MAX_INTERNED_LEN};
+pub use intern::{
+    with_budget, InternBudget, MAX_INTERNED_BYTES, MAX_INTERNED_LEN, SOURCE_INTERN_BYTES,
+};
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 

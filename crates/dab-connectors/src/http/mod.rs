@@ -6,6 +6,7 @@
 mod sink;
 mod source;
 
+use crate::limits;
 use crate::settings::{build_error, check_listen};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -79,6 +80,19 @@ impl HttpSourceConfig {
         Ok(HttpSourceConfig {
             listen: listen.to_owned(),
             max_body_bytes,
+            max_connections: limits::max_connections(name, fields)?,
+            header_timeout: limits::timeout(
+                name,
+                fields,
+                "header_timeout",
+                limits::DEFAULT_HEADER_TIMEOUT,
+            )?,
+            body_timeout: limits::timeout(
+                name,
+                fields,
+                "body_timeout",
+                limits::DEFAULT_BODY_TIMEOUT,
+            )?,
         })
     }
 }

@@ -1,11 +1,14 @@
 //! The `http` source: an HTTP/1.1 server taking `POST /v1/events` with a
-//! JSON array of events. One request becomes one batch, and its answer waits
-//! for the batch's acknowledgement: 200 once every event is delivered or
-//! deliberately dropped, 503 if any copy failed, so a client that sees 200
+//! JSON array of events. One request becomes runtime batches of at most
+//! 1,024 events (`chunked` says how), and its answer waits for all their
+//! acknowledgements: 200 once every event is delivered or deliberately
+//! dropped, 503 if any copy of any of them failed, so a client that sees 200
 //! may forget the events and one that sees anything else may send them
 //! again. A full pipeline makes the request wait (back pressure reaches the
 //! client as latency); admission control answers 429 before the body is
-//! read.
+//! read. At most `max_connections` are open at once (more are closed at
+//! once); headers must arrive within `header_timeout` and a body within
+//! `body_timeout` (slow loris), or the connection is closed; both counted.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -14,21 +17,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dab_api::connector::{Admission, SourceStats};
-use dab_api::{AckStatus, AckToken, Batch, ConnectorError, Source, SourceContext};
+use dab_api::{AckStatus, Batch, ConnectorError, Source, SourceContext};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::codec::json;
-use crate::codec::Filler;
+use crate::chunked::{self, Refused};
+use crate::codec::{json, DecodeError, Filler, InternBudget};
+use crate::limits::ConnectionLimit;
 
 const EVENTS_PATH: &str = "/v1/events";
 const HEALTH_PATH: &str = "/healthz";
@@ -36,16 +39,19 @@ const HEALTH_PATH: &str = "/healthz";
 /// How long requests in flight at shutdown may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A client that opens a connection and sends nothing holds a task; this
-/// bounds how long.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSourceConfig {
     /// `host:port` to listen on.
     pub listen: String,
     /// Larger bodies are answered 413 without being read.
     pub max_body_bytes: usize,
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (hyper's header read
+    /// timeout: from the connection's start, or the previous answer).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this, or it is answered 408.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -67,7 +73,7 @@ impl HttpSource {
 impl Source for HttpSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let listen = &self.config.listen;
-        let listener = TcpListener::bind(listen).await.map_err(|e| {
+        let listener = crate::settings::listen_tcp(listen).await.map_err(|e| {
             ConnectorError::io(
                 format!("http source {}: cannot listen on {listen}", self.name),
                 e,
@@ -76,12 +82,15 @@ impl Source for HttpSource {
         tracing::info!(source = %self.name, %listen, "http source listening");
 
         let shared = Arc::new(Shared {
-            filler: Mutex::new(Filler::new(&ctx.name)),
+            filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),
+            intern: InternBudget::per_source(),
             max_body_bytes: self.config.max_body_bytes,
+            body_timeout: self.config.body_timeout,
             out: ctx.out,
-            stats: ctx.stats,
+            stats: ctx.stats.clone(),
             admission: ctx.admission,
         });
+        let limit = ConnectionLimit::new(self.config.max_connections, ctx.stats.clone());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
 
@@ -91,19 +100,28 @@ impl Source for HttpSource {
                 () = ctx.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(slot) = limit.admit() else {
+                            tracing::debug!(source = %self.name, %peer, "http connection refused: max_connections open");
+                            continue;
+                        };
                         // Answers are small; do not let Nagle hold them back.
                         let _ = stream.set_nodelay(true);
                         let shared = shared.clone();
                         let service = service_fn(move |req| handle(shared.clone(), req));
                         let conn = http1::Builder::new()
                             .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .header_read_timeout(self.config.header_timeout)
                             .serve_connection(TokioIo::new(stream), service);
                         let conn = graceful.watch(conn);
+                        let stats = ctx.stats.clone();
                         connections.spawn(async move {
                             if let Err(e) = conn.await {
+                                if e.is_timeout() {
+                                    SourceStats::add(&stats.timeouts, 1);
+                                }
                                 tracing::debug!(%peer, error = %e, "http connection ended");
                             }
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -141,7 +159,10 @@ struct Shared {
     /// One sequence per (host, pid, type) for the whole source, so offsets
     /// it fills in stay unique across connections.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     max_body_bytes: usize,
+    body_timeout: Duration,
     out: mpsc::Sender<Batch>,
     stats: Arc<SourceStats>,
     admission: Arc<dyn Admission>,
@@ -182,7 +203,23 @@ async fn post_events(shared: &Shared, req: Request<Incoming>) -> Reply {
     if declared.is_some_and(|n| n > max as u64) {
         return too_large(max);
     }
-    let body = match Limited::new(req.into_body(), max).collect().await {
+    let read = Limited::new(req.into_body(), max).collect();
+    let Ok(read) = tokio::time::timeout(shared.body_timeout, read).await else {
+        SourceStats::add(&shared.stats.timeouts, 1);
+        let mut reply = retriable(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the body did not arrive within {} ms",
+                shared.body_timeout.as_millis()
+            ),
+        );
+        // The rest of the body may still come; this connection is done.
+        reply
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return reply;
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(max),
         Err(e) => {
@@ -195,41 +232,38 @@ async fn post_events(shared: &Shared, req: Request<Incoming>) -> Reply {
     let body_len = body.len() as u64;
 
     // Checks UTF-8 too; the error names the byte where decoding stopped.
-    let decoded = match json::decode_array(body) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            SourceStats::add(&shared.stats.decode_errors, 1);
-            return error(StatusCode::BAD_REQUEST, &e.to_string());
+    let refused = |e: DecodeError| {
+        SourceStats::add(&shared.stats.decode_errors, 1);
+        error(StatusCode::BAD_REQUEST, &e.to_string())
+    };
+    let reader = match json::ArrayReader::new(body) {
+        Ok(reader) => reader,
+        Err(e) => return refused(e),
+    };
+    // Cut into runtime batches; waiting for room is the back pressure.
+    let sent = match chunked::send(
+        reader,
+        &shared.intern,
+        &shared.filler,
+        &shared.out,
+        std::future::pending(),
+    )
+    .await
+    {
+        Ok(sent) => sent,
+        Err(Refused::Decode(e)) => return refused(e),
+        Err(Refused::Stopped) => {
+            return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping")
         }
     };
-    if decoded.is_empty() {
-        return accepted(0);
-    }
-
-    let mut events = Vec::with_capacity(decoded.len());
-    {
-        let mut filler = match shared.filler.lock() {
-            Ok(f) => f,
-            // A panic elsewhere cannot leave a sequence half-updated in a
-            // way that matters more than refusing every request would.
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for (mut event, present) in decoded {
-            filler.fill(&mut event, present);
-            events.push(event);
-        }
-    }
-    let n = events.len();
-
-    let (token, ack) = AckToken::channel();
-    // Waiting here for room in the channel is the back pressure.
-    if shared.out.send(Batch::new(events, token)).await.is_err() {
-        return retriable(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
-    }
-    SourceStats::add(&shared.stats.events, n as u64);
+    SourceStats::add(&shared.stats.events, sent.events);
     SourceStats::add(&shared.stats.bytes, body_len);
+    let n = sent.events as usize;
+    let Some(outcome) = sent.outcome else {
+        return accepted(0);
+    };
 
-    match ack.await {
+    match outcome.await {
         Ok(AckStatus::Delivered) => accepted(n),
         Ok(AckStatus::Failed) => retriable(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -122,6 +122,7 @@ impl MurronSourceConfig {
             listen: listen.to_owned(),
             max_message_bytes,
             max_concurrent_streams,
+            max_connections: crate::limits::max_connections(name, fields)?,
             tls,
         })
     }
@@ -189,6 +190,7 @@ mod tests {
                 listen: "127.0.0.1:50051".into(),
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+                max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
                 tls: None,
             }
         );

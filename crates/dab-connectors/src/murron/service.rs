@@ -1,6 +1,6 @@
 //! The `Murron` service behind the `murron_grpc` source: each batch becomes
-//! one runtime batch with its own `AckToken`, and its answer waits for the
-//! token's outcome.
+//! runtime batches of at most 1,024 events sharing one acknowledgement
+//! (`chunked`), and its answer waits for that outcome.
 //!
 //! Two tokens end the source's work. `stopping` (the source's shutdown):
 //! take no new batch, answer the ones in flight. `abort` (the grace is
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use dab_api::connector::{Admission, SourceStats};
-use dab_api::{AckStatus, AckToken, Batch, Event};
+use dab_api::{AckStatus, Batch};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::rpc::murron_server::Murron;
 use super::rpc::Ack;
 use super::{wire, STREAM_WINDOW};
-use crate::codec::Filler;
+use crate::chunked::{self, Refused};
+use crate::codec::{Filler, InternBudget};
 
 /// What every call of one source shares.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub(super) struct Shared {
     /// One sequence per (host, pid, type) for the whole source, so offsets
     /// it fills in stay unique across connections.
     filler: Mutex<Filler>,
+    /// New strings this source's input may intern.
+    intern: Arc<InternBudget>,
     pub(super) stats: Arc<SourceStats>,
     admission: Arc<dyn Admission>,
     stopping: CancellationToken,
@@ -60,7 +63,8 @@ impl Shared {
     ) -> Shared {
         Shared {
             out: Mutex::new(Some(out)),
-            filler: Mutex::new(Filler::new(name)),
+            filler: Mutex::new(Filler::for_source(name, stats.clone())),
+            intern: InternBudget::per_source(),
             stats,
             admission,
             stopping,
@@ -94,53 +98,32 @@ impl Shared {
             return Err(Status::resource_exhausted("overloaded, retry later"));
         }
         let bytes = batch.len() as u64;
-        let decoded = batch.decode().map_err(|e| {
-            SourceStats::add(&self.stats.decode_errors, 1);
-            Status::invalid_argument(e.to_string())
-        })?;
-        if decoded.is_empty() {
-            return Ok(Pending {
-                outcome: None,
-                events: 0,
-            });
-        }
-        let events = self.fill(decoded);
-        let n = events.len() as u64;
-
-        let (token, outcome) = AckToken::channel();
         let Some(out) = self.sender() else {
             return Err(stopping());
         };
-        // Waiting here for room is the back pressure; `reserve` then `send`
-        // because the wait may be cut short.
-        let permit = tokio::select! {
-            biased;
-            () = self.abort.cancelled() => return Err(stopping()),
-            permit = out.reserve() => permit.map_err(|_| stopping())?,
-        };
-        permit.send(Batch::new(events, token));
-        SourceStats::add(&self.stats.events, n);
+        // Cut into runtime batches; waiting for room is the back pressure,
+        // cut short by `abort`.
+        let sent = chunked::send(
+            batch.reader(),
+            &self.intern,
+            &self.filler,
+            &out,
+            self.abort.cancelled(),
+        )
+        .await
+        .map_err(|refused| match refused {
+            Refused::Decode(e) => {
+                SourceStats::add(&self.stats.decode_errors, 1);
+                Status::invalid_argument(e.to_string())
+            }
+            Refused::Stopped => stopping(),
+        })?;
+        SourceStats::add(&self.stats.events, sent.events);
         SourceStats::add(&self.stats.bytes, bytes);
         Ok(Pending {
-            outcome: Some(outcome),
-            events: n,
+            outcome: sent.outcome,
+            events: sent.events,
         })
-    }
-
-    fn fill(&self, decoded: Vec<(Event, crate::codec::Present)>) -> Vec<Event> {
-        let mut filler = match self.filler.lock() {
-            Ok(f) => f,
-            // A panic elsewhere cannot leave a sequence half-updated in a
-            // way that matters more than refusing every batch would.
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        decoded
-            .into_iter()
-            .map(|(mut event, present)| {
-                filler.fill(&mut event, present);
-                event
-            })
-            .collect()
     }
 
     /// The answer to an accepted batch, once the runtime settled it.

@@ -1,22 +1,28 @@
 //! The `murron_grpc` source: a tonic server on `listen` with the limits of
-//! its binding (message size, HTTP/2 streams per connection), optional TLS
+//! its binding (message size, HTTP/2 streams per connection, connections
+//! at once), optional TLS
 //! (rustls with ring), and a graceful stop: on shutdown it takes no new
 //! connection or batch and gives the batches in flight [`SHUTDOWN_GRACE`]
 //! to be acknowledged before answering them `UNAVAILABLE`.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dab_api::{ConnectorError, Source, SourceContext};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use super::rpc::murron_server::MurronServer;
 use super::service::{Counted, MurronService, Shared};
+use crate::limits::{ConnectionLimit, ConnectionSlot};
 
 /// How long batches in flight at shutdown may take to be acknowledged.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -35,6 +41,8 @@ pub struct MurronSourceConfig {
     pub max_message_bytes: usize,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
     /// TLS is off without it.
     pub tls: Option<TlsFiles>,
 }
@@ -105,7 +113,7 @@ impl Source for MurronSource {
         let listen = self.config.listen.clone();
         let listener = match self.listener.take() {
             Some(listener) => listener,
-            None => TcpListener::bind(&listen).await.map_err(|e| {
+            None => crate::settings::listen_tcp(&listen).await.map_err(|e| {
                 ConnectorError::io(
                     format!(
                         "murron_grpc source {}: cannot listen on {listen}",
@@ -143,9 +151,23 @@ impl Source for MurronSource {
                 shared: shared.clone(),
             })
             .max_decoding_message_size(self.config.max_message_bytes),
-            stats: ctx.stats,
+            stats: ctx.stats.clone(),
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let limit = ConnectionLimit::new(self.config.max_connections, ctx.stats.clone());
+        let name = self.name.clone();
+        // A connection over the limit is dropped here, which closes it.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .filter_map(move |accepted| match accepted {
+                Ok(stream) => match limit.admit() {
+                    Some(slot) => Some(Ok(Slotted { stream, _slot: slot })),
+                    None => {
+                        tracing::debug!(source = %name, "murron_grpc connection refused: max_connections open");
+                        None
+                    }
+                },
+                Err(e) => Some(Err(e)),
+            });
         let serve = server
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned());
@@ -186,5 +208,61 @@ impl Source for MurronSource {
         abort.cancel();
         shared.close();
         ended.map_err(|e| self.error(e))
+    }
+}
+
+/// A connection holding its place under the listener's limit until tonic
+/// drops it.
+#[derive(Debug)]
+struct Slotted {
+    stream: TcpStream,
+    _slot: ConnectionSlot,
+}
+
+impl Connected for Slotted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }

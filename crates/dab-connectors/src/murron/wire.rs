@@ -62,38 +62,88 @@ impl Batch {
     /// The events, in order, with which of the fillable fields each had.
     /// Unknown fields of the batch are skipped (proto3's rule).
     pub fn decode(&self) -> Result<Vec<(Event, Present)>, DecodeError> {
-        let buf = &self.bytes;
         // About 250 bytes an event is the expected size; a guess too low
         // only costs a reallocation or two.
-        let mut events = Vec::with_capacity((buf.len() / 128).min(4096));
-        let mut pos = 0;
-        while pos < buf.len() {
-            let at = pos;
-            let key = varint(buf, &mut pos)?;
+        let mut events = Vec::with_capacity((self.bytes.len() / 128).min(4096));
+        let mut reader = self.reader();
+        while !reader.is_done() {
+            reader.next_chunk(usize::MAX, &mut events)?;
+        }
+        Ok(events)
+    }
+
+    /// Reads the events a few at a time (see [`BatchReader`]).
+    pub fn reader(&self) -> BatchReader {
+        BatchReader {
+            bytes: self.bytes.clone(),
+            pos: 0,
+            index: 0,
+        }
+    }
+}
+
+/// Reads a batch's events a chunk at a time: a 4 MiB batch of empty events
+/// is two million of them, which must not all exist at once.
+#[derive(Debug, Clone)]
+pub struct BatchReader {
+    bytes: Bytes,
+    pos: usize,
+    /// Events read so far, for error messages.
+    index: usize,
+}
+
+impl BatchReader {
+    /// True once every byte of the batch was read (or an error was met).
+    pub fn is_done(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    /// Appends up to `max` more events to `out`. After an error the reader
+    /// is done.
+    pub fn next_chunk(
+        &mut self,
+        max: usize,
+        out: &mut Vec<(Event, Present)>,
+    ) -> Result<(), DecodeError> {
+        let read = self.read(max, out);
+        if read.is_err() {
+            self.pos = self.bytes.len();
+        }
+        read
+    }
+
+    fn read(&mut self, max: usize, out: &mut Vec<(Event, Present)>) -> Result<(), DecodeError> {
+        let buf = &self.bytes;
+        let mut read = 0;
+        while read < max && self.pos < buf.len() {
+            let at = self.pos;
+            let key = varint(buf, &mut self.pos)?;
             let (field, wire) = (key >> 3, (key & 7) as u8);
             match (field, wire) {
                 (0, _) => return Err(fail(format!("invalid field number 0 at byte {at}"))),
                 (1, 2) => {
-                    let r = len_delim(buf, &mut pos)?;
+                    let r = len_delim(buf, &mut self.pos)?;
                     let start = r.start;
+                    let index = self.index;
                     let event = proto::decode(buf.slice(r)).map_err(|e| match e {
-                        DecodeError::Protobuf { reason } => fail(format!(
-                            "event {} (at byte {start}): {reason}",
-                            events.len()
-                        )),
+                        DecodeError::Protobuf { reason } => {
+                            fail(format!("event {index} (at byte {start}): {reason}"))
+                        }
                         other => other,
                     })?;
-                    events.push(event);
+                    out.push(event);
+                    self.index += 1;
+                    read += 1;
                 }
                 (1, _) => {
                     return Err(fail(format!(
                         "field 1 (events) at byte {at} has wire type {wire}, expected 2"
                     )))
                 }
-                (_, _) => skip(buf, &mut pos, wire)?,
+                (_, _) => skip(buf, &mut self.pos, wire)?,
             }
         }
-        Ok(events)
+        Ok(())
     }
 }
 
