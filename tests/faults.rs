@@ -1031,27 +1031,20 @@ fn rebalance_join_leave_kill() {
     let files: Vec<_> = dirs.iter().map(|d| d.join("out.ndjson")).collect();
     let producer = kafka_producer(&python, &brokers, total, rate);
     let written = |k: usize| file_offsets(&files[k]).len();
-    let (mut m0, _) = start_member(&dirs[0]);
-    poll(
-        Duration::from_secs(60),
-        "member 0 writing",
-        || (written(0) > 1_000).then_some(()),
-        || m0.stderr(),
-    );
-    let (mut m1, _) = start_member(&dirs[1]);
-    poll(
-        Duration::from_secs(60),
-        "member 1 writing",
-        || (written(1) > 500).then_some(()),
-        || m1.stderr(),
-    );
-    let (mut m2, m2_metrics) = start_member(&dirs[2]);
-    poll(
-        Duration::from_secs(60),
-        "member 2 writing",
-        || (written(2) > 500).then_some(()),
-        || m2.stderr(),
-    );
+    // Starts member `k` and waits until it has written over `n` lines.
+    let join = |k: usize, n: usize| {
+        let (m, metrics) = start_member(&dirs[k]);
+        poll(
+            Duration::from_secs(60),
+            &format!("member {k} writing"),
+            || (written(k) > n).then_some(()),
+            || m.stderr(),
+        );
+        (m, metrics)
+    };
+    let (mut m0, _) = join(0, 1_000);
+    let (mut m1, _) = join(1, 500);
+    let (mut m2, m2_metrics) = join(2, 500);
     // One leaves the group cleanly...
     let left_at = now_utc();
     terminate_ok(&mut m0);
