@@ -21,7 +21,8 @@
 # Knobs (environment): RUNS=3 WINDOW=10 WINDOWS=3 WARMUP=3 GEN_EVENTS=20000000
 #   STAGES=0|1 SKIP_INPROC=0|1 CONNECTIONS=1 QUIET_WAIT=30 DAB_ARGS=  DAB_BIN=
 #   LAT_RATE= (events/s for the latency runs; default: half the flat-out median)
-#   SKIP_MAX=1 (with LAT_RATE: latency runs only)
+#   SKIP_MAX=1 (with LAT_RATE: latency runs only)  SKIP_LAT=1 (no latency runs)
+# Built into $CARGO_TARGET_DIR when that is set (as cargo does), else target/.
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +44,9 @@ TARGET_TCP=1000000
 TARGET_RSS_MIB=150
 
 # DAB_BIN: another build of dab to measure (an experiment); the default is this tree's.
-DAB=${DAB_BIN:-target/release/dab}
-LOADGEN=target/release/dab-loadgen
+TARGET=${CARGO_TARGET_DIR:-target}
+DAB=${DAB_BIN:-$TARGET/release/dab}
+LOADGEN=$TARGET/release/dab-loadgen
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dab-bench.XXXXXX")
 STARTED=()
 
@@ -114,7 +116,7 @@ rss_sampler() {
 # Events/s from criterion's median time per iteration: group, bench,
 # events per iteration.
 crit_eps() {
-    python3 - "target/criterion/$1/$2/new/estimates.json" "$3" <<'PY'
+    python3 - "$TARGET/criterion/$1/$2/new/estimates.json" "$3" <<'PY'
 import json, sys
 ns = json.load(open(sys.argv[1]))["median"]["point_estimate"]
 print(f"{float(sys.argv[2]) * 1e9 / ns:.0f}")
@@ -280,20 +282,25 @@ else
     TCP_CORES=$(grep 'label=max' "$TMP/results" | while read -r l; do field "$l" dab_cores; done | median)
 fi
 HALF=${LAT_RATE:-$(awk -v m="$TCP_MAX" 'BEGIN { printf "%.0f", m / 2 }')}
-echo
-why="half the flat-out median"
-if [[ -n ${LAT_RATE:-} ]]; then why="set by LAT_RATE"; fi
-echo "## latency at $HALF events/s ($why; $RUNS runs)"
-for ((r = 1; r <= RUNS; r++)); do
-    log "== tcp at $HALF events/s, run $r"
-    tcp_run "half$r" "$HALF"
-done
-grep 'label=half' "$TMP/results"
-LAT_P50=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p50_us; done | median)
-LAT_P99=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p99_us; done | median)
-LAT_P999=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p999_us; done | median)
-HALF_EPS=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" median_eps; done | median)
-HALF_RSS=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" rss_kib; done | sort -n | tail -n 1)
+LAT_P50=nan LAT_P99=nan LAT_P999=nan HALF_EPS=nan HALF_RSS=0
+if [[ ${SKIP_LAT:-0} == 1 ]]; then
+    log "== SKIP_LAT=1: no latency runs"
+else
+    echo
+    why="half the flat-out median"
+    if [[ -n ${LAT_RATE:-} ]]; then why="set by LAT_RATE"; fi
+    echo "## latency at $HALF events/s ($why; $RUNS runs)"
+    for ((r = 1; r <= RUNS; r++)); do
+        log "== tcp at $HALF events/s, run $r"
+        tcp_run "half$r" "$HALF"
+    done
+    grep 'label=half' "$TMP/results"
+    LAT_P50=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p50_us; done | median)
+    LAT_P99=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p99_us; done | median)
+    LAT_P999=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" p999_us; done | median)
+    HALF_EPS=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" median_eps; done | median)
+    HALF_RSS=$(grep 'label=half' "$TMP/results" | while read -r l; do field "$l" rss_kib; done | sort -n | tail -n 1)
+fi
 
 if [[ $STAGES == 1 ]]; then
     echo
@@ -305,7 +312,7 @@ if [[ $STAGES == 1 ]]; then
         exit 1
     }
     echo "(machine busy before: $busy)"
-    for d in target/criterion/stage_*/*/new; do
+    for d in "$TARGET"/criterion/stage_*/*/new; do
         b=${d%/new}
         bench=${b##*/}
         group=${b%/*}

@@ -40,10 +40,53 @@ fn http_in(listen: &str) -> String {
     format!("sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n")
 }
 
+/// Writes `blueprint` and the bindings (`HttpIn` on a free address, then
+/// `sinks`) into `dir`, starts dab there and waits until `HttpIn` serves
+/// as well: dab, its metrics address and `HttpIn`'s address.
+fn start_http_in(dir: &Path, blueprint: &str, sinks: &str) -> (Dab, String, String) {
+    let listen = free_addr();
+    write_set(dir, blueprint, &format!("{}{sinks}", http_in(&listen)));
+    let (dab, metrics) = start_dab(dir);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    (dab, metrics, listen)
+}
+
+/// The `sinks:` binding of one file sink, `FileOut`, writing `path`.
+fn file_out(path: &Path) -> String {
+    format!(
+        "sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+        yaml_path(path)
+    )
+}
+
 fn sink_errors(metrics: &str, sink: &str) -> f64 {
     must_metric(
         &scrape(metrics),
         &format!("dab_sink_errors_total{{sink=\"{sink}\"}}"),
+    )
+}
+
+/// Waits (at most `limit`) until the load has ended by itself: its budget
+/// is used up or its time limit passed.
+fn wait_finished(load: &Load, limit: Duration, what: &str, stderr: impl Fn() -> String) {
+    poll(
+        limit,
+        what,
+        || load.finished().then_some(()),
+        || format!("{} acked; dab:\n{}", load.acked(), stderr()),
+    );
+}
+
+/// Waits until `sink` has failed no event (the failed count can only be
+/// 0 there); the metrics text then.
+fn wait_none_failed(metrics: &str, sink: &str) -> String {
+    wait_metrics(
+        metrics,
+        &[(
+            &format!("dab_sink_failed_events_total{{sink=\"{sink}\"}}"),
+            0.0,
+        )],
+        Duration::from_secs(5),
     )
 }
 
@@ -73,26 +116,18 @@ fn sink_peer_down() {
     let peer_addr = peer.addr().to_owned();
 
     let dir = tmp();
-    let listen = free_addr();
-    write_set(
+    let (mut dab, metrics, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).Out(HttpOut)\n",
         &format!(
-            "{}sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{peer_addr}/ingest\", timeout: 2000 }}\n",
-            http_in(&listen)
+            "sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{peer_addr}/ingest\", timeout: 2000 }}\n"
         ),
     );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let load = Load::start(
         &listen,
         Spec {
-            clients: 4,
-            batch: 50,
             pause: Duration::from_millis(10),
-            budget: u64::MAX,
-            limit: Duration::from_secs(120),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
     let phase = size.pick(2_000, 20_000);
@@ -115,10 +150,9 @@ fn sink_peer_down() {
     drop(peer);
 
     let delivered = seen.lock().expect("seen").delivered.clone();
-    let mut row = Row::tally(
+    let mut row = Row::of_load(
         &format!("sink peer down {} s (http sink)", down.as_secs()),
-        out.offered,
-        &out.acked,
+        &out,
         &delivered,
     );
     row.recovered = out.first_ack_after(back);
@@ -153,53 +187,37 @@ fn slow_sink_at_1000_events_per_second() {
     let peer = Peer::start("127.0.0.1:0", &seen, &handler);
 
     let dir = tmp();
-    let listen = free_addr();
-    write_set(
+    let (mut dab, metrics, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).Out(HttpOut)\n",
         &format!(
-            "{}sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{}/ingest\", timeout: 30000 }}\n",
-            http_in(&listen),
+            "sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{}/ingest\", timeout: 30000 }}\n",
             peer.addr()
         ),
     );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let started = Instant::now();
     let load = Load::start(
         &listen,
         Spec {
             clients: 8,
-            batch: 50,
-            pause: Duration::ZERO,
-            budget: u64::MAX,
             limit: run,
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
-    poll(
+    wait_finished(
+        &load,
         run + Duration::from_secs(60),
         "the load to end",
-        || load.finished().then_some(()),
         || dab.stderr(),
     );
     let out = load.stop();
     let took = started.elapsed();
-    wait_metrics(
-        &metrics,
-        &[("dab_sink_failed_events_total{sink=\"HttpOut\"}", 0.0)],
-        Duration::from_secs(5),
-    );
+    wait_none_failed(&metrics, "HttpOut");
     terminate_ok(&mut dab);
     drop(peer);
 
     let delivered = seen.lock().expect("seen").delivered.clone();
-    let mut row = Row::tally(
-        "slow sink, 1,000 events/s (http peer)",
-        out.offered,
-        &out.acked,
-        &delivered,
-    );
+    let mut row = Row::of_load("slow sink, 1,000 events/s (http peer)", &out, &delivered);
     let rate = delivered.len() as f64 / took.as_secs_f64();
     row.note = format!(
         "{rate:.0} delivered/s over {:.1} s; refused: {}",
@@ -227,28 +245,19 @@ fn full_disk_then_freed() {
     let dir = tmp();
     let disk = Tmpfs::mount(&dir.path().join("disk"), "64k");
     let out_path = dir.path().join("disk").join("out.ndjson");
-    let listen = free_addr();
-    write_set(
+    let (mut dab, metrics, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
-        &format!(
-            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
-            http_in(&listen),
-            yaml_path(&out_path)
-        ),
+        &file_out(&out_path),
     );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     // About 4,000 events/s, at most 20,000 (2.6 MB): they fit in 4 MiB.
     let load = Load::start(
         &listen,
         Spec {
-            clients: 4,
             batch: 20,
             pause: Duration::from_millis(20),
             budget: size.pick(20_000, 28_000),
-            limit: Duration::from_secs(120),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
     poll(
@@ -280,11 +289,7 @@ fn full_disk_then_freed() {
     let recovered = out.first_ack_after(freed);
     let later = out.ack_times.iter().filter(|t| **t >= freed).count();
     assert!(dab.running(), "dab stopped");
-    let text = wait_metrics(
-        &metrics,
-        &[("dab_sink_failed_events_total{sink=\"FileOut\"}", 0.0)],
-        Duration::from_secs(5),
-    );
+    let text = wait_none_failed(&metrics, "FileOut");
     let errors = must_metric(&text, "dab_sink_errors_total{sink=\"FileOut\"}");
     // Every 200 is in the file already, before any shutdown.
     let before_exit = file_offsets(&out_path);
@@ -297,12 +302,7 @@ fn full_disk_then_freed() {
     let delivered = file_offsets(&out_path);
     drop(disk);
 
-    let mut row = Row::tally(
-        "full disk, then freed (file sink)",
-        out.offered,
-        &out.acked,
-        &delivered,
-    );
+    let mut row = Row::of_load("full disk, then freed (file sink)", &out, &delivered);
     row.recovered = recovered;
     row.note = format!(
         "{errors} sink errors while full; {acked_while_full} acked while full; {later} posts answered 200 after; refused: {}",
@@ -342,36 +342,30 @@ fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
     };
     let peer = Peer::start("127.0.0.1:0", &seen, &handler);
     let dir = tmp();
-    let listen = free_addr();
     let bad_path = dir.path().join("bad.ndjson");
-    write_set(
+    let (mut dab, metrics, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).OnError(Bad).Out(HttpOut)\n",
         &format!(
-            "{}sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{}/ingest\" }}\n  Bad: {{ kind: file, path: {} }}\n",
-            http_in(&listen),
+            "sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{}/ingest\" }}\n  Bad: {{ kind: file, path: {} }}\n",
             peer.addr(),
             yaml_path(&bad_path)
         ),
     );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let load = Load::start(
         &listen,
         Spec {
-            clients: 4,
             batch: 100,
-            pause: Duration::ZERO,
             budget: total,
             limit: Duration::from_secs(300),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
-    poll(
+    wait_finished(
+        &load,
         Duration::from_secs(300),
         "every batch posted",
-        || load.finished().then_some(()),
-        || format!("{} acked; dab:\n{}", load.acked(), dab.stderr()),
+        || dab.stderr(),
     );
     let out = load.stop();
     let p = poisoned.len() as f64;
@@ -437,10 +431,9 @@ fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
     }
     let mut all = delivered.clone();
     all.extend(bad_offsets.iter().copied());
-    let mut row = Row::tally(
+    let mut row = Row::of_load(
         &format!("{} poison among {total} (http peer 400s)", poisoned.len()),
-        out.offered,
-        &out.acked,
+        &out,
         &all,
     );
     row.note = format!(
@@ -467,16 +460,8 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).expect("mkdir a");
     std::fs::create_dir_all(&b_dir).expect("mkdir b");
-    let (listen, b_listen) = (free_addr(), free_addr());
+    let b_listen = free_addr();
     let out_path = dir.path().join("relay.ndjson");
-    write_set(
-        &a_dir,
-        "relay.NewPipeline().In(HttpIn).Out(SidecarClient)\n",
-        &format!(
-            "{}sinks:\n  SidecarClient: {{ kind: murron_grpc, endpoint: \"http://{b_listen}\" }}\n",
-            http_in(&listen)
-        ),
-    );
     write_set(
         &b_dir,
         "store.NewPipeline().In(Grpc).Out(F)\n",
@@ -486,17 +471,18 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
         ),
     );
     let (mut b, _) = start_dab(&b_dir);
-    let (mut a, a_metrics) = start_dab(&a_dir);
-    wait_http_ok(&listen, "/healthz", START, || a.stderr());
+    let (mut a, a_metrics, listen) = start_http_in(
+        &a_dir,
+        "relay.NewPipeline().In(HttpIn).Out(SidecarClient)\n",
+        &format!(
+            "sinks:\n  SidecarClient: {{ kind: murron_grpc, endpoint: \"http://{b_listen}\" }}\n"
+        ),
+    );
     let load = Load::start(
         &listen,
         Spec {
-            clients: 4,
-            batch: 50,
             pause: Duration::from_millis(10),
-            budget: u64::MAX,
-            limit: Duration::from_secs(120),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
     let phase = size.pick(3_000, 30_000);
@@ -511,22 +497,17 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
         format!("A:\n{}\nB:\n{}", a.stderr(), b2.stderr())
     });
     let out = load.stop();
-    wait_metrics(
-        &a_metrics,
-        &[("dab_sink_failed_events_total{sink=\"SidecarClient\"}", 0.0)],
-        Duration::from_secs(5),
-    );
+    wait_none_failed(&a_metrics, "SidecarClient");
     terminate_ok(&mut a);
     terminate_ok(&mut b2);
 
     let delivered = file_offsets(&out_path);
-    let mut row = Row::tally(
+    let mut row = Row::of_load(
         &format!(
             "kill -9 of the downstream dab of a gRPC relay, down {} s",
             down.as_secs()
         ),
-        out.offered,
-        &out.acked,
+        &out,
         &delivered,
     );
     row.recovered = out.first_ack_after(back);
@@ -559,7 +540,6 @@ fn twenty_reloads_under_load() {
     let size = Size::from_env();
     let gap = size.pick(Duration::from_millis(150), Duration::from_millis(500));
     let dir = tmp();
-    let listen = free_addr();
     let out_path = dir.path().join("out.ndjson");
     let blueprint = |k: u64| {
         if k % 2 == 0 {
@@ -568,17 +548,7 @@ fn twenty_reloads_under_load() {
             "t.NewPipeline().In(HttpIn).FilterType(A, B).Out(FileOut)\n"
         }
     };
-    write_set(
-        dir.path(),
-        blueprint(0),
-        &format!(
-            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
-            http_in(&listen),
-            yaml_path(&out_path)
-        ),
-    );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let (mut dab, metrics, listen) = start_http_in(dir.path(), blueprint(0), &file_out(&out_path));
     poll(
         START,
         "dab to catch SIGHUP",
@@ -588,12 +558,9 @@ fn twenty_reloads_under_load() {
     let load = Load::start(
         &listen,
         Spec {
-            clients: 4,
-            batch: 50,
             pause: Duration::from_millis(5),
-            budget: u64::MAX,
             limit: Duration::from_secs(300),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
     wait_acks(&load, 1_000, "1,000 acks before the first reload", || {
@@ -621,12 +588,7 @@ fn twenty_reloads_under_load() {
     let out = load.stop();
     terminate_ok(&mut dab);
     let delivered = file_offsets(&out_path);
-    let mut row = Row::tally(
-        "20 reloads (SIGHUP) under load",
-        out.offered,
-        &out.acked,
-        &delivered,
-    );
+    let mut row = Row::of_load("20 reloads (SIGHUP) under load", &out, &delivered);
     let quiet = acked_between.iter().filter(|n| **n == 0).count();
     row.note = format!(
         "{quiet} of 20 reloads with no 200 in the {} ms after; refused: {}",
@@ -646,35 +608,26 @@ fn sigterm_under_load() {
     let size = Size::from_env();
     let before = size.pick(5_000, 50_000);
     let dir = tmp();
-    let listen = free_addr();
     let out_path = dir.path().join("out.ndjson");
-    write_set(
+    let (mut dab, _, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
-        &format!(
-            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
-            http_in(&listen),
-            yaml_path(&out_path)
-        ),
+        &file_out(&out_path),
     );
-    let (mut dab, _) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let load = Load::start(
         &listen,
         Spec {
             clients: 8,
-            batch: 50,
-            pause: Duration::ZERO,
-            budget: u64::MAX,
             limit: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
+            ..Spec::default()
         },
     );
     wait_acks(&load, before, "acks before SIGTERM", || dab.stderr());
     let drained = terminate_ok(&mut dab);
     let out = load.stop();
     let delivered = file_offsets(&out_path);
-    let mut row = Row::tally("SIGTERM under load", out.offered, &out.acked, &delivered);
+    let mut row = Row::of_load("SIGTERM under load", &out, &delivered);
     row.recovered = Some(drained);
     row.note = format!(
         "time = SIGTERM to exit 0; refused after: {}",
@@ -698,37 +651,25 @@ fn reconnect_storm_of_1000_clients() {
     let size = Size::from_env();
     let rounds: u64 = size.pick(2, 5);
     let dir = tmp();
-    let listen = free_addr();
     let out_path = dir.path().join("out.ndjson");
-    write_set(
+    let (mut dab, metrics, listen) = start_http_in(
         dir.path(),
         "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
-        &format!(
-            "{}sinks:\n  FileOut: {{ kind: file, path: {} }}\n",
-            http_in(&listen),
-            yaml_path(&out_path)
-        ),
+        &file_out(&out_path),
     );
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
     let started = Instant::now();
     let load = Load::start(
         &listen,
         Spec {
             clients: CLIENTS,
             batch: 10,
-            pause: Duration::ZERO,
             budget: CLIENTS as u64 * 10 * rounds,
-            limit: Duration::from_secs(120),
-            timeout: Duration::from_secs(60),
+            ..Spec::default()
         },
     );
-    poll(
-        Duration::from_secs(180),
-        "the storm to end",
-        || load.finished().then_some(()),
-        || format!("{} acked; dab:\n{}", load.acked(), dab.stderr()),
-    );
+    wait_finished(&load, Duration::from_secs(180), "the storm to end", || {
+        dab.stderr()
+    });
     let out = load.stop();
     let took = started.elapsed();
     let r = request(&metrics, "GET", "/healthz", b"", Duration::from_secs(5))
@@ -736,10 +677,9 @@ fn reconnect_storm_of_1000_clients() {
     assert_eq!(r.status, 200, "/healthz after the storm");
     terminate_ok(&mut dab);
     let delivered = file_offsets(&out_path);
-    let mut row = Row::tally(
+    let mut row = Row::of_load(
         &format!("reconnect storm, 1,000 clients × {rounds}"),
-        out.offered,
-        &out.acked,
+        &out,
         &delivered,
     );
     row.note = format!(
@@ -1091,27 +1031,20 @@ fn rebalance_join_leave_kill() {
     let files: Vec<_> = dirs.iter().map(|d| d.join("out.ndjson")).collect();
     let producer = kafka_producer(&python, &brokers, total, rate);
     let written = |k: usize| file_offsets(&files[k]).len();
-    let (mut m0, _) = start_member(&dirs[0]);
-    poll(
-        Duration::from_secs(60),
-        "member 0 writing",
-        || (written(0) > 1_000).then_some(()),
-        || m0.stderr(),
-    );
-    let (mut m1, _) = start_member(&dirs[1]);
-    poll(
-        Duration::from_secs(60),
-        "member 1 writing",
-        || (written(1) > 500).then_some(()),
-        || m1.stderr(),
-    );
-    let (mut m2, m2_metrics) = start_member(&dirs[2]);
-    poll(
-        Duration::from_secs(60),
-        "member 2 writing",
-        || (written(2) > 500).then_some(()),
-        || m2.stderr(),
-    );
+    // Starts member `k` and waits until it has written over `n` lines.
+    let join = |k: usize, n: usize| {
+        let (m, metrics) = start_member(&dirs[k]);
+        poll(
+            Duration::from_secs(60),
+            &format!("member {k} writing"),
+            || (written(k) > n).then_some(()),
+            || m.stderr(),
+        );
+        (m, metrics)
+    };
+    let (mut m0, _) = join(0, 1_000);
+    let (mut m1, _) = join(1, 500);
+    let (mut m2, m2_metrics) = join(2, 500);
     // One leaves the group cleanly...
     let left_at = now_utc();
     terminate_ok(&mut m0);

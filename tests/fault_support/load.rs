@@ -50,6 +50,21 @@ pub struct Spec {
     pub timeout: Duration,
 }
 
+impl Default for Spec {
+    /// The usual row's load: 4 clients posting 50 events at a time without
+    /// a pause, no budget, ending after 2 minutes at the latest.
+    fn default() -> Spec {
+        Spec {
+            clients: 4,
+            batch: 50,
+            pause: Duration::ZERO,
+            budget: u64::MAX,
+            limit: Duration::from_secs(120),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     next: AtomicU64,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::run_support::client::{free_addr, wait_http_ok};
 use crate::run_support::process::Dab;
+use load::Outcome;
 
 /// Longest wait for dab to start serving.
 pub const START: Duration = Duration::from_secs(15);
@@ -93,6 +94,12 @@ impl Row {
             recovered: None,
             note: String::new(),
         }
+    }
+
+    /// Counts what `out`'s load offered and got acknowledged against
+    /// `delivered`.
+    pub fn of_load(fault: &str, out: &Outcome, delivered: &[u64]) -> Row {
+        Row::tally(fault, out.offered, &out.acked, delivered)
     }
 
     /// Prints the row (past the harness's capture, so `cargo test` shows

@@ -84,18 +84,14 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let accept = {
-            let stop = Arc::clone(&stop);
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (stop, log, handler) =
-                        (Arc::clone(&stop), Arc::clone(&log), Arc::clone(&handler));
-                    std::thread::spawn(move || serve(conn, &stop, &log, &*handler));
-                }
+            let (served_stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            accept_loop(listener, &stop, move |conn| {
+                let (stop, log, handler) = (
+                    Arc::clone(&served_stop),
+                    Arc::clone(&log),
+                    Arc::clone(&handler),
+                );
+                std::thread::spawn(move || serve(conn, &stop, &log, &*handler));
             })
         };
         Server {
@@ -126,13 +122,48 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees `stop`.
-        let _ = TcpStream::connect(&self.addr);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        stop_accepting(&self.stop, &self.addr, self.accept.take());
     }
+}
+
+/// Accepts connections on `listener` until `stop` is set, handing each to
+/// `serve` (which starts its thread); the thread of the loop.
+pub fn accept_loop(
+    listener: TcpListener,
+    stop: &Arc<AtomicBool>,
+    serve: impl Fn(TcpStream) + Send + 'static,
+) -> JoinHandle<()> {
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            serve(conn);
+        }
+    })
+}
+
+/// Sets `stop` and ends the accept loop on `addr`; the listener is
+/// dropped with it, so the port refuses connections from here on.
+pub fn stop_accepting(stop: &AtomicBool, addr: &str, accept: Option<JoinHandle<()>>) {
+    stop.store(true, Ordering::SeqCst);
+    // Wake the accept loop so it sees `stop`.
+    let _ = TcpStream::connect(addr);
+    if let Some(t) = accept {
+        let _ = t.join();
+    }
+}
+
+/// The whole answer for `status`, with a small JSON body.
+pub fn reply(status: u16) -> String {
+    let text = if status == 200 { "OK" } else { "Error" };
+    let body = format!("{{\"status\":{status}}}");
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 fn serve(mut conn: TcpStream, stop: &AtomicBool, log: &Mutex<Vec<Received>>, handler: &Handler) {
@@ -146,12 +177,7 @@ fn serve(mut conn: TcpStream, stop: &AtomicBool, log: &Mutex<Vec<Received>>, han
         std::thread::sleep(answer.hold.min(MAX_HOLD));
         let answered_at = Instant::now();
         let status = answer.status;
-        let text = if status == 200 { "OK" } else { "Error" };
-        let reply_body = format!("{{\"status\":{status}}}");
-        let reply = format!(
-            "HTTP/1.1 {status} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply_body}",
-            reply_body.len()
-        );
+        let reply = reply(status);
         log.lock().expect("server log").push(Received {
             path,
             body,
@@ -166,7 +192,7 @@ fn serve(mut conn: TcpStream, stop: &AtomicBool, log: &Mutex<Vec<Received>>, han
 
 /// The next request's path and body; `None` at a clean end of the
 /// connection or on `stop`.
-fn read_request(
+pub fn read_request(
     conn: &mut TcpStream,
     buf: &mut Vec<u8>,
     stop: &AtomicBool,

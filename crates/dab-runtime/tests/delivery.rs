@@ -11,11 +11,38 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dab_api::{AckStatus, Text};
+use dab_api::{AckStatus, Event, Text};
+use dab_plan::Plan;
 use dab_runtime::metrics::DropReason;
 use support::*;
+use tokio::sync::oneshot;
 
 const QUIET: Duration = Duration::from_millis(150);
+
+/// `p.NewPipeline().In(Src).Out(S)`, the plan of most tests here.
+fn src_to_s() -> Plan {
+    plan(
+        "p.NewPipeline().In(Src).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    )
+}
+
+/// `count` alternating events whose events at `at` have the type `Poison`.
+fn with_poison(count: u64, at: &[usize]) -> Vec<Event> {
+    let mut events = alternating(0, count);
+    for &i in at {
+        events[i].ty = Text::from_static("Poison");
+        events[i].touch();
+    }
+    events
+}
+
+/// Every batch, in order, hears "delivered".
+async fn all_delivered(rxs: &mut [oneshot::Receiver<AckStatus>]) {
+    for rx in rxs {
+        assert_eq!(ack(rx).await, AckStatus::Delivered);
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ack_waits_for_the_write_and_the_flush() {
@@ -24,11 +51,7 @@ async fn ack_waits_for_the_write_and_the_flush() {
     let s = h.sink("S");
     s.write_gate.hold();
     s.flush_gate.hold();
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
+    let running = h.start(&src_to_s(), 8);
 
     eventually("the write to start", || {
         s.write_calls.load(Ordering::SeqCst) == 1
@@ -65,11 +88,7 @@ async fn a_sink_that_fails_k_times_then_succeeds_delivers_once() {
     let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 5));
     let s = h.sink("S");
     s.fail_next_writes(K);
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
+    let running = h.start(&src_to_s(), 8);
 
     assert_eq!(
         acks(&mut rxs).await,
@@ -99,11 +118,7 @@ async fn a_failing_flush_writes_again_and_acknowledges_only_after_a_good_flush()
     let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 8), 4));
     let s = h.sink("S");
     s.fail_next_flushes(K);
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
+    let running = h.start(&src_to_s(), 8);
 
     for rx in &mut rxs {
         assert_eq!(ack(rx).await, AckStatus::Delivered);
@@ -111,10 +126,7 @@ async fn a_failing_flush_writes_again_and_acknowledges_only_after_a_good_flush()
         assert!(s.flushes.load(Ordering::SeqCst) >= 1);
     }
     finish(&running).await;
-    assert_eq!(
-        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
-    );
+    assert_eq!(offsets(&s.durable()), (0..8).collect::<Vec<_>>());
     // Each failure rewinds at once (no torn record while backing off) and
     // again before writing the held events.
     assert_eq!(s.rewinds.load(Ordering::SeqCst), 2 * K);
@@ -140,19 +152,10 @@ async fn a_write_that_fails_half_way_leaves_nothing_torn() {
     let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 12), 4));
     let s = h.sink("S");
     s.fail_next_writes(K);
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
-    for rx in &mut rxs {
-        assert_eq!(ack(rx).await, AckStatus::Delivered);
-    }
+    let running = h.start(&src_to_s(), 8);
+    all_delivered(&mut rxs).await;
     finish(&running).await;
-    assert_eq!(
-        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
-        (0..12).collect::<Vec<_>>()
-    );
+    assert_eq!(offsets(&s.durable()), (0..12).collect::<Vec<_>>());
     assert_eq!(s.rewinds.load(Ordering::SeqCst), 2 * K);
 }
 
@@ -164,11 +167,7 @@ async fn a_write_that_fails_half_way_leaves_nothing_torn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
     let h = Harness::new();
-    let mut events = alternating(0, 64);
-    for i in [5usize, 6, 40] {
-        events[i].ty = Text::from_static("Poison");
-        events[i].touch();
-    }
+    let events = with_poison(64, &[5, 6, 40]);
     let (_, mut rxs) = h.vec_source("Src", batches(events, 16));
     let s = h.sink("S");
     s.refuse_type("Poison");
@@ -178,20 +177,12 @@ async fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
         &bindings(&["Src"], &["S", "Dead"], ""),
     );
     let running = h.start(&plan, 8);
-    for rx in &mut rxs {
-        assert_eq!(ack(rx).await, AckStatus::Delivered);
-    }
+    all_delivered(&mut rxs).await;
     finish(&running).await;
     let good: Vec<u64> = (0..64).filter(|i| ![5, 6, 40].contains(i)).collect();
-    assert_eq!(
-        s.durable().iter().map(|e| e.offset).collect::<Vec<_>>(),
-        good
-    );
+    assert_eq!(offsets(&s.durable()), good);
     let bad = dead.durable();
-    assert_eq!(
-        bad.iter().map(|e| e.offset).collect::<Vec<_>>(),
-        vec![5, 6, 40]
-    );
+    assert_eq!(offsets(&bad), vec![5, 6, 40]);
     for e in &bad {
         let reason = e.tag("dab.error").map(|t| t.as_str().to_owned());
         assert_eq!(reason.as_deref(), Some("HTTP 400: batch holds a `Poison`"));
@@ -208,20 +199,12 @@ async fn poison_events_go_to_on_error_and_the_rest_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_events_without_on_error_are_counted_as_rejected() {
     let h = Harness::new();
-    let mut events = alternating(0, 32);
-    events[31].ty = Text::from_static("Poison");
-    events[31].touch();
+    let events = with_poison(32, &[31]);
     let (_, mut rxs) = h.vec_source("Src", batches(events, 8));
     let s = h.sink("S");
     s.refuse_type("Poison");
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
-    for rx in &mut rxs {
-        assert_eq!(ack(rx).await, AckStatus::Delivered);
-    }
+    let running = h.start(&src_to_s(), 8);
+    all_delivered(&mut rxs).await;
     finish(&running).await;
     assert_eq!(s.durable().len(), 31);
     let m = sink_metrics(&running, "S");
@@ -239,11 +222,7 @@ async fn a_dead_sink_fails_its_batches_on_forced_shutdown() {
     let (_, mut rxs) = h.vec_source("Src", batches(alternating(0, 7), 4));
     let s = h.sink("S");
     s.always_fail.store(true, Ordering::SeqCst);
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
+    let running = h.start(&src_to_s(), 8);
 
     eventually("the sink to fail twice", || {
         sink_metrics(&running, "S").errors.get() >= 2
@@ -279,11 +258,7 @@ async fn forced_shutdown_ends_a_sink_stuck_in_a_write() {
     let (_, mut rxs) = h.vec_source("Src", vec![alternating(0, 3)]);
     let s = h.sink("S");
     s.write_gate.hold();
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 8);
+    let running = h.start(&src_to_s(), 8);
     eventually("the write to start", || {
         s.write_calls.load(Ordering::SeqCst) == 1
     })
@@ -564,11 +539,7 @@ async fn a_finite_source_ends_the_run_by_itself() {
     let events = alternating(0, 100);
     let (src, mut rxs) = h.vec_source("Src", batches(events.clone(), 7));
     let s = h.sink("S");
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 2);
+    let running = h.start(&src_to_s(), 2);
 
     finish(&running).await;
     assert!(src.finished.load(Ordering::SeqCst));
@@ -582,11 +553,7 @@ async fn shutdown_stops_an_endless_source_and_drains_what_it_sent() {
     let h = Harness::new();
     let src = h.loop_source("Src", 25);
     let s = h.sink("S");
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 2);
+    let running = h.start(&src_to_s(), 2);
 
     eventually("1000 events to arrive", || s.len() >= 1000).await;
     running.shutdown();
@@ -612,11 +579,7 @@ async fn shutdown_drains_batches_held_up_by_a_slow_sink() {
     let src = h.loop_source("Src", 10);
     let s = h.sink("S");
     s.write_gate.hold();
-    let plan = plan(
-        "p.NewPipeline().In(Src).Out(S)",
-        &bindings(&["Src"], &["S"], ""),
-    );
-    let running = h.start(&plan, 2);
+    let running = h.start(&src_to_s(), 2);
 
     // Back pressure stops the source with batches in every channel.
     let sent = settled(QUIET, || src.sent()).await;
@@ -742,9 +705,7 @@ async fn a_queue_whose_reader_runs_elsewhere_fails_its_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_is_not_sent_back_to_the_sink_that_refused_it() {
     let h = Harness::new();
-    let mut events = alternating(0, 16);
-    events[3].ty = Text::from_static("Poison");
-    events[3].touch();
+    let events = with_poison(16, &[3]);
     let (_, mut rxs) = h.vec_source("Src", batches(events, 8));
     let s = h.sink("S");
     s.refuse_type("Poison");
@@ -753,9 +714,7 @@ async fn poison_is_not_sent_back_to_the_sink_that_refused_it() {
         &bindings(&["Src"], &["S"], ""),
     );
     let running = h.start(&plan, 8);
-    for rx in &mut rxs {
-        assert_eq!(ack(rx).await, AckStatus::Delivered);
-    }
+    all_delivered(&mut rxs).await;
     finish(&running).await;
     assert_eq!(s.durable().len(), 15);
     let m = sink_metrics(&running, "S");
