@@ -4,6 +4,8 @@
 //! Connectors come in through `Registry`; this crate knows only `dab-api`.
 
 pub mod admission;
+pub mod breaker;
+mod health;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
@@ -14,4 +16,5 @@ mod sink;
 pub mod stages;
 mod topology;
 
+pub use health::Readiness;
 pub use topology::{start, Registry, ReloadReport, RunOptions, Running, StartError};

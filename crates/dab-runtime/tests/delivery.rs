@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dab_api::{AckStatus, Text};
+use dab_runtime::breaker::BreakerState;
 use dab_runtime::metrics::DropReason;
 use support::*;
 
@@ -85,7 +86,9 @@ async fn a_sink_that_fails_k_times_then_succeeds_delivers_once() {
     assert_eq!(m.events.get(), 10);
     assert_eq!(m.batches.get(), 2);
     assert_eq!(m.failed_events.get(), 0);
-    assert!(!m.breaker_open.load(Ordering::SeqCst));
+    // K < 5 failures in a row: the breaker never opened.
+    assert_eq!(m.breaker.state(), BreakerState::Closed);
+    assert_eq!(m.breaker.transitions_to(BreakerState::Open), 0);
 }
 
 /// Issue 10's first fault: a flush that fails (a full disk) must not
