@@ -91,9 +91,16 @@ fn readyz_follows_the_breaker_of_a_sink_whose_peer_is_down_then_back() {
     assert_eq!(status, 503, "{body}");
     let lines: Vec<&str> = body.lines().collect();
     assert!(
-        lines == ["not ready", "sink `HttpOut`: circuit breaker open (the peer keeps failing)"]
+        lines
+            == [
+                "not ready",
+                "sink `HttpOut`: circuit breaker open (the peer keeps failing)"
+            ]
             || lines
-                == ["not ready", "sink `HttpOut`: circuit breaker half-open (probing the peer)"],
+                == [
+                    "not ready",
+                    "sink `HttpOut`: circuit breaker half-open (probing the peer)"
+                ],
         "{body}"
     );
     assert_eq!(get(&metrics, "/healthz"), (200, "ok\n".to_owned()));
@@ -143,7 +150,8 @@ fn readyz_follows_the_breaker_of_a_sink_whose_peer_is_down_then_back() {
     drop(peer);
 
     // Every event the source acknowledged is at the peer, once; nothing
-    // else is (what was refused under back pressure was never taken).
+    // else is (a post refused or timed out was never acknowledged, and
+    // with this peer never taken either).
     let delivered = seen.lock().expect("seen").delivered.clone();
     let distinct: BTreeSet<u64> = delivered.iter().copied().collect();
     assert_eq!(out.offered, BUDGET);
