@@ -216,3 +216,62 @@ async fn a_source_that_failed_is_not_serving() {
         ]
     );
 }
+
+/// A sink that confirms writes later (Kafka): failed confirmations count
+/// towards the breaker, the probe is the write sent again after the
+/// cool-down, and only its confirmation "delivered" closes the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirming_sink_opens_on_failed_confirmations_and_closes_on_a_delivered_probe() {
+    use dab_api::{Confirmed, ConnectorError};
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", vec![alternating(0, 4)]);
+    let s = h.sink("S");
+    s.confirm_writes_later();
+    s.write_gate.hold();
+    let y = "sources:\n  Src: { kind: generator }\nsinks:\n  S: { kind: file, path: \"/tmp/dab-runtime-tests/S.ndjson\", breaker_after: 2, breaker_cooldown: 300ms }\n";
+    let plan = plan("p.NewPipeline().In(Src).Out(S)", y);
+    let running = h.start(&plan, 8);
+    let m = sink_metrics(&running, "S");
+    s.watch_breaker(m.clone());
+    s.write_gate.release();
+
+    let failed = || Confirmed::Failed(ConnectorError::Other("broker down".into()));
+    for i in 0..2 {
+        eventually("the write to be sent", || s.sent_offsets().len() == i + 1).await;
+        s.confirm(i, failed());
+    }
+    eventually("the breaker to open", || {
+        m.breaker.state() == BreakerState::Open
+    })
+    .await;
+    assert!(pending(&mut rxs[0]));
+    assert!(!running.readiness().is_ready());
+    // The probe: the write sent again once the cool-down is over.
+    eventually("the probe", || s.sent_offsets().len() == 3).await;
+    assert_eq!(m.breaker.state(), BreakerState::HalfOpen);
+    assert!(
+        pending(&mut rxs[0]),
+        "acknowledged before the probe's confirmation"
+    );
+    s.confirm(
+        2,
+        Confirmed::Delivered {
+            rejected: Vec::new(),
+        },
+    );
+    assert_eq!(ack(&mut rxs[0]).await, AckStatus::Delivered);
+    finish(&running).await;
+    assert_eq!(m.breaker.state(), BreakerState::Closed);
+    assert_eq!(
+        s.calls(),
+        vec![
+            ("write", BreakerState::Closed),
+            ("write", BreakerState::Closed),
+            ("write", BreakerState::HalfOpen),
+        ]
+    );
+    assert_eq!(s.sent_offsets(), vec![vec![0, 1, 2, 3]; 3]);
+    assert_eq!(offsets(&s.durable()), vec![0, 1, 2, 3]);
+    assert_eq!(m.events.get(), 4);
+    assert_eq!(m.failed_events.get(), 0);
+}
