@@ -10,15 +10,29 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use dab_api::AckStatus;
 use dab_runtime::breaker::BreakerState;
+use dab_runtime::metrics::SinkMetrics;
+use dab_runtime::Running;
 use support::*;
 
-/// One generator source `Src` and one test sink `S` with a breaker that
-/// opens after 3 failures and cools down for 300 ms.
-fn breaker_bindings() -> String {
-    "sources:\n  Src: { kind: generator }\nsinks:\n  S: { kind: file, path: \"/tmp/dab-runtime-tests/S.ndjson\", breaker_after: 3, breaker_cooldown: 300ms }\n".to_owned()
+/// Starts `Src -> S`, where sink `S` has a breaker that opens after
+/// `after` failures and cools down for 300 ms, and records the breaker's
+/// state at every call of `S` from its first write on.
+fn start_watched(h: &Harness, after: u32) -> (Running, Arc<SinkMetrics>) {
+    let y = format!(
+        "sources:\n  Src: {{ kind: generator }}\nsinks:\n  S: {{ kind: file, path: \"/tmp/dab-runtime-tests/S.ndjson\", breaker_after: {after}, breaker_cooldown: 300ms }}\n"
+    );
+    let s = h.sink("S");
+    // Held until the breaker is watched, so that every call is recorded.
+    s.write_gate.hold();
+    let running = h.start(&plan("p.NewPipeline().In(Src).Out(S)", &y), 8);
+    let m = sink_metrics(&running, "S");
+    s.watch_breaker(m.clone());
+    s.write_gate.release();
+    (running, m)
 }
 
 fn calls_in(calls: &[(&'static str, BreakerState)], state: BreakerState) -> Vec<&'static str> {
@@ -36,13 +50,7 @@ async fn an_open_breaker_leaves_the_peer_alone_probes_once_and_closes_with_nothi
     let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 4));
     let s = h.sink("S");
     s.always_fail.store(true, Ordering::SeqCst);
-    // Held until the breaker is watched, so that every call is recorded.
-    s.write_gate.hold();
-    let plan = plan("p.NewPipeline().In(Src).Out(S)", &breaker_bindings());
-    let running = h.start(&plan, 8);
-    let m = sink_metrics(&running, "S");
-    s.watch_breaker(m.clone());
-    s.write_gate.release();
+    let (running, m) = start_watched(&h, 3);
 
     // Opened, probed once, failed, opened again.
     eventually("the breaker to open a second time", || {
@@ -126,12 +134,7 @@ async fn failing_flushes_open_the_breaker_although_writes_are_taken() {
     let s = h.sink("S");
     // Three flushes fail: the breaker opens, then the probe delivers.
     s.fail_next_flushes(3);
-    s.write_gate.hold();
-    let plan = plan("p.NewPipeline().In(Src).Out(S)", &breaker_bindings());
-    let running = h.start(&plan, 8);
-    let m = sink_metrics(&running, "S");
-    s.watch_breaker(m.clone());
-    s.write_gate.release();
+    let (running, m) = start_watched(&h, 3);
     assert_eq!(ack(&mut rxs[0]).await, AckStatus::Delivered);
     finish(&running).await;
     let calls = s.calls();
@@ -227,13 +230,7 @@ async fn a_confirming_sink_opens_on_failed_confirmations_and_closes_on_a_deliver
     let (_, mut rxs) = h.vec_source("Src", vec![alternating(0, 4)]);
     let s = h.sink("S");
     s.confirm_writes_later();
-    s.write_gate.hold();
-    let y = "sources:\n  Src: { kind: generator }\nsinks:\n  S: { kind: file, path: \"/tmp/dab-runtime-tests/S.ndjson\", breaker_after: 2, breaker_cooldown: 300ms }\n";
-    let plan = plan("p.NewPipeline().In(Src).Out(S)", y);
-    let running = h.start(&plan, 8);
-    let m = sink_metrics(&running, "S");
-    s.watch_breaker(m.clone());
-    s.write_gate.release();
+    let (running, m) = start_watched(&h, 2);
 
     let failed = || Confirmed::Failed(ConnectorError::Other("broker down".into()));
     for i in 0..2 {
