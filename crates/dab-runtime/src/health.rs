@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use dab_api::connector::SourceStats;
 use tokio_util::task::TaskTracker;
 
 /// Why the process is not ready, one line per reason; empty when ready.
@@ -27,6 +28,9 @@ impl Readiness {
 pub(crate) struct Health {
     /// Sources (by input key) that ended with an error, with it.
     not_serving: Mutex<BTreeMap<String, String>>,
+    /// Running sources that announce when they serve
+    /// (`Source::announces_serving`), with their stats, where they do.
+    announcing: Mutex<BTreeMap<String, Arc<SourceStats>>>,
     /// Tasks that panicked, as "pipeline `p`", "sink `S`", "router of `X`".
     died: Mutex<Vec<String>>,
 }
@@ -43,6 +47,26 @@ impl Health {
     pub(crate) fn source_cleared(&self, key: &str) {
         if let Ok(mut m) = self.not_serving.lock() {
             m.remove(key);
+        }
+        if let Ok(mut m) = self.announcing.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// A source starts that will say when it serves.
+    pub(crate) fn source_announcing(&self, key: &str, stats: Arc<SourceStats>) {
+        if let Ok(mut m) = self.announcing.lock() {
+            m.insert(key.to_owned(), stats);
+        }
+    }
+
+    /// A source's task ended: whether it serves is no longer asked (unless
+    /// a newer source runs under the same key).
+    pub(crate) fn source_ended(&self, key: &str, stats: &Arc<SourceStats>) {
+        if let Ok(mut m) = self.announcing.lock() {
+            if m.get(key).is_some_and(|s| Arc::ptr_eq(s, stats)) {
+                m.remove(key);
+            }
         }
     }
 
@@ -70,6 +94,13 @@ impl Health {
 
     /// The reasons this module knows, in a stable order: sources first.
     pub(crate) fn reasons(&self, out: &mut Vec<String>) {
+        if let Ok(m) = self.announcing.lock() {
+            out.extend(
+                m.iter()
+                    .filter(|(_, s)| !s.is_serving())
+                    .map(|(k, _)| format!("source `{k}` is not serving yet: starting")),
+            );
+        }
         if let Ok(m) = self.not_serving.lock() {
             out.extend(
                 m.iter()

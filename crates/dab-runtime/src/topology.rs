@@ -984,6 +984,7 @@ impl Running {
         };
         let failures = self.failures.clone();
         let health = self.health.clone();
+        let stop = slot.stop.clone();
         let stop_all = self.shutdown.clone();
         // A source that a reload started (the first start is `plan: None`)
         // and that fails (a port in use) must not stop everything else.
@@ -994,16 +995,24 @@ impl Running {
         let state = self.state.clone();
         let tracker = self.tracker.clone();
         let name = name.to_owned();
+        if source.announces_serving() {
+            self.health.source_announcing(&name, slot.stats.clone());
+        }
         live.fetch_add(1, Ordering::AcqRel);
         self.tracker.spawn(async move {
             let ended = source.run(ctx).await;
+            health.source_ended(&name, &stats);
             // What the source read but could not hand on is lost for good:
             // it counts towards the forced-stop total (and exit status).
             metrics
                 .abandoned
                 .add(stats.abandoned.load(Ordering::Relaxed));
             if let Err(e) = ended {
-                health.source_failed(&name, e.to_string());
+                // A source a reload retired says nothing about the one
+                // that replaced it under the same name.
+                if !(stop.is_cancelled() && !stop_all.is_cancelled()) {
+                    health.source_failed(&name, e.to_string());
+                }
                 if fatal {
                     tracing::error!(source = %name, error = %e, "source failed; shutting down");
                     if let Ok(mut f) = failures.lock() {

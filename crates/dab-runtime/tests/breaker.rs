@@ -5,7 +5,7 @@
 //! half-open and closes on a delivery, with nothing acknowledged before
 //! it is delivered and nothing lost; `Running::readiness` names every
 //! reason not to be ready: a breaker not closed, a dead task, a source
-//! that failed, a drain.
+//! that failed or is not bound yet, a drain.
 
 mod support;
 
@@ -271,4 +271,24 @@ async fn a_confirming_sink_opens_on_failed_confirmations_and_closes_on_a_deliver
     assert_eq!(offsets(&s.durable()), vec![0, 1, 2, 3]);
     assert_eq!(m.events.get(), 4);
     assert_eq!(m.failed_events.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listener_is_not_serving_until_it_is_bound() {
+    let h = Harness::new();
+    let bound = h.announcing_source("Src");
+    let _ = h.sink("S");
+    let plan = plan(
+        "p.NewPipeline().In(Src).Out(S)",
+        &bindings(&["Src"], &["S"], ""),
+    );
+    let running = h.start(&plan, 8);
+    assert_eq!(
+        running.readiness().reasons,
+        vec!["source `Src` is not serving yet: starting".to_owned()]
+    );
+    bound.release();
+    eventually("the source to serve", || running.readiness().is_ready()).await;
+    running.shutdown();
+    finish(&running).await;
 }

@@ -65,6 +65,10 @@ impl HttpSource {
 
 #[async_trait]
 impl Source for HttpSource {
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let listen = &self.config.listen;
         let listener = TcpListener::bind(listen).await.map_err(|e| {
@@ -74,6 +78,7 @@ impl Source for HttpSource {
             )
         })?;
         tracing::info!(source = %self.name, %listen, "http source listening");
+        ctx.stats.set_serving();
 
         let shared = Arc::new(Shared {
             filler: Mutex::new(Filler::new(&ctx.name)),

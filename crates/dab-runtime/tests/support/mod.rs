@@ -390,6 +390,9 @@ enum SourceSpec {
     Failing {
         message: String,
     },
+    Announcing {
+        bound: Arc<Gate>,
+    },
 }
 
 /// Sends prepared batches, then ends.
@@ -498,6 +501,28 @@ impl Source for FailingSource {
     }
 }
 
+/// A listener that is slow to bind: it says it serves once the test
+/// releases `bound`, then sends nothing until shutdown.
+struct AnnouncingSource {
+    bound: Arc<Gate>,
+}
+
+#[async_trait]
+impl Source for AnnouncingSource {
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            () = self.bound.pass() => ctx.stats.set_serving(),
+        }
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- harness
 
 #[derive(Default)]
@@ -581,6 +606,22 @@ impl Harness {
         );
     }
 
+    /// A source that serves once the returned gate is released (held now).
+    pub fn announcing_source(&self, name: &str) -> Arc<Gate> {
+        let bound = Arc::new(Gate::new());
+        bound.hold();
+        self.0.sources.lock().expect("harness lock").insert(
+            name.to_owned(),
+            (
+                SourceSpec::Announcing {
+                    bound: bound.clone(),
+                },
+                Arc::new(SourceHandle::default()),
+            ),
+        );
+        bound
+    }
+
     /// The handle of sink `name` (created on first use, before or after start).
     pub fn sink(&self, name: &str) -> Arc<SinkHandle> {
         self.0
@@ -651,6 +692,7 @@ impl SourceFactory for TestSources {
                 Ok(Box::new(LoopSource { batch_size, handle }))
             }
             Some((SourceSpec::Failing { message }, _)) => Ok(Box::new(FailingSource { message })),
+            Some((SourceSpec::Announcing { bound }, _)) => Ok(Box::new(AnnouncingSource { bound })),
             None => Err(BuildError {
                 name: name.to_owned(),
                 reason: "the test prepared no source of this name".into(),
