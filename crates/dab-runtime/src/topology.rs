@@ -1010,7 +1010,8 @@ impl Running {
             if let Err(e) = ended {
                 // A source a reload retired says nothing about the one
                 // that replaced it under the same name.
-                if !(stop.is_cancelled() && !stop_all.is_cancelled()) {
+                let retired = stop.is_cancelled() && !stop_all.is_cancelled();
+                if !retired {
                     health.source_failed(&name, e.to_string());
                 }
                 if fatal {
