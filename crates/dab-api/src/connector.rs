@@ -7,7 +7,7 @@
 //! are the runtime's job, not each connector's.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -72,11 +72,23 @@ pub struct SourceStats {
     /// Events that claimed a name reserved to DAB (a type or tag key
     /// starting with `dab.`) and had it renamed at ingest.
     pub reserved_names: AtomicU64,
+    /// Set by a source that announces when it serves
+    /// (`Source::announces_serving`), once it does: a listener once bound.
+    pub serving: AtomicBool,
 }
 
 impl SourceStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Says the source serves its input now (a listener is bound).
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -110,6 +122,14 @@ pub trait Source: Send {
     /// runtime on every scrape. Asked once, before `run`.
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
         None
+    }
+
+    /// True for a source that calls `ctx.stats.set_serving()` once it
+    /// serves (a listener, once bound): until then `/readyz` says it is
+    /// not serving yet. Asked once, before `run`. Other sources serve from
+    /// the start.
+    fn announces_serving(&self) -> bool {
+        false
     }
 }
 

@@ -176,6 +176,21 @@ const KAFKA_BROKERS: FieldSpec = req(
     "bootstrap brokers, comma-separated host:port",
 );
 
+/// Every sink's circuit breaker (SPEC section 11; the runtime's
+/// `breaker.rs` holds the defaults, 5 and 5 s).
+const BREAKER_AFTER: FieldSpec = opt(
+    "breaker_after",
+    FieldType::Int,
+    "failures in a row that open the circuit breaker (default 5)",
+)
+.within(1, 1_000);
+const BREAKER_COOLDOWN: FieldSpec = opt(
+    "breaker_cooldown",
+    FieldType::Duration,
+    "how long an open breaker leaves the peer alone before one probe (default 5s)",
+)
+.within(10, HOUR_MS);
+
 /// The largest frame, body or message a source can be told to accept:
 /// 256 MiB, far above any sane event batch, low enough that one request
 /// cannot ask for all of memory.
@@ -329,6 +344,8 @@ static KINDS: &[KindSpec] = &[
                 FRAMING,
                 "ndjson lines or length-delimited protobuf",
             ),
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
         ],
     },
     KindSpec {
@@ -338,6 +355,8 @@ static KINDS: &[KindSpec] = &[
         fields: &[
             req("path", FieldType::Path, "file to append to"),
             opt("fsync", FieldType::Bool, "fsync after each batch"),
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
         ],
     },
     KindSpec {
@@ -348,6 +367,8 @@ static KINDS: &[KindSpec] = &[
             req("endpoint", FieldType::Url, "URL to POST to"),
             opt("timeout", FieldType::Duration, "per-request timeout").within(1, HOUR_MS),
             TLS_CA,
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
         ],
     },
     KindSpec {
@@ -364,6 +385,8 @@ static KINDS: &[KindSpec] = &[
                 "longest wait to fill a batch",
             )
             .within(1, HOUR_MS),
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
         ],
     },
     KindSpec {
@@ -377,19 +400,21 @@ static KINDS: &[KindSpec] = &[
             opt("codec", CODEC, "payload encoding"),
             opt("compression", COMPRESSION, "producer compression"),
             KAFKA_OPTIONS,
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
         ],
     },
     KindSpec {
         section: Section::Sinks,
         kind: "stdout",
         doc: "NDJSON on standard output",
-        fields: &[],
+        fields: &[BREAKER_AFTER, BREAKER_COOLDOWN],
     },
     KindSpec {
         section: Section::Sinks,
         kind: "blackhole",
         doc: "drops and acknowledges every event",
-        fields: &[],
+        fields: &[BREAKER_AFTER, BREAKER_COOLDOWN],
     },
     // Queues.
     KindSpec {

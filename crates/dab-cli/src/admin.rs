@@ -1,6 +1,7 @@
 //! The admin endpoint of `dab run --metrics ADDR`: `GET /metrics`
-//! (Prometheus text), `/healthz` (alive), `/readyz` (all pipelines
-//! running) and `/reliability` (the REP report `dab inspect --url` reads). GET-only and tiny, so a hand-written HTTP/1.1 responder does the
+//! (Prometheus text), `/healthz` (alive), `/readyz` (200, or 503 with a
+//! line per reason: a source not serving, a task died, a circuit breaker
+//! not closed, draining; `Running::readiness`) and `/reliability` (the REP report `dab inspect --url` reads). GET-only and tiny, so a hand-written HTTP/1.1 responder does the
 //! job without a web framework in the binary's hot dependencies.
 
 use std::sync::Arc;
@@ -52,13 +53,14 @@ async fn answer(mut s: TcpStream, running: &Running) -> std::io::Result<()> {
         },
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", "/readyz") => {
-            if running.failures().is_empty() {
+            let r = running.readiness();
+            if r.is_ready() {
                 ("200 OK", "text/plain", "ready\n".to_owned())
             } else {
                 (
                     "503 Service Unavailable",
                     "text/plain",
-                    running.failures().join("\n"),
+                    format!("not ready\n{}\n", r.reasons.join("\n")),
                 )
             }
         }

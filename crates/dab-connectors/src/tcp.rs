@@ -103,6 +103,10 @@ impl Source for TcpSource {
         Some(Arc::clone(&self.acks) as Arc<dyn ConnectorMetrics>)
     }
 
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let this = *self;
         let listener = match this.listener {
@@ -110,6 +114,7 @@ impl Source for TcpSource {
             None => bind_listener(&this.listen).await?,
         };
         tracing::info!(source = %ctx.name, listen = %this.listen, framing = ?this.settings.framing, "tcp source listening");
+        ctx.stats.set_serving();
         socket_common::serve("tcp", Tcp(listener), ctx, this.settings, this.acks).await;
         Ok(())
     }

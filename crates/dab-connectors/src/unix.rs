@@ -105,6 +105,10 @@ impl Source for UnixSource {
         Some(Arc::clone(&self.acks) as Arc<dyn ConnectorMetrics>)
     }
 
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let this = *self;
         let path = this.path;
@@ -114,6 +118,7 @@ impl Source for UnixSource {
         })?;
         let ours = identity(&path);
         tracing::info!(source = %ctx.name, path = %path.display(), framing = ?this.settings.framing, "unix source listening");
+        ctx.stats.set_serving();
         let listener = Unix {
             listener,
             label: format!("unix:{}", path.display()),

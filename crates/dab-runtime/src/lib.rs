@@ -4,6 +4,8 @@
 //! Connectors come in through `Registry`; this crate knows only `dab-api`.
 
 pub mod admission;
+pub mod breaker;
+mod health;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
@@ -15,4 +17,5 @@ pub mod stages;
 mod topology;
 
 pub use admission::default_max_rss;
+pub use health::Readiness;
 pub use topology::{start, Registry, ReloadReport, RunOptions, Running, StartError};

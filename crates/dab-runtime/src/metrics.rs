@@ -4,7 +4,7 @@
 //! on the hot path; rendering walks them on scrape.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -307,7 +307,8 @@ pub struct SinkMetrics {
     pub rejected_rerouted: Counter,
     /// ... and dropped (reason `rejected`), for want of one.
     pub dropped_rejected: Counter,
-    pub breaker_open: AtomicBool,
+    /// The sink's circuit breaker: state and transitions.
+    pub breaker: crate::breaker::BreakerGauge,
     /// The process total that `failed_events` also counts into.
     pub abandoned: AbandonedTotal,
 }
@@ -842,17 +843,34 @@ impl Metrics {
         }
         family(
             &mut o,
-            "dab_sink_circuit_open",
+            "dab_sink_breaker_state",
             "gauge",
-            "1 while a sink's circuit breaker is open",
+            "State of a sink's circuit breaker: 0 closed, 1 open (the peer is left alone), 2 half-open (probing)",
         );
         for s in &sinks {
             let _ = writeln!(
                 o,
-                "dab_sink_circuit_open{{sink=\"{}\"}} {}",
+                "dab_sink_breaker_state{{sink=\"{}\"}} {}",
                 esc(&s.name),
-                u8::from(s.breaker_open.load(Ordering::Relaxed))
+                s.breaker.state() as u8
             );
+        }
+        family(
+            &mut o,
+            "dab_sink_breaker_transitions_total",
+            "counter",
+            "Times a sink's circuit breaker entered each state",
+        );
+        for s in &sinks {
+            for st in crate::breaker::BreakerState::ALL {
+                let _ = writeln!(
+                    o,
+                    "dab_sink_breaker_transitions_total{{sink=\"{}\",to=\"{}\"}} {}",
+                    esc(&s.name),
+                    st.label(),
+                    s.breaker.transitions_to(st)
+                );
+            }
         }
         family(
             &mut o,

@@ -2,8 +2,12 @@
 //! means delivered", SPEC section 11): writes batches in order, holds what
 //! it wrote until a flush succeeds, and only then acknowledges it. A failed
 //! write or flush acknowledges nothing: the driver backs off (exponential,
-//! full jitter; a breaker logs once while the sink keeps failing), calls
-//! `rewind` and writes everything held since the last good flush again. A
+//! full jitter), calls `rewind` and writes everything held since the last
+//! good flush again. Behind the back-off sits the sink's circuit breaker
+//! (`breaker.rs`): after `breaker_after` failures in a row it opens and the
+//! driver leaves the peer alone for `breaker_cooldown`, holding what it
+//! has and taking nothing new; then one probe (rewind, write again, flush)
+//! closes it or opens it again. A
 //! write the peer refuses for good is split until only the events it
 //! refuses on their own are left; those go to the sending pipeline's
 //! `OnError` target with the reason in `dab.error`, or are counted dropped
@@ -19,7 +23,6 @@
 //! rewritten); events it refused for good take the same way to `OnError`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,14 +33,13 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, Wait};
 use crate::metrics::SinkMetrics;
 use crate::reliability::Tracker;
 
 /// Back-off bounds.
 const BASE: Duration = Duration::from_millis(50);
 const MAX: Duration = Duration::from_secs(5);
-/// Consecutive failures that open the breaker.
-const BREAKER_AFTER: u32 = 5;
 /// Flush (and so acknowledge) at least every this many writes, and when
 /// the held events pass this many bytes, even under constant load.
 const FLUSH_EVERY: usize = 64;
@@ -60,6 +62,8 @@ pub struct SinkTask {
     /// binding): small batches arriving within the timeout are written
     /// together, up to the size. `None` writes each batch as it comes.
     pub coalesce: Option<Coalesce>,
+    /// The circuit breaker's thresholds (`breaker_after`, `breaker_cooldown`).
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,8 +143,8 @@ struct Driver {
     /// A confirming sink's writes in flight, oldest first.
     window: VecDeque<Flight>,
     window_bytes: usize,
-    /// Failures in a row, for back-off and the breaker.
-    failures: u32,
+    /// Failures in a row since the last delivery, and the breaker's state.
+    breaker: Breaker,
 }
 
 /// Waits for the next batch, or `None` at the end of input or a forced stop.
@@ -183,7 +187,7 @@ impl SinkTask {
             held_bytes: 0,
             window: VecDeque::new(),
             window_bytes: 0,
-            failures: 0,
+            breaker: Breaker::new(self.breaker),
         };
         if d.sink.confirms_writes() {
             d.run_confirmed(&mut self.input, self.coalesce).await;
@@ -209,9 +213,12 @@ impl Driver {
             if self.take(w).await.is_err() {
                 break;
             }
+            // A half-open breaker's probe ends with a flush: only a
+            // delivery closes it.
             let due = input.is_empty()
                 || self.held.len() >= FLUSH_EVERY
-                || self.held_bytes >= FLUSH_BYTES;
+                || self.held_bytes >= FLUSH_BYTES
+                || self.breaker.state() != BreakerState::Closed;
             if due && self.flush().await.is_err() {
                 break;
             }
@@ -230,7 +237,11 @@ impl Driver {
     ) {
         let mut open = true;
         loop {
-            let room = open && self.window.len() < WINDOW && self.window_bytes < WINDOW_BYTES;
+            // While the breaker is not closed, one write at a time is in
+            // flight: the probe, whose confirmation closes it.
+            let probing = self.breaker.state() != BreakerState::Closed && !self.window.is_empty();
+            let room =
+                open && !probing && self.window.len() < WINDOW && self.window_bytes < WINDOW_BYTES;
             if !room && self.window.is_empty() {
                 return;
             }
@@ -290,7 +301,6 @@ impl Driver {
             };
             match sent {
                 Ok((rejected, waiting)) => {
-                    self.succeeded();
                     self.window_bytes += w.bytes;
                     self.window.push_back(Flight {
                         bytes: w.bytes,
@@ -393,7 +403,6 @@ impl Driver {
             };
             match written {
                 Ok(rejected) => {
-                    self.succeeded();
                     reject(&self.metrics, &mut w, rejected).await;
                     self.held_bytes += w.bytes;
                     self.held.push(w);
@@ -501,33 +510,53 @@ impl Driver {
         }
     }
 
+    /// The sink delivered (a good flush, a write confirmed delivered):
+    /// failures are forgotten and the breaker closes. A write that was
+    /// only taken proves nothing (a socket buffer, a client library's
+    /// queue), so it does not count.
     fn succeeded(&mut self) {
-        self.failures = 0;
-        if self.metrics.breaker_open.swap(false, Ordering::Relaxed) {
-            tracing::info!(sink = %self.metrics.name, "sink recovered; circuit closed");
+        if self.breaker.delivered(&self.metrics.breaker) {
+            tracing::info!(sink = %self.metrics.name, "sink delivered again; circuit closed");
         }
     }
 
-    /// Counts a failure and waits the back-off. `None` is a forced stop.
+    /// Counts a failure and waits: the back-off while the breaker is
+    /// closed, the cool-down once it is open (nothing is tried meanwhile:
+    /// held writes stay held, nothing new is taken, nothing is
+    /// acknowledged). After a cool-down the breaker is half-open and the
+    /// caller's next attempt is the probe. `None` is a forced stop.
     async fn failed(&mut self, e: Option<&SinkError>) -> Result<(), GaveUp> {
         let Some(e) = e else { return Err(GaveUp) };
         self.metrics.errors.add(1);
-        self.failures += 1;
-        let f = self.failures;
-        if f == BREAKER_AFTER && !self.metrics.breaker_open.swap(true, Ordering::Relaxed) {
-            tracing::error!(sink = %self.metrics.name, error = %e, "sink keeps failing; circuit open, retrying every {:?}", MAX);
-        } else if f < BREAKER_AFTER {
-            tracing::warn!(sink = %self.metrics.name, error = %e, attempt = f, held = self.held.len() + self.window.len(), "sink failed; will rewind and write again");
-        }
+        let before = self.breaker.state();
+        let held = self.held.len() + self.window.len();
+        let wait = match self.breaker.failed(&self.metrics.breaker) {
+            Wait::BackOff(f) => {
+                tracing::warn!(sink = %self.metrics.name, error = %e, attempt = f, held, "sink failed; will rewind and write again");
+                let ceiling = BASE.saturating_mul(1u32 << f.min(16)).min(MAX);
+                rand::rng().random_range(Duration::ZERO..=ceiling)
+            }
+            Wait::Cooldown(c) => {
+                if before == BreakerState::Closed {
+                    tracing::error!(sink = %self.metrics.name, error = %e, held, cooldown = ?c, "sink keeps failing; circuit open: leaving the peer alone, then probing");
+                } else {
+                    tracing::warn!(sink = %self.metrics.name, error = %e, held, cooldown = ?c, "probe failed; circuit open again");
+                }
+                c
+            }
+        };
         if self.force.is_cancelled() {
             return Err(GaveUp);
         }
-        let ceiling = BASE.saturating_mul(1u32 << f.min(16)).min(MAX);
-        let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(()),
-            _ = self.force.cancelled() => Err(GaveUp),
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.force.cancelled() => return Err(GaveUp),
         }
+        if self.breaker.state() == BreakerState::Open {
+            self.breaker.cooled(&self.metrics.breaker);
+            tracing::info!(sink = %self.metrics.name, "circuit half-open: probing the peer");
+        }
+        Ok(())
     }
 
     fn count_failed(&self, w: &Write) {
@@ -726,6 +755,7 @@ mod tests {
             metrics: Arc::new(SinkMetrics::default()),
             force: CancellationToken::new(),
             reliability: None,
+            breaker: BreakerConfig::default(),
             coalesce: Some(Coalesce {
                 max_events: 25,
                 max_wait: Duration::from_millis(200),

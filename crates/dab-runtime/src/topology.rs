@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::RuntimeAdmission;
+use crate::breaker::{BreakerConfig, BreakerState};
+use crate::health::{Health, Readiness};
 use crate::metrics::{
     rss_bytes, InputMetrics, Metrics, PipelineMetrics, QueueMetrics, SinkMetrics, Undelivered,
     UndeliveredCounts,
@@ -121,6 +123,8 @@ pub struct Running {
     /// The reliability tracker, when `RunOptions::reliability` is on.
     pub reliability: Option<Arc<Tracker>>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// Failed sources and dead tasks, for `readiness`.
+    health: Arc<Health>,
     /// What runs now; `None` once shutdown began (nothing more is built,
     /// and the senders it held are gone so everything can drain).
     state: Arc<Mutex<Option<State>>>,
@@ -177,6 +181,31 @@ impl Running {
     /// Errors sources ended with (a port in use, a socket that vanished).
     pub fn failures(&self) -> Vec<String> {
         self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// What `/readyz` answers: not ready while draining, while a source
+    /// is not serving (it ended with an error), after a pipeline, sink or
+    /// router task died, and while a sink's circuit breaker is not closed.
+    pub fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if self.shutdown.is_cancelled() {
+            reasons.push("draining: stopping, delivering what was read".to_owned());
+        }
+        self.health.reasons(&mut reasons);
+        for s in self.metrics.sinks.snapshot() {
+            match s.breaker.state() {
+                BreakerState::Closed => {}
+                BreakerState::Open => reasons.push(format!(
+                    "sink `{}`: circuit breaker open (the peer keeps failing)",
+                    s.name
+                )),
+                BreakerState::HalfOpen => reasons.push(format!(
+                    "sink `{}`: circuit breaker half-open (probing the peer)",
+                    s.name
+                )),
+            }
+        }
+        Readiness { reasons }
     }
 }
 
@@ -298,6 +327,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
             .reliability
             .then(|| Arc::new(Tracker::new(Limits::default()))),
         failures: Arc::new(Mutex::new(Vec::new())),
+        health: Arc::new(Health::default()),
         state: Arc::new(Mutex::new(Some(State {
             plan: None,
             pipelines: HashMap::new(),
@@ -597,6 +627,7 @@ impl Running {
                     force: self.force.clone(),
                     reliability: self.reliability.clone(),
                     coalesce: coalesce_of(fields),
+                    breaker: BreakerConfig::from_fields(fields),
                 };
                 sinks.push((
                     name.to_owned(),
@@ -786,7 +817,8 @@ impl Running {
                 m.connectors.push(c.clone());
             }
             channel(format!("sink:{name}"), &slot.tx);
-            self.tracker.spawn(task.run());
+            self.health
+                .spawn(&self.tracker, format!("sink `{name}`"), task.run());
             let shared = slot.metrics.clone();
             if let Some(old) = st.sinks.insert(name, slot) {
                 retire_sink(m, &old, Arc::ptr_eq(&old.metrics, &shared));
@@ -796,7 +828,8 @@ impl Running {
         for (id, slot, task) in pipelines {
             m.pipelines.push(slot.metrics.clone());
             channel(format!("pipeline:{id}"), &slot.tx);
-            self.tracker.spawn(task.run());
+            self.health
+                .spawn(&self.tracker, format!("pipeline `{id}`"), task.run());
             if let Some(old) = st.pipelines.insert(id, slot) {
                 m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
             }
@@ -814,6 +847,7 @@ impl Running {
             if let Some(old) = st.inputs.remove(key) {
                 retire_input(m, old);
             }
+            self.health.source_cleared(key);
         }
         // Inputs: each gets the readers the new plan gives it.
         let mut readers: BTreeMap<String, Readers> = BTreeMap::new();
@@ -843,12 +877,16 @@ impl Running {
             if let Some(staged) = new_sources.remove(&key) {
                 self.spawn_source(&key, staged.source, &staged.slot, staged.tx, &queue_gauges);
                 m.inputs.push(im.clone());
-                self.tracker.spawn(route(
-                    Inlet::Channel(staged.rx),
-                    wrx,
-                    im.clone(),
-                    self.force.clone(),
-                ));
+                self.health.spawn(
+                    &self.tracker,
+                    format!("router of `{key}`"),
+                    route(
+                        Inlet::Channel(staged.rx),
+                        wrx,
+                        im.clone(),
+                        self.force.clone(),
+                    ),
+                );
                 st.inputs.insert(
                     key,
                     InputSlot {
@@ -859,8 +897,11 @@ impl Running {
                 );
             } else if let Some(q) = queue_readers.remove(&key) {
                 m.inputs.push(im.clone());
-                self.tracker
-                    .spawn(route(Inlet::Queue(q), wrx, im.clone(), self.force.clone()));
+                self.health.spawn(
+                    &self.tracker,
+                    format!("router of `{key}`"),
+                    route(Inlet::Queue(q), wrx, im.clone(), self.force.clone()),
+                );
                 st.inputs.insert(
                     key,
                     InputSlot {
@@ -888,6 +929,7 @@ impl Running {
             if let Some(old) = st.inputs.remove(&key) {
                 retire_input(m, old);
             }
+            self.health.source_cleared(&key);
         }
         // Sinks and queues nothing writes any more.
         let written: std::collections::HashSet<&str> =
@@ -941,6 +983,8 @@ impl Running {
             admission,
         };
         let failures = self.failures.clone();
+        let health = self.health.clone();
+        let stop = slot.stop.clone();
         let stop_all = self.shutdown.clone();
         // A source that a reload started (the first start is `plan: None`)
         // and that fails (a port in use) must not stop everything else.
@@ -951,15 +995,25 @@ impl Running {
         let state = self.state.clone();
         let tracker = self.tracker.clone();
         let name = name.to_owned();
+        if source.announces_serving() {
+            self.health.source_announcing(&name, slot.stats.clone());
+        }
         live.fetch_add(1, Ordering::AcqRel);
         self.tracker.spawn(async move {
             let ended = source.run(ctx).await;
+            health.source_ended(&name, &stats);
             // What the source read but could not hand on is lost for good:
             // it counts towards the forced-stop total (and exit status).
             metrics
                 .abandoned
                 .add(stats.abandoned.load(Ordering::Relaxed));
             if let Err(e) = ended {
+                // A source a reload retired says nothing about the one
+                // that replaced it under the same name.
+                let retired = stop.is_cancelled() && !stop_all.is_cancelled();
+                if !retired {
+                    health.source_failed(&name, e.to_string());
+                }
                 if fatal {
                     tracing::error!(source = %name, error = %e, "source failed; shutting down");
                     if let Ok(mut f) = failures.lock() {

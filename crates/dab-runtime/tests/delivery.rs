@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use dab_api::{AckStatus, Event, Text};
 use dab_plan::Plan;
+use dab_runtime::breaker::BreakerState;
 use dab_runtime::metrics::DropReason;
 use support::*;
 use tokio::sync::oneshot;
@@ -104,7 +105,9 @@ async fn a_sink_that_fails_k_times_then_succeeds_delivers_once() {
     assert_eq!(m.events.get(), 10);
     assert_eq!(m.batches.get(), 2);
     assert_eq!(m.failed_events.get(), 0);
-    assert!(!m.breaker_open.load(Ordering::SeqCst));
+    // K < 5 failures in a row: the breaker never opened.
+    assert_eq!(m.breaker.state(), BreakerState::Closed);
+    assert_eq!(m.breaker.transitions_to(BreakerState::Open), 0);
 }
 
 /// Issue 10's first fault: a flush that fails (a full disk) must not

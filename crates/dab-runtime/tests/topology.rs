@@ -43,7 +43,8 @@ async fn metrics_render_exact_counts_after_a_run() {
         format!("dab_sink_events_total{{sink=\"S\"}} {kept}"),
         "dab_sink_errors_total{sink=\"S\"} 0".to_owned(),
         "dab_sink_failed_events_total{sink=\"S\"} 0".to_owned(),
-        "dab_sink_circuit_open{sink=\"S\"} 0".to_owned(),
+        "dab_sink_breaker_state{sink=\"S\"} 0".to_owned(),
+        "dab_sink_breaker_transitions_total{sink=\"S\",to=\"open\"} 0".to_owned(),
     ];
     let text = running.metrics.render();
     let lines: Vec<&str> = text.lines().collect();

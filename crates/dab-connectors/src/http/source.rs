@@ -71,6 +71,10 @@ impl HttpSource {
 
 #[async_trait]
 impl Source for HttpSource {
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let listen = &self.config.listen;
         let listener = crate::settings::listen_tcp(listen).await.map_err(|e| {
@@ -80,6 +84,7 @@ impl Source for HttpSource {
             )
         })?;
         tracing::info!(source = %self.name, %listen, "http source listening");
+        ctx.stats.set_serving();
 
         let shared = Arc::new(Shared {
             filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),

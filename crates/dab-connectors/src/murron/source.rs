@@ -109,6 +109,10 @@ impl MurronSource {
 
 #[async_trait]
 impl Source for MurronSource {
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
     async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let listen = self.config.listen.clone();
         let listener = match self.listener.take() {
@@ -126,6 +130,7 @@ impl Source for MurronSource {
         let local = listener
             .local_addr()
             .map_or_else(|_| listen.clone(), |a| a.to_string());
+        let stats = ctx.stats.clone();
 
         let mut server = Server::builder()
             .max_concurrent_streams(self.config.max_concurrent_streams)
@@ -178,6 +183,7 @@ impl Source for MurronSource {
             tls = self.config.tls.is_some(),
             "murron_grpc source listening"
         );
+        stats.set_serving();
 
         let ended = tokio::select! {
             biased;

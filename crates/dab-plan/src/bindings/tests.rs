@@ -286,10 +286,11 @@ fn unknown_fields_get_a_suggestion_or_the_list() {
         help.as_deref(),
         Some("the fields of a `memory` queue are capacity, capacity_bytes")
     );
+    // Every sink has its breaker's fields, even one with no others.
     let (_, _, help) = only("sinks:\n  S: { kind: stdout, pretty: true }\n");
     assert_eq!(
         help.as_deref(),
-        Some("a `stdout` sink takes no fields besides `kind`")
+        Some("the fields of a `stdout` sink are breaker_after, breaker_cooldown")
     );
 }
 

@@ -24,6 +24,7 @@ use dab_api::{
     SourceFactory, Text, Written,
 };
 use dab_plan::Plan;
+use dab_runtime::breaker::BreakerState;
 use dab_runtime::metrics::{PipelineMetrics, SinkMetrics};
 use dab_runtime::{Registry, RunOptions, Running};
 use tokio::sync::{oneshot, watch};
@@ -126,6 +127,13 @@ pub struct SinkHandle {
     /// A confirming sink's writes in call order, with their confirmers
     /// (taken by `confirm`).
     sent: Mutex<Vec<(Vec<Event>, Option<Confirmer>)>>,
+    /// Set by `watch_breaker`: the runtime's metrics of this sink, read at
+    /// every `write` and `flush` call to record the breaker's state then.
+    breaker: Mutex<Option<Arc<SinkMetrics>>>,
+    /// ("write" or "flush", the breaker's state at the call), in order.
+    pub calls: Mutex<Vec<(&'static str, BreakerState)>>,
+    /// The next `write` panics (a bug in a sink): its task dies.
+    pub panic_on_write: AtomicBool,
 }
 
 impl SinkHandle {
@@ -148,7 +156,32 @@ impl SinkHandle {
             always_fail: AtomicBool::new(false),
             confirm_later: AtomicBool::new(false),
             sent: Mutex::new(Vec::new()),
+            breaker: Mutex::new(None),
+            calls: Mutex::new(Vec::new()),
+            panic_on_write: AtomicBool::new(false),
         }
+    }
+
+    /// Records the breaker's state at every later `write` and `flush`.
+    pub fn watch_breaker(&self, m: Arc<SinkMetrics>) {
+        *self.breaker.lock().expect("sink lock") = Some(m);
+    }
+
+    fn note_call(&self, what: &'static str) {
+        let state = self
+            .breaker
+            .lock()
+            .expect("sink lock")
+            .as_ref()
+            .map(|m| m.breaker.state());
+        if let Some(state) = state {
+            self.calls.lock().expect("sink lock").push((what, state));
+        }
+    }
+
+    /// The calls recorded since `watch_breaker`.
+    pub fn calls(&self) -> Vec<(&'static str, BreakerState)> {
+        self.calls.lock().expect("sink lock").clone()
     }
 
     /// Makes the sink confirm its writes later (call before start).
@@ -252,6 +285,10 @@ impl Sink for RecordingSink {
         let h = &self.0;
         h.write_calls.fetch_add(1, Ordering::SeqCst);
         h.write_gate.pass().await;
+        h.note_call("write");
+        if h.panic_on_write.swap(false, Ordering::SeqCst) {
+            panic!("{}: told to panic", h.name);
+        }
         if h.always_fail.load(Ordering::SeqCst) {
             return Err(ConnectorError::Other(format!("{}: always fails", h.name)).into());
         }
@@ -289,6 +326,7 @@ impl Sink for RecordingSink {
         let h = &self.0;
         h.flush_calls.fetch_add(1, Ordering::SeqCst);
         h.flush_gate.pass().await;
+        h.note_call("flush");
         if h.always_fail.load(Ordering::SeqCst) || take_one(&h.fail_flushes) {
             return Err(ConnectorError::Other(format!("{}: flush fails", h.name)).into());
         }
@@ -351,6 +389,9 @@ enum SourceSpec {
     },
     Failing {
         message: String,
+    },
+    Announcing {
+        bound: Arc<Gate>,
     },
 }
 
@@ -460,6 +501,28 @@ impl Source for FailingSource {
     }
 }
 
+/// A listener that is slow to bind: it says it serves once the test
+/// releases `bound`, then sends nothing until shutdown.
+struct AnnouncingSource {
+    bound: Arc<Gate>,
+}
+
+#[async_trait]
+impl Source for AnnouncingSource {
+    fn announces_serving(&self) -> bool {
+        true
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            () = self.bound.pass() => ctx.stats.set_serving(),
+        }
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- harness
 
 #[derive(Default)]
@@ -543,6 +606,22 @@ impl Harness {
         );
     }
 
+    /// A source that serves once the returned gate is released (held now).
+    pub fn announcing_source(&self, name: &str) -> Arc<Gate> {
+        let bound = Arc::new(Gate::new());
+        bound.hold();
+        self.0.sources.lock().expect("harness lock").insert(
+            name.to_owned(),
+            (
+                SourceSpec::Announcing {
+                    bound: bound.clone(),
+                },
+                Arc::new(SourceHandle::default()),
+            ),
+        );
+        bound
+    }
+
     /// The handle of sink `name` (created on first use, before or after start).
     pub fn sink(&self, name: &str) -> Arc<SinkHandle> {
         self.0
@@ -613,6 +692,7 @@ impl SourceFactory for TestSources {
                 Ok(Box::new(LoopSource { batch_size, handle }))
             }
             Some((SourceSpec::Failing { message }, _)) => Ok(Box::new(FailingSource { message })),
+            Some((SourceSpec::Announcing { bound }, _)) => Ok(Box::new(AnnouncingSource { bound })),
             None => Err(BuildError {
                 name: name.to_owned(),
                 reason: "the test prepared no source of this name".into(),
