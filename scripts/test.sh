@@ -16,4 +16,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# A short coverage-guided pass over every decoder (scripts/fuzz.sh; the
+# full run is 1,000,000 inputs per target), and every kept input that once
+# failed.
+RUNS=20000 MAX_TIME=120 ./scripts/fuzz.sh
 cargo test --workspace --quiet
