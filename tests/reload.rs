@@ -1065,3 +1065,233 @@ fn sighup_reloads_without_watch() {
     want.sort();
     assert_eq!(contents(&out), want);
 }
+
+// 6 ------------------------------------------------------------------------
+
+/// An NDJSON event of type `S` at `offset`, signed with `key`; with
+/// `good == false` its signature is spoiled (a poison event).
+fn signed(key: &[u8], offset: u64, good: bool) -> String {
+    use base64::Engine as _;
+    let message = format!("m{offset}");
+    let event = dab_api::Event {
+        timestamp: 1_732_320_000_000_000_000,
+        host: "h".into(),
+        ty: "S".into(),
+        offset,
+        pid: 1,
+        message: message.clone().into_bytes().into(),
+        ..dab_api::Event::default()
+    };
+    let mut sig = dab_api::signature::Signer::new(key).sign(&event);
+    if !good {
+        sig[0] ^= 1;
+    }
+    json!({
+        "timestamp": event.timestamp, "host": "h", "type": "S", "offset": offset,
+        "pid": 1, "message": message,
+        "signature": base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+    .to_string()
+}
+
+/// Sends `lines` on a fresh connection to the tcp source and closes it.
+fn send_lines(addr: &str, lines: &[String]) {
+    let mut conn = TcpStream::connect(addr).expect("connect to the tcp source");
+    let mut payload = lines.join("\n");
+    payload.push('\n');
+    conn.write_all(payload.as_bytes()).expect("write events");
+}
+
+/// The offsets in a sink file, sorted.
+fn offsets(path: &Path) -> Vec<u64> {
+    contents(path).into_iter().map(|(_, o)| o).collect()
+}
+
+/// Bindings of a tcp source, a `Good` sink, two dead-letter sinks and a
+/// key file `K`, all in `dir`.
+fn signing_bindings(dir: &Path, listen: &str) -> String {
+    let out = |n: &str| yaml_path(&dir.join("out").join(format!("{n}.ndjson")));
+    format!(
+        "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  Good: {{ kind: file, path: {} }}\n  Dead1: {{ kind: file, path: {} }}\n  Dead2: {{ kind: file, path: {} }}\nkeys:\n  K: {{ file: {} }}\n",
+        out("good"),
+        out("dead1"),
+        out("dead2"),
+        yaml_path(&dir.join("k.key")),
+    )
+}
+
+/// Only the `OnError` target changes: `dab validate --diff` and the reload
+/// both call the pipeline rebuilt, and poison events (bad signatures) sent
+/// after the reload land in the new target, those before in the old one.
+/// Every event is in exactly one sink.
+#[test]
+fn an_on_error_only_change_moves_failures_to_the_new_target() {
+    let dir = tmp();
+    let listen = free_addr();
+    let key = b"the signing key";
+    std::fs::write(dir.path().join("k.key"), key).expect("write the key");
+    let pipeline = |dead: &str| {
+        format!("t.NewPipeline().In(TcpIn).VerifySignature(key = K).Out(Good).OnError({dead})\n")
+    };
+    write_set(
+        dir.path(),
+        &pipeline("Dead1"),
+        &signing_bindings(dir.path(), &listen),
+    );
+    // What `dab validate --diff` says about the same edit.
+    std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
+    std::fs::write(dir.path().join("new").join("t.dab"), pipeline("Dead2")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args([
+            "validate",
+            "--diff",
+            "t.dab",
+            "new/t.dab",
+            "--old-config",
+            "dab.yaml",
+            "--new-config",
+            "dab.yaml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dab validate --diff");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "reload plan: 0 added, 1 rebuilt, 0 removed, 0 unchanged\n  ~ rebuilt    t (OnError `Dead1` -> `Dead2`; binding `Dead2` added)\n",
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let batch = |range: std::ops::Range<u64>| -> Vec<String> {
+        range.map(|i| signed(key, i, i % 2 == 0)).collect()
+    };
+    send_lines(&listen, &batch(0..40));
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("Good"), 20.0), (&sink_events("Dead1"), 20.0)],
+        DELIVER,
+    );
+
+    edit(dir.path(), "t.dab", &pipeline("Dead2"));
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Watch".into(),
+            added: vec![],
+            rebuilt: vec!["t (OnError `Dead1` -> `Dead2`; binding `Dead2` added)".into()],
+            removed: vec![],
+            kept: 0,
+        }
+    );
+    send_lines(&listen, &batch(40..80));
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink_events("Good"), 40.0),
+            (&sink_events("Dead2"), 20.0),
+            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    assert_eq!(
+        offsets(&out("good")),
+        (0..80).filter(|i| i % 2 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offsets(&out("dead1")),
+        (0..40).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offsets(&out("dead2")),
+        (40..80).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+    );
+}
+
+// 7 ------------------------------------------------------------------------
+
+/// The key file is rotated (new contents, same path) and SIGHUP reloads:
+/// the pipeline is rebuilt, events signed with the new key pass and those
+/// signed with the old one fail to the `OnError` target. Nothing is lost.
+#[test]
+fn a_rotated_key_file_is_picked_up_by_a_reload() {
+    let dir = tmp();
+    let listen = free_addr();
+    let (old_key, new_key) = (b"the old key".as_slice(), b"the new key".as_slice());
+    let key_file = dir.path().join("k.key");
+    std::fs::write(&key_file, old_key).expect("write the key");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).VerifySignature(key = K).Out(Good).OnError(Dead1)\nu.NewPipeline().In(TcpIn).FilterType(Nothing).Out(Dead2)\n",
+        &signing_bindings(dir.path(), &listen),
+    );
+    let (mut dab, metrics) = start(dir.path(), &[]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let pid = dab.pid();
+    poll(
+        START,
+        "dab to catch SIGHUP",
+        || catches_sighup(pid).then_some(()),
+        || dab.stderr(),
+    );
+    // Even offsets signed with the old key, odd ones with the new.
+    let batch = |range: std::ops::Range<u64>| -> Vec<String> {
+        range
+            .map(|i| signed(if i % 2 == 0 { old_key } else { new_key }, i, true))
+            .collect()
+    };
+    send_lines(&listen, &batch(0..40));
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("Good"), 20.0), (&sink_events("Dead1"), 20.0)],
+        DELIVER,
+    );
+
+    let staged = dir.path().join(".k.key.new");
+    std::fs::write(&staged, new_key).expect("write the new key");
+    std::fs::rename(&staged, &key_file).expect("rotate the key file");
+    signal(&dab, "HUP");
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Hangup".into(),
+            added: vec![],
+            rebuilt: vec!["t (stages changed)".into()],
+            removed: vec![],
+            kept: 1,
+        }
+    );
+    send_lines(&listen, &batch(40..80));
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink_events("Good"), 40.0),
+            (&sink_events("Dead1"), 40.0),
+            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    let mut good: Vec<u64> = (0..40).filter(|i| i % 2 == 0).collect();
+    good.extend((40..80).filter(|i| i % 2 == 1));
+    let mut dead: Vec<u64> = (0..40).filter(|i| i % 2 == 1).collect();
+    dead.extend((40..80).filter(|i| i % 2 == 0));
+    dead.sort_unstable();
+    assert_eq!(
+        offsets(&out("good")),
+        good,
+        "the old key before, the new after"
+    );
+    assert_eq!(offsets(&out("dead1")), dead, "the others failed to OnError");
+}

@@ -56,14 +56,29 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
     if oc.outputs != nc.outputs || oc.when_full != nc.when_full {
         reasons.push("outputs changed".to_owned());
     }
+    if oc.on_error != nc.on_error {
+        // Failed events are routed by the pipeline task, which holds its
+        // OnError sender: only a rebuild moves them to the new target.
+        let name = |n: &Option<String>| n.as_ref().map_or("none".to_owned(), |n| format!("`{n}`"));
+        reasons.push(format!(
+            "OnError {} -> {}",
+            name(&oc.on_error),
+            name(&nc.on_error)
+        ));
+    }
     let mut names: Vec<&str> = std::iter::once(nc.input.as_str())
         .chain(nc.writes())
         .collect();
     names.sort_unstable();
     names.dedup();
+    // Every name the new config uses is compared, including one the old
+    // set did not have or resolved to something else (a built-in, an
+    // implicit memory queue): a missing old entry differs from any new one.
     for name in names {
-        if old.endpoints.get(name) != new.endpoints.get(name) && old.endpoints.contains_key(name) {
-            reasons.push(format!("binding `{name}` changed"));
+        match (old.endpoints.get(name), new.endpoints.get(name)) {
+            (Some(o), Some(n)) if o == n => {}
+            (None, Some(_)) => reasons.push(format!("binding `{name}` added")),
+            _ => reasons.push(format!("binding `{name}` changed")),
         }
     }
     reasons
