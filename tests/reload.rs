@@ -1295,3 +1295,105 @@ fn a_rotated_key_file_is_picked_up_by_a_reload() {
     );
     assert_eq!(offsets(&out("dead1")), dead, "the others failed to OnError");
 }
+
+// 8 ------------------------------------------------------------------------
+
+/// The tcp and http sources' bindings change (a limit) but keep their
+/// addresses: the reload rebuilds both and hands each listening socket to
+/// its new source, so there is no EADDRINUSE and no failed source. A tcp
+/// client and a kept-alive http client connected before the reload stay
+/// connected and keep sending; new clients reach the new sources; every
+/// event arrives exactly once and the process keeps running.
+#[test]
+fn a_listener_rebound_at_its_address_hands_over_with_clients_connected() {
+    let dir = tmp();
+    let tcp = free_addr();
+    let http = free_addr();
+    let out_t = dir.path().join("out").join("t.ndjson");
+    let out_h = dir.path().join("out").join("h.ndjson");
+    let (sink_t, sink_h) = (sink_events("FileT"), sink_events("FileH"));
+    let bindings = |frame: u32, body: u32| {
+        format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{tcp}\", framing: ndjson, max_frame_bytes: {frame} }}\n  HttpIn: {{ kind: http, listen: \"{http}\", max_body_bytes: {body} }}\nsinks:\n  FileT: {{ kind: file, path: {} }}\n  FileH: {{ kind: file, path: {} }}\n",
+            yaml_path(&out_t),
+            yaml_path(&out_h)
+        )
+    };
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).Out(FileT)\nh.NewPipeline().In(HttpIn).Out(FileH)\n",
+        &bindings(65_536, 1_048_576),
+    );
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&tcp, START, || dab.stderr());
+    wait_http_ok(&http, "/healthz", START, || dab.stderr());
+
+    let mut conn = TcpStream::connect(&tcp).expect("connect to the tcp source");
+    let mut web = KeepAlive::connect(&http);
+    send(&mut conn, 0..20, ab);
+    let (status, head, body) = web.post(&json_array(0..20, ab)).expect("first POST");
+    assert_eq!(status, 200, "{head}{body}");
+    wait_metrics(&metrics, &[(&sink_t, 20.0), (&sink_h, 20.0)], DELIVER);
+
+    for round in 1..=3u32 {
+        edit(
+            dir.path(),
+            "dab.yaml",
+            &bindings(65_536 + round, 1_048_576 + round),
+        );
+        let r = wait_reload(&mut dab, round as usize);
+        assert_eq!(
+            r,
+            Reloaded {
+                trigger: "Watch".into(),
+                added: vec![],
+                rebuilt: vec![
+                    "t (binding `TcpIn` changed)".into(),
+                    "h (binding `HttpIn` changed)".into()
+                ],
+                removed: vec![],
+                kept: 0,
+            }
+        );
+        let base = u64::from(round) * 100;
+        // The clients from before the reload, on their same connections.
+        assert_open(&conn, "tcp connection after the reload");
+        send(&mut conn, base..base + 20, ab);
+        let (status, head, body) = web
+            .post(&json_array(base..base + 20, ab))
+            .expect("POST on the kept-alive connection after the reload");
+        assert_eq!(status, 200, "{head}{body}");
+        // New clients, served by the new sources on the handed-over sockets.
+        send_once(&tcp, base + 20..base + 40, ab);
+        let mut fresh = KeepAlive::connect(&http);
+        let (status, head, body) = fresh
+            .post(&json_array(base + 20..base + 40, ab))
+            .expect("POST on a new connection after the reload");
+        assert_eq!(status, 200, "{head}{body}");
+        let n = 20.0 + 40.0 * f64::from(round);
+        wait_metrics(&metrics, &[(&sink_t, n), (&sink_h, n)], DELIVER);
+        assert!(dab.running(), "dab ended; stderr:\n{}", dab.stderr());
+    }
+    wait_metrics(&metrics, &[("dab_reload_failures_total", 0.0)], DELIVER);
+    let err = dab.stderr();
+    for bad in [
+        "Address already in use",
+        "source started by a reload failed",
+        "source failed",
+    ] {
+        assert!(!err.contains(bad), "`{bad}` in stderr:\n{err}");
+    }
+
+    conn.shutdown(Shutdown::Write).expect("shut down writing");
+    drop(web);
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    let mut want = expected(0..20, ab, |_| true);
+    for round in 1..=3u64 {
+        want.extend(expected(round * 100..round * 100 + 40, ab, |_| true));
+    }
+    want.sort();
+    assert_eq!(contents(&out_t), want, "tcp pipeline output");
+    assert_eq!(contents(&out_h), want, "http pipeline output");
+}

@@ -959,6 +959,9 @@ impl Running {
             metrics
                 .abandoned
                 .add(stats.abandoned.load(Ordering::Relaxed));
+            // A source a reload started that failed is no end of input:
+            // the process waits for a reload that fixes its binding.
+            let by_itself = ended.is_ok() || fatal;
             if let Err(e) = ended {
                 if fatal {
                     tracing::error!(source = %name, error = %e, "source failed; shutting down");
@@ -972,7 +975,7 @@ impl Running {
                 }
             }
             // The last source ended by itself (finite input): drain and end.
-            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if live.fetch_sub(1, Ordering::AcqRel) == 1 && by_itself {
                 finish(&state, &tracker);
             }
         });

@@ -23,12 +23,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::codec::json;
 use crate::codec::Filler;
+use crate::handover::{self, Claim};
 
 const EVENTS_PATH: &str = "/v1/events";
 const HEALTH_PATH: &str = "/healthz";
@@ -51,6 +51,9 @@ pub struct HttpSourceConfig {
 #[derive(Debug)]
 pub struct HttpSource {
     name: String,
+    /// Its address, claimed when built: a reload hands the socket over
+    /// from the source this one replaces.
+    claim: Claim,
     config: HttpSourceConfig,
 }
 
@@ -58,6 +61,7 @@ impl HttpSource {
     pub fn new(name: &str, config: HttpSourceConfig) -> HttpSource {
         HttpSource {
             name: name.to_owned(),
+            claim: Claim::new(&config.listen),
             config,
         }
     }
@@ -66,18 +70,19 @@ impl HttpSource {
 #[async_trait]
 impl Source for HttpSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let listen = &self.config.listen;
-        let listener = TcpListener::bind(listen).await.map_err(|e| {
+        let this = *self;
+        let listen = &this.config.listen;
+        let (listener, stop) = this.claim.listen().await.map_err(|e| {
             ConnectorError::io(
-                format!("http source {}: cannot listen on {listen}", self.name),
+                format!("http source {}: cannot listen on {listen}", this.name),
                 e,
             )
         })?;
-        tracing::info!(source = %self.name, %listen, "http source listening");
+        tracing::info!(source = %this.name, %listen, "http source listening");
 
         let shared = Arc::new(Shared {
             filler: Mutex::new(Filler::new(&ctx.name)),
-            max_body_bytes: self.config.max_body_bytes,
+            max_body_bytes: this.config.max_body_bytes,
             out: ctx.out,
             stats: ctx.stats,
             admission: ctx.admission,
@@ -109,7 +114,7 @@ impl Source for HttpSource {
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead
                         // of spinning; the clients retry.
-                        tracing::warn!(source = %self.name, error = %e, "http accept failed");
+                        tracing::warn!(source = %this.name, error = %e, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -117,15 +122,25 @@ impl Source for HttpSource {
             }
         }
 
-        // Stop taking connections, close idle ones, let requests in flight
-        // get their acknowledgement and answer.
-        drop(listener);
+        // Stop taking connections (the socket closes, or goes to the
+        // source replacing this one, whose line then decides when these
+        // connections end: a keep-alive client stays connected).
+        if handover::leave(listen, listener, &stop) {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        }
+        // Close idle connections, let requests in flight get their
+        // acknowledgement and answer.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!(
-                source = %self.name,
+                source = %this.name,
                 "http requests still in flight after {SHUTDOWN_GRACE:?}; closing them"
             );
         }

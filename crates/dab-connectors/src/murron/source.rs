@@ -11,12 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dab_api::{ConnectorError, Source, SourceContext};
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use super::rpc::murron_server::MurronServer;
 use super::service::{Counted, MurronService, Shared};
+use crate::handover::{self, Claim};
 
 /// How long batches in flight at shutdown may take to be acknowledged.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -51,12 +52,16 @@ pub struct MurronSource {
     name: String,
     config: MurronSourceConfig,
     listener: Option<TcpListener>,
+    /// Its address, claimed when built: a reload hands the socket over
+    /// from the source this one replaces.
+    claim: Option<Claim>,
 }
 
 impl MurronSource {
     pub fn new(name: &str, config: MurronSourceConfig) -> MurronSource {
         MurronSource {
             name: name.to_owned(),
+            claim: Some(Claim::new(&config.listen)),
             config,
             listener: None,
         }
@@ -73,6 +78,7 @@ impl MurronSource {
             name: name.to_owned(),
             config,
             listener: Some(listener),
+            claim: None,
         }
     }
 
@@ -102,23 +108,8 @@ impl MurronSource {
 #[async_trait]
 impl Source for MurronSource {
     async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let listen = self.config.listen.clone();
-        let listener = match self.listener.take() {
-            Some(listener) => listener,
-            None => TcpListener::bind(&listen).await.map_err(|e| {
-                ConnectorError::io(
-                    format!(
-                        "murron_grpc source {}: cannot listen on {listen}",
-                        self.name
-                    ),
-                    e,
-                )
-            })?,
-        };
-        let local = listener
-            .local_addr()
-            .map_or_else(|_| listen.clone(), |a| a.to_string());
-
+        // TLS files first: a source that fails must not have taken a
+        // socket handed over from its predecessor.
         let mut server = Server::builder()
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .http2_keepalive_interval(Some(KEEPALIVE));
@@ -129,13 +120,45 @@ impl Source for MurronSource {
                 .map_err(|e| self.error(format!("invalid TLS certificate or key: {e}")))?;
         }
 
+        let listen = self.config.listen.clone();
+        let (listener, stop) = match (self.listener.take(), self.claim.take()) {
+            (Some(listener), _) => (listener, CancellationToken::new()),
+            (None, Some(claim)) => claim.listen().await.map_err(|e| {
+                ConnectorError::io(
+                    format!(
+                        "murron_grpc source {}: cannot listen on {listen}",
+                        self.name
+                    ),
+                    e,
+                )
+            })?,
+            (None, None) => (
+                TcpListener::bind(&listen).await.map_err(|e| {
+                    ConnectorError::io(
+                        format!(
+                            "murron_grpc source {}: cannot listen on {listen}",
+                            self.name
+                        ),
+                        e,
+                    )
+                })?,
+                CancellationToken::new(),
+            ),
+        };
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| listen.clone(), |a| a.to_string());
+
         let abort = CancellationToken::new();
         let shared = Arc::new(Shared::new(
             &ctx.name,
             ctx.out,
             ctx.stats.clone(),
             ctx.admission,
-            ctx.shutdown.clone(),
+            // The line of sources on this address stops taking batches,
+            // not this one: a connection it accepted outlives a reload
+            // that hands the socket to a successor.
+            stop.clone(),
             abort.clone(),
         ));
         let service = Counted {
@@ -145,10 +168,15 @@ impl Source for MurronSource {
             .max_decoding_message_size(self.config.max_message_bytes),
             stats: ctx.stats,
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = Incoming {
+            listener: Some(listener),
+            retire: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+            addr: listen.clone(),
+            stop: stop.clone(),
+        };
         let serve = server
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         tokio::pin!(serve);
         tracing::info!(
             source = %self.name,
@@ -159,7 +187,7 @@ impl Source for MurronSource {
 
         let ended = tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => None,
+            () = stop.cancelled() => None,
             ended = &mut serve => Some(ended),
         };
         // Stop taking connections and batches (tonic closes the listener
@@ -186,5 +214,45 @@ impl Source for MurronSource {
         abort.cancel();
         shared.close();
         ended.map_err(|e| self.error(e))
+    }
+}
+
+/// The connections tonic serves: accepted until the source's shutdown,
+/// when the socket closes or goes to the source replacing this one (and
+/// the stream stays pending: the connections it gave run on until `stop`).
+struct Incoming {
+    listener: Option<TcpListener>,
+    retire: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    addr: String,
+    stop: CancellationToken,
+}
+
+impl Stream for Incoming {
+    type Item = std::io::Result<tokio::net::TcpStream>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.listener.is_some() && this.retire.as_mut().poll(cx).is_ready() {
+            if let Some(listener) = this.listener.take() {
+                handover::leave(&this.addr, listener, &this.stop);
+            }
+        }
+        let Some(listener) = &this.listener else {
+            return Poll::Pending;
+        };
+        match listener.poll_accept(cx) {
+            Poll::Ready(Ok((stream, _))) => {
+                // Acks are small; do not let Nagle hold them back.
+                let _ = stream.set_nodelay(true);
+                Poll::Ready(Some(Ok(stream)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
