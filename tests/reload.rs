@@ -1397,3 +1397,87 @@ fn a_listener_rebound_at_its_address_hands_over_with_clients_connected() {
     assert_eq!(contents(&out_t), want, "tcp pipeline output");
     assert_eq!(contents(&out_h), want, "http pipeline output");
 }
+
+// 9 ------------------------------------------------------------------------
+
+/// A reload rebuilds two pipelines (their sinks' paths change) but leaves
+/// their ops as they were: the dedup window still knows the UIDs seen
+/// before the reload, and the rate limiter's bucket (burst 10, one token
+/// per 1,000 s) is still empty. The same ten events sent again are
+/// duplicates, and no event passes the limiter; every event is either
+/// written once or counted dropped by reason.
+#[test]
+fn dedup_windows_and_rate_limit_buckets_survive_a_reload_that_keeps_their_op() {
+    let dir = tmp();
+    let listen = free_addr();
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    let bindings = |gen: u32| {
+        format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  FileD: {{ kind: file, path: {} }}\n  FileR: {{ kind: file, path: {} }}\n",
+            yaml_path(&out(&format!("d-{gen}"))),
+            yaml_path(&out(&format!("r-{gen}")))
+        )
+    };
+    write_set(
+        dir.path(),
+        "d.NewPipeline().In(TcpIn).Dedup(within = 10m).Out(FileD)\nr.NewPipeline().In(TcpIn).WithRateLimit(0.001, burst = 10, on_limit = drop).Out(FileR)\n",
+        &bindings(1),
+    );
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    send_once(&listen, 0..10, ab);
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("FileD"), 10.0), (&sink_events("FileR"), 10.0)],
+        DELIVER,
+    );
+
+    edit(dir.path(), "dab.yaml", &bindings(2));
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Watch".into(),
+            added: vec![],
+            rebuilt: vec![
+                "d (binding `FileD` changed)".into(),
+                "r (binding `FileR` changed)".into()
+            ],
+            removed: vec![],
+            kept: 0,
+        }
+    );
+    send_once(&listen, 0..20, ab);
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink_events("FileD"), 20.0),
+            (&sink_events("FileR"), 10.0),
+            ("dab_source_events_total{source=\"TcpIn\"}", 30.0),
+            (
+                "dab_pipeline_dropped_total{pipeline=\"d\",reason=\"duplicate\"}",
+                10.0,
+            ),
+            (
+                "dab_pipeline_dropped_total{pipeline=\"r\",reason=\"rate_limit\"}",
+                20.0,
+            ),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    assert_eq!(contents(&out("d-1")), expected(0..10, ab, |_| true));
+    assert_eq!(
+        contents(&out("d-2")),
+        expected(10..20, ab, |_| true),
+        "the window remembered 0..10"
+    );
+    assert_eq!(contents(&out("r-1")), expected(0..10, ab, |_| true));
+    assert!(
+        !out("r-2").exists() || contents(&out("r-2")).is_empty(),
+        "the bucket was still empty: {:?}",
+        contents(&out("r-2"))
+    );
+}

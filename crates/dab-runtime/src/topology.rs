@@ -29,7 +29,7 @@ use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
 use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
 use crate::reliability::{Limits, Tracker};
 use crate::sink::SinkTask;
-use crate::stages::compile;
+use crate::stages::{compile_with, StageState};
 
 /// The connector kinds this build knows, handed in by the CLI. Cheap to
 /// clone: reloads keep one.
@@ -254,6 +254,38 @@ impl std::fmt::Debug for State {
 struct PipelineSlot {
     tx: mpsc::Sender<Batch>,
     metrics: Arc<PipelineMetrics>,
+    /// Its dedup windows and rate-limit buckets, by place (`None` for the
+    /// pipeline's stages, `Some(target)` for an output's modifiers) and op,
+    /// for a rebuild that keeps the op (SPEC section 5).
+    states: Vec<OpState>,
+}
+
+/// One op's state that a rebuild of its pipeline carries over.
+type OpState = (Option<String>, dab_plan::model::Stage, StageState);
+
+/// Compiles `stages` (at `place`), each continuing the state of an equal op
+/// at the same place in `prior`, which it takes; records the new states.
+fn compile_ops(
+    place: Option<&str>,
+    stages: &[dab_plan::model::Stage],
+    sink_tx: impl Fn(&str) -> Option<OutputTx> + Copy,
+    on_error: impl Fn() -> Option<OutputTx>,
+    prior: &mut Vec<OpState>,
+    states: &mut Vec<OpState>,
+) -> Result<Vec<crate::stages::Compiled>, String> {
+    let mut out = Vec::with_capacity(stages.len());
+    for s in stages {
+        let carried = prior
+            .iter()
+            .position(|(at, op, _)| at.as_deref() == place && op == s)
+            .map(|i| prior.remove(i).2);
+        let c = compile_with(s, sink_tx, on_error(), carried)?;
+        if let Some(state) = c.state() {
+            states.push((place.map(str::to_owned), s.clone(), state));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 struct InputSlot {
@@ -692,24 +724,34 @@ impl Running {
                 pipeline: p.id.clone(),
                 reason: e,
             };
-            let stages = c
-                .stages
-                .iter()
-                .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
-                .collect::<Result<Vec<_>, _>>()?;
+            // The dedup windows and rate-limit buckets of the pipeline this
+            // one replaces, for the ops that did not change.
+            let mut prior = st
+                .pipelines
+                .get(&p.id)
+                .map(|old| old.states.clone())
+                .unwrap_or_default();
+            let mut states = Vec::new();
+            let stages = compile_ops(None, &c.stages, &sink_tx, on_error, &mut prior, &mut states)
+                .map_err(bad_key)?;
             let mut outputs = Vec::new();
             for o in &c.outputs {
                 let Some(tx) = sink_tx(&o.target) else {
                     continue;
                 };
+                let modifiers = compile_ops(
+                    Some(&o.target),
+                    &o.modifiers,
+                    &sink_tx,
+                    on_error,
+                    &mut prior,
+                    &mut states,
+                )
+                .map_err(bad_key)?;
                 outputs.push(Output {
                     reroute: c.on_error.as_deref() != Some(o.target.as_str()),
                     tx,
-                    modifiers: o
-                        .modifiers
-                        .iter()
-                        .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
-                        .collect::<Result<Vec<_>, _>>()?,
+                    modifiers,
                 });
             }
             let kafka_input = kafka_queues.contains_key(c.input.as_str())
@@ -723,6 +765,7 @@ impl Running {
                 PipelineSlot {
                     tx,
                     metrics: pm.clone(),
+                    states,
                 },
                 PipelineTask {
                     input: Inlet::Channel(rx),
