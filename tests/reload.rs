@@ -1481,3 +1481,87 @@ fn dedup_windows_and_rate_limit_buckets_survive_a_reload_that_keeps_their_op() {
         contents(&out("r-2"))
     );
 }
+
+// 10 -----------------------------------------------------------------------
+
+/// Binding a memory queue to Kafka in a running process is refused (E019,
+/// at the binding, rendered as `dab validate --diff` renders it); the
+/// running set goes on through its memory queue and loses nothing, and
+/// editing the binding back is a no-op reload.
+#[test]
+fn switching_a_memory_queue_to_kafka_is_refused_and_nothing_is_lost() {
+    let dir = tmp();
+    let listen = free_addr();
+    let out = dir.path().join("out").join("t.ndjson");
+    let sink = sink_events("FileOut");
+    let memory = format!(
+        "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nqueues:\n  Q: {{ kind: memory }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+        yaml_path(&out)
+    );
+    let kafka = memory.replace(
+        "Q: { kind: memory }",
+        "Q: { kind: kafka, brokers: \"127.0.0.1:9\", topic: q }",
+    );
+    write_set(
+        dir.path(),
+        "a.NewPipeline().In(TcpIn).Out(Q)\nb.NewPipeline().In(Q).Out(FileOut)\n",
+        &memory,
+    );
+    // `dab validate --diff` refuses the same edit with the same words.
+    std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
+    std::fs::write(dir.path().join("new").join("dab.yaml"), &kafka).expect("write");
+    let diff = Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args([
+            "validate",
+            "--diff",
+            "t.dab",
+            "t.dab",
+            "--old-config",
+            "dab.yaml",
+            "--new-config",
+            "new/dab.yaml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dab validate --diff");
+    let report = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert_eq!(diff.status.code(), Some(1), "{diff:?}");
+    let first = "error[E019]: queue `Q` would switch from memory to Kafka in a running process";
+    assert!(report.starts_with(first), "{report}");
+    assert!(report.contains("--> new/dab.yaml:4:3"), "{report}");
+
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    send_once(&listen, 0..20, ab);
+    wait_metrics(&metrics, &[(&sink, 20.0)], DELIVER);
+
+    edit(dir.path(), "dab.yaml", &kafka);
+    wait_refusal(&mut dab, 1);
+    let err = dab.stderr();
+    assert!(err.contains(first), "stderr:\n{err}");
+    assert!(err.contains("dab.yaml:4:3"), "stderr:\n{err}");
+    send_once(&listen, 20..40, ab);
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink, 40.0),
+            ("dab_reloads_total", 0.0),
+            ("dab_reload_failures_total", 1.0),
+        ],
+        DELIVER,
+    );
+
+    // Back to memory: the running set is unchanged.
+    edit(dir.path(), "dab.yaml", &memory);
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        (r.added.len(), r.rebuilt.len(), r.removed.len(), r.kept),
+        (0, 0, 0, 2)
+    );
+    send_once(&listen, 40..60, ab);
+    wait_metrics(&metrics, &[(&sink, 60.0)], DELIVER);
+    dab.terminate();
+    assert_exit_0(&mut dab);
+    assert_eq!(contents(&out), expected(0..60, ab, |_| true));
+}

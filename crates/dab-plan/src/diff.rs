@@ -3,8 +3,10 @@
 //! Pipelines are matched by id and compared as derived-`PartialEq` configs,
 //! including the bindings of every name they read or write.
 
-use crate::model::Pipeline;
-use crate::Plan;
+use dab_diag::{Code, Diagnostic};
+
+use crate::model::{Endpoint, Pipeline};
+use crate::{CheckedSet, Plan};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
@@ -82,4 +84,56 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
         }
     }
     reasons
+}
+
+/// What a reload from `old` to `new` cannot do safely, as E019: switching a
+/// queue between memory and Kafka. The events a memory queue holds live in
+/// this process and a Kafka queue's in the topic; neither can be moved into
+/// the other without a second delivery path, so the switch is refused (the
+/// running set stays) rather than wired half to each. Located at the
+/// queue's binding in the new set, or, for a queue that is no longer
+/// bound, at the first pipeline using it.
+pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (name, n) in &new.plan.endpoints {
+        let Some(o) = old.endpoints.get(name) else {
+            continue;
+        };
+        if o.role() != crate::model::Role::Queue || n.role() != crate::model::Role::Queue {
+            continue;
+        }
+        if o.is_memory_queue() == n.is_memory_queue() {
+            continue;
+        }
+        let (from, to) = (storage(o), storage(n));
+        let binding = new.bindings.all().find(|b| &b.name == name);
+        let span = binding.map(|b| b.name_span).or_else(|| {
+            new.plan
+                .pipelines
+                .iter()
+                .find(|p| p.config.input == *name || p.config.writes().any(|w| w == name))
+                .map(|p| p.span)
+        });
+        let Some(span) = span else { continue };
+        out.push(
+            Diagnostic::new(
+                Code::E019,
+                span,
+                format!("queue `{name}` would switch from {from} to {to} in a running process"),
+            )
+            .with_label_here(format!("now a {to} queue"))
+            .with_help(format!(
+                "a reload cannot move what the {from} queue holds; stop `dab run` (it drains the queue), then start it with the new bindings, or bind the {to} queue under a new name"
+            )),
+        );
+    }
+    out
+}
+
+fn storage(e: &Endpoint) -> &'static str {
+    if e.is_memory_queue() {
+        "memory"
+    } else {
+        "Kafka"
+    }
 }

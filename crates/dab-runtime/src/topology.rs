@@ -372,6 +372,16 @@ impl Running {
     /// did not change keep running (a listener keeps its connections).
     /// Every new piece is built before anything changes, so a piece that
     /// fails to build leaves the running topology as it was.
+    /// Calls `f` with the plan running now (`None` once shutting down),
+    /// e.g. to check what a reload to another plan would refuse.
+    pub fn with_plan<R>(&self, f: impl FnOnce(Option<&Plan>) -> R) -> R {
+        let guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.as_ref().and_then(|st| st.plan.as_ref()))
+    }
+
     pub fn reload(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
         let started = std::time::Instant::now();
         let r = self.apply(plan);
