@@ -742,7 +742,7 @@ impl Running {
                 .map(|old| old.states.clone())
                 .unwrap_or_default();
             let mut states = Vec::new();
-            let stages = compile_ops(None, &c.stages, &sink_tx, on_error, &mut prior, &mut states)
+            let stages = compile_ops(None, &c.stages, sink_tx, on_error, &mut prior, &mut states)
                 .map_err(bad_key)?;
             let mut outputs = Vec::new();
             for o in &c.outputs {
@@ -752,7 +752,7 @@ impl Running {
                 let modifiers = compile_ops(
                     Some(&o.target),
                     &o.modifiers,
-                    &sink_tx,
+                    sink_tx,
                     on_error,
                     &mut prior,
                     &mut states,
