@@ -1107,6 +1107,23 @@ fn offsets(path: &Path) -> Vec<u64> {
     contents(path).into_iter().map(|(_, o)| o).collect()
 }
 
+/// Sends the last 40 events (offsets 40..80) of a signing test, waits
+/// until `Good` has 40, `dead` its count and the source 80, and stops dab.
+fn finish_signed(dab: &mut Dab, metrics: &str, listen: &str, lines: &[String], dead: (&str, f64)) {
+    send_lines(listen, lines);
+    wait_metrics(
+        metrics,
+        &[
+            (&sink_events("Good"), 40.0),
+            (&sink_events(dead.0), dead.1),
+            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(dab);
+}
+
 /// Bindings of a tcp source, a `Good` sink, two dead-letter sinks and a
 /// key file `K`, all in `dir`.
 fn signing_bindings(dir: &Path, listen: &str) -> String {
@@ -1187,18 +1204,7 @@ fn an_on_error_only_change_moves_failures_to_the_new_target() {
             kept: 0,
         }
     );
-    send_lines(&listen, &batch(40..80));
-    wait_metrics(
-        &metrics,
-        &[
-            (&sink_events("Good"), 40.0),
-            (&sink_events("Dead2"), 20.0),
-            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
-        ],
-        DELIVER,
-    );
-    dab.terminate();
-    assert_exit_0(&mut dab);
+    finish_signed(&mut dab, &metrics, &listen, &batch(40..80), ("Dead2", 20.0));
 
     let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
     assert_eq!(
@@ -1269,18 +1275,7 @@ fn a_rotated_key_file_is_picked_up_by_a_reload() {
             kept: 1,
         }
     );
-    send_lines(&listen, &batch(40..80));
-    wait_metrics(
-        &metrics,
-        &[
-            (&sink_events("Good"), 40.0),
-            (&sink_events("Dead1"), 40.0),
-            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
-        ],
-        DELIVER,
-    );
-    dab.terminate();
-    assert_exit_0(&mut dab);
+    finish_signed(&mut dab, &metrics, &listen, &batch(40..80), ("Dead1", 40.0));
 
     let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
     let mut good: Vec<u64> = (0..40).filter(|i| i % 2 == 0).collect();
