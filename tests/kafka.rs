@@ -12,6 +12,7 @@
 //! - `a_batch_failing_downstream_is_sent_again_until_the_downstream_is_back`
 //! - `exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on`
 //! - `a_broker_restart_with_sigterm_and_sigkill_loses_nothing`
+//! - `switching_a_kafka_queue_to_memory_is_refused_and_nothing_is_lost`
 //!
 //! A missing tansu or Python client fails the test (see
 //! `kafka_support/broker.rs`); nothing here passes by skipping.
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use broker::{python_kafka, spawn_client, tansu, Broker};
-use run_support::client::{free_addr, metric, scrape};
+use run_support::client::{free_addr, metric, scrape, wait_metrics, wait_tcp};
 use run_support::process::Dab;
 use run_support::{file_lines, poll, write_set};
 use serde_json::Value;
@@ -908,5 +909,89 @@ fn a_broker_killed_and_restarted_twice_loses_nothing() {
         dab.wait(Duration::from_secs(30)).success(),
         "{}",
         dab.stderr()
+    );
+}
+
+/// A running set whose queue `Q` is a Kafka topic: binding `Q` to memory
+/// instead is refused by the reload (E019, at the binding), the running set
+/// goes on through Kafka, and every event sent before and after the edit
+/// reaches the sink once.
+#[test]
+fn switching_a_kafka_queue_to_memory_is_refused_and_nothing_is_lost() {
+    let broker = Broker::start(&tansu());
+    broker.create_topic("q", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let kafka = format!(
+        "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\n\
+         queues:\n  Q: {{ kind: kafka, brokers: \"{}\", topic: q }}\n\
+         sinks:\n  Done: {{ kind: file, path: done.ndjson }}\n",
+        broker.addr()
+    );
+    let memory = kafka.replace(
+        &format!(
+            "Q: {{ kind: kafka, brokers: \"{}\", topic: q }}",
+            broker.addr()
+        ),
+        "Q: { kind: memory }",
+    );
+    assert_ne!(kafka, memory);
+    write_set(
+        dir.path(),
+        "a.NewPipeline().In(TcpIn).Out(Q)\nb.NewPipeline().In(Q).Out(Done)\n",
+        &kafka,
+    );
+    let metrics = free_addr();
+    let mut dab = Dab::start(
+        dir.path(),
+        &["run", "t.dab", "--watch", "--metrics", &metrics],
+    );
+    dab.wait_for_log(Duration::from_secs(30), "partitions assigned", |l| {
+        l.contains("kafka partitions assigned")
+    });
+    dab.wait_for_log(Duration::from_secs(30), "the watcher", |l| {
+        l.contains("watching the blueprint set for changes")
+    });
+    wait_tcp(&listen, Duration::from_secs(30), || dab.stderr());
+    let send = |range: std::ops::Range<u64>| {
+        use std::io::Write as _;
+        let mut conn = std::net::TcpStream::connect(&listen).expect("connect");
+        let text: String = range
+            .map(|i| format!("{{\"type\":\"A\",\"host\":\"h\",\"pid\":1,\"offset\":{i},\"message\":\"m{i}\"}}\n"))
+            .collect();
+        conn.write_all(text.as_bytes()).expect("write");
+    };
+    let done = "dab_sink_events_total{sink=\"Done\"}";
+    send(0..20);
+    wait_metrics(&metrics, &[(done, 20.0)], Duration::from_secs(60));
+
+    let staged = dir.path().join(".dab.yaml.new");
+    std::fs::write(&staged, &memory).expect("write");
+    std::fs::rename(&staged, dir.path().join("dab.yaml")).expect("rename");
+    let line = dab.wait_for_log(Duration::from_secs(30), "the refusal", |l| {
+        l.contains("error[E019]: queue `Q` would switch from Kafka to memory in a running process")
+    });
+    assert!(line.contains("E019"), "{line}");
+    dab.wait_for_log(Duration::from_secs(30), "reload refused", |l| {
+        l.contains("reload refused")
+    });
+    assert!(dab.stderr().contains("dab.yaml:4:3"), "{}", dab.stderr());
+    send(20..40);
+    wait_metrics(
+        &metrics,
+        &[
+            (done, 40.0),
+            ("dab_reloads_total", 0.0),
+            ("dab_reload_failures_total", 1.0),
+        ],
+        Duration::from_secs(60),
+    );
+    dab.terminate();
+    let status = dab.wait(Duration::from_secs(60));
+    assert!(status.success(), "{status}; stderr:\n{}", dab.stderr());
+    assert_eq!(
+        seqs(&file_lines(&dir.path().join("done.ndjson"))),
+        (0..40).collect::<Vec<u64>>(),
+        "every event once, in order (one partition)"
     );
 }

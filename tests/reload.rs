@@ -1065,3 +1065,498 @@ fn sighup_reloads_without_watch() {
     want.sort();
     assert_eq!(contents(&out), want);
 }
+
+// 6 ------------------------------------------------------------------------
+
+/// An NDJSON event of type `S` at `offset`, signed with `key`; with
+/// `good == false` its signature is spoiled (a poison event).
+fn signed(key: &[u8], offset: u64, good: bool) -> String {
+    use base64::Engine as _;
+    let message = format!("m{offset}");
+    let event = dab_api::Event {
+        timestamp: 1_732_320_000_000_000_000,
+        host: "h".into(),
+        ty: "S".into(),
+        offset,
+        pid: 1,
+        message: message.clone().into_bytes().into(),
+        ..dab_api::Event::default()
+    };
+    let mut sig = dab_api::signature::Signer::new(key).sign(&event);
+    if !good {
+        sig[0] ^= 1;
+    }
+    json!({
+        "timestamp": event.timestamp, "host": "h", "type": "S", "offset": offset,
+        "pid": 1, "message": message,
+        "signature": base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+    .to_string()
+}
+
+/// Sends `lines` on a fresh connection to the tcp source and closes it.
+fn send_lines(addr: &str, lines: &[String]) {
+    let mut conn = TcpStream::connect(addr).expect("connect to the tcp source");
+    let mut payload = lines.join("\n");
+    payload.push('\n');
+    conn.write_all(payload.as_bytes()).expect("write events");
+}
+
+/// The offsets in a sink file, sorted.
+fn offsets(path: &Path) -> Vec<u64> {
+    contents(path).into_iter().map(|(_, o)| o).collect()
+}
+
+/// Sends the last 40 events (offsets 40..80) of a signing test, waits
+/// until `Good` has 40, `dead` its count and the source 80, and stops dab.
+fn finish_signed(dab: &mut Dab, metrics: &str, listen: &str, lines: &[String], dead: (&str, f64)) {
+    send_lines(listen, lines);
+    wait_metrics(
+        metrics,
+        &[
+            (&sink_events("Good"), 40.0),
+            (&sink_events(dead.0), dead.1),
+            ("dab_source_events_total{source=\"TcpIn\"}", 80.0),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(dab);
+}
+
+/// Bindings of a tcp source, a `Good` sink, two dead-letter sinks and a
+/// key file `K`, all in `dir`.
+fn signing_bindings(dir: &Path, listen: &str) -> String {
+    let out = |n: &str| yaml_path(&dir.join("out").join(format!("{n}.ndjson")));
+    format!(
+        "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  Good: {{ kind: file, path: {} }}\n  Dead1: {{ kind: file, path: {} }}\n  Dead2: {{ kind: file, path: {} }}\nkeys:\n  K: {{ file: {} }}\n",
+        out("good"),
+        out("dead1"),
+        out("dead2"),
+        yaml_path(&dir.join("k.key")),
+    )
+}
+
+/// Only the `OnError` target changes: `dab validate --diff` and the reload
+/// both call the pipeline rebuilt, and poison events (bad signatures) sent
+/// after the reload land in the new target, those before in the old one.
+/// Every event is in exactly one sink.
+#[test]
+fn an_on_error_only_change_moves_failures_to_the_new_target() {
+    let dir = tmp();
+    let listen = free_addr();
+    let key = b"the signing key";
+    std::fs::write(dir.path().join("k.key"), key).expect("write the key");
+    let pipeline = |dead: &str| {
+        format!("t.NewPipeline().In(TcpIn).VerifySignature(key = K).Out(Good).OnError({dead})\n")
+    };
+    write_set(
+        dir.path(),
+        &pipeline("Dead1"),
+        &signing_bindings(dir.path(), &listen),
+    );
+    // What `dab validate --diff` says about the same edit.
+    std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
+    std::fs::write(dir.path().join("new").join("t.dab"), pipeline("Dead2")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args([
+            "validate",
+            "--diff",
+            "t.dab",
+            "new/t.dab",
+            "--old-config",
+            "dab.yaml",
+            "--new-config",
+            "dab.yaml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dab validate --diff");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "reload plan: 0 added, 1 rebuilt, 0 removed, 0 unchanged\n  ~ rebuilt    t (OnError `Dead1` -> `Dead2`; binding `Dead2` added)\n",
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let batch = |range: std::ops::Range<u64>| -> Vec<String> {
+        range.map(|i| signed(key, i, i % 2 == 0)).collect()
+    };
+    send_lines(&listen, &batch(0..40));
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("Good"), 20.0), (&sink_events("Dead1"), 20.0)],
+        DELIVER,
+    );
+
+    edit(dir.path(), "t.dab", &pipeline("Dead2"));
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Watch".into(),
+            added: vec![],
+            rebuilt: vec!["t (OnError `Dead1` -> `Dead2`; binding `Dead2` added)".into()],
+            removed: vec![],
+            kept: 0,
+        }
+    );
+    finish_signed(&mut dab, &metrics, &listen, &batch(40..80), ("Dead2", 20.0));
+
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    assert_eq!(
+        offsets(&out("good")),
+        (0..80).filter(|i| i % 2 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offsets(&out("dead1")),
+        (0..40).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        offsets(&out("dead2")),
+        (40..80).filter(|i| i % 2 == 1).collect::<Vec<_>>()
+    );
+}
+
+// 7 ------------------------------------------------------------------------
+
+/// The key file is rotated (new contents, same path) and SIGHUP reloads:
+/// the pipeline is rebuilt, events signed with the new key pass and those
+/// signed with the old one fail to the `OnError` target. Nothing is lost.
+#[test]
+fn a_rotated_key_file_is_picked_up_by_a_reload() {
+    let dir = tmp();
+    let listen = free_addr();
+    let (old_key, new_key) = (b"the old key".as_slice(), b"the new key".as_slice());
+    let key_file = dir.path().join("k.key");
+    std::fs::write(&key_file, old_key).expect("write the key");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).VerifySignature(key = K).Out(Good).OnError(Dead1)\nu.NewPipeline().In(TcpIn).FilterType(Nothing).Out(Dead2)\n",
+        &signing_bindings(dir.path(), &listen),
+    );
+    let (mut dab, metrics) = start(dir.path(), &[]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let pid = dab.pid();
+    poll(
+        START,
+        "dab to catch SIGHUP",
+        || catches_sighup(pid).then_some(()),
+        || dab.stderr(),
+    );
+    // Even offsets signed with the old key, odd ones with the new.
+    let batch = |range: std::ops::Range<u64>| -> Vec<String> {
+        range
+            .map(|i| signed(if i % 2 == 0 { old_key } else { new_key }, i, true))
+            .collect()
+    };
+    send_lines(&listen, &batch(0..40));
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("Good"), 20.0), (&sink_events("Dead1"), 20.0)],
+        DELIVER,
+    );
+
+    let staged = dir.path().join(".k.key.new");
+    std::fs::write(&staged, new_key).expect("write the new key");
+    std::fs::rename(&staged, &key_file).expect("rotate the key file");
+    signal(&dab, "HUP");
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Hangup".into(),
+            added: vec![],
+            rebuilt: vec!["t (stages changed)".into()],
+            removed: vec![],
+            kept: 1,
+        }
+    );
+    finish_signed(&mut dab, &metrics, &listen, &batch(40..80), ("Dead1", 40.0));
+
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    let mut good: Vec<u64> = (0..40).filter(|i| i % 2 == 0).collect();
+    good.extend((40..80).filter(|i| i % 2 == 1));
+    let mut dead: Vec<u64> = (0..40).filter(|i| i % 2 == 1).collect();
+    dead.extend((40..80).filter(|i| i % 2 == 0));
+    dead.sort_unstable();
+    assert_eq!(
+        offsets(&out("good")),
+        good,
+        "the old key before, the new after"
+    );
+    assert_eq!(offsets(&out("dead1")), dead, "the others failed to OnError");
+}
+
+// 8 ------------------------------------------------------------------------
+
+/// The tcp and http sources' bindings change (a limit) but keep their
+/// addresses: the reload rebuilds both and hands each listening socket to
+/// its new source, so there is no EADDRINUSE and no failed source. A tcp
+/// client and a kept-alive http client connected before the reload stay
+/// connected and keep sending; new clients reach the new sources; every
+/// event arrives exactly once and the process keeps running.
+#[test]
+fn a_listener_rebound_at_its_address_hands_over_with_clients_connected() {
+    let dir = tmp();
+    let tcp = free_addr();
+    let http = free_addr();
+    let out_t = dir.path().join("out").join("t.ndjson");
+    let out_h = dir.path().join("out").join("h.ndjson");
+    let (sink_t, sink_h) = (sink_events("FileT"), sink_events("FileH"));
+    let bindings = |frame: u32, body: u32| {
+        format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{tcp}\", framing: ndjson, max_frame_bytes: {frame} }}\n  HttpIn: {{ kind: http, listen: \"{http}\", max_body_bytes: {body} }}\nsinks:\n  FileT: {{ kind: file, path: {} }}\n  FileH: {{ kind: file, path: {} }}\n",
+            yaml_path(&out_t),
+            yaml_path(&out_h)
+        )
+    };
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).Out(FileT)\nh.NewPipeline().In(HttpIn).Out(FileH)\n",
+        &bindings(65_536, 1_048_576),
+    );
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&tcp, START, || dab.stderr());
+    wait_http_ok(&http, "/healthz", START, || dab.stderr());
+
+    let mut conn = TcpStream::connect(&tcp).expect("connect to the tcp source");
+    let mut web = KeepAlive::connect(&http);
+    send(&mut conn, 0..20, ab);
+    let (status, head, body) = web.post(&json_array(0..20, ab)).expect("first POST");
+    assert_eq!(status, 200, "{head}{body}");
+    wait_metrics(&metrics, &[(&sink_t, 20.0), (&sink_h, 20.0)], DELIVER);
+
+    for round in 1..=3u32 {
+        edit(
+            dir.path(),
+            "dab.yaml",
+            &bindings(65_536 + round, 1_048_576 + round),
+        );
+        let r = wait_reload(&mut dab, round as usize);
+        assert_eq!(
+            r,
+            Reloaded {
+                trigger: "Watch".into(),
+                added: vec![],
+                rebuilt: vec![
+                    "t (binding `TcpIn` changed)".into(),
+                    "h (binding `HttpIn` changed)".into()
+                ],
+                removed: vec![],
+                kept: 0,
+            }
+        );
+        let base = u64::from(round) * 100;
+        // The clients from before the reload, on their same connections.
+        assert_open(&conn, "tcp connection after the reload");
+        send(&mut conn, base..base + 20, ab);
+        let (status, head, body) = web
+            .post(&json_array(base..base + 20, ab))
+            .expect("POST on the kept-alive connection after the reload");
+        assert_eq!(status, 200, "{head}{body}");
+        // New clients, served by the new sources on the handed-over sockets.
+        send_once(&tcp, base + 20..base + 40, ab);
+        let mut fresh = KeepAlive::connect(&http);
+        let (status, head, body) = fresh
+            .post(&json_array(base + 20..base + 40, ab))
+            .expect("POST on a new connection after the reload");
+        assert_eq!(status, 200, "{head}{body}");
+        let n = 20.0 + 40.0 * f64::from(round);
+        wait_metrics(&metrics, &[(&sink_t, n), (&sink_h, n)], DELIVER);
+        assert!(dab.running(), "dab ended; stderr:\n{}", dab.stderr());
+    }
+    wait_metrics(&metrics, &[("dab_reload_failures_total", 0.0)], DELIVER);
+    let err = dab.stderr();
+    for bad in [
+        "Address already in use",
+        "source started by a reload failed",
+        "source failed",
+    ] {
+        assert!(!err.contains(bad), "`{bad}` in stderr:\n{err}");
+    }
+
+    conn.shutdown(Shutdown::Write).expect("shut down writing");
+    drop(web);
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    let mut want = expected(0..20, ab, |_| true);
+    for round in 1..=3u64 {
+        want.extend(expected(round * 100..round * 100 + 40, ab, |_| true));
+    }
+    want.sort();
+    assert_eq!(contents(&out_t), want, "tcp pipeline output");
+    assert_eq!(contents(&out_h), want, "http pipeline output");
+}
+
+// 9 ------------------------------------------------------------------------
+
+/// A reload rebuilds two pipelines (their sinks' paths change) but leaves
+/// their ops as they were: the dedup window still knows the UIDs seen
+/// before the reload, and the rate limiter's bucket (burst 10, one token
+/// per 1,000 s) is still empty. The same ten events sent again are
+/// duplicates, and no event passes the limiter; every event is either
+/// written once or counted dropped by reason.
+#[test]
+fn dedup_windows_and_rate_limit_buckets_survive_a_reload_that_keeps_their_op() {
+    let dir = tmp();
+    let listen = free_addr();
+    let out = |n: &str| dir.path().join("out").join(format!("{n}.ndjson"));
+    let bindings = |gen: u32| {
+        format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  FileD: {{ kind: file, path: {} }}\n  FileR: {{ kind: file, path: {} }}\n",
+            yaml_path(&out(&format!("d-{gen}"))),
+            yaml_path(&out(&format!("r-{gen}")))
+        )
+    };
+    write_set(
+        dir.path(),
+        "d.NewPipeline().In(TcpIn).Dedup(within = 10m).Out(FileD)\nr.NewPipeline().In(TcpIn).WithRateLimit(0.001, burst = 10, on_limit = drop).Out(FileR)\n",
+        &bindings(1),
+    );
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    send_once(&listen, 0..10, ab);
+    wait_metrics(
+        &metrics,
+        &[(&sink_events("FileD"), 10.0), (&sink_events("FileR"), 10.0)],
+        DELIVER,
+    );
+
+    edit(dir.path(), "dab.yaml", &bindings(2));
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        r,
+        Reloaded {
+            trigger: "Watch".into(),
+            added: vec![],
+            rebuilt: vec![
+                "d (binding `FileD` changed)".into(),
+                "r (binding `FileR` changed)".into()
+            ],
+            removed: vec![],
+            kept: 0,
+        }
+    );
+    send_once(&listen, 0..20, ab);
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink_events("FileD"), 20.0),
+            (&sink_events("FileR"), 10.0),
+            ("dab_source_events_total{source=\"TcpIn\"}", 30.0),
+            (
+                "dab_pipeline_dropped_total{pipeline=\"d\",reason=\"duplicate\"}",
+                10.0,
+            ),
+            (
+                "dab_pipeline_dropped_total{pipeline=\"r\",reason=\"rate_limit\"}",
+                20.0,
+            ),
+        ],
+        DELIVER,
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab);
+
+    assert_eq!(contents(&out("d-1")), expected(0..10, ab, |_| true));
+    assert_eq!(
+        contents(&out("d-2")),
+        expected(10..20, ab, |_| true),
+        "the window remembered 0..10"
+    );
+    assert_eq!(contents(&out("r-1")), expected(0..10, ab, |_| true));
+    assert!(
+        !out("r-2").exists() || contents(&out("r-2")).is_empty(),
+        "the bucket was still empty: {:?}",
+        contents(&out("r-2"))
+    );
+}
+
+// 10 -----------------------------------------------------------------------
+
+/// Binding a memory queue to Kafka in a running process is refused (E019,
+/// at the binding, rendered as `dab validate --diff` renders it); the
+/// running set goes on through its memory queue and loses nothing, and
+/// editing the binding back is a no-op reload.
+#[test]
+fn switching_a_memory_queue_to_kafka_is_refused_and_nothing_is_lost() {
+    let dir = tmp();
+    let listen = free_addr();
+    let out = dir.path().join("out").join("t.ndjson");
+    let sink = sink_events("FileOut");
+    let memory = format!(
+        "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nqueues:\n  Q: {{ kind: memory }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+        yaml_path(&out)
+    );
+    let kafka = memory.replace(
+        "Q: { kind: memory }",
+        "Q: { kind: kafka, brokers: \"127.0.0.1:9\", topic: q }",
+    );
+    write_set(
+        dir.path(),
+        "a.NewPipeline().In(TcpIn).Out(Q)\nb.NewPipeline().In(Q).Out(FileOut)\n",
+        &memory,
+    );
+    // `dab validate --diff` refuses the same edit with the same words.
+    std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
+    std::fs::write(dir.path().join("new").join("dab.yaml"), &kafka).expect("write");
+    let diff = Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args([
+            "validate",
+            "--diff",
+            "t.dab",
+            "t.dab",
+            "--old-config",
+            "dab.yaml",
+            "--new-config",
+            "new/dab.yaml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dab validate --diff");
+    let report = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert_eq!(diff.status.code(), Some(1), "{diff:?}");
+    let first = "error[E019]: queue `Q` would switch from memory to Kafka in a running process";
+    assert!(report.starts_with(first), "{report}");
+    assert!(report.contains("--> new/dab.yaml:4:3"), "{report}");
+
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    send_once(&listen, 0..20, ab);
+    wait_metrics(&metrics, &[(&sink, 20.0)], DELIVER);
+
+    edit(dir.path(), "dab.yaml", &kafka);
+    wait_refusal(&mut dab, 1);
+    let err = dab.stderr();
+    assert!(err.contains(first), "stderr:\n{err}");
+    assert!(err.contains("dab.yaml:4:3"), "stderr:\n{err}");
+    send_once(&listen, 20..40, ab);
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink, 40.0),
+            ("dab_reloads_total", 0.0),
+            ("dab_reload_failures_total", 1.0),
+        ],
+        DELIVER,
+    );
+
+    // Back to memory: the running set is unchanged.
+    edit(dir.path(), "dab.yaml", &memory);
+    let r = wait_reload(&mut dab, 1);
+    assert_eq!(
+        (r.added.len(), r.rebuilt.len(), r.removed.len(), r.kept),
+        (0, 0, 0, 2)
+    );
+    send_once(&listen, 40..60, ab);
+    wait_metrics(&metrics, &[(&sink, 60.0)], DELIVER);
+    dab.terminate();
+    assert_exit_0(&mut dab);
+    assert_eq!(contents(&out), expected(0..60, ab, |_| true));
+}

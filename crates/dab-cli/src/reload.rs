@@ -165,7 +165,7 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
     let options = Options {
         service: a.service.clone(),
     };
-    let set = match load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options) {
+    let mut set = match load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options) {
         Ok(set) => set,
         Err(e) => {
             tracing::error!(?trigger, error = %format!("{e:#}"), "reload failed: cannot read the set; the running pipelines are unchanged");
@@ -173,6 +173,15 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
             return;
         }
     };
+    if !set.has_errors() {
+        // What no valid set may do to a running one (E019): refused the
+        // same way, and `dab validate --diff` says so too.
+        let refused = running.with_plan(|old| {
+            old.map(|o| dab_plan::diff::refusals(o, &set))
+                .unwrap_or_default()
+        });
+        set.diagnostics.extend(refused);
+    }
     if set.has_errors() {
         for d in &set.diagnostics {
             let text = crate::render::render(&set.map, d);

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod file;
 pub mod framing;
 pub mod generator;
+mod handover;
 pub mod http;
 pub mod kafka;
 pub mod limits;

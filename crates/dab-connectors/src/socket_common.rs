@@ -16,6 +16,7 @@ use dab_api::connector::SourceStats;
 use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::{AckStatus, AckToken, Batch, BuildError, Event, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{self, with_budget, DecodeError, Filler, InternBudget, Present};
@@ -221,16 +222,23 @@ struct Shared {
     /// New strings this source's input may intern.
     intern: Arc<InternBudget>,
     acks: Arc<AckCounts>,
+    /// Ends the connections: the source's shutdown, or, for a socket a
+    /// reload hands from source to source (`handover`), the stop of the
+    /// whole line, so that a client stays connected across the reload.
+    stop: CancellationToken,
 }
 
 /// Accepts connections until shutdown (or until nobody reads the output),
-/// then waits for every connection task to end.
+/// gives the listener to `leave` (which closes it or hands it to the
+/// source replacing this one), then waits for every connection task to
+/// end, which they do when `stop` is cancelled or their peer closes.
 pub(crate) async fn serve<L: Listener>(
     kind: &'static str,
     mut listener: L,
     ctx: SourceContext,
     settings: SocketSettings,
     acks: Arc<AckCounts>,
+    (stop, leave): (CancellationToken, impl FnOnce(L)),
 ) {
     let shared = Arc::new(Shared {
         kind,
@@ -239,6 +247,7 @@ pub(crate) async fn serve<L: Listener>(
         ctx,
         settings,
         acks,
+        stop,
     });
     let tracker = TaskTracker::new();
     let limit = ConnectionLimit::new(settings.max_connections, shared.ctx.stats.clone());
@@ -277,8 +286,9 @@ pub(crate) async fn serve<L: Listener>(
             }
         }
     }
-    // Stop accepting now: the listener closes while connections drain.
-    drop(listener);
+    // Stop accepting now: the listener closes (or goes to the successor)
+    // while connections drain.
+    leave(listener);
     tracker.close();
     tracker.wait().await;
     tracing::info!(
@@ -375,7 +385,7 @@ async fn connection<S: AsyncRead + Unpin>(mut stream: S, peer: String, shared: A
         let shared = Arc::clone(&conn.shared);
         let read = tokio::select! {
             biased;
-            _ = shared.ctx.shutdown.cancelled() => break,
+            _ = shared.stop.cancelled() => break,
             // Nobody will ever receive: an idle peer must not hold the
             // source open.
             _ = shared.ctx.out.closed() => break,
@@ -416,7 +426,7 @@ impl Connection {
         tracing::debug!(source = %ctx.name, peer = %self.peer, "admission refused; pausing reads");
         loop {
             tokio::select! {
-                _ = ctx.shutdown.cancelled() => return false,
+                _ = self.shared.stop.cancelled() => return false,
                 _ = tokio::time::sleep(ADMISSION_PAUSE) => {}
             }
             if ctx.admission.admit() {
@@ -520,7 +530,7 @@ impl Connection {
         let ctx = &self.shared.ctx;
         let n = events.len();
         let deadline = async {
-            ctx.shutdown.cancelled().await;
+            self.shared.stop.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         let permit = tokio::select! {

@@ -16,9 +16,11 @@ use dab_api::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::codec;
 use crate::framing::write_delimited;
+use crate::handover::{self, Claim};
 use crate::socket_common::{self, required_str, Listener};
 
 pub use crate::socket_common::{AckCounts, Framing, SocketSettings};
@@ -41,6 +43,9 @@ pub struct TcpSource {
     listen: String,
     settings: SocketSettings,
     listener: Option<TcpListener>,
+    /// Set when built for an address it will bind: a reload hands the
+    /// socket over from the source this one replaces.
+    claim: Option<Claim>,
     acks: Arc<AckCounts>,
 }
 
@@ -49,8 +54,10 @@ impl TcpSource {
     /// reload can build it while the source it replaces still holds the
     /// address.
     pub fn new(listen: impl Into<String>, settings: SocketSettings) -> TcpSource {
+        let listen = listen.into();
         TcpSource {
-            listen: listen.into(),
+            claim: Some(Claim::new(&listen)),
+            listen,
             settings,
             listener: None,
             acks: Arc::default(),
@@ -68,6 +75,7 @@ impl TcpSource {
             listen,
             settings,
             listener: Some(listener),
+            claim: None,
             acks: Arc::default(),
         }
     }
@@ -109,13 +117,31 @@ impl Source for TcpSource {
 
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
         let this = *self;
-        let listener = match this.listener {
-            Some(l) => l,
-            None => bind_listener(&this.listen).await?,
+        let (listener, stop) = match (this.listener, this.claim) {
+            (Some(l), _) => (l, CancellationToken::new()),
+            (None, Some(claim)) => claim.listen().await.map_err(|e| {
+                ConnectorError::io(format!("cannot listen on tcp {}", this.listen), e)
+            })?,
+            (None, None) => (bind_listener(&this.listen).await?, CancellationToken::new()),
         };
         tracing::info!(source = %ctx.name, listen = %this.listen, framing = ?this.settings.framing, "tcp source listening");
         ctx.stats.set_serving();
-        socket_common::serve("tcp", Tcp(listener), ctx, this.settings, this.acks).await;
+        let listen = this.listen;
+        let leave = {
+            let stop = stop.clone();
+            move |Tcp(l): Tcp| {
+                handover::leave(&listen, l, &stop);
+            }
+        };
+        socket_common::serve(
+            "tcp",
+            Tcp(listener),
+            ctx,
+            this.settings,
+            this.acks,
+            (stop, leave),
+        )
+        .await;
         Ok(())
     }
 }

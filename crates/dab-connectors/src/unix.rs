@@ -124,7 +124,9 @@ impl Source for UnixSource {
             label: format!("unix:{}", path.display()),
             accepted: 0,
         };
-        socket_common::serve("unix", listener, ctx, this.settings, this.acks).await;
+        // A unix socket is not handed over: its connections end with it.
+        let stop = (ctx.shutdown.clone(), drop);
+        socket_common::serve("unix", listener, ctx, this.settings, this.acks, stop).await;
         if ours.is_some() && identity(&path) == ours {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove unix socket");

@@ -60,6 +60,7 @@ codes! {
     E016 => "name used in the wrong direction",
     E017 => "two bindings share a listen address or socket path",
     E018 => "a file the bindings name cannot be read or is not what it should be",
+    E019 => "a reload would switch a queue between memory and Kafka",
     W001 => "bound queue written but never read",
     W002 => "operator with no effect",
     W003 => "binding never used",

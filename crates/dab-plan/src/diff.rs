@@ -3,8 +3,10 @@
 //! Pipelines are matched by id and compared as derived-`PartialEq` configs,
 //! including the bindings of every name they read or write.
 
-use crate::model::Pipeline;
-use crate::Plan;
+use dab_diag::{Code, Diagnostic};
+
+use crate::model::{Endpoint, Pipeline};
+use crate::{CheckedSet, Plan};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
@@ -56,15 +58,82 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
     if oc.outputs != nc.outputs || oc.when_full != nc.when_full {
         reasons.push("outputs changed".to_owned());
     }
+    if oc.on_error != nc.on_error {
+        // Failed events are routed by the pipeline task, which holds its
+        // OnError sender: only a rebuild moves them to the new target.
+        let name = |n: &Option<String>| n.as_ref().map_or("none".to_owned(), |n| format!("`{n}`"));
+        reasons.push(format!(
+            "OnError {} -> {}",
+            name(&oc.on_error),
+            name(&nc.on_error)
+        ));
+    }
     let mut names: Vec<&str> = std::iter::once(nc.input.as_str())
         .chain(nc.writes())
         .collect();
     names.sort_unstable();
     names.dedup();
+    // Every name the new config uses is compared, including one the old
+    // set did not have or resolved to something else (a built-in, an
+    // implicit memory queue): a missing old entry differs from any new one.
     for name in names {
-        if old.endpoints.get(name) != new.endpoints.get(name) && old.endpoints.contains_key(name) {
-            reasons.push(format!("binding `{name}` changed"));
+        match (old.endpoints.get(name), new.endpoints.get(name)) {
+            (Some(o), Some(n)) if o == n => {}
+            (None, Some(_)) => reasons.push(format!("binding `{name}` added")),
+            _ => reasons.push(format!("binding `{name}` changed")),
         }
     }
     reasons
+}
+
+/// What a reload from `old` to `new` cannot do safely, as E019: switching a
+/// queue between memory and Kafka. The events a memory queue holds live in
+/// this process and a Kafka queue's in the topic; neither can be moved into
+/// the other without a second delivery path, so the switch is refused (the
+/// running set stays) rather than wired half to each. Located at the
+/// queue's binding in the new set, or, for a queue that is no longer
+/// bound, at the first pipeline using it.
+pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (name, n) in &new.plan.endpoints {
+        let Some(o) = old.endpoints.get(name) else {
+            continue;
+        };
+        if o.role() != crate::model::Role::Queue || n.role() != crate::model::Role::Queue {
+            continue;
+        }
+        if o.is_memory_queue() == n.is_memory_queue() {
+            continue;
+        }
+        let (from, to) = (storage(o), storage(n));
+        let binding = new.bindings.all().find(|b| &b.name == name);
+        let span = binding.map(|b| b.name_span).or_else(|| {
+            new.plan
+                .pipelines
+                .iter()
+                .find(|p| p.config.input == *name || p.config.writes().any(|w| w == name))
+                .map(|p| p.span)
+        });
+        let Some(span) = span else { continue };
+        out.push(
+            Diagnostic::new(
+                Code::E019,
+                span,
+                format!("queue `{name}` would switch from {from} to {to} in a running process"),
+            )
+            .with_label_here(format!("now a {to} queue"))
+            .with_help(format!(
+                "a reload cannot move what the {from} queue holds; stop `dab run` (it drains the queue), then start it with the new bindings, or bind the {to} queue under a new name"
+            )),
+        );
+    }
+    out
+}
+
+fn storage(e: &Endpoint) -> &'static str {
+    if e.is_memory_queue() {
+        "memory"
+    } else {
+        "Kafka"
+    }
 }

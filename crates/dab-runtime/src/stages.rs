@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dab_api::{Batch, Text};
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dab_api::signature::Signer;
@@ -28,7 +29,9 @@ pub enum Compiled {
         tag: Text,
     },
     RateLimit {
-        limiter: DefaultDirectRateLimiter,
+        /// Shared with the same op of the pipeline a reload replaced, so
+        /// that a rebuild does not hand out a fresh burst.
+        limiter: Arc<DefaultDirectRateLimiter>,
         burst: u32,
         on_limit: Limit,
     },
@@ -36,7 +39,26 @@ pub enum Compiled {
         signer: Signer,
         on_error: Option<OutputTx>,
     },
-    Dedup(Dedup),
+    /// Shared with the same op of the pipeline a reload replaced, so that
+    /// a rebuild does not forget the UIDs seen in the window.
+    Dedup(Arc<Mutex<Dedup>>),
+}
+
+/// The state of an op that outlives a reload which leaves the op unchanged:
+/// a dedup window, a rate limiter's bucket.
+#[derive(Clone)]
+pub enum StageState {
+    Dedup(Arc<Mutex<Dedup>>),
+    Limiter(Arc<DefaultDirectRateLimiter>),
+}
+
+impl std::fmt::Debug for StageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StageState::Dedup(_) => "StageState::Dedup",
+            StageState::Limiter(_) => "StageState::Limiter",
+        })
+    }
 }
 
 /// Remembers UIDs for at least `within` and at most twice that: two
@@ -126,13 +148,27 @@ pub fn compile(
     overflow: impl Fn(&str) -> Option<OutputTx>,
     on_error: Option<OutputTx>,
 ) -> Result<Compiled, String> {
+    compile_with(s, overflow, on_error, None)
+}
+
+/// Like `compile`, continuing `prior`: the state of the same op in the
+/// pipeline a reload replaces (ignored when it is another op's).
+pub fn compile_with(
+    s: &Stage,
+    overflow: impl Fn(&str) -> Option<OutputTx>,
+    on_error: Option<OutputTx>,
+    prior: Option<StageState>,
+) -> Result<Compiled, String> {
     Ok(match s {
         // The key was read when the set was checked (`dab_plan::model::Secret`).
         Stage::VerifySignature { secret, .. } => Compiled::VerifySignature {
             signer: Signer::new(secret.bytes()),
             on_error,
         },
-        Stage::Dedup { within } => Compiled::Dedup(Dedup::new(*within, DEDUP_MAX_PER_GENERATION)),
+        Stage::Dedup { within } => Compiled::Dedup(match prior {
+            Some(StageState::Dedup(d)) => d,
+            _ => Arc::new(Mutex::new(Dedup::new(*within, DEDUP_MAX_PER_GENERATION))),
+        }),
         Stage::FilterType { types } => Compiled::FilterType(
             types
                 .iter()
@@ -156,7 +192,10 @@ pub fn compile(
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
                 .allow_burst(burst_nz);
             Compiled::RateLimit {
-                limiter: RateLimiter::direct(quota),
+                limiter: match prior {
+                    Some(StageState::Limiter(l)) => l,
+                    _ => Arc::new(RateLimiter::direct(quota)),
+                },
                 burst: burst_nz.get(),
                 on_limit: match on_limit {
                     OnLimit::Wait => Limit::Wait,
@@ -169,6 +208,15 @@ pub fn compile(
 }
 
 impl Compiled {
+    /// What a reload that keeps this op hands to its successor.
+    pub fn state(&self) -> Option<StageState> {
+        match self {
+            Compiled::Dedup(d) => Some(StageState::Dedup(Arc::clone(d))),
+            Compiled::RateLimit { limiter, .. } => Some(StageState::Limiter(Arc::clone(limiter))),
+            _ => None,
+        }
+    }
+
     /// Applies the stage; dropped events are counted by reason.
     pub async fn apply(&mut self, batch: &mut Batch, m: &PipelineMetrics) {
         self.apply_tracked(batch, m, None).await;
@@ -186,6 +234,9 @@ impl Compiled {
         match self {
             Compiled::Dedup(d) => {
                 let now = Instant::now();
+                // Held for one batch, never across an await; a panic while
+                // held leaves a window that is still usable.
+                let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 batch.events.retain(|e| !d.seen(e, now));
                 m.dropped(DropReason::Duplicate, (before - batch.events.len()) as u64);
             }

@@ -31,7 +31,7 @@ use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
 use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
 use crate::reliability::{Limits, Tracker};
 use crate::sink::SinkTask;
-use crate::stages::compile;
+use crate::stages::{compile_with, StageState};
 
 /// The connector kinds this build knows, handed in by the CLI. Cheap to
 /// clone: reloads keep one.
@@ -283,6 +283,38 @@ impl std::fmt::Debug for State {
 struct PipelineSlot {
     tx: mpsc::Sender<Batch>,
     metrics: Arc<PipelineMetrics>,
+    /// Its dedup windows and rate-limit buckets, by place (`None` for the
+    /// pipeline's stages, `Some(target)` for an output's modifiers) and op,
+    /// for a rebuild that keeps the op (SPEC section 5).
+    states: Vec<OpState>,
+}
+
+/// One op's state that a rebuild of its pipeline carries over.
+type OpState = (Option<String>, dab_plan::model::Stage, StageState);
+
+/// Compiles `stages` (at `place`), each continuing the state of an equal op
+/// at the same place in `prior`, which it takes; records the new states.
+fn compile_ops(
+    place: Option<&str>,
+    stages: &[dab_plan::model::Stage],
+    sink_tx: impl Fn(&str) -> Option<OutputTx> + Copy,
+    on_error: impl Fn() -> Option<OutputTx>,
+    prior: &mut Vec<OpState>,
+    states: &mut Vec<OpState>,
+) -> Result<Vec<crate::stages::Compiled>, String> {
+    let mut out = Vec::with_capacity(stages.len());
+    for s in stages {
+        let carried = prior
+            .iter()
+            .position(|(at, op, _)| at.as_deref() == place && op == s)
+            .map(|i| prior.remove(i).2);
+        let c = compile_with(s, sink_tx, on_error(), carried)?;
+        if let Some(state) = c.state() {
+            states.push((place.map(str::to_owned), s.clone(), state));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 struct InputSlot {
@@ -370,6 +402,16 @@ impl Running {
     /// did not change keep running (a listener keeps its connections).
     /// Every new piece is built before anything changes, so a piece that
     /// fails to build leaves the running topology as it was.
+    /// Calls `f` with the plan running now (`None` once shutting down),
+    /// e.g. to check what a reload to another plan would refuse.
+    pub fn with_plan<R>(&self, f: impl FnOnce(Option<&Plan>) -> R) -> R {
+        let guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.as_ref().and_then(|st| st.plan.as_ref()))
+    }
+
     pub fn reload(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
         let started = std::time::Instant::now();
         let r = self.apply(plan);
@@ -723,24 +765,34 @@ impl Running {
                 pipeline: p.id.clone(),
                 reason: e,
             };
-            let stages = c
-                .stages
-                .iter()
-                .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
-                .collect::<Result<Vec<_>, _>>()?;
+            // The dedup windows and rate-limit buckets of the pipeline this
+            // one replaces, for the ops that did not change.
+            let mut prior = st
+                .pipelines
+                .get(&p.id)
+                .map(|old| old.states.clone())
+                .unwrap_or_default();
+            let mut states = Vec::new();
+            let stages = compile_ops(None, &c.stages, sink_tx, on_error, &mut prior, &mut states)
+                .map_err(bad_key)?;
             let mut outputs = Vec::new();
             for o in &c.outputs {
                 let Some(tx) = sink_tx(&o.target) else {
                     continue;
                 };
+                let modifiers = compile_ops(
+                    Some(&o.target),
+                    &o.modifiers,
+                    sink_tx,
+                    on_error,
+                    &mut prior,
+                    &mut states,
+                )
+                .map_err(bad_key)?;
                 outputs.push(Output {
                     reroute: c.on_error.as_deref() != Some(o.target.as_str()),
                     tx,
-                    modifiers: o
-                        .modifiers
-                        .iter()
-                        .map(|s| compile(s, sink_tx, on_error()).map_err(bad_key))
-                        .collect::<Result<Vec<_>, _>>()?,
+                    modifiers,
                 });
             }
             let kafka_input = kafka_queues.contains_key(c.input.as_str())
@@ -754,6 +806,7 @@ impl Running {
                 PipelineSlot {
                     tx,
                     metrics: pm.clone(),
+                    states,
                 },
                 PipelineTask {
                     input: Inlet::Channel(rx),
@@ -1007,6 +1060,9 @@ impl Running {
             metrics
                 .abandoned
                 .add(stats.abandoned.load(Ordering::Relaxed));
+            // A source a reload started that failed is no end of input:
+            // the process waits for a reload that fixes its binding.
+            let by_itself = ended.is_ok() || fatal;
             if let Err(e) = ended {
                 // A source a reload retired says nothing about the one
                 // that replaced it under the same name.
@@ -1026,7 +1082,7 @@ impl Running {
                 }
             }
             // The last source ended by itself (finite input): drain and end.
-            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if live.fetch_sub(1, Ordering::AcqRel) == 1 && by_itself {
                 finish(&state, &tracker);
             }
         });

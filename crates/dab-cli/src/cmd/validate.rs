@@ -97,6 +97,13 @@ fn run_diff(a: &ValidateArgs, pair: &[PathBuf], options: &Options) -> anyhow::Re
     if failed {
         return Ok(ExitCode::from(1));
     }
+    let refused = dab_plan::diff::refusals(&old.plan, &new);
+    if !refused.is_empty() {
+        let mut new = new;
+        new.diagnostics = refused;
+        report(&new, a.format)?;
+        return Ok(ExitCode::from(1));
+    }
     let plan = diff(&old.plan, &new.plan);
     let mut out = std::io::stdout().lock();
     match a.format {

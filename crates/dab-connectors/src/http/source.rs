@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::chunked::{self, Refused};
 use crate::codec::{json, DecodeError, Filler, InternBudget};
+use crate::handover::{self, Claim};
 use crate::limits::ConnectionLimit;
 
 const EVENTS_PATH: &str = "/v1/events";
@@ -57,6 +58,9 @@ pub struct HttpSourceConfig {
 #[derive(Debug)]
 pub struct HttpSource {
     name: String,
+    /// Its address, claimed when built: a reload hands the socket over
+    /// from the source this one replaces.
+    claim: Claim,
     config: HttpSourceConfig,
 }
 
@@ -64,6 +68,7 @@ impl HttpSource {
     pub fn new(name: &str, config: HttpSourceConfig) -> HttpSource {
         HttpSource {
             name: name.to_owned(),
+            claim: Claim::new(&config.listen),
             config,
         }
     }
@@ -76,26 +81,27 @@ impl Source for HttpSource {
     }
 
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let listen = &self.config.listen;
-        let listener = crate::settings::listen_tcp(listen).await.map_err(|e| {
+        let this = *self;
+        let listen = &this.config.listen;
+        let (listener, stop) = this.claim.listen().await.map_err(|e| {
             ConnectorError::io(
-                format!("http source {}: cannot listen on {listen}", self.name),
+                format!("http source {}: cannot listen on {listen}", this.name),
                 e,
             )
         })?;
-        tracing::info!(source = %self.name, %listen, "http source listening");
+        tracing::info!(source = %this.name, %listen, "http source listening");
         ctx.stats.set_serving();
 
         let shared = Arc::new(Shared {
             filler: Mutex::new(Filler::for_source(&ctx.name, ctx.stats.clone())),
             intern: InternBudget::per_source(),
-            max_body_bytes: self.config.max_body_bytes,
-            body_timeout: self.config.body_timeout,
+            max_body_bytes: this.config.max_body_bytes,
+            body_timeout: this.config.body_timeout,
             out: ctx.out,
             stats: ctx.stats.clone(),
             admission: ctx.admission,
         });
-        let limit = ConnectionLimit::new(self.config.max_connections, ctx.stats.clone());
+        let limit = ConnectionLimit::new(this.config.max_connections, ctx.stats.clone());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
 
@@ -106,7 +112,7 @@ impl Source for HttpSource {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Some(slot) = limit.admit() else {
-                            tracing::debug!(source = %self.name, %peer, "http connection refused: max_connections open");
+                            tracing::debug!(source = %this.name, %peer, "http connection refused: max_connections open");
                             continue;
                         };
                         // Answers are small; do not let Nagle hold them back.
@@ -115,7 +121,7 @@ impl Source for HttpSource {
                         let service = service_fn(move |req| handle(shared.clone(), req));
                         let conn = http1::Builder::new()
                             .timer(TokioTimer::new())
-                            .header_read_timeout(self.config.header_timeout)
+                            .header_read_timeout(this.config.header_timeout)
                             .serve_connection(TokioIo::new(stream), service);
                         let conn = graceful.watch(conn);
                         let stats = ctx.stats.clone();
@@ -132,7 +138,7 @@ impl Source for HttpSource {
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead
                         // of spinning; the clients retry.
-                        tracing::warn!(source = %self.name, error = %e, "http accept failed");
+                        tracing::warn!(source = %this.name, error = %e, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -140,15 +146,25 @@ impl Source for HttpSource {
             }
         }
 
-        // Stop taking connections, close idle ones, let requests in flight
-        // get their acknowledgement and answer.
-        drop(listener);
+        // Stop taking connections (the socket closes, or goes to the
+        // source replacing this one, whose line then decides when these
+        // connections end: a keep-alive client stays connected).
+        if handover::leave(listen, listener, &stop) {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        }
+        // Close idle connections, let requests in flight get their
+        // acknowledgement and answer.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!(
-                source = %self.name,
+                source = %this.name,
                 "http requests still in flight after {SHUTDOWN_GRACE:?}; closing them"
             );
         }

@@ -15,13 +15,14 @@ use async_trait::async_trait;
 use dab_api::{ConnectorError, Source, SourceContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::StreamExt as _;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use super::rpc::murron_server::MurronServer;
 use super::service::{Counted, MurronService, Shared};
+use crate::handover::{self, Claim};
 use crate::limits::{ConnectionLimit, ConnectionSlot};
 
 /// How long batches in flight at shutdown may take to be acknowledged.
@@ -59,12 +60,16 @@ pub struct MurronSource {
     name: String,
     config: MurronSourceConfig,
     listener: Option<TcpListener>,
+    /// Its address, claimed when built: a reload hands the socket over
+    /// from the source this one replaces.
+    claim: Option<Claim>,
 }
 
 impl MurronSource {
     pub fn new(name: &str, config: MurronSourceConfig) -> MurronSource {
         MurronSource {
             name: name.to_owned(),
+            claim: Some(Claim::new(&config.listen)),
             config,
             listener: None,
         }
@@ -81,6 +86,7 @@ impl MurronSource {
             name: name.to_owned(),
             config,
             listener: Some(listener),
+            claim: None,
         }
     }
 
@@ -114,24 +120,8 @@ impl Source for MurronSource {
     }
 
     async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let listen = self.config.listen.clone();
-        let listener = match self.listener.take() {
-            Some(listener) => listener,
-            None => crate::settings::listen_tcp(&listen).await.map_err(|e| {
-                ConnectorError::io(
-                    format!(
-                        "murron_grpc source {}: cannot listen on {listen}",
-                        self.name
-                    ),
-                    e,
-                )
-            })?,
-        };
-        let local = listener
-            .local_addr()
-            .map_or_else(|_| listen.clone(), |a| a.to_string());
-        let stats = ctx.stats.clone();
-
+        // TLS files first: a source that fails must not have taken a
+        // socket handed over from its predecessor.
         let mut server = Server::builder()
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .http2_keepalive_interval(Some(KEEPALIVE));
@@ -142,13 +132,45 @@ impl Source for MurronSource {
                 .map_err(|e| self.error(format!("invalid TLS certificate or key: {e}")))?;
         }
 
+        let listen = self.config.listen.clone();
+        let (listener, stop) = match (self.listener.take(), self.claim.take()) {
+            (Some(listener), _) => (listener, CancellationToken::new()),
+            (None, Some(claim)) => claim.listen().await.map_err(|e| {
+                ConnectorError::io(
+                    format!(
+                        "murron_grpc source {}: cannot listen on {listen}",
+                        self.name
+                    ),
+                    e,
+                )
+            })?,
+            (None, None) => (
+                crate::settings::listen_tcp(&listen).await.map_err(|e| {
+                    ConnectorError::io(
+                        format!(
+                            "murron_grpc source {}: cannot listen on {listen}",
+                            self.name
+                        ),
+                        e,
+                    )
+                })?,
+                CancellationToken::new(),
+            ),
+        };
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| listen.clone(), |a| a.to_string());
+
         let abort = CancellationToken::new();
         let shared = Arc::new(Shared::new(
             &ctx.name,
             ctx.out,
             ctx.stats.clone(),
             ctx.admission,
-            ctx.shutdown.clone(),
+            // The line of sources on this address stops taking batches,
+            // not this one: a connection it accepted outlives a reload
+            // that hands the socket to a successor.
+            stop.clone(),
             abort.clone(),
         ));
         let service = Counted {
@@ -158,24 +180,17 @@ impl Source for MurronSource {
             .max_decoding_message_size(self.config.max_message_bytes),
             stats: ctx.stats.clone(),
         };
-        let limit = ConnectionLimit::new(self.config.max_connections, ctx.stats.clone());
-        let name = self.name.clone();
-        // A connection over the limit is dropped here, which closes it.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .filter_map(move |accepted| match accepted {
-                Ok(stream) => match limit.admit() {
-                    Some(slot) => Some(Ok(Slotted { stream, _slot: slot })),
-                    None => {
-                        tracing::debug!(source = %name, "murron_grpc connection refused: max_connections open");
-                        None
-                    }
-                },
-                Err(e) => Some(Err(e)),
-            });
+        let incoming = Incoming {
+            listener: Some(listener),
+            retire: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+            addr: listen.clone(),
+            stop: stop.clone(),
+            limit: ConnectionLimit::new(self.config.max_connections, ctx.stats.clone()),
+            name: self.name.clone(),
+        };
         let serve = server
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, ctx.shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         tokio::pin!(serve);
         tracing::info!(
             source = %self.name,
@@ -183,11 +198,11 @@ impl Source for MurronSource {
             tls = self.config.tls.is_some(),
             "murron_grpc source listening"
         );
-        stats.set_serving();
+        ctx.stats.set_serving();
 
         let ended = tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => None,
+            () = stop.cancelled() => None,
             ended = &mut serve => Some(ended),
         };
         // Stop taking connections and batches (tonic closes the listener
@@ -270,5 +285,54 @@ impl AsyncWrite for Slotted {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// The connections tonic serves: accepted until the source's shutdown,
+/// when the socket closes or goes to the source replacing this one (and
+/// the stream stays pending: the connections it gave run on until `stop`).
+/// A connection over the limit is dropped as it is accepted, which closes
+/// it.
+struct Incoming {
+    listener: Option<TcpListener>,
+    retire: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    addr: String,
+    stop: CancellationToken,
+    limit: ConnectionLimit,
+    name: String,
+}
+
+impl Stream for Incoming {
+    type Item = std::io::Result<Slotted>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use std::future::Future as _;
+        let this = self.get_mut();
+        if this.listener.is_some() && this.retire.as_mut().poll(cx).is_ready() {
+            if let Some(listener) = this.listener.take() {
+                handover::leave(&this.addr, listener, &this.stop);
+            }
+        }
+        let Some(listener) = &this.listener else {
+            return Poll::Pending;
+        };
+        loop {
+            match listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, peer))) => {
+                    let Some(slot) = this.limit.admit() else {
+                        tracing::debug!(source = %this.name, %peer, "murron_grpc connection refused: max_connections open");
+                        continue;
+                    };
+                    // Acks are small; do not let Nagle hold them back.
+                    let _ = stream.set_nodelay(true);
+                    return Poll::Ready(Some(Ok(Slotted {
+                        stream,
+                        _slot: slot,
+                    })));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
