@@ -13,6 +13,7 @@
 //! - `exhausted_redeliveries_go_to_on_error_or_are_counted_and_commits_move_on`
 //! - `a_broker_restart_with_sigterm_and_sigkill_loses_nothing`
 //! - `switching_a_kafka_queue_to_memory_is_refused_and_nothing_is_lost`
+//! - `a_kafka_source_renames_reserved_names_unless_kept_and_a_kafka_queue_keeps_them`
 //!
 //! A missing tansu or Python client fails the test (see
 //! `kafka_support/broker.rs`); nothing here passes by skipping.
@@ -994,4 +995,107 @@ fn switching_a_kafka_queue_to_memory_is_refused_and_nothing_is_lost() {
         (0..40).collect::<Vec<u64>>(),
         "every event once, in order (one partition)"
     );
+}
+
+/// Messages from outside that claim DAB's reserved names (`dab.*` types)
+/// are renamed `dab.untrusted.*` by a Kafka source and counted; a source
+/// bound with `reserved_names: keep` keeps them, and a queue bound to
+/// Kafka keeps the `dab.sample_rate` tag DAB itself wrote.
+#[test]
+fn a_kafka_source_renames_reserved_names_unless_kept_and_a_kafka_queue_keeps_them() {
+    let (broker, python) = tansu_and_python(1);
+    let brokers = broker.addr();
+    broker.create_topic("q", 1);
+    let p = broker::produce(
+        &python,
+        &brokers,
+        "in",
+        &["--count", "1000", "--types", "A,dab.sample"],
+    );
+    assert_eq!((num(&p, "good"), num(&p, "errors")), (1_000, 0), "{p}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_set(
+        dir.path(),
+        "renamed.NewPipeline().In(KIn).Out(Renamed)\n\
+         kept.NewPipeline().In(KKeep).Out(Kept)\n\
+         sampled.NewPipeline().In(KSample).FilterType(A).WithSampleRate(2).Out(Q)\n\
+         queued.NewPipeline().In(Q).Out(Queued)\n",
+        &format!(
+            "sources:\n  \
+             KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: g-renamed }}\n  \
+             KKeep: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: g-kept, reserved_names: keep }}\n  \
+             KSample: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: g-sampled }}\n\
+             queues:\n  Q: {{ kind: kafka, brokers: \"{brokers}\", topic: q }}\n\
+             sinks:\n  \
+             Renamed: {{ kind: file, path: renamed.ndjson }}\n  \
+             Kept: {{ kind: file, path: kept.ndjson }}\n  \
+             Queued: {{ kind: file, path: queued.ndjson }}\n"
+        ),
+    );
+    let metrics = free_addr();
+    let mut dab = Dab::start(dir.path(), &["run", "t.dab", "--metrics", &metrics]);
+    let lines = |file: &str, n: usize| {
+        poll(
+            Duration::from_secs(60),
+            &format!("{n} lines in {file}"),
+            || {
+                let lines = file_lines(&dir.path().join(file));
+                (lines.len() >= n).then_some(lines)
+            },
+            || dab.stderr(),
+        )
+    };
+    let types = |lines: &[String]| {
+        let mut by_type = std::collections::BTreeMap::<String, usize>::new();
+        for l in lines {
+            let v: Value = serde_json::from_str(l).expect("NDJSON");
+            *by_type
+                .entry(v["type"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+        by_type
+    };
+    let renamed = lines("renamed.ndjson", 1_000);
+    let kept = lines("kept.ndjson", 1_000);
+    // Sampling is random: about 250 of the 500 A events pass; a hundred
+    // are enough to see the tag.
+    let queued = lines("queued.ndjson", 100);
+    let text = scrape(&metrics);
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+
+    assert_eq!(
+        types(&renamed),
+        [
+            ("A".to_owned(), 500),
+            ("dab.untrusted.sample".to_owned(), 500)
+        ]
+        .into(),
+    );
+    assert_eq!(
+        types(&kept),
+        [("A".to_owned(), 500), ("dab.sample".to_owned(), 500)].into(),
+    );
+    assert_eq!(
+        series(&text, "dab_source_reserved_names_total{source=\"KIn\"}"),
+        500.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "dab_source_reserved_names_total{source=\"KKeep\"}"),
+        0.0,
+        "{text}"
+    );
+    // Each sampled event read back from the queue carries the rate DAB
+    // recorded, under its own name.
+    for l in &queued {
+        let v: Value = serde_json::from_str(l).expect("NDJSON");
+        assert_eq!(v["tags"]["dab.sample_rate"], "2", "{v}");
+        assert!(v["tags"].get("dab.untrusted.sample_rate").is_none(), "{v}");
+    }
 }

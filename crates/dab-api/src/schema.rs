@@ -112,6 +112,7 @@ const FRAMING: FieldType = FieldType::Enum(&["ndjson", "protobuf"]);
 const CODEC: FieldType = FieldType::Enum(&["json", "protobuf"]);
 const COMPRESSION: FieldType = FieldType::Enum(&["none", "gzip", "snappy", "lz4", "zstd"]);
 const START_OFFSET: FieldType = FieldType::Enum(&["earliest", "latest"]);
+const RESERVED_NAMES: FieldType = FieldType::Enum(&["rename", "keep"]);
 
 const fn req(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec {
     FieldSpec {
@@ -302,6 +303,11 @@ static KINDS: &[KindSpec] = &[
                 "start_offset",
                 START_OFFSET,
                 "where a new group starts reading",
+            ),
+            opt(
+                "reserved_names",
+                RESERVED_NAMES,
+                "`dab.*` types and tag keys in messages: renamed `dab.untrusted.*` (rename, the default) or kept (keep: a topic only DAB writes)",
             ),
             KAFKA_MAX_REDELIVERIES,
             KAFKA_OPTIONS,

@@ -486,6 +486,12 @@ fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>
                 "group".to_owned(),
                 ConfigValue::Str(format!("dab.{name}.{}", p.id)),
             );
+            // A queue's messages are DAB's own: their `dab.*` tags (sample
+            // rate, error) mean what they say.
+            fields.insert(
+                "reserved_names".to_owned(),
+                ConfigValue::Str("keep".to_owned()),
+            );
             (
                 key.clone(),
                 Some(SourceSpec {

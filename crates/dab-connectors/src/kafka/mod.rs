@@ -192,6 +192,11 @@ pub struct KafkaSourceConfig {
     /// Times a batch that failed downstream is sent again before its events
     /// go to `OnError` (or are counted dropped, `retries_exhausted`).
     pub max_redeliveries: u32,
+    /// Rename the `dab.*` types and tag keys messages claim to
+    /// `dab.untrusted.*` (`reserved_names: rename`, the default for a
+    /// source), or keep them (`keep`: a topic only DAB writes; queues
+    /// bound to Kafka are read so).
+    pub rename_reserved: bool,
 }
 
 /// `max_redeliveries` when the binding does not say.
@@ -226,6 +231,16 @@ impl KafkaSourceConfig {
                 ))
             }
         };
+        let rename_reserved = match f.str("reserved_names") {
+            None | Some("rename") => true,
+            Some("keep") => false,
+            Some(other) => {
+                return Err(build_error(
+                    name,
+                    format!("`reserved_names` must be rename or keep, not `{other}`"),
+                ))
+            }
+        };
         Ok(KafkaSourceConfig {
             brokers: brokers(name, f)?.to_owned(),
             topics,
@@ -249,6 +264,7 @@ impl KafkaSourceConfig {
                         )
                     })?,
             },
+            rename_reserved,
         })
     }
 

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::KafkaSourceMetrics;
 use super::offsets::{Advance, Offsets, Tp};
 use super::{Codec, KafkaSourceConfig};
+use crate::codec::reserved::rename_reserved;
 use crate::codec::{json, proto, Present};
 use crate::settings::build_error;
 
@@ -260,6 +261,8 @@ struct Msg {
 /// of a message read twice is the same both times (Dedup can remove it).
 struct Decoder {
     codec: Codec,
+    /// `codec::reserved`: rename the `dab.*` names messages claim.
+    rename_reserved: bool,
     topics: Vec<(Arc<str>, Text)>,
 }
 
@@ -309,6 +312,12 @@ impl Decoder {
         };
         match decoded {
             Ok((mut ev, present)) => {
+                // Renamed on every decode, counted on the first.
+                if self.rename_reserved && rename_reserved(&mut ev) {
+                    if let Some(s) = stats {
+                        SourceStats::add(&s.reserved_names, 1);
+                    }
+                }
                 fill(&mut ev, present, m, topic);
                 ev
             }
@@ -521,6 +530,7 @@ impl Source for KafkaSource {
             stats,
             decoder: Decoder {
                 codec: config.codec,
+                rename_reserved: config.rename_reserved,
                 topics: Vec::new(),
             },
             batch_events: config.batch_events,
