@@ -7,6 +7,7 @@
 //! - `a_4_mib_grpc_batch_of_empty_events_stays_in_bounded_memory`;
 //! - `idle_connections_and_slow_loris_are_refused_or_timed_out_while_a_client_is_served`;
 //! - `tcp_and_grpc_listeners_refuse_connections_over_max_connections`;
+//! - `grpc_connections_that_never_finish_the_preface_are_closed_and_free_their_slots`;
 //! - `input_claiming_reserved_names_is_renamed_and_counted`;
 //! - `admission_on_memory_is_on_by_default_and_refuses_above_the_mark`.
 
@@ -425,6 +426,87 @@ fn tcp_and_grpc_listeners_refuse_connections_over_max_connections() {
     assert!(grpc_refused >= 1.0, "{grpc_refused}");
     wait_lines(&counter, 5);
     drop(held);
+}
+
+/// Two clients that connect to a `murron_grpc` listener of two slots and
+/// never finish the HTTP/2 preface (one silent, one trickling a byte every
+/// 200 ms) hold both slots only until `handshake_timeout`: they are closed
+/// and counted, and a real client is served after.
+#[test]
+fn grpc_connections_that_never_finish_the_preface_are_closed_and_free_their_slots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = LineCounter::start();
+    let grpc = free_addr();
+    write_set(
+        dir.path(),
+        "g.NewPipeline().In(GrpcIn).Out(Out)\n",
+        &format!(
+            "sources:\n  GrpcIn: {{ kind: murron_grpc, listen: \"{grpc}\", max_connections: 2, handshake_timeout: 1s }}\n\
+             sinks:\n  Out: {{ kind: tcp, connect: \"{}\" }}\n",
+            counter.addr()
+        ),
+    );
+    let metrics = free_addr();
+    let dab = Dab::start(dir.path(), &["run", "t.dab", "--metrics", &metrics]);
+    wait_http_ok(&metrics, "/readyz", START, || dab.stderr());
+    let series = |m: &str| metric(&scrape(&metrics), &format!("{m}{{source=\"GrpcIn\"}}"));
+
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&grpc).expect("connect");
+    let trickler = {
+        let grpc = grpc.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&grpc).expect("connect");
+            // 20 of the 24 preface bytes, then quiet.
+            for b in &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..20] {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            read_until_closed(&mut s, Duration::from_secs(10))
+        })
+    };
+    // What the server says first (its SETTINGS frame) may come before
+    // the close; the close is what counts.
+    read_until_closed(&mut silent, Duration::from_secs(10));
+    let silent_after = started.elapsed();
+    assert!(
+        silent_after >= Duration::from_millis(900),
+        "{silent_after:?}"
+    );
+    // The trickler would take 4 s to send 20 bytes; it is cut at 1 s.
+    trickler.join().expect("trickler");
+    let closed_after = started.elapsed();
+    assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
+    assert_eq!(series("dab_source_timeouts_total"), Some(2.0));
+
+    // Both slots are free again: a real client is served.
+    let rt = grpc_support::runtime();
+    let one = wire::Batch::from_events(&[grpc_support::event("h", 1, "t", 0)]);
+    let mut client = rt.block_on(grpc_support::must_connect(&grpc));
+    let ack = rt
+        .block_on(grpc_support::send(
+            &mut client,
+            one,
+            Duration::from_secs(10),
+        ))
+        .expect("a client is served");
+    assert_eq!(ack.accepted, 1);
+    wait_lines(&counter, 1);
+    // A client that finished its preface is not timed out while it idles.
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = wire::Batch::from_events(&[grpc_support::event("h", 1, "t", 1)]);
+    let ack = rt
+        .block_on(grpc_support::send(
+            &mut client,
+            again,
+            Duration::from_secs(10),
+        ))
+        .expect("the idle client is still served");
+    assert_eq!(ack.accepted, 1);
+    wait_lines(&counter, 2);
+    assert_eq!(series("dab_source_timeouts_total"), Some(2.0));
 }
 
 #[test]

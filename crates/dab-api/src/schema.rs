@@ -281,6 +281,12 @@ static KINDS: &[KindSpec] = &[
             .within(1, 100_000),
             MAX_CONNECTIONS,
             opt(
+                "handshake_timeout",
+                FieldType::Duration,
+                "longest wait for a connection's TLS handshake and HTTP/2 preface (default 10s)",
+            )
+            .within(1, HOUR_MS),
+            opt(
                 "tls_cert",
                 FieldType::Path,
                 "PEM certificate; TLS is off without it",

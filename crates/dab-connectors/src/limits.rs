@@ -27,6 +27,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the HTTP source waits for a whole request body unless told
 /// otherwise.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the `murron_grpc` source waits for a connection's handshake
+/// (the TLS handshake, then the HTTP/2 preface) unless told otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `max_connections` of a listener's binding, or the default.
 pub(crate) fn max_connections(

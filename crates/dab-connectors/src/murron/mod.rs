@@ -123,6 +123,12 @@ impl MurronSourceConfig {
             max_message_bytes,
             max_concurrent_streams,
             max_connections: crate::limits::max_connections(name, fields)?,
+            handshake_timeout: crate::limits::timeout(
+                name,
+                fields,
+                "handshake_timeout",
+                crate::limits::DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
             tls,
         })
     }
@@ -191,6 +197,7 @@ mod tests {
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
                 max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
+                handshake_timeout: crate::limits::DEFAULT_HANDSHAKE_TIMEOUT,
                 tls: None,
             }
         );

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dab_api::connector::SourceStats;
 use dab_api::{ConnectorError, Source, SourceContext};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +45,10 @@ pub struct MurronSourceConfig {
     pub max_concurrent_streams: u32,
     /// Connections open at once; more are closed at once and counted.
     pub max_connections: usize,
+    /// A connection that has not sent the HTTP/2 preface (or the start of
+    /// its TLS handshake) by then is closed and counted (`timeouts`); a
+    /// TLS handshake not done by then is closed by tonic.
+    pub handshake_timeout: Duration,
     /// TLS is off without it.
     pub tls: Option<TlsFiles>,
 }
@@ -109,7 +114,9 @@ impl MurronSource {
         };
         let cert = read(files.cert.clone(), "tls_cert").await?;
         let key = read(files.key.clone(), "tls_key").await?;
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(self.config.handshake_timeout))
     }
 }
 
@@ -187,6 +194,8 @@ impl Source for MurronSource {
             stop: stop.clone(),
             limit: ConnectionLimit::new(self.config.max_connections, ctx.stats.clone()),
             name: self.name.clone(),
+            handshake: self.config.handshake_timeout,
+            stats: ctx.stats.clone(),
         };
         let serve = server
             .add_service(service)
@@ -232,12 +241,23 @@ impl Source for MurronSource {
     }
 }
 
+/// The bytes a client sends first on a plain connection: the HTTP/2
+/// preface (RFC 9113, 3.4).
+const PREFACE_LEN: usize = 24;
+
 /// A connection holding its place under the listener's limit until tonic
-/// drops it.
+/// drops it. Until it has sent [`PREFACE_LEN`] bytes (the HTTP/2 preface,
+/// or the start of a TLS handshake, which tonic times out itself), it has
+/// until `deadline`: a client that connects and says nothing, or trickles,
+/// must not hold a slot.
 #[derive(Debug)]
 struct Slotted {
     stream: TcpStream,
     _slot: ConnectionSlot,
+    /// Bytes still owed before the deadline no longer applies.
+    owed: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<SourceStats>,
 }
 
 impl Connected for Slotted {
@@ -254,7 +274,31 @@ impl AsyncRead for Slotted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        use std::future::Future as _;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some(deadline) = this.deadline.as_mut() else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                this.owed = this.owed.saturating_sub(buf.filled().len() - before);
+                if this.owed == 0 {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                this.deadline = None;
+                SourceStats::add(&this.stats.timeouts, 1);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within handshake_timeout",
+                )))
+            }
+            other => other,
+        }
     }
 }
 
@@ -300,6 +344,8 @@ struct Incoming {
     stop: CancellationToken,
     limit: ConnectionLimit,
     name: String,
+    handshake: Duration,
+    stats: Arc<SourceStats>,
 }
 
 impl Stream for Incoming {
@@ -328,6 +374,9 @@ impl Stream for Incoming {
                     return Poll::Ready(Some(Ok(Slotted {
                         stream,
                         _slot: slot,
+                        owed: PREFACE_LEN,
+                        deadline: Some(Box::pin(tokio::time::sleep(this.handshake))),
+                        stats: this.stats.clone(),
                     })));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
