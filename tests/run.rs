@@ -1242,3 +1242,57 @@ fn murron_grpc_sink_reaches_an_https_peer_trusting_its_tls_ca() {
         .collect();
     assert_eq!(uids, want);
 }
+
+/// A user filtering on the JSON payload (SPEC section 7): `dab run` with
+/// stdin in and stdout out keeps exactly the events whose payload's
+/// status is 500 or more, nested fields included, and passes them on byte
+/// for byte.
+#[test]
+fn filter_on_payload_fields_through_dab_run() {
+    let dir = tmp();
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).Filter(fields.status >= 500 && fields.user[\"team-id\"] != \"T0\").Out(Stdout)\n",
+    )
+    .expect("write t.dab");
+    let lines: Vec<String> = (0..300u64)
+        .map(|i| {
+            let status = [json!(200), json!(500), json!(503.0)][i as usize % 3].clone();
+            let payload = json!({
+                "status": status,
+                "user": {"team-id": if i % 5 == 0 { "T0" } else { "T1" }},
+            })
+            .to_string();
+            json!({"type": "A", "host": "h", "pid": 1, "offset": i, "timestamp": 1, "message": payload})
+                .to_string()
+        })
+        .collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dab"))
+        .args(["run", "t.dab", "--no-config"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dab");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = lines.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("dab ends");
+    writer.join().expect("writer").expect("write stdin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .expect("utf-8")
+        .lines()
+        .collect();
+    let want: Vec<&str> = (0..300usize)
+        .filter(|i| i % 3 != 0 && i % 5 != 0)
+        .map(|i| lines[i].as_str())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}

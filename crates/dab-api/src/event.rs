@@ -97,6 +97,9 @@ pub struct Event {
     /// changes a field directly must call [`Event::touch`]; prefer
     /// [`Event::with_raw`] and [`Event::raw`] to reading this.
     pub raw: Option<(RawCodec, Bytes)>,
+    /// `message` parsed as JSON on first use by a `fields.` expression
+    /// (`crate::payload`); not part of the event's value.
+    pub payload: crate::payload::PayloadCache,
 }
 
 /// The type of an event that stands for input a source could not decode
@@ -109,6 +112,12 @@ pub const UNDECODABLE_TYPE: &str = "dab.undecodable";
 pub const ERROR_TAG: &str = "dab.error";
 
 impl Event {
+    /// Calls `f` with the payload as a JSON object (`None` when it is not
+    /// one), parsed at most once for this event.
+    pub fn with_payload<R>(&self, f: impl FnOnce(Option<&serde_json::Value>) -> R) -> R {
+        self.payload.with(&self.message, f)
+    }
+
     /// Stands for input that is not an event: the bytes as they came in
     /// `message`, the reason in the `dab.error` tag, and where they came from
     /// in `host`.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connector;
 pub mod event;
 pub mod metrics;
+pub mod payload;
 pub mod schema;
 pub mod signature;
 

@@ -50,7 +50,8 @@ fn check_compare(
     let l = operand(lhs, diags);
     let r = operand(rhs, diags);
     let ((lo, lt), (ro, rt)) = (l?, r?);
-    if lt != rt {
+    let dynamic = lt == ValueType::Dynamic || rt == ValueType::Dynamic;
+    if lt != rt && !dynamic {
         diags.push(
             Diagnostic::new(
                 Code::E008,
@@ -76,7 +77,7 @@ fn check_compare(
         BinOp::Gt => CmpOp::Gt,
         _ => CmpOp::Ge,
     };
-    if lt == ValueType::Bool && !matches!(cmp, CmpOp::Eq | CmpOp::Ne) {
+    if (lt == ValueType::Bool || rt == ValueType::Bool) && !matches!(cmp, CmpOp::Eq | CmpOp::Ne) {
         diags.push(Diagnostic::new(
             Code::E008,
             whole.span,
@@ -109,7 +110,7 @@ fn check_in(lhs: &Expr, rhs: &Expr, diags: &mut Vec<Diagnostic>) -> Option<Predi
     let mut ok = true;
     for item in items {
         match literal(item) {
-            Some(v) if v.value_type() == lt => set.push(v),
+            Some(v) if v.value_type() == lt || lt == ValueType::Dynamic => set.push(v),
             Some(v) => {
                 ok = false;
                 diags.push(
@@ -148,6 +149,7 @@ fn type_hint(t: ValueType) -> &'static str {
         ValueType::Int => "timestamp, offset and pid are integers",
         ValueType::Float => "compare floats with floats",
         ValueType::Bool => "compare booleans with true or false",
+        ValueType::Dynamic => "a payload field compares with any value",
     }
 }
 
@@ -191,6 +193,7 @@ const FIELD_NAMES: &[&str] = &[
     "pid",
     "message",
     "tags",
+    "fields",
 ];
 
 /// A value an expression compares: a field, a tag or a literal.
@@ -206,11 +209,23 @@ fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)
                 e.span,
                 format!("expected a field or a value, found {}", e.describe()),
             )
-            .with_help("fields are timestamp, host, type, offset, pid, message and tags.NAME"),
+            .with_help("fields are timestamp, host, type, offset, pid, message, tags.NAME and fields.NAME (the JSON payload)"),
         );
         return None;
     };
     let root = path.root.name.as_str();
+    if root == "fields" {
+        if path.segments.is_empty() {
+            diags.push(
+                Diagnostic::new(Code::E008, path.root.span, "`fields` needs a key").with_help(
+                    "write `fields.status` or `fields[\"k-1\"]`; `fields.a.b` reads nested objects",
+                ),
+            );
+            return None;
+        }
+        let keys = path.segments.iter().map(|s| s.text().to_owned()).collect();
+        return Some((Operand::Payload(keys), ValueType::Dynamic));
+    }
     if root == "tags" {
         return match path.segments.as_slice() {
             [seg] => Some((Operand::Tag(seg.text().to_owned()), ValueType::Str)),
@@ -241,7 +256,7 @@ fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)
             .with_label_here("not an event field")
             .with_suggestion(root, FIELD_NAMES.iter().copied())
             .with_help_if_none(
-                "fields are timestamp, host, type, offset, pid, message and tags.NAME",
+                "fields are timestamp, host, type, offset, pid, message, tags.NAME and fields.NAME (the JSON payload)",
             ),
         );
         return None;

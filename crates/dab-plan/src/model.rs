@@ -199,6 +199,9 @@ impl CmpOp {
 pub enum Operand {
     Field(Field),
     Tag(String),
+    /// `fields.a.b` / `fields["k-1"]`: the keys into the JSON payload
+    /// (SPEC section 7).
+    Payload(Vec<String>),
     Value(Value),
 }
 
@@ -263,6 +266,9 @@ pub enum ValueType {
     Float,
     Str,
     Bool,
+    /// A payload field without a schema: whatever the JSON holds, so it
+    /// compares with any value (numbers as numbers).
+    Dynamic,
 }
 
 impl ValueType {
@@ -272,6 +278,7 @@ impl ValueType {
             ValueType::Float => "a float",
             ValueType::Str => "a string",
             ValueType::Bool => "a boolean",
+            ValueType::Dynamic => "a payload field",
         }
     }
 }
@@ -295,6 +302,17 @@ impl std::fmt::Display for Operand {
                 write!(f, "tags.{t}")
             }
             Operand::Tag(t) => write!(f, "tags[{t:?}]"),
+            Operand::Payload(keys) => {
+                f.write_str("fields")?;
+                for k in keys {
+                    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        write!(f, ".{k}")?;
+                    } else {
+                        write!(f, "[{k:?}]")?;
+                    }
+                }
+                Ok(())
+            }
             Operand::Value(v) => write!(f, "{v}"),
         }
     }

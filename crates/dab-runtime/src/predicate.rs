@@ -1,9 +1,13 @@
 //! Evaluates a checked `Filter` condition on an event. The planner already
 //! type-checked it, so evaluation cannot fail: a missing tag compares equal
-//! to nothing (`==` false, `!=` true, ordering false; SPEC section 1).
+//! to nothing (`==` false, `!=` true, ordering false; SPEC section 1), and
+//! so does an absent payload field, a null, an object or a list, or a
+//! payload that is not a JSON object (SPEC section 7). Numbers compare as
+//! numbers, integer or float.
 
 use std::cmp::Ordering;
 
+use dab_api::payload::lookup;
 use dab_api::Event;
 use dab_plan::model::{CmpOp, Field, Operand, Predicate, Value};
 
@@ -18,6 +22,8 @@ enum Val<'a> {
 
 fn read<'a>(e: &'a Event, o: &'a Operand) -> Val<'a> {
     match o {
+        // A payload value is read where it is compared (`with_payload`).
+        Operand::Payload(_) => Val::Missing,
         Operand::Field(f) => match f {
             Field::Timestamp => Val::Int(e.timestamp),
             Field::Host => Val::Bytes(e.host.as_bytes()),
@@ -28,6 +34,32 @@ fn read<'a>(e: &'a Event, o: &'a Operand) -> Val<'a> {
         },
         Operand::Tag(k) => e.tag(k).map_or(Val::Missing, |v| Val::Bytes(v.as_bytes())),
         Operand::Value(v) => literal(v),
+    }
+}
+
+/// Calls `f` with the value of `o`; a payload field is looked up in the
+/// event's payload, parsed at most once per event.
+fn with_operand<R>(e: &Event, o: &Operand, f: impl FnOnce(Val<'_>) -> R) -> R {
+    match o {
+        Operand::Payload(keys) => e.with_payload(|object| {
+            let v = object.and_then(|obj| lookup(obj, keys));
+            f(v.map_or(Val::Missing, json))
+        }),
+        _ => f(read(e, o)),
+    }
+}
+
+fn json(v: &serde_json::Value) -> Val<'_> {
+    match v {
+        serde_json::Value::Bool(b) => Val::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Val::Int(i),
+            None => n.as_f64().map_or(Val::Missing, Val::Float),
+        },
+        serde_json::Value::String(s) => Val::Bytes(s.as_bytes()),
+        serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+            Val::Missing
+        }
     }
 }
 
@@ -44,6 +76,11 @@ fn order(a: &Val<'_>, b: &Val<'_>) -> Option<Ordering> {
     match (a, b) {
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
         (Val::Float(x), Val::Float(y)) => x.partial_cmp(y),
+        // Payload numbers meet literals of either kind.
+        #[allow(clippy::cast_precision_loss)]
+        (Val::Int(x), Val::Float(y)) => (*x as f64).partial_cmp(y),
+        #[allow(clippy::cast_precision_loss)]
+        (Val::Float(x), Val::Int(y)) => x.partial_cmp(&(*y as f64)),
         (Val::Bytes(x), Val::Bytes(y)) => Some(x.cmp(y)),
         (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
         _ => None,
@@ -57,7 +94,7 @@ pub fn eval(p: &Predicate, e: &Event) -> bool {
         Predicate::And(a, b) => eval(a, e) && eval(b, e),
         Predicate::Or(a, b) => eval(a, e) || eval(b, e),
         Predicate::Compare { lhs, op, rhs } => {
-            let ord = order(&read(e, lhs), &read(e, rhs));
+            let ord = with_operand(e, lhs, |l| with_operand(e, rhs, |r| order(&l, &r)));
             match op {
                 CmpOp::Eq => ord == Some(Ordering::Equal),
                 CmpOp::Ne => ord != Some(Ordering::Equal),
@@ -67,10 +104,9 @@ pub fn eval(p: &Predicate, e: &Event) -> bool {
                 CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
             }
         }
-        Predicate::In { lhs, set } => {
-            let v = read(e, lhs);
+        Predicate::In { lhs, set } => with_operand(e, lhs, |v| {
             set.iter()
                 .any(|item| order(&v, &literal(item)) == Some(Ordering::Equal))
-        }
+        }),
     }
 }

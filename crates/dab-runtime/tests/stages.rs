@@ -149,6 +149,79 @@ async fn filter_type_and_filter_keep_exactly_the_matching_events() {
     }
 }
 
+/// `fields.` reads the JSON payload (SPEC section 7): numbers compare as
+/// numbers, an absent field, a null, a list, or a payload that is not a
+/// JSON object behaves like a missing tag; two stages reading the payload
+/// share one parse. Each sink gets exactly what the Rust check keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filter_on_payload_fields_keeps_exactly_the_matching_events() {
+    let payloads: [&[u8]; 9] = [
+        br#"{"status":500,"user":{"id":"u1","k-1":true},"ratio":0.5}"#,
+        br#"{"status":200.0,"user":{"id":"u2","k-1":false},"ratio":2}"#,
+        br#"{"status":"500","user":{"id":"u3"}}"#,
+        br#"{"status":null,"user":"u1"}"#,
+        br#"{"status":[500]}"#,
+        br#"{}"#,
+        b"[1,2]",
+        b"not json",
+        br#"{"status":503,"user":{"id":"u2","k-1":true},"ratio":0.25}"#,
+    ];
+    let events: Vec<Event> = (0..45u64)
+        .map(|o| {
+            let mut e = ev("A", o);
+            e.message = bytes::Bytes::from_static(payloads[o as usize % payloads.len()]);
+            e
+        })
+        .collect();
+    let kind = |e: &Event| o_of(e) % payloads.len();
+    fn o_of(e: &Event) -> usize {
+        e.offset as usize
+    }
+    type Check = fn(usize) -> bool;
+    let cases: Vec<(&str, &str, Check)> = vec![
+        ("Filter(fields.status >= 500)", "S0", |k| matches!(k, 0 | 8)),
+        ("Filter(fields.status == 200)", "S1", |k| k == 1),
+        ("Filter(fields.user[\"k-1\"] == true)", "S2", |k| {
+            matches!(k, 0 | 8)
+        }),
+        ("Filter(fields.user.id in [\"u1\", \"u3\"])", "S3", |k| {
+            matches!(k, 0 | 2)
+        }),
+        ("Filter(fields.status != 500)", "S4", |k| k != 0),
+        ("Filter(fields.status == \"500\")", "S5", |k| k == 2),
+        (
+            "Filter(fields.ratio < 1).Filter(fields.status > 500)",
+            "S6",
+            |k| k == 8,
+        ),
+        ("Filter(fields.missing.deeper != 1)", "S7", |_| true),
+    ];
+    let mut blueprint = String::new();
+    for (i, (stage, sink, _)) in cases.iter().enumerate() {
+        blueprint.push_str(&format!("p{i}.NewPipeline().In(Src).{stage}.Out({sink})\n"));
+    }
+    let sinks: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    let h = Harness::new();
+    let (_, mut rxs) = h.vec_source("Src", batches(events.clone(), 10));
+    let plan = plan(&blueprint, &bindings(&["Src"], &sinks, ""));
+    let running = h.start(&plan, 8);
+    let statuses = acks(&mut rxs).await;
+    assert!(statuses.iter().all(|s| *s == AckStatus::Delivered));
+    finish(&running).await;
+    for (stage, sink, check) in &cases {
+        let want: Vec<Event> = events.iter().filter(|e| check(kind(e))).cloned().collect();
+        assert_eq!(
+            h.sink(sink).offsets(),
+            offsets(&want),
+            "{stage} kept the wrong events"
+        );
+        assert_eq!(h.sink(sink).events(), want, "{stage} changed events");
+    }
+    // The two payload stages of p6 parsed each payload once: what reached
+    // its sink carries the parse.
+    assert!(h.sink("S6").events().iter().all(|e| e.payload.is_parsed()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn samplers_follow_the_documented_hash_and_tag_what_they_keep() {
     const N: u64 = 100_000;
