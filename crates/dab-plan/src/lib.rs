@@ -11,6 +11,7 @@ pub mod graph;
 pub mod model;
 mod names;
 pub mod ops;
+mod payload;
 mod pipeline;
 mod set;
 
@@ -126,6 +127,12 @@ pub fn plan(
         }
     }
 
+    if let Some(declared) = &bindings.types {
+        for st in &statements {
+            payload::check_statement(st, declared, &mut diags);
+        }
+    }
+
     let per_pipeline: Vec<_> = checked.iter().map(|c| c.uses.clone()).collect();
     let uses = names::collect_uses(&per_pipeline);
     let endpoints = names::resolve(&uses, bindings, &mut diags);
@@ -216,7 +223,7 @@ fn service_links(
     }
 }
 
-trait HelpOr {
+pub(crate) trait HelpOr {
     fn with_help_or(self, help: String) -> Self;
 }
 

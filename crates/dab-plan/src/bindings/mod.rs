@@ -12,6 +12,7 @@ mod keys;
 mod listen;
 mod runnable;
 mod scalar;
+mod types;
 mod yaml;
 
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub type FileLookup<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>;
 pub use dab_api::config::ConfigValue;
 pub use kafka_options::accepted_samples as kafka_option_samples;
 pub use keys::{KeyDecl, KeySource};
+pub use types::TypeDecl;
 
 /// One bound name.
 #[derive(Debug, Clone)]
@@ -65,13 +67,6 @@ impl Binding {
     pub fn config(&self) -> (&str, &BTreeMap<String, ConfigValue>) {
         (&self.kind, &self.fields)
     }
-}
-
-/// A name declared under `types:`.
-#[derive(Debug, Clone)]
-pub struct TypeDecl {
-    pub name: String,
-    pub span: Span,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -160,7 +155,7 @@ pub fn load_bindings(
         for (key, value) in top.iter() {
             let key_span = ctx.loc.scalar(key);
             match key.as_str() {
-                "types" => out.types = Some(types(&mut ctx, key_span, value)),
+                "types" => out.types = Some(types::types(&mut ctx, key_span, value)),
                 "keys" => out.keys = keys::keys(&mut ctx, key_span, value),
                 k => match Section::from_key(k) {
                     Some(section) => {
@@ -211,56 +206,6 @@ fn section_bindings(ctx: &mut Ctx<'_>, section: Section, key: Span, value: &Node
             Vec::new()
         }
     }
-}
-
-fn types(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<TypeDecl> {
-    let entries = match value {
-        Node::Mapping(entries) => entries,
-        Node::Scalar(s) if scalar::is_null(s) => return Vec::new(),
-        _ => {
-            let span = ctx.loc.value(key, value);
-            ctx.error(
-                span,
-                format!(
-                    "`types` must be a mapping of type names, found {}",
-                    describe(value)
-                ),
-            )
-            .help = Some("for example `types: { MyEvent: {} }`".to_owned());
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::with_capacity(entries.len());
-    for (name, decl) in entries.iter() {
-        let span = ctx.loc.scalar(name);
-        let empty = match decl {
-            Node::Mapping(_) => true,
-            Node::Scalar(s) => scalar::is_null(s),
-            Node::Sequence(_) => false,
-        };
-        if !empty {
-            let at = ctx.loc.value(span, decl);
-            ctx.error(
-                at,
-                format!(
-                    "type `{}` must map to a mapping, found {}",
-                    name.as_str(),
-                    describe(decl)
-                ),
-            )
-            .help = Some(format!(
-                "write `{}: {{}}`; schemas come later",
-                name.as_str()
-            ));
-        }
-        // Declared even if its body is wrong, so FilterType does not also
-        // report it as unknown.
-        out.push(TypeDecl {
-            name: name.as_str().to_owned(),
-            span,
-        });
-    }
-    out
 }
 
 /// Keys given twice in one mapping. YAML keeps the last value, which would

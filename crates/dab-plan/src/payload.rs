@@ -1,0 +1,181 @@
+//! `fields.` paths against the schemas of the types that reach them (SPEC
+//! section 7). After `FilterType(A, B)`, a `Filter` on `fields.x` must
+//! name a field of A or B where they declare a schema, and compare it with
+//! a value of its type; both are E008, with "did you mean". Before any
+//! `FilterType`, or where no reaching type declares a schema, a payload
+//! field stays untyped (`ValueType::Dynamic`).
+
+use dab_diag::{Code, Diagnostic, Span};
+use dab_schema::{FieldType, LiteralKind, Schema};
+use dab_syntax::ast::{BinOp, Expr, ExprKind, Path, Statement};
+
+use crate::bindings::TypeDecl;
+use crate::HelpOr as _;
+
+/// Checks every `fields.` path of every `Filter` in `st`.
+pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Vec<Diagnostic>) {
+    let mut reaching: Option<Vec<String>> = None;
+    for op in &st.ops {
+        match op.name.name.as_str() {
+            "FilterType" => {
+                let names = op
+                    .positional()
+                    .filter_map(|a| match &a.value.kind {
+                        ExprKind::Str(s) => Some(s.clone()),
+                        _ => a.value.as_name().map(|n| n.name.clone()),
+                    })
+                    .collect();
+                reaching = Some(names);
+            }
+            "Filter" => {
+                let Some(names) = &reaching else { continue };
+                let schemas: Vec<(&str, &Schema)> = names
+                    .iter()
+                    .filter_map(|n| {
+                        let decl = types.iter().find(|t| t.name == *n)?;
+                        Some((decl.name.as_str(), decl.schema.as_ref()?))
+                    })
+                    .collect();
+                if schemas.is_empty() {
+                    continue;
+                }
+                for arg in op.positional() {
+                    walk(&arg.value, &schemas, diags);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn walk(e: &Expr, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
+    match &e.kind {
+        ExprKind::Not(inner) => walk(inner, schemas, diags),
+        ExprKind::Binary { op, lhs, rhs } => match op {
+            BinOp::And | BinOp::Or => {
+                walk(lhs, schemas, diags);
+                walk(rhs, schemas, diags);
+            }
+            BinOp::In => {
+                let items: Vec<&Expr> = match &rhs.kind {
+                    ExprKind::List(items) => items.iter().collect(),
+                    _ => Vec::new(),
+                };
+                side(lhs, &items, e.span, schemas, diags);
+            }
+            _ => {
+                side(lhs, &[rhs], e.span, schemas, diags);
+                side(rhs, &[lhs], e.span, schemas, diags);
+            }
+        },
+        _ => {}
+    }
+}
+
+fn payload_path(e: &Expr) -> Option<&Path> {
+    match &e.kind {
+        ExprKind::Path(p) if p.root.name == "fields" && !p.segments.is_empty() => Some(p),
+        _ => None,
+    }
+}
+
+fn literal_kind(e: &Expr) -> Option<LiteralKind> {
+    Some(match e.kind {
+        ExprKind::Int(_) => LiteralKind::Int,
+        ExprKind::Float(_) => LiteralKind::Float,
+        ExprKind::Str(_) => LiteralKind::Str,
+        ExprKind::Bool(_) => LiteralKind::Bool,
+        _ => return None,
+    })
+}
+
+/// `e`, when it is a payload path, compared with `others`.
+fn side(
+    e: &Expr,
+    others: &[&Expr],
+    whole: Span,
+    schemas: &[(&str, &Schema)],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(path) = payload_path(e) else { return };
+    let keys: Vec<&str> = path.segments.iter().map(|s| s.text()).collect();
+    let text = render(&keys);
+    let mut found: Vec<(&str, FieldType)> = Vec::new();
+    let mut deepest: Option<(usize, Vec<String>)> = None;
+    for (ty, schema) in schemas {
+        match schema.lookup(&keys) {
+            Ok(t) => found.push((ty, t)),
+            Err((at, known)) => {
+                if deepest.as_ref().is_none_or(|(d, _)| at > *d) {
+                    deepest = Some((at, known));
+                }
+            }
+        }
+    }
+    let names = schemas
+        .iter()
+        .map(|(n, _)| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if found.is_empty() {
+        let (at, known) = deepest.unwrap_or((0, Vec::new()));
+        let seg = &path.segments[at.min(path.segments.len() - 1)];
+        let step = seg.text();
+        let message = if known.is_empty() && at > 0 {
+            format!("`{}` has no fields in {names}", render(&keys[..at]))
+        } else {
+            format!(
+                "no field `{}` in the payload of {names}",
+                render(&keys[..=at])
+            )
+        };
+        diags.push(
+            Diagnostic::new(Code::E008, seg.span(), message)
+                .with_label_here("not in the schema")
+                .with_suggestion(step, known.iter().map(String::as_str))
+                .with_help_or(format!(
+                    "the fields of {names} are declared under `types:` in the bindings file"
+                )),
+        );
+        return;
+    }
+    for other in others {
+        let Some(kind) = literal_kind(other) else {
+            continue;
+        };
+        if found.iter().any(|(_, t)| t.compares_with(kind)) {
+            continue;
+        }
+        let (ty, t) = &found[0];
+        diags.push(
+            Diagnostic::new(
+                Code::E008,
+                whole,
+                format!(
+                    "cannot compare `{text}` ({} in `{ty}`) with {}",
+                    t.describe(),
+                    match kind {
+                        LiteralKind::Int => "an integer",
+                        LiteralKind::Float => "a float",
+                        LiteralKind::Str => "a string",
+                        LiteralKind::Bool => "a boolean",
+                    }
+                ),
+            )
+            .with_label(other.span, "of another type"),
+        );
+    }
+}
+
+fn render(keys: &[&str]) -> String {
+    let mut s = String::from("fields");
+    for k in keys {
+        if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            s.push('.');
+            s.push_str(k);
+        } else {
+            s.push_str(&format!("[{k:?}]"));
+        }
+    }
+    s
+}
