@@ -104,6 +104,8 @@ pub enum StartError {
         role: &'static str,
         kind: String,
     },
+    #[error("`{0}` is not a built-in connector of this build of dab")]
+    UnknownBuiltin(String),
     #[error("no pipeline of service `{0}` in this blueprint set")]
     NoPipelines(String),
     #[error("pipeline `{pipeline}`: {reason}")]
@@ -233,17 +235,28 @@ const KAFKA_SINK_BATCHES: usize = 64;
 /// `queue:pipeline`), kind and settings.
 struct SourceSpec<'a> {
     name: String,
-    kind: &'a str,
+    /// `None` for a built-in name with no kind, an error in `build`.
+    kind: Option<&'a str>,
     fields: std::borrow::Cow<'a, BTreeMap<String, ConfigValue>>,
 }
 
-fn builtin_kind(name: &str) -> &'static str {
-    match name {
-        "Stdin" => "stdin",
-        "Generator" => "generator",
-        "Stdout" => "stdout",
-        _ => "blackhole",
-    }
+/// The connector kind behind each built-in name of `BUILTIN_NAMES`
+/// (SPEC section 2).
+const BUILTIN_KINDS: &[(&str, &str)] = &[
+    ("Stdin", "stdin"),
+    ("Generator", "generator"),
+    ("Stdout", "stdout"),
+    ("Blackhole", "blackhole"),
+];
+
+/// The kind of a built-in name. Callers turn `None` into
+/// `StartError::UnknownBuiltin`, never into a default: a default sink would
+/// quietly run something nobody asked for (and a Blackhole drops the data).
+fn builtin_kind(name: &str) -> Option<&'static str> {
+    BUILTIN_KINDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, k)| *k)
 }
 
 /// What a reload changed, by pipeline id.
@@ -490,7 +503,7 @@ fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>
                 key.clone(),
                 Some(SourceSpec {
                     name: key,
-                    kind: "kafka",
+                    kind: Some("kafka"),
                     fields: std::borrow::Cow::Owned(fields),
                 }),
             )
@@ -503,7 +516,7 @@ fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>
             name.to_owned(),
             Some(SourceSpec {
                 name: name.to_owned(),
-                kind: kind.as_str(),
+                kind: Some(kind.as_str()),
                 fields: std::borrow::Cow::Borrowed(fields),
             }),
         ),
@@ -617,7 +630,11 @@ impl Running {
                     (Some(fields), _) => ("kafka", *fields),
                     (None, _) if ep.role() != Role::Sink => continue,
                     (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
-                    (None, _) => (builtin_kind(name), empty_fields()),
+                    (None, _) => (
+                        builtin_kind(name)
+                            .ok_or_else(|| StartError::UnknownBuiltin(name.to_owned()))?,
+                        empty_fields(),
+                    ),
                 };
                 let spec = (kind.to_owned(), fields.clone());
                 let unchanged = st.sinks.get(name).is_some_and(|s| s.spec == spec);
@@ -689,7 +706,10 @@ impl Running {
         for p in selected {
             let (key, spec) = input_of(plan, p);
             let Some(spec) = spec else { continue };
-            let wanted = (spec.kind.to_owned(), spec.fields.clone().into_owned());
+            let kind = spec
+                .kind
+                .ok_or_else(|| StartError::UnknownBuiltin(spec.name.clone()))?;
+            let wanted = (kind.to_owned(), spec.fields.clone().into_owned());
             let unchanged = st
                 .inputs
                 .get(&key)
@@ -702,11 +722,11 @@ impl Running {
                 .registry
                 .sources
                 .iter()
-                .find(|f| f.kind() == spec.kind)
+                .find(|f| f.kind() == kind)
                 .ok_or_else(|| StartError::UnknownKind {
                     name: spec.name.clone(),
                     role: "source",
-                    kind: spec.kind.to_owned(),
+                    kind: kind.to_owned(),
                 })?;
             let source = factory.build(&spec.name, &spec.fields)?;
             let connector = source.metrics();
@@ -1201,5 +1221,48 @@ fn abandon_rest(input: Inlet, counts: &UndeliveredCounts) {
     for b in input.close_and_drain() {
         counts.add(Undelivered::Abandoned, b.len() as u64);
         b.ack.fail();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every built-in name maps to a kind the built-in connector lists
+    /// register, in the role the plan gives the name.
+    #[test]
+    fn every_builtin_name_has_a_registered_kind() {
+        let sources: Vec<&str> = dab_connectors::builtin_sources()
+            .iter()
+            .map(|f| f.kind())
+            .collect();
+        let sinks: Vec<&str> = dab_connectors::builtin_sinks()
+            .iter()
+            .map(|f| f.kind())
+            .collect();
+        assert_eq!(BUILTIN_KINDS.len(), dab_plan::model::BUILTIN_NAMES.len());
+        for (name, role) in dab_plan::model::BUILTIN_NAMES {
+            let kind = builtin_kind(name).unwrap_or_else(|| panic!("`{name}` has no kind"));
+            let registered = match role {
+                Role::Source => &sources,
+                Role::Sink => &sinks,
+                Role::Queue => panic!("`{name}` is a built-in queue"),
+            };
+            assert!(
+                registered.contains(&kind),
+                "`{name}` maps to `{kind}`, not among {registered:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_builtin_name_has_no_kind() {
+        for name in ["Stderr", "blackhole", "", "Blackholes"] {
+            assert_eq!(builtin_kind(name), None, "{name}");
+        }
+        assert_eq!(
+            StartError::UnknownBuiltin("Stderr".to_owned()).to_string(),
+            "`Stderr` is not a built-in connector of this build of dab"
+        );
     }
 }
