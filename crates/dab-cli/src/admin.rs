@@ -1,15 +1,31 @@
 //! The admin endpoint of `dab run --metrics ADDR`: `GET /metrics`
 //! (Prometheus text), `/healthz` (alive), `/readyz` (200, or 503 with a
 //! line per reason: a source not serving, a task died, a circuit breaker
-//! not closed, draining; `Running::readiness`) and `/reliability` (the REP report `dab inspect --url` reads). GET-only and tiny, so a hand-written HTTP/1.1 responder does the
-//! job without a web framework in the binary's hot dependencies.
+//! not closed, draining; `Running::readiness`) and `/reliability` (the REP
+//! report `dab inspect --url` reads).
+//!
+//! Served with hyper's HTTP/1.1 connection (the `http` source's server
+//! already links it), one request per connection: every answer carries
+//! `connection: close` and the connection ends after it, with 10 s for
+//! the whole exchange. Routing is a plain match on method and request
+//! target; anything but GET is 405.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dab_runtime::Running;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The longest one connection may take, request and answer.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, running: Arc<Running>) {
     loop {
@@ -18,63 +34,66 @@ pub async fn serve(listener: TcpListener, running: Arc<Running>) {
         };
         let running = running.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &running)).await;
+            let service = service_fn(move |req| {
+                let answer = answer(&req, &running);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .auto_date_header(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await;
         });
     }
 }
 
-async fn answer(mut s: TcpStream, running: &Running) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // Read the request head only; GET has no body we care about.
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
+fn answer(req: &Request<Incoming>, running: &Running) -> Response<Full<Bytes>> {
+    // The request target as sent (a query string included), as before.
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let (status, ctype, body) = match (req.method(), target) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
             "text/plain; version=0.0.4",
             running.render_metrics(),
         ),
-        ("GET", "/reliability") => match &running.reliability {
-            Some(t) => ("200 OK", "application/json", t.snapshot().to_json()),
+        (&Method::GET, "/reliability") => match &running.reliability {
+            Some(t) => (StatusCode::OK, "application/json", t.snapshot().to_json()),
             None => (
-                "404 Not Found",
+                StatusCode::NOT_FOUND,
                 "text/plain",
                 "reliability tracking is off; start dab run with --reliability\n".to_owned(),
             ),
         },
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz") => {
             let r = running.readiness();
             if r.is_ready() {
-                ("200 OK", "text/plain", "ready\n".to_owned())
+                (StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
                 (
-                    "503 Service Unavailable",
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     format!("not ready\n{}\n", r.reasons.join("\n")),
                 )
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
         _ => (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".to_owned(),
         ),
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(resp.as_bytes()).await?;
-    s.shutdown().await
+    let len = body.len();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
 }

@@ -14,6 +14,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::codec::protowire::{put_varint, read_varint, Varint, MAX_VARINT_LEN};
+
 /// A message the framer could not hand out.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum FrameError {
@@ -154,23 +156,13 @@ enum Prefix {
 }
 
 fn read_prefix(b: &[u8]) -> Prefix {
-    let mut v = 0u64;
-    for (i, &byte) in b.iter().take(10).enumerate() {
-        if i == 9 && byte > 1 {
-            return Prefix::Bad;
-        }
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            return match usize::try_from(v) {
-                Ok(n) => Prefix::Len(n, i + 1),
-                Err(_) => Prefix::Bad,
-            };
-        }
-    }
-    if b.len() >= 10 {
-        Prefix::Bad
-    } else {
-        Prefix::Incomplete
+    match read_varint(b) {
+        Varint::Value(v, head) => match usize::try_from(v) {
+            Ok(n) => Prefix::Len(n, head),
+            Err(_) => Prefix::Bad,
+        },
+        Varint::CutOff => Prefix::Incomplete,
+        Varint::TooLong => Prefix::Bad,
     }
 }
 
@@ -252,13 +244,8 @@ impl DelimitedFramer {
 
 /// Writes `msg` with its varint length prefix.
 pub fn write_delimited(msg: &[u8], out: &mut BytesMut) {
-    let mut n = msg.len() as u64;
-    out.reserve(msg.len() + 10);
-    while n >= 0x80 {
-        out.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
+    out.reserve(msg.len() + MAX_VARINT_LEN);
+    put_varint(out, msg.len() as u64);
     out.put_slice(msg);
 }
 

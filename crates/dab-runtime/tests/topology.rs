@@ -121,6 +121,39 @@ async fn a_sink_or_queue_kind_with_no_factory_is_a_start_error() {
     assert!(e.to_string().contains("`K`"), "{e}");
 }
 
+/// A name the plan calls built-in but that has no connector kind (a plan
+/// from a newer dab-plan, say) is refused by name; it never falls back to
+/// a kind that runs, least of all a Blackhole that would discard the data.
+#[tokio::test]
+async fn a_builtin_name_with_no_kind_is_a_start_error_not_a_blackhole() {
+    use dab_plan::model::{Endpoint, Role};
+    let registry = dab_runtime::Registry::new(
+        dab_connectors::builtin_sources(),
+        dab_connectors::builtin_sinks(),
+    );
+    for (name, role) in [("S", Role::Sink), ("Src", Role::Source)] {
+        let mut plan = plan(
+            "p.NewPipeline().In(Src).Out(S)",
+            &bindings(&["Src"], &["S"], ""),
+        );
+        plan.endpoints
+            .insert(name.to_owned(), Endpoint::Builtin { role });
+        match dab_runtime::start(&plan, &registry, &RunOptions::default()) {
+            Ok(_) => panic!("started `{name}`, a built-in name with no kind"),
+            Err(e) => {
+                assert!(
+                    matches!(&e, StartError::UnknownBuiltin(n) if n == name),
+                    "{e:?}"
+                );
+                assert_eq!(
+                    e.to_string(),
+                    format!("`{name}` is not a built-in connector of this build of dab")
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_service_with_no_pipeline_is_a_start_error() {
     let h = Harness::new();

@@ -7,22 +7,30 @@
 //! would fill them (`codec::Filler`), and events without an offset are
 //! counted on stderr, since their numbering cannot show gaps.
 //!
-//! Online, `GET http://ADDR/reliability` answers `Report::to_json()`; a
-//! small blocking HTTP/1.1 client on `std::net` fetches it, with timeouts.
+//! Online, `GET http://ADDR/reliability` answers `Report::to_json()`;
+//! hyper's HTTP/1.1 client fetches it on a one-off current-thread runtime,
+//! with a timeout on the connect and on every wait for the peer.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
 use dab_api::Event;
 use dab_connectors::codec::{json, Filler};
 use dab_connectors::framing::{FrameError, LineFramer};
 use dab_runtime::reliability::{KeyScore, Limits, Report, Score, Tracker, DEFAULT_MAX_KEYS};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::ext::ReasonPhrase;
+use hyper::header::{ACCEPT, CONNECTION, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::net::TcpStream;
 
 use crate::args::{Format, InspectArgs};
 
@@ -38,8 +46,8 @@ const OFFLINE_WINDOW: u64 = 1 << 20;
 const MAX_REPORTED: u64 = 100;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most bytes of answer read from the admin endpoint.
-const MAX_RESPONSE: u64 = 64 << 20;
+/// The most bytes of body read from the admin endpoint.
+const MAX_RESPONSE: usize = 64 << 20;
 
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let report = match &a.url {
@@ -178,6 +186,14 @@ fn read_file(path: &Path, tracker: &Tracker, problems: &mut Problems) -> anyhow:
 
 /// `GET http://ADDR/reliability`, parsed back into a report.
 fn fetch(addr: &str) -> anyhow::Result<Report> {
+    let (url, body) = fetch_body(addr)?;
+    let v: Value =
+        serde_json::from_slice(&body).with_context(|| format!("{url} did not answer JSON"))?;
+    report_from_json(&v).with_context(|| format!("{url} did not answer a reliability report"))
+}
+
+/// The URL asked and the body of its 200 answer.
+fn fetch_body(addr: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let host = addr
         .trim()
         .trim_start_matches("http://")
@@ -186,96 +202,104 @@ fn fetch(addr: &str) -> anyhow::Result<Report> {
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {addr} (expected HOST:PORT)"))?
         .collect();
+    let url = format!("http://{host}/reliability");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP client")?;
+    let body = rt.block_on(get(addr, host, &url, &addrs))?;
+    Ok((url, body))
+}
+
+/// Connects to the first of `addrs` that answers and sends one GET over
+/// hyper's HTTP/1.1 client; every step has a timeout.
+async fn get(addr: &str, host: &str, url: &str, addrs: &[SocketAddr]) -> anyhow::Result<Vec<u8>> {
     let mut last_err = None;
     let mut stream = None;
-    for sa in &addrs {
-        match TcpStream::connect_timeout(sa, CONNECT_TIMEOUT) {
-            Ok(s) => {
+    for sa in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(sa)).await {
+            Ok(Ok(s)) => {
                 stream = Some(s);
                 break;
             }
-            Err(e) => last_err = Some(e),
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => {
+                last_err = Some(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "connection timed out",
+                ))
+            }
         }
     }
-    let Some(mut s) = stream else {
+    let Some(stream) = stream else {
         let why = last_err.map_or_else(|| "no address".to_owned(), |e| e.to_string());
         bail!("cannot connect to {addr}: {why} (is `dab run --metrics {addr}` running?)");
     };
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let request = format!(
-        "GET /reliability HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())
-        .with_context(|| format!("cannot send the request to {addr}"))?;
-    let mut raw = Vec::new();
-    (&mut s)
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .with_context(|| format!("cannot read the answer of {addr}"))?;
-    let body =
-        http_body(&raw).with_context(|| format!("bad answer from http://{host}/reliability"))?;
-    let v: Value = serde_json::from_slice(&body)
-        .with_context(|| format!("http://{host}/reliability did not answer JSON"))?;
-    report_from_json(&v)
-        .with_context(|| format!("http://{host}/reliability did not answer a reliability report"))
+    let sending = || format!("cannot send the request to {addr}");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(sending)?;
+    // Drives the connection; it ends with the answer (`connection: close`).
+    let driver = tokio::spawn(conn);
+    let request = Request::get("/reliability")
+        .header(HOST, host)
+        .header(ACCEPT, "application/json")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .with_context(sending)?;
+    let answer = within(sender.send_request(request))
+        .await
+        .with_context(sending)?
+        .map_err(|e| hyper_error(e, addr, url))?;
+    let status = answer.status();
+    if status != StatusCode::OK {
+        let reason = answer
+            .extensions()
+            .get::<ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+            .or_else(|| status.canonical_reason().map(str::to_owned))
+            .unwrap_or_default();
+        let line = format!("{:?} {} {reason}", answer.version(), status.as_u16());
+        return Err(anyhow!("status `{}`", line.trim_end()))
+            .with_context(|| format!("bad answer from {url}"));
+    }
+    let mut body = answer.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = within(body.frame())
+        .await
+        .with_context(|| format!("cannot read the answer of {addr}"))?
+    {
+        let frame = frame.map_err(|e| hyper_error(e, addr, url))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_RESPONSE {
+                return Err(anyhow!("the answer is over {MAX_RESPONSE} bytes"))
+                    .with_context(|| format!("bad answer from {url}"));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    driver.abort();
+    Ok(out)
 }
 
-/// The body of a complete HTTP/1.1 response with status 200.
-fn http_body(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("the response ended inside its head ({} bytes)", raw.len());
-    };
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let rest = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let code = status.split_whitespace().nth(1).unwrap_or("");
-    if code != "200" {
-        bail!("status `{status}`");
-    }
-    let mut length = None;
-    let mut chunked = false;
-    for h in lines {
-        let Some((k, v)) = h.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if k.eq_ignore_ascii_case("content-length") {
-            length = Some(v.parse::<usize>().context("bad content-length")?);
-        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        }
-    }
-    if chunked {
-        return dechunk(rest);
-    }
-    match length {
-        Some(n) if rest.len() < n => bail!("the body ended after {} of {n} bytes", rest.len()),
-        Some(n) => Ok(rest[..n].to_vec()),
-        None => Ok(rest.to_vec()),
-    }
+/// `f`, or an error after `IO_TIMEOUT` without progress.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(IO_TIMEOUT, f)
+        .await
+        .map_err(|_| anyhow!("no answer within {} s", IO_TIMEOUT.as_secs()))
 }
 
-fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            bail!("a chunk size line is cut short");
-        };
-        let size_line = String::from_utf8_lossy(&rest[..eol]);
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("bad chunk size `{size_hex}`"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        if rest.len() < size {
-            bail!("a chunk is cut short");
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or(&[]);
+/// An answer cut short or not HTTP is a bad answer from `url`; anything
+/// else went wrong on the connection to `addr`.
+fn hyper_error(e: hyper::Error, addr: &str, url: &str) -> anyhow::Error {
+    // A body cut short is an `UnexpectedEof` under hyper's error.
+    let body_cut_short = std::error::Error::source(&e)
+        .and_then(|c| c.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == ErrorKind::UnexpectedEof);
+    if e.is_parse() || e.is_incomplete_message() || body_cut_short {
+        anyhow::Error::new(e).context(format!("bad answer from {url}"))
+    } else {
+        anyhow::Error::new(e).context(format!("cannot read the answer of {addr}"))
     }
 }
 
@@ -337,19 +361,54 @@ fn str_field(v: &Value, name: &str) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
+    /// Answers one connection on loopback with `raw`, then closes it.
+    fn answer_once(raw: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(raw);
+        });
+        (addr, server)
+    }
+
+    fn body_of(raw: &'static [u8]) -> anyhow::Result<Vec<u8>> {
+        let (addr, server) = answer_once(raw);
+        let got = fetch_body(&addr).map(|(_, body)| body);
+        server.join().expect("server");
+        got
+    }
+
     #[test]
     fn bodies_by_length_and_by_chunks() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra";
-        assert_eq!(http_body(raw).expect("body"), b"{}");
+        assert_eq!(body_of(raw).expect("body"), b"{}");
         let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n";
-        assert_eq!(http_body(raw).expect("body"), b"{\"a\":1}");
+        assert_eq!(body_of(raw).expect("body"), b"{\"a\":1}");
         let raw = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        let err = body_of(raw).expect_err("404");
+        assert!(err
+            .to_string()
+            .starts_with("bad answer from http://127.0.0.1:"));
+        assert!(err.to_string().ends_with("/reliability"), "{err}");
         assert_eq!(
-            http_body(raw).expect_err("404").to_string(),
+            err.root_cause().to_string(),
             "status `HTTP/1.1 404 Not Found`"
         );
         let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}";
-        assert!(http_body(raw).is_err());
+        let err = body_of(raw).expect_err("cut short");
+        assert!(err.to_string().starts_with("bad answer from"), "{err:#}");
+        let raw = b"SSH-2.0-OpenSSH\r\n\r\n";
+        let err = body_of(raw).expect_err("not HTTP");
+        assert!(err.to_string().starts_with("bad answer from"), "{err:#}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod intern;
 pub mod json;
 mod json_parse;
 pub mod proto;
+pub(crate) mod protowire;
 pub mod reserved;
 mod swar;
 #[cfg(test)]

@@ -44,6 +44,7 @@ use dab_api::event::RawCodec;
 use dab_api::{Event, Text};
 
 use super::intern::intern;
+use super::protowire::{fail, put_varint, varint_len, Reader, LEN, VARINT};
 use super::{DecodeError, Present};
 
 /// The messages of `proto/murron.proto` (package `murron.v1`), as
@@ -127,7 +128,7 @@ pub fn from_pb(m: pb::Event) -> (Event, Present) {
 /// raw bytes.
 pub fn decode(buf: Bytes) -> Result<(Event, Present), DecodeError> {
     let mut ev = Event::default();
-    let mut r = Reader { b: &buf, pos: 0 };
+    let mut r = Reader::new(&buf, 0);
     while !r.done() {
         let (field, wire) = r.key()?;
         match (field, wire) {
@@ -204,17 +205,6 @@ pub fn encode(ev: &Event, out: &mut BytesMut) {
     }
 }
 
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
-
-fn fail(reason: impl Into<String>) -> DecodeError {
-    DecodeError::Protobuf {
-        reason: reason.into(),
-    }
-}
-
 fn text(buf: &Bytes, r: Range<usize>, name: &str) -> Result<Text, DecodeError> {
     if let Some(t) = intern(&buf[r.clone()]) {
         return Ok(t);
@@ -226,10 +216,7 @@ fn text(buf: &Bytes, r: Range<usize>, name: &str) -> Result<Text, DecodeError> {
 
 /// A `map<string, string>` entry: a message with key = 1, value = 2.
 fn map_entry(buf: &Bytes, entry: Range<usize>) -> Result<(Text, Text), DecodeError> {
-    let mut r = Reader {
-        b: &buf[..entry.end],
-        pos: entry.start,
-    };
+    let mut r = Reader::new(&buf[..entry.end], entry.start);
     let (mut k, mut v) = (Text::default(), Text::default());
     while !r.done() {
         match r.key()? {
@@ -244,104 +231,6 @@ fn map_entry(buf: &Bytes, entry: Range<usize>) -> Result<(Text, Text), DecodeErr
         }
     }
     Ok((k, v))
-}
-
-/// Reads `b[pos..]`; positions stay those of the whole buffer so that
-/// ranges can be sliced from it.
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn done(&self) -> bool {
-        self.pos >= self.b.len()
-    }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let start = self.pos;
-        let mut v = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = self.b.get(self.pos) else {
-                return Err(fail(format!("varint at byte {start} is cut off")));
-            };
-            self.pos += 1;
-            if i == 9 && byte > 1 {
-                return Err(fail(format!(
-                    "varint at byte {start} is longer than 64 bits"
-                )));
-            }
-            v |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(fail(format!(
-            "varint at byte {start} is longer than 10 bytes"
-        )))
-    }
-
-    fn key(&mut self) -> Result<(u32, u8), DecodeError> {
-        let at = self.pos;
-        let key = self.varint()?;
-        let field = key >> 3;
-        if field == 0 || field > (1 << 29) - 1 {
-            return Err(fail(format!("invalid field number {field} at byte {at}")));
-        }
-        // Both fit: field < 2^29, and the wire type is three bits.
-        Ok((field as u32, (key & 7) as u8))
-    }
-
-    fn len_delim(&mut self) -> Result<Range<usize>, DecodeError> {
-        let at = self.pos;
-        let n = self.varint()?;
-        let left = self.b.len() - self.pos;
-        match usize::try_from(n) {
-            Ok(n) if n <= left => {
-                let r = self.pos..self.pos + n;
-                self.pos += n;
-                Ok(r)
-            }
-            _ => Err(fail(format!(
-                "length {n} at byte {at} runs past the end ({left} bytes left)"
-            ))),
-        }
-    }
-
-    fn fixed(&mut self, n: usize) -> Result<(), DecodeError> {
-        if self.b.len() - self.pos < n {
-            return Err(fail(format!(
-                "fixed-width field at byte {} is cut off",
-                self.pos
-            )));
-        }
-        self.pos += n;
-        Ok(())
-    }
-
-    fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
-        match wire {
-            VARINT => self.varint().map(|_| ()),
-            I64 => self.fixed(8),
-            LEN => self.len_delim().map(|_| ()),
-            I32 => self.fixed(4),
-            3 | 4 => Err(fail("groups are not supported")),
-            _ => Err(fail(format!("invalid wire type {wire}"))),
-        }
-    }
-}
-
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
-}
-
-fn varint_len(v: u64) -> usize {
-    // One byte per started group of 7 bits; 0 still takes one byte.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes a non-empty length-delimited field with a one-byte key takes.

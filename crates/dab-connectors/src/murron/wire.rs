@@ -20,6 +20,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use super::rpc::Ack;
+use crate::codec::protowire::{fail, put_varint, Reader};
 use crate::codec::{proto, DecodeError, Present};
 
 /// Field 1 (`events`), length-delimited.
@@ -114,18 +115,21 @@ impl BatchReader {
 
     fn read(&mut self, max: usize, out: &mut Vec<(Event, Present)>) -> Result<(), DecodeError> {
         let buf = &self.bytes;
+        let mut r = Reader::new(buf, self.pos);
         let mut read = 0;
-        while read < max && self.pos < buf.len() {
-            let at = self.pos;
-            let key = varint(buf, &mut self.pos)?;
+        while read < max && !r.done() {
+            let at = r.pos();
+            // Not `Reader::key`: field numbers past 2^29 - 1 are skipped
+            // here, as they always were.
+            let key = r.varint()?;
             let (field, wire) = (key >> 3, (key & 7) as u8);
             match (field, wire) {
                 (0, _) => return Err(fail(format!("invalid field number 0 at byte {at}"))),
                 (1, 2) => {
-                    let r = len_delim(buf, &mut self.pos)?;
-                    let start = r.start;
+                    let range = r.len_delim()?;
+                    let start = range.start;
                     let index = self.index;
-                    let event = proto::decode(buf.slice(r)).map_err(|e| match e {
+                    let event = proto::decode(buf.slice(range)).map_err(|e| match e {
                         DecodeError::Protobuf { reason } => {
                             fail(format!("event {index} (at byte {start}): {reason}"))
                         }
@@ -140,9 +144,10 @@ impl BatchReader {
                         "field 1 (events) at byte {at} has wire type {wire}, expected 2"
                     )))
                 }
-                (_, _) => skip(buf, &mut self.pos, wire)?,
+                (_, _) => r.skip(wire)?,
             }
         }
+        self.pos = r.pos();
         Ok(())
     }
 }
@@ -281,73 +286,6 @@ impl<D: WireMessage> Decoder for WireDecoder<D> {
         let bytes = src.copy_to_bytes(src.remaining());
         D::decode_wire(bytes).map(Some)
     }
-}
-
-fn fail(reason: String) -> DecodeError {
-    DecodeError::Protobuf { reason }
-}
-
-fn varint(b: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
-    let start = *pos;
-    let mut v = 0u64;
-    for i in 0..10 {
-        let Some(&byte) = b.get(*pos) else {
-            return Err(fail(format!("varint at byte {start} is cut off")));
-        };
-        *pos += 1;
-        if i == 9 && byte > 1 {
-            break;
-        }
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err(fail(format!(
-        "varint at byte {start} is longer than 64 bits"
-    )))
-}
-
-fn len_delim(b: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, DecodeError> {
-    let at = *pos;
-    let n = varint(b, pos)?;
-    let left = b.len() - *pos;
-    match usize::try_from(n) {
-        Ok(n) if n <= left => {
-            let r = *pos..*pos + n;
-            *pos += n;
-            Ok(r)
-        }
-        _ => Err(fail(format!(
-            "length {n} at byte {at} runs past the end ({left} bytes left)"
-        ))),
-    }
-}
-
-fn skip(b: &[u8], pos: &mut usize, wire: u8) -> Result<(), DecodeError> {
-    let fixed = |pos: &mut usize, n: usize| {
-        if b.len() - *pos < n {
-            return Err(fail(format!("fixed-width field at byte {pos} is cut off")));
-        }
-        *pos += n;
-        Ok(())
-    };
-    match wire {
-        0 => varint(b, pos).map(|_| ()),
-        1 => fixed(pos, 8),
-        2 => len_delim(b, pos).map(|_| ()),
-        5 => fixed(pos, 4),
-        3 | 4 => Err(fail("groups are not supported".to_owned())),
-        _ => Err(fail(format!("invalid wire type {wire}"))),
-    }
-}
-
-fn put_varint(out: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
 }
 
 #[cfg(test)]

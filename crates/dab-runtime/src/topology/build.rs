@@ -1,0 +1,506 @@
+//! The first half of a start or reload: builds every new piece (queues,
+//! sinks, sources, pipelines) against the running state without touching
+//! it, so a piece that fails to build changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dab_api::connector::SourceStats;
+use dab_api::{Batch, ConfigValue};
+use dab_plan::model::{Endpoint, Pipeline, Role};
+use dab_plan::Plan;
+use tokio::sync::mpsc;
+
+use crate::breaker::BreakerConfig;
+use crate::metrics::{PipelineMetrics, QueueMetrics, SinkMetrics};
+use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
+use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
+use crate::sink::SinkTask;
+
+use super::state::{compile_ops, PipelineSlot, SinkSlot, SourceSlot, State};
+use super::{ReloadReport, Running, StartError};
+
+/// `batch_timeout` (ms) in a sink's binding turns on batching by time,
+/// up to `batch_size` events (500 when not given).
+fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Coalesce> {
+    let wait = match fields.get("batch_timeout") {
+        Some(ConfigValue::Int(ms)) if *ms > 0 => Duration::from_millis(u64::try_from(*ms).ok()?),
+        _ => return None,
+    };
+    let max_events = match fields.get("batch_size") {
+        Some(ConfigValue::Int(n)) if *n > 0 => usize::try_from(*n).ok()?,
+        _ => 500,
+    };
+    Some(crate::sink::Coalesce {
+        max_events,
+        max_wait: wait,
+    })
+}
+
+/// Input depth, in batches, of a Kafka sink (at least `channel_batches`).
+const KAFKA_SINK_BATCHES: usize = 64;
+
+/// A source to build: its name (a Kafka queue's reader is
+/// `queue:pipeline`), kind and settings.
+pub(super) struct SourceSpec<'a> {
+    name: String,
+    /// `None` for a built-in name with no kind, an error in `build`.
+    kind: Option<&'a str>,
+    fields: std::borrow::Cow<'a, BTreeMap<String, ConfigValue>>,
+}
+
+/// The connector kind behind each built-in name of `BUILTIN_NAMES`
+/// (SPEC section 2).
+const BUILTIN_KINDS: &[(&str, &str)] = &[
+    ("Stdin", "stdin"),
+    ("Generator", "generator"),
+    ("Stdout", "stdout"),
+    ("Blackhole", "blackhole"),
+];
+
+/// The kind of a built-in name. Callers turn `None` into
+/// `StartError::UnknownBuiltin`, never into a default: a default sink would
+/// quietly run something nobody asked for (and a Blackhole drops the data).
+fn builtin_kind(name: &str) -> Option<&'static str> {
+    BUILTIN_KINDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, k)| *k)
+}
+
+/// Everything a reload builds before it changes anything.
+pub(super) struct Staged {
+    pub(super) report: ReloadReport,
+    pub(super) queues: Vec<(String, QueueWriter, QueueReader)>,
+    pub(super) sinks: Vec<(String, SinkSlot, SinkTask)>,
+    pub(super) sources: Vec<StagedSource>,
+    pub(super) pipelines: Vec<(String, PipelineSlot, PipelineTask)>,
+}
+
+pub(super) struct StagedSource {
+    pub(super) key: String,
+    pub(super) slot: SourceSlot,
+    pub(super) source: Box<dyn dab_api::Source>,
+    pub(super) tx: mpsc::Sender<Batch>,
+    pub(super) rx: mpsc::Receiver<Batch>,
+}
+
+/// The input key of a pipeline, and, for a Kafka queue, its fields with
+/// the pipeline's consumer group.
+pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>) {
+    let name = p.config.input.as_str();
+    let empty: &'static BTreeMap<String, ConfigValue> = empty_fields();
+    match plan.endpoints.get(name) {
+        Some(Endpoint::Bound { kind, fields, role }) if *role == Role::Queue && kind == "kafka" => {
+            let key = format!("{name}:{}", p.id);
+            let mut fields = fields.clone();
+            fields.insert(
+                "group".to_owned(),
+                ConfigValue::Str(format!("dab.{name}.{}", p.id)),
+            );
+            // A queue's messages are DAB's own: their `dab.*` tags (sample
+            // rate, error) mean what they say.
+            fields.insert(
+                "reserved_names".to_owned(),
+                ConfigValue::Str("keep".to_owned()),
+            );
+            (
+                key.clone(),
+                Some(SourceSpec {
+                    name: key,
+                    kind: Some("kafka"),
+                    fields: std::borrow::Cow::Owned(fields),
+                }),
+            )
+        }
+        Some(Endpoint::Bound {
+            role: Role::Source,
+            kind,
+            fields,
+        }) => (
+            name.to_owned(),
+            Some(SourceSpec {
+                name: name.to_owned(),
+                kind: Some(kind.as_str()),
+                fields: std::borrow::Cow::Borrowed(fields),
+            }),
+        ),
+        Some(Endpoint::Builtin { role: Role::Source }) => (
+            name.to_owned(),
+            Some(SourceSpec {
+                name: name.to_owned(),
+                kind: builtin_kind(name),
+                fields: std::borrow::Cow::Borrowed(empty),
+            }),
+        ),
+        _ => (name.to_owned(), None),
+    }
+}
+
+fn empty_fields() -> &'static BTreeMap<String, ConfigValue> {
+    static EMPTY: std::sync::OnceLock<BTreeMap<String, ConfigValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(BTreeMap::new)
+}
+
+impl Running {
+    pub(super) fn build(
+        &self,
+        plan: &Plan,
+        selected: &[&Pipeline],
+        st: &State,
+    ) -> Result<Staged, StartError> {
+        let opts = &self.opts;
+        let cap = opts.channel_batches.max(1);
+        let endpoint = |name: &str| plan.endpoints.get(name);
+        let old = st.plan.as_ref();
+        let diff = old.map(|o| dab_plan::diff(o, plan));
+        let mut report = ReloadReport::default();
+        let mut rebuild: Vec<&Pipeline> = Vec::new();
+        for p in selected {
+            match (st.pipelines.contains_key(&p.id), &diff) {
+                (false, _) => {
+                    report.added.push(p.id.clone());
+                    rebuild.push(p);
+                }
+                (true, Some(d)) => match d.rebuilt.iter().find(|(id, _)| *id == p.id) {
+                    Some((_, why)) => {
+                        report.rebuilt.push((p.id.clone(), why.clone()));
+                        rebuild.push(p);
+                    }
+                    None => report.kept.push(p.id.clone()),
+                },
+                (true, None) => report.kept.push(p.id.clone()),
+            }
+        }
+        for id in st.pipelines.keys() {
+            if !selected.iter().any(|p| &p.id == id) {
+                report.removed.push(id.clone());
+            }
+        }
+        report.removed.sort();
+
+        // Memory queues used by the selected pipelines that do not exist yet.
+        let mut queues = Vec::new();
+        let mut kafka_queues: HashMap<&str, &BTreeMap<String, ConfigValue>> = HashMap::new();
+        let used = selected
+            .iter()
+            .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
+        for name in used {
+            let Some(ep) = endpoint(name) else { continue };
+            if ep.role() != Role::Queue {
+                continue;
+            }
+            if let Endpoint::Bound { kind, fields, .. } = ep {
+                if kind == "kafka" {
+                    kafka_queues.insert(name, fields);
+                    continue;
+                }
+            }
+            if !ep.is_memory_queue() {
+                let kind = match ep {
+                    Endpoint::Bound { kind, .. } => kind.clone(),
+                    _ => "?".into(),
+                };
+                return Err(StartError::UnknownKind {
+                    name: name.to_owned(),
+                    role: "queue",
+                    kind,
+                });
+            }
+            if st.queues.contains_key(name) || queues.iter().any(|(n, _, _)| n == name) {
+                continue;
+            }
+            let field = |key: &str| match ep {
+                Endpoint::Bound { fields, .. } => match fields.get(key) {
+                    Some(ConfigValue::Int(c)) => u64::try_from(*c).ok(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let capacity = field("capacity").map_or(opts.default_queue_capacity, |c| {
+                u32::try_from(c).unwrap_or(u32::MAX)
+            });
+            let capacity_bytes = field("capacity_bytes").unwrap_or(opts.default_queue_bytes);
+            let qm = Arc::new(QueueMetrics {
+                name: name.to_owned(),
+                capacity_events: u64::from(capacity),
+                ..QueueMetrics::default()
+            });
+            self.metrics.queues.push(qm.clone());
+            let (w, r) = memory_queue(capacity, capacity_bytes, qm);
+            queues.push((name.to_owned(), w, r));
+        }
+
+        // Sinks (and Kafka queues written) by pipelines being built.
+        let mut sinks: Vec<(String, SinkSlot, SinkTask)> = Vec::new();
+        for p in &rebuild {
+            for name in p.config.writes() {
+                let Some(ep) = endpoint(name) else { continue };
+                let (kind, fields) = match (kafka_queues.get(name), ep) {
+                    (Some(fields), _) => ("kafka", *fields),
+                    (None, _) if ep.role() != Role::Sink => continue,
+                    (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
+                    (None, _) => (
+                        builtin_kind(name)
+                            .ok_or_else(|| StartError::UnknownBuiltin(name.to_owned()))?,
+                        empty_fields(),
+                    ),
+                };
+                let spec = (kind.to_owned(), fields.clone());
+                let unchanged = st.sinks.get(name).is_some_and(|s| s.spec == spec);
+                if unchanged || sinks.iter().any(|(n, _, _)| n == name) {
+                    continue;
+                }
+                let factory = self
+                    .registry
+                    .sinks
+                    .iter()
+                    .find(|f| f.kind() == kind)
+                    .ok_or_else(|| StartError::UnknownKind {
+                        name: name.to_owned(),
+                        role: if kafka_queues.contains_key(name) {
+                            "queue"
+                        } else {
+                            "sink"
+                        },
+                        kind: kind.to_owned(),
+                    })?;
+                let sink = factory.build(name, fields)?;
+                let connector = sink.metrics();
+                // A Kafka sink's flush waits a broker round trip for every
+                // delivery report; a deeper input keeps the pipelines
+                // flowing meanwhile (a bandwidth-delay product, about
+                // 16 MiB of 250-byte events).
+                let depth = if kind == "kafka" {
+                    cap.max(KAFKA_SINK_BATCHES)
+                } else {
+                    cap
+                };
+                let (tx, rx) = mpsc::channel(depth);
+                // A sink rebuilt under the same name keeps counting in the
+                // same series, the old instance's last writes included.
+                let sm = st.sinks.get(name).map_or_else(
+                    || {
+                        Arc::new(SinkMetrics {
+                            name: name.to_owned(),
+                            abandoned: self.metrics.abandoned.clone(),
+                            ..SinkMetrics::default()
+                        })
+                    },
+                    |old| old.metrics.clone(),
+                );
+                let task = SinkTask {
+                    sink,
+                    input: rx,
+                    metrics: sm.clone(),
+                    force: self.force.clone(),
+                    reliability: self.reliability.clone(),
+                    coalesce: coalesce_of(fields),
+                    breaker: BreakerConfig::from_fields(fields),
+                };
+                sinks.push((
+                    name.to_owned(),
+                    SinkSlot {
+                        spec,
+                        tx,
+                        metrics: sm,
+                        connector,
+                    },
+                    task,
+                ));
+            }
+        }
+
+        // Sources: new ones, and ones whose binding changed.
+        let mut sources: Vec<StagedSource> = Vec::new();
+        for p in selected {
+            let (key, spec) = input_of(plan, p);
+            let Some(spec) = spec else { continue };
+            let kind = spec
+                .kind
+                .ok_or_else(|| StartError::UnknownBuiltin(spec.name.clone()))?;
+            let wanted = (kind.to_owned(), spec.fields.clone().into_owned());
+            let unchanged = st
+                .inputs
+                .get(&key)
+                .and_then(|i| i.source.as_ref())
+                .is_some_and(|s| s.spec == wanted);
+            if unchanged || sources.iter().any(|s| s.key == key) {
+                continue;
+            }
+            let factory = self
+                .registry
+                .sources
+                .iter()
+                .find(|f| f.kind() == kind)
+                .ok_or_else(|| StartError::UnknownKind {
+                    name: spec.name.clone(),
+                    role: "source",
+                    kind: kind.to_owned(),
+                })?;
+            let source = factory.build(&spec.name, &spec.fields)?;
+            let connector = source.metrics();
+            let (tx, rx) = mpsc::channel(cap);
+            sources.push(StagedSource {
+                key,
+                slot: SourceSlot {
+                    spec: wanted,
+                    stop: self.shutdown.child_token(),
+                    stats: Arc::new(SourceStats::default()),
+                    connector,
+                },
+                source,
+                tx,
+                rx,
+            });
+        }
+
+        // Pipelines: compiled against the sinks and queues they will have.
+        let sink_tx = |name: &str| -> Option<OutputTx> {
+            if let Some((_, slot, _)) = sinks.iter().find(|(n, _, _)| n == name) {
+                return Some(OutputTx::Channel(slot.tx.clone()));
+            }
+            if let Some(slot) = st.sinks.get(name) {
+                return Some(OutputTx::Channel(slot.tx.clone()));
+            }
+            if let Some(w) = st.queues.get(name) {
+                return Some(OutputTx::Queue(w.clone()));
+            }
+            queues
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, w, _)| OutputTx::Queue(w.clone()))
+        };
+        let mut pipelines = Vec::new();
+        for p in &rebuild {
+            let c = &p.config;
+            let mut labels: Vec<String> = c.stages.iter().map(|s| s.label()).collect();
+            for o in &c.outputs {
+                labels.extend(
+                    o.modifiers
+                        .iter()
+                        .map(|m| format!("{} -> {}", m.label(), o.target)),
+                );
+            }
+            let pm = Arc::new(
+                PipelineMetrics::new(
+                    &p.id,
+                    labels,
+                    c.outputs.iter().map(|o| o.target.clone()).collect(),
+                )
+                .with_total(self.metrics.abandoned.clone()),
+            );
+            let on_error = || c.on_error.as_deref().and_then(sink_tx);
+            let bad_key = |e: String| StartError::Stage {
+                pipeline: p.id.clone(),
+                reason: e,
+            };
+            // The dedup windows and rate-limit buckets of the pipeline this
+            // one replaces, for the ops that did not change.
+            let mut prior = st
+                .pipelines
+                .get(&p.id)
+                .map(|old| old.states.clone())
+                .unwrap_or_default();
+            let mut states = Vec::new();
+            let stages = compile_ops(None, &c.stages, sink_tx, on_error, &mut prior, &mut states)
+                .map_err(bad_key)?;
+            let mut outputs = Vec::new();
+            for o in &c.outputs {
+                let Some(tx) = sink_tx(&o.target) else {
+                    continue;
+                };
+                let modifiers = compile_ops(
+                    Some(&o.target),
+                    &o.modifiers,
+                    sink_tx,
+                    on_error,
+                    &mut prior,
+                    &mut states,
+                )
+                .map_err(bad_key)?;
+                outputs.push(Output {
+                    reroute: c.on_error.as_deref() != Some(o.target.as_str()),
+                    tx,
+                    modifiers,
+                });
+            }
+            let kafka_input = kafka_queues.contains_key(c.input.as_str())
+                || matches!(endpoint(&c.input), Some(Endpoint::Bound { kind, .. }) if kind == "kafka");
+            let screen = kafka_input.then(|| Screen {
+                on_error: on_error(),
+            });
+            let (tx, rx) = mpsc::channel(cap);
+            pipelines.push((
+                p.id.clone(),
+                PipelineSlot {
+                    tx,
+                    metrics: pm.clone(),
+                    states,
+                },
+                PipelineTask {
+                    input: Inlet::Channel(rx),
+                    screen,
+                    stages,
+                    outputs,
+                    when_full: c.when_full,
+                    metrics: pm,
+                    force: self.force.clone(),
+                    reliability: self.reliability.clone(),
+                    on_error: on_error().map(|t| Arc::new(t) as Arc<dyn dab_api::batch::Reroute>),
+                },
+            ));
+        }
+        Ok(Staged {
+            report,
+            queues,
+            sinks,
+            sources,
+            pipelines,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every built-in name maps to a kind the built-in connector lists
+    /// register, in the role the plan gives the name.
+    #[test]
+    fn every_builtin_name_has_a_registered_kind() {
+        let sources: Vec<&str> = dab_connectors::builtin_sources()
+            .iter()
+            .map(|f| f.kind())
+            .collect();
+        let sinks: Vec<&str> = dab_connectors::builtin_sinks()
+            .iter()
+            .map(|f| f.kind())
+            .collect();
+        assert_eq!(BUILTIN_KINDS.len(), dab_plan::model::BUILTIN_NAMES.len());
+        for (name, role) in dab_plan::model::BUILTIN_NAMES {
+            let kind = builtin_kind(name).unwrap_or_else(|| panic!("`{name}` has no kind"));
+            let registered = match role {
+                Role::Source => &sources,
+                Role::Sink => &sinks,
+                Role::Queue => panic!("`{name}` is a built-in queue"),
+            };
+            assert!(
+                registered.contains(&kind),
+                "`{name}` maps to `{kind}`, not among {registered:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_builtin_name_has_no_kind() {
+        for name in ["Stderr", "blackhole", "", "Blackholes"] {
+            assert_eq!(builtin_kind(name), None, "{name}");
+        }
+        assert_eq!(
+            StartError::UnknownBuiltin("Stderr".to_owned()).to_string(),
+            "`Stderr` is not a built-in connector of this build of dab"
+        );
+    }
+}
