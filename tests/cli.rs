@@ -369,7 +369,11 @@ fn help_is_there_for_every_command() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
-    assert_eq!(commands, ["validate", "graph", "run", "inspect"], "{top}");
+    assert_eq!(
+        commands,
+        ["validate", "graph", "run", "inspect", "schema"],
+        "{top}"
+    );
     for command in commands {
         for flag in ["--help", "-h"] {
             let out = dab().args([command, flag]).output().expect("run");
@@ -386,6 +390,17 @@ fn help_is_there_for_every_command() {
         assert_eq!(out.status.code(), Some(0), "help {command}");
         assert!(stdout(&out).contains(&format!("Usage: dab {command} ")));
     }
+    // The one nested command.
+    let out = dab()
+        .args(["schema", "check", "--help"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("Usage: dab schema check "),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// An NDJSON event line signed with `key`, or with a wrong signature.
@@ -602,4 +617,77 @@ fn output_into_a_closed_pipe_ends_quietly() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// `dab schema check` as a user runs it before committing a new version:
+/// a compatible version passes, an incompatible one fails with its code
+/// and the field, and `dab validate` refuses the same set.
+#[test]
+fn schema_check_accepts_compatible_versions_and_refuses_breaking_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = dir.path().join("schemas/Order");
+    std::fs::create_dir_all(&reg).expect("registry");
+    std::fs::write(
+        reg.join("v1.yaml"),
+        "version: 1\nfields:\n  id: int32\n  note: string?\n",
+    )
+    .expect("v1");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "a.NewPipeline().In(Stdin).FilterType(Order).Out(Stdout)\n",
+    )
+    .expect("t.dab");
+    let bindings = |fields: &str| {
+        std::fs::write(
+            dir.path().join("dab.yaml"),
+            format!("types:\n  Order:\n    version: 2\n    fields:\n{fields}"),
+        )
+        .expect("dab.yaml");
+    };
+    // Widening int32 to int64, dropping an optional field, adding one.
+    bindings("      id: int64\n      extra: bool?\n");
+    let out = common::run_in(dir.path(), &["schema", "check", "t.dab"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // Registering it and checking again: still fine, now as history.
+    std::fs::write(
+        reg.join("v2.yaml"),
+        "version: 2\nfields:\n  id: int64\n  extra: bool?\n",
+    )
+    .expect("v2");
+    let out = common::run_in(dir.path(), &["schema", "check", "t.dab"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // Version 3 adds a required field: E020 at the field, in both commands.
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        "types:\n  Order:\n    version: 3\n    fields:\n      id: int64\n      customer: string\n",
+    )
+    .expect("dab.yaml");
+    for cmd in [
+        &["schema", "check", "t.dab"][..],
+        &["validate", "t.dab"][..],
+    ] {
+        let out = common::run_in(dir.path(), cmd);
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {text}");
+        assert!(
+            text.contains("error[E020]: version 3 of `Order` adds the required field `customer`")
+                && text.contains("dab.yaml:6:7"),
+            "{cmd:?}: {text}"
+        );
+    }
+    // A registered version edited in place is caught as history.
+    std::fs::write(
+        reg.join("v2.yaml"),
+        "version: 2\nfields:\n  id: string\n  extra: bool?\n",
+    )
+    .expect("v2");
+    let out = common::run_in(
+        dir.path(),
+        &["schema", "check", "t.dab", "--format", "json"],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("\"E022\""), "{text}");
+    assert!(text.contains("schemas/Order/v2.yaml"), "{text}");
 }

@@ -1560,3 +1560,71 @@ fn switching_a_memory_queue_to_kafka_is_refused_and_nothing_is_lost() {
     assert_exit_0(&mut dab);
     assert_eq!(contents(&out), expected(0..60, ab, |_| true));
 }
+
+/// A hot reload that changes a type incompatibly with its registered
+/// versions (schemas/<Type>/v<N>.yaml) is refused with the code of the
+/// change (E020 here), the running set goes on and loses nothing; a
+/// compatible new version (an optional field added) then reloads.
+#[test]
+fn an_incompatible_schema_change_is_refused_by_a_reload() {
+    let dir = tmp();
+    let listen = free_addr();
+    let out = dir.path().join("out").join("t.ndjson");
+    let sink = sink_events("FileOut");
+    let registry = dir.path().join("schemas").join("A");
+    std::fs::create_dir_all(&registry).expect("registry");
+    std::fs::write(
+        registry.join("v1.yaml"),
+        "version: 1\nfields:\n  id: int64?\n",
+    )
+    .expect("v1");
+    let bindings = |version: u32, fields: &str| {
+        format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\ntypes:\n  A:\n    version: {version}\n    fields:\n{fields}  B: {{}}\n",
+            yaml_path(&out)
+        )
+    };
+    write_set(
+        dir.path(),
+        "a.NewPipeline().In(TcpIn).FilterType(A, B).Out(FileOut)\n",
+        &bindings(1, "      id: int64?\n"),
+    );
+    let (mut dab, metrics) = start(dir.path(), &["--watch"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    send_once(&listen, 0..20, ab);
+    wait_metrics(&metrics, &[(&sink, 20.0)], DELIVER);
+
+    edit(
+        dir.path(),
+        "dab.yaml",
+        &bindings(2, "      id: int64?\n      customer: string\n"),
+    );
+    wait_refusal(&mut dab, 1);
+    let err = dab.stderr();
+    assert!(
+        err.contains("error[E020]: version 2 of `A` adds the required field `customer`"),
+        "stderr:\n{err}"
+    );
+    send_once(&listen, 20..40, ab);
+    wait_metrics(
+        &metrics,
+        &[
+            (&sink, 40.0),
+            ("dab_reloads_total", 0.0),
+            ("dab_reload_failures_total", 1.0),
+        ],
+        DELIVER,
+    );
+
+    edit(
+        dir.path(),
+        "dab.yaml",
+        &bindings(2, "      id: int64?\n      customer: string?\n"),
+    );
+    wait_reload(&mut dab, 1);
+    send_once(&listen, 40..60, ab);
+    wait_metrics(&metrics, &[(&sink, 60.0)], DELIVER);
+    dab.terminate();
+    assert_exit_0(&mut dab);
+    assert_eq!(contents(&out).len(), 60, "every event once");
+}

@@ -22,6 +22,28 @@ pub enum Command {
     Run(RunArgs),
     /// Print the reliability (REP) score table of an NDJSON file or a running dab
     Inspect(InspectArgs),
+    /// Payload schemas: check them against the registry (schemas/ beside the bindings)
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Check every registered version and every type of the bindings against
+    /// the registry, full-transitively (E020-E025); exit 0 compatible, 1 not
+    Check(SchemaCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaCheckArgs {
+    /// Blueprint files or directories; the bindings are found beside the first
+    #[arg(value_name = "PATH", default_value = ".")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -119,7 +119,9 @@ pub fn load_and_check(
         set.blueprints.push((display(f), text));
     }
     let first = paths.first().map_or(Path::new("."), PathBuf::as_path);
+    let mut registry = Vec::new();
     if let Some(b) = bindings_path(first, config, cfg.no_config) {
+        registry = registry_files(&b)?;
         let (text, bad) = read(&b)?;
         if let Some(at) = bad {
             bad_encoding.push((display(&b), at, Code::E015));
@@ -131,5 +133,45 @@ pub fn load_and_check(
     for (name, at, code) in bad_encoding {
         encoding_error(&mut checked, &name, at, code);
     }
+    if !registry.is_empty() {
+        dab_plan::registry::check_registry(&mut checked, registry);
+    }
     Ok(checked)
 }
+
+/// The schema registry beside the bindings file: every
+/// `schemas/<Type>/*.yaml`, in name order (dab-plan's `registry` checks
+/// the names and contents).
+fn registry_files(bindings: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let dir = bindings
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(REGISTRY_DIR);
+    let mut out = Vec::new();
+    let Ok(types) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    let mut type_dirs: Vec<PathBuf> = types
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    type_dirs.sort();
+    for t in type_dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&t)
+            .with_context(|| format!("cannot read the schema registry {}", t.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let (text, _) = read(&f)?;
+            out.push((display(&f), text));
+        }
+    }
+    Ok(out)
+}
+
+/// The schema registry's folder, beside the bindings file.
+pub const REGISTRY_DIR: &str = "schemas";

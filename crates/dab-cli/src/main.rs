@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         args::Command::Graph(a) => cmd::graph::run(a),
         args::Command::Run(a) => cmd::run::run(a),
         args::Command::Inspect(a) => cmd::inspect::run(a),
+        args::Command::Schema(args::SchemaCommand::Check(a)) => cmd::schema::check(a),
     };
     match result {
         Ok(code) => code,

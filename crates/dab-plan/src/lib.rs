@@ -13,6 +13,7 @@ mod names;
 pub mod ops;
 mod payload;
 mod pipeline;
+pub mod registry;
 mod set;
 
 use std::collections::{BTreeMap, HashMap};

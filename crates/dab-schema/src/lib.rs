@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+pub mod compat;
+
 use serde_json::Value;
 
 /// A field's type.

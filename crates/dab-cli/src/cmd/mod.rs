@@ -3,4 +3,5 @@
 pub mod graph;
 pub mod inspect;
 pub mod run;
+pub mod schema;
 pub mod validate;

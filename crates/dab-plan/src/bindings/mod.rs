@@ -123,6 +123,51 @@ impl Ctx<'_> {
     }
 }
 
+/// Adds a schema registry file to `map` and reads it: the body of a
+/// `types:` entry (`version` and `fields`) for type `ty`. `None` when it
+/// declares no schema or cannot be read; problems are E015.
+pub fn load_type_file(
+    map: &mut SourceMap,
+    name: &str,
+    text: String,
+    ty: &str,
+) -> (Option<TypeDecl>, Vec<Diagnostic>) {
+    let file = map.add(name, text);
+    let Some(src) = map.get(file) else {
+        return (None, Vec::new());
+    };
+    let no_env = |_: &str| None;
+    let no_files = |_: &str| Err(std::io::Error::other("not read here"));
+    let mut ctx = Ctx {
+        loc: Locator::new(file, src),
+        env: &no_env,
+        files: &no_files,
+        diags: Vec::new(),
+    };
+    let Some(parsed) = yaml::parse(&ctx.loc, &mut ctx.diags) else {
+        return (None, ctx.diags);
+    };
+    let Node::Mapping(body) = &parsed.root else {
+        let span = Span::new(file, 0, 0);
+        ctx.error(
+            span,
+            format!("a registry file of type `{ty}` must be a mapping with `version` and `fields`"),
+        );
+        return (None, ctx.diags);
+    };
+    let mut field_spans = Vec::new();
+    let mut version_span = None;
+    let schema = types::schema(&mut ctx, ty, body, &mut field_spans, &mut version_span);
+    let decl = TypeDecl {
+        name: ty.to_owned(),
+        span: Span::new(file, 0, 0),
+        schema,
+        field_spans,
+        version_span,
+    };
+    (Some(decl), ctx.diags)
+}
+
 const TOP_LEVEL: [&str; 5] = ["sources", "sinks", "queues", "types", "keys"];
 
 /// Adds the file to `map` (so diagnostics can point into it) and loads it. Never panics on any input.

@@ -17,6 +17,10 @@ pub struct TypeDecl {
     pub name: String,
     pub span: Span,
     pub schema: Option<Schema>,
+    /// Where each field of the schema is named (`a.b` for nested), and the
+    /// `version` value, for diagnostics about the schema.
+    pub field_spans: Vec<(String, Span)>,
+    pub version_span: Option<Span>,
 }
 
 /// Structs nest at most this deep, so a hostile file cannot recurse far.
@@ -42,8 +46,16 @@ pub(super) fn types(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<TypeDecl>
     let mut out = Vec::with_capacity(entries.len());
     for (name, decl) in entries.iter() {
         let span = ctx.loc.scalar(name);
+        let mut field_spans = Vec::new();
+        let mut version_span = None;
         let schema = match decl {
-            Node::Mapping(body) => schema(ctx, name.as_str(), body),
+            Node::Mapping(body) => schema(
+                ctx,
+                name.as_str(),
+                body,
+                &mut field_spans,
+                &mut version_span,
+            ),
             Node::Scalar(s) if scalar::is_null(s) => None,
             _ => {
                 let at = ctx.loc.value(span, decl);
@@ -69,13 +81,21 @@ pub(super) fn types(ctx: &mut Ctx<'_>, key: Span, value: &Node) -> Vec<TypeDecl>
             name: name.as_str().to_owned(),
             span,
             schema,
+            field_spans,
+            version_span,
         });
     }
     out
 }
 
 /// `{ version: N, fields: {...} }`; `None` for `{}` (no schema).
-fn schema(ctx: &mut Ctx<'_>, ty: &str, body: &MarkedMappingNode) -> Option<Schema> {
+pub(super) fn schema(
+    ctx: &mut Ctx<'_>,
+    ty: &str,
+    body: &MarkedMappingNode,
+    spans: &mut Vec<(String, Span)>,
+    version_span: &mut Option<Span>,
+) -> Option<Schema> {
     let mut out = Schema::default();
     let mut declared = false;
     for (key, value) in body.iter() {
@@ -83,6 +103,7 @@ fn schema(ctx: &mut Ctx<'_>, ty: &str, body: &MarkedMappingNode) -> Option<Schem
         match key.as_str() {
             "version" => {
                 declared = true;
+                *version_span = Some(ctx.loc.value(key_span, value));
                 let version = match value {
                     Node::Scalar(s) => s.as_str().parse::<u32>().ok().filter(|v| *v >= 1),
                     _ => None,
@@ -102,7 +123,7 @@ fn schema(ctx: &mut Ctx<'_>, ty: &str, body: &MarkedMappingNode) -> Option<Schem
             "fields" => {
                 declared = true;
                 out.fields = match value {
-                    Node::Mapping(fields) => struct_fields(ctx, fields, 0),
+                    Node::Mapping(fields) => struct_fields(ctx, fields, 0, "", spans),
                     _ => {
                         let at = ctx.loc.value(key_span, value);
                         ctx.error(
@@ -126,10 +147,18 @@ fn schema(ctx: &mut Ctx<'_>, ty: &str, body: &MarkedMappingNode) -> Option<Schem
     declared.then_some(out)
 }
 
-fn struct_fields(ctx: &mut Ctx<'_>, fields: &MarkedMappingNode, depth: usize) -> Vec<Field> {
+fn struct_fields(
+    ctx: &mut Ctx<'_>,
+    fields: &MarkedMappingNode,
+    depth: usize,
+    prefix: &str,
+    spans: &mut Vec<(String, Span)>,
+) -> Vec<Field> {
     let mut out = Vec::with_capacity(fields.len());
     for (name, value) in fields.iter() {
         let name_span = ctx.loc.scalar(name);
+        let path = format!("{prefix}{}", name.as_str());
+        spans.push((path.clone(), name_span));
         let ty = match value {
             Node::Scalar(s) if !scalar::is_null(s) => {
                 match FieldType::parse(s.as_str()) {
@@ -159,7 +188,13 @@ fn struct_fields(ctx: &mut Ctx<'_>, fields: &MarkedMappingNode, depth: usize) ->
                 }
             }
             Node::Mapping(inner) if depth < MAX_DEPTH => Some(FieldType {
-                ty: Type::Struct(struct_fields(ctx, inner, depth + 1)),
+                ty: Type::Struct(struct_fields(
+                    ctx,
+                    inner,
+                    depth + 1,
+                    &format!("{path}."),
+                    spans,
+                )),
                 optional: false,
             }),
             _ => {
