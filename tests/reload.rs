@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use run_support::client::{free_addr, must_metric, scrape, wait_http_ok, wait_metrics, wait_tcp};
+use run_support::client::{
+    free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics, wait_tcp,
+};
 use run_support::process::Dab;
 use run_support::producer::{Pace, Producer};
 use run_support::{file_lines, poll, write_set};
@@ -1591,6 +1593,17 @@ fn an_incompatible_schema_change_is_refused_by_a_reload() {
     );
     let (mut dab, metrics) = start(dir.path(), &["--watch"]);
     wait_tcp(&listen, START, || dab.stderr());
+    // The admin endpoint serves the running set's schemas.
+    let schemas = || {
+        let r = request(&metrics, "GET", "/schemas", b"", Duration::from_secs(5))
+            .expect("GET /schemas");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<Value>(&r.body).expect("JSON")
+    };
+    assert_eq!(
+        schemas(),
+        json!({"types": {"A": {"version": 1, "fields": {"id": "int64?"}}}})
+    );
     send_once(&listen, 0..20, ab);
     wait_metrics(&metrics, &[(&sink, 20.0)], DELIVER);
 
@@ -1622,6 +1635,10 @@ fn an_incompatible_schema_change_is_refused_by_a_reload() {
         &bindings(2, "      id: int64?\n      customer: string?\n"),
     );
     wait_reload(&mut dab, 1);
+    assert_eq!(
+        schemas(),
+        json!({"types": {"A": {"version": 2, "fields": {"id": "int64?", "customer": "string?"}}}})
+    );
     send_once(&listen, 40..60, ab);
     wait_metrics(&metrics, &[(&sink, 60.0)], DELIVER);
     dab.terminate();

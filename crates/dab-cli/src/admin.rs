@@ -1,8 +1,9 @@
 //! The admin endpoint of `dab run --metrics ADDR`: `GET /metrics`
 //! (Prometheus text), `/healthz` (alive), `/readyz` (200, or 503 with a
 //! line per reason: a source not serving, a task died, a circuit breaker
-//! not closed, draining; `Running::readiness`) and `/reliability` (the REP
-//! report `dab inspect --url` reads).
+//! not closed, draining; `Running::readiness`), `/reliability` (the REP
+//! report `dab inspect --url` reads) and `/schemas` (the payload schemas
+//! of the running set's `types:`, as JSON; replaced by each reload).
 //!
 //! Served with hyper's HTTP/1.1 connection (the `http` source's server
 //! already links it), one request per connection: every answer carries
@@ -23,6 +24,38 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+/// The `/schemas` document of the set that runs now.
+static SCHEMAS: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
+
+/// Publishes the schemas of `set` (at start and after each reload that
+/// took effect): `{"types": {"T": {"version": N, "fields": {...}}}}`,
+/// types without a schema left out.
+pub fn publish_schemas(set: &dab_plan::CheckedSet) {
+    let types: serde_json::Map<String, serde_json::Value> = set
+        .bindings
+        .types
+        .iter()
+        .flatten()
+        .filter_map(|t| Some((t.name.clone(), t.schema.as_ref()?.to_json())))
+        .collect();
+    let doc = serde_json::json!({ "types": types }).to_string() + "\n";
+    *SCHEMAS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = doc;
+}
+
+fn schemas() -> String {
+    let doc = SCHEMAS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if doc.is_empty() {
+        "{\"types\":{}}\n".to_owned()
+    } else {
+        doc
+    }
+}
 
 /// The longest one connection may take, request and answer.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +98,7 @@ fn answer(req: &Request<Incoming>, running: &Running) -> Response<Full<Bytes>> {
             ),
         },
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/schemas") => (StatusCode::OK, "application/json", schemas()),
         (&Method::GET, "/readyz") => {
             let r = running.readiness();
             if r.is_ready() {

@@ -202,6 +202,7 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
     }
     match running.reload(&set.plan) {
         Ok(r) => {
+            crate::admin::publish_schemas(&set);
             // The whole reload, reading and checking the files included.
             running.metrics.reload.last_duration_us.store(
                 u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

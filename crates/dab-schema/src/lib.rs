@@ -239,6 +239,17 @@ impl Parser<'_> {
 }
 
 impl Schema {
+    /// `{"version": N, "fields": {...}}`: each field's type text, a nested
+    /// struct as an object of its fields (the admin endpoint's document).
+    pub fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        if let Some(v) = self.version {
+            out.insert("version".into(), Value::from(v));
+        }
+        out.insert("fields".into(), fields_json(&self.fields));
+        Value::Object(out)
+    }
+
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }
@@ -285,6 +296,21 @@ impl Schema {
         };
         struct_conforms(&self.fields, obj, "")
     }
+}
+
+fn fields_json(fields: &[Field]) -> Value {
+    Value::Object(
+        fields
+            .iter()
+            .map(|f| {
+                let v = match &f.ty.ty {
+                    Type::Struct(inner) => fields_json(inner),
+                    _ => Value::from(f.ty.to_string()),
+                };
+                (f.name.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 fn struct_conforms(

@@ -194,3 +194,20 @@ fn comparisons_follow_the_field_type() {
     assert!(!t("bool").compares_with(LiteralKind::Int));
     assert!(!t("list<string>").compares_with(LiteralKind::Str));
 }
+
+#[test]
+fn the_json_document_keeps_names_types_and_nesting() {
+    assert_eq!(
+        api_call().to_json(),
+        json!({
+            "version": 3,
+            "fields": {
+                "team_id": "int64", "user_id": "int64", "visitor_id": "string?",
+                "user_agent": "map<string, string>?", "api_call_method": "string",
+                "api_call_ok": "bool", "latency_ms": "float64",
+                "tags_seen": "list<string>?",
+                "client": {"name": "string", "version": "string?"},
+            }
+        })
+    );
+}

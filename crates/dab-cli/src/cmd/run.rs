@@ -48,6 +48,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     for d in &set.diagnostics {
         tracing::warn!("{}", crate::render::render(&set.map, d).trim_end());
     }
+    crate::admin::publish_schemas(&set);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
