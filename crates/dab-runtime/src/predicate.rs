@@ -7,7 +7,7 @@
 
 use std::cmp::Ordering;
 
-use dab_api::payload::lookup;
+use dab_api::payload::Scalar;
 use dab_api::Event;
 use dab_plan::model::{CmpOp, Field, Operand, Predicate, Value};
 
@@ -37,29 +37,18 @@ fn read<'a>(e: &'a Event, o: &'a Operand) -> Val<'a> {
     }
 }
 
-/// Calls `f` with the value of `o`; a payload field is looked up in the
-/// event's payload, parsed at most once per event.
+/// Calls `f` with the value of `o`; a payload field is read from the
+/// event's payload, indexed at most once per event.
 fn with_operand<R>(e: &Event, o: &Operand, f: impl FnOnce(Val<'_>) -> R) -> R {
     match o {
-        Operand::Payload(keys) => e.with_payload(|object| {
-            let v = object.and_then(|obj| lookup(obj, keys));
-            f(v.map_or(Val::Missing, json))
-        }),
-        _ => f(read(e, o)),
-    }
-}
-
-fn json(v: &serde_json::Value) -> Val<'_> {
-    match v {
-        serde_json::Value::Bool(b) => Val::Bool(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Val::Int(i),
-            None => n.as_f64().map_or(Val::Missing, Val::Float),
+        Operand::Payload(keys) => match e.payload.field(&e.message, keys) {
+            None | Some(Scalar::Other) => f(Val::Missing),
+            Some(Scalar::Int(i)) => f(Val::Int(i)),
+            Some(Scalar::Float(x)) => f(Val::Float(x)),
+            Some(Scalar::Bool(b)) => f(Val::Bool(b)),
+            Some(Scalar::Str(s)) => f(Val::Bytes(s.as_bytes())),
         },
-        serde_json::Value::String(s) => Val::Bytes(s.as_bytes()),
-        serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
-            Val::Missing
-        }
+        _ => f(read(e, o)),
     }
 }
 
