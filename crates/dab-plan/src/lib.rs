@@ -23,7 +23,7 @@ use crate::bindings::Bindings;
 use crate::model::{Endpoint, Pipeline, Role};
 
 pub use diff::{diff, ReloadPlan};
-pub use set::{check_set, CheckedSet, SourceSet};
+pub use set::{check_set, check_set_cached, CheckedSet, ParseCache, SourceSet};
 
 /// Choices that change what is checked.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +63,16 @@ impl Plan {
 /// diagnostic found (the plan is only meant to run when there are no errors).
 pub fn plan(
     blueprints: &[Blueprint],
+    bindings: &Bindings,
+    options: &Options,
+) -> (Plan, Vec<Diagnostic>) {
+    let refs: Vec<&Blueprint> = blueprints.iter().collect();
+    plan_refs(&refs, bindings, options)
+}
+
+/// [`plan`] over blueprints held elsewhere (a reload's parse cache).
+pub(crate) fn plan_refs(
+    blueprints: &[&Blueprint],
     bindings: &Bindings,
     options: &Options,
 ) -> (Plan, Vec<Diagnostic>) {

@@ -549,8 +549,10 @@ impl Running {
                 (true, None) => report.kept.push(p.id.clone()),
             }
         }
+        let selected_ids: std::collections::HashSet<&str> =
+            selected.iter().map(|p| p.id.as_str()).collect();
         for id in st.pipelines.keys() {
-            if !selected.iter().any(|p| &p.id == id) {
+            if !selected_ids.contains(id.as_str()) {
                 report.removed.push(id.clone());
             }
         }
@@ -689,15 +691,17 @@ impl Running {
         for p in selected {
             let (key, spec) = input_of(plan, p);
             let Some(spec) = spec else { continue };
-            let wanted = (spec.kind.to_owned(), spec.fields.clone().into_owned());
+            // Compared in place: most pipelines share a running source, and
+            // a copy of its fields for each would cost more than the rest.
             let unchanged = st
                 .inputs
                 .get(&key)
                 .and_then(|i| i.source.as_ref())
-                .is_some_and(|s| s.spec == wanted);
+                .is_some_and(|s| s.spec.0 == spec.kind && s.spec.1 == *spec.fields);
             if unchanged || sources.iter().any(|s| s.key == key) {
                 continue;
             }
+            let wanted = (spec.kind.to_owned(), spec.fields.clone().into_owned());
             let factory = self
                 .registry
                 .sources
