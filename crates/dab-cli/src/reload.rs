@@ -221,7 +221,7 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger, cache: &mut Par
         running.metrics.reload.failed.add(1);
         return;
     }
-    match running.reload(&set.plan) {
+    match running.reload_owned(set.plan) {
         Ok(r) => {
             // The whole reload, reading and checking the files included.
             running.metrics.reload.last_duration_us.store(

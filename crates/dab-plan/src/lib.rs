@@ -136,7 +136,7 @@ pub(crate) fn plan_refs(
         }
     }
 
-    let per_pipeline: Vec<_> = checked.iter().map(|c| c.uses.clone()).collect();
+    let per_pipeline: Vec<&[_]> = checked.iter().map(|c| c.uses.as_slice()).collect();
     let uses = names::collect_uses(&per_pipeline);
     let endpoints = names::resolve(&uses, bindings, &mut diags);
 
