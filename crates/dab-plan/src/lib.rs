@@ -82,11 +82,12 @@ pub(crate) fn plan_refs(
         .flat_map(|b| b.statements.iter())
         .collect();
 
-    let mut first_by_id: HashMap<String, dab_diag::Span> = HashMap::new();
+    // Each statement's id, made once (an allocation each).
+    let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
+    let mut first_by_id: HashMap<&str, dab_diag::Span> = HashMap::new();
     let mut checked = Vec::with_capacity(statements.len());
-    for st in &statements {
-        let id = st.id();
-        if let Some(first) = first_by_id.get(&id) {
+    for (st, id) in statements.iter().zip(&ids) {
+        if let Some(first) = first_by_id.get(id.as_str()) {
             diags.push(
                 Diagnostic::new(Code::E013, st.head_span, format!("duplicate pipeline id `{id}`"))
                     .with_label_here("defined again here")
@@ -147,7 +148,6 @@ pub(crate) fn plan_refs(
             head: st.head_span,
         })
         .collect();
-    let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
     let members: Vec<cycles::Member<'_>> = members
         .into_iter()
         .zip(&ids)
@@ -166,14 +166,15 @@ pub(crate) fn plan_refs(
 
     let pipelines: Vec<Pipeline> = statements
         .iter()
+        .zip(&ids)
         .zip(checked)
-        .filter_map(|(st, c)| {
+        .filter_map(|((st, id), c)| {
             let config = c.config?;
             let resolved = std::iter::once(config.input.as_str())
                 .chain(config.writes())
                 .all(|n| endpoints.contains_key(n));
             resolved.then(|| Pipeline {
-                id: st.id(),
+                id: id.clone(),
                 service: st.service.name.clone(),
                 span: st.head_span,
                 config,
