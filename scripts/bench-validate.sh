@@ -3,11 +3,14 @@
 # "Validation"): builds the release binary, generates FILES x PER_FILE
 # pipelines with scripts/gen-corpus.py, checks that the set is valid with no
 # warning, then times `dab validate DIR` with hyperfine (or a plain loop when
-# hyperfine cannot be had) and prints the median.
+# hyperfine cannot be had) and prints the median. In the same hyperfine run
+# it times a ceiling: `cat` of the same blueprint and bindings files (reading
+# the bytes, starting a process), and prints dab's median over it.
 #
 #   scripts/bench-validate.sh                 # 100 files x 100 pipelines
 #   FILES=20 PER_FILE=500 RUNS=5 scripts/bench-validate.sh
 #   TIMER=loop scripts/bench-validate.sh     # no hyperfine, a date loop
+#   DAB_BIN=/path/to/dab scripts/bench-validate.sh   # another build, not rebuilt
 #
 # At most WARMUP + RUNS timed runs (2 + 10 by default; RUNS is capped at 20).
 set -euo pipefail
@@ -22,11 +25,14 @@ TIMER="${TIMER:-hyperfine}"
 if (( RUNS > 20 )); then RUNS=20; fi
 
 target_dir="${CARGO_TARGET_DIR:-target}"
-dab="$target_dir/release/dab"
+dab="${DAB_BIN:-$target_dir/release/dab}"
 corpus="$target_dir/bench-corpus"
+TARGET_MS=300
 
-echo "== building $dab" >&2
-cargo build --release --quiet -p dab-cli
+if [ -z "${DAB_BIN:-}" ]; then
+    echo "== building $dab" >&2
+    cargo build --release --quiet -p dab-cli
+fi
 
 echo "== generating the set into $corpus" >&2
 rm -rf "$corpus"
@@ -52,10 +58,11 @@ cmd=("$dab" validate "$corpus")
 if [ "$TIMER" = hyperfine ] && command -v hyperfine >/dev/null; then
     json="$target_dir/bench-validate.json"
     # hyperfine fails on a non-zero exit status, which is the assertion we want.
+    ceiling="cat $corpus/*.dab $corpus/dab.yaml"
     hyperfine --warmup "$WARMUP" --runs "$RUNS" --export-json "$json" --style basic \
-        "${cmd[*]}" >&2
-    median_ms=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["results"][0]; print(round(r["median"] * 1000))' "$json")
-    tool="hyperfine, $WARMUP warmup + $RUNS runs"
+        "${cmd[*]}" "$ceiling > /dev/null" >&2
+    read -r median_ms ceiling_ms < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["results"]; print(round(r[0]["median"] * 1000), "%.1f" % (r[1]["median"] * 1000))' "$json")
+    tool="hyperfine, $WARMUP warmup + $RUNS runs; ceiling \`cat\` of the same files ${ceiling_ms} ms"
 else
     echo "== no hyperfine: timing $RUNS runs with date" >&2
     for ((i = 0; i < WARMUP; i++)); do "${cmd[@]}" >/dev/null; done
@@ -71,5 +78,5 @@ else
 fi
 
 pipelines=$((FILES * PER_FILE))
-verdict=$([ "$median_ms" -lt 1000 ] && echo "under" || echo "OVER")
-echo "dab validate: $pipelines pipelines in $FILES files ($mb MB): median ${median_ms} ms ($tool); $verdict the 1 s target"
+verdict=$([ "$median_ms" -lt "$TARGET_MS" ] && echo "under" || echo "OVER")
+echo "dab validate: $pipelines pipelines in $FILES files ($mb MB): median ${median_ms} ms ($tool); $verdict the $TARGET_MS ms target"

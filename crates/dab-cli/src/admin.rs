@@ -28,12 +28,11 @@ use tokio::net::TcpListener;
 /// The `/schemas` document of the set that runs now.
 static SCHEMAS: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
 
-/// Publishes the schemas of `set` (at start and after each reload that
-/// took effect): `{"types": {"T": {"version": N, "fields": {...}}}}`,
-/// types without a schema left out.
-pub fn publish_schemas(set: &dab_plan::CheckedSet) {
-    let types: serde_json::Map<String, serde_json::Value> = set
-        .bindings
+/// Publishes the schemas of a set's bindings (at start and after each
+/// reload that took effect): `{"types": {"T": {"version": N, "fields":
+/// {...}}}}`, types without a schema left out.
+pub fn publish_schemas(bindings: &dab_plan::bindings::Bindings) {
+    let types: serde_json::Map<String, serde_json::Value> = bindings
         .types
         .iter()
         .flatten()

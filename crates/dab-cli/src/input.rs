@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use dab_diag::{Code, Diagnostic, Span};
-use dab_plan::{check_set, CheckedSet, Options, SourceSet};
+use dab_plan::bindings::{EnvLookup, FileLookup};
+use dab_plan::{check_set, check_set_cached, CheckedSet, Options, ParseCache, SourceSet};
 
 use crate::args::ConfigArgs;
 use crate::env::Env;
@@ -108,6 +109,18 @@ pub fn load_and_check(
     cfg: &ConfigArgs,
     options: &Options,
 ) -> anyhow::Result<CheckedSet> {
+    load_and_check_cached(paths, config, cfg, options, None)
+}
+
+/// [`load_and_check`], with the parse of unchanged files taken from `cache`
+/// (`dab run` keeps one for its reloads). The result is the same.
+pub fn load_and_check_cached(
+    paths: &[PathBuf],
+    config: Option<&Path>,
+    cfg: &ConfigArgs,
+    options: &Options,
+    cache: Option<&mut ParseCache>,
+) -> anyhow::Result<CheckedSet> {
     let files = blueprint_files(paths)?;
     let mut set = SourceSet::default();
     let mut bad_encoding = Vec::new();
@@ -129,7 +142,11 @@ pub fn load_and_check(
         set.bindings = Some((display(&b), text));
     }
     let env = Env::from_args(&cfg.env_file, &cfg.env)?;
-    let mut checked = check_set(set, &|k| env.lookup(k), &|p| std::fs::read(p), options);
+    let (env, files): (EnvLookup<'_>, FileLookup<'_>) = (&|k| env.lookup(k), &|p| std::fs::read(p));
+    let mut checked = match cache {
+        Some(cache) => check_set_cached(set, env, files, options, cache),
+        None => check_set(set, env, files, options),
+    };
     for (name, at, code) in bad_encoding {
         encoding_error(&mut checked, &name, at, code);
     }

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dab_plan::Options;
+use dab_plan::{Options, ParseCache};
 use dab_runtime::Running;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::args::RunArgs;
-use crate::input::{bindings_path, blueprint_files, load_and_check};
+use crate::input::{bindings_path, blueprint_files, load_and_check_cached};
 
 /// Quiet time that ends a burst of file events.
 const QUIET: Duration = Duration::from_millis(15);
@@ -150,22 +150,43 @@ pub fn hangup(_tx: mpsc::Sender<Trigger>) {}
 
 /// Applies triggers one at a time; triggers that arrive during a reload
 /// are folded into the next one.
-pub async fn serve(a: Arc<RunArgs>, running: Arc<Running>, mut rx: mpsc::Receiver<Trigger>) {
+/// `cache` holds the parse of each file as last checked (by `dab run`'s
+/// first check, then by each reload), so a reload parses only the files
+/// that changed; everything after parsing still sees the whole set.
+pub async fn serve(
+    a: Arc<RunArgs>,
+    running: Arc<Running>,
+    mut rx: mpsc::Receiver<Trigger>,
+    mut cache: ParseCache,
+) {
     while let Some(trigger) = rx.recv().await {
         while rx.try_recv().is_ok() {}
         // Reading and checking the set is synchronous work (milliseconds
         // per hundred pipelines); keep it off the async workers.
         let (a, running) = (a.clone(), running.clone());
-        let _ = tokio::task::spawn_blocking(move || reload_once(&a, &running, trigger)).await;
+        cache = tokio::task::spawn_blocking(move || {
+            reload_once(&a, &running, trigger, &mut cache);
+            cache
+        })
+        .await
+        // A reload that panicked takes its cache along: start afresh.
+        .unwrap_or_default();
     }
 }
 
-fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
+fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger, cache: &mut ParseCache) {
     let started = Instant::now();
     let options = Options {
         service: a.service.clone(),
     };
-    let mut set = match load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options) {
+    let loaded = load_and_check_cached(
+        &a.paths,
+        a.config.config.as_deref(),
+        &a.config,
+        &options,
+        Some(cache),
+    );
+    let mut set = match loaded {
         Ok(set) => set,
         Err(e) => {
             tracing::error!(?trigger, error = %format!("{e:#}"), "reload failed: cannot read the set; the running pipelines are unchanged");
@@ -200,9 +221,9 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger) {
         running.metrics.reload.failed.add(1);
         return;
     }
-    match running.reload(&set.plan) {
+    match running.reload_owned(set.plan) {
         Ok(r) => {
-            crate::admin::publish_schemas(&set);
+            crate::admin::publish_schemas(&set.bindings);
             // The whole reload, reading and checking the files included.
             running.metrics.reload.last_duration_us.store(
                 u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -1,7 +1,9 @@
 //! Front-end throughput on a large, valid blueprint set (docs/PERFORMANCE.md,
-//! "Validation"): `parse` is the syntax crate alone, `check_set` is what
-//! `dab validate` does between reading the files and rendering (parse,
-//! bindings, plan). Both report bytes per second.
+//! "Validation"): `parse` is the syntax crate alone (`parse_pest_only` the
+//! same with pest alone, as before the hand-written parser), `check_set` is
+//! what `dab validate` does between reading the files and rendering (parse,
+//! bindings, plan), and `check_set_cached_one_file_changed` is what a
+//! reload does after an edit to one file. All report bytes per second.
 //!
 //! The set is 10,000 pipelines in 100 files, generated here with a fixed seed
 //! in the spirit of `scripts/gen-corpus.py` (services, named pipelines,
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use dab_diag::FileId;
-use dab_plan::{check_set, Options, SourceSet};
+use dab_plan::{check_set, check_set_cached, Options, ParseCache, SourceSet};
 
 const FILES: usize = 100;
 const PIPELINES_PER_FILE: usize = 100;
@@ -71,6 +73,21 @@ fn bench(c: &mut Criterion) {
         });
     });
 
+    // The same with pest alone, as before the hand-written parser: the
+    // comparison in the same run.
+    group.bench_function("parse_pest_only", |b| {
+        b.iter_with_large_drop(|| {
+            set.blueprints
+                .iter()
+                .enumerate()
+                .map(|(i, (_, text))| {
+                    let file = FileId(u32::try_from(i).expect("fewer than 2^32 files"));
+                    dab_syntax::parse_pest_only(file, black_box(text))
+                })
+                .collect::<Vec<_>>()
+        });
+    });
+
     group.throughput(Throughput::BytesDecimal(
         (blueprint_bytes + bindings_bytes) as u64,
     ));
@@ -78,6 +95,47 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || set.clone(),
             |set| check_set(set, &env, &|p| std::fs::read(p), &Options::default()),
+            BatchSize::LargeInput,
+        );
+    });
+    // What a reload does after an edit to one file: the same check with the
+    // parse cache of the previous one. Each iteration flips the first file
+    // between two texts, so exactly one file is parsed again.
+    let mut edited = set.clone();
+    if let Some((_, text)) = edited.blueprints.first_mut() {
+        text.push_str("// edited\n");
+    }
+    let mut cache = ParseCache::default();
+    let warm = check_set_cached(
+        set.clone(),
+        &env,
+        &|p| std::fs::read(p),
+        &Options::default(),
+        &mut cache,
+    );
+    assert!(warm.diagnostics.is_empty());
+    let mut flip = false;
+    group.bench_function("check_set_cached_one_file_changed", |b| {
+        b.iter_batched(
+            || {
+                flip = !flip;
+                if flip {
+                    edited.clone()
+                } else {
+                    set.clone()
+                }
+            },
+            |s| {
+                let r = check_set_cached(
+                    s,
+                    &env,
+                    &|p| std::fs::read(p),
+                    &Options::default(),
+                    &mut cache,
+                );
+                debug_assert_eq!(cache.parsed_last(), 1);
+                r
+            },
             BatchSize::LargeInput,
         );
     });

@@ -3,6 +3,8 @@
 //! Pipelines are matched by id and compared as derived-`PartialEq` configs,
 //! including the bindings of every name they read or write.
 
+use std::collections::{HashMap, HashSet};
+
 use dab_diag::{Code, Diagnostic};
 
 use crate::model::{Endpoint, Pipeline};
@@ -25,8 +27,15 @@ impl ReloadPlan {
 
 pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
+    // By id: a lookup per pipeline, not a scan (sets have thousands).
+    let mut old_by_id: HashMap<&str, &Pipeline> = HashMap::new();
+    for p in &old.pipelines {
+        // The first of a repeated id, as `Plan::pipeline` finds it.
+        old_by_id.entry(p.id.as_str()).or_insert(p);
+    }
+    let new_ids: HashSet<&str> = new.pipelines.iter().map(|p| p.id.as_str()).collect();
     for p in &new.pipelines {
-        match old.pipeline(&p.id) {
+        match old_by_id.get(p.id.as_str()).copied() {
             None => plan.added.push(p.id.clone()),
             Some(o) => {
                 let reasons = why_changed(old, o, new, p);
@@ -39,7 +48,7 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
         }
     }
     for o in &old.pipelines {
-        if new.pipeline(&o.id).is_none() {
+        if !new_ids.contains(o.id.as_str()) {
             plan.removed.push(o.id.clone());
         }
     }

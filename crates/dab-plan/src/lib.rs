@@ -25,7 +25,7 @@ use crate::bindings::Bindings;
 use crate::model::{Endpoint, Pipeline, Role};
 
 pub use diff::{diff, ReloadPlan};
-pub use set::{check_set, CheckedSet, SourceSet};
+pub use set::{check_set, check_set_cached, CheckedSet, ParseCache, SourceSet};
 
 /// Choices that change what is checked.
 #[derive(Debug, Clone, Default)]
@@ -68,17 +68,28 @@ pub fn plan(
     bindings: &Bindings,
     options: &Options,
 ) -> (Plan, Vec<Diagnostic>) {
+    let refs: Vec<&Blueprint> = blueprints.iter().collect();
+    plan_refs(&refs, bindings, options)
+}
+
+/// [`plan`] over blueprints held elsewhere (a reload's parse cache).
+pub(crate) fn plan_refs(
+    blueprints: &[&Blueprint],
+    bindings: &Bindings,
+    options: &Options,
+) -> (Plan, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let statements: Vec<_> = blueprints
         .iter()
         .flat_map(|b| b.statements.iter())
         .collect();
 
-    let mut first_by_id: HashMap<String, dab_diag::Span> = HashMap::new();
+    // Each statement's id, made once (an allocation each).
+    let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
+    let mut first_by_id: HashMap<&str, dab_diag::Span> = HashMap::new();
     let mut checked = Vec::with_capacity(statements.len());
-    for st in &statements {
-        let id = st.id();
-        if let Some(first) = first_by_id.get(&id) {
+    for (st, id) in statements.iter().zip(&ids) {
+        if let Some(first) = first_by_id.get(id.as_str()) {
             diags.push(
                 Diagnostic::new(Code::E013, st.head_span, format!("duplicate pipeline id `{id}`"))
                     .with_label_here("defined again here")
@@ -134,7 +145,7 @@ pub fn plan(
         }
     }
 
-    let per_pipeline: Vec<_> = checked.iter().map(|c| c.uses.clone()).collect();
+    let per_pipeline: Vec<&[_]> = checked.iter().map(|c| c.uses.as_slice()).collect();
     let uses = names::collect_uses(&per_pipeline);
     let endpoints = names::resolve(&uses, bindings, &mut diags);
 
@@ -145,7 +156,6 @@ pub fn plan(
             head: st.head_span,
         })
         .collect();
-    let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
     let members: Vec<cycles::Member<'_>> = members
         .into_iter()
         .zip(&ids)
@@ -164,14 +174,15 @@ pub fn plan(
 
     let pipelines: Vec<Pipeline> = statements
         .iter()
+        .zip(&ids)
         .zip(checked)
-        .filter_map(|(st, c)| {
+        .filter_map(|((st, id), c)| {
             let config = c.config?;
             let resolved = std::iter::once(config.input.as_str())
                 .chain(config.writes())
                 .all(|n| endpoints.contains_key(n));
             resolved.then(|| Pipeline {
-                id: st.id(),
+                id: id.clone(),
                 service: st.service.name.clone(),
                 span: st.head_span,
                 config,

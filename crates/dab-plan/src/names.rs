@@ -17,11 +17,11 @@ pub(crate) struct Uses {
 }
 
 /// Names in order of first use, with their uses.
-pub(crate) fn collect_uses(per_pipeline: &[Vec<NameUse>]) -> Vec<(String, Uses)> {
+pub(crate) fn collect_uses(per_pipeline: &[&[NameUse]]) -> Vec<(String, Uses)> {
     let mut order: Vec<(String, Uses)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (p, uses) in per_pipeline.iter().enumerate() {
-        for u in uses {
+        for u in *uses {
             let i = *index.entry(u.name.as_str()).or_insert_with(|| {
                 order.push((u.name.clone(), Uses::default()));
                 order.len() - 1

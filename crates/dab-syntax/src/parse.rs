@@ -19,7 +19,35 @@ struct DabParser;
 
 /// Parses one blueprint file. Never panics; syntax errors come back as E001
 /// diagnostics and the statements around them are still parsed.
+///
+/// Each statement goes through the hand-written parser in `fast.rs` first;
+/// pest parses only the statements it gives up on (errors, mostly).
 pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
+    parse_with(file, text, Mode::Both).unwrap_or_default()
+}
+
+/// [`parse`] with pest alone, for tests that hold the fast path to pest's
+/// answers.
+#[doc(hidden)]
+pub fn parse_pest_only(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
+    parse_with(file, text, Mode::PestOnly).unwrap_or_default()
+}
+
+/// [`parse`] with the fast path alone: `None` when a statement needed pest.
+/// For tests that check the fast path covers valid input.
+#[doc(hidden)]
+pub fn parse_fast_only(file: FileId, text: &str) -> Option<(Blueprint, Vec<Diagnostic>)> {
+    parse_with(file, text, Mode::FastOnly)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Both,
+    PestOnly,
+    FastOnly,
+}
+
+fn parse_with(file: FileId, text: &str, mode: Mode) -> Option<(Blueprint, Vec<Diagnostic>)> {
     let mut cx = Cx {
         file,
         base: 0,
@@ -61,6 +89,18 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
             );
             continue;
         }
+        let before = cx.diags.len();
+        if mode != Mode::PestOnly {
+            if let Some(stmt) = crate::fast::statement(&mut cx, chunk) {
+                statements.push(stmt);
+                continue;
+            }
+            if mode == Mode::FastOnly {
+                return None;
+            }
+        }
+        // Not what the fast path expects: pest decides, and words the error.
+        cx.diags.truncate(before);
         match DabParser::parse(Rule::single, chunk) {
             Ok(mut pairs) => {
                 let stmt = pairs.next().and_then(|single| {
@@ -77,7 +117,7 @@ pub fn parse(file: FileId, text: &str) -> (Blueprint, Vec<Diagnostic>) {
             }
         }
     }
-    (Blueprint { file, statements }, cx.diags)
+    Some((Blueprint { file, statements }, cx.diags))
 }
 
 /// True when the text holds only white space and comments.
@@ -249,10 +289,10 @@ fn describe(rule: Rule) -> Option<&'static str> {
     })
 }
 
-struct Cx {
-    file: FileId,
-    base: usize,
-    diags: Vec<Diagnostic>,
+pub(crate) struct Cx {
+    pub(crate) file: FileId,
+    pub(crate) base: usize,
+    pub(crate) diags: Vec<Diagnostic>,
 }
 
 impl Cx {
@@ -293,23 +333,7 @@ impl Cx {
             name: String::new(),
             span,
         });
-        // Through the closing parenthesis of NewPipeline(...).
-        let head_end = ops
-            .first()
-            .map_or(span.end, |o| o.span.start.saturating_sub(1))
-            .max(head_end);
-        let head_span = Span {
-            file: self.file,
-            start: span.start,
-            end: head_end,
-        };
-        Statement {
-            service,
-            name,
-            ops,
-            head_span,
-            span,
-        }
+        statement_of(service, name, ops, head_end, span)
     }
 
     fn op(&mut self, p: Pair<'_, Rule>) -> Op {
@@ -422,33 +446,8 @@ impl Cx {
                 }
                 e
             }
-            Rule::integer => {
-                let kind = match p.as_str().parse::<i64>() {
-                    Ok(v) => ExprKind::Int(v),
-                    Err(_) => {
-                        self.diags.push(
-                            Diagnostic::new(Code::E009, span, "integer literal out of range")
-                                .with_help("integers are 64-bit: at most 9223372036854775807"),
-                        );
-                        ExprKind::Int(0)
-                    }
-                };
-                Expr { kind, span }
-            }
-            Rule::float => {
-                let v = p.as_str().parse::<f64>().unwrap_or(f64::NAN);
-                let kind = if v.is_finite() {
-                    ExprKind::Float(v)
-                } else {
-                    self.diags.push(Diagnostic::new(
-                        Code::E009,
-                        span,
-                        "float literal out of range",
-                    ));
-                    ExprKind::Float(0.0)
-                };
-                Expr { kind, span }
-            }
+            Rule::integer => self.integer(p.as_str(), span),
+            Rule::float => self.float(p.as_str(), span),
             Rule::duration => Expr {
                 kind: ExprKind::Duration(self.duration(p.as_str(), span)),
                 span,
@@ -498,7 +497,36 @@ impl Cx {
         }
     }
 
-    fn duration(&mut self, text: &str, span: Span) -> std::time::Duration {
+    pub(crate) fn integer(&mut self, text: &str, span: Span) -> Expr {
+        let kind = match text.parse::<i64>() {
+            Ok(v) => ExprKind::Int(v),
+            Err(_) => {
+                self.diags.push(
+                    Diagnostic::new(Code::E009, span, "integer literal out of range")
+                        .with_help("integers are 64-bit: at most 9223372036854775807"),
+                );
+                ExprKind::Int(0)
+            }
+        };
+        Expr { kind, span }
+    }
+
+    pub(crate) fn float(&mut self, text: &str, span: Span) -> Expr {
+        let v = text.parse::<f64>().unwrap_or(f64::NAN);
+        let kind = if v.is_finite() {
+            ExprKind::Float(v)
+        } else {
+            self.diags.push(Diagnostic::new(
+                Code::E009,
+                span,
+                "float literal out of range",
+            ));
+            ExprKind::Float(0.0)
+        };
+        Expr { kind, span }
+    }
+
+    pub(crate) fn duration(&mut self, text: &str, span: Span) -> std::time::Duration {
         let (digits, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
             Some(i) => text.split_at(i),
             None => (text, "ms"),
@@ -532,6 +560,12 @@ impl Cx {
     fn string(&mut self, p: Pair<'_, Rule>) -> StrLit {
         let span = self.span(&p);
         let raw = p.into_inner().next().map_or("", |inner| inner.as_str());
+        self.string_lit(raw, span)
+    }
+
+    /// A string literal from the text between its quotes (`raw`) and the
+    /// span of the whole literal, quotes included.
+    pub(crate) fn string_lit(&mut self, raw: &str, span: Span) -> StrLit {
         let mut value = String::with_capacity(raw.len());
         let mut chars = raw.char_indices();
         while let Some((i, c)) = chars.next() {
@@ -571,6 +605,33 @@ impl Cx {
             }
         }
         StrLit { value, span }
+    }
+}
+
+/// The statement, with its head span running through the closing
+/// parenthesis of `NewPipeline(...)` (`head_end` is where the name, or
+/// `NewPipeline`, ends).
+pub(crate) fn statement_of(
+    service: Ident,
+    name: Option<StrLit>,
+    ops: Vec<Op>,
+    head_end: u32,
+    span: Span,
+) -> Statement {
+    let head_end = ops
+        .first()
+        .map_or(span.end, |o| o.span.start.saturating_sub(1))
+        .max(head_end);
+    let head_span = Span {
+        end: head_end,
+        ..span
+    };
+    Statement {
+        service,
+        name,
+        ops,
+        head_span,
+        span,
     }
 }
 

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dab_plan::Options;
+use dab_plan::{Options, ParseCache};
 use dab_runtime::{Registry, RunOptions};
 
 use crate::args::{Format, LogFormat, RunArgs};
 use crate::cmd::validate::report_to;
-use crate::input::load_and_check;
+use crate::input::load_and_check_cached;
 
 /// A stop abandoned events (docs/runtime.md, "Exit status").
 const EXIT_ABANDONED: u8 = 3;
@@ -39,7 +39,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let options = Options {
         service: a.service.clone(),
     };
-    let set = load_and_check(&a.paths, a.config.config.as_deref(), &a.config, &options)?;
+    // Kept for the reloads, which then parse only the files that changed.
+    let mut cache = ParseCache::default();
+    let set = load_and_check_cached(
+        &a.paths,
+        a.config.config.as_deref(),
+        &a.config,
+        &options,
+        Some(&mut cache),
+    )?;
     if set.has_errors() {
         // Same checks, same words as `dab validate`; nothing starts.
         report_to(&mut std::io::stderr().lock(), &set, Format::Human)?;
@@ -48,15 +56,19 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     for d in &set.diagnostics {
         tracing::warn!("{}", crate::render::render(&set.map, d).trim_end());
     }
-    crate::admin::publish_schemas(&set);
+    crate::admin::publish_schemas(&set.bindings);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(Arc::new(a), set.plan))
+    rt.block_on(serve(Arc::new(a), set.plan, cache))
 }
 
-async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode> {
+async fn serve(
+    a: Arc<RunArgs>,
+    plan: dab_plan::Plan,
+    cache: ParseCache,
+) -> anyhow::Result<ExitCode> {
     // `dab run ... | head`: once the reader of stdout is gone, end as
     // SIGPIPE ends a Unix tool, quietly and at once. Nothing unacknowledged
     // is lost by it: sources were not told "delivered" for what is in
@@ -110,7 +122,12 @@ async fn serve(a: Arc<RunArgs>, plan: dab_plan::Plan) -> anyhow::Result<ExitCode
         None
     };
     drop(reload_tx);
-    let reloads = tokio::spawn(crate::reload::serve(a.clone(), running.clone(), reload_rx));
+    let reloads = tokio::spawn(crate::reload::serve(
+        a.clone(),
+        running.clone(),
+        reload_rx,
+        cache,
+    ));
 
     let deadline = Duration::from_secs(a.shutdown_timeout);
     let signals = {

@@ -173,8 +173,10 @@ impl Running {
                 (true, None) => report.kept.push(p.id.clone()),
             }
         }
+        let selected_ids: std::collections::HashSet<&str> =
+            selected.iter().map(|p| p.id.as_str()).collect();
         for id in st.pipelines.keys() {
-            if !selected.iter().any(|p| &p.id == id) {
+            if !selected_ids.contains(id.as_str()) {
                 report.removed.push(id.clone());
             }
         }
@@ -320,15 +322,17 @@ impl Running {
             let kind = spec
                 .kind
                 .ok_or_else(|| StartError::UnknownBuiltin(spec.name.clone()))?;
-            let wanted = (kind.to_owned(), spec.fields.clone().into_owned());
+            // Compared in place: most pipelines share a running source, and
+            // a copy of its fields for each would cost more than the rest.
             let unchanged = st
                 .inputs
                 .get(&key)
                 .and_then(|i| i.source.as_ref())
-                .is_some_and(|s| s.spec == wanted);
+                .is_some_and(|s| s.spec.0 == kind && s.spec.1 == *spec.fields);
             if unchanged || sources.iter().any(|s| s.key == key) {
                 continue;
             }
+            let wanted = (kind.to_owned(), spec.fields.clone().into_owned());
             let factory = self
                 .registry
                 .sources

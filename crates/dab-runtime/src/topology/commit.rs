@@ -195,7 +195,6 @@ impl Running {
         st.queues
             .retain(|name, _| written.contains(name.as_str()) || read.contains(name.as_str()));
         m.channels.retain(|(_, w)| w.upgrade().is_some());
-        st.plan = Some(plan.clone());
         report
     }
 

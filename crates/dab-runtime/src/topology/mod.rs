@@ -257,7 +257,7 @@ pub fn start(plan: &Plan, registry: &Registry, opts: &RunOptions) -> Result<Runn
         live_sources: Arc::new(AtomicU64::new(0)),
         state_is_first: std::sync::atomic::AtomicBool::new(true),
     };
-    running.apply(plan)?;
+    running.apply(plan.clone())?;
     running.state_is_first.store(false, Ordering::Release);
     {
         let rss = running.rss.clone();
@@ -297,6 +297,13 @@ impl Running {
     /// Every new piece is built before anything changes, so a piece that
     /// fails to build leaves the running topology as it was.
     pub fn reload(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
+        self.reload_owned(plan.clone())
+    }
+
+    /// [`Running::reload`] of a plan the caller no longer needs: it becomes
+    /// the running plan without a copy (a copy of a large set's plan is a
+    /// good part of a reload).
+    pub fn reload_owned(&self, plan: Plan) -> Result<ReloadReport, StartError> {
         let started = std::time::Instant::now();
         let r = self.apply(plan);
         let m = &self.metrics.reload;
@@ -320,7 +327,14 @@ impl Running {
 
     /// Builds the pieces `plan` needs (`build`), then starts them and
     /// retires what they replace (`commit`).
-    fn apply(&self, plan: &Plan) -> Result<ReloadReport, StartError> {
+    fn apply(&self, plan: Plan) -> Result<ReloadReport, StartError> {
+        let (report, old) = self.apply_keeping_old(plan)?;
+        // The replaced plan is dropped here, outside the state's lock.
+        drop(old);
+        Ok(report)
+    }
+
+    fn apply_keeping_old(&self, plan: Plan) -> Result<(ReloadReport, Option<Plan>), StartError> {
         let opts = &self.opts;
         let selected: Vec<&Pipeline> = plan
             .pipelines
@@ -337,7 +351,11 @@ impl Running {
         let Some(st) = guard.as_mut() else {
             return Err(StartError::ShuttingDown);
         };
-        let staged = self.build(plan, &selected, st)?;
-        Ok(self.commit(plan, &selected, st, staged))
+        let staged = self.build(&plan, &selected, st)?;
+        let report = self.commit(&plan, &selected, st, staged);
+        drop(selected);
+        let old = st.plan.replace(plan);
+        drop(guard);
+        Ok((report, old))
     }
 }
