@@ -21,3 +21,5 @@ pub use connector::{
     Sink, SinkError, SinkFactory, Source, SourceContext, SourceFactory, Written,
 };
 pub use event::{Event, Text};
+/// The payload schema of a declared type (SPEC section 7), as typed sinks get it.
+pub use dab_schema::Schema as PayloadSchema;
