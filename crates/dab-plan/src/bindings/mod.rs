@@ -202,6 +202,7 @@ pub fn type_schema<'a>(bindings: &'a Bindings, b: &Binding) -> Option<&'a dab_sc
 /// E015: a sink whose columns come from a type's schema (`parquet`) names
 /// a type that is not declared with `fields`.
 fn typed_sinks(ctx: &mut Ctx<'_>, out: &Bindings) {
+    use crate::HelpOr;
     for b in &out.sinks {
         if !dab_api::schema::SCHEMA_TYPED_SINKS.contains(&b.kind.as_str()) {
             continue;
