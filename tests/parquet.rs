@@ -23,7 +23,8 @@ const HOURS: [i64; 7] = [0, 1, 2, 3, 1, 0, 5];
 fn python() -> PathBuf {
     let python: PathBuf = match std::env::var_os("DAB_PYTHON") {
         Some(p) => p.into(),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dab/venv/bin/python"),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/dab/venv/bin/python"),
     };
     let ok = Command::new(&python)
         .args(["-c", "import pyarrow, duckdb"])
@@ -70,7 +71,11 @@ fn payload(i: u64) -> (String, Value) {
     }
     row.insert(
         "visitor_id".into(),
-        if i % 3 == 2 { json!(format!("v{i}")) } else { Value::Null },
+        if i % 3 == 2 {
+            json!(format!("v{i}"))
+        } else {
+            Value::Null
+        },
     );
     p.insert("latency_ms".into(), json!(i as f64 + 0.5));
     row.insert("latency_ms".into(), json!(i as f64 + 0.5));
@@ -88,9 +93,15 @@ fn payload(i: u64) -> (String, Value) {
     if i % 5 == 0 {
         row.insert("user_agent".into(), Value::Null);
     } else {
-        p.insert("user_agent".into(), json!({"os": "linux", "n": i.to_string()}));
+        p.insert(
+            "user_agent".into(),
+            json!({"os": "linux", "n": i.to_string()}),
+        );
         // Map entries in key order, as pyarrow lists them.
-        row.insert("user_agent".into(), json!([["n", i.to_string()], ["os", "linux"]]));
+        row.insert(
+            "user_agent".into(),
+            json!([["n", i.to_string()], ["os", "linux"]]),
+        );
     }
     let version = (i % 2 == 0).then(|| format!("1.{i}"));
     let mut client = json!({"name": format!("c{i}")});
@@ -98,7 +109,10 @@ fn payload(i: u64) -> (String, Value) {
         client["version"] = json!(v);
     }
     p.insert("client".into(), client);
-    row.insert("client".into(), json!({"name": format!("c{i}"), "version": version}));
+    row.insert(
+        "client".into(),
+        json!({"name": format!("c{i}"), "version": version}),
+    );
     if i % 6 == 0 {
         p.insert("body".into(), json!(format!("b{i}")));
         row.insert("body".into(), json!(format!("b{i}")));
@@ -159,7 +173,11 @@ fn run_dab(dir: &Path, input: &str) {
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().expect("dab ends");
     writer.join().expect("writer").expect("write stdin");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every file under `dir`, relative.
@@ -211,7 +229,8 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     let all = files(&out);
     assert!(!all.is_empty());
     assert!(
-        all.iter().all(|f| f.ends_with(".parquet") && !f.contains("/.")),
+        all.iter()
+            .all(|f| f.ends_with(".parquet") && !f.contains("/.")),
         "{all:?}"
     );
 
@@ -220,7 +239,11 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
         .arg(&out)
         .output()
         .expect("run parquet_read.py");
-    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
     let got: Value = serde_json::from_slice(&read.stdout).expect("json");
 
     // Exact rows and values, each in the partition of its event hour.
@@ -229,7 +252,10 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     let mut by_team: BTreeMap<u64, Value> = BTreeMap::new();
     for r in rows {
         let team = r["team_id"].as_u64().expect("team_id");
-        assert!(by_team.insert(team, r.clone()).is_none(), "team {team} twice");
+        assert!(
+            by_team.insert(team, r.clone()).is_none(),
+            "team {team} twice"
+        );
     }
     for (i, w) in &want {
         assert_eq!(by_team.get(i), Some(w), "row of event {i}");
@@ -262,12 +288,23 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
 
     // Type and version in every file's metadata; field ids by declaration.
     for m in got["metadata"].as_array().expect("metadata") {
-        assert_eq!(m, &json!({"dab.type": "ApiCall", "dab.schema_version": "3"}));
+        assert_eq!(
+            m,
+            &json!({"dab.type": "ApiCall", "dab.schema_version": "3"})
+        );
     }
     let ids = &got["field_ids"][0];
     let names = [
-        "team_id", "retries", "visitor_id", "latency_ms", "ok", "tags_seen", "user_agent", "client",
-        "body", "at",
+        "team_id",
+        "retries",
+        "visitor_id",
+        "latency_ms",
+        "ok",
+        "tags_seen",
+        "user_agent",
+        "client",
+        "body",
+        "at",
     ];
     let want_ids: Vec<Value> = names
         .iter()
@@ -283,7 +320,10 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("bad line"))
         .collect();
-    let offsets: Vec<u64> = bad.iter().map(|e| e["offset"].as_u64().expect("offset")).collect();
+    let offsets: Vec<u64> = bad
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
     let want_bad: Vec<u64> = (0..N).filter(|i| is_bad(*i)).collect();
     let mut sorted = offsets.clone();
     sorted.sort_unstable();
@@ -304,15 +344,32 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
 #[test]
 fn validate_refuses_a_type_without_a_schema() {
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("t.dab"), "p.NewPipeline().In(Stdin).Out(W)\n").expect("t.dab");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).Out(W)\n",
+    )
+    .expect("t.dab");
     std::fs::write(
         dir.path().join("dab.yaml"),
         "types:\n  ApiCall: {}\n  Typed: { version: 1, fields: { a: int64 } }\nsinks:\n  W: { kind: parquet, path: out, type: ApiCall }\n",
     )
     .expect("dab.yaml");
-    let o = common::run_in(dir.path(), &["validate", "t.dab", "--config", "dab.yaml", "--format", "json"]);
+    let o = common::run_in(
+        dir.path(),
+        &[
+            "validate", "t.dab", "--config", "dab.yaml", "--format", "json",
+        ],
+    );
     assert!(!o.status.success());
-    assert_eq!(common::json_codes(&o), vec!["E015".to_owned()], "{}", common::stdout(&o));
+    assert_eq!(
+        common::json_codes(&o),
+        vec!["E015".to_owned()],
+        "{}",
+        common::stdout(&o)
+    );
     let text = common::stdout(&o);
-    assert!(text.contains("type `ApiCall` is not declared with a schema"), "{text}");
+    assert!(
+        text.contains("type `ApiCall` is not declared with a schema"),
+        "{text}"
+    );
 }

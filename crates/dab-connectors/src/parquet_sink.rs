@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::builder::{BinaryBuilder, StringBuilder};
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray,
-    RecordBatch, StringArray, StructArray, TimestampNanosecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray, RecordBatch,
+    StringArray, StructArray, TimestampNanosecondArray,
 };
 use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field as ArrowField, Fields as ArrowFields, Schema as ArrowSchema};
@@ -110,7 +110,10 @@ pub struct ParquetSink {
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> SinkError {
-    SinkError::transient(ConnectorError::io(format!("{what} `{}`", path.display()), e))
+    SinkError::transient(ConnectorError::io(
+        format!("{what} `{}`", path.display()),
+        e,
+    ))
 }
 
 fn pq(what: &str, path: &Path, e: parquet::errors::ParquetError) -> SinkError {
@@ -152,7 +155,9 @@ impl ParquetSink {
     /// The partition directory of an hour since the epoch.
     fn partition(&self, hour: i64) -> PathBuf {
         let t = chrono::DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
-        self.cfg.dir.join(t.format("year=%Y/month=%m/day=%d/hour=%H").to_string())
+        self.cfg
+            .dir
+            .join(t.format("year=%Y/month=%m/day=%d/hour=%H").to_string())
     }
 
     /// The open file of `hour`, opening one (after closing the least
@@ -263,7 +268,10 @@ impl ParquetSink {
                 }),
                 Err(reason) => rejected.push(Rejection {
                     index,
-                    reason: format!("payload does not conform to type `{}`: {reason}", self.cfg.type_name),
+                    reason: format!(
+                        "payload does not conform to type `{}`: {reason}",
+                        self.cfg.type_name
+                    ),
                 }),
             }
         }
@@ -344,9 +352,9 @@ fn check_value(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), Strin
         (Type::Timestamp, Some(Value::String(s))) => parse_rfc3339(s)
             .map(drop)
             .ok_or_else(|| format!("`{path}` is not a timestamp in range: {s:?}")),
-        (Type::List(item), Some(Value::Array(xs))) => xs
-            .iter()
-            .try_for_each(|x| check_value(item, Some(x), path)),
+        (Type::List(item), Some(Value::Array(xs))) => {
+            xs.iter().try_for_each(|x| check_value(item, Some(x), path))
+        }
         (Type::Map(value), Some(Value::Object(m))) => m
             .values()
             .try_for_each(|x| check_value(value, Some(x), path)),
@@ -425,7 +433,11 @@ fn struct_fields(fields: &[Field], next: &mut i32) -> ArrowFields {
 }
 
 /// One record batch of conforming payloads.
-fn record_batch(arrow: &SchemaRef, fields: &[Field], rows: &[Value]) -> Result<RecordBatch, String> {
+fn record_batch(
+    arrow: &SchemaRef,
+    fields: &[Field],
+    rows: &[Value],
+) -> Result<RecordBatch, String> {
     let objs: Vec<Option<&Value>> = rows.iter().map(Some).collect();
     let columns = struct_columns(arrow.fields(), fields, &objs)?;
     RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
@@ -464,7 +476,10 @@ fn column(t: &Type, dt: &DataType, vals: &[Option<&Value>]) -> Result<ArrayRef, 
         ),
         Type::Int32 => Arc::new(
             vals.iter()
-                .map(|v| v.and_then(Value::as_i64).and_then(|i| i32::try_from(i).ok()))
+                .map(|v| {
+                    v.and_then(Value::as_i64)
+                        .and_then(|i| i32::try_from(i).ok())
+                })
                 .collect::<Int32Array>(),
         ),
         Type::Int64 => Arc::new(
@@ -590,8 +605,12 @@ impl ParquetSinkFactory {
             reason,
         };
         let f = Fields(fields);
-        let dir = f.str("path").ok_or_else(|| fail("`path` is required".into()))?;
-        let type_name = f.str("type").ok_or_else(|| fail("`type` is required".into()))?;
+        let dir = f
+            .str("path")
+            .ok_or_else(|| fail("`path` is required".into()))?;
+        let type_name = f
+            .str("type")
+            .ok_or_else(|| fail("`type` is required".into()))?;
         let schema = schema.ok_or_else(|| {
             fail(format!(
                 "type `{type_name}` is not declared with `fields` under `types:`"
@@ -643,7 +662,9 @@ impl SinkFactory for ParquetSinkFactory {
         fields: &BTreeMap<String, ConfigValue>,
         schema: Option<&Schema>,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        Ok(Box::new(ParquetSink::new(Self::config(name, fields, schema)?)))
+        Ok(Box::new(ParquetSink::new(Self::config(
+            name, fields, schema,
+        )?)))
     }
 }
 

@@ -68,8 +68,16 @@ fn rows(path: &Path) -> Vec<(i64, Option<String>)> {
     let mut out = Vec::new();
     for b in reader {
         let b = b.expect("batch");
-        let ids = b.column(0).as_any().downcast_ref::<Int64Array>().expect("ids");
-        let notes = b.column(1).as_any().downcast_ref::<StringArray>().expect("notes");
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("ids");
+        let notes = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("notes");
         for i in 0..b.num_rows() {
             out.push((
                 ids.value(i),
@@ -93,7 +101,10 @@ fn nothing_has_a_final_name_before_the_commit() {
     let mut s = sink(dir.path(), 16);
     run(async {
         let w = s
-            .write(&[event(10, r#"{"id":1,"note":"a"}"#), event(10, r#"{"id":2}"#)])
+            .write(&[
+                event(10, r#"{"id":1,"note":"a"}"#),
+                event(10, r#"{"id":2}"#),
+            ])
             .await
             .expect("write");
         assert!(w.rejected.is_empty());
@@ -110,7 +121,10 @@ fn nothing_has_a_final_name_before_the_commit() {
     });
     let after = files(dir.path());
     assert_eq!(after.len(), 1, "{after:?}");
-    assert!(after[0].starts_with("year=1970/month=01/day=01/hour=10/part-"), "{after:?}");
+    assert!(
+        after[0].starts_with("year=1970/month=01/day=01/hour=10/part-"),
+        "{after:?}"
+    );
     assert!(after[0].ends_with(".parquet"), "{after:?}");
     assert_eq!(
         rows(&dir.path().join(&after[0])),
@@ -140,7 +154,10 @@ fn at_most_max_open_writers_files_are_open_late_hours_included() {
                 .await
                 .expect("write");
             assert!(s.open.len() <= 2);
-            let tmp = files(dir.path()).iter().filter(|f| f.ends_with(".tmp")).count();
+            let tmp = files(dir.path())
+                .iter()
+                .filter(|f| f.ends_with(".tmp"))
+                .count();
             assert!(tmp <= 2, "{tmp} temporary files open");
         }
         s.flush().await.expect("flush");
@@ -150,7 +167,11 @@ fn at_most_max_open_writers_files_are_open_late_hours_included() {
     assert_eq!(stats.files_committed.load(Ordering::Relaxed), 5);
     assert_eq!(stats.rows_committed.load(Ordering::Relaxed), 5);
     let all = files(dir.path());
-    assert_eq!(all.iter().filter(|f| f.contains("hour=01/")).count(), 2, "{all:?}");
+    assert_eq!(
+        all.iter().filter(|f| f.contains("hour=01/")).count(),
+        2,
+        "{all:?}"
+    );
     assert!(all.iter().all(|f| f.ends_with(".parquet")), "{all:?}");
 }
 
@@ -171,7 +192,11 @@ fn non_conforming_payloads_are_rejected_with_the_reason() {
         s.flush().await.expect("flush");
         w
     });
-    let got: Vec<(usize, String)> = w.rejected.into_iter().map(|r| (r.index, r.reason)).collect();
+    let got: Vec<(usize, String)> = w
+        .rejected
+        .into_iter()
+        .map(|r| (r.index, r.reason))
+        .collect();
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[0].0, 1);
     assert!(got[0].1.contains("`id` is a string, not int64"), "{got:?}");

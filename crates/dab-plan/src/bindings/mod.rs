@@ -228,7 +228,9 @@ fn typed_sinks(ctx: &mut Ctx<'_>, out: &Bindings) {
             span,
             format!("type `{name}` is not declared with a schema"),
         )
-        .with_label_here("a `{}` sink takes its columns from the type's `fields`".replace("{}", &b.kind))
+        .with_label_here(
+            "a `{}` sink takes its columns from the type's `fields`".replace("{}", &b.kind),
+        )
         .with_suggestion(name, declared.iter().copied())
         .with_help_or(format!(
             "declare it under `types:`: `{name}: {{ version: 1, fields: {{ ... }} }}`"
