@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -160,21 +159,8 @@ sinks:
   Bad: { kind: file, path: bad.ndjson }
 "#;
 
-fn run_dab(dir: &Path, input: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dab"))
-        .args(["run", "t.dab", "--config", "dab.yaml"])
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn dab");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("dab ends");
-    writer.join().expect("writer").expect("write stdin");
+fn run_dab(dir: &Path, input: String) {
+    let out = common::run_with_stdin(dir, &["run", "t.dab", "--config", "dab.yaml"], input);
     assert!(
         out.status.success(),
         "{}",
@@ -224,7 +210,7 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
             want.insert(i, row);
         }
     }
-    run_dab(dir.path(), &input);
+    run_dab(dir.path(), input);
 
     // Nothing but committed files under final names.
     let out = dir.path().join("out");
