@@ -38,6 +38,7 @@ use arrow_schema::{DataType, Field as ArrowField, Fields as ArrowFields, Schema 
 use arrow_schema::{SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use dab_api::config::Fields;
+use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::{
     BuildError, ConfigValue, ConnectorError, Event, Rejection, Sink, SinkError, SinkFactory,
     Written,
@@ -68,9 +69,11 @@ pub struct ParquetConfig {
     pub max_open_writers: usize,
 }
 
-/// Counters of files committed, for tests and logs.
+/// The sink's counters, exported as `dab_parquet_*{sink}` metrics.
 #[derive(Debug, Default)]
 pub struct ParquetStats {
+    /// The binding's name, the `sink` label.
+    pub name: String,
     pub files_committed: AtomicU64,
     pub rows_committed: AtomicU64,
     /// Payloads refused because they do not conform to the schema.
@@ -85,6 +88,34 @@ struct OpenFile {
     writer: ArrowWriter<File>,
     opened: Instant,
     rows: u64,
+}
+
+impl ConnectorMetrics for ParquetStats {
+    fn samples(&self, out: &mut Vec<Sample>) {
+        for (name, help, v) in [
+            (
+                "dab_parquet_files_committed_total",
+                "Parquet files committed under their final name",
+                &self.files_committed,
+            ),
+            (
+                "dab_parquet_rows_committed_total",
+                "Rows in the Parquet files committed",
+                &self.rows_committed,
+            ),
+            (
+                "dab_parquet_schema_mismatch_total",
+                "Payloads refused because they do not conform to the sink's type \
+                 (sent to OnError, or dropped and counted as rejected)",
+                &self.schema_mismatch,
+            ),
+        ] {
+            out.push(
+                Sample::counter(name, help, v.load(Ordering::Relaxed))
+                    .label("sink", self.name.clone()),
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -124,7 +155,7 @@ fn pq(what: &str, path: &Path, e: parquet::errors::ParquetError) -> SinkError {
 }
 
 impl ParquetSink {
-    pub fn new(cfg: ParquetConfig) -> ParquetSink {
+    pub fn new(name: &str, cfg: ParquetConfig) -> ParquetSink {
         let arrow = Arc::new(arrow_schema(&cfg.schema));
         let mut meta = vec![KeyValue::new("dab.type".into(), cfg.type_name.clone())];
         if let Some(v) = cfg.schema.version {
@@ -144,7 +175,10 @@ impl ParquetSink {
             open: Vec::new(),
             run: format!("{now:x}-{:x}", std::process::id()),
             seq: 0,
-            stats: Arc::new(ParquetStats::default()),
+            stats: Arc::new(ParquetStats {
+                name: name.to_owned(),
+                ..ParquetStats::default()
+            }),
         }
     }
 
@@ -313,6 +347,10 @@ impl Sink for ParquetSink {
     /// Commits every open file: a batch is acknowledged only after this.
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.commit_all()
+    }
+
+    fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
+        Some(self.stats.clone())
     }
 
     /// Drops the open files, which were never committed: the runtime
@@ -662,9 +700,10 @@ impl SinkFactory for ParquetSinkFactory {
         fields: &BTreeMap<String, ConfigValue>,
         schema: Option<&Schema>,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        Ok(Box::new(ParquetSink::new(Self::config(
-            name, fields, schema,
-        )?)))
+        Ok(Box::new(ParquetSink::new(
+            name,
+            Self::config(name, fields, schema)?,
+        )))
     }
 }
 

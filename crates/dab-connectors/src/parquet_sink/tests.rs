@@ -22,15 +22,18 @@ fn schema() -> Schema {
 }
 
 fn sink(dir: &Path, max_open: usize) -> ParquetSink {
-    ParquetSink::new(ParquetConfig {
-        dir: dir.to_path_buf(),
-        type_name: "T".into(),
-        schema: schema(),
-        compression: Compression::ZSTD(ZstdLevel::default()),
-        max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-        max_file_age: DEFAULT_MAX_FILE_AGE,
-        max_open_writers: max_open,
-    })
+    ParquetSink::new(
+        "W",
+        ParquetConfig {
+            dir: dir.to_path_buf(),
+            type_name: "T".into(),
+            schema: schema(),
+            compression: Compression::ZSTD(ZstdLevel::default()),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_file_age: DEFAULT_MAX_FILE_AGE,
+            max_open_writers: max_open,
+        },
+    )
 }
 
 fn event(hour: i64, message: &str) -> Event {
@@ -204,6 +207,20 @@ fn non_conforming_payloads_are_rejected_with_the_reason() {
     assert_eq!(got[2].0, 3);
     assert!(got[2].1.contains("`id` is missing"), "{got:?}");
     assert_eq!(s.stats().schema_mismatch.load(Ordering::Relaxed), 3);
+    let mut samples = Vec::new();
+    s.metrics().expect("metrics").samples(&mut samples);
+    let got: Vec<(&str, f64)> = samples.iter().map(|m| (m.name, m.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dab_parquet_files_committed_total", 1.0),
+            ("dab_parquet_rows_committed_total", 1.0),
+            ("dab_parquet_schema_mismatch_total", 3.0)
+        ]
+    );
+    assert!(samples
+        .iter()
+        .all(|m| m.labels == vec![("sink", "W".to_owned())]));
     let all = files(dir.path());
     assert_eq!(rows(&dir.path().join(&all[0])), vec![(1, None)]);
 }
