@@ -199,13 +199,22 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     let mut input = String::new();
     let mut want: BTreeMap<u64, Value> = BTreeMap::new();
     for i in 0..N {
-        let (message, row) = payload(i);
+        let (message, mut row) = payload(i);
         let ts = (BASE_S * 1_000_000_000) + hour_of(i) * HOUR_NS + i as i64;
+        let host = format!("h{}", i % 3);
         input.push_str(
-            &json!({"type": "ApiCall", "host": "h", "pid": 1, "offset": i, "timestamp": ts, "message": message})
-                .to_string(),
+            &json!({"type": "ApiCall", "host": host, "pid": 7, "offset": i, "timestamp": ts,
+                    "tags": {"region": "eu", "n": i.to_string()}, "message": message})
+            .to_string(),
         );
         input.push('\n');
+        // The envelope's columns, with the tags in key order.
+        row["dab_timestamp"] = json!(ts);
+        row["dab_host"] = json!(host);
+        row["dab_type"] = json!("ApiCall");
+        row["dab_offset"] = json!(i);
+        row["dab_pid"] = json!(7);
+        row["dab_tags"] = json!([["n", i.to_string()], ["region", "eu"]]);
         if !is_bad(i) {
             want.insert(i, row);
         }
@@ -302,6 +311,12 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
         .iter()
         .enumerate()
         .map(|(i, n)| json!([n, (i + 1).to_string()]))
+        .chain(
+            dab_connectors::parquet_sink::ENVELOPE
+                .iter()
+                .enumerate()
+                .map(|(i, n)| json!([n, (2_000_000_001 + i).to_string()])),
+        )
         .collect();
     assert_eq!(ids, &Value::Array(want_ids));
 

@@ -282,7 +282,7 @@ impl ParquetSink {
         self.roll_by_age()?;
         let mut rejected = Vec::new();
         // Conforming payloads by hour, hours in order of first appearance.
-        let mut hours: Vec<(i64, Vec<Value>)> = Vec::new();
+        let mut hours: Vec<(i64, Vec<(Value, &Event)>)> = Vec::new();
         for (index, e) in events.iter().enumerate() {
             let payload = e.with_payload(|p| match self.cfg.schema.conforms(p) {
                 Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| p.cloned()),
@@ -292,8 +292,8 @@ impl ParquetSink {
                 Ok(Some(v)) => {
                     let hour = e.timestamp.div_euclid(HOUR_NS);
                     match hours.iter_mut().find(|(h, _)| *h == hour) {
-                        Some((_, rows)) => rows.push(v),
-                        None => hours.push((hour, vec![v])),
+                        Some((_, rows)) => rows.push((v, e)),
+                        None => hours.push((hour, vec![(v, e)])),
                     }
                 }
                 Ok(None) => rejected.push(Rejection {
@@ -413,12 +413,13 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 /// after those, depth first.
 pub fn arrow_schema(schema: &Schema) -> ArrowSchema {
     let mut next = schema.fields.len() as i32 + 1;
-    let fields: Vec<ArrowField> = schema
+    let mut fields: Vec<ArrowField> = schema
         .fields
         .iter()
         .enumerate()
         .map(|(i, f)| with_id(arrow_field(&f.name, &f.ty, &mut next), i as i32 + 1))
         .collect();
+    fields.extend(envelope_fields());
     ArrowSchema::new(fields)
 }
 
@@ -470,15 +471,127 @@ fn struct_fields(fields: &[Field], next: &mut i32) -> ArrowFields {
         .collect()
 }
 
-/// One record batch of conforming payloads.
+/// One record batch of conforming payloads and their envelopes.
 fn record_batch(
     arrow: &SchemaRef,
     fields: &[Field],
-    rows: &[Value],
+    rows: &[(Value, &Event)],
 ) -> Result<RecordBatch, String> {
-    let objs: Vec<Option<&Value>> = rows.iter().map(Some).collect();
-    let columns = struct_columns(arrow.fields(), fields, &objs)?;
+    let objs: Vec<Option<&Value>> = rows.iter().map(|(v, _)| Some(v)).collect();
+    let mut columns = struct_columns(arrow.fields(), fields, &objs)?;
+    let Some(tags_field) = arrow.fields().last() else {
+        return Err("no envelope columns".into());
+    };
+    columns.extend(envelope_columns(tags_field.data_type(), rows)?);
     RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// The envelope's columns, after the payload's (SPEC section 8), prefixed
+/// `dab_` so that no payload field can take their names.
+pub const ENVELOPE: [&str; 6] = [
+    "dab_timestamp",
+    "dab_host",
+    "dab_type",
+    "dab_offset",
+    "dab_pid",
+    "dab_tags",
+];
+/// The envelope's field ids: fixed, so no payload version moves them.
+const ENVELOPE_FIRST_ID: i32 = 2_000_000_001;
+
+fn envelope_fields() -> Vec<ArrowField> {
+    let tags = map_entries(
+        &FieldType {
+            ty: Type::String,
+            optional: false,
+        },
+        &mut 0,
+    );
+    let types = [
+        DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        DataType::Utf8,
+        DataType::Utf8,
+        DataType::Int64,
+        DataType::Int64,
+        DataType::Map(Arc::new(tags), false),
+    ];
+    ENVELOPE
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (name, t))| {
+            with_id(
+                ArrowField::new(*name, t, false),
+                ENVELOPE_FIRST_ID + i as i32,
+            )
+        })
+        .collect()
+}
+
+fn envelope_columns(tags: &DataType, rows: &[(Value, &Event)]) -> Result<Vec<ArrayRef>, String> {
+    let DataType::Map(entries_field, _) = tags else {
+        return Err(format!("tags column has Arrow type {tags}"));
+    };
+    let DataType::Struct(kv) = entries_field.data_type() else {
+        return Err("tag entries are not a struct".into());
+    };
+    let mut offsets = vec![0i32];
+    let (mut keys, mut values) = (StringBuilder::new(), StringBuilder::new());
+    let mut n = 0usize;
+    for (_, e) in rows {
+        for (k, v) in &e.tags {
+            keys.append_value(k.as_str());
+            values.append_value(v.as_str());
+        }
+        n += e.tags.len();
+        offsets.push(i32::try_from(n).map_err(|e| e.to_string())?);
+    }
+    let entries = StructArray::try_new(
+        kv.clone(),
+        vec![
+            Arc::new(keys.finish()) as ArrayRef,
+            Arc::new(values.finish()) as ArrayRef,
+        ],
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let tags = MapArray::try_new(
+        entries_field.clone(),
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        entries,
+        None,
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(vec![
+        Arc::new(
+            rows.iter()
+                .map(|(_, e)| Some(e.timestamp))
+                .collect::<TimestampNanosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|(_, e)| Some(e.host.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|(_, e)| Some(e.ty.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|(_, e)| Some(i64::try_from(e.offset).unwrap_or(i64::MAX)))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|(_, e)| Some(i64::from(e.pid)))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(tags),
+    ])
 }
 
 fn struct_columns(
@@ -654,6 +767,16 @@ impl ParquetSinkFactory {
                 "type `{type_name}` is not declared with `fields` under `types:`"
             ))
         })?;
+        if let Some(f) = schema
+            .fields
+            .iter()
+            .find(|f| ENVELOPE.contains(&f.name.as_str()))
+        {
+            return Err(fail(format!(
+                "type `{type_name}` declares `{}`, the name of an envelope column",
+                f.name
+            )));
+        }
         let compression = match f.str("compression").unwrap_or("zstd") {
             "snappy" => Compression::SNAPPY,
             "none" => Compression::UNCOMPRESSED,

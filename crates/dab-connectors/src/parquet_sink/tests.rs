@@ -257,5 +257,12 @@ fn columns_carry_field_ids_and_the_metadata_names_type_and_version() {
         .iter()
         .map(|f| (f.name().to_owned(), f.get_basic_info().id()))
         .collect();
-    assert_eq!(ids, vec![("id".into(), 1), ("note".into(), 2)]);
+    let mut want: Vec<(String, i32)> = vec![("id".into(), 1), ("note".into(), 2)];
+    want.extend(
+        ENVELOPE
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((*n).to_owned(), ENVELOPE_FIRST_ID + i as i32)),
+    );
+    assert_eq!(ids, want);
 }
