@@ -22,6 +22,10 @@ fn schema() -> Schema {
 }
 
 fn sink(dir: &Path, max_open: usize) -> ParquetSink {
+    rolling(dir, max_open, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_FILE_AGE)
+}
+
+fn rolling(dir: &Path, max_open: usize, bytes: u64, age: Duration) -> ParquetSink {
     ParquetSink::new(
         "W",
         ParquetConfig {
@@ -29,8 +33,8 @@ fn sink(dir: &Path, max_open: usize) -> ParquetSink {
             type_name: "T".into(),
             schema: schema(),
             compression: Compression::ZSTD(ZstdLevel::default()),
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            max_file_age: DEFAULT_MAX_FILE_AGE,
+            max_file_bytes: bytes,
+            max_file_age: age,
             max_open_writers: max_open,
         },
     )
@@ -265,4 +269,34 @@ fn columns_carry_field_ids_and_the_metadata_names_type_and_version() {
             .map(|(i, n)| ((*n).to_owned(), ENVELOPE_FIRST_ID + i as i32)),
     );
     assert_eq!(ids, want);
+}
+
+#[test]
+fn files_roll_by_size_and_by_age_before_any_flush() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Any file is over one byte once written: each write commits its file.
+    let mut s = rolling(dir.path(), 16, 1, DEFAULT_MAX_FILE_AGE);
+    run(async {
+        for i in 0..3 {
+            s.write(&[event(0, &format!(r#"{{"id":{i}}}"#))])
+                .await
+                .expect("write");
+        }
+    });
+    assert!(s.open.is_empty());
+    assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 3);
+    let all = files(dir.path());
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|f| f.ends_with(".parquet")), "{all:?}");
+
+    // A file open longer than the age is committed at the next write.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = rolling(dir.path(), 16, DEFAULT_MAX_FILE_BYTES, Duration::ZERO);
+    run(async {
+        s.write(&[event(0, r#"{"id":1}"#)]).await.expect("write");
+        assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 0);
+        s.write(&[event(0, r#"{"id":2}"#)]).await.expect("write");
+    });
+    assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 1);
+    assert_eq!(s.open.len(), 1);
 }
