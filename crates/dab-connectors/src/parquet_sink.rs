@@ -147,6 +147,18 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> SinkError {
     ))
 }
 
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    // `path: out` has the empty parent ``: that is the working directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot fsync", dir, e))
+}
+
 fn pq(what: &str, path: &Path, e: parquet::errors::ParquetError) -> SinkError {
     SinkError::transient(ConnectorError::Other(format!(
         "{what} `{}`: {e}",
@@ -206,7 +218,18 @@ impl ParquetSink {
                 self.commit(lru)?;
             }
             let dir = self.partition(hour);
-            std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
+            if !dir.is_dir() {
+                std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
+                // New directories are entries of their parents: fsync the
+                // parents too, or a crash could lose a committed file's
+                // whole partition.
+                for parent in dir.ancestors().skip(1) {
+                    sync_dir(parent)?;
+                    if parent == self.cfg.dir || parent.as_os_str().is_empty() {
+                        break;
+                    }
+                }
+            }
             self.seq += 1;
             let name = format!("part-{}-{:06}.parquet", self.run, self.seq);
             let tmp = dir.join(format!(".{name}.tmp"));
@@ -247,9 +270,7 @@ impl ParquetSink {
             return Err(e);
         }
         if let Some(dir) = dest.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot fsync", dir, e))?;
+            sync_dir(dir)?;
         }
         self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
         self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
