@@ -147,6 +147,16 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> SinkError {
     ))
 }
 
+/// Encoding and file I/O (fsync included) block: on a multi-thread
+/// runtime (`dab run`) the worker hands its other tasks to another thread
+/// meanwhile; elsewhere (a current-thread runtime in tests) it runs inline.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
     // `path: out` has the empty parent ``: that is the working directory.
     let dir = if dir.as_os_str().is_empty() {
@@ -362,12 +372,12 @@ impl ParquetSink {
 #[async_trait]
 impl Sink for ParquetSink {
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
-        self.write_now(events)
+        blocking(|| self.write_now(events))
     }
 
     /// Commits every open file: a batch is acknowledged only after this.
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.commit_all()
+        blocking(|| self.commit_all())
     }
 
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
