@@ -379,4 +379,12 @@ fn validate_refuses_a_type_without_a_schema() {
         text.contains("type `ApiCall` is not declared with a schema"),
         "{text}"
     );
+    // At the `type` value: line 5, column 40.
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let d = &v["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(5), Some(40)),
+        "{text}"
+    );
 }
