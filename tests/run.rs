@@ -1267,19 +1267,11 @@ fn filter_on_payload_fields_through_dab_run() {
                 .to_string()
         })
         .collect();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dab"))
-        .args(["run", "t.dab", "--no-config"])
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn dab");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = lines.join("\n") + "\n";
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("dab ends");
-    writer.join().expect("writer").expect("write stdin");
+    let out = common::run_with_stdin(
+        dir.path(),
+        &["run", "t.dab", "--no-config"],
+        lines.join("\n") + "\n",
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dab_api::schema::{builtin_kinds, FieldSpec, FieldType, KindSpec, Section};
-use dab_api::ConfigValue;
+use dab_api::schema::{builtin_kinds, FieldSpec, FieldType, KindSpec, Section, SCHEMA_TYPED_SINKS};
+use dab_api::{ConfigValue, PayloadSchema};
 use dab_diag::SourceMap;
-use dab_plan::bindings::{kafka_option_samples, load_bindings, Binding};
+use dab_plan::bindings::{kafka_option_samples, load_bindings, type_schema, Binding};
 
 /// Files the Path fields point at.
 struct Files {
@@ -174,7 +174,7 @@ fn load(
     kind: &KindSpec,
     field: Option<(&str, &str)>,
     files: &Files,
-) -> (Option<Binding>, Vec<String>) {
+) -> (Option<(Binding, Option<PayloadSchema>)>, Vec<String>) {
     let mut entries: Vec<String> = vec![format!("kind: {}", kind.kind)];
     for f in kind.fields.iter().filter(|f| f.required) {
         if field.is_none_or(|(name, _)| name != f.name) {
@@ -224,8 +224,14 @@ fn load(
     if let Some((name, value)) = field {
         entries.push(format!("{name}: {value}"));
     }
+    // A sink typed by a schema names a type declared with one.
+    let types = if kind.section == Section::Sinks && SCHEMA_TYPED_SINKS.contains(&kind.kind) {
+        "types:\n  t: { version: 1, fields: { x: int64 } }\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "{}:\n  X: {{ {} }}\n",
+        "{types}{}:\n  X: {{ {} }}\n",
         kind.section.key(),
         entries.join(", ")
     );
@@ -240,7 +246,9 @@ fn load(
         .map(|d| format!("{}: {}", d.code, d.message))
         .collect();
     if errors.is_empty() {
-        (bindings.get("X").cloned(), Vec::new())
+        let b = bindings.get("X").cloned();
+        let schema = b.as_ref().and_then(|b| type_schema(&bindings, b)).cloned();
+        (b.map(|b| (b, schema)), Vec::new())
     } else {
         (
             None,
@@ -259,6 +267,7 @@ fn build(
     section: Section,
     kind: &str,
     fields: &BTreeMap<String, ConfigValue>,
+    schema: Option<&PayloadSchema>,
 ) -> Result<(), String> {
     let source = |kind: &str, fields: &BTreeMap<String, ConfigValue>| {
         dab_connectors::builtin_sources()
@@ -274,7 +283,7 @@ fn build(
             .into_iter()
             .find(|f| f.kind() == kind)
             .ok_or_else(|| format!("no sink factory for {kind}"))?
-            .build("X", fields)
+            .build_typed("X", fields, schema)
             .map(drop)
             .map_err(|e| e.to_string())
     };
@@ -310,12 +319,12 @@ fn every_value_validate_accepts_builds() {
         for t in &tries {
             let field = t.as_ref().map(|(n, v)| (*n, v.as_str()));
             match load(kind, field, &files) {
-                (Some(b), _) => {
+                (Some((b, schema)), _) => {
                     accepted += 1;
                     if let Some((name, _)) = field {
                         *accepted_per_field.entry(name).or_default() += 1;
                     }
-                    if let Err(e) = build(kind.section, kind.kind, &b.fields) {
+                    if let Err(e) = build(kind.section, kind.kind, &b.fields, schema.as_ref()) {
                         failures.push(format!(
                             "{} {} with {field:?}: validate accepts, build refuses: {e}",
                             kind.section, kind.kind
@@ -380,12 +389,12 @@ fn every_librdkafka_value_validate_accepts_builds_a_kafka_client() {
             for kind in &kinds {
                 // Fine alone, but clashing with DAB's defaults for this
                 // client (`kafka_rules.rs`): refused, so nothing to build.
-                let Some(b) = load(kind, Some(("options", &option)), &files).0 else {
+                let Some((b, _)) = load(kind, Some(("options", &option)), &files).0 else {
                     clashing += 1;
                     continue;
                 };
                 built += 1;
-                if let Err(e) = build(kind.section, "kafka", &b.fields) {
+                if let Err(e) = build(kind.section, "kafka", &b.fields, None) {
                     failures.push(format!(
                         "{} kafka with {property} = {value}: validate accepts, build refuses: {e}",
                         kind.section

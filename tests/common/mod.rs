@@ -26,6 +26,27 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Output {
         .expect("run dab")
 }
 
+/// Runs `dab ARGS` in `dir` with `input` on its stdin (written from
+/// another thread, so a full pipe cannot deadlock) and waits for it.
+pub fn run_with_stdin(dir: &Path, args: &[&str], input: String) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = dab()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dab");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("dab ends");
+    writer.join().expect("writer").expect("write stdin");
+    out
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

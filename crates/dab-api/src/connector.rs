@@ -369,4 +369,18 @@ pub trait SinkFactory: Send + Sync {
         name: &str,
         fields: &BTreeMap<String, ConfigValue>,
     ) -> Result<Box<dyn Sink>, BuildError>;
+
+    /// Builds a sink whose `type` field names a declared type: `schema` is
+    /// that type's payload schema (`None` when the binding has no `type`
+    /// or the type declares no fields). The runtime always builds sinks
+    /// through this; kinds that need no schema keep the default.
+    fn build_typed(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, ConfigValue>,
+        schema: Option<&dab_schema::Schema>,
+    ) -> Result<Box<dyn Sink>, BuildError> {
+        let _ = schema;
+        self.build(name, fields)
+    }
 }

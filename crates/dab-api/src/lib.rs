@@ -20,4 +20,6 @@ pub use connector::{
     BuildError, Confirm, Confirmed, Confirmer, ConnectorError, ErrorClass, Pending, Rejection,
     Sink, SinkError, SinkFactory, Source, SourceContext, SourceFactory, Written,
 };
+/// The payload schema of a declared type (SPEC section 7), as typed sinks get it.
+pub use dab_schema::Schema as PayloadSchema;
 pub use event::{Event, Text};

@@ -111,6 +111,10 @@ impl KindSpec {
 const FRAMING: FieldType = FieldType::Enum(&["ndjson", "protobuf"]);
 const CODEC: FieldType = FieldType::Enum(&["json", "protobuf"]);
 const COMPRESSION: FieldType = FieldType::Enum(&["none", "gzip", "snappy", "lz4", "zstd"]);
+const PARQUET_COMPRESSION: FieldType = FieldType::Enum(&["zstd", "snappy", "none"]);
+/// Sink kinds whose `type` field names a type declared with `fields`,
+/// whose schema gives the sink's columns (checked by `dab validate`, E015).
+pub const SCHEMA_TYPED_SINKS: &[&str] = &["parquet"];
 const START_OFFSET: FieldType = FieldType::Enum(&["earliest", "latest"]);
 const RESERVED_NAMES: FieldType = FieldType::Enum(&["rename", "keep"]);
 
@@ -367,6 +371,24 @@ static KINDS: &[KindSpec] = &[
         fields: &[
             req("path", FieldType::Path, "file to append to"),
             opt("fsync", FieldType::Bool, "fsync after each batch"),
+            BREAKER_AFTER,
+            BREAKER_COOLDOWN,
+        ],
+    },
+    KindSpec {
+        section: Section::Sinks,
+        kind: "parquet",
+        doc: "Parquet files of one type's payloads, by hour of event time (SPEC section 8)",
+        fields: &[
+            req("path", FieldType::Path, "local directory; files go under year=/month=/day=/hour="),
+            req("type", FieldType::Str, "the declared type whose `fields` give the columns"),
+            opt("compression", PARQUET_COMPRESSION, "zstd (default), snappy or none"),
+            opt("max_file_bytes", FieldType::Int, "roll a file at this size (default 128 MiB)")
+                .within(1024, 16 * 1024 * 1024 * 1024),
+            opt("max_file_age", FieldType::Duration, "roll a file open this long (default 5m)")
+                .within(1, HOUR_MS),
+            opt("max_open_writers", FieldType::Int, "files open at once, late hours included (default 16)")
+                .within(1, 1024),
             BREAKER_AFTER,
             BREAKER_COOLDOWN,
         ],

@@ -14,6 +14,7 @@ pub mod http;
 pub mod kafka;
 pub mod limits;
 pub mod murron;
+pub mod parquet_sink;
 mod settings;
 mod socket_common;
 pub mod stdio;
@@ -45,5 +46,6 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
         Box::new(http::HttpSinkFactory),
         Box::new(murron::MurronSinkFactory),
         Box::new(kafka::KafkaSinkFactory),
+        Box::new(parquet_sink::ParquetSinkFactory),
     ]
 }

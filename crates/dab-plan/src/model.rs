@@ -344,6 +344,10 @@ pub enum Endpoint {
         role: Role,
         kind: String,
         fields: BTreeMap<String, ConfigValue>,
+        /// The payload schema of the type its `type` field names, when
+        /// that type declares `fields` (a `parquet` sink's columns). Part
+        /// of the endpoint, so a changed schema rebuilds the sink.
+        schema: Option<dab_schema::Schema>,
     },
     /// Written and read by pipelines, bound nowhere: an in-memory queue.
     ImplicitQueue,

@@ -70,6 +70,7 @@ pub(crate) fn resolve(
                 role: role_of(b.section),
                 kind: b.kind.clone(),
                 fields: b.fields.clone(),
+                schema: crate::bindings::type_schema(bindings, b).cloned(),
             }
         } else if let Some(role) = builtin_role(name) {
             Endpoint::Builtin { role }

@@ -224,9 +224,64 @@ pub fn load_bindings(
     duplicate_keys(&mut ctx, &out, &parsed.duplicates);
     bound_twice(&mut ctx, &out);
     listen::check(&out.sources, &mut ctx.diags);
+    typed_sinks(&mut ctx, &out);
     let mut diags = ctx.diags;
     dab_diag::sort(&mut diags);
     (out, diags)
+}
+
+/// The payload schema of the type a binding's `type` field names, when
+/// that type is declared with `fields`.
+pub fn type_schema<'a>(bindings: &'a Bindings, b: &Binding) -> Option<&'a dab_schema::Schema> {
+    let Some(ConfigValue::Str(name)) = b.fields.get("type") else {
+        return None;
+    };
+    bindings
+        .types
+        .iter()
+        .flatten()
+        .find(|t| &t.name == name)
+        .and_then(|t| t.schema.as_ref())
+}
+
+/// E015: a sink whose columns come from a type's schema (`parquet`) names
+/// a type that is not declared with `fields`.
+fn typed_sinks(ctx: &mut Ctx<'_>, out: &Bindings) {
+    use crate::HelpOr;
+    for b in &out.sinks {
+        if !dab_api::schema::SCHEMA_TYPED_SINKS.contains(&b.kind.as_str()) {
+            continue;
+        }
+        let Some(ConfigValue::Str(name)) = b.fields.get("type") else {
+            continue;
+        };
+        if type_schema(out, b).is_some() {
+            continue;
+        }
+        let Some(span) = b.field_spans.get("type").copied() else {
+            continue;
+        };
+        let declared: Vec<&str> = out
+            .types
+            .iter()
+            .flatten()
+            .filter(|t| t.schema.is_some())
+            .map(|t| t.name.as_str())
+            .collect();
+        let d = Diagnostic::new(
+            Code::E015,
+            span,
+            format!("type `{name}` is not declared with a schema"),
+        )
+        .with_label_here(
+            "a `{}` sink takes its columns from the type's `fields`".replace("{}", &b.kind),
+        )
+        .with_suggestion(name, declared.iter().copied())
+        .with_help_or(format!(
+            "declare it under `types:`: `{name}: {{ version: 1, fields: {{ ... }} }}`"
+        ));
+        ctx.diags.push(d);
+    }
 }
 
 fn section_bindings(ctx: &mut Ctx<'_>, section: Section, key: Span, value: &Node) -> Vec<Binding> {

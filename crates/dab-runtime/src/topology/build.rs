@@ -92,7 +92,9 @@ pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<Sour
     let name = p.config.input.as_str();
     let empty: &'static BTreeMap<String, ConfigValue> = empty_fields();
     match plan.endpoints.get(name) {
-        Some(Endpoint::Bound { kind, fields, role }) if *role == Role::Queue && kind == "kafka" => {
+        Some(Endpoint::Bound {
+            kind, fields, role, ..
+        }) if *role == Role::Queue && kind == "kafka" => {
             let key = format!("{name}:{}", p.id);
             let mut fields = fields.clone();
             fields.insert(
@@ -118,6 +120,7 @@ pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<Sour
             role: Role::Source,
             kind,
             fields,
+            ..
         }) => (
             name.to_owned(),
             Some(SourceSpec {
@@ -239,17 +242,26 @@ impl Running {
         for p in &rebuild {
             for name in p.config.writes() {
                 let Some(ep) = endpoint(name) else { continue };
-                let (kind, fields) = match (kafka_queues.get(name), ep) {
-                    (Some(fields), _) => ("kafka", *fields),
+                let (kind, fields, schema) = match (kafka_queues.get(name), ep) {
+                    (Some(fields), _) => ("kafka", *fields, None),
                     (None, _) if ep.role() != Role::Sink => continue,
-                    (None, Endpoint::Bound { kind, fields, .. }) => (kind.as_str(), fields),
+                    (
+                        None,
+                        Endpoint::Bound {
+                            kind,
+                            fields,
+                            schema,
+                            ..
+                        },
+                    ) => (kind.as_str(), fields, schema.as_ref()),
                     (None, _) => (
                         builtin_kind(name)
                             .ok_or_else(|| StartError::UnknownBuiltin(name.to_owned()))?,
                         empty_fields(),
+                        None,
                     ),
                 };
-                let spec = (kind.to_owned(), fields.clone());
+                let spec = (kind.to_owned(), fields.clone(), schema.cloned());
                 let unchanged = st.sinks.get(name).is_some_and(|s| s.spec == spec);
                 if unchanged || sinks.iter().any(|(n, _, _)| n == name) {
                     continue;
@@ -268,7 +280,7 @@ impl Running {
                         },
                         kind: kind.to_owned(),
                     })?;
-                let sink = factory.build(name, fields)?;
+                let sink = factory.build_typed(name, fields, schema)?;
                 let connector = sink.metrics();
                 // A Kafka sink's flush waits a broker round trip for every
                 // delivery report; a deeper input keeps the pipelines

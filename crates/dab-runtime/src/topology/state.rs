@@ -93,7 +93,12 @@ pub(super) struct SourceSlot {
 }
 
 pub(super) struct SinkSlot {
-    pub(super) spec: (String, BTreeMap<String, ConfigValue>),
+    /// Kind, fields and the payload schema of the binding's `type`.
+    pub(super) spec: (
+        String,
+        BTreeMap<String, ConfigValue>,
+        Option<dab_api::PayloadSchema>,
+    ),
     pub(super) tx: mpsc::Sender<Batch>,
     pub(super) metrics: Arc<SinkMetrics>,
     pub(super) connector: Option<Arc<dyn dab_api::metrics::ConnectorMetrics>>,

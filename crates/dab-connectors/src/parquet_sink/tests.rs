@@ -1,0 +1,302 @@
+use super::*;
+use dab_schema::FieldType;
+
+fn ft(t: &str) -> FieldType {
+    FieldType::parse(t).expect("type")
+}
+
+fn schema() -> Schema {
+    Schema {
+        version: Some(2),
+        fields: vec![
+            Field {
+                name: "id".into(),
+                ty: ft("int64"),
+            },
+            Field {
+                name: "note".into(),
+                ty: ft("string?"),
+            },
+        ],
+    }
+}
+
+fn sink(dir: &Path, max_open: usize) -> ParquetSink {
+    rolling(dir, max_open, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_FILE_AGE)
+}
+
+fn rolling(dir: &Path, max_open: usize, bytes: u64, age: Duration) -> ParquetSink {
+    ParquetSink::new(
+        "W",
+        ParquetConfig {
+            dir: dir.to_path_buf(),
+            type_name: "T".into(),
+            schema: schema(),
+            compression: Compression::ZSTD(ZstdLevel::default()),
+            max_file_bytes: bytes,
+            max_file_age: age,
+            max_open_writers: max_open,
+        },
+    )
+}
+
+fn event(hour: i64, message: &str) -> Event {
+    Event {
+        timestamp: hour * HOUR_NS + 1,
+        message: bytes::Bytes::from(message.to_owned()),
+        ..Event::default()
+    }
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                out.push(p.strip_prefix(base).expect("prefix").display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn rows(path: &Path) -> Vec<(i64, Option<String>)> {
+    let f = File::open(path).expect("open");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("reader")
+        .build()
+        .expect("build");
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.expect("batch");
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("ids");
+        let notes = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("notes");
+        for i in 0..b.num_rows() {
+            out.push((
+                ids.value(i),
+                (!arrow_array::Array::is_null(notes, i)).then(|| notes.value(i).to_owned()),
+            ));
+        }
+    }
+    out
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+#[test]
+fn nothing_has_a_final_name_before_the_commit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    run(async {
+        let w = s
+            .write(&[
+                event(10, r#"{"id":1,"note":"a"}"#),
+                event(10, r#"{"id":2}"#),
+            ])
+            .await
+            .expect("write");
+        assert!(w.rejected.is_empty());
+        let before = files(dir.path());
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert!(
+            before.iter().all(|f| {
+                let name = f.rsplit('/').next().unwrap_or("");
+                name.starts_with('.') && name.ends_with(".tmp")
+            }),
+            "visible before commit: {before:?}"
+        );
+        s.flush().await.expect("flush");
+    });
+    let after = files(dir.path());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(
+        after[0].starts_with("year=1970/month=01/day=01/hour=10/part-"),
+        "{after:?}"
+    );
+    assert!(after[0].ends_with(".parquet"), "{after:?}");
+    assert_eq!(
+        rows(&dir.path().join(&after[0])),
+        vec![(1, Some("a".into())), (2, None)]
+    );
+}
+
+#[test]
+fn a_rewind_leaves_no_file_and_a_failed_write_no_final_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    run(async {
+        s.write(&[event(3, r#"{"id":1}"#)]).await.expect("write");
+        s.rewind().await.expect("rewind");
+    });
+    assert_eq!(files(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn at_most_max_open_writers_files_are_open_late_hours_included() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 2);
+    let stats = s.stats();
+    run(async {
+        for hour in [1, 2, 3, 1, 2] {
+            s.write(&[event(hour, &format!(r#"{{"id":{hour}}}"#))])
+                .await
+                .expect("write");
+            assert!(s.open.len() <= 2);
+            let tmp = files(dir.path())
+                .iter()
+                .filter(|f| f.ends_with(".tmp"))
+                .count();
+            assert!(tmp <= 2, "{tmp} temporary files open");
+        }
+        s.flush().await.expect("flush");
+    });
+    // Hours 1, 2, 3 opened (1 closed for 3), 1 reopened (2 closed), 2
+    // reopened (3 closed), then the flush commits 1 and 2: five files.
+    assert_eq!(stats.files_committed.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.rows_committed.load(Ordering::Relaxed), 5);
+    let all = files(dir.path());
+    assert_eq!(
+        all.iter().filter(|f| f.contains("hour=01/")).count(),
+        2,
+        "{all:?}"
+    );
+    assert!(all.iter().all(|f| f.ends_with(".parquet")), "{all:?}");
+}
+
+#[test]
+fn non_conforming_payloads_are_rejected_with_the_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    let w = run(async {
+        let w = s
+            .write(&[
+                event(0, r#"{"id":1}"#),
+                event(0, r#"{"id":"x"}"#),
+                event(0, "not json"),
+                event(0, r#"{"note":"no id"}"#),
+            ])
+            .await
+            .expect("write");
+        s.flush().await.expect("flush");
+        w
+    });
+    let got: Vec<(usize, String)> = w
+        .rejected
+        .into_iter()
+        .map(|r| (r.index, r.reason))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, 1);
+    assert!(got[0].1.contains("`id` is a string, not int64"), "{got:?}");
+    assert_eq!(got[1].0, 2);
+    assert_eq!(got[2].0, 3);
+    assert!(got[2].1.contains("`id` is missing"), "{got:?}");
+    assert_eq!(s.stats().schema_mismatch.load(Ordering::Relaxed), 3);
+    let mut samples = Vec::new();
+    s.metrics().expect("metrics").samples(&mut samples);
+    let got: Vec<(&str, f64)> = samples.iter().map(|m| (m.name, m.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dab_parquet_files_committed_total", 1.0),
+            ("dab_parquet_rows_committed_total", 1.0),
+            ("dab_parquet_schema_mismatch_total", 3.0)
+        ]
+    );
+    assert!(samples
+        .iter()
+        .all(|m| m.labels == vec![("sink", "W".to_owned())]));
+    let all = files(dir.path());
+    assert_eq!(rows(&dir.path().join(&all[0])), vec![(1, None)]);
+}
+
+#[test]
+fn columns_carry_field_ids_and_the_metadata_names_type_and_version() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    run(async {
+        s.write(&[event(0, r#"{"id":1}"#)]).await.expect("write");
+        s.flush().await.expect("flush");
+    });
+    let all = files(dir.path());
+    let f = File::open(dir.path().join(&all[0])).expect("open");
+    let meta = parquet::file::reader::SerializedFileReader::new(f).expect("reader");
+    let md = parquet::file::reader::FileReader::metadata(&meta).file_metadata();
+    let kv: Vec<(String, Option<String>)> = md
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter(|k| k.key.starts_with("dab."))
+        .map(|k| (k.key.clone(), k.value.clone()))
+        .collect();
+    assert_eq!(
+        kv,
+        vec![
+            ("dab.type".into(), Some("T".into())),
+            ("dab.schema_version".into(), Some("2".into()))
+        ]
+    );
+    let ids: Vec<(String, i32)> = md
+        .schema()
+        .get_fields()
+        .iter()
+        .map(|f| (f.name().to_owned(), f.get_basic_info().id()))
+        .collect();
+    let mut want: Vec<(String, i32)> = vec![("id".into(), 1), ("note".into(), 2)];
+    want.extend(
+        ENVELOPE
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((*n).to_owned(), ENVELOPE_FIRST_ID + i as i32)),
+    );
+    assert_eq!(ids, want);
+}
+
+#[test]
+fn files_roll_by_size_and_by_age_before_any_flush() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Any file is over one byte once written: each write commits its file.
+    let mut s = rolling(dir.path(), 16, 1, DEFAULT_MAX_FILE_AGE);
+    run(async {
+        for i in 0..3 {
+            s.write(&[event(0, &format!(r#"{{"id":{i}}}"#))])
+                .await
+                .expect("write");
+        }
+    });
+    assert!(s.open.is_empty());
+    assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 3);
+    let all = files(dir.path());
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|f| f.ends_with(".parquet")), "{all:?}");
+
+    // A file open longer than the age is committed at the next write.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = rolling(dir.path(), 16, DEFAULT_MAX_FILE_BYTES, Duration::ZERO);
+    run(async {
+        s.write(&[event(0, r#"{"id":1}"#)]).await.expect("write");
+        assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 0);
+        s.write(&[event(0, r#"{"id":2}"#)]).await.expect("write");
+    });
+    assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 1);
+    assert_eq!(s.open.len(), 1);
+}

@@ -1,0 +1,390 @@
+//! The parquet sink as a user checks it (SPEC section 8): `dab run` reads
+//! NDJSON events from stdin and writes Parquet; pyarrow and DuckDB, readers
+//! nobody here wrote, read the files back (tests/interop/parquet_read.py,
+//! installed by scripts/setup-python.sh; a missing reader fails the test).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+/// Enough lines that stdin hands them over in several batches, so hours
+/// come back after their files were committed (late events).
+const N: u64 = 2000;
+/// 2024-01-01T00:00:00Z in seconds.
+const BASE_S: i64 = 1_704_067_200;
+const HOUR_NS: i64 = 3_600_000_000_000;
+/// Hours after BASE of event `i`: out of order, so hours 0 and 1 come back
+/// after later ones (late events) while at most two files are open.
+const HOURS: [i64; 7] = [0, 1, 2, 3, 1, 0, 5];
+
+fn python() -> PathBuf {
+    let python: PathBuf = match std::env::var_os("DAB_PYTHON") {
+        Some(p) => p.into(),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/dab/venv/bin/python"),
+    };
+    let ok = Command::new(&python)
+        .args(["-c", "import pyarrow, duckdb"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "pyarrow and duckdb are not installed (looked for {}): run scripts/setup-python.sh, \
+         or point DAB_PYTHON at a python that imports them",
+        python.display()
+    );
+    python
+}
+
+fn is_bad(i: u64) -> bool {
+    i % 37 == 5 || i == 100
+}
+
+fn hour_of(i: u64) -> i64 {
+    HOURS[i as usize % HOURS.len()]
+}
+
+/// The payload of event `i`, and the row a reader must see for it.
+fn payload(i: u64) -> (String, Value) {
+    if i == 100 {
+        return ("not json".into(), Value::Null);
+    }
+    let mut p = serde_json::Map::new();
+    let mut row = serde_json::Map::new();
+    let team: Value = if i % 37 == 5 { json!("x") } else { json!(i) };
+    p.insert("team_id".into(), team);
+    row.insert("team_id".into(), json!(i));
+    p.insert("retries".into(), json!(i % 100));
+    row.insert("retries".into(), json!(i % 100));
+    match i % 3 {
+        0 => {}
+        1 => {
+            p.insert("visitor_id".into(), Value::Null);
+        }
+        _ => {
+            p.insert("visitor_id".into(), json!(format!("v{i}")));
+        }
+    }
+    row.insert(
+        "visitor_id".into(),
+        if i % 3 == 2 {
+            json!(format!("v{i}"))
+        } else {
+            Value::Null
+        },
+    );
+    p.insert("latency_ms".into(), json!(i as f64 + 0.5));
+    row.insert("latency_ms".into(), json!(i as f64 + 0.5));
+    p.insert("ok".into(), json!(i % 2 == 0));
+    row.insert("ok".into(), json!(i % 2 == 0));
+    let tags = match i % 4 {
+        0 => Value::Null,
+        1 => json!([]),
+        _ => json!([format!("a{i}"), "b"]),
+    };
+    if !tags.is_null() {
+        p.insert("tags_seen".into(), tags.clone());
+    }
+    row.insert("tags_seen".into(), tags);
+    if i % 5 == 0 {
+        row.insert("user_agent".into(), Value::Null);
+    } else {
+        p.insert(
+            "user_agent".into(),
+            json!({"os": "linux", "n": i.to_string()}),
+        );
+        // Map entries in key order, as pyarrow lists them.
+        row.insert(
+            "user_agent".into(),
+            json!([["n", i.to_string()], ["os", "linux"]]),
+        );
+    }
+    let version = (i % 2 == 0).then(|| format!("1.{i}"));
+    let mut client = json!({"name": format!("c{i}")});
+    if let Some(v) = &version {
+        client["version"] = json!(v);
+    }
+    p.insert("client".into(), client);
+    row.insert(
+        "client".into(),
+        json!({"name": format!("c{i}"), "version": version}),
+    );
+    if i % 6 == 0 {
+        p.insert("body".into(), json!(format!("b{i}")));
+        row.insert("body".into(), json!(format!("b{i}")));
+    } else {
+        row.insert("body".into(), Value::Null);
+    }
+    let secs = (i % 60) as i64;
+    if i % 2 == 0 {
+        p.insert("at".into(), json!(BASE_S * 1_000_000_000 + i as i64));
+        row.insert("at".into(), json!(BASE_S * 1_000_000_000 + i as i64));
+    } else {
+        p.insert("at".into(), json!(format!("2024-01-01T00:00:{secs:02}.5Z")));
+        row.insert(
+            "at".into(),
+            json!(BASE_S * 1_000_000_000 + secs * 1_000_000_000 + 500_000_000),
+        );
+    }
+    let h = hour_of(i);
+    row.insert(
+        "dir".into(),
+        json!(format!("year=2024/month=01/day=01/hour={h:02}")),
+    );
+    (Value::Object(p).to_string(), Value::Object(row))
+}
+
+const BINDINGS: &str = r#"
+types:
+  ApiCall:
+    version: 3
+    fields:
+      team_id: int64
+      retries: int32
+      visitor_id: string?
+      latency_ms: float64
+      ok: bool
+      tags_seen: list<string>?
+      user_agent: map<string, string>?
+      client: { name: string, version: string? }
+      body: bytes?
+      at: timestamp
+sinks:
+  Warehouse: { kind: parquet, path: out, type: ApiCall, compression: snappy, max_open_writers: 2 }
+  Bad: { kind: file, path: bad.ndjson }
+"#;
+
+fn run_dab(dir: &Path, input: String) {
+    let out = common::run_with_stdin(dir, &["run", "t.dab", "--config", "dab.yaml"], input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir`, relative.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).expect("prefix").display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
+    let python = python();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
+    )
+    .expect("t.dab");
+    std::fs::write(dir.path().join("dab.yaml"), BINDINGS).expect("dab.yaml");
+    let mut input = String::new();
+    let mut want: BTreeMap<u64, Value> = BTreeMap::new();
+    for i in 0..N {
+        let (message, mut row) = payload(i);
+        let ts = (BASE_S * 1_000_000_000) + hour_of(i) * HOUR_NS + i as i64;
+        let host = format!("h{}", i % 3);
+        input.push_str(
+            &json!({"type": "ApiCall", "host": host, "pid": 7, "offset": i, "timestamp": ts,
+                    "tags": {"region": "eu", "n": i.to_string()}, "message": message})
+            .to_string(),
+        );
+        input.push('\n');
+        // The envelope's columns, with the tags in key order.
+        row["dab_timestamp"] = json!(ts);
+        row["dab_host"] = json!(host);
+        row["dab_type"] = json!("ApiCall");
+        row["dab_offset"] = json!(i);
+        row["dab_pid"] = json!(7);
+        row["dab_tags"] = json!([["n", i.to_string()], ["region", "eu"]]);
+        if !is_bad(i) {
+            want.insert(i, row);
+        }
+    }
+    run_dab(dir.path(), input);
+
+    // Nothing but committed files under final names.
+    let out = dir.path().join("out");
+    let all = files(&out);
+    assert!(!all.is_empty());
+    assert!(
+        all.iter()
+            .all(|f| f.ends_with(".parquet") && !f.contains("/.")),
+        "{all:?}"
+    );
+    // Late events reopened hour 0 after its first file was committed: a
+    // new file in the same partition, never a file elsewhere.
+    let hour0 = all.iter().filter(|f| f.contains("hour=00/")).count();
+    assert!(hour0 >= 2, "hour 0 was not reopened: {all:?}");
+
+    let read = Command::new(&python)
+        .arg(common::root().join("tests/interop/parquet_read.py"))
+        .arg(&out)
+        .output()
+        .expect("run parquet_read.py");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let got: Value = serde_json::from_slice(&read.stdout).expect("json");
+
+    // Exact rows and values, each in the partition of its event hour.
+    let rows = got["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), want.len(), "one row per good event");
+    let mut by_team: BTreeMap<u64, Value> = BTreeMap::new();
+    for r in rows {
+        let team = r["team_id"].as_u64().expect("team_id");
+        assert!(
+            by_team.insert(team, r.clone()).is_none(),
+            "team {team} twice"
+        );
+    }
+    for (i, w) in &want {
+        assert_eq!(by_team.get(i), Some(w), "row of event {i}");
+    }
+
+    // DuckDB over the hive partitions: counts per hour, NULLs counted as
+    // NULLs (count(col) skips them), no empty string standing for one.
+    let mut per_hour: BTreeMap<i64, [i64; 8]> = BTreeMap::new();
+    for (i, w) in &want {
+        let c = per_hour.entry(hour_of(*i)).or_default();
+        let present = |k: &str| i64::from(!w[k].is_null());
+        c[0] += 1;
+        c[1] += present("visitor_id");
+        c[2] += present("tags_seen");
+        c[3] += present("user_agent");
+        c[4] += i64::from(!w["client"]["version"].is_null());
+        c[5] += present("body");
+        c[7] += (*i % 100) as i64;
+    }
+    let want_duck: Vec<Vec<i64>> = per_hour
+        .iter()
+        .map(|(h, c)| {
+            let mut r = vec![2024, 1, 1, *h];
+            r.extend(c);
+            r
+        })
+        .collect();
+    let duck: Vec<Vec<i64>> = serde_json::from_value(got["duckdb"].clone()).expect("duckdb rows");
+    assert_eq!(duck, want_duck);
+
+    // Type and version in every file's metadata; field ids by declaration.
+    for m in got["metadata"].as_array().expect("metadata") {
+        assert_eq!(
+            m,
+            &json!({"dab.type": "ApiCall", "dab.schema_version": "3"})
+        );
+    }
+    let ids = &got["field_ids"][0];
+    let names = [
+        "team_id",
+        "retries",
+        "visitor_id",
+        "latency_ms",
+        "ok",
+        "tags_seen",
+        "user_agent",
+        "client",
+        "body",
+        "at",
+    ];
+    let want_ids: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!([n, (i + 1).to_string()]))
+        .chain(
+            dab_connectors::parquet_sink::ENVELOPE
+                .iter()
+                .enumerate()
+                .map(|(i, n)| json!([n, (2_000_000_001 + i).to_string()])),
+        )
+        .collect();
+    assert_eq!(ids, &Value::Array(want_ids));
+
+    // The payloads that do not conform went to OnError, exactly, each with
+    // the reason in `dab.error`.
+    let bad_text = std::fs::read_to_string(dir.path().join("bad.ndjson")).expect("bad.ndjson");
+    let bad: Vec<Value> = bad_text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("bad line"))
+        .collect();
+    let offsets: Vec<u64> = bad
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    let want_bad: Vec<u64> = (0..N).filter(|i| is_bad(*i)).collect();
+    let mut sorted = offsets.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, want_bad);
+    for e in &bad {
+        let reason = e["tags"]["dab.error"].as_str().expect("dab.error");
+        let want = if e["offset"] == json!(100) {
+            "not a JSON object"
+        } else {
+            "`team_id` is a string, not int64"
+        };
+        assert!(reason.contains(want), "{reason}");
+    }
+}
+
+/// `dab validate` refuses a parquet sink whose `type` has no schema, at the
+/// field, with E015.
+#[test]
+fn validate_refuses_a_type_without_a_schema() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).Out(W)\n",
+    )
+    .expect("t.dab");
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        "types:\n  ApiCall: {}\n  Typed: { version: 1, fields: { a: int64 } }\nsinks:\n  W: { kind: parquet, path: out, type: ApiCall }\n",
+    )
+    .expect("dab.yaml");
+    let o = common::run_in(
+        dir.path(),
+        &[
+            "validate", "t.dab", "--config", "dab.yaml", "--format", "json",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        common::json_codes(&o),
+        vec!["E015".to_owned()],
+        "{}",
+        common::stdout(&o)
+    );
+    let text = common::stdout(&o);
+    assert!(
+        text.contains("type `ApiCall` is not declared with a schema"),
+        "{text}"
+    );
+    // At the `type` value: line 5, column 40.
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let d = &v["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(5), Some(40)),
+        "{text}"
+    );
+}
