@@ -10,7 +10,11 @@
 //! writing a new file and renaming it over the old one replace the inode,
 //! which a watch on the file itself would lose. Events are debounced: a
 //! reload starts once the files have been quiet for `QUIET` (an editor's
-//! save is several events), and at most `MAX_WAIT` after the first.
+//! save in place is several writes), and at most `MAX_WAIT` after the
+//! first. A burst made only of files renamed into place (an atomic save:
+//! the file is whole the moment it appears) needs only `QUIET_RENAMED`,
+//! long enough to take several files renamed one after another as one
+//! change.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,8 @@ use crate::input::{bindings_path, blueprint_files, load_and_check_cached};
 
 /// Quiet time that ends a burst of file events.
 const QUIET: Duration = Duration::from_millis(15);
+/// Quiet time that ends a burst of renames into place only.
+const QUIET_RENAMED: Duration = Duration::from_millis(3);
 /// A steady stream of events still reloads this often.
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
@@ -87,14 +93,16 @@ pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::R
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
         .collect();
     let recursive = given.clone();
-    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<()>();
+    // Each event that concerns the set, and whether it is a rename into
+    // place (the file complete as it appears).
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<bool>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };
         if ev.kind.is_access() {
             return;
         }
         if ev.paths.iter().any(|p| concerns(p, &files, &given)) {
-            let _ = raw_tx.send(());
+            let _ = raw_tx.send(renamed_into_place(&ev.kind));
         }
     })?;
     for d in &dirs {
@@ -109,12 +117,15 @@ pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::R
     std::thread::Builder::new()
         .name("dab-watch".into())
         .spawn(move || {
-            while raw_rx.recv().is_ok() {
+            while let Ok(renamed) = raw_rx.recv() {
                 let first = Instant::now();
+                // Only renames so far: every file of the burst is whole.
+                let mut only_renames = renamed;
                 loop {
+                    let quiet = if only_renames { QUIET_RENAMED } else { QUIET };
                     let left = MAX_WAIT.saturating_sub(first.elapsed());
-                    match raw_rx.recv_timeout(QUIET.min(left)) {
-                        Ok(()) if !left.is_zero() => continue,
+                    match raw_rx.recv_timeout(quiet.min(left)) {
+                        Ok(renamed) if !left.is_zero() => only_renames &= renamed,
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                         _ => break,
                     }
@@ -126,6 +137,16 @@ pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::R
         })?;
     tracing::info!(dirs = ?dirs, "watching the blueprint set for changes");
     Ok(watcher)
+}
+
+/// Whether an event is a file renamed into place: written elsewhere and
+/// then moved over its name, so it is whole as soon as it appears.
+fn renamed_into_place(kind: &notify::EventKind) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        kind,
+        notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    )
 }
 
 /// Forwards SIGHUP as a trigger.
@@ -246,6 +267,31 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger, cache: &mut Par
         }
         Err(e) => {
             tracing::error!(?trigger, error = %e, "reload rolled back: a new piece could not be built; the running pipelines are unchanged");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::EventKind;
+
+    use super::renamed_into_place;
+
+    #[test]
+    fn only_a_rename_onto_the_name_counts_as_whole() {
+        for (kind, whole) in [
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), false),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                false,
+            ),
+            (EventKind::Create(CreateKind::File), false),
+            (EventKind::Modify(ModifyKind::Any), false),
+        ] {
+            assert_eq!(renamed_into_place(&kind), whole, "{kind:?}");
         }
     }
 }
