@@ -1566,7 +1566,8 @@ fn switching_a_memory_queue_to_kafka_is_refused_and_nothing_is_lost() {
 /// A hot reload that changes a type incompatibly with its registered
 /// versions (schemas/<Type>/v<N>.yaml) is refused with the code of the
 /// change (E020 here), the running set goes on and loses nothing; a
-/// compatible new version (an optional field added) then reloads.
+/// compatible new version (an optional field added) then reloads, and an
+/// edit of the registry alone is checked again too.
 #[test]
 fn an_incompatible_schema_change_is_refused_by_a_reload() {
     let dir = tmp();
@@ -1641,7 +1642,23 @@ fn an_incompatible_schema_change_is_refused_by_a_reload() {
     );
     send_once(&listen, 40..60, ab);
     wait_metrics(&metrics, &[(&sink, 60.0)], DELIVER);
+
+    // The registry is watched too: registering a version 2 that is not
+    // the running one is refused (E025) without touching the bindings.
+    edit(
+        &registry,
+        "v2.yaml",
+        "version: 2\nfields:\n  id: int64?\n  customer: int64?\n",
+    );
+    wait_refusal(&mut dab, 2);
+    let err = dab.stderr();
+    assert!(
+        err.contains("error[E025]: type `A` version 2 is not the registered version 2"),
+        "stderr:\n{err}"
+    );
+    send_once(&listen, 60..80, ab);
+    wait_metrics(&metrics, &[(&sink, 80.0)], DELIVER);
     dab.terminate();
     assert_exit_0(&mut dab);
-    assert_eq!(contents(&out).len(), 60, "every event once");
+    assert_eq!(contents(&out).len(), 80, "every event once");
 }

@@ -6,7 +6,9 @@
 //! valid one is applied by `Running::reload`, which rebuilds only the
 //! pipelines `dab_plan::diff` says changed.
 //!
-//! Watching is on the directories, not the files: editors that save by
+//! The schema registry beside the bindings (`schemas/`, when it exists at
+//! start) is watched too: a registered version edited in place is checked
+//! again. Watching is on the directories, not the files: editors that save by
 //! writing a new file and renaming it over the old one replace the inode,
 //! which a watch on the file itself would lose. Events are debounced: a
 //! reload starts once the files have been quiet for `QUIET` (an editor's
@@ -43,8 +45,10 @@ pub enum Trigger {
     Hangup,
 }
 
-/// The files of the set: blueprints and the bindings file, absolute.
-fn watched(a: &RunArgs) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+/// The files of the set: blueprints and the bindings file, absolute; the
+/// directories to watch; and the schema registry beside the bindings, when
+/// it exists (its `*.yaml` files are part of the set too).
+fn watched(a: &RunArgs) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>, Option<PathBuf>) {
     let mut files = BTreeSet::new();
     let mut dirs = BTreeSet::new();
     for p in &a.paths {
@@ -66,33 +70,49 @@ fn watched(a: &RunArgs) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
     let first = a.paths.first().map_or(Path::new("."), PathBuf::as_path);
     if let Some(b) = bindings_path(first, a.config.config.as_deref(), a.config.no_config) {
         let abs = std::path::absolute(&b).unwrap_or(b);
+        let mut registry = None;
         if let Some(parent) = abs.parent() {
             dirs.insert(parent.to_path_buf());
+            let reg = parent.join(crate::input::REGISTRY_DIR);
+            if reg.is_dir() {
+                dirs.insert(reg.clone());
+                registry = Some(reg);
+            }
         }
         files.insert(abs);
+        return (files, dirs, registry);
     }
-    (files, dirs)
+    (files, dirs, None)
 }
 
-/// Whether an event path concerns the set: one of its files, or a `.dab`
-/// file in a directory given on the command line.
-fn concerns(path: &Path, files: &BTreeSet<PathBuf>, dirs_given: &BTreeSet<PathBuf>) -> bool {
+/// Whether an event path concerns the set: one of its files, a `.dab`
+/// file in a directory given on the command line, or a `.yaml` file of
+/// the schema registry.
+fn concerns(
+    path: &Path,
+    files: &BTreeSet<PathBuf>,
+    dirs_given: &BTreeSet<PathBuf>,
+    registry: Option<&Path>,
+) -> bool {
     files.contains(path)
         || (path.extension().is_some_and(|e| e == "dab")
             && dirs_given.iter().any(|d| path.starts_with(d)))
+        || (path.extension().is_some_and(|e| e == "yaml")
+            && registry.is_some_and(|r| path.starts_with(r)))
 }
 
 /// Starts watching; events that concern the set go to `tx` as triggers,
 /// debounced. The watcher lives as long as the returned value.
 pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::RecommendedWatcher> {
-    let (files, dirs) = watched(a);
+    let (files, dirs, registry) = watched(a);
     let given: BTreeSet<PathBuf> = a
         .paths
         .iter()
         .filter(|p| p.is_dir())
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
         .collect();
-    let recursive = given.clone();
+    let mut recursive = given.clone();
+    recursive.extend(registry.clone());
     // Each event that concerns the set, and whether it is a rename into
     // place (the file complete as it appears).
     let (raw_tx, raw_rx) = std::sync::mpsc::channel::<bool>();
@@ -101,7 +121,11 @@ pub fn watch(a: &RunArgs, tx: mpsc::Sender<Trigger>) -> anyhow::Result<notify::R
         if ev.kind.is_access() {
             return;
         }
-        if ev.paths.iter().any(|p| concerns(p, &files, &given)) {
+        if ev
+            .paths
+            .iter()
+            .any(|p| concerns(p, &files, &given, registry.as_deref()))
+        {
             let _ = raw_tx.send(renamed_into_place(&ev.kind));
         }
     })?;
