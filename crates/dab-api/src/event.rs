@@ -118,6 +118,12 @@ impl Event {
         self.payload.with(&self.message, f)
     }
 
+    /// The payload as a JSON object, shared with the event's cache (no
+    /// copy); `None` when it is not one. Parsed at most once.
+    pub fn payload_value(&self) -> Option<std::sync::Arc<serde_json::Value>> {
+        self.payload.value(&self.message)
+    }
+
     /// Stands for input that is not an event: the bytes as they came in
     /// `message`, the reason in the `dab.error` tag, and where they came from
     /// in `host`.

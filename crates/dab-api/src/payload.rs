@@ -86,16 +86,22 @@ impl PayloadCache {
     /// Calls `f` with the payload of `message` as a JSON object, or `None`
     /// when it is not one, parsing it only the first time.
     pub fn with<R>(&self, message: &Bytes, f: impl FnOnce(Option<&Value>) -> R) -> R {
+        f(self.value(message).as_deref())
+    }
+
+    /// The payload of `message` as a JSON object, shared (`None` when it
+    /// is not one): for consumers that keep it beyond a call, without a
+    /// copy. Parsed only the first time.
+    pub fn value(&self, message: &Bytes) -> Option<Arc<Value>> {
         let of = identity(message);
         let kept = self.value.get_or_init(|| Kept {
             of,
             parsed: parse_value(message),
         });
         if kept.of == of {
-            f(kept.parsed.as_deref())
+            kept.parsed.clone()
         } else {
-            // `message` was replaced after the first parse.
-            f(parse_value(message).as_deref())
+            parse_value(message)
         }
     }
 

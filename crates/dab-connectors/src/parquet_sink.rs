@@ -313,12 +313,15 @@ impl ParquetSink {
         self.roll_by_age()?;
         let mut rejected = Vec::new();
         // Conforming payloads by hour, hours in order of first appearance.
-        let mut hours: Vec<(i64, Vec<(Value, &Event)>)> = Vec::new();
+        let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
         for (index, e) in events.iter().enumerate() {
-            let payload = e.with_payload(|p| match self.cfg.schema.conforms(p) {
-                Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| p.cloned()),
+            // Shared with the event's parse: no copy of the payload.
+            let value = e.payload_value();
+            let p = value.as_deref();
+            let payload = match self.cfg.schema.conforms(p) {
+                Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| value.clone()),
                 Err(reason) => Err(reason),
-            });
+            };
             match payload {
                 Ok(Some(v)) => {
                     let hour = e.timestamp.div_euclid(HOUR_NS);
@@ -503,12 +506,15 @@ fn struct_fields(fields: &[Field], next: &mut i32) -> ArrowFields {
 }
 
 /// One record batch of conforming payloads and their envelopes.
+/// A conforming payload, shared with its event's parse, and its event.
+type Row<'e> = (Arc<Value>, &'e Event);
+
 fn record_batch(
     arrow: &SchemaRef,
     fields: &[Field],
-    rows: &[(Value, &Event)],
+    rows: &[Row<'_>],
 ) -> Result<RecordBatch, String> {
-    let objs: Vec<Option<&Value>> = rows.iter().map(|(v, _)| Some(v)).collect();
+    let objs: Vec<Option<&Value>> = rows.iter().map(|(v, _)| Some(&**v)).collect();
     let mut columns = struct_columns(arrow.fields(), fields, &objs)?;
     let Some(tags_field) = arrow.fields().last() else {
         return Err("no envelope columns".into());
@@ -559,7 +565,10 @@ fn envelope_fields() -> Vec<ArrowField> {
         .collect()
 }
 
-fn envelope_columns(tags: &DataType, rows: &[(Value, &Event)]) -> Result<Vec<ArrayRef>, String> {
+fn envelope_columns(
+    tags: &DataType,
+    rows: &[(Arc<Value>, &Event)],
+) -> Result<Vec<ArrayRef>, String> {
     let DataType::Map(entries_field, _) = tags else {
         return Err(format!("tags column has Arrow type {tags}"));
     };

@@ -167,15 +167,7 @@ fn side(
     }
 }
 
+/// `fields.a["k-1"]`, as the plan prints a payload operand.
 fn render(keys: &[&str]) -> String {
-    let mut s = String::from("fields");
-    for k in keys {
-        if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            s.push('.');
-            s.push_str(k);
-        } else {
-            s.push_str(&format!("[{k:?}]"));
-        }
-    }
-    s
+    crate::model::Operand::Payload(keys.iter().map(|k| (*k).to_owned()).collect()).to_string()
 }
