@@ -69,12 +69,52 @@ pub fn plan(
     options: &Options,
 ) -> (Plan, Vec<Diagnostic>) {
     let refs: Vec<&Blueprint> = blueprints.iter().collect();
-    plan_refs(&refs, bindings, options)
+    let checks = blueprints
+        .iter()
+        .flat_map(|b| check_blueprint(b, bindings))
+        .collect();
+    plan_refs(&refs, checks, bindings, options)
 }
 
-/// [`plan`] over blueprints held elsewhere (a reload's parse cache).
+/// What checking one statement on its own gives. It depends only on the
+/// statement and the bindings, so a reload whose bindings are unchanged
+/// reuses it for every file that did not change.
+#[derive(Debug, Clone)]
+pub(crate) struct StatementCheck {
+    checked: pipeline::CheckedStatement,
+    /// Op order, arguments and signatures (E002-E009, W002).
+    diags: Vec<Diagnostic>,
+    /// `fields.` paths against the declared schemas (E008).
+    payload: Vec<Diagnostic>,
+}
+
+/// [`StatementCheck`]s of every statement of `blueprint`, in order.
+pub(crate) fn check_blueprint(blueprint: &Blueprint, bindings: &Bindings) -> Vec<StatementCheck> {
+    blueprint
+        .statements
+        .iter()
+        .map(|st| {
+            let mut diags = Vec::new();
+            let checked = pipeline::check_statement(st, &bindings.keys, &mut diags);
+            let mut payload = Vec::new();
+            if let Some(declared) = &bindings.types {
+                payload::check_statement(st, declared, &mut payload);
+            }
+            StatementCheck {
+                checked,
+                diags,
+                payload,
+            }
+        })
+        .collect()
+}
+
+/// [`plan`] over blueprints held elsewhere (a reload's parse cache), with
+/// each statement's own check already made: `checks` has one entry per
+/// statement, in order.
 pub(crate) fn plan_refs(
     blueprints: &[&Blueprint],
+    checks: Vec<StatementCheck>,
     bindings: &Bindings,
     options: &Options,
 ) -> (Plan, Vec<Diagnostic>) {
@@ -83,12 +123,18 @@ pub(crate) fn plan_refs(
         .iter()
         .flat_map(|b| b.statements.iter())
         .collect();
+    assert_eq!(
+        statements.len(),
+        checks.len(),
+        "one check per statement, in order"
+    );
+    let mut payload_diags = Vec::new();
 
     // Each statement's id, made once (an allocation each).
     let ids: Vec<String> = statements.iter().map(|st| st.id()).collect();
     let mut first_by_id: HashMap<&str, dab_diag::Span> = HashMap::new();
     let mut checked = Vec::with_capacity(statements.len());
-    for (st, id) in statements.iter().zip(&ids) {
+    for ((st, id), check) in statements.iter().zip(&ids).zip(checks) {
         if let Some(first) = first_by_id.get(id.as_str()) {
             diags.push(
                 Diagnostic::new(Code::E013, st.head_span, format!("duplicate pipeline id `{id}`"))
@@ -120,7 +166,9 @@ pub(crate) fn plan_refs(
                 );
             }
         }
-        checked.push(pipeline::check_statement(st, &bindings.keys, &mut diags));
+        diags.extend(check.diags);
+        payload_diags.extend(check.payload);
+        checked.push(check.checked);
     }
 
     if let Some(declared) = &bindings.types {
@@ -139,11 +187,7 @@ pub(crate) fn plan_refs(
         }
     }
 
-    if let Some(declared) = &bindings.types {
-        for st in &statements {
-            payload::check_statement(st, declared, &mut diags);
-        }
-    }
+    diags.extend(payload_diags);
 
     let per_pipeline: Vec<&[_]> = checked.iter().map(|c| c.uses.as_slice()).collect();
     let uses = names::collect_uses(&per_pipeline);

@@ -18,7 +18,7 @@ pub(crate) struct NameUse {
     pub write: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct CheckedStatement {
     /// `None` when the statement has errors.
     pub config: Option<PipelineConfig>,
@@ -42,12 +42,17 @@ enum ArgValue {
     Duration(std::time::Duration, Span),
 }
 
+/// Checks one statement; its diagnostics go to `diags`, which holds only
+/// this statement's (the caller gives each statement its own).
 pub(crate) fn check_statement(
     st: &Statement,
     keys: &[KeyDecl],
     diags: &mut Vec<Diagnostic>,
 ) -> CheckedStatement {
-    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    debug_assert!(
+        diags.is_empty(),
+        "each statement is checked into its own list"
+    );
     let mut out = CheckedStatement::default();
     let id = st.id();
     let mut input: Option<(&Op, Option<Ident>)> = None;
@@ -204,8 +209,7 @@ pub(crate) fn check_statement(
         );
     }
 
-    let errors_after = diags.iter().filter(|d| d.is_error()).count();
-    if errors_after == errors_before && !out.missing_stage {
+    if !diags.iter().any(Diagnostic::is_error) && !out.missing_stage {
         if let (Some((_, Some(input))), Some((targets, when_full))) = (input, outputs) {
             out.config = Some(PipelineConfig {
                 input: input.name,

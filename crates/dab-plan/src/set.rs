@@ -7,7 +7,7 @@ use dab_diag::{Diagnostic, FileId, SourceMap};
 use dab_syntax::ast::Blueprint;
 
 use crate::bindings::{load_bindings, Bindings, EnvLookup, FileLookup};
-use crate::{parse_and_plan, plan_refs, Options, Plan};
+use crate::{check_blueprint, parse_and_plan, plan_refs, Options, Plan, StatementCheck};
 
 /// The texts of a set, already read from disk (the CLI does the I/O).
 #[derive(Debug, Clone, Default)]
@@ -57,6 +57,9 @@ pub struct ParseCache {
     bindings: Option<LoadedBindings>,
     /// Whether the last check loaded the bindings file afresh.
     bindings_loaded: bool,
+    /// Files whose statements the last check checked, rather than took
+    /// from here.
+    checked: usize,
 }
 
 /// The bindings file as last loaded, with every environment variable and
@@ -147,6 +150,9 @@ struct Parsed {
     text: String,
     blueprint: Blueprint,
     diagnostics: Vec<Diagnostic>,
+    /// Each statement's own check against the bindings the last check
+    /// used; `None` once the bindings changed or before the first check.
+    checks: Option<Vec<StatementCheck>>,
 }
 
 impl ParseCache {
@@ -159,6 +165,13 @@ impl ParseCache {
     /// it from here.
     pub fn bindings_loaded_last(&self) -> bool {
         self.bindings_loaded
+    }
+
+    /// How many files' statements the last check checked one by one,
+    /// rather than took from here (they are taken only when the file and
+    /// the bindings are both unchanged).
+    pub fn checked_last(&self) -> usize {
+        self.checked
     }
 }
 
@@ -229,12 +242,17 @@ fn parse_and_plan_cached(
 ) -> (Plan, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut parsed: Vec<(String, Parsed)> = Vec::new();
+    // Statement checks depend on the bindings; a fresh load (or no file)
+    // may differ from the one they were made with.
+    let bindings_same = bindings.file.is_some() && !cache.bindings_loaded;
+    let mut checks = Vec::new();
     cache.parsed = 0;
+    cache.checked = 0;
     for (id, file) in map.files() {
         if Some(id) == bindings.file {
             continue;
         }
-        let p = match cache.files.remove(&file.name) {
+        let mut p = match cache.files.remove(&file.name) {
             // Spans carry the file's id, so a file that moved in the set
             // is parsed again.
             Some(p) if p.id == id && p.text == file.text => p,
@@ -246,14 +264,21 @@ fn parse_and_plan_cached(
                     text: file.text.clone(),
                     blueprint,
                     diagnostics,
+                    checks: None,
                 }
             }
         };
+        let reuse = bindings_same && p.checks.is_some();
+        if !reuse {
+            cache.checked += 1;
+            p.checks = Some(check_blueprint(&p.blueprint, bindings));
+        }
+        checks.extend(p.checks.iter().flatten().cloned());
         diags.extend(p.diagnostics.iter().cloned());
         parsed.push((file.name.clone(), p));
     }
     let blueprints: Vec<&Blueprint> = parsed.iter().map(|(_, p)| &p.blueprint).collect();
-    let (plan, d) = plan_refs(&blueprints, bindings, options);
+    let (plan, d) = plan_refs(&blueprints, checks, bindings, options);
     diags.extend(d);
     cache.files = parsed.into_iter().collect();
     (plan, diags)

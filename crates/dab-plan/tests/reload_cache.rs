@@ -4,7 +4,8 @@
 //! same diagnostics at the same places. Set-level checks (duplicate ids
 //! across files, cycles through queues in other files, unknown types) must
 //! see the whole set, cached files included. And the cache must really be
-//! used: an edit to one file parses that file only.
+//! used: an edit to one file parses that file only, and checks only that
+//! file's statements one by one; a change to the bindings checks them all.
 
 #![allow(clippy::unwrap_used)]
 
@@ -74,6 +75,7 @@ fn an_edit_to_one_file_parses_that_file_only_and_checks_the_same() {
     let mut cache = ParseCache::default();
     let first = cached(source(&files), &mut cache);
     assert_eq!(cache.parsed_last(), 8);
+    assert_eq!(cache.checked_last(), 8);
     assert_eq!(shown(&first), shown(&fresh(source(&files))));
     assert!(!first.has_errors(), "{:?}", first.diagnostics);
 
@@ -91,6 +93,7 @@ fn an_edit_to_one_file_parses_that_file_only_and_checks_the_same() {
         files[at].1 = variant;
         let reloaded = cached(source(&files), &mut cache);
         assert_eq!(cache.parsed_last(), 1, "edit {at} -> {variant}");
+        assert_eq!(cache.checked_last(), 1, "edit {at} -> {variant}");
         assert_eq!(
             shown(&reloaded),
             shown(&fresh(source(&files))),
@@ -104,6 +107,7 @@ fn an_edit_to_one_file_parses_that_file_only_and_checks_the_same() {
     // Nothing changed: nothing parsed.
     let again = cached(source(&files), &mut cache);
     assert_eq!(cache.parsed_last(), 0);
+    assert_eq!(cache.checked_last(), 0);
     assert_eq!(shown(&again), shown(&fresh(source(&files))));
 }
 
@@ -272,6 +276,9 @@ fn bindings_are_loaded_again_when_their_text_env_or_files_change() {
         change();
         let reloaded = check(set(n, &b), Some(&mut cache));
         assert_eq!(cache.bindings_loaded_last(), loaded, "{what}");
+        // New bindings: every file's statements are checked against them.
+        let checked = if loaded { n + 1 } else { 0 };
+        assert_eq!(cache.checked_last(), checked, "{what}");
         let fresh = check(set(n, &b), None);
         assert_eq!(shown(&reloaded), shown(&fresh), "{what}");
         assert_eq!(
