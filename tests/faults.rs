@@ -15,6 +15,8 @@ mod broker;
 mod fault_support;
 #[allow(dead_code)]
 mod run_support;
+#[path = "s3_support/mod.rs"]
+mod s3_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,7 +27,8 @@ use fault_support::kafka;
 use fault_support::load::{Load, Spec};
 use fault_support::peer::{Handler, Peer, Seen};
 use fault_support::{
-    file_events, file_offsets, signal, start_dab, terminate_ok, yaml_path, Row, Size, Tmpfs, START,
+    file_events, file_offsets, signal, start_dab, start_dab_with, terminate_ok, yaml_path, Row,
+    Size, Tmpfs, START,
 };
 use run_support::client::{free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics};
 use run_support::process::Dab;
@@ -240,17 +243,41 @@ fn slow_sink_at_1000_events_per_second() {
 /// posts after the space came back succeed, and dab drains and exits 0.
 #[test]
 fn full_disk_then_freed() {
+    let dir = tmp();
+    let out_path = dir.path().join("disk").join("out.ndjson");
+    full_disk_row(
+        dir.path(),
+        "full disk, then freed (file sink)",
+        "FileOut",
+        &file_out(&out_path),
+        &|| file_offsets(&out_path),
+    );
+}
+
+/// The full-disk row for the sink `sink` of `sinks`, which writes under
+/// `dir/disk`, a 64 KiB tmpfs: load until the sink fails, full for 2 s
+/// (5 s at full size) while dab must keep answering `/healthz`, then 4 MiB.
+/// Every 200 is in `delivered()` before any shutdown.
+fn full_disk_row(
+    dir: &Path,
+    label: &str,
+    sink: &str,
+    sinks: &str,
+    delivered: &dyn Fn() -> Vec<u64>,
+) {
     let size = Size::from_env();
     let full_for = size.pick(Duration::from_secs(2), Duration::from_secs(5));
-    let dir = tmp();
-    let disk = Tmpfs::mount(&dir.path().join("disk"), "64k");
-    let out_path = dir.path().join("disk").join("out.ndjson");
-    let (mut dab, metrics, listen) = start_http_in(
-        dir.path(),
-        "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
-        &file_out(&out_path),
+    let disk = Tmpfs::mount(&dir.join("disk"), "64k");
+    let listen = free_addr();
+    write_set(
+        dir,
+        &format!("t.NewPipeline().In(HttpIn).Out({sink})\n"),
+        &format!("{}{sinks}", http_in(&listen)),
     );
-    // About 4,000 events/s, at most 20,000 (2.6 MB): they fit in 4 MiB.
+    let (mut dab, metrics) = start_dab_with(dir, &S3_ENV);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    // About 4,000 events/s, at most 28,000 (3.6 MB as NDJSON): they fit
+    // in 4 MiB.
     let load = Load::start(
         &listen,
         Spec {
@@ -262,8 +289,8 @@ fn full_disk_then_freed() {
     );
     poll(
         Duration::from_secs(30),
-        "the disk to fill up (a file sink error)",
-        || (sink_errors(&metrics, "FileOut") >= 1.0).then_some(()),
+        "the disk to fill up (a sink error)",
+        || (sink_errors(&metrics, sink) >= 1.0).then_some(()),
         || format!("{} acked; dab:\n{}", load.acked(), dab.stderr()),
     );
     let full_at = Instant::now();
@@ -289,20 +316,20 @@ fn full_disk_then_freed() {
     let recovered = out.first_ack_after(freed);
     let later = out.ack_times.iter().filter(|t| **t >= freed).count();
     assert!(dab.running(), "dab stopped");
-    let text = wait_none_failed(&metrics, "FileOut");
-    let errors = must_metric(&text, "dab_sink_errors_total{sink=\"FileOut\"}");
-    // Every 200 is in the file already, before any shutdown.
-    let before_exit = file_offsets(&out_path);
+    let text = wait_none_failed(&metrics, sink);
+    let errors = must_metric(&text, &format!("dab_sink_errors_total{{sink=\"{sink}\"}}"));
+    // Every 200 is in the output already, before any shutdown.
+    let before_exit = delivered();
     let missing_before_exit = out
         .acked
         .iter()
         .filter(|o| !before_exit.contains(o))
         .count();
     terminate_ok(&mut dab);
-    let delivered = file_offsets(&out_path);
+    let delivered = delivered();
     drop(disk);
 
-    let mut row = Row::of_load("full disk, then freed (file sink)", &out, &delivered);
+    let mut row = Row::of_load(label, &out, &delivered);
     row.recovered = recovered;
     row.note = format!(
         "{errors} sink errors while full; {acked_while_full} acked while full; {later} posts answered 200 after; refused: {}",
@@ -311,7 +338,7 @@ fn full_disk_then_freed() {
     row.report();
     assert_eq!(
         missing_before_exit, 0,
-        "acknowledged but not yet in the file"
+        "acknowledged but not yet in the output"
     );
     assert!(later > 0, "no post succeeded after the space came back");
 }
@@ -1098,5 +1125,220 @@ fn rebalance_join_leave_kill() {
     assert!(
         per.iter().all(|n| *n > 0),
         "a member wrote nothing: {per:?}"
+    );
+}
+
+// The parquet sink ---------------------------------------------------------
+
+/// The type the parquet rows write: the load's payload, `{"n", "note"}`.
+const PARQUET_TYPE: &str = "types:\n  A: { version: 1, fields: { n: int64, note: string } }\n";
+
+/// `--env` pairs for the S3 keys the parquet bindings read as `${VAR}`.
+const S3_ENV: [&str; 4] = [
+    "--env",
+    "S3_ACCESS_KEY=dab-test-access-key",
+    "--env",
+    "S3_SECRET_KEY=dab-test-secret-key",
+];
+
+/// The `sinks:` binding of a parquet sink `Warehouse` on S3 at `endpoint`.
+fn parquet_s3_out(endpoint: &str, spool: &Path) -> String {
+    format!(
+        "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: \"s3://warehouse/faults\", type: A, \
+         s3_endpoint: \"{endpoint}\", spool: {}, access_key: \"${{S3_ACCESS_KEY}}\", \
+         secret_key: \"${{S3_SECRET_KEY}}\" }}\n",
+        yaml_path(spool)
+    )
+}
+
+/// Starts dab on a set whose `HttpIn` posts go to the parquet sink of
+/// `sinks`, with the S3 keys in its environment.
+fn start_parquet(dir: &Path, sinks: &str) -> (Dab, String, String) {
+    let listen = free_addr();
+    write_set(
+        dir,
+        "t.NewPipeline().In(HttpIn).Out(Warehouse)\n",
+        &format!("{}{sinks}", http_in(&listen)),
+    );
+    let (dab, metrics) = start_dab_with(dir, &S3_ENV);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    (dab, metrics, listen)
+}
+
+/// The offsets of every row of the committed Parquet files under `dir`
+/// (files under hidden, temporary names are not read), read with pyarrow;
+/// each row's payload `n` must be its offset.
+fn parquet_offsets(dir: &Path) -> Vec<u64> {
+    let script = r#"
+import json, os, sys
+import pyarrow.parquet as pq
+out = []
+for d, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        if name.endswith(".parquet") and not name.startswith("."):
+            t = pq.read_table(os.path.join(d, name), columns=["dab_offset", "n"])
+            out.extend(zip(t.column("dab_offset").to_pylist(), t.column("n").to_pylist()))
+print(json.dumps(out))
+"#;
+    let o = std::process::Command::new(s3_support::python())
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .expect("run pyarrow");
+    assert!(
+        o.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pairs: Vec<(u64, u64)> = serde_json::from_slice(&o.stdout).expect("json");
+    for (offset, n) in &pairs {
+        assert_eq!(offset, n, "a row whose payload is another event's");
+    }
+    pairs.into_iter().map(|(o, _)| o).collect()
+}
+
+/// Downloads the parquet rows' objects and returns their offsets; every
+/// key must be a final name.
+fn s3_offsets(s3: &s3_support::S3Server, into: &Path) -> Vec<u64> {
+    let keys = s3.download("warehouse", "faults/", into);
+    assert!(
+        keys.iter()
+            .all(|k| k.ends_with(".parquet") && !k.contains("/.")),
+        "a key that is not a committed file: {keys:?}"
+    );
+    parquet_offsets(into)
+}
+
+/// The S3 server stops answering (every connection to it is closed) for
+/// 3 s (10 s at full size) under load, and comes back. Every event
+/// answered 200 is in a committed object.
+#[test]
+fn s3_outage_parquet_sink() {
+    let size = Size::from_env();
+    let down = size.pick(Duration::from_secs(3), Duration::from_secs(10));
+    let s3 = s3_support::S3Server::start();
+    s3.mkbucket("warehouse");
+    let proxy = s3_support::Proxy::start(s3.addr());
+    let dir = tmp();
+    let (mut dab, metrics, listen) = start_parquet(
+        dir.path(),
+        &parquet_s3_out(&proxy.endpoint(), &dir.path().join("spool")),
+    );
+    let load = Load::start(
+        &listen,
+        Spec {
+            pause: Duration::from_millis(10),
+            ..Spec::default()
+        },
+    );
+    let phase = size.pick(2_000, 20_000);
+    wait_acks(&load, phase, "acks before the outage", || dab.stderr());
+    proxy.set_up(false);
+    let died = Instant::now();
+    poll(
+        Duration::from_secs(30),
+        "the sink to notice S3 is gone",
+        || (sink_errors(&metrics, "Warehouse") >= 1.0).then_some(()),
+        || dab.stderr(),
+    );
+    std::thread::sleep(down.saturating_sub(died.elapsed()));
+    proxy.set_up(true);
+    let back = Instant::now();
+    wait_acks(&load, phase, "acks after S3 is back", || dab.stderr());
+    let out = load.stop();
+    let text = wait_none_failed(&metrics, "Warehouse");
+    let failures = must_metric(
+        &text,
+        "dab_parquet_commit_failures_total{sink=\"Warehouse\"}",
+    );
+    // Every 200 is in S3 already, before any shutdown.
+    let before_exit = s3_offsets(&s3, &dir.path().join("before"));
+    let missing_before_exit = out
+        .acked
+        .iter()
+        .filter(|o| !before_exit.contains(o))
+        .count();
+    terminate_ok(&mut dab);
+    let delivered = s3_offsets(&s3, &dir.path().join("after"));
+
+    let mut row = Row::of_load(
+        &format!("S3 outage {} s (parquet sink on S3)", down.as_secs()),
+        &out,
+        &delivered,
+    );
+    row.recovered = out.first_ack_after(back);
+    row.note = format!(
+        "{failures} failed commits; refused: {}",
+        out.refusals_text()
+    );
+    row.report();
+    assert_eq!(missing_before_exit, 0, "acknowledged but not yet in S3");
+    assert!(failures >= 1.0, "no commit failed while S3 was down");
+    assert!(row.recovered.is_some(), "no 200 after S3 came back");
+}
+
+/// `dab` writing Parquet to S3 is killed with -9 under load, twice, and
+/// restarted. Every event answered 200 is in a committed object, and
+/// nothing else is under the prefix.
+#[test]
+fn kill_9_of_dab_writing_parquet_to_s3() {
+    let size = Size::from_env();
+    let s3 = s3_support::S3Server::start();
+    s3.mkbucket("warehouse");
+    let dir = tmp();
+    let sinks = parquet_s3_out(&s3.endpoint, &dir.path().join("spool"));
+    let (mut dab, _, listen) = start_parquet(dir.path(), &sinks);
+    let load = Load::start(
+        &listen,
+        Spec {
+            pause: Duration::from_millis(10),
+            ..Spec::default()
+        },
+    );
+    let phase = size.pick(2_000, 20_000);
+    let mut back = Instant::now();
+    for kill in 1..=2 {
+        wait_acks(&load, phase, &format!("acks before kill {kill}"), || {
+            dab.stderr()
+        });
+        signal(dab.pid(), "KILL");
+        let status = dab.wait(Duration::from_secs(5));
+        assert!(!status.success(), "dab was killed: {status}");
+        // The same set, so the same listen address.
+        let (again, _) = start_dab_with(dir.path(), &S3_ENV);
+        dab = again;
+        wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+        back = Instant::now();
+    }
+    wait_acks(&load, phase, "acks after the last restart", || dab.stderr());
+    let out = load.stop();
+    terminate_ok(&mut dab);
+    let delivered = s3_offsets(&s3, &dir.path().join("after"));
+    let mut row = Row::of_load(
+        "kill -9 of dab writing Parquet to S3, twice",
+        &out,
+        &delivered,
+    );
+    row.recovered = out.first_ack_after(back);
+    row.note = format!("refused: {}", out.refusals_text());
+    row.report();
+    assert!(row.recovered.is_some(), "no 200 after the last restart");
+}
+
+/// The disk under a local parquet sink fills up under load, then is made
+/// larger. Every 200 is in a committed file, before any shutdown.
+#[test]
+fn full_disk_then_freed_parquet_sink() {
+    let dir = tmp();
+    let out_dir = dir.path().join("disk").join("warehouse");
+    full_disk_row(
+        dir.path(),
+        "full disk, then freed (parquet sink)",
+        "Warehouse",
+        &format!(
+            "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: {}, type: A }}\n",
+            yaml_path(&out_dir)
+        ),
+        &|| parquet_offsets(&out_dir),
     );
 }

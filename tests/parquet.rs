@@ -2,8 +2,12 @@
 //! NDJSON events from stdin and writes Parquet; pyarrow and DuckDB, readers
 //! nobody here wrote, read the files back (tests/interop/parquet_read.py,
 //! installed by scripts/setup-python.sh; a missing reader fails the test).
+//! The same files on S3-compatible storage are read from moto's S3 server
+//! on loopback (tests/s3_support), downloaded with boto3.
 
 mod common;
+#[path = "s3_support/mod.rs"]
+mod s3_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -155,12 +159,12 @@ types:
       body: bytes?
       at: timestamp
 sinks:
-  Warehouse: { kind: parquet, path: out, type: ApiCall, compression: snappy, max_open_writers: 2 }
   Bad: { kind: file, path: bad.ndjson }
 "#;
 
-fn run_dab(dir: &Path, input: String) {
-    let out = common::run_with_stdin(dir, &["run", "t.dab", "--config", "dab.yaml"], input);
+fn run_dab(dir: &Path, input: String, env: &[(&str, &str)]) {
+    let out =
+        common::run_with_stdin_env(dir, &["run", "t.dab", "--config", "dab.yaml"], input, env);
     assert!(
         out.status.success(),
         "{}",
@@ -186,16 +190,9 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-#[test]
-fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
-    let python = python();
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("t.dab"),
-        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
-    )
-    .expect("t.dab");
-    std::fs::write(dir.path().join("dab.yaml"), BINDINGS).expect("dab.yaml");
+/// The NDJSON lines of the run and the row a reader must see for each
+/// good event, by offset.
+fn case() -> (String, BTreeMap<u64, Value>) {
     let mut input = String::new();
     let mut want: BTreeMap<u64, Value> = BTreeMap::new();
     for i in 0..N {
@@ -219,11 +216,36 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
             want.insert(i, row);
         }
     }
-    run_dab(dir.path(), input);
+    (input, want)
+}
+
+#[test]
+fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
+    let python = python();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
+    )
+    .expect("t.dab");
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        format!("{BINDINGS}  Warehouse: {{ kind: parquet, path: out, type: ApiCall, compression: snappy, max_open_writers: 2 }}\n"),
+    )
+    .expect("dab.yaml");
+    let (input, want) = case();
+    run_dab(dir.path(), input, &[]);
 
     // Nothing but committed files under final names.
     let out = dir.path().join("out");
     let all = files(&out);
+    check_names(&all);
+    check_read_back(&python, &out, &want);
+    check_on_error(dir.path());
+}
+
+/// Nothing but committed files under final names; hour 0 reopened.
+fn check_names(all: &[String]) {
     assert!(!all.is_empty());
     assert!(
         all.iter()
@@ -234,10 +256,63 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     // new file in the same partition, never a file elsewhere.
     let hour0 = all.iter().filter(|f| f.contains("hour=00/")).count();
     assert!(hour0 >= 2, "hour 0 was not reopened: {all:?}");
+}
 
-    let read = Command::new(&python)
+/// The same run with `path: s3://warehouse/server_logs` on moto's S3
+/// server: the objects, downloaded with boto3, are exactly the files the
+/// local run checks, read back the same way; the keys are final names
+/// only, and the spool is empty once dab has ended.
+#[test]
+fn stdin_to_parquet_on_s3_read_back_by_pyarrow_and_duckdb() {
+    let python = python();
+    let s3 = s3_support::S3Server::start();
+    s3.mkbucket("warehouse");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
+    )
+    .expect("t.dab");
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        format!(
+            "{BINDINGS}  Warehouse: {{ kind: parquet, path: \"s3://warehouse/server_logs\", type: ApiCall, \
+             compression: snappy, max_open_writers: 2, s3_endpoint: \"{}\", spool: spool, \
+             access_key: \"${{S3_ACCESS_KEY}}\", secret_key: \"${{S3_SECRET_KEY}}\" }}\n",
+            s3.endpoint
+        ),
+    )
+    .expect("dab.yaml");
+    let (input, want) = case();
+    run_dab(
+        dir.path(),
+        input,
+        &[
+            ("S3_ACCESS_KEY", s3_support::ACCESS_KEY),
+            ("S3_SECRET_KEY", s3_support::SECRET_KEY),
+        ],
+    );
+
+    let local = dir.path().join("downloaded");
+    let keys = s3.download("warehouse", "server_logs/", &local);
+    assert!(
+        keys.iter().all(|k| k.starts_with("server_logs/year=2024/")),
+        "{keys:?}"
+    );
+    check_names(&files(&local));
+    assert_eq!(files(&local).len(), keys.len());
+    let spool = files(&dir.path().join("spool"));
+    assert!(spool.is_empty(), "left in the spool: {spool:?}");
+    check_read_back(&python, &local, &want);
+    check_on_error(dir.path());
+}
+
+/// pyarrow and DuckDB read back exactly `want`, in the partitions of the
+/// event hours, with the type, version and field ids in every file.
+fn check_read_back(python: &Path, out: &Path, want: &BTreeMap<u64, Value>) {
+    let read = Command::new(python)
         .arg(common::root().join("tests/interop/parquet_read.py"))
-        .arg(&out)
+        .arg(out)
         .output()
         .expect("run parquet_read.py");
     assert!(
@@ -258,14 +333,14 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
             "team {team} twice"
         );
     }
-    for (i, w) in &want {
+    for (i, w) in want {
         assert_eq!(by_team.get(i), Some(w), "row of event {i}");
     }
 
     // DuckDB over the hive partitions: counts per hour, NULLs counted as
     // NULLs (count(col) skips them), no empty string standing for one.
     let mut per_hour: BTreeMap<i64, [i64; 8]> = BTreeMap::new();
-    for (i, w) in &want {
+    for (i, w) in want {
         let c = per_hour.entry(hour_of(*i)).or_default();
         let present = |k: &str| i64::from(!w[k].is_null());
         c[0] += 1;
@@ -319,10 +394,12 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
         )
         .collect();
     assert_eq!(ids, &Value::Array(want_ids));
+}
 
-    // The payloads that do not conform went to OnError, exactly, each with
-    // the reason in `dab.error`.
-    let bad_text = std::fs::read_to_string(dir.path().join("bad.ndjson")).expect("bad.ndjson");
+/// The payloads that do not conform went to OnError, exactly, each with
+/// the reason in `dab.error`.
+fn check_on_error(dir: &Path) {
+    let bad_text = std::fs::read_to_string(dir.join("bad.ndjson")).expect("bad.ndjson");
     let bad: Vec<Value> = bad_text
         .lines()
         .map(|l| serde_json::from_str(l).expect("bad line"))
@@ -387,4 +464,82 @@ fn validate_refuses_a_type_without_a_schema() {
         (Some(5), Some(40)),
         "{text}"
     );
+}
+
+/// `dab validate` refuses what an s3:// path cannot work with, each with
+/// E015 and a message naming the field: a key written into the bindings
+/// file (keys come from the environment only), a missing key, an endpoint
+/// that is not an http(s) URL, a path without a bucket, and S3 fields
+/// beside a local directory. With `${VAR}` keys it accepts the sink.
+#[test]
+fn validate_refuses_s3_settings_that_cannot_work() {
+    let keys = r#"access_key: "${S3_ACCESS_KEY}", secret_key: "${S3_SECRET_KEY}""#;
+    let cases = [
+        (format!(r#"path: "s3://w/p", {keys}"#), None),
+        (
+            format!(r#"path: "s3://w/p", {keys}, s3_endpoint: "http://127.0.0.1:9000""#),
+            None,
+        ),
+        (
+            r#"path: "s3://w/p", access_key: "AKIA123", secret_key: "${S3_SECRET_KEY}""#.to_owned(),
+            Some("`access_key` is written into the bindings file"),
+        ),
+        (
+            r#"path: "s3://w/p", access_key: "${S3_ACCESS_KEY}""#.to_owned(),
+            Some("an s3:// path needs `secret_key`"),
+        ),
+        (
+            format!(r#"path: "s3://w/p", {keys}, s3_endpoint: "127.0.0.1:9000""#),
+            Some("`s3_endpoint` `127.0.0.1:9000` is not an http:// or https:// URL"),
+        ),
+        (
+            format!(r#"path: "s3:///p", {keys}"#),
+            Some("`s3:///p` names no bucket"),
+        ),
+        (
+            r#"path: out, s3_region: eu-west-1"#.to_owned(),
+            Some("`s3_region` is only for an s3:// path"),
+        ),
+    ];
+    for (fields, want) in cases {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("t.dab"),
+            "p.NewPipeline().In(Stdin).Out(W)\n",
+        )
+        .expect("t.dab");
+        std::fs::write(
+            dir.path().join("dab.yaml"),
+            format!("types:\n  T: {{ version: 1, fields: {{ a: int64 }} }}\nsinks:\n  W: {{ kind: parquet, type: T, {fields} }}\n"),
+        )
+        .expect("dab.yaml");
+        let o = common::run_in(
+            dir.path(),
+            &[
+                "validate",
+                "t.dab",
+                "--config",
+                "dab.yaml",
+                "--format",
+                "json",
+                "--env",
+                "S3_ACCESS_KEY=a",
+                "--env",
+                "S3_SECRET_KEY=b",
+            ],
+        );
+        let text = common::stdout(&o);
+        match want {
+            None => assert!(o.status.success(), "{fields}: {text}"),
+            Some(want) => {
+                assert!(!o.status.success(), "{fields}: accepted");
+                assert_eq!(
+                    common::json_codes(&o),
+                    vec!["E015".to_owned()],
+                    "{fields}: {text}"
+                );
+                assert!(text.contains(want), "{fields}: {text}");
+            }
+        }
+    }
 }

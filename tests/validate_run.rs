@@ -136,10 +136,19 @@ fn candidates(f: &FieldSpec, files: &Files) -> Vec<String> {
             );
         }
         FieldType::Str => out.extend(
-            ["t", "", "  ", "a,b", "127.0.0.1:1", "host"]
-                .map(quoted)
-                .into_iter()
-                .chain(["2024".to_owned()]),
+            [
+                "t",
+                "",
+                "  ",
+                "a,b",
+                "127.0.0.1:1",
+                "host",
+                "http://127.0.0.1:1",
+                "${DAB_TEST_KEY}",
+            ]
+            .map(quoted)
+            .into_iter()
+            .chain(["2024".to_owned()]),
         ),
         FieldType::StrList => {
             let many = |n: usize| {
@@ -221,6 +230,25 @@ fn load(
             _ => {}
         }
     }
+    // The parquet sink's S3 fields go with an s3:// path and its keys.
+    const S3_FIELDS: [&str; 5] = [
+        "s3_endpoint",
+        "s3_region",
+        "access_key",
+        "secret_key",
+        "spool",
+    ];
+    if let (Section::Sinks, "parquet", Some((name, _))) = (kind.section, kind.kind, field) {
+        if S3_FIELDS.contains(&name) {
+            entries.retain(|e| !e.starts_with("path:"));
+            entries.push(format!("path: {}", quoted("s3://w/p")));
+            for key in ["access_key", "secret_key"] {
+                if name != key {
+                    entries.push(format!("{key}: {}", quoted("${DAB_TEST_KEY}")));
+                }
+            }
+        }
+    }
     if let Some((name, value)) = field {
         entries.push(format!("{name}: {value}"));
     }
@@ -236,7 +264,7 @@ fn load(
         entries.join(", ")
     );
     let mut map = SourceMap::new();
-    let env = |_: &str| None;
+    let env = |k: &str| (k == "DAB_TEST_KEY").then(|| "k".to_owned());
     let (bindings, diags) = load_bindings(&mut map, "dab.yaml", text.clone(), &env, &|p| {
         std::fs::read(p)
     });

@@ -29,12 +29,23 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Output {
 /// Runs `dab ARGS` in `dir` with `input` on its stdin (written from
 /// another thread, so a full pipe cannot deadlock) and waits for it.
 pub fn run_with_stdin(dir: &Path, args: &[&str], input: String) -> Output {
+    run_with_stdin_env(dir, args, input, &[])
+}
+
+/// [`run_with_stdin`] with `env` added to dab's environment.
+pub fn run_with_stdin_env(
+    dir: &Path,
+    args: &[&str],
+    input: String,
+    env: &[(&str, &str)],
+) -> Output {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = dab()
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

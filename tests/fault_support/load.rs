@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::run_support::client::request;
 
-/// Event `i`: type `A`, about 130 bytes as a line.
+/// Event `i`: type `A`, about 150 bytes as a line. The payload is a JSON
+/// object (`n`, `note`), so that a typed sink (parquet) takes it too.
 pub fn line(i: u64) -> String {
     format!(
-        r#"{{"timestamp":{},"host":"fault-1","type":"A","offset":{i},"pid":7,"message":"fault matrix event {i:0>12}","tags":{{"run":"faults"}}}}"#,
+        r#"{{"timestamp":{},"host":"fault-1","type":"A","offset":{i},"pid":7,"message":"{{\"n\":{i},\"note\":\"fault matrix event {i:0>12}\"}}","tags":{{"run":"faults"}}}}"#,
         1_700_000_000_000_000_000u64 + i
     )
 }

@@ -181,18 +181,22 @@ pub fn yaml_path(p: &Path) -> String {
 /// Starts `dab run t.dab --metrics ADDR --log-format json` in `dir` and
 /// waits for `/healthz`.
 pub fn start_dab(dir: &Path) -> (Dab, String) {
+    start_dab_with(dir, &[])
+}
+
+/// [`start_dab`] with `extra` arguments (`--env K=V`, say).
+pub fn start_dab_with(dir: &Path, extra: &[&str]) -> (Dab, String) {
     let metrics = free_addr();
-    let dab = Dab::start(
-        dir,
-        &[
-            "run",
-            "t.dab",
-            "--metrics",
-            &metrics,
-            "--log-format",
-            "json",
-        ],
-    );
+    let mut args = vec![
+        "run",
+        "t.dab",
+        "--metrics",
+        &metrics,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let dab = Dab::start(dir, &args);
     wait_http_ok(&metrics, "/healthz", START, || dab.stderr());
     (dab, metrics)
 }

@@ -380,7 +380,7 @@ static KINDS: &[KindSpec] = &[
         kind: "parquet",
         doc: "Parquet files of one type's payloads, by hour of event time (SPEC section 8)",
         fields: &[
-            req("path", FieldType::Path, "local directory; files go under year=/month=/day=/hour="),
+            req("path", FieldType::Path, "local directory, or s3://bucket/prefix; files go under year=/month=/day=/hour="),
             req("type", FieldType::Str, "the declared type whose `fields` give the columns"),
             opt("compression", PARQUET_COMPRESSION, "zstd (default), snappy or none"),
             opt("max_file_bytes", FieldType::Int, "roll a file at this size (default 128 MiB)")
@@ -389,6 +389,11 @@ static KINDS: &[KindSpec] = &[
                 .within(1, HOUR_MS),
             opt("max_open_writers", FieldType::Int, "files open at once, late hours included (default 16)")
                 .within(1, 1024),
+            opt("s3_endpoint", FieldType::Str, "http(s)://host:port of an S3-compatible server (default: AWS)"),
+            opt("s3_region", FieldType::Str, "the bucket's region (default us-east-1)"),
+            opt("access_key", FieldType::Str, "S3 access key id, written as \"${VAR}\": from the environment only"),
+            opt("secret_key", FieldType::Str, "S3 secret key, written as \"${VAR}\": from the environment only"),
+            opt("spool", FieldType::Path, "local directory for files before their upload (default: the system's temp dir)"),
             BREAKER_AFTER,
             BREAKER_COOLDOWN,
         ],

@@ -1,21 +1,27 @@
 //! `parquet` sink (SPEC section 8): the payloads of one declared type as
 //! Parquet files under `<path>/year=YYYY/month=MM/day=DD/hour=HH/`, the
-//! hour of each event's timestamp in UTC.
+//! hour of each event's timestamp in UTC. `path` is a local directory or
+//! `s3://bucket/prefix` on S3-compatible storage (through `object_store`).
 //!
 //! Columns are the schema's fields, by name, in declaration order, each
 //! with a Parquet field id; optional fields that are absent are nulls;
 //! structs, lists and maps are Parquet's nested types. The file's key-value
 //! metadata holds `dab.type` and `dab.schema_version`.
 //!
-//! A file is written as `.part-….parquet.tmp` beside its final name and
-//! renamed only once it is complete and fsynced (then the directory is
-//! fsynced too), so nothing half-written ever has a final name. `flush`
-//! commits every open file, which makes the acknowledgement rule simple: a
-//! batch is acknowledged after a good flush, and by then the file holding
-//! it is committed. Between flushes a file rolls when it reaches
-//! `max_file_bytes` or `max_file_age`, and at most `max_open_writers` files
-//! are open at once (a late event reopening an old hour closes the least
-//! recently used file first).
+//! Nothing half-written ever has a final name:
+//! - locally, a file is written as `.part-….parquet.tmp` beside its final
+//!   name and renamed only once it is complete and fsynced (then the
+//!   directory is fsynced too);
+//! - on S3, a file is written to a local spool directory and uploaded
+//!   under its final key once complete: one PUT, or a multipart upload
+//!   that S3 shows only when it is completed (a failed one is aborted).
+//!
+//! `flush` commits every open file, which makes the acknowledgement rule
+//! simple: a batch is acknowledged after a good flush, and by then the
+//! file holding it is committed. Between flushes a file rolls when it
+//! reaches `max_file_bytes` or `max_file_age`, and at most
+//! `max_open_writers` files are open at once (a late event reopening an
+//! old hour closes the least recently used file first).
 //!
 //! A payload that does not conform to the schema is never written: it is
 //! returned as rejected with the reason, and the runtime sends it to the
@@ -23,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +51,9 @@ use dab_api::{
     Written,
 };
 use dab_schema::{Field, FieldType, Schema, Type};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -55,11 +65,91 @@ const HOUR_NS: i64 = 3_600_000_000_000;
 pub const DEFAULT_MAX_OPEN_WRITERS: usize = 16;
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 * 1024 * 1024;
 const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(300);
+/// Files up to this size are uploaded in one PUT; larger ones in parts of
+/// this size (S3 wants at least 5 MiB for every part but the last).
+const UPLOAD_PART: u64 = 8 * 1024 * 1024;
+/// The region an S3-compatible server is asked for when none is set.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// Where committed files go.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// A local directory.
+    Local(PathBuf),
+    /// S3-compatible object storage.
+    S3(S3Location),
+}
+
+/// An `s3://bucket/prefix` path and how to reach it.
+#[derive(Clone)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without a leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// `http(s)://host:port` of an S3-compatible server; AWS when `None`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Local directory where files are written before their upload.
+    pub spool: PathBuf,
+}
+
+impl std::fmt::Debug for S3Location {
+    /// Never prints the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Location")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("spool", &self.spool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Location {
+    /// `s3://bucket/prefix` -> (bucket, prefix); `None` unless the path
+    /// starts with `s3://` and names a bucket.
+    pub fn parse_path(path: &str) -> Option<(String, String)> {
+        let rest = path.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        (!bucket.is_empty()).then(|| (bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+    }
+
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, String> {
+        // The runtime retries and opens the breaker itself: the client
+        // tries a request at most three times, and gives up on a peer
+        // that does not answer, rather than stalling the sink for minutes.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let options = ClientOptions::new()
+            .with_timeout(Duration::from_secs(30))
+            .with_connect_timeout(Duration::from_secs(5));
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region(&self.region)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .with_retry(retry)
+            .with_client_options(options);
+        if let Some(endpoint) = &self.endpoint {
+            b = b
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let store = b.build().map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
+    }
+}
 
 /// The sink's settings, once read.
 #[derive(Debug, Clone)]
 pub struct ParquetConfig {
-    pub dir: PathBuf,
+    pub storage: Storage,
     /// The declared type whose schema gives the columns.
     pub type_name: String,
     pub schema: Schema,
@@ -78,13 +168,23 @@ pub struct ParquetStats {
     pub rows_committed: AtomicU64,
     /// Payloads refused because they do not conform to the schema.
     pub schema_mismatch: AtomicU64,
+    /// Commits that failed (a write, fsync, rename or upload); their
+    /// events are written again.
+    pub commit_failures: AtomicU64,
+}
+
+/// Where a file goes when it is committed.
+#[derive(Debug, Clone)]
+enum Dest {
+    File(PathBuf),
+    Object(ObjectPath),
 }
 
 struct OpenFile {
     /// Hours since the epoch.
     hour: i64,
     tmp: PathBuf,
-    dest: PathBuf,
+    dest: Dest,
     writer: ArrowWriter<File>,
     opened: Instant,
     rows: u64,
@@ -109,6 +209,12 @@ impl ConnectorMetrics for ParquetStats {
                  (sent to OnError, or dropped and counted as rejected)",
                 &self.schema_mismatch,
             ),
+            (
+                "dab_parquet_commit_failures_total",
+                "Parquet files whose commit (write, fsync, rename or upload) failed; \
+                 their events are written again",
+                &self.commit_failures,
+            ),
         ] {
             out.push(
                 Sample::counter(name, help, v.load(Ordering::Relaxed))
@@ -132,8 +238,13 @@ pub struct ParquetSink {
     cfg: ParquetConfig,
     arrow: SchemaRef,
     props: WriterProperties,
+    /// The S3 client, when `storage` is S3.
+    store: Option<Arc<dyn ObjectStore>>,
     /// Least recently used first.
     open: Vec<OpenFile>,
+    /// Files closed by a roll (size, age or the open-writer bound) and not
+    /// committed yet; `write` commits them before it returns.
+    closing: Vec<OpenFile>,
     /// Makes file names unique across runs: start time and process id.
     run: String,
     seq: u64,
@@ -176,8 +287,138 @@ fn pq(what: &str, path: &Path, e: parquet::errors::ParquetError) -> SinkError {
     )))
 }
 
+/// `mkdir -p`, then fsync every directory it may have made (each is an
+/// entry of its parent), up to `root`: or a crash could lose a committed
+/// file's whole partition.
+fn create_dirs(dir: &Path, root: &Path) -> Result<(), SinkError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    for parent in dir.ancestors().skip(1) {
+        sync_dir(parent)?;
+        if parent == root || parent.as_os_str().is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Uploads the local file `tmp` as `key`: one PUT when it is small, else a
+/// multipart upload, aborted if any part fails. Either way S3 shows the
+/// object only once all of it is there.
+async fn upload(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    tmp: &Path,
+    key: &ObjectPath,
+) -> Result<(), SinkError> {
+    let failed = |e: object_store::Error| {
+        SinkError::transient(ConnectorError::Other(format!(
+            "cannot upload `s3://{bucket}/{key}`: {e}"
+        )))
+    };
+    let len = std::fs::metadata(tmp)
+        .map_err(|e| io("cannot read", tmp, e))?
+        .len();
+    if len <= UPLOAD_PART {
+        let bytes = blocking(|| std::fs::read(tmp)).map_err(|e| io("cannot read", tmp, e))?;
+        store
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map_err(failed)?;
+        return Ok(());
+    }
+    let mut file = File::open(tmp).map_err(|e| io("cannot read", tmp, e))?;
+    let mut up = store.put_multipart(key).await.map_err(failed)?;
+    let parts = async {
+        loop {
+            let mut part = Vec::with_capacity(UPLOAD_PART as usize);
+            blocking(|| (&mut file).take(UPLOAD_PART).read_to_end(&mut part))
+                .map_err(|e| io("cannot read", tmp, e))?;
+            if part.is_empty() {
+                break;
+            }
+            up.put_part(PutPayload::from(part)).await.map_err(failed)?;
+        }
+        up.complete().await.map_err(failed).map(drop)
+    }
+    .await;
+    if parts.is_err() {
+        // An aborted upload is never visible; one left open would only
+        // cost storage until the bucket's lifecycle rule removes it.
+        let _ = up.abort().await;
+    }
+    parts
+}
+
+/// What a commit needs of the sink, apart from it: the sink holds the
+/// open writers, which may not be shared across threads, and a commit
+/// awaits an upload.
+struct Committer {
+    store: Option<Arc<dyn ObjectStore>>,
+    bucket: String,
+    stats: Arc<ParquetStats>,
+}
+
+impl Committer {
+    /// Writes the footer and puts the file under its final name: fsync,
+    /// rename and directory fsync, or an upload. On error the temporary
+    /// file is removed.
+    async fn commit(&self, f: OpenFile) -> Result<(), SinkError> {
+        let OpenFile {
+            tmp,
+            dest,
+            writer,
+            rows,
+            ..
+        } = f;
+        let done = match (&dest, &self.store) {
+            (Dest::File(dest), _) => blocking(|| {
+                writer
+                    .into_inner()
+                    .map_err(|e| pq("cannot finish", &tmp, e))
+                    .and_then(|file| file.sync_all().map_err(|e| io("cannot fsync", &tmp, e)))
+                    .and_then(|()| {
+                        std::fs::rename(&tmp, dest).map_err(|e| io("cannot rename", &tmp, e))
+                    })
+                    .and_then(|()| dest.parent().map_or(Ok(()), sync_dir))
+            }),
+            (Dest::Object(key), Some(store)) => {
+                match blocking(|| {
+                    writer
+                        .into_inner()
+                        .map_err(|e| pq("cannot finish", &tmp, e))
+                }) {
+                    Ok(file) => {
+                        drop(file);
+                        upload(store.as_ref(), &self.bucket, &tmp, key).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Dest::Object(key), None) => Err(SinkError::permanent(ConnectorError::Other(format!(
+                "no object store for `{key}`"
+            )))),
+        };
+        // The spool file is not needed once uploaded; the local file was
+        // renamed away (removing its old name is then a no-op).
+        if matches!(dest, Dest::Object(_)) || done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        if let Err(e) = done {
+            self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 impl ParquetSink {
-    pub fn new(name: &str, cfg: ParquetConfig) -> ParquetSink {
+    /// Fails when the S3 client cannot be made from the settings.
+    pub fn new(name: &str, cfg: ParquetConfig) -> Result<ParquetSink, String> {
         let arrow = Arc::new(arrow_schema(&cfg.schema));
         let mut meta = vec![KeyValue::new("dab.type".into(), cfg.type_name.clone())];
         if let Some(v) = cfg.schema.version {
@@ -187,33 +428,37 @@ impl ParquetSink {
             .set_compression(cfg.compression)
             .set_key_value_metadata(Some(meta))
             .build();
+        let store = match &cfg.storage {
+            Storage::Local(_) => None,
+            Storage::S3(loc) => Some(loc.store()?),
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        ParquetSink {
+        Ok(ParquetSink {
             cfg,
             arrow,
             props,
+            store,
             open: Vec::new(),
+            closing: Vec::new(),
             run: format!("{now:x}-{:x}", std::process::id()),
             seq: 0,
             stats: Arc::new(ParquetStats {
                 name: name.to_owned(),
                 ..ParquetStats::default()
             }),
-        }
+        })
     }
 
     pub fn stats(&self) -> Arc<ParquetStats> {
         self.stats.clone()
     }
 
-    /// The partition directory of an hour since the epoch.
-    fn partition(&self, hour: i64) -> PathBuf {
+    /// The partition of an hour since the epoch, as a relative path.
+    fn partition(hour: i64) -> String {
         let t = chrono::DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
-        self.cfg
-            .dir
-            .join(t.format("year=%Y/month=%m/day=%d/hour=%H").to_string())
+        t.format("year=%Y/month=%m/day=%d/hour=%H").to_string()
     }
 
     /// The open file of `hour`, opening one (after closing the least
@@ -225,25 +470,34 @@ impl ParquetSink {
         } else {
             while self.open.len() >= self.cfg.max_open_writers.max(1) {
                 let lru = self.open.remove(0);
-                self.commit(lru)?;
-            }
-            let dir = self.partition(hour);
-            if !dir.is_dir() {
-                std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
-                // New directories are entries of their parents: fsync the
-                // parents too, or a crash could lose a committed file's
-                // whole partition.
-                for parent in dir.ancestors().skip(1) {
-                    sync_dir(parent)?;
-                    if parent == self.cfg.dir || parent.as_os_str().is_empty() {
-                        break;
-                    }
-                }
+                self.closing.push(lru);
             }
             self.seq += 1;
             let name = format!("part-{}-{:06}.parquet", self.run, self.seq);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let dest = dir.join(name);
+            let partition = Self::partition(hour);
+            let (tmp, dest) = match &self.cfg.storage {
+                Storage::Local(root) => {
+                    let dir = root.join(&partition);
+                    create_dirs(&dir, root)?;
+                    (
+                        dir.join(format!(".{name}.tmp")),
+                        Dest::File(dir.join(&name)),
+                    )
+                }
+                Storage::S3(loc) => {
+                    create_dirs(&loc.spool, &loc.spool)?;
+                    let key = [loc.prefix.as_str(), &partition, &name]
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    (
+                        loc.spool.join(format!(".{name}.tmp")),
+                        Dest::Object(ObjectPath::from(key)),
+                    )
+                }
+            };
             let file = File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
             let writer = ArrowWriter::try_new(file, self.arrow.clone(), Some(self.props.clone()))
                 .map_err(|e| pq("cannot start", &tmp, e))?;
@@ -260,57 +514,40 @@ impl ParquetSink {
         Ok(&mut self.open[last])
     }
 
-    /// Writes the footer, fsyncs, renames into place and fsyncs the
-    /// directory. On error the temporary file is removed.
-    fn commit(&self, f: OpenFile) -> Result<(), SinkError> {
-        let OpenFile {
-            tmp,
-            dest,
-            writer,
-            rows,
-            ..
-        } = f;
-        let done = writer
-            .into_inner()
-            .map_err(|e| pq("cannot finish", &tmp, e))
-            .and_then(|file| file.sync_all().map_err(|e| io("cannot fsync", &tmp, e)))
-            .and_then(|()| std::fs::rename(&tmp, &dest).map_err(|e| io("cannot rename", &tmp, e)));
-        if let Err(e) = done {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+    /// Commits the files closed so far, oldest first. On error the rest
+    /// stay in `closing` for `rewind` to drop.
+    async fn commit_closing(&mut self) -> Result<(), SinkError> {
+        let to = Committer {
+            store: self.store.clone(),
+            bucket: match &self.cfg.storage {
+                Storage::S3(loc) => loc.bucket.clone(),
+                Storage::Local(_) => String::new(),
+            },
+            stats: self.stats.clone(),
+        };
+        while !self.closing.is_empty() {
+            let f = self.closing.remove(0);
+            to.commit(f).await?;
         }
-        if let Some(dir) = dest.parent() {
-            sync_dir(dir)?;
-        }
-        self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
-        self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Commits the files that reached their age.
-    fn roll_by_age(&mut self) -> Result<(), SinkError> {
+    /// Closes the files that reached their age.
+    fn roll_by_age(&mut self) {
         while let Some(i) = self
             .open
             .iter()
             .position(|f| f.opened.elapsed() >= self.cfg.max_file_age)
         {
             let f = self.open.remove(i);
-            self.commit(f)?;
+            self.closing.push(f);
         }
-        Ok(())
     }
 
-    fn commit_all(&mut self) -> Result<(), SinkError> {
-        while !self.open.is_empty() {
-            let f = self.open.remove(0);
-            self.commit(f)?;
-        }
-        Ok(())
-    }
-
-    /// Synchronous body of `write`.
+    /// Synchronous body of `write`: encodes and writes; files that roll
+    /// are left in `closing`.
     fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
-        self.roll_by_age()?;
+        self.roll_by_age();
         let mut rejected = Vec::new();
         // Conforming payloads by hour, hours in order of first appearance.
         let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
@@ -364,23 +601,35 @@ impl ParquetSink {
             let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
             if size >= max_bytes {
                 if let Some(f) = self.open.pop() {
-                    self.commit(f)?;
+                    self.closing.push(f);
                 }
             }
         }
         Ok(Written { rejected })
+    }
+
+    /// Drops every file not committed, and its temporary file.
+    fn drop_uncommitted(&mut self) {
+        for f in self.open.drain(..).chain(self.closing.drain(..)) {
+            drop(f.writer);
+            let _ = std::fs::remove_file(&f.tmp);
+        }
     }
 }
 
 #[async_trait]
 impl Sink for ParquetSink {
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
-        blocking(|| self.write_now(events))
+        let written = blocking(|| self.write_now(events))?;
+        self.commit_closing().await?;
+        Ok(written)
     }
 
     /// Commits every open file: a batch is acknowledged only after this.
     async fn flush(&mut self) -> Result<(), SinkError> {
-        blocking(|| self.commit_all())
+        let open: Vec<OpenFile> = self.open.drain(..).collect();
+        self.closing.extend(open);
+        self.commit_closing().await
     }
 
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
@@ -390,10 +639,7 @@ impl Sink for ParquetSink {
     /// Drops the open files, which were never committed: the runtime
     /// writes their events again. Committed files stay (at least once).
     async fn rewind(&mut self) -> Result<(), SinkError> {
-        for f in self.open.drain(..) {
-            drop(f.writer);
-            let _ = std::fs::remove_file(&f.tmp);
-        }
+        self.drop_uncommitted();
         Ok(())
     }
 }
@@ -401,9 +647,7 @@ impl Sink for ParquetSink {
 impl Drop for ParquetSink {
     /// Uncommitted files are not kept: their events were never acknowledged.
     fn drop(&mut self) {
-        for f in self.open.drain(..) {
-            let _ = std::fs::remove_file(&f.tmp);
-        }
+        self.drop_uncommitted();
     }
 }
 
@@ -796,9 +1040,36 @@ impl ParquetSinkFactory {
             reason,
         };
         let f = Fields(fields);
-        let dir = f
+        let path = f
             .str("path")
             .ok_or_else(|| fail("`path` is required".into()))?;
+        let storage = match S3Location::parse_path(path) {
+            None if path.starts_with("s3://") => {
+                return Err(fail(format!(
+                    "`{path}` names no bucket: write s3://bucket/prefix"
+                )))
+            }
+            None => Storage::Local(PathBuf::from(path)),
+            Some((bucket, prefix)) => {
+                let key = |k: &str| {
+                    f.str(k)
+                        .map(str::to_owned)
+                        .ok_or_else(|| fail(format!("`{k}` is required with an s3:// path")))
+                };
+                Storage::S3(S3Location {
+                    bucket,
+                    prefix,
+                    endpoint: f.str("s3_endpoint").map(str::to_owned),
+                    region: f.str("s3_region").unwrap_or(DEFAULT_S3_REGION).to_owned(),
+                    access_key: key("access_key")?,
+                    secret_key: key("secret_key")?,
+                    spool: f.str("spool").map_or_else(
+                        || std::env::temp_dir().join("dab-parquet-spool").join(name),
+                        PathBuf::from,
+                    ),
+                })
+            }
+        };
         let type_name = f
             .str("type")
             .ok_or_else(|| fail("`type` is required".into()))?;
@@ -823,7 +1094,7 @@ impl ParquetSinkFactory {
             _ => Compression::ZSTD(ZstdLevel::default()),
         };
         Ok(ParquetConfig {
-            dir: PathBuf::from(dir),
+            storage,
             type_name: type_name.to_owned(),
             schema: schema.clone(),
             compression,
@@ -863,10 +1134,14 @@ impl SinkFactory for ParquetSinkFactory {
         fields: &BTreeMap<String, ConfigValue>,
         schema: Option<&Schema>,
     ) -> Result<Box<dyn Sink>, BuildError> {
-        Ok(Box::new(ParquetSink::new(
-            name,
-            Self::config(name, fields, schema)?,
-        )))
+        let sink =
+            ParquetSink::new(name, Self::config(name, fields, schema)?).map_err(|reason| {
+                BuildError {
+                    name: name.to_owned(),
+                    reason: format!("cannot make the S3 client: {reason}"),
+                }
+            })?;
+        Ok(Box::new(sink))
     }
 }
 

@@ -29,7 +29,7 @@ fn rolling(dir: &Path, max_open: usize, bytes: u64, age: Duration) -> ParquetSin
     ParquetSink::new(
         "W",
         ParquetConfig {
-            dir: dir.to_path_buf(),
+            storage: Storage::Local(dir.to_path_buf()),
             type_name: "T".into(),
             schema: schema(),
             compression: Compression::ZSTD(ZstdLevel::default()),
@@ -38,6 +38,7 @@ fn rolling(dir: &Path, max_open: usize, bytes: u64, age: Duration) -> ParquetSin
             max_open_writers: max_open,
         },
     )
+    .expect("a local sink")
 }
 
 fn event(hour: i64, message: &str) -> Event {
@@ -219,7 +220,8 @@ fn non_conforming_payloads_are_rejected_with_the_reason() {
         vec![
             ("dab_parquet_files_committed_total", 1.0),
             ("dab_parquet_rows_committed_total", 1.0),
-            ("dab_parquet_schema_mismatch_total", 3.0)
+            ("dab_parquet_schema_mismatch_total", 3.0),
+            ("dab_parquet_commit_failures_total", 0.0)
         ]
     );
     assert!(samples

@@ -36,6 +36,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
         (Section::Sources, "generator") => generator_keys(ctx, b),
         (Section::Sources, "unix") => socket_path(ctx, b),
         (section, "kafka") => kafka_options_of(ctx, section, b, entries),
+        (Section::Sinks, "parquet") => parquet_storage(ctx, b, entries),
         _ => {}
     }
 }
@@ -157,6 +158,82 @@ fn socket_path(ctx: &mut Ctx<'_>, b: &Binding) {
                 ),
             )
             .help = Some("use a shorter path, e.g. under /run or /tmp".to_owned());
+        }
+    }
+}
+
+/// The `parquet` sink's storage: a local directory, or `s3://bucket/prefix`
+/// with keys that come from the environment (written as `${VAR}`, never
+/// as the secret itself) and an `http(s)://` endpoint when one is set.
+fn parquet_storage(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode) {
+    const S3_ONLY: [&str; 5] = [
+        "s3_endpoint",
+        "s3_region",
+        "access_key",
+        "secret_key",
+        "spool",
+    ];
+    let Some((ConfigValue::Str(path), path_span)) =
+        b.fields.get("path").zip(b.field_spans.get("path"))
+    else {
+        return;
+    };
+    let Some(rest) = path.strip_prefix("s3://") else {
+        for field in S3_ONLY {
+            if let Some(at) = b.field_spans.get(field) {
+                ctx.error(*at, format!("`{field}` is only for an s3:// path, and `path` is the local directory `{path}`"))
+                    .help = Some(format!("remove `{field}`, or set `path: \"s3://bucket/prefix\"`"));
+            }
+        }
+        return;
+    };
+    if rest.split('/').next().is_none_or(str::is_empty) {
+        ctx.error(*path_span, format!("`{path}` names no bucket"))
+            .help = Some("write `s3://bucket/prefix`".to_owned());
+    }
+    for field in ["access_key", "secret_key"] {
+        let raw = entries
+            .iter()
+            .find(|(k, _)| k.as_str() == field)
+            .map(|(_, v)| v);
+        match raw {
+            None => {
+                ctx.error(*path_span, format!("an s3:// path needs `{field}`"))
+                    .help = Some(format!(
+                    "add `{field}: \"${{{}}}\"`: S3 keys come from the environment",
+                    if field == "access_key" {
+                        "AWS_ACCESS_KEY_ID"
+                    } else {
+                        "AWS_SECRET_ACCESS_KEY"
+                    }
+                ));
+            }
+            Some(Node::Scalar(v)) if !v.as_str().contains("${") => {
+                let at = b.field_spans.get(field).copied().unwrap_or(*path_span);
+                ctx.error(at, format!("`{field}` is written into the bindings file"))
+                    .help = Some(format!(
+                    "S3 keys come from the environment only: write `{field}: \"${{{}}}\"` and set the variable",
+                    if field == "access_key" { "AWS_ACCESS_KEY_ID" } else { "AWS_SECRET_ACCESS_KEY" }
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((ConfigValue::Str(url), at)) = b
+        .fields
+        .get("s3_endpoint")
+        .zip(b.field_spans.get("s3_endpoint"))
+    {
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            ctx.error(
+                *at,
+                format!("`s3_endpoint` `{url}` is not an http:// or https:// URL"),
+            )
+            .help = Some("write the server's address, e.g. `http://127.0.0.1:9000`".to_owned());
         }
     }
 }
