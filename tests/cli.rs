@@ -371,7 +371,7 @@ fn help_is_there_for_every_command() {
         .collect();
     assert_eq!(
         commands,
-        ["validate", "graph", "run", "inspect", "schema"],
+        ["validate", "graph", "run", "inspect", "schema", "backfill"],
         "{top}"
     );
     for command in commands {

@@ -742,22 +742,23 @@ fn kafka_broker(in_partitions: u32) -> (broker::Broker, std::path::PathBuf) {
 /// Starts the outside producer of `total` events `0..total` (type A) at
 /// `rate` events/s into `in`.
 fn kafka_producer(python: &Path, brokers: &str, total: u64, rate: u64) -> broker::ClientRun {
-    broker::spawn_client(
-        python,
-        "produce",
-        brokers,
-        "in",
-        &[
-            "--count",
-            &total.to_string(),
-            "--types",
-            "A",
-            "--rate",
-            &rate.to_string(),
-            "--key",
-            "offset",
-        ],
-    )
+    kafka_producer_with(python, brokers, total, rate, &[])
+}
+
+/// [`kafka_producer`] with more of the producer's options.
+fn kafka_producer_with(
+    python: &Path,
+    brokers: &str,
+    total: u64,
+    rate: u64,
+    extra: &[&str],
+) -> broker::ClientRun {
+    let (total, rate) = (total.to_string(), rate.to_string());
+    let mut args = vec![
+        "--count", &total, "--types", "A", "--rate", &rate, "--key", "offset",
+    ];
+    args.extend_from_slice(extra);
+    broker::spawn_client(python, "produce", brokers, "in", &args)
 }
 
 /// `dab run` in `dir`, waiting until it was given partitions.
@@ -1340,5 +1341,102 @@ fn full_disk_then_freed_parquet_sink() {
             yaml_path(&out_dir)
         ),
         &|| parquet_offsets(&out_dir),
+    );
+}
+
+/// `kill -9` of dab writing a Kafka topic (3 partitions) into Parquet, a
+/// third of the way in, and a restart. No partial file sits under a final
+/// name, and every event is in exactly one file: as many rows as distinct
+/// UIDs as events produced, though the restart replays what was written
+/// after the last offset commit (its files' names record their offsets,
+/// and the replay skips what they hold).
+#[test]
+fn kill_9_of_dab_writing_parquet_from_kafka() {
+    let size = Size::from_env();
+    let (total, rate) = size.pick((20_000u64, 10_000u64), (100_000, 10_000));
+    let (b, python) = kafka_broker(3);
+    let brokers = b.addr();
+    let dir = tmp();
+    let out_dir = dir.path().join("warehouse");
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(KIn).Out(Warehouse)\n",
+        &format!(
+            "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: faults-pq9, \
+             options: {{ heartbeat.interval.ms: \"3000\" }} }}\n{PARQUET_TYPE}sinks:\n  \
+             Warehouse: {{ kind: parquet, path: {}, type: A }}\n",
+            yaml_path(&out_dir)
+        ),
+    );
+    let producer = kafka_producer_with(&python, &brokers, total, rate, &["--json-payload"]);
+    let (mut dab, metrics) = start_member(dir.path());
+    let rows = |m: &str| series(m, "dab_parquet_rows_committed_total{sink=\"Warehouse\"}");
+    poll(
+        Duration::from_secs(60),
+        "a third committed before the kill",
+        || (rows(&metrics) >= (total / 3) as f64).then_some(()),
+        || dab.stderr(),
+    );
+    signal(dab.pid(), "KILL");
+    let _ = dab.wait(Duration::from_secs(10));
+    let at_kill = parquet_offsets(&out_dir).len();
+    std::thread::sleep(Duration::from_secs(8));
+    let (mut again, metrics) = start_member(dir.path());
+    let back = Instant::now();
+    let p = producer.finish(Duration::from_secs(180));
+    assert_eq!(
+        (kafka::num(&p, "produced"), kafka::num(&p, "errors")),
+        (total, 0),
+        "{p}"
+    );
+    poll(
+        Duration::from_secs(120),
+        &format!("all {total} events in committed files"),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            (parquet_offsets(&out_dir).len() as u64 >= total).then_some(())
+        },
+        || again.stderr(),
+    );
+    let recovered = back.elapsed();
+    let replayed = series(&metrics, "dab_parquet_replayed_total{sink=\"Warehouse\"}");
+    terminate_ok(&mut again);
+    drop(b);
+
+    // No temporary file of the killed process under a final name: every
+    // name is a committed file's, or a hidden temporary one.
+    let mut stack = vec![out_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                assert!(
+                    (name.starts_with("part-") && name.ends_with(".parquet"))
+                        || (name.starts_with(".part-") && name.ends_with(".tmp")),
+                    "{name}"
+                );
+            }
+        }
+    }
+    let delivered = parquet_offsets(&out_dir);
+    let distinct: BTreeSet<u64> = delivered.iter().copied().collect();
+    let acked: BTreeSet<u64> = (0..total).collect();
+    let mut row = Row::tally(
+        "kill -9 of dab writing Parquet from a Kafka source",
+        total,
+        &acked,
+        &delivered,
+    );
+    row.recovered = Some(recovered);
+    row.note = format!(
+        "{rate} events/s in; killed at {at_kill} rows, restarted 8 s later; {replayed} replayed events skipped"
+    );
+    row.report();
+    assert_eq!(
+        (delivered.len() as u64, distinct.len() as u64),
+        (total, total),
+        "every event in exactly one file"
     );
 }

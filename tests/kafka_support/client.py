@@ -21,6 +21,7 @@ that DAB's codec decodes them as they are)::
 
 produce --brokers B --topic T --count N [--start S] [--types A,B]
         [--payload-bytes P] [--rate R] [--bad-every K] [--key none|host|offset|type]
+        [--json-payload]
         [--host H] [--pid P] [--message-timeout-ms MS] [--linger-ms MS]
         [--no-idempotence] [--resend-failed]
     Sends N messages with acks=all and idempotence on (unless
@@ -240,7 +241,7 @@ def cmd_produce(a):
                     "pid": a.pid,
                     "type": ty,
                     "offset": off,
-                    "message": payload,
+                    "message": json.dumps({"n": off, "note": payload}) if a.json_payload else payload,
                 },
                 separators=(",", ":"),
             ).encode()
@@ -556,6 +557,11 @@ def main():
     sp.add_argument("--pid", type=int, default=1)
     sp.add_argument("--message-timeout-ms", type=int, default=30000)
     sp.add_argument("--linger-ms", type=int, default=5)
+    sp.add_argument(
+        "--json-payload",
+        action="store_true",
+        help='`message` is the object {"n": <offset>, "note": "xxx..."} as JSON text (typed sinks)',
+    )
     sp.add_argument(
         "--no-idempotence",
         action="store_true",

@@ -100,6 +100,29 @@ pub struct Event {
     /// `message` parsed as JSON on first use by a `fields.` expression
     /// (`crate::payload`); not part of the event's value.
     pub payload: crate::payload::PayloadCache,
+    /// Where a source with positions read the event from (a Kafka topic,
+    /// partition and offset); not part of the event's value.
+    pub origin: Origin,
+}
+
+/// A position in a partitioned, replayable log: where an event was read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub topic: Text,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The position an event was read from, when its source has one. It rides
+/// along with the event for sinks that name their output by it (the
+/// parquet sink); equality, encodings and the UID ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub Option<Position>);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
 }
 
 /// The type of an event that stands for input a source could not decode

@@ -22,4 +22,4 @@ pub use connector::{
 };
 /// The payload schema of a declared type (SPEC section 7), as typed sinks get it.
 pub use dab_schema::Schema as PayloadSchema;
-pub use event::{Event, Text};
+pub use event::{Event, Origin, Position, Text};

@@ -25,6 +25,34 @@ pub enum Command {
     /// Payload schemas: check them against the registry (schemas/ beside the bindings)
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Run one pipeline whose input is a Kafka source or queue over a past
+    /// time range (the broker's offsets-for-times), write its sinks, and end
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// Blueprint files or directories
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The id of the pipeline to run (`service` or `service/name`)
+    #[arg(long, value_name = "ID")]
+    pub pipeline: String,
+    /// Start of the range, RFC 3339 (`2024-01-01T00:00:00Z`), inclusive:
+    /// the Kafka timestamps of the messages
+    #[arg(long, value_name = "TIME")]
+    pub from: String,
+    /// End of the range, RFC 3339, exclusive
+    #[arg(long, value_name = "TIME")]
+    pub to: String,
+    /// No progress bar (a line per 10% instead)
+    #[arg(long)]
+    pub quiet: bool,
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

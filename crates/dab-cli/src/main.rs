@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         args::Command::Run(a) => cmd::run::run(a),
         args::Command::Inspect(a) => cmd::inspect::run(a),
         args::Command::Schema(args::SchemaCommand::Check(a)) => cmd::schema::check(a),
+        args::Command::Backfill(a) => cmd::backfill::run(a),
     };
     match result {
         Ok(code) => code,

@@ -47,7 +47,7 @@ use async_trait::async_trait;
 use dab_api::config::Fields;
 use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::{
-    BuildError, ConfigValue, ConnectorError, Event, Rejection, Sink, SinkError, SinkFactory,
+    BuildError, ConfigValue, ConnectorError, Event, Rejection, Sink, SinkError, SinkFactory, Text,
     Written,
 };
 use dab_schema::{Field, FieldType, Schema, Type};
@@ -59,6 +59,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
+use tokio_stream::StreamExt;
+
+mod positions;
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 /// Default bound on files open at once.
@@ -171,23 +174,52 @@ pub struct ParquetStats {
     /// Commits that failed (a write, fsync, rename or upload); their
     /// events are written again.
     pub commit_failures: AtomicU64,
+    /// Events not written because a committed file of their topic
+    /// partition already holds their offset (a replay).
+    pub replayed: AtomicU64,
 }
 
-/// Where a file goes when it is committed.
-#[derive(Debug, Clone)]
-enum Dest {
-    File(PathBuf),
-    Object(ObjectPath),
+/// What one file holds: the rows of one hour, of one topic partition
+/// when the events carry their source position (`positions`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    /// Hours since the epoch.
+    hour: i64,
+    part: Option<(Text, i32)>,
+}
+
+impl FileKey {
+    fn positions(&self) -> Option<positions::Key> {
+        self.part.as_ref().map(|(t, p)| (self.hour, t.clone(), *p))
+    }
 }
 
 struct OpenFile {
-    /// Hours since the epoch.
-    hour: i64,
+    key: FileKey,
+    /// The partition directory, relative: `year=…/month=…/day=…/hour=…`.
+    rel: String,
+    /// The final name of a file without positions: `part-RUN-SEQ.parquet`.
+    plain_name: String,
     tmp: PathBuf,
-    dest: Dest,
     writer: ArrowWriter<File>,
     opened: Instant,
     rows: u64,
+    /// The first and last offset written, for a file of a topic partition.
+    range: Option<(i64, i64)>,
+    /// The file must be closed before this offset: a committed file of the
+    /// same partition starts there.
+    limit: Option<i64>,
+}
+
+impl OpenFile {
+    fn final_name(&self) -> String {
+        match (&self.key.part, self.range) {
+            (Some((topic, partition)), Some((first, last))) => {
+                positions::name(topic.as_str(), *partition, first, last)
+            }
+            _ => self.plain_name.clone(),
+        }
+    }
 }
 
 impl ConnectorMetrics for ParquetStats {
@@ -215,6 +247,12 @@ impl ConnectorMetrics for ParquetStats {
                  their events are written again",
                 &self.commit_failures,
             ),
+            (
+                "dab_parquet_replayed_total",
+                "Events not written again because a committed file of their Kafka \
+                 topic partition already holds their offset",
+                &self.replayed,
+            ),
         ] {
             out.push(
                 Sample::counter(name, help, v.load(Ordering::Relaxed))
@@ -227,7 +265,7 @@ impl ConnectorMetrics for ParquetStats {
 impl std::fmt::Debug for OpenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenFile")
-            .field("hour", &self.hour)
+            .field("key", &self.key)
             .field("tmp", &self.tmp)
             .finish_non_exhaustive()
     }
@@ -249,6 +287,8 @@ pub struct ParquetSink {
     run: String,
     seq: u64,
     stats: Arc<ParquetStats>,
+    /// What the committed files of each topic partition hold.
+    committed: positions::Committed,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> SinkError {
@@ -357,34 +397,41 @@ async fn upload(
 /// awaits an upload.
 struct Committer {
     store: Option<Arc<dyn ObjectStore>>,
-    bucket: String,
+    storage: Storage,
     stats: Arc<ParquetStats>,
 }
 
 impl Committer {
     /// Writes the footer and puts the file under its final name: fsync,
     /// rename and directory fsync, or an upload. On error the temporary
-    /// file is removed.
-    async fn commit(&self, f: OpenFile) -> Result<(), SinkError> {
+    /// file is removed. What a file of a topic partition holds, once it is
+    /// committed.
+    async fn commit(&self, f: OpenFile) -> Result<Option<(positions::Key, i64, i64)>, SinkError> {
+        let name = f.final_name();
+        let held = f.key.positions().zip(f.range).map(|(k, (a, b))| (k, a, b));
         let OpenFile {
             tmp,
-            dest,
+            rel,
             writer,
             rows,
             ..
         } = f;
-        let done = match (&dest, &self.store) {
-            (Dest::File(dest), _) => blocking(|| {
-                writer
-                    .into_inner()
-                    .map_err(|e| pq("cannot finish", &tmp, e))
-                    .and_then(|file| file.sync_all().map_err(|e| io("cannot fsync", &tmp, e)))
-                    .and_then(|()| {
-                        std::fs::rename(&tmp, dest).map_err(|e| io("cannot rename", &tmp, e))
-                    })
-                    .and_then(|()| dest.parent().map_or(Ok(()), sync_dir))
-            }),
-            (Dest::Object(key), Some(store)) => {
+        let done = match (&self.storage, &self.store) {
+            (Storage::Local(root), _) => {
+                let dest = root.join(&rel).join(&name);
+                blocking(|| {
+                    writer
+                        .into_inner()
+                        .map_err(|e| pq("cannot finish", &tmp, e))
+                        .and_then(|file| file.sync_all().map_err(|e| io("cannot fsync", &tmp, e)))
+                        .and_then(|()| {
+                            std::fs::rename(&tmp, &dest).map_err(|e| io("cannot rename", &tmp, e))
+                        })
+                        .and_then(|()| dest.parent().map_or(Ok(()), sync_dir))
+                })
+            }
+            (Storage::S3(loc), Some(store)) => {
+                let key = ObjectPath::from(object_key(&loc.prefix, &rel, &name));
                 match blocking(|| {
                     writer
                         .into_inner()
@@ -392,28 +439,91 @@ impl Committer {
                 }) {
                     Ok(file) => {
                         drop(file);
-                        upload(store.as_ref(), &self.bucket, &tmp, key).await
+                        let up = upload(store.as_ref(), &loc.bucket, &tmp, &key).await;
+                        // The spool file is not needed once uploaded.
+                        let _ = std::fs::remove_file(&tmp);
+                        up
                     }
                     Err(e) => Err(e),
                 }
             }
-            (Dest::Object(key), None) => Err(SinkError::permanent(ConnectorError::Other(format!(
-                "no object store for `{key}`"
+            (Storage::S3(loc), None) => Err(SinkError::permanent(ConnectorError::Other(format!(
+                "no object store for `s3://{}`",
+                loc.bucket
             )))),
         };
-        // The spool file is not needed once uploaded; the local file was
-        // renamed away (removing its old name is then a no-op).
-        if matches!(dest, Dest::Object(_)) || done.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
         if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
             self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
         self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
-        Ok(())
+        Ok(held)
     }
+}
+
+/// `prefix/rel/name`, leaving out an empty prefix.
+fn object_key(prefix: &str, rel: &str, name: &str) -> String {
+    [prefix, rel, name]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The names of the files in an hour's directory.
+async fn list_hour(
+    storage: &Storage,
+    store: Option<&Arc<dyn ObjectStore>>,
+    hour: i64,
+) -> Result<Vec<String>, SinkError> {
+    let rel = ParquetSink::partition(hour);
+    match (storage, store) {
+        (Storage::Local(root), _) => {
+            let dir = root.join(&rel);
+            match std::fs::read_dir(&dir) {
+                Ok(entries) => Ok(entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(io("cannot list", &dir, e)),
+            }
+        }
+        (Storage::S3(loc), Some(store)) => {
+            let prefix = ObjectPath::from(object_key(&loc.prefix, &rel, ""));
+            let mut names = Vec::new();
+            let mut listing = store.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| {
+                    SinkError::transient(ConnectorError::Other(format!(
+                        "cannot list `s3://{}/{prefix}`: {e}",
+                        loc.bucket
+                    )))
+                })?;
+                if let Some(name) = meta.location.filename() {
+                    names.push(name.to_owned());
+                }
+            }
+            Ok(names)
+        }
+        (Storage::S3(_), None) => Ok(Vec::new()),
+    }
+}
+
+/// A run of rows for one file, in the order they came.
+struct Group<'e> {
+    key: FileKey,
+    rows: Vec<Row<'e>>,
+    /// Offsets of the first and last row, for a topic partition's rows.
+    range: Option<(i64, i64)>,
+    /// The offset the file must close before.
+    limit: Option<i64>,
+    /// The file is closed after these rows (the next row of the partition
+    /// reached `limit`).
+    close_after: bool,
 }
 
 impl ParquetSink {
@@ -448,6 +558,7 @@ impl ParquetSink {
                 name: name.to_owned(),
                 ..ParquetStats::default()
             }),
+            committed: positions::Committed::default(),
         })
     }
 
@@ -461,10 +572,14 @@ impl ParquetSink {
         t.format("year=%Y/month=%m/day=%d/hour=%H").to_string()
     }
 
-    /// The open file of `hour`, opening one (after closing the least
+    /// The open file of `key`, opening one (after closing the least
     /// recently used if `max_open_writers` are open) if there is none.
-    fn writer_for(&mut self, hour: i64) -> Result<&mut OpenFile, SinkError> {
-        if let Some(i) = self.open.iter().position(|f| f.hour == hour) {
+    fn writer_for(
+        &mut self,
+        key: &FileKey,
+        limit: Option<i64>,
+    ) -> Result<&mut OpenFile, SinkError> {
+        if let Some(i) = self.open.iter().position(|f| f.key == *key) {
             let f = self.open.remove(i);
             self.open.push(f);
         } else {
@@ -473,41 +588,32 @@ impl ParquetSink {
                 self.closing.push(lru);
             }
             self.seq += 1;
-            let name = format!("part-{}-{:06}.parquet", self.run, self.seq);
-            let partition = Self::partition(hour);
-            let (tmp, dest) = match &self.cfg.storage {
+            let plain_name = format!("part-{}-{:06}.parquet", self.run, self.seq);
+            let rel = Self::partition(key.hour);
+            let tmp = match &self.cfg.storage {
                 Storage::Local(root) => {
-                    let dir = root.join(&partition);
+                    let dir = root.join(&rel);
                     create_dirs(&dir, root)?;
-                    (
-                        dir.join(format!(".{name}.tmp")),
-                        Dest::File(dir.join(&name)),
-                    )
+                    dir.join(format!(".{plain_name}.tmp"))
                 }
                 Storage::S3(loc) => {
                     create_dirs(&loc.spool, &loc.spool)?;
-                    let key = [loc.prefix.as_str(), &partition, &name]
-                        .iter()
-                        .filter(|p| !p.is_empty())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    (
-                        loc.spool.join(format!(".{name}.tmp")),
-                        Dest::Object(ObjectPath::from(key)),
-                    )
+                    loc.spool.join(format!(".{plain_name}.tmp"))
                 }
             };
             let file = File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
             let writer = ArrowWriter::try_new(file, self.arrow.clone(), Some(self.props.clone()))
                 .map_err(|e| pq("cannot start", &tmp, e))?;
             self.open.push(OpenFile {
-                hour,
+                key: key.clone(),
+                rel,
+                plain_name,
                 tmp,
-                dest,
                 writer,
                 opened: Instant::now(),
                 rows: 0,
+                range: None,
+                limit,
             });
         }
         let last = self.open.len() - 1;
@@ -519,15 +625,51 @@ impl ParquetSink {
     async fn commit_closing(&mut self) -> Result<(), SinkError> {
         let to = Committer {
             store: self.store.clone(),
-            bucket: match &self.cfg.storage {
-                Storage::S3(loc) => loc.bucket.clone(),
-                Storage::Local(_) => String::new(),
-            },
+            storage: self.cfg.storage.clone(),
             stats: self.stats.clone(),
         };
         while !self.closing.is_empty() {
             let f = self.closing.remove(0);
-            to.commit(f).await?;
+            if let Some((key, first, last)) = to.commit(f).await? {
+                self.committed.add(key, first, last);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the committed files of every topic partition and hour of
+    /// `events` that is not known yet, or that an event goes back in.
+    async fn learn_positions(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        let mut wanted: Vec<positions::Key> = Vec::new();
+        for e in events {
+            if let Some(p) = &e.origin.0 {
+                let key = (
+                    e.timestamp.div_euclid(HOUR_NS),
+                    p.topic.clone(),
+                    p.partition,
+                );
+                if self.committed.needs_listing(&key, p.offset) && !wanted.contains(&key) {
+                    wanted.push(key);
+                }
+            }
+        }
+        let mut hours: Vec<i64> = wanted.iter().map(|k| k.0).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        // Listing awaits; the sink's writers may not be shared across
+        // threads, so nothing of `self` is held meanwhile.
+        let (storage, store) = (self.cfg.storage.clone(), self.store.clone());
+        for hour in hours {
+            let names = list_hour(&storage, store.as_ref(), hour).await?;
+            for key in wanted.iter().filter(|k| k.0 == hour) {
+                let found = names
+                    .iter()
+                    .filter_map(|n| positions::parse(n))
+                    .filter(|(t, p, _, _)| *t == key.1.as_str() && *p == key.2)
+                    .map(|(_, _, f, l)| (f, l))
+                    .collect();
+                self.committed.listed(key.clone(), found);
+            }
         }
         Ok(())
     }
@@ -544,13 +686,35 @@ impl ParquetSink {
         }
     }
 
+    /// The file key of a conforming event, and its offset when it has a
+    /// position; `None` when a committed file already holds it.
+    fn place(&mut self, e: &Event) -> Option<(FileKey, Option<i64>)> {
+        let hour = e.timestamp.div_euclid(HOUR_NS);
+        let Some(p) = &e.origin.0 else {
+            return Some((FileKey { hour, part: None }, None));
+        };
+        let pos = (hour, p.topic.clone(), p.partition);
+        self.committed.saw(&pos, p.offset);
+        if self.committed.holds(&pos, p.offset) {
+            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((
+            FileKey {
+                hour,
+                part: Some((p.topic.clone(), p.partition)),
+            },
+            Some(p.offset),
+        ))
+    }
+
     /// Synchronous body of `write`: encodes and writes; files that roll
     /// are left in `closing`.
     fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
         self.roll_by_age();
         let mut rejected = Vec::new();
-        // Conforming payloads by hour, hours in order of first appearance.
-        let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
+        // Conforming payloads by file, files in order of first appearance.
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (index, e) in events.iter().enumerate() {
             // Shared with the event's parse: no copy of the payload.
             let value = e.payload_value();
@@ -561,11 +725,10 @@ impl ParquetSink {
             };
             match payload {
                 Ok(Some(v)) => {
-                    let hour = e.timestamp.div_euclid(HOUR_NS);
-                    match hours.iter_mut().find(|(h, _)| *h == hour) {
-                        Some((_, rows)) => rows.push((v, e)),
-                        None => hours.push((hour, vec![(v, e)])),
-                    }
+                    let Some((key, offset)) = self.place(e) else {
+                        continue;
+                    };
+                    self.group(&mut groups, key, offset, (v, e));
                 }
                 Ok(None) => rejected.push(Rejection {
                     index,
@@ -585,27 +748,88 @@ impl ParquetSink {
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
         // Encode everything before writing anything: an encoding failure
         // then leaves no file touched.
-        let mut batches = Vec::with_capacity(hours.len());
-        for (hour, rows) in &hours {
-            let batch = record_batch(&self.arrow, &self.cfg.schema.fields, rows)
+        let mut batches = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let batch = record_batch(&self.arrow, &self.cfg.schema.fields, &g.rows)
                 .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
-            batches.push((*hour, batch));
+            batches.push(batch);
         }
-        for (hour, batch) in batches {
+        for (g, batch) in groups.iter().zip(batches) {
             let max_bytes = self.cfg.max_file_bytes;
-            let f = self.writer_for(hour)?;
+            let f = self.writer_for(&g.key, g.limit)?;
             f.writer
                 .write(&batch)
                 .map_err(|e| pq("cannot write", &f.tmp, e))?;
             f.rows += batch.num_rows() as u64;
+            if let Some((first, last)) = g.range {
+                f.range = Some(
+                    f.range
+                        .map_or((first, last), |(a, b)| (a.min(first), b.max(last))),
+                );
+            }
             let size = (f.writer.bytes_written() + f.writer.in_progress_size()) as u64;
-            if size >= max_bytes {
+            if g.close_after || size >= max_bytes {
                 if let Some(f) = self.open.pop() {
                     self.closing.push(f);
                 }
             }
         }
         Ok(Written { rejected })
+    }
+
+    /// Adds a row to the current group of its file, starting a new group
+    /// (and closing the file after the current one) when the row's offset
+    /// reaches the first offset of a committed file.
+    fn group<'e>(
+        &self,
+        groups: &mut Vec<Group<'e>>,
+        key: FileKey,
+        offset: Option<i64>,
+        row: Row<'e>,
+    ) {
+        let current = groups.iter().rposition(|g| g.key == key);
+        if let Some(i) = current {
+            let g = &mut groups[i];
+            let reached = matches!((offset, g.limit), (Some(o), Some(l)) if o >= l);
+            if !reached {
+                g.rows.push(row);
+                if let (Some(o), Some((a, b))) = (offset, g.range) {
+                    g.range = Some((a.min(o), b.max(o)));
+                }
+                return;
+            }
+            g.close_after = true;
+        }
+        // The first rows for this file in the batch: an open file keeps
+        // its limit unless the previous group closes it.
+        let open = self.open.iter().find(|f| f.key == key);
+        let limit = match (current, open, &offset) {
+            (None, Some(f), Some(o)) if f.limit.is_none_or(|l| *o < l) => f.limit,
+            (None, Some(f), None) => f.limit,
+            _ => key
+                .positions()
+                .zip(offset)
+                .and_then(|(k, o)| self.committed.next_start(&k, o)),
+        };
+        // A row that reaches the open file's limit closes that file first.
+        let close_open = current.is_none()
+            && open.is_some_and(|f| matches!((offset, f.limit), (Some(o), Some(l)) if o >= l));
+        if close_open {
+            groups.push(Group {
+                key: key.clone(),
+                rows: Vec::new(),
+                range: None,
+                limit: None,
+                close_after: true,
+            });
+        }
+        groups.push(Group {
+            key,
+            rows: vec![row],
+            range: offset.map(|o| (o, o)),
+            limit,
+            close_after: false,
+        });
     }
 
     /// Drops every file not committed, and its temporary file.
@@ -620,6 +844,7 @@ impl ParquetSink {
 #[async_trait]
 impl Sink for ParquetSink {
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError> {
+        self.learn_positions(events).await?;
         let written = blocking(|| self.write_now(events))?;
         self.commit_closing().await?;
         Ok(written)

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod backfill;
 pub mod graph;
 pub mod inspect;
 pub mod run;

@@ -20,7 +20,7 @@ use crate::input::load_and_check_cached;
 /// A stop abandoned events (docs/runtime.md, "Exit status").
 const EXIT_ABANDONED: u8 = 3;
 
-fn init_logs(format: LogFormat) {
+pub(crate) fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout may be a data sink (`Stdout`).

@@ -197,6 +197,52 @@ pub struct KafkaSourceConfig {
     /// source), or keep them (`keep`: a topic only DAB writes; queues
     /// bound to Kafka are read so).
     pub rename_reserved: bool,
+    /// `dab backfill`: read exactly these ranges, each partition assigned
+    /// (no group membership, nothing committed), and end once all of them
+    /// are read and settled. `None`: a group member reading for ever.
+    pub bounds: Option<Vec<BoundRange>>,
+}
+
+/// One partition's offsets `start..end` (end exclusive) to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The field `dab backfill` sets on the Kafka source it runs: the ranges
+/// as `topic:partition:start:end`, separated by `;`. Not a binding field.
+pub const BACKFILL_FIELD: &str = "dab.backfill";
+
+impl BoundRange {
+    pub fn encode(ranges: &[BoundRange]) -> String {
+        ranges
+            .iter()
+            .map(|r| format!("{}:{}:{}:{}", r.topic, r.partition, r.start, r.end))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    pub fn decode(text: &str) -> Option<Vec<BoundRange>> {
+        text.split(';')
+            .filter(|s| !s.is_empty())
+            .map(|r| {
+                let mut it = r.rsplitn(4, ':');
+                let end = it.next()?.parse().ok()?;
+                let start = it.next()?.parse().ok()?;
+                let partition = it.next()?.parse().ok()?;
+                let topic = it.next()?.to_owned();
+                Some(BoundRange {
+                    topic,
+                    partition,
+                    start,
+                    end,
+                })
+            })
+            .collect()
+    }
 }
 
 /// `max_redeliveries` when the binding does not say.
@@ -265,6 +311,15 @@ impl KafkaSourceConfig {
                     })?,
             },
             rename_reserved,
+            bounds: match f.str(BACKFILL_FIELD) {
+                None => None,
+                Some(text) => Some(BoundRange::decode(text).ok_or_else(|| {
+                    build_error(
+                        name,
+                        format!("`{BACKFILL_FIELD}` is not a list of ranges: {text}"),
+                    )
+                })?),
+            },
         })
     }
 
@@ -278,7 +333,16 @@ impl KafkaSourceConfig {
                 // At least once: we store offsets as acknowledgements come
                 // back; librdkafka commits what is stored every second and
                 // on revoke.
-                ("enable.auto.commit", "true".into()),
+                // A backfill commits nothing: it is not the group's reader.
+                (
+                    "enable.auto.commit",
+                    if self.bounds.is_some() {
+                        "false"
+                    } else {
+                        "true"
+                    }
+                    .into(),
+                ),
                 ("enable.auto.offset.store", "false".into()),
                 ("auto.commit.interval.ms", "1000".into()),
                 ("auto.offset.reset", self.start_offset.clone()),

@@ -19,7 +19,8 @@ use dab_api::connector::SourceStats;
 use dab_api::event::ERROR_TAG;
 use dab_api::metrics::ConnectorMetrics;
 use dab_api::{
-    AckStatus, AckToken, Batch, BuildError, ConnectorError, Event, Source, SourceContext, Text,
+    AckStatus, AckToken, Batch, BuildError, ConnectorError, Event, Origin, Position, Source,
+    SourceContext, Text,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -290,8 +291,19 @@ impl Decoder {
     }
 
     /// `stats` is `None` when a batch is sent again (its bytes and errors
-    /// were counted the first time).
+    /// were counted the first time). The event carries the message's
+    /// position as its `origin`.
     fn decode(&self, m: &Msg, stats: Option<&SourceStats>) -> Event {
+        let mut ev = self.decode_event(m, stats);
+        ev.origin = Origin(Some(Position {
+            topic: self.topics[m.topic].1.clone(),
+            partition: m.partition,
+            offset: m.offset,
+        }));
+        ev
+    }
+
+    fn decode_event(&self, m: &Msg, stats: Option<&SourceStats>) -> Event {
         let topic = &self.topics[m.topic].1;
         let Some(bytes) = &m.payload else {
             if let Some(s) = stats {
@@ -501,10 +513,37 @@ impl Source for KafkaSource {
             }
         }
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| ConnectorError::Other(format!("kafka subscribe to {topics:?}: {e}")))?;
-        tracing::info!(source = %name, topics = ?topics, group = %config.group, "kafka consumer started");
+        let mut ends: Option<Vec<(Tp, i64)>> = None;
+        match &config.bounds {
+            None => {
+                consumer.subscribe(&topics).map_err(|e| {
+                    ConnectorError::Other(format!("kafka subscribe to {topics:?}: {e}"))
+                })?;
+                tracing::info!(source = %name, topics = ?topics, group = %config.group, "kafka consumer started");
+            }
+            Some(bounds) => {
+                let mut list = TopicPartitionList::new();
+                for b in bounds.iter().filter(|b| b.start < b.end) {
+                    list.add_partition_offset(
+                        &b.topic,
+                        b.partition,
+                        rdkafka::Offset::Offset(b.start),
+                    )
+                    .map_err(|e| ConnectorError::Other(format!("kafka assign: {e}")))?;
+                }
+                consumer
+                    .assign(&list)
+                    .map_err(|e| ConnectorError::Other(format!("kafka assign: {e}")))?;
+                ends = Some(
+                    bounds
+                        .iter()
+                        .filter(|b| b.start < b.end)
+                        .map(|b| ((Arc::from(b.topic.as_str()), b.partition), b.end))
+                        .collect(),
+                );
+                tracing::info!(source = %name, ranges = bounds.len(), "kafka backfill reader started");
+            }
+        }
         let SourceContext {
             out,
             shutdown,
@@ -536,6 +575,7 @@ impl Source for KafkaSource {
             batch_events: config.batch_events,
             runtime: tokio::runtime::Handle::current(),
             last_log: Mutex::new(None),
+            ends,
         };
         let (done, finished) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -571,11 +611,18 @@ struct Reader {
     /// For waiting on the pipeline's channel from this thread.
     runtime: tokio::runtime::Handle,
     last_log: Mutex<Option<Instant>>,
+    /// A backfill's partitions not yet read to their end offset
+    /// (exclusive); `None` for a group member.
+    ends: Option<Vec<(Tp, i64)>>,
 }
 
 impl Reader {
     fn run(mut self) {
         while !self.shutdown.is_cancelled() {
+            if self.backfill_done() {
+                tracing::info!(source = %self.name, "kafka backfill read to its end offsets");
+                break;
+            }
             let (due, waiting, next_at) = {
                 let mut r = self.shared.retries();
                 let now = Instant::now();
@@ -602,6 +649,43 @@ impl Reader {
         self.stop();
     }
 
+    /// A backfill is done once every partition is read to its end and
+    /// every batch is settled (failed ones sent again until then).
+    fn backfill_done(&self) -> bool {
+        self.ends.as_ref().is_some_and(Vec::is_empty)
+            && self.shared.retries().is_empty()
+            && self
+                .shared
+                .offsets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unsettled_total()
+                == 0
+    }
+
+    /// For a backfill: whether `m` is before its partition's end offset;
+    /// a partition read to its end is paused and forgotten.
+    fn within_bounds(&mut self, m: &BorrowedMessage<'_>) -> bool {
+        let Some(ends) = &mut self.ends else {
+            return true;
+        };
+        let Some(i) = ends
+            .iter()
+            .position(|(tp, _)| tp.1 == m.partition() && &*tp.0 == m.topic())
+        else {
+            // Already read to its end.
+            return false;
+        };
+        let end = ends[i].1;
+        if m.offset() + 1 >= end {
+            let (tp, _) = ends.swap_remove(i);
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&tp.0, tp.1);
+            let _ = self.consumer.pause(&list);
+        }
+        m.offset() < end
+    }
+
     /// Reads up to a batch and hands it on. `Err` when the pipeline is gone.
     fn read(&mut self, wait: Duration) -> Result<(), ()> {
         let mut msgs: Vec<Msg> = Vec::new();
@@ -610,12 +694,18 @@ impl Reader {
             // A rebalance runs inside `poll`; what it revoked is dropped
             // from the messages polled before it, never from the message
             // this poll returns (librdkafka drops stale ones itself).
-            let next = self.consumer.poll(wait);
+            // A handle of its own: a message borrows the consumer while the
+            // reader decides about it.
+            let consumer = self.consumer.clone();
+            let next = consumer.poll(wait);
             wait = Duration::ZERO;
             self.drop_revoked(&mut msgs);
             match next {
                 None => break,
                 Some(Ok(m)) => {
+                    if !self.within_bounds(&m) {
+                        continue;
+                    }
                     msgs.push(self.decoder.keep(&m));
                     if msgs.len() >= self.batch_events {
                         break;
@@ -814,6 +904,7 @@ impl Reader {
             consumer,
             shared,
             out,
+            ends,
             ..
         } = self;
         shared.stopping.store(true, Ordering::Release);
@@ -836,6 +927,11 @@ impl Reader {
                 tracing::info!(source = %name, batches = left, "waiting for batches in flight before the final commit");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if ends.is_some() {
+            // A backfill reads assigned ranges for its sinks only.
+            drop(consumer);
+            return;
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => KafkaSourceMetrics::inc(&shared.metrics.commits),

@@ -221,7 +221,8 @@ fn non_conforming_payloads_are_rejected_with_the_reason() {
             ("dab_parquet_files_committed_total", 1.0),
             ("dab_parquet_rows_committed_total", 1.0),
             ("dab_parquet_schema_mismatch_total", 3.0),
-            ("dab_parquet_commit_failures_total", 0.0)
+            ("dab_parquet_commit_failures_total", 0.0),
+            ("dab_parquet_replayed_total", 0.0)
         ]
     );
     assert!(samples
@@ -301,4 +302,143 @@ fn files_roll_by_size_and_by_age_before_any_flush() {
     });
     assert_eq!(s.stats().files_committed.load(Ordering::Relaxed), 1);
     assert_eq!(s.open.len(), 1);
+}
+
+/// Event of Kafka topic `t`, partition `p`, at `offset`, in hour 10; its
+/// payload's `id` is the offset.
+fn from_kafka(p: i32, offset: i64) -> Event {
+    Event {
+        origin: dab_api::Origin(Some(dab_api::Position {
+            topic: Text::from("t"),
+            partition: p,
+            offset,
+        })),
+        ..event(10, &format!(r#"{{"id":{offset}}}"#))
+    }
+}
+
+fn write_and_flush(s: &mut ParquetSink, events: &[Event]) {
+    run(async {
+        let w = s.write(events).await.expect("write");
+        assert!(w.rejected.is_empty());
+        s.flush().await.expect("flush");
+    });
+}
+
+/// Every row's id in the committed files under `dir`, sorted, with the
+/// file names.
+fn all_ids(dir: &Path) -> (Vec<i64>, Vec<String>) {
+    let names = files(dir);
+    let mut ids: Vec<i64> = names
+        .iter()
+        .flat_map(|n| rows(&dir.join(n)))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    let short = names
+        .iter()
+        .map(|n| n.rsplit('/').next().unwrap_or("").to_owned())
+        .collect();
+    (ids, short)
+}
+
+#[test]
+fn files_of_kafka_events_are_named_by_partition_and_offsets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    let mut events: Vec<Event> = (0..5).map(|o| from_kafka(0, o)).collect();
+    events.extend((100..103).map(|o| from_kafka(3, o)));
+    write_and_flush(&mut s, &events);
+    let (ids, names) = all_ids(dir.path());
+    assert_eq!(ids, vec![0, 1, 2, 3, 4, 100, 101, 102]);
+    assert_eq!(
+        names,
+        vec![
+            format!("part-t_0_{:020}_{:020}.parquet", 0, 4),
+            format!("part-t_3_{:020}_{:020}.parquet", 100, 102),
+        ]
+    );
+}
+
+/// A restart replays from an older offset: what a committed file holds is
+/// skipped (counted), the rest is written, and no offset is in two files.
+#[test]
+fn a_replay_after_a_restart_writes_each_offset_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut first = sink(dir.path(), 16);
+    write_and_flush(
+        &mut first,
+        &(0..10).map(|o| from_kafka(0, o)).collect::<Vec<_>>(),
+    );
+    drop(first);
+    let mut again = sink(dir.path(), 16);
+    write_and_flush(
+        &mut again,
+        &(5..15).map(|o| from_kafka(0, o)).collect::<Vec<_>>(),
+    );
+    assert_eq!(again.stats().replayed.load(Ordering::Relaxed), 5);
+    let (ids, names) = all_ids(dir.path());
+    assert_eq!(ids, (0..15).collect::<Vec<i64>>());
+    assert_eq!(names.len(), 2, "{names:?}");
+    // Replaying it all again changes nothing.
+    let mut third = sink(dir.path(), 16);
+    write_and_flush(
+        &mut third,
+        &(0..15).map(|o| from_kafka(0, o)).collect::<Vec<_>>(),
+    );
+    assert_eq!(third.stats().replayed.load(Ordering::Relaxed), 15);
+    assert_eq!(all_ids(dir.path()), (ids, names));
+}
+
+/// A file being written closes before the first offset of a committed
+/// file, so ranges never overlap: 15..35 around a committed 20..29 gives
+/// 15..19 and 30..34, within one batch.
+#[test]
+fn a_file_closes_before_a_committed_range() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut first = sink(dir.path(), 16);
+    write_and_flush(
+        &mut first,
+        &(20..30).map(|o| from_kafka(0, o)).collect::<Vec<_>>(),
+    );
+    drop(first);
+    let mut again = sink(dir.path(), 16);
+    write_and_flush(
+        &mut again,
+        &(15..35).map(|o| from_kafka(0, o)).collect::<Vec<_>>(),
+    );
+    let (ids, names) = all_ids(dir.path());
+    assert_eq!(ids, (15..35).collect::<Vec<i64>>());
+    assert_eq!(
+        names,
+        vec![
+            format!("part-t_0_{:020}_{:020}.parquet", 15, 19),
+            format!("part-t_0_{:020}_{:020}.parquet", 20, 29),
+            format!("part-t_0_{:020}_{:020}.parquet", 30, 34),
+        ]
+    );
+}
+
+/// After a failure the runtime rewinds and sends the held batches again:
+/// what an early commit (here the open-writer bound) already put under a
+/// final name is skipped, the dropped rest is written.
+#[test]
+fn a_redelivery_after_a_rewind_writes_each_offset_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    // One writer: partition 1 closes (and commits) partition 0's file.
+    let mut s = sink(dir.path(), 1);
+    let batch: Vec<Event> = (0..5)
+        .map(|o| from_kafka(0, o))
+        .chain((0..5).map(|o| from_kafka(1, 100 + o)))
+        .collect();
+    run(async {
+        s.write(&batch).await.expect("write");
+        s.rewind().await.expect("rewind");
+        s.write(&batch).await.expect("write again");
+        s.flush().await.expect("flush");
+    });
+    assert_eq!(s.stats().replayed.load(Ordering::Relaxed), 5);
+    let (ids, names) = all_ids(dir.path());
+    assert_eq!(ids, vec![0, 1, 2, 3, 4, 100, 101, 102, 103, 104]);
+    assert_eq!(names.len(), 2, "{names:?}");
 }
