@@ -33,8 +33,9 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-warehouse-example-secret}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
 mkdir -p "$OUT_DIR"
 
-dab_pid="" moto_pid="" broker=0
+dab_pid="" moto_pid="" child="" broker=0
 cleanup() {
+  if [ -n "$child" ]; then kill "$child" 2>/dev/null || true; fi
   if [ -n "$dab_pid" ]; then kill -KILL "$dab_pid" 2>/dev/null || true; fi
   if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; fi
   wait 2>/dev/null || true
@@ -44,6 +45,16 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
+# Runs a step in the background and waits for it, so that SIGTERM reaches
+# the trap at once rather than after the step.
+step() {
+  "$@" &
+  child=$!
+  local status=0
+  wait "$child" || status=$?
+  child=""
+  return "$status"
+}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 fail() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -84,7 +95,7 @@ for _ in $(seq 1 300); do
 done
 
 echo "== posting $events events to 127.0.0.1:$ingest_port" >&2
-python3 "$here/feed.py" "$events" "$ingest_port"
+step python3 "$here/feed.py" "$events" "$ingest_port"
 
 echo "== waiting (at most ${wait_s} s) until $events rows are committed" >&2
 rows=0
@@ -110,4 +121,4 @@ dab_pid=""
 [ "$rows" -ge "$events" ] || fail "only $rows of $events rows were committed within ${wait_s} s; see $work/dab.log"
 
 echo "== querying s3://$S3_BUCKET/server_logs with DuckDB" >&2
-"$venv/bin/python" "$here/query.py" "$S3_ENDPOINT" "$S3_BUCKET" server_logs/
+step "$venv/bin/python" "$here/query.py" "$S3_ENDPOINT" "$S3_BUCKET" server_logs/
