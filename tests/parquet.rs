@@ -543,3 +543,114 @@ fn validate_refuses_s3_settings_that_cannot_work() {
         }
     }
 }
+
+/// Version 1 of `Log`, and version 2: `service` and `host` (both strings)
+/// declared in the other order, and the optional `region` added.
+const LOG_V1: &str =
+    "version: 1\nfields:\n  n: int64\n  host: string\n  service: string\n  latency_ms: float64?\n";
+const LOG_V2: &str = "version: 2\nfields:\n  n: int64\n  service: string\n  host: string\n  latency_ms: float64?\n  region: string?\n";
+
+/// DuckDB's `read_parquet(..., union_by_name = true)` over the files of
+/// two versions: every row as `[n, host, service, latency_ms, region,
+/// dab_offset]`, sorted by `n`, and each file's `dab.schema_version`.
+const READ_BY_NAME: &str = r#"
+import json, os, sys
+import duckdb
+import pyarrow.parquet as pq
+root = sys.argv[1]
+rows = duckdb.sql(
+    "SELECT n, host, service, latency_ms, region, dab_offset FROM read_parquet("
+    + "'" + os.path.join(root, "**", "*.parquet") + "', "
+    + "union_by_name = true, hive_partitioning = true) ORDER BY n").fetchall()
+versions = sorted(
+    pq.ParquetFile(os.path.join(d, f)).metadata.metadata[b"dab.schema_version"].decode()
+    for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet"))
+print(json.dumps({"rows": rows, "versions": versions}))
+"#;
+
+/// Schema evolution as a reader sees it: two `dab run`s, one with
+/// version 1 of a type and one with version 2 (two same-typed fields
+/// swapped, an optional field added; v1 is in the registry, so the second
+/// run checks v2 against it), write into the same directory. DuckDB reads
+/// them together by name: every value is in its own column (a reader by
+/// position would put v1's `host` under v2's `service`), and v1's rows
+/// have NULL for the new field.
+#[test]
+fn two_schema_versions_in_one_directory_read_together_by_name() {
+    let python = python();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).Out(Warehouse)\n",
+    )
+    .expect("t.dab");
+    let indent = |body: &str| -> String { body.lines().map(|l| format!("    {l}\n")).collect() };
+    let events = |from: u64, version: u64| -> String {
+        (from..from + 50)
+            .map(|n| {
+                let mut p = json!({"n": n, "host": format!("h{n}"), "service": format!("s{n}")});
+                if n % 2 == 0 {
+                    p["latency_ms"] = json!(n as f64 / 4.0);
+                }
+                if version == 2 && n % 3 != 0 {
+                    p["region"] = json!(format!("r{n}"));
+                }
+                let ts = BASE_S * 1_000_000_000 + (n as i64) * 1_000_000;
+                format!(
+                    "{}\n",
+                    json!({"type": "Log", "host": "w", "pid": 1, "offset": n, "timestamp": ts,
+                           "message": p.to_string()})
+                )
+            })
+            .collect()
+    };
+    let sink = "sinks:\n  Warehouse: { kind: parquet, path: out, type: Log }\n";
+    for (version, body) in [(1, LOG_V1), (2, LOG_V2)] {
+        std::fs::write(
+            dir.path().join("dab.yaml"),
+            format!("types:\n  Log:\n{}{sink}", indent(body)),
+        )
+        .expect("dab.yaml");
+        run_dab(dir.path(), events(version * 100, version), &[]);
+        // The version just run is registered, so the next run is checked
+        // against it (docs/schemas.md); v2 must be compatible with v1.
+        let reg = dir.path().join("schemas/Log");
+        std::fs::create_dir_all(&reg).expect("schemas/Log");
+        std::fs::write(reg.join(format!("v{version}.yaml")), body).expect("register");
+    }
+
+    let out = Command::new(&python)
+        .args(["-c", READ_BY_NAME])
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let versions = got["versions"].as_array().expect("versions");
+    assert!(
+        versions.contains(&json!("1")) && versions.contains(&json!("2")),
+        "{got}"
+    );
+    let want: Vec<Value> = [100u64, 200]
+        .iter()
+        .flat_map(|&from| from..from + 50)
+        .map(|n| {
+            let latency = if n % 2 == 0 {
+                json!(n as f64 / 4.0)
+            } else {
+                Value::Null
+            };
+            let region = if n >= 200 && n % 3 != 0 {
+                json!(format!("r{n}"))
+            } else {
+                Value::Null
+            };
+            json!([n, format!("h{n}"), format!("s{n}"), latency, region, n])
+        })
+        .collect();
+    assert_eq!(got["rows"], Value::Array(want));
+}
