@@ -911,19 +911,65 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
         .timestamp_nanos_opt()
 }
 
-/// The Arrow schema of a payload schema: top-level fields get Parquet
-/// field ids 1..=n in declaration order, nested struct fields the ids
-/// after those, depth first.
+/// The Arrow schema of a payload schema. Every field, nested ones
+/// included, carries the Parquet field id of its path ([`field_id`]).
 pub fn arrow_schema(schema: &Schema) -> ArrowSchema {
-    let mut next = schema.fields.len() as i32 + 1;
     let mut fields: Vec<ArrowField> = schema
         .fields
         .iter()
-        .enumerate()
-        .map(|(i, f)| with_id(arrow_field(&f.name, &f.ty, &mut next), i as i32 + 1))
+        .map(|f| with_id(arrow_field(&f.name, &f.ty, &f.name), field_id(&f.name)))
         .collect();
     fields.extend(envelope_fields());
     ArrowSchema::new(fields)
+}
+
+/// The Parquet field id of the field at `path` (its name, and for a field
+/// of a struct the names of the fields around it, joined by `.`; a list's
+/// item is `element`, a map's value `value`). It is a hash of the path,
+/// pinned (FNV-1a, 64 bits, modulo 2,000,000,000, plus 1), so every
+/// version of a type gives a field the same id wherever it is declared,
+/// and a field of another name gets another id: SPEC section 8's "stable
+/// field id that a later schema version never reuses". The envelope's
+/// columns have fixed ids above this range.
+pub fn field_id(path: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Below 2,000,000,001: fits an i32.
+    (h % 2_000_000_000) as i32 + 1
+}
+
+/// Two fields of `schema` whose ids collide, if any (a hash can; with
+/// tens of fields it practically never does): such a schema cannot be
+/// written, because readers by id would mix the two.
+pub fn colliding_ids(schema: &Schema) -> Option<(String, String)> {
+    fn walk(fields: &[Field], prefix: &str, out: &mut Vec<(i32, String)>) {
+        for f in fields {
+            let path = if prefix.is_empty() {
+                f.name.clone()
+            } else {
+                format!("{prefix}.{}", f.name)
+            };
+            out.push((field_id(&path), path.clone()));
+            nested(&f.ty.ty, &path, out);
+        }
+    }
+    fn nested(t: &Type, path: &str, out: &mut Vec<(i32, String)>) {
+        match t {
+            Type::Struct(fields) => walk(fields, path, out),
+            Type::List(item) => nested(&item.ty, &format!("{path}.element"), out),
+            Type::Map(value) => nested(&value.ty, &format!("{path}.value"), out),
+            _ => {}
+        }
+    }
+    let mut ids = Vec::new();
+    walk(&schema.fields, "", &mut ids);
+    ids.sort();
+    ids.windows(2)
+        .find(|w| w[0].0 == w[1].0)
+        .map(|w| (w[0].1.clone(), w[1].1.clone()))
 }
 
 fn with_id(f: ArrowField, id: i32) -> ArrowField {
@@ -933,11 +979,11 @@ fn with_id(f: ArrowField, id: i32) -> ArrowField {
     )]))
 }
 
-fn arrow_field(name: &str, t: &FieldType, next: &mut i32) -> ArrowField {
-    ArrowField::new(name, data_type(&t.ty, next), t.optional)
+fn arrow_field(name: &str, t: &FieldType, path: &str) -> ArrowField {
+    ArrowField::new(name, data_type(&t.ty, path), t.optional)
 }
 
-fn data_type(t: &Type, next: &mut i32) -> DataType {
+fn data_type(t: &Type, path: &str) -> DataType {
     match t {
         Type::Bool => DataType::Boolean,
         Type::Int32 => DataType::Int32,
@@ -946,30 +992,33 @@ fn data_type(t: &Type, next: &mut i32) -> DataType {
         Type::String => DataType::Utf8,
         Type::Bytes => DataType::Binary,
         Type::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-        Type::List(item) => DataType::List(Arc::new(arrow_field("element", item, next))),
-        Type::Map(value) => DataType::Map(Arc::new(map_entries(value, next)), false),
-        Type::Struct(fields) => DataType::Struct(struct_fields(fields, next)),
+        Type::List(item) => DataType::List(Arc::new(arrow_field(
+            "element",
+            item,
+            &format!("{path}.element"),
+        ))),
+        Type::Map(value) => DataType::Map(Arc::new(map_entries(value, path)), false),
+        Type::Struct(fields) => DataType::Struct(struct_fields(fields, path)),
     }
 }
 
-fn map_entries(value: &FieldType, next: &mut i32) -> ArrowField {
+fn map_entries(value: &FieldType, path: &str) -> ArrowField {
     ArrowField::new(
         "key_value",
         DataType::Struct(ArrowFields::from(vec![
             ArrowField::new("key", DataType::Utf8, false),
-            arrow_field("value", value, next),
+            arrow_field("value", value, &format!("{path}.value")),
         ])),
         false,
     )
 }
 
-fn struct_fields(fields: &[Field], next: &mut i32) -> ArrowFields {
+fn struct_fields(fields: &[Field], path: &str) -> ArrowFields {
     fields
         .iter()
         .map(|f| {
-            let id = *next;
-            *next += 1;
-            with_id(arrow_field(&f.name, &f.ty, next), id)
+            let p = format!("{path}.{}", f.name);
+            with_id(arrow_field(&f.name, &f.ty, &p), field_id(&p))
         })
         .collect()
 }
@@ -1011,7 +1060,7 @@ fn envelope_fields() -> Vec<ArrowField> {
             ty: Type::String,
             optional: false,
         },
-        &mut 0,
+        "dab_tags",
     );
     let types = [
         DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
@@ -1303,6 +1352,11 @@ impl ParquetSinkFactory {
                 "type `{type_name}` is not declared with `fields` under `types:`"
             ))
         })?;
+        if let Some((a, b)) = colliding_ids(schema) {
+            return Err(fail(format!(
+                "fields `{a}` and `{b}` of type `{type_name}` would have the same Parquet field id; rename one"
+            )));
+        }
         if let Some(f) = schema
             .fields
             .iter()

@@ -264,7 +264,10 @@ fn columns_carry_field_ids_and_the_metadata_names_type_and_version() {
         .iter()
         .map(|f| (f.name().to_owned(), f.get_basic_info().id()))
         .collect();
-    let mut want: Vec<(String, i32)> = vec![("id".into(), 1), ("note".into(), 2)];
+    let mut want: Vec<(String, i32)> = vec![
+        ("id".into(), field_id("id")),
+        ("note".into(), field_id("note")),
+    ];
     want.extend(
         ENVELOPE
             .iter()
@@ -441,4 +444,85 @@ fn a_redelivery_after_a_rewind_writes_each_offset_once() {
     let (ids, names) = all_ids(dir.path());
     assert_eq!(ids, vec![0, 1, 2, 3, 4, 100, 101, 102, 103, 104]);
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// The id of a field is its path's, whatever the version: a field keeps
+/// its id when fields are added or declared in another order, nested
+/// struct fields included, and fields of other names get other ids.
+#[test]
+fn field_ids_are_stable_across_versions() {
+    fn fields(list: &[(&str, &str)]) -> Vec<Field> {
+        list.iter()
+            .map(|(n, t)| Field {
+                name: (*n).into(),
+                ty: ft(t),
+            })
+            .collect()
+    }
+    // `user` is an optional struct of the given fields.
+    let parse = |top: &[(&str, &str)], user: &[(&str, &str)]| {
+        let mut all = fields(top);
+        all.push(Field {
+            name: "user".into(),
+            ty: FieldType {
+                ty: Type::Struct(fields(user)),
+                optional: true,
+            },
+        });
+        Schema {
+            version: None,
+            fields: all,
+        }
+    };
+    let ids = |s: &Schema| -> Vec<(String, String)> {
+        fn walk(fields: &ArrowFields, out: &mut Vec<(String, String)>) {
+            for f in fields {
+                let id = f
+                    .metadata()
+                    .get(PARQUET_FIELD_ID_META_KEY)
+                    .cloned()
+                    .unwrap_or_default();
+                out.push((f.name().clone(), id));
+                if let DataType::Struct(inner) = f.data_type() {
+                    walk(inner, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(arrow_schema(s).fields(), &mut out);
+        out.sort();
+        out
+    };
+    let v1 = parse(
+        &[("host", "string"), ("service", "string")],
+        &[("id", "int64"), ("team", "string?")],
+    );
+    let v2 = parse(
+        &[
+            ("region", "string?"),
+            ("service", "string"),
+            ("host", "string"),
+        ],
+        &[("team", "string?"), ("id", "int64"), ("org", "string?")],
+    );
+    let (a, b) = (ids(&v1), ids(&v2));
+    for f in &a {
+        assert!(b.contains(f), "{f:?} moved: {b:?}");
+    }
+    let mut all: Vec<&String> = b
+        .iter()
+        .map(|(_, id)| id)
+        .filter(|id| !id.is_empty())
+        .collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "two fields share an id: {b:?}");
+    // FNV-1a 64 of "host", as any implementation of it computes it.
+    assert_eq!(
+        field_id("host"),
+        1_838_390_640,
+        "the hash is pinned: files depend on it"
+    );
+    assert_eq!(colliding_ids(&v2), None);
 }
