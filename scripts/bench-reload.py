@@ -246,10 +246,16 @@ class Sender(threading.Thread):
     """Every `interval` s: P, Q, R probes with seq in `offset`, and one
     background event. send_ns[seq] is the monotonic time of the write."""
 
-    def __init__(self, port, interval):
+    def __init__(self, port, interval, burst=0.0):
         super().__init__(daemon=True)
         self.port = port
         self.interval = interval
+        # While monotonic() < burst_until, probes go every `burst` s: a
+        # trial sets it just before its edit, so the first probe after the
+        # switch is at most `burst` late instead of `interval`, while the
+        # load outside the reload window stays that of `interval`.
+        self.burst = burst
+        self.burst_until = 0.0
         self.send_ns = []
         self.stopping = threading.Event()
         self.error = None
@@ -281,7 +287,8 @@ class Sender(threading.Thread):
                 self.send_ns.append(time.monotonic_ns())
                 self.sock.sendall(line)
                 seq += 1
-                nxt += self.interval
+                bursting = self.burst > 0 and time.monotonic() < self.burst_until
+                nxt += self.burst if bursting else self.interval
                 d = nxt - time.monotonic()
                 if d > 0:
                     time.sleep(d)
@@ -379,7 +386,7 @@ def run(a):
             flush=True,
         )
     d = Dab(a.dab, root, a.metrics, a.dab_args.split(), os.path.join(a.work, "dab.log"))
-    sender = Sender(a.port, a.interval_ms / 1e3)
+    sender = Sender(a.port, a.interval_ms / 1e3, a.burst_ms / 1e3)
     try:
         if d.wait_line(lambda s: "watching the blueprint set" in s, 0, 30) is None:
             raise SystemExit("bench-reload: dab did not start watching (see dab.log)")
@@ -419,6 +426,7 @@ def run(a):
             offset = size(sink)
             nlines = d.count()
             scrape0 = d.scrape()
+            sender.burst_until = time.monotonic() + a.burst_for_ms / 1e3
             t0, t0w = bset.save(f)
             deadline = time.monotonic() + a.timeout
             seen = None
@@ -578,6 +586,9 @@ def main():
     r.add_argument("--files", type=int, default=10)
     r.add_argument("--trials", type=int, default=24)
     r.add_argument("--interval-ms", type=float, default=1.0)
+    r.add_argument("--burst-ms", type=float, default=0.0,
+                   help="probe interval for --burst-for-ms after each edit (0: no burst)")
+    r.add_argument("--burst-for-ms", type=float, default=150.0)
     r.add_argument("--warmup", type=float, default=1.0)
     r.add_argument("--pause", type=float, default=0.3, help="seconds between trials")
     r.add_argument("--settle", type=float, default=0.3, help="seconds after a trial before reading the sink")

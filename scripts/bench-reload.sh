@@ -26,6 +26,8 @@
 # Usage: scripts/bench-reload.sh
 # Knobs (environment): RUNS=3 TRIALS=24 PIPELINES=100 FILES=10
 #   INTERVAL_MS=1 PAUSE=0.3 FSYNC=0 VALIDATE_RUNS=10 QUIET_WAIT=30
+#   BURST_MS=0 BURST_FOR_MS=150 (probes every BURST_MS for BURST_FOR_MS
+#   after each edit: "serving" then waits at most BURST_MS for a probe)
 #   DAB_ARGS= DAB_BIN= CARGO_TARGET_DIR (default ~/.cache/dab/target)
 #   KEEP=dir (keep the sets, sinks, dab logs and trial JSON there)
 
@@ -37,6 +39,8 @@ TRIALS=${TRIALS:-24}
 PIPELINES=${PIPELINES:-100}
 FILES=${FILES:-10}
 INTERVAL_MS=${INTERVAL_MS:-1}
+BURST_MS=${BURST_MS:-0}
+BURST_FOR_MS=${BURST_FOR_MS:-150}
 PAUSE=${PAUSE:-0.3}
 FSYNC=${FSYNC:-0}
 VALIDATE_RUNS=${VALIDATE_RUNS:-10}
@@ -95,7 +99,7 @@ echo "rustc: $(rustc --version)"
 echo "python: $(python3 --version 2>&1)"
 echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may be dirty)"
 echo "load average at start (1, 5, 15 min): $(loadavg)"
-echo "set: $PIPELINES pipelines in $FILES files, probes every $INTERVAL_MS ms, $TRIALS edits per run, $RUNS runs, fsync $FSYNC"
+echo "set: $PIPELINES pipelines in $FILES files, probes every $INTERVAL_MS ms (every $BURST_MS ms for $BURST_FOR_MS ms after each edit; 0: no burst), $TRIALS edits per run, $RUNS runs, fsync $FSYNC"
 
 fsync_flag=()
 if [[ $FSYNC == 1 ]]; then fsync_flag=(--fsync); fi
@@ -112,7 +116,8 @@ for ((r = 1; r <= RUNS; r++)); do
     python3 scripts/bench-reload.py run --dab "$DAB" --work "$TMP/run$r" \
         --port "$port" --metrics "127.0.0.1:$((port + 1))" \
         --pipelines "$PIPELINES" --files "$FILES" --trials "$TRIALS" \
-        --interval-ms "$INTERVAL_MS" --pause "$PAUSE" --validate-runs "$vr" \
+        --interval-ms "$INTERVAL_MS" --burst-ms "$BURST_MS" --burst-for-ms "$BURST_FOR_MS" \
+        --pause "$PAUSE" --validate-runs "$vr" \
         --dab-args "$DAB_ARGS" --label "$r" --out "$TMP/trials.jsonl" "${fsync_flag[@]}" &
     STARTED+=("$!")
     wait "$!"
