@@ -544,10 +544,12 @@ impl ParquetSink {
         }
     }
 
-    /// Synchronous body of `write`: encodes and writes; files that roll
-    /// are left in `closing`.
-    fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
-        self.roll_by_age();
+    /// The conforming payloads of `events` as record batches, one per hour
+    /// (hours in order of first appearance), and the refused ones.
+    fn encode(
+        &self,
+        events: &[Event],
+    ) -> Result<(Vec<(i64, RecordBatch)>, Vec<Rejection>), SinkError> {
         let mut rejected = Vec::new();
         // Conforming payloads by hour, hours in order of first appearance.
         let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
@@ -580,17 +582,50 @@ impl ParquetSink {
                 }),
             }
         }
-        self.stats
-            .schema_mismatch
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        // Encode everything before writing anything: an encoding failure
-        // then leaves no file touched.
         let mut batches = Vec::with_capacity(hours.len());
         for (hour, rows) in &hours {
             let batch = record_batch(&self.arrow, &self.cfg.schema.fields, rows)
                 .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
             batches.push((*hour, batch));
         }
+        Ok((batches, rejected))
+    }
+
+    /// What `write` does to each of `batches` short of files and
+    /// partitions: the schema check and the encoding, into one Parquet
+    /// file (every hour's rows, the sink's compression and metadata)
+    /// written to `out`, footer included; the rejections of each batch.
+    /// For the encoding bench (benches/parquet.rs).
+    pub fn encode_into<'e, W: std::io::Write + Send>(
+        &self,
+        batches: impl IntoIterator<Item = &'e [Event]>,
+        out: W,
+    ) -> Result<(W, Vec<Written>), SinkError> {
+        let path = Path::new("(memory)");
+        let mut w = ArrowWriter::try_new(out, self.arrow.clone(), Some(self.props.clone()))
+            .map_err(|e| pq("cannot start", path, e))?;
+        let mut written = Vec::new();
+        for events in batches {
+            let (encoded, rejected) = self.encode(events)?;
+            for (_, batch) in &encoded {
+                w.write(batch).map_err(|e| pq("cannot write", path, e))?;
+            }
+            written.push(Written { rejected });
+        }
+        let out = w.into_inner().map_err(|e| pq("cannot finish", path, e))?;
+        Ok((out, written))
+    }
+
+    /// Synchronous body of `write`: encodes and writes; files that roll
+    /// are left in `closing`.
+    fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
+        self.roll_by_age();
+        // Encode everything before writing anything: an encoding failure
+        // then leaves no file touched.
+        let (batches, rejected) = self.encode(events)?;
+        self.stats
+            .schema_mismatch
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
         for (hour, batch) in batches {
             let max_bytes = self.cfg.max_file_bytes;
             let f = self.writer_for(hour)?;
@@ -680,7 +715,12 @@ fn check_value(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), Strin
 }
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.replacen([' ', 't'], "T", 1);
+    // The first ` ` or `t` becomes `T`; most texts have none (no copy).
+    let s = if s.contains([' ', 't']) {
+        std::borrow::Cow::Owned(s.replacen([' ', 't'], "T", 1))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     chrono::DateTime::parse_from_rfc3339(&s)
         .ok()?
         .timestamp_nanos_opt()
