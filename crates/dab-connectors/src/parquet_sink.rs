@@ -546,10 +546,7 @@ impl ParquetSink {
 
     /// The conforming payloads of `events` as record batches, one per hour
     /// (hours in order of first appearance), and the refused ones.
-    fn encode(
-        &self,
-        events: &[Event],
-    ) -> Result<(Vec<(i64, RecordBatch)>, Vec<Rejection>), SinkError> {
+    fn encode(&self, events: &[Event]) -> Result<(HourBatches, Vec<Rejection>), SinkError> {
         let mut rejected = Vec::new();
         // Conforming payloads by hour, hours in order of first appearance.
         let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
@@ -788,6 +785,9 @@ fn struct_fields(fields: &[Field], next: &mut i32) -> ArrowFields {
         })
         .collect()
 }
+
+/// Record batches, one per hour since the epoch.
+type HourBatches = Vec<(i64, RecordBatch)>;
 
 /// One record batch of conforming payloads and their envelopes.
 /// A conforming payload, shared with its event's parse, and its event.
