@@ -25,11 +25,13 @@
 # Before each measurement it waits (at most $QUIET_WAIT s) for other work
 # to use under a quarter of the machine, and records how busy it was.
 # Prints medians, ratios to the plain consumer and the target (>= 0.8).
+# With PERF=1 the first DAB run is profiled with `perf record` and the top
+# of the report (self time by symbol) is printed.
 # Every wait is bounded; everything started here is stopped on exit.
 #
 # Usage: scripts/bench-parquet.sh
 # Knobs (environment): N=300000 RUNS=3 PARTITIONS=3 HOURS=4 WRITERS="2 16"
-#   FETCH_WAIT_MS=10 TIMEOUT=300 QUIET_WAIT=30 KEEP=1 (keep the work dir)
+#   FETCH_WAIT_MS=10 TIMEOUT=300 QUIET_WAIT=30 PERF=0 KEEP=1 (keep the work dir)
 #   CARGO_TARGET_DIR (~/.cache/dab/target); DAB_BIN= (a `dab` binary to
 #   measure instead of the one built here); DAB_VENV (~/.cache/dab/venv).
 
@@ -44,6 +46,7 @@ WRITERS=${WRITERS:-2 16}
 FETCH_WAIT_MS=${FETCH_WAIT_MS:-10}
 TIMEOUT=${TIMEOUT:-300}
 QUIET_WAIT=${QUIET_WAIT:-30}
+PERF=${PERF:-0}
 TARGET_RATIO=0.8
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
@@ -151,10 +154,18 @@ EOF
     "$DAB" run "$dir/p.dab" --config "$dir/dab.yaml" --metrics "127.0.0.1:$port" >"$dir/dab.log" 2>&1 &
     pid=$!
     STARTED+=("$pid")
+    local perf_pid=""
+    if [[ $PERF == 1 && ! -f $TMP/perf.data ]]; then
+        # Until dab is stopped (perf ends with its target).
+        timeout $((TIMEOUT + 60)) perf record -F 499 -g -p "$pid" -o "$TMP/perf.data" >"$dir/perf.out" 2>&1 &
+        perf_pid=$!
+        STARTED+=("$perf_pid")
+    fi
     line=$(timeout $((TIMEOUT + 30)) "$PY" "$DRIVER" watch --metrics "127.0.0.1:$port" --rows "$N" \
         --pid "$pid" --timeout "$TIMEOUT" | oneline) || line="failed=1 $line"
     line="$line cpu=$(cpu_of "$pid")"
     stop "$pid" 15
+    if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
     if [[ $(field "$line" complete) != 1 ]]; then tail -n 5 "$dir/dab.log" | sed 's/^/    dab: /' >&2; fi
     echo "RUN kind=dab writers=$w i=$i $line busy_before=$busy load1=$(load1)" | tee -a "$RESULTS" >&2
 }
@@ -184,6 +195,12 @@ vals() { awk -v k="kind=$1" -v w="writers=$2" -v f="$3=" '$2 == k && $3 == w { f
         met=$(awk -v r="$r" -v t="$TARGET_RATIO" 'BEGIN { print (r != "nan" && r >= t) ? "yes" : "NO" }')
         echo "dab, max_open_writers=$w: median $(fmt_int "$d") events/s (range $(vals dab "$w" rate | range)), ratio $r (target >= $TARGET_RATIO: $met); peak RSS median $(vals dab "$w" peak_rss_kib | median | awk '{ printf "%.0f MiB", $1 / 1024 }'); files median $(vals dab "$w" files | median); complete $(vals dab "$w" complete | awk '{ s += $1 } END { print s + 0 }') of $RUNS"
     done
+    if [[ $PERF == 1 && -f $TMP/perf.data ]]; then
+        echo
+        echo "## profile of dab, first DAB run (perf, self time by symbol, top 40)"
+        { perf report -i "$TMP/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio -g none 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | sed 's/ *$//' | cut -c1-160 | head -n 40; } || true
+    fi
     echo
     echo "raw results:"
     sed 's/^/  /' "$RESULTS"
