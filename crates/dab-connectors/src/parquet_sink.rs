@@ -551,8 +551,10 @@ impl ParquetSink {
         // Conforming payloads by hour, hours in order of first appearance.
         let mut hours: Vec<(i64, Vec<Row<'_>>)> = Vec::new();
         for (index, e) in events.iter().enumerate() {
-            // Shared with the event's parse: no copy of the payload.
-            let value = e.payload_value();
+            // Shared with the event's parse when a stage made one;
+            // otherwise parsed here and freed once encoded, not kept with
+            // the event until its acknowledgement.
+            let value = e.payload.value_once(&e.message);
             let p = value.as_deref();
             let payload = match self.cfg.schema.conforms(p) {
                 Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| value.clone()),
