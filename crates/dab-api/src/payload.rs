@@ -131,6 +131,17 @@ impl PayloadCache {
         Some(scalar(raw))
     }
 
+    /// The payload as [`PayloadCache::value`] gives it, but a new parse is
+    /// not kept: for a consumer that reads it once (the parquet sink), so
+    /// that it is freed as soon as that consumer is done, on its thread,
+    /// rather than with the event, after its acknowledgement.
+    pub fn value_once(&self, message: &Bytes) -> Option<Arc<Value>> {
+        match self.value.get() {
+            Some(kept) if kept.of == identity(message) => kept.parsed.clone(),
+            _ => parse_value(message),
+        }
+    }
+
     /// Whether a parse is kept (for tests and benchmarks).
     pub fn is_parsed(&self) -> bool {
         self.index.get().is_some() || self.value.get().is_some()

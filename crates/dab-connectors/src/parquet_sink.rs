@@ -513,6 +513,9 @@ async fn list_hour(
     }
 }
 
+/// Runs of rows for one file each, encoded (their rows dropped).
+type Encoded<'e> = Vec<(Group<'e>, RecordBatch)>;
+
 /// A run of rows for one file, in the order they came.
 struct Group<'e> {
     key: FileKey,
@@ -708,16 +711,21 @@ impl ParquetSink {
         ))
     }
 
-    /// Synchronous body of `write`: encodes and writes; files that roll
-    /// are left in `closing`.
-    fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
-        self.roll_by_age();
+    /// The conforming payloads of `events` as record batches, one per run
+    /// of rows of one file (files in order of first appearance), and the
+    /// refused ones. The payloads' parses are freed once encoded.
+    fn encode<'e>(
+        &mut self,
+        events: &'e [Event],
+    ) -> Result<(Encoded<'e>, Vec<Rejection>), SinkError> {
         let mut rejected = Vec::new();
         // Conforming payloads by file, files in order of first appearance.
-        let mut groups: Vec<Group<'_>> = Vec::new();
+        let mut groups: Vec<Group<'e>> = Vec::new();
         for (index, e) in events.iter().enumerate() {
-            // Shared with the event's parse: no copy of the payload.
-            let value = e.payload_value();
+            // Shared with the event's parse when a stage made one;
+            // otherwise parsed here and freed once encoded, not kept with
+            // the event until its acknowledgement.
+            let value = e.payload.value_once(&e.message);
             let p = value.as_deref();
             let payload = match self.cfg.schema.conforms(p) {
                 Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| value.clone()),
@@ -743,18 +751,52 @@ impl ParquetSink {
                 }),
             }
         }
+        let mut out = Vec::with_capacity(groups.len());
+        for mut g in groups {
+            let batch = record_batch(&self.arrow, &self.cfg.schema.fields, &g.rows)
+                .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
+            g.rows = Vec::new();
+            out.push((g, batch));
+        }
+        Ok((out, rejected))
+    }
+
+    /// What `write` does to each of `batches` short of files and
+    /// partitions: the schema check and the encoding, into one Parquet
+    /// file (every batch's rows, the sink's compression and metadata)
+    /// written to `out`, footer included; the rejections of each batch.
+    /// For the encoding bench (benches/parquet.rs).
+    pub fn encode_into<'e, W: std::io::Write + Send>(
+        &mut self,
+        batches: impl IntoIterator<Item = &'e [Event]>,
+        out: W,
+    ) -> Result<(W, Vec<Written>), SinkError> {
+        let path = Path::new("(memory)");
+        let mut w = ArrowWriter::try_new(out, self.arrow.clone(), Some(self.props.clone()))
+            .map_err(|e| pq("cannot start", path, e))?;
+        let mut written = Vec::new();
+        for events in batches {
+            let (encoded, rejected) = self.encode(events)?;
+            for (_, batch) in &encoded {
+                w.write(batch).map_err(|e| pq("cannot write", path, e))?;
+            }
+            written.push(Written { rejected });
+        }
+        let out = w.into_inner().map_err(|e| pq("cannot finish", path, e))?;
+        Ok((out, written))
+    }
+
+    /// Synchronous body of `write`: encodes and writes; files that roll
+    /// are left in `closing`.
+    fn write_now(&mut self, events: &[Event]) -> Result<Written, SinkError> {
+        self.roll_by_age();
+        // Encode everything before writing anything: an encoding failure
+        // then leaves no file touched.
+        let (batches, rejected) = self.encode(events)?;
         self.stats
             .schema_mismatch
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        // Encode everything before writing anything: an encoding failure
-        // then leaves no file touched.
-        let mut batches = Vec::with_capacity(groups.len());
-        for g in &groups {
-            let batch = record_batch(&self.arrow, &self.cfg.schema.fields, &g.rows)
-                .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
-            batches.push(batch);
-        }
-        for (g, batch) in groups.iter().zip(batches) {
+        for (g, batch) in batches {
             let max_bytes = self.cfg.max_file_bytes;
             let f = self.writer_for(&g.key, g.limit)?;
             f.writer
@@ -905,7 +947,12 @@ fn check_value(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), Strin
 }
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.replacen([' ', 't'], "T", 1);
+    // The first ` ` or `t` becomes `T`; most texts have none (no copy).
+    let s = if s.contains([' ', 't']) {
+        std::borrow::Cow::Owned(s.replacen([' ', 't'], "T", 1))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     chrono::DateTime::parse_from_rfc3339(&s)
         .ok()?
         .timestamp_nanos_opt()

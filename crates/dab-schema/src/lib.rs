@@ -294,7 +294,7 @@ impl Schema {
         let Some(Value::Object(obj)) = payload else {
             return Err("the payload is not a JSON object".into());
         };
-        struct_conforms(&self.fields, obj, "")
+        struct_conforms(&self.fields, obj, &String::new)
     }
 }
 
@@ -313,23 +313,28 @@ fn fields_json(fields: &[Field]) -> Value {
     )
 }
 
+/// A value's path in the payload (`client.ip`, `tags[0]`), made only for
+/// an error message: a payload that conforms costs no allocation.
+type PathOf<'a> = &'a dyn Fn() -> String;
+
 fn struct_conforms(
     fields: &[Field],
     obj: &serde_json::Map<String, Value>,
-    prefix: &str,
+    prefix: PathOf<'_>,
 ) -> Result<(), String> {
     for f in fields {
-        let path = format!("{prefix}{}", f.name);
-        value_conforms(&f.ty, obj.get(&f.name), &path)?;
+        value_conforms(&f.ty, obj.get(&f.name), &|| {
+            format!("{}{}", prefix(), f.name)
+        })?;
     }
     Ok(())
 }
 
-fn value_conforms(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), String> {
+fn value_conforms(t: &FieldType, v: Option<&Value>, path: PathOf<'_>) -> Result<(), String> {
     let v = match v {
         None | Some(Value::Null) if t.optional => return Ok(()),
-        None => return Err(format!("`{path}` is missing ({t})")),
-        Some(Value::Null) => return Err(format!("`{path}` is null ({t})")),
+        None => return Err(format!("`{}` is missing ({t})", path())),
+        Some(Value::Null) => return Err(format!("`{}` is null ({t})", path())),
         Some(v) => v,
     };
     let ok = match (&t.ty, v) {
@@ -341,25 +346,25 @@ fn value_conforms(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), St
         (Type::Timestamp, Value::String(s)) => is_rfc3339(s),
         (Type::List(item), Value::Array(items)) => {
             for (i, x) in items.iter().enumerate() {
-                value_conforms(item, Some(x), &format!("{path}[{i}]"))?;
+                value_conforms(item, Some(x), &|| format!("{}[{i}]", path()))?;
             }
             true
         }
         (Type::Map(value), Value::Object(m)) => {
             for (k, x) in m {
-                value_conforms(value, Some(x), &format!("{path}[{k:?}]"))?;
+                value_conforms(value, Some(x), &|| format!("{}[{k:?}]", path()))?;
             }
             true
         }
         (Type::Struct(fields), Value::Object(m)) => {
-            return struct_conforms(fields, m, &format!("{path}."));
+            return struct_conforms(fields, m, &|| format!("{}.", path()));
         }
         _ => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("`{path}` is {}, not {t}", json_kind(v)))
+        Err(format!("`{}` is {}, not {t}", path(), json_kind(v)))
     }
 }
 

@@ -84,3 +84,24 @@ fn lookup_stops_at_what_is_not_an_object() {
     assert_eq!(lookup(&v, &["a", "0"]), None);
     assert_eq!(lookup(&v, &["missing"]), None);
 }
+
+#[test]
+fn value_once_shares_a_kept_parse_and_keeps_none_of_its_own() {
+    let m = Bytes::from_static(br#"{"a":1}"#);
+    let cache = PayloadCache::default();
+    let once = cache.value_once(&m).expect("an object");
+    assert_eq!(once["a"], Value::from(1));
+    assert!(!cache.is_parsed());
+    // Not an object: none, as `value` says.
+    assert!(cache.value_once(&Bytes::from_static(b"[1]")).is_none());
+    // Once a parse is kept, it is the same value, not another parse.
+    let kept = cache.value(&m).expect("an object");
+    let again = cache.value_once(&m).expect("an object");
+    assert!(Arc::ptr_eq(&kept, &again));
+    // Other bytes: parsed again, never the stale value.
+    let other = Bytes::from_static(br#"{"a":2}"#);
+    assert_eq!(
+        cache.value_once(&other).expect("an object")["a"],
+        Value::from(2)
+    );
+}
