@@ -1314,6 +1314,12 @@ fn kill_9_of_dab_writing_parquet_to_s3() {
     wait_acks(&load, phase, "acks after the last restart", || dab.stderr());
     let out = load.stop();
     terminate_ok(&mut dab);
+    // The killed processes' spool files were removed by the next start,
+    // and the last one uploaded or removed its own.
+    let spool: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(spool.is_empty(), "left in the spool: {spool:?}");
     let delivered = s3_offsets(&s3, &dir.path().join("after"));
     let mut row = Row::of_load(
         "kill -9 of dab writing Parquet to S3, twice",

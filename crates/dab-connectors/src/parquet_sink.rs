@@ -463,6 +463,44 @@ impl Committer {
     }
 }
 
+/// Removes the spool files (`.part-START-PID-SEQ.parquet.tmp`) that a
+/// process which is gone left behind: one that was killed before it
+/// uploaded them. Their events were never acknowledged, so their sources
+/// send them again. A file is kept while its process runs (another
+/// process of the same sink name may share the spool), unless the process
+/// is this one under another start time (a restart that got the same
+/// pid, as in a container). Returns how many were removed.
+fn clear_stale_spool(spool: &Path, own_run: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(spool) else {
+        return 0;
+    };
+    let own_pid = std::process::id();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(run) = name
+            .strip_prefix(".part-")
+            .and_then(|r| r.strip_suffix(".parquet.tmp"))
+            .and_then(|r| r.rsplit_once('-'))
+            .map(|(run, _seq)| run)
+        else {
+            continue;
+        };
+        let Some(pid) = run
+            .rsplit_once('-')
+            .and_then(|(_, pid)| u32::from_str_radix(pid, 16).ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let gone = !alive || (pid == own_pid && run != own_run);
+        if gone && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// `prefix/rel/name`, leaving out an empty prefix.
 fn object_key(prefix: &str, rel: &str, name: &str) -> String {
     [prefix, rel, name]
@@ -548,6 +586,13 @@ impl ParquetSink {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let run = format!("{now:x}-{:x}", std::process::id());
+        if let Storage::S3(loc) = &cfg.storage {
+            let n = clear_stale_spool(&loc.spool, &run);
+            if n > 0 {
+                tracing::info!(sink = name, spool = %loc.spool.display(), files = n, "removed spool files of processes that ended without uploading them");
+            }
+        }
         Ok(ParquetSink {
             cfg,
             arrow,
@@ -555,7 +600,7 @@ impl ParquetSink {
             store,
             open: Vec::new(),
             closing: Vec::new(),
-            run: format!("{now:x}-{:x}", std::process::id()),
+            run,
             seq: 0,
             stats: Arc::new(ParquetStats {
                 name: name.to_owned(),

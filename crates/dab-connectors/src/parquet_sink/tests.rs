@@ -526,3 +526,30 @@ fn field_ids_are_stable_across_versions() {
     );
     assert_eq!(colliding_ids(&v2), None);
 }
+
+/// Spool files of a process that is gone are removed when a sink starts;
+/// those of a running process and other files are left alone.
+#[test]
+fn a_new_sink_clears_spool_files_of_processes_that_are_gone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = dir.path();
+    // A pid that does not run: past the kernel's limit.
+    let dead = ".part-18ee904d5cef90a0-7fffffff-000003.parquet.tmp";
+    let me = std::process::id();
+    let mine_earlier = format!(".part-1-{me:x}-000001.parquet.tmp");
+    // pid 1 runs as long as the machine does.
+    let other = ".part-18ee904d5cef90a0-1-000002.parquet.tmp";
+    let unrelated = "notes.txt";
+    for f in [dead, mine_earlier.as_str(), other, unrelated] {
+        std::fs::write(spool.join(f), b"x").expect("write");
+    }
+    let removed = clear_stale_spool(spool, &format!("2-{me:x}"));
+    assert_eq!(removed, 2);
+    let mut left: Vec<String> = std::fs::read_dir(spool)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![other.to_owned(), unrelated.to_owned()]);
+}
