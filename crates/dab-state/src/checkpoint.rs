@@ -53,6 +53,12 @@ impl Checkpoint {
         )
     }
 
+    /// Records the next offset to read of a source with numbered records
+    /// (a Kafka topic partition); [`StateStore::offset`] reads it back.
+    pub fn set_offset(&mut self, part: &str, source: &str, next: u64) -> Result<()> {
+        self.set_position(part, source, &next.to_be_bytes())
+    }
+
     /// Empties `part`: every owner's state, its positions and bookkeeping,
     /// the committed ones and those staged so far in this checkpoint.
     pub fn clear_partition(&mut self, part: &str) -> Result<()> {

@@ -165,6 +165,20 @@ impl StateStore {
         self.read(part, &layout::tagged(TAG_POS, source))
     }
 
+    /// The next offset of `source` in `part` that
+    /// [`Checkpoint::set_offset`] recorded.
+    pub fn offset(&self, part: &str, source: &str) -> Result<Option<u64>> {
+        self.position(part, source)?
+            .map(|bytes| {
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Error::Malformed { what: "offset" })
+            })
+            .transpose()
+    }
+
     /// Every source position in `part`, by source name.
     pub fn positions(&self, part: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let Some(handle) = self.existing(part)? else {
@@ -263,10 +277,19 @@ impl StateStore {
             return Ok(h.clone());
         }
         let name = layout::partition_name(part)?;
+        let created = !self.inner.keyspace.partition_exists(&name);
         let h = self
             .inner
             .keyspace
             .open_partition(&name, PartitionCreateOptions::default())?;
+        if created {
+            // fjall syncs a new partition's config file but not the folder
+            // entries that name it; a power loss could then drop the
+            // partition while the journal keeps a checkpoint that wrote to
+            // it, and recovery would apply that checkpoint in part.
+            sync_dir(h.path())?;
+            sync_dir(h.path().parent().unwrap_or(&self.inner.dir))?;
+        }
         parts.insert(part.to_owned(), h.clone());
         Ok(h)
     }
@@ -282,6 +305,12 @@ impl StateStore {
     pub(crate) fn last_lock(&self) -> MutexGuard<'_, u64> {
         lock(&self.inner.last)
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Store(e.into()))
 }
 
 /// A mutex whose holder panicked still guards consistent data here: every

@@ -31,20 +31,26 @@ fn staged_changes_are_invisible_until_commit_and_numbered() {
     assert_eq!(store.last_checkpoint(), None);
     let mut cp = store.checkpoint();
     cp.put(OP, P0, b"team-a", b"3").expect("put");
-    cp.set_position(P0, "orders", &17u64.to_be_bytes())
-        .expect("pos");
+    cp.set_offset(P0, "orders", 17).expect("pos");
+    cp.set_position(P0, "http", b"opaque").expect("pos");
     assert_eq!(store.get(OP, P0, b"team-a").expect("get"), None);
     assert_eq!(store.position(P0, "orders").expect("pos"), None);
-    assert_eq!(cp.len(), 2);
+    assert_eq!(cp.len(), 3);
     assert_eq!(cp.commit(true).expect("commit"), 1);
     assert_eq!(
         store.get(OP, P0, b"team-a").expect("get"),
         Some(b"3".to_vec())
     );
+    assert_eq!(store.offset(P0, "orders").expect("offset"), Some(17));
     assert_eq!(
         store.position(P0, "orders").expect("pos"),
         Some(17u64.to_be_bytes().to_vec())
     );
+    assert!(matches!(
+        store.offset(P0, "http"),
+        Err(Error::Malformed { what: "offset" })
+    ));
+    assert_eq!(store.offset(P1, "orders").expect("offset"), None);
     // A dropped checkpoint writes nothing and takes no number.
     let mut dropped = store.checkpoint();
     dropped.put(OP, P0, b"team-a", b"99").expect("put");

@@ -80,10 +80,8 @@ fn child(dir: &str) {
         .expect("child: put");
         cp.delete(OWNER_B, P1, format!("m{}", (n + 3) % 7).as_bytes())
             .expect("child: delete");
-        cp.set_position(P0, SOURCE, &n.to_be_bytes())
-            .expect("child: pos");
-        cp.set_position(P1, SOURCE, &n.to_be_bytes())
-            .expect("child: pos");
+        cp.set_offset(P0, SOURCE, n).expect("child: offset");
+        cp.set_offset(P1, SOURCE, n).expect("child: offset");
         cp.set_bookkeeping(OWNER_A, P0, &n.to_be_bytes())
             .expect("child: book");
         let durable = n % 3 == 0;
@@ -139,8 +137,8 @@ fn actual(store: &StateStore) -> State {
     state
 }
 
-fn number(bytes: Option<Vec<u8>>, what: &str) -> Option<u64> {
-    bytes.map(|b| u64::from_be_bytes(b.as_slice().try_into().expect(what)))
+fn number(bytes: Option<Vec<u8>>) -> Option<u64> {
+    bytes.map(|b| u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes")))
 }
 
 /// A small xorshift: kill moments vary per run, and the seed is printed.
@@ -218,7 +216,7 @@ fn parent() {
         durable_seen = durable_seen.max(durable.last().copied().unwrap_or(0));
 
         let store = StateStore::open(dir.path()).expect("reopen after kill");
-        let s = number(store.position(P0, SOURCE).expect("position"), "position").unwrap_or(0);
+        let s = store.offset(P0, SOURCE).expect("offset").unwrap_or(0);
         eprintln!(
             "round {round}: killed {wait} ms after {}; {} durable reported, last {durable_seen}; store at {s}",
             if during_recovery { "start" } else { "recovery" },
@@ -230,12 +228,12 @@ fn parent() {
             "round {round}: numbering"
         );
         assert_eq!(
-            number(store.position(P1, SOURCE).expect("position"), "position").unwrap_or(0),
+            store.offset(P1, SOURCE).expect("offset").unwrap_or(0),
             s,
             "round {round}: the two partitions' positions come from one checkpoint"
         );
         assert_eq!(
-            number(store.bookkeeping(OWNER_A, P0).expect("book"), "book").unwrap_or(0),
+            number(store.bookkeeping(OWNER_A, P0).expect("book")).unwrap_or(0),
             s,
             "round {round}: bookkeeping comes from the same checkpoint"
         );
