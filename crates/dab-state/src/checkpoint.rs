@@ -103,17 +103,23 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint as one atomic batch and returns its number.
-    /// With `durable`, the journal is fsynced before this returns, so the
-    /// checkpoint survives any crash after it; without, a crash may lose
-    /// it, whole, along with later ones.
+    /// Before this returns the batch is written to the operating system,
+    /// so it survives the process being killed; with `durable` the journal
+    /// is also fsynced, so it survives a power loss too. Without `durable`,
+    /// a machine crash may lose the checkpoint, whole, with later ones.
     pub fn commit(self, durable: bool) -> Result<u64> {
         let store = self.store;
         let mut last = store.last_lock();
         let number = *last + 1;
-        let mut batch = store.keyspace().batch();
-        if durable {
-            batch = batch.durability(Some(PersistMode::SyncAll));
-        }
+        // fjall ignores a failed journal write when it is not asked to
+        // persist; flushing its buffer surfaces the failure (and poisons
+        // the store, so nothing commits after a lost checkpoint).
+        let mode = if durable {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        let mut batch = store.keyspace().batch().durability(Some(mode));
         let mut current: Option<(String, Option<fjall::PartitionHandle>)> = None;
         for ((label, key), value) in self.writes {
             if current.as_ref().is_none_or(|(l, _)| *l != label) {

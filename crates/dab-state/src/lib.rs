@@ -12,9 +12,11 @@
 //! positions and opaque bookkeeping (window watermarks and the like), and
 //! [`Checkpoint::commit`] writes all of it as ONE fjall batch, which the
 //! journal applies whole or not at all. After a crash the store shows the
-//! last checkpoint the journal kept, never part of one; a checkpoint
-//! committed with `durable = true` was fsynced before `commit` returned and
-//! survives any crash after it. Reads see committed checkpoints only.
+//! last checkpoint the journal kept, never part of one. A committed
+//! checkpoint was handed to the operating system before `commit` returned,
+//! so it survives a killed process; one committed with `durable = true` was
+//! also fsynced, so it survives a power loss. Reads see committed
+//! checkpoints only.
 //!
 //! Architecture invariant: this crate depends on no other DAB crate and
 //! knows nothing of events, tokio or the runtime; it stores bytes.
