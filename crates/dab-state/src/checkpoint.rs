@@ -62,7 +62,7 @@ impl Checkpoint {
     /// Empties `part`: every owner's state, its positions and bookkeeping,
     /// the committed ones and those staged so far in this checkpoint.
     pub fn clear_partition(&mut self, part: &str) -> Result<()> {
-        layout::partition_name(part)?;
+        layout::check_label(part)?;
         let staged: Vec<_> = self
             .writes
             .range((part.to_owned(), Vec::new())..)
@@ -149,7 +149,7 @@ impl Checkpoint {
     }
 
     fn stage(&mut self, part: &str, raw: Vec<u8>, value: Option<Vec<u8>>) -> Result<()> {
-        layout::partition_name(part)?;
+        layout::check_label(part)?;
         self.writes.insert((part.to_owned(), raw), value);
         Ok(())
     }

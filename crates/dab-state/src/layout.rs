@@ -26,13 +26,19 @@ pub(crate) const MAX_NS: usize = u8::MAX as usize;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-pub(crate) fn partition_name(label: &str) -> Result<String> {
+/// Refuses a label too long to name a fjall partition.
+pub(crate) fn check_label(label: &str) -> Result<()> {
     if label.len() > MAX_LABEL {
         return Err(Error::PartitionLabel {
             len: label.len(),
             max: MAX_LABEL,
         });
     }
+    Ok(())
+}
+
+pub(crate) fn partition_name(label: &str) -> Result<String> {
+    check_label(label)?;
     let mut name = String::with_capacity(1 + 2 * label.len());
     name.push('p');
     for b in label.bytes() {
