@@ -217,6 +217,9 @@ pub struct ParquetSink {
     stats: Arc<ParquetStats>,
     /// What the committed files of each topic partition hold.
     committed: positions::Committed,
+    /// Hours whose local directory was swept of dead processes'
+    /// temporary files.
+    swept: std::collections::HashSet<i64>,
 }
 
 /// Runs of rows for one file each, encoded (their rows dropped).
@@ -275,6 +278,7 @@ impl ParquetSink {
                 ..ParquetStats::default()
             }),
             committed: positions::Committed::default(),
+            swept: std::collections::HashSet::new(),
         })
     }
 
@@ -310,6 +314,15 @@ impl ParquetSink {
                 Storage::Local(root) => {
                     let dir = root.join(&rel);
                     create_dirs(&dir, root)?;
+                    // Once per hour and process: temporary files a killed
+                    // process left in this partition (hidden, never
+                    // committed) would otherwise stay for ever.
+                    if self.swept.insert(key.hour) {
+                        let n = clear_stale_spool(&dir, &self.run);
+                        if n > 0 {
+                            tracing::info!(sink = %self.stats.name, dir = %dir.display(), files = n, "removed temporary files of processes that ended before committing them");
+                        }
+                    }
                     dir.join(format!(".{plain_name}.tmp"))
                 }
                 Storage::S3(loc) => {

@@ -262,9 +262,9 @@ impl Committer {
     }
 }
 
-/// Removes the spool files (`.part-START-PID-SEQ.parquet.tmp`) that a
-/// process which is gone left behind: one that was killed before it
-/// uploaded them. Their events were never acknowledged, so their sources
+/// Removes the temporary files (`.part-START-PID-SEQ.parquet.tmp`, in the
+/// spool or in a local partition) that a process which is gone left
+/// behind: one that was killed before it committed them. Their events were never acknowledged, so their sources
 /// send them again. A file is kept while its process runs (another
 /// process of the same sink name may share the spool), unless the process
 /// is this one under another start time (a restart that got the same

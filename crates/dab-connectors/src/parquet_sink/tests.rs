@@ -553,3 +553,32 @@ fn a_new_sink_clears_spool_files_of_processes_that_are_gone() {
     left.sort();
     assert_eq!(left, vec![other.to_owned(), unrelated.to_owned()]);
 }
+
+/// A local sink that opens a file in an hour's directory first removes the
+/// temporary files a killed process left there; committed files and a
+/// running process's temporary files stay.
+#[test]
+fn a_local_sink_sweeps_an_hours_dead_temporary_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let hour_dir = dir.path().join("year=1970/month=01/day=01/hour=10");
+    std::fs::create_dir_all(&hour_dir).expect("mkdir");
+    let dead = ".part-18ee904d5cef90a0-7fffffff-000001.parquet.tmp";
+    let running = ".part-18ee904d5cef90a0-1-000001.parquet.tmp";
+    let committed = "part-18ee904d5cef90a0-7fffffff-000000.parquet";
+    for f in [dead, running, committed] {
+        std::fs::write(hour_dir.join(f), b"x").expect("write");
+    }
+    let mut s = sink(dir.path(), 16);
+    run(async {
+        s.write(&[event(10, r#"{"id":1}"#)]).await.expect("write");
+        s.flush().await.expect("flush");
+    });
+    let names: Vec<String> = files(dir.path())
+        .into_iter()
+        .map(|n| n.rsplit('/').next().unwrap_or("").to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n == dead), "{names:?}");
+    assert!(names.iter().any(|n| n == running), "{names:?}");
+    assert!(names.iter().any(|n| n == committed), "{names:?}");
+    assert_eq!(names.len(), 3, "the two kept and the new file: {names:?}");
+}
