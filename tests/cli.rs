@@ -691,3 +691,82 @@ fn schema_check_accepts_compatible_versions_and_refuses_breaking_ones() {
     assert!(text.contains("\"E022\""), "{text}");
     assert!(text.contains("schemas/Order/v2.yaml"), "{text}");
 }
+
+/// `dab backfill` refuses what it cannot run before it touches a broker,
+/// each with exit 2 and a message that names the problem: an unknown
+/// pipeline (listing the set's), a pipeline whose input is not Kafka, a
+/// time that is not RFC 3339, and an empty range. An invalid set is
+/// reported as `dab validate` reports it, with exit 1.
+#[test]
+fn backfill_refuses_what_it_cannot_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "live.NewPipeline().In(KIn).Out(Stdout)\nlocal.NewPipeline().In(Stdin).Out(Stdout)\n",
+    )
+    .expect("t.dab");
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        "sources:\n  KIn: { kind: kafka, brokers: \"127.0.0.1:1\", topic: t, group: g }\n",
+    )
+    .expect("dab.yaml");
+    let range = [
+        "--from",
+        "2024-01-01T00:00:00Z",
+        "--to",
+        "2024-01-01T01:00:00Z",
+    ];
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--pipeline", "nope"],
+            "no pipeline `nope` in the set; its pipelines are: live, local",
+        ),
+        (
+            &["--pipeline", "local"],
+            "pipeline `local` reads `Stdin`, which is not a Kafka source or queue",
+        ),
+        (
+            &[
+                "--pipeline",
+                "live",
+                "--from",
+                "yesterday",
+                "--to",
+                "2024-01-01T01:00:00Z",
+            ],
+            "--from `yesterday` is not an RFC 3339 time",
+        ),
+        (
+            &[
+                "--pipeline",
+                "live",
+                "--from",
+                "2024-01-01T01:00:00Z",
+                "--to",
+                "2024-01-01T00:00:00Z",
+            ],
+            "--to 2024-01-01T00:00:00Z is not after --from 2024-01-01T01:00:00Z",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["backfill", "t.dab"];
+        all.extend_from_slice(args);
+        if !args.contains(&"--from") {
+            all.extend_from_slice(&range);
+        }
+        let out = run_in(dir.path(), &all);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{all:?}: {}", stderr(&out));
+    }
+    // An invalid set: the diagnostics, exit 1, nothing run.
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "live.NewPipeline().In(KIn).Out(Nowhere)\n",
+    )
+    .expect("t.dab");
+    let mut all = vec!["backfill", "t.dab", "--pipeline", "live"];
+    all.extend_from_slice(&range);
+    let out = run_in(dir.path(), &all);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("E010"), "{}", stderr(&out));
+}
