@@ -35,12 +35,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{BinaryBuilder, StringBuilder};
+use arrow_array::builder::StringBuilder;
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray, RecordBatch,
-    StringArray, StructArray, TimestampNanosecondArray,
+    ArrayRef, Int64Array, MapArray, RecordBatch, StringArray, StructArray, TimestampNanosecondArray,
 };
-use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field as ArrowField, Fields as ArrowFields, Schema as ArrowSchema};
 use arrow_schema::{SchemaRef, TimeUnit};
 use async_trait::async_trait;
@@ -62,13 +61,15 @@ use serde_json::Value;
 use tokio_stream::StreamExt;
 
 mod columns;
+mod decode;
 mod positions;
 mod storage;
 
 #[cfg(test)]
 use columns::ENVELOPE_FIRST_ID;
 pub use columns::{arrow_schema, colliding_ids, field_id, ENVELOPE};
-use columns::{check_timestamps, record_batch, Row};
+use columns::{check_timestamps, record_batch};
+use decode::Columns;
 use storage::{blocking, clear_stale_spool, create_dirs, io, list_hour, pq, Committer};
 pub use storage::{S3Location, Storage, DEFAULT_S3_REGION};
 
@@ -222,13 +223,14 @@ pub struct ParquetSink {
     swept: std::collections::HashSet<i64>,
 }
 
-/// Runs of rows for one file each, encoded (their rows dropped).
-type Encoded<'e> = Vec<(Group<'e>, RecordBatch)>;
+/// Runs of rows for one file each, encoded.
+type Encoded = Vec<(Group, RecordBatch)>;
 
 /// A run of rows for one file, in the order they came.
-struct Group<'e> {
+struct Group {
     key: FileKey,
-    rows: Vec<Row<'e>>,
+    /// The rows' places among the batch's encoded rows, increasing.
+    rows: Vec<usize>,
     /// Offsets of the first and last row, for a topic partition's rows.
     range: Option<(i64, i64)>,
     /// The offset the file must close before.
@@ -439,52 +441,70 @@ impl ParquetSink {
 
     /// The conforming payloads of `events` as record batches, one per run
     /// of rows of one file (files in order of first appearance), and the
-    /// refused ones. The payloads' parses are freed once encoded.
-    fn encode<'e>(
-        &mut self,
-        events: &'e [Event],
-    ) -> Result<(Encoded<'e>, Vec<Rejection>), SinkError> {
+    /// refused ones.
+    fn encode(&mut self, events: &[Event]) -> Result<(Encoded, Vec<Rejection>), SinkError> {
         let mut rejected = Vec::new();
-        // Conforming payloads by file, files in order of first appearance.
-        let mut groups: Vec<Group<'e>> = Vec::new();
+        let mut payloads = Columns::new(&self.cfg.schema.fields);
+        // The events of the encoded rows, row for row.
+        let mut rows: Vec<&Event> = Vec::with_capacity(events.len());
+        // Rows by file, files in order of first appearance.
+        let mut groups: Vec<Group> = Vec::new();
         for (index, e) in events.iter().enumerate() {
-            // Shared with the event's parse when a stage made one;
-            // otherwise parsed here and freed once encoded, not kept with
-            // the event until its acknowledgement.
-            let value = e.payload.value_once(&e.message);
-            let p = value.as_deref();
-            let payload = match self.cfg.schema.conforms(p) {
-                Ok(()) => check_timestamps(&self.cfg.schema.fields, p).map(|()| value.clone()),
-                Err(reason) => Err(reason),
-            };
-            match payload {
-                Ok(Some(v)) => {
-                    let Some((key, offset)) = self.place(e) else {
-                        continue;
-                    };
-                    self.group(&mut groups, key, offset, (v, e));
-                }
-                Ok(None) => rejected.push(Rejection {
-                    index,
-                    reason: "the payload is not a JSON object".into(),
-                }),
-                Err(reason) => rejected.push(Rejection {
-                    index,
-                    reason: format!(
-                        "payload does not conform to type `{}`: {reason}",
-                        self.cfg.type_name
-                    ),
-                }),
+            if let Err(reason) = self.decode(&mut payloads, e) {
+                rejected.push(Rejection { index, reason });
+                continue;
             }
+            let Some((key, offset)) = self.place(e) else {
+                payloads.truncate(rows.len());
+                continue;
+            };
+            self.group(&mut groups, key, offset, rows.len());
+            rows.push(e);
         }
+        let batch = record_batch(&self.arrow, &self.cfg.schema.fields, &mut payloads, &rows)
+            .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
         let mut out = Vec::with_capacity(groups.len());
-        for mut g in groups {
-            let batch = record_batch(&self.arrow, &self.cfg.schema.fields, &g.rows)
+        for g in groups {
+            let part = rows_of(&batch, &g.rows)
                 .map_err(|e| SinkError::permanent(ConnectorError::Other(e)))?;
-            g.rows = Vec::new();
-            out.push((g, batch));
+            out.push((g, part));
         }
         Ok((out, rejected))
+    }
+
+    /// Appends `e`'s payload to `payloads` if it conforms; otherwise the
+    /// reason it does not, in the `Value` path's words.
+    fn decode(&self, payloads: &mut Columns, e: &Event) -> Result<(), String> {
+        let fields = &self.cfg.schema.fields;
+        if payloads.append(fields, &e.message) {
+            return Ok(());
+        }
+        // The decoder gave up: the payload's `Value` decides. Shared with
+        // the event's parse when a stage made one; otherwise parsed here
+        // and freed at once, not kept with the event.
+        let value = e.payload.value_once(&e.message);
+        let p = value.as_deref();
+        self.cfg
+            .schema
+            .conforms(p)
+            .and_then(|()| check_timestamps(fields, p))
+            .map_err(|reason| {
+                format!(
+                    "payload does not conform to type `{}`: {reason}",
+                    self.cfg.type_name
+                )
+            })?;
+        // It conforms in a way the decoder does not take directly (a
+        // field given twice, map keys out of order): as its `Value` has it.
+        let json = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+        if payloads.append(fields, &json) {
+            Ok(())
+        } else {
+            Err(format!(
+                "payload of type `{}` conforms but could not be encoded",
+                self.cfg.type_name
+            ))
+        }
     }
 
     /// What `write` does to each of `batches` short of files and
@@ -548,13 +568,7 @@ impl ParquetSink {
     /// Adds a row to the current group of its file, starting a new group
     /// (and closing the file after the current one) when the row's offset
     /// reaches the first offset of a committed file.
-    fn group<'e>(
-        &self,
-        groups: &mut Vec<Group<'e>>,
-        key: FileKey,
-        offset: Option<i64>,
-        row: Row<'e>,
-    ) {
+    fn group(&self, groups: &mut Vec<Group>, key: FileKey, offset: Option<i64>, row: usize) {
         let current = groups.iter().rposition(|g| g.key == key);
         if let Some(i) = current {
             let g = &mut groups[i];
@@ -605,6 +619,23 @@ impl ParquetSink {
         for f in self.open.drain(..).chain(self.closing.drain(..)) {
             drop(f.writer);
             let _ = std::fs::remove_file(&f.tmp);
+        }
+    }
+}
+
+/// The rows at `rows` (increasing) of `batch`: a slice when they follow
+/// one another, as they mostly do (one hour, one partition), else a copy.
+fn rows_of(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch, String> {
+    match (rows.first(), rows.last()) {
+        (Some(&first), Some(&last)) if last - first + 1 == rows.len() => {
+            Ok(batch.slice(first, rows.len()))
+        }
+        _ => {
+            let at = rows
+                .iter()
+                .map(|&r| u32::try_from(r).map_err(|e| e.to_string()))
+                .collect::<Result<arrow_array::UInt32Array, _>>()?;
+            arrow_select::take::take_record_batch(batch, &at).map_err(|e| e.to_string())
         }
     }
 }

@@ -380,8 +380,9 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, checked for shape and ranges.
-fn is_rfc3339(s: &str) -> bool {
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, checked for shape and ranges:
+/// the text a `timestamp` field may hold.
+pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| {
         b.get(r.clone())

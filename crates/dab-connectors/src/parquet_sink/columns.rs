@@ -3,6 +3,12 @@
 //! envelopes as record batches, and the timestamp checks the encoder needs.
 
 use super::*;
+use decode::Columns;
+
+#[cfg(test)]
+use arrow_array::{builder::BinaryBuilder, BooleanArray, Float64Array, Int32Array, ListArray};
+#[cfg(test)]
+use arrow_buffer::NullBuffer;
 
 /// Timestamps given as text must be readable as RFC 3339 by the encoder
 /// too; `conforms` checks their shape, this their value.
@@ -32,7 +38,7 @@ fn check_value(t: &FieldType, v: Option<&Value>, path: &str) -> Result<(), Strin
     }
 }
 
-fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(super) fn parse_rfc3339(s: &str) -> Option<i64> {
     // The first ` ` or `t` becomes `T`; most texts have none (no copy).
     let s = if s.contains([' ', 't']) {
         std::borrow::Cow::Owned(s.replacen([' ', 't'], "T", 1))
@@ -156,21 +162,26 @@ fn struct_fields(fields: &[Field], path: &str) -> ArrowFields {
         .collect()
 }
 
-/// One record batch of conforming payloads and their envelopes.
-/// A conforming payload, shared with its event's parse, and its event.
-pub(super) type Row<'e> = (Arc<Value>, &'e Event);
-
+/// One record batch: the payload columns decoded so far (left empty)
+/// and the envelopes of their events, row for row.
 pub(super) fn record_batch(
     arrow: &SchemaRef,
     fields: &[Field],
-    rows: &[Row<'_>],
+    payloads: &mut Columns,
+    events: &[&Event],
 ) -> Result<RecordBatch, String> {
-    let objs: Vec<Option<&Value>> = rows.iter().map(|(v, _)| Some(&**v)).collect();
-    let mut columns = struct_columns(arrow.fields(), fields, &objs)?;
+    if payloads.rows() != events.len() {
+        return Err(format!(
+            "{} payloads for {} events",
+            payloads.rows(),
+            events.len()
+        ));
+    }
+    let mut columns = payloads.finish(fields, arrow.fields())?;
     let Some(tags_field) = arrow.fields().last() else {
         return Err("no envelope columns".into());
     };
-    columns.extend(envelope_columns(tags_field.data_type(), rows)?);
+    columns.extend(envelope_columns(tags_field.data_type(), events)?);
     RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
 }
 
@@ -216,10 +227,7 @@ fn envelope_fields() -> Vec<ArrowField> {
         .collect()
 }
 
-fn envelope_columns(
-    tags: &DataType,
-    rows: &[(Arc<Value>, &Event)],
-) -> Result<Vec<ArrayRef>, String> {
+fn envelope_columns(tags: &DataType, rows: &[&Event]) -> Result<Vec<ArrayRef>, String> {
     let DataType::Map(entries_field, _) = tags else {
         return Err(format!("tags column has Arrow type {tags}"));
     };
@@ -229,7 +237,7 @@ fn envelope_columns(
     let mut offsets = vec![0i32];
     let (mut keys, mut values) = (StringBuilder::new(), StringBuilder::new());
     let mut n = 0usize;
-    for (_, e) in rows {
+    for e in rows {
         for (k, v) in &e.tags {
             keys.append_value(k.as_str());
             values.append_value(v.as_str());
@@ -257,34 +265,54 @@ fn envelope_columns(
     Ok(vec![
         Arc::new(
             rows.iter()
-                .map(|(_, e)| Some(e.timestamp))
+                .map(|e| Some(e.timestamp))
                 .collect::<TimestampNanosecondArray>()
                 .with_timezone("UTC"),
         ),
         Arc::new(
             rows.iter()
-                .map(|(_, e)| Some(e.host.as_str()))
+                .map(|e| Some(e.host.as_str()))
                 .collect::<StringArray>(),
         ),
         Arc::new(
             rows.iter()
-                .map(|(_, e)| Some(e.ty.as_str()))
+                .map(|e| Some(e.ty.as_str()))
                 .collect::<StringArray>(),
         ),
         Arc::new(
             rows.iter()
-                .map(|(_, e)| Some(i64::try_from(e.offset).unwrap_or(i64::MAX)))
+                .map(|e| Some(i64::try_from(e.offset).unwrap_or(i64::MAX)))
                 .collect::<Int64Array>(),
         ),
         Arc::new(
             rows.iter()
-                .map(|(_, e)| Some(i64::from(e.pid)))
+                .map(|e| Some(i64::from(e.pid)))
                 .collect::<Int64Array>(),
         ),
         Arc::new(tags),
     ])
 }
 
+/// The record batch of conforming payloads as the sink built it before
+/// it had a decoder, from each payload's `Value`: the reference the
+/// decoder is held to (`tests.rs`).
+#[cfg(test)]
+pub(super) fn record_batch_of_values(
+    arrow: &SchemaRef,
+    fields: &[Field],
+    rows: &[(&Value, &Event)],
+) -> Result<RecordBatch, String> {
+    let objs: Vec<Option<&Value>> = rows.iter().map(|(v, _)| Some(*v)).collect();
+    let mut columns = struct_columns(arrow.fields(), fields, &objs)?;
+    let Some(tags_field) = arrow.fields().last() else {
+        return Err("no envelope columns".into());
+    };
+    let events: Vec<&Event> = rows.iter().map(|(_, e)| *e).collect();
+    columns.extend(envelope_columns(tags_field.data_type(), &events)?);
+    RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
 fn struct_columns(
     arrow: &ArrowFields,
     fields: &[Field],
@@ -303,12 +331,14 @@ fn struct_columns(
         .collect()
 }
 
+#[cfg(test)]
 fn nulls(vals: &[Option<&Value>]) -> Option<NullBuffer> {
     let nb = NullBuffer::from(vals.iter().map(Option::is_some).collect::<Vec<bool>>());
     (nb.null_count() > 0).then_some(nb)
 }
 
 /// One column; `vals` holds `None` for null or absent.
+#[cfg(test)]
 fn column(t: &Type, dt: &DataType, vals: &[Option<&Value>]) -> Result<ArrayRef, String> {
     let arr: ArrayRef = match t {
         Type::Bool => Arc::new(
