@@ -1,0 +1,61 @@
+//! The record frame: how one record is laid out in a segment file, and the
+//! checks that tell a whole record from a torn or damaged one.
+
+/// Bytes of a frame before its payload: crc32 (4), payload length (4),
+/// sequence number (8), append time in unix nanoseconds (8), all little
+/// endian.
+pub const FRAME_HEADER: usize = 24;
+
+/// The parsed header of one frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub crc: u32,
+    pub len: u32,
+    pub seq: u64,
+    pub nanos: u64,
+}
+
+impl Header {
+    pub(crate) fn parse(b: &[u8; FRAME_HEADER]) -> Header {
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
+        Header {
+            crc: word(0),
+            len: word(4),
+            seq: long(8),
+            nanos: long(16),
+        }
+    }
+
+    /// Whether `payload` (of `self.len` bytes) is the one this header was
+    /// written with.
+    pub(crate) fn matches(&self, payload: &[u8]) -> bool {
+        checksum(self.len, self.seq, self.nanos, payload) == self.crc
+    }
+
+    /// Bytes of the whole frame.
+    pub(crate) fn frame_len(&self) -> u64 {
+        FRAME_HEADER as u64 + u64::from(self.len)
+    }
+}
+
+/// The checksum covers everything in the frame but itself, so a damaged
+/// length, sequence number or time is caught as well as damaged bytes.
+fn checksum(len: u32, seq: u64, nanos: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&nanos.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends the frame of one record to `buf`. The caller has checked that
+/// the payload length fits in a u32.
+pub(crate) fn encode(buf: &mut Vec<u8>, len: u32, seq: u64, nanos: u64, payload: &[u8]) {
+    buf.extend_from_slice(&checksum(len, seq, nanos, payload).to_le_bytes());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&nanos.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
