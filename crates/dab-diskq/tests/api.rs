@@ -505,3 +505,24 @@ fn metrics_report_the_age_of_the_oldest_unacknowledged_record() {
         "no reader: the oldest retained"
     );
 }
+
+#[test]
+fn deletion_waits_for_written_positions_not_acks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = DiskQueue::open(dir.path(), opts(HOUR, &["a", "b"])).unwrap();
+    for i in 0..20 {
+        q.append(&batch(1 + i * 10, 10)).unwrap();
+    }
+    q.sync().unwrap();
+    let before = segment_files(dir.path()).len();
+    assert_eq!(drain(&mut q, "a", 1), 200);
+    q.ack("a", 200).unwrap();
+    // b goes; a's ack is not written yet, so a crash would restart a at 1:
+    // nothing may be deleted on the strength of that ack.
+    q.remove_reader("b").unwrap();
+    assert_eq!(segment_files(dir.path()).len(), before);
+    drop(q);
+    let mut q = DiskQueue::open(dir.path(), opts(HOUR, &[])).unwrap();
+    assert_eq!(q.position("a"), Some(0));
+    assert_eq!(drain(&mut q, "a", 1), 200, "every record is there again");
+}
