@@ -86,6 +86,7 @@
 //! Architecture invariant: this crate depends on no other DAB crate and
 //! knows nothing of events, tokio or the runtime; it stores bytes.
 
+mod background;
 mod frame;
 mod position;
 mod queue;

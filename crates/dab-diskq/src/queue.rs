@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::background::Background;
 use crate::frame::{self, FRAME_HEADER};
-use crate::position;
+use crate::position::{self, PositionFile};
 use crate::segment::{self, Cursor, Segment, Step};
 use crate::{
     io_err, Appended, Error, FsyncPolicy, Metrics, Options, Record, Recovery, Result, WhenFull,
@@ -36,6 +37,8 @@ pub struct DiskQueue {
     recovery: Recovery,
     poisoned: Option<String>,
     buf: Vec<u8>,
+    /// The fsync thread of the `Interval` policy, started at its first use.
+    background: Option<Background>,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ struct Reader {
     acked: u64,
     /// The position last written to its file.
     written: u64,
+    file: PositionFile,
     /// The next record to hand out.
     next: u64,
     cursor: Option<Cursor>,
@@ -51,10 +55,11 @@ struct Reader {
 }
 
 impl Reader {
-    fn at(acked: u64, written: u64) -> Reader {
+    fn at(acked: u64, written: u64, file: PositionFile) -> Reader {
         Reader {
             acked,
             written,
+            file,
             next: acked + 1,
             cursor: None,
             in_flight: VecDeque::new(),
@@ -151,7 +156,7 @@ impl DiskQueue {
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
             if file.ends_with(".pos.tmp") {
-                // A position write a crash interrupted; the old file stands.
+                // The creation of a position file a crash interrupted.
                 let path = entry.path();
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
@@ -159,10 +164,8 @@ impl DiskQueue {
             let Some(name) = position::parse_name(file) else {
                 continue;
             };
-            let path = entry.path();
-            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            let (file, on_disk) = PositionFile::open(&entry.path())?;
             let floor = oldest - 1;
-            let on_disk = position::decode(&bytes);
             let acked = match on_disk {
                 Some(p) if p >= next_seq => {
                     recovery.positions_clamped.push(name.to_string());
@@ -176,7 +179,7 @@ impl DiskQueue {
             };
             // A position that had to be repaired is written again below.
             let written = on_disk.filter(|&p| p == acked).unwrap_or(u64::MAX);
-            readers.insert(name.to_string(), Reader::at(acked, written));
+            readers.insert(name.to_string(), Reader::at(acked, written, file));
         }
         let counters = Metrics {
             torn_records: recovery.torn_records,
@@ -201,15 +204,13 @@ impl DiskQueue {
             recovery,
             poisoned: None,
             buf: Vec::new(),
+            background: None,
         };
         // Positions that were repaired (and readers new to the queue) are
         // written before anything is deleted on their account.
         let names: Vec<String> = q.opts.readers.clone();
         for name in &names {
-            if !q.readers.contains_key(name) {
-                q.readers
-                    .insert(name.clone(), Reader::at(oldest - 1, u64::MAX));
-            }
+            q.add_reader(name)?;
         }
         q.positions_dirty = true;
         q.write_positions()?;
@@ -234,7 +235,20 @@ impl DiskQueue {
     /// The highest sequence number known fsynced (0 when none is). Records
     /// up to it survive a crash of the machine; readers see only them.
     pub fn durable_seq(&self) -> u64 {
-        self.durable_seq
+        let background = self.background.as_ref().map_or(0, |b| b.state().durable);
+        self.durable_seq.max(background)
+    }
+
+    /// Takes in what the fsync thread made durable, or its failure.
+    fn absorb(&mut self) -> Result<()> {
+        if let Some(bg) = &self.background {
+            let s = bg.state();
+            if let Some(why) = s.failed {
+                return self.poison(Error::Poisoned(why));
+            }
+            self.durable_seq = self.durable_seq.max(s.durable);
+        }
+        Ok(())
     }
 
     /// The oldest retained sequence number (`next_seq` when none is).
@@ -259,6 +273,7 @@ impl DiskQueue {
     /// under `Interval` when [`DiskQueue::durable_seq`] reaches them.
     pub fn append<R: AsRef<[u8]>>(&mut self, records: &[R]) -> Result<Appended> {
         self.check_poisoned()?;
+        self.absorb()?;
         let limit = self.opts.segment_bytes - FRAME_HEADER as u64;
         let (mut need, mut fit, mut stopped) = (0u64, 0usize, false);
         for r in records {
@@ -380,7 +395,16 @@ impl DiskQueue {
 
     /// fdatasyncs the active segment if it holds unsynced bytes.
     fn sync_data(&mut self) -> Result<()> {
-        if self.unsynced {
+        if let Some(bg) = &self.background {
+            // A background fsync in flight may be the one to see a write
+            // error (the descriptor is shared): wait for its word.
+            let s = bg.wait();
+            if let Some(why) = s.failed {
+                return self.poison(Error::Poisoned(why));
+            }
+            self.durable_seq = self.durable_seq.max(s.durable);
+        }
+        if self.durable_seq + 1 < self.next_seq {
             if let Err(e) = self.active.sync_data() {
                 let path = self
                     .segments
@@ -390,8 +414,8 @@ impl DiskQueue {
                 // pages: nothing written since the last good sync is known.
                 return self.poison(io_err(&path)(e));
             }
-            self.unsynced = false;
         }
+        self.unsynced = false;
         self.durable_seq = self.next_seq - 1;
         Ok(())
     }
@@ -407,13 +431,42 @@ impl DiskQueue {
         Ok(self.durable_seq)
     }
 
-    /// [`DiskQueue::sync`] when the fsync interval since the last sync has
-    /// passed and there is something to sync. Returns the durable sequence
-    /// number.
+    /// When the fsync interval since the last sync has passed and there is
+    /// something to sync: starts an fsync of the active segment on the
+    /// queue's fsync thread (it does not wait for it: see
+    /// [`DiskQueue::durable_seq`]) and writes the readers' moved positions.
+    /// Returns the durable sequence number.
     pub fn sync_if_due(&mut self) -> Result<u64> {
-        if self.sync_due_in() == Some(Duration::ZERO) {
+        self.check_poisoned()?;
+        self.absorb()?;
+        if self.sync_due_in() != Some(Duration::ZERO) {
+            return Ok(self.durable_seq);
+        }
+        if self.opts.fsync == FsyncPolicy::Always {
             return self.sync();
         }
+        let mut started = true;
+        if self.unsynced && self.durable_seq + 1 < self.next_seq {
+            if self.background.is_none() {
+                let bg = Background::start().map_err(io_err(&self.dir))?;
+                self.background = Some(bg);
+            }
+            let path = self
+                .segments
+                .back()
+                .map_or_else(|| self.dir.clone(), |s| s.path.clone());
+            let file = self.active.try_clone().map_err(io_err(&path))?;
+            if let Some(bg) = &self.background {
+                // One fsync in flight at a time; if one is, try again at
+                // the next call.
+                started = bg.request(file, self.next_seq - 1, path);
+            }
+        }
+        if started {
+            self.unsynced = false;
+            self.last_sync = Instant::now();
+        }
+        self.write_positions()?;
         Ok(self.durable_seq)
     }
 
@@ -432,9 +485,9 @@ impl DiskQueue {
         if !self.positions_dirty {
             return Ok(());
         }
-        for (name, r) in &mut self.readers {
+        for r in self.readers.values_mut() {
             if r.written != r.acked {
-                position::write(&self.readers_dir, name, r.acked)?;
+                r.file.write(r.acked)?;
                 r.written = r.acked;
             }
         }
@@ -465,21 +518,19 @@ impl DiskQueue {
         }
         if !self.readers.contains_key(name) {
             let acked = self.oldest_seq() - 1;
-            position::write(&self.readers_dir, name, acked)?;
+            let file = PositionFile::create(&self.readers_dir, name, acked)?;
             self.readers
-                .insert(name.to_string(), Reader::at(acked, acked));
+                .insert(name.to_string(), Reader::at(acked, acked, file));
         }
         Ok(())
     }
 
     /// Removes a reader and its position; it no longer holds segments back.
     pub fn remove_reader(&mut self, name: &str) -> Result<()> {
-        if self.readers.remove(name).is_none() {
+        let Some(r) = self.readers.remove(name) else {
             return Err(Error::UnknownReader(name.to_string()));
-        }
-        let path = self.readers_dir.join(format!("{name}.pos"));
-        fs::remove_file(&path).map_err(io_err(&path))?;
-        position::sync_dir(&self.readers_dir)?;
+        };
+        r.file.remove(&self.readers_dir)?;
         self.delete_acked_segments()
     }
 
@@ -503,6 +554,7 @@ impl DiskQueue {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
+        self.absorb()?;
         let Some(r) = self.readers.get_mut(reader) else {
             return Err(Error::UnknownReader(reader.to_string()));
         };
@@ -615,7 +667,7 @@ impl DiskQueue {
             segments: self.segments.len() as u64,
             oldest_seq: self.oldest_seq(),
             next_seq: self.next_seq,
-            durable_seq: self.durable_seq,
+            durable_seq: self.durable_seq(),
             readers: self.readers.len() as u64,
             oldest_unacked_age: oldest_unacked.map(|t| Duration::from_nanos(now.saturating_sub(t))),
             ..self.counters.clone()

@@ -107,11 +107,28 @@ fn interval_records_are_durable_after_sync_and_only_then_readable() {
     assert_eq!(q.durable_seq(), 0);
     std::thread::sleep(Duration::from_millis(40));
     assert_eq!(q.sync_due_in(), Some(Duration::ZERO));
-    assert_eq!(q.sync_if_due().unwrap(), 2, "due: synced");
+    q.sync_if_due().unwrap();
+    assert_eq!(q.sync_due_in(), None, "the sync was started");
+    await_durable(&q, 2);
     q.append(&batch(3, 1)).unwrap();
     std::thread::sleep(Duration::from_millis(40));
     q.append(&batch(4, 1)).unwrap();
-    assert_eq!(q.durable_seq(), 4, "an append past the interval syncs");
+    await_durable(&q, 4);
+    q.add_reader("r").unwrap();
+    assert_eq!(drain(&mut q, "r", 1), 4, "durable records are readable");
+}
+
+/// Waits (at most 10 s) for the fsync thread to make `seq` durable.
+fn await_durable(q: &DiskQueue, seq: u64) {
+    let t = std::time::Instant::now();
+    while q.durable_seq() < seq {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "record {seq} never became durable"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(q.durable_seq(), seq, "no more than was written");
 }
 
 #[test]
@@ -525,4 +542,30 @@ fn deletion_waits_for_written_positions_not_acks_alone() {
     let mut q = DiskQueue::open(dir.path(), opts(HOUR, &[])).unwrap();
     assert_eq!(q.position("a"), Some(0));
     assert_eq!(drain(&mut q, "a", 1), 200, "every record is there again");
+}
+
+#[test]
+fn a_torn_position_write_leaves_the_previous_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["a"])).unwrap();
+    q.append(&batch(1, 10)).unwrap();
+    assert_eq!(drain(&mut q, "a", 1), 10);
+    q.ack("a", 3).unwrap();
+    q.ack("a", 7).unwrap();
+    drop(q);
+    // Writes go to the two 32-byte slots in turn: created (0) in slot 0,
+    // 3 in slot 1, 7 in slot 0 again. Tear slot 0.
+    let pos = dir.path().join("readers/a.pos");
+    let mut bytes = fs::read(&pos).unwrap();
+    assert_eq!(bytes.len(), 64);
+    bytes[20] ^= 0x40;
+    fs::write(&pos, &bytes).unwrap();
+    let mut q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &[])).unwrap();
+    assert_eq!(q.position("a"), Some(3), "the slot written before stands");
+    assert!(q.recovery().positions_reset.is_empty());
+    assert_eq!(q.read("a", 1, usize::MAX).unwrap()[0].seq, 4);
+    q.ack("a", 4).unwrap();
+    drop(q);
+    let q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &[])).unwrap();
+    assert_eq!(q.position("a"), Some(4), "written over the torn slot");
 }
