@@ -35,13 +35,18 @@
 //!
 //! [`FsyncPolicy::Always`]: [`DiskQueue::append`] returns after the batch was
 //! written and fdatasync'ed. [`FsyncPolicy::Interval`]: append writes the
-//! batch to the file (so it survives a killed process) and fsyncs only when
-//! the interval since the last sync has passed; the caller calls
-//! [`DiskQueue::sync_if_due`] on a timer (see [`DiskQueue::sync_due_in`]) or
-//! [`DiskQueue::sync`]. Either way [`DiskQueue::durable_seq`] is the highest
+//! batch to the file (so it survives a killed process, not a power loss)
+//! and, once the interval since the last sync has passed, starts an
+//! fdatasync of the active segment on the queue's own fsync thread (one in
+//! flight at a time) without waiting for it; the caller also calls
+//! [`DiskQueue::sync_if_due`] on a timer (see [`DiskQueue::sync_due_in`]) so
+//! an idle writer's last records get synced, and [`DiskQueue::sync`] (which
+//! waits) when it must. Either way [`DiskQueue::durable_seq`] is the highest
 //! sequence number known fsynced: a writer's records `first..end` (from
 //! [`Appended`]) may be acknowledged to its source exactly when
-//! `durable_seq() >= end - 1`.
+//! `durable_seq() >= end - 1`. A failed fsync poisons the queue (every
+//! later write returns [`Error::Poisoned`]): after one, what reached the
+//! disk is unknown until the queue is reopened and recovered.
 //!
 //! # Readers and acknowledgements
 //!
@@ -49,9 +54,11 @@
 //! acknowledged. [`DiskQueue::read`] hands out **durable records only**
 //! (`seq <= durable_seq()`), in order, from the reader's read point, which
 //! starts after its position on open; [`DiskQueue::ack`] moves the position
-//! (acknowledging `seq` acknowledges everything up to it). Positions are
-//! written to disk crash-safely (temporary file, fsync, rename, directory
-//! fsync) at each ack under `Always`, and at each sync under `Interval`;
+//! (acknowledging `seq` acknowledges everything up to it, and only records
+//! read may be acknowledged). Positions are written to disk crash-safely
+//! (two checksummed slots overwritten in turn and fdatasync'ed; see
+//! `position.rs`) at each ack under `Always`, and at each sync under
+//! `Interval`;
 //! after a crash a reader resumes after its last *written* position, so it
 //! gets every record at least once and may get records it had acknowledged
 //! since that write again. A reader named on open ([`Options::readers`]) or
@@ -80,6 +87,14 @@
 //! the records and bytes it skipped ([`Metrics::skipped_records`]), and goes
 //! on with the next segment. A damaged frame among the durable records of
 //! the active segment is an [`Error::Corrupt`].
+//!
+//! # Metrics
+//!
+//! [`DiskQueue::metrics`] returns plain figures. The age of the oldest
+//! unacknowledged record comes from the reader's records in flight (the
+//! append time of each record read and not yet acknowledged is kept in
+//! memory, 16 bytes a record) or, when none is, from the header of the
+//! reader's next record on disk.
 //!
 //! One process may open a directory at a time; nothing locks it.
 //!
