@@ -10,7 +10,8 @@
 //!
 //! It prints each round and the medians, events/s and MB/s (payload, and
 //! bytes on disk with the 24-byte frame headers), and the ratio of the
-//! queue's disk bandwidth to dd's.
+//! queue's disk bandwidth to dd's. With `PROFILE=interval` it runs only
+//! the `fsync: 100ms` case, once (to run under `perf record`).
 
 #![allow(clippy::print_stdout)]
 
@@ -125,6 +126,16 @@ fn main() -> Result<(), String> {
         .next()
         .map_or(Ok(3), |s| s.parse())
         .map_err(|e| format!("ROUNDS: {e}"))?;
+    // PROFILE=interval runs the fsync 100ms case once, without dd (for
+    // `perf record`).
+    if std::env::var("PROFILE").is_ok_and(|p| p == "interval") {
+        let iv = queue_run(&dir, mib, FsyncPolicy::Interval(Duration::from_millis(100)))?;
+        println!(
+            "fsync 100ms: {:.0} ev/s, {:.1} MB/s on disk",
+            iv.events_per_s, iv.disk_mb_s
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     println!(
         "disk queue bench in {}: {mib} MiB per run, {RECORD}-byte records, batches of {BATCH}, {rounds} rounds",
