@@ -73,12 +73,12 @@ fn queue_run(dir: &Path, mib: u64, fsync: FsyncPolicy) -> Result<Run, String> {
     let mut drain = |q: &mut DiskQueue| -> Result<(), String> {
         loop {
             let got = q.read("bench", 4096, 4 << 20).map_err(|e| e.to_string())?;
-            let Some(last) = got.last() else {
+            let Some(last) = got.last_seq() else {
                 return Ok(());
             };
             read += got.len() as u64;
             bytes_read += got.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
-            q.ack("bench", last.seq).map_err(|e| e.to_string())?;
+            q.ack("bench", last).map_err(|e| e.to_string())?;
         }
     };
     let t = Instant::now();

@@ -52,6 +52,7 @@
 //!
 //! Each named reader has its own position: the highest sequence number it
 //! acknowledged. [`DiskQueue::read`] hands out **durable records only**
+//! (as a [`Batch`]: the frames in one buffer, records as slices of it)
 //! (`seq <= durable_seq()`), in order, from the reader's read point, which
 //! starts after its position on open; [`DiskQueue::ack`] moves the position
 //! (acknowledging `seq` acknowledges everything up to it, and only records
@@ -102,6 +103,7 @@
 //! knows nothing of events, tokio or the runtime; it stores bytes.
 
 mod background;
+mod batch;
 mod frame;
 mod position;
 mod queue;
@@ -110,6 +112,7 @@ mod segment;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use batch::{Batch, RecordRef};
 pub use frame::FRAME_HEADER;
 pub use queue::DiskQueue;
 
@@ -166,15 +169,6 @@ pub struct Appended {
     /// Records refused for lack of room (under [`WhenFull::DropNewest`]):
     /// the last `refused` of the batch.
     pub refused: usize,
-}
-
-/// One record handed to a reader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub seq: u64,
-    /// Unix nanoseconds when it was appended.
-    pub append_nanos: u64,
-    pub bytes: Vec<u8>,
 }
 
 /// What opening found and repaired.

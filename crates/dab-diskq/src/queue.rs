@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::background::Background;
 use crate::frame::{self, FRAME_HEADER};
 use crate::position::{self, PositionFile};
-use crate::segment::{self, Cursor, Segment, Step};
+use crate::segment::{self, Cursor, Segment, Stop};
 use crate::{
-    io_err, Appended, Error, FsyncPolicy, Metrics, Options, Record, Recovery, Result, WhenFull,
+    io_err, Appended, Batch, Error, FsyncPolicy, Metrics, Options, Recovery, Result, WhenFull,
 };
 
 /// A disk queue opened on a directory. See the crate documentation.
@@ -548,19 +548,13 @@ impl DiskQueue {
     /// `max_records`, and no more than `max_bytes` of payload unless the
     /// first record alone is larger (one record is always handed when one
     /// is there).
-    pub fn read(
-        &mut self,
-        reader: &str,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>> {
+    pub fn read(&mut self, reader: &str, max_records: usize, max_bytes: usize) -> Result<Batch> {
         self.absorb()?;
         let Some(r) = self.readers.get_mut(reader) else {
             return Err(Error::UnknownReader(reader.to_string()));
         };
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while out.len() < max_records && r.next <= self.durable_seq {
+        let mut batch = Batch::default();
+        while batch.len() < max_records && r.next <= self.durable_seq {
             let i = seg_index(&self.segments, r.next);
             let seg = &self.segments[i];
             let end = seg_end(&self.segments, i, self.next_seq);
@@ -574,36 +568,29 @@ impl DiskQueue {
             if r.cursor.as_ref().is_none_or(|c| c.seg_first != seg.first) {
                 r.cursor = Cursor::open(seg, r.next)?;
             }
-            let step = match r.cursor.as_mut() {
-                Some(c) => c.next(r.next, seg.len, &seg.path)?,
-                None => Step::Bad,
+            let last = self.durable_seq.min(end - 1);
+            let left = max_records - batch.len();
+            let (taken, stop) = match r.cursor.as_mut() {
+                Some(c) => c.fill(
+                    &mut batch, r.next, last, left, max_bytes, seg.len, &seg.path,
+                )?,
+                None => (0, Stop::Bad),
             };
-            match step {
-                Step::Record(h, payload) => {
-                    if !out.is_empty() && bytes + payload.len() > max_bytes {
-                        if let Some(c) = r.cursor.as_mut() {
-                            c.rewind(FRAME_HEADER + payload.len(), &seg.path)?;
-                            c.offset -= h.frame_len();
-                        }
-                        break;
-                    }
-                    bytes += payload.len();
-                    r.in_flight.push_back((h.seq, h.nanos));
-                    r.next += 1;
-                    out.push(Record {
-                        seq: h.seq,
-                        append_nanos: h.nanos,
-                        bytes: payload,
-                    });
-                }
-                Step::Bad if i + 1 < self.segments.len() => {
+            let from = batch.records.len() - taken as usize;
+            r.in_flight
+                .extend(batch.records[from..].iter().map(|m| (m.seq, m.nanos)));
+            r.next += taken;
+            match stop {
+                Stop::More => {}
+                Stop::Budget => break,
+                Stop::Bad if i + 1 < self.segments.len() => {
                     let offset = r.cursor.as_ref().map_or(0, |c| c.offset);
                     self.counters.skipped_records += end - r.next;
                     self.counters.skipped_bytes += seg.len.saturating_sub(offset);
                     r.next = end;
                     r.cursor = None;
                 }
-                Step::Bad => {
+                Stop::Bad => {
                     return Err(Error::Corrupt {
                         path: seg.path.clone(),
                         offset: r.cursor.as_ref().map_or(0, |c| c.offset),
@@ -612,8 +599,8 @@ impl DiskQueue {
                 }
             }
         }
-        self.counters.records_read += out.len() as u64;
-        Ok(out)
+        self.counters.records_read += batch.len() as u64;
+        Ok(batch)
     }
 
     /// Acknowledges every record up to `seq` for `reader`. The position is

@@ -2,10 +2,11 @@
 //! of a segment end, and the cursor a reader moves through a segment with.
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::batch::{Batch, Meta};
 use crate::frame::{Header, FRAME_HEADER};
 use crate::{io_err, Result};
 
@@ -85,20 +86,28 @@ pub(crate) fn header_at(file: &File, offset: u64) -> Option<Header> {
     Some(Header::parse(&hb))
 }
 
-/// A reader's place in one segment: the frame at `offset` carries `seq`.
+/// A reader's place in one segment: the frame at `offset` carries the
+/// reader's next record.
 #[derive(Debug)]
 pub(crate) struct Cursor {
     pub seg_first: u64,
     pub offset: u64,
-    file: BufReader<File>,
+    file: File,
 }
 
-/// What [`Cursor::next`] found.
-pub(crate) enum Step {
-    Record(Header, Vec<u8>),
-    /// The frame at the cursor is not the record `expected` (damaged).
+/// Why [`Cursor::fill`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Took what it was asked for, or what the chunk held: call again.
+    More,
+    /// The next record would pass the byte budget.
+    Budget,
+    /// The frame at the cursor is not the expected record (damaged).
     Bad,
 }
+
+/// Most bytes read from a segment at once.
+const CHUNK: usize = 256 * 1024;
 
 impl Cursor {
     /// A cursor on the frame carrying `seq` in segment `seg`, found by
@@ -117,9 +126,6 @@ impl Cursor {
                 _ => return Ok(None),
             }
         }
-        let mut file = BufReader::with_capacity(256 * 1024, file);
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
-            .map_err(io_err(&seg.path))?;
         Ok(Some(Cursor {
             seg_first: seg.first,
             offset,
@@ -128,45 +134,83 @@ impl Cursor {
     }
 
     pub(crate) fn file(&self) -> &File {
-        self.file.get_ref()
+        &self.file
     }
 
-    /// Reads and checks the frame at the cursor, which must be record
-    /// `expected` and end within `seg_len` bytes. Moves past it only when it
-    /// is good.
-    pub(crate) fn next(&mut self, expected: u64, seg_len: u64, path: &Path) -> Result<Step> {
-        if seg_len.saturating_sub(self.offset) < FRAME_HEADER as u64 {
-            return Ok(Step::Bad);
+    /// Reads checked frames at the cursor straight into `batch`: records
+    /// `next`, `next + 1`, ... up to `last`, at most `max_records`, and no
+    /// record that would take the batch's payload past `max_bytes` (unless
+    /// the batch is empty). The segment's frames end at `seg_len`. Returns
+    /// how many records it took and why it stopped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fill(
+        &mut self,
+        batch: &mut Batch,
+        next: u64,
+        last: u64,
+        max_records: usize,
+        max_bytes: usize,
+        seg_len: u64,
+        path: &Path,
+    ) -> Result<(u64, Stop)> {
+        let avail = seg_len.saturating_sub(self.offset);
+        if avail < FRAME_HEADER as u64 {
+            return Ok((0, Stop::Bad));
         }
-        let mut hb = [0u8; FRAME_HEADER];
-        self.file.read_exact(&mut hb).map_err(io_err(path))?;
-        let h = Header::parse(&hb);
-        if h.seq != expected || h.frame_len() > seg_len - self.offset {
-            self.rewind(FRAME_HEADER, path)?;
-            return Ok(Step::Bad);
-        }
-        // Read into spare capacity: no zeroing of a buffer about to be
-        // overwritten (a visible share of the read path in the bench).
-        let mut payload = Vec::with_capacity(h.len as usize);
-        (&mut self.file)
-            .take(u64::from(h.len))
-            .read_to_end(&mut payload)
+        let wanted = max_bytes
+            .saturating_sub(batch.payload_bytes)
+            .saturating_add(FRAME_HEADER * max_records)
+            .clamp(4096, CHUNK);
+        let mut chunk = usize::try_from(avail).unwrap_or(CHUNK).min(wanted);
+        let base = batch.data.len();
+        batch.data.resize(base + chunk, 0);
+        self.file
+            .read_exact_at(&mut batch.data[base..], self.offset)
             .map_err(io_err(path))?;
-        if payload.len() != h.len as usize {
-            self.rewind(FRAME_HEADER + payload.len(), path)?;
-            return Ok(Step::Bad);
-        }
-        if !h.matches(&payload) {
-            self.rewind(FRAME_HEADER + payload.len(), path)?;
-            return Ok(Step::Bad);
-        }
-        self.offset += h.frame_len();
-        Ok(Step::Record(h, payload))
-    }
-
-    /// Steps back over `n` bytes just read (a frame the caller will not take).
-    pub(crate) fn rewind(&mut self, n: usize, path: &Path) -> Result<()> {
-        let back = i64::try_from(n).map_err(|_| io_err(path)(ErrorKind::InvalidInput.into()))?;
-        self.file.seek_relative(-back).map_err(io_err(path))
+        let (mut at, mut taken, mut seq) = (0usize, 0u64, next);
+        let stop = loop {
+            if seq > last || taken as usize >= max_records || chunk - at < FRAME_HEADER {
+                break Stop::More;
+            }
+            let mut hb = [0u8; FRAME_HEADER];
+            hb.copy_from_slice(&batch.data[base + at..base + at + FRAME_HEADER]);
+            let h = Header::parse(&hb);
+            if h.seq != seq || h.frame_len() > avail - at as u64 {
+                break Stop::Bad;
+            }
+            let frame = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+            if chunk - at < frame {
+                if at > 0 {
+                    break Stop::More;
+                }
+                // A frame larger than the chunk: read the rest of it.
+                batch.data.resize(base + frame, 0);
+                self.file
+                    .read_exact_at(&mut batch.data[base + chunk..], self.offset + chunk as u64)
+                    .map_err(io_err(path))?;
+                chunk = frame;
+            }
+            let len = h.len as usize;
+            let start = base + at + FRAME_HEADER;
+            if !h.matches(&batch.data[start..start + len]) {
+                break Stop::Bad;
+            }
+            if !batch.records.is_empty() && batch.payload_bytes + len > max_bytes {
+                break Stop::Budget;
+            }
+            batch.records.push(Meta {
+                seq,
+                nanos: h.nanos,
+                start,
+                len,
+            });
+            batch.payload_bytes += len;
+            at += frame;
+            taken += 1;
+            seq += 1;
+        };
+        batch.data.truncate(base + at);
+        self.offset += at as u64;
+        Ok((taken, stop))
     }
 }

@@ -60,7 +60,7 @@ fn drain(q: &mut DiskQueue, reader: &str, from: u64) -> u64 {
         if got.is_empty() {
             return want - 1;
         }
-        for r in got {
+        for r in got.iter() {
             assert_eq!(r.seq, want, "records come in order");
             assert_eq!(r.bytes, rec(want), "record {want} has its bytes");
             want += 1;
@@ -166,7 +166,7 @@ fn segments_are_bounded_named_by_first_seq_and_records_cross_them() {
     q.append(std::slice::from_ref(&fits)).unwrap();
     q.sync().unwrap();
     assert_eq!(
-        q.read("r", 1, 0).unwrap()[0].bytes,
+        q.read("r", 1, 0).unwrap().get(0).unwrap().bytes,
         fits,
         "a record as large as a segment allows"
     );
@@ -180,12 +180,12 @@ fn read_limits_records_and_bytes_but_hands_at_least_one() {
     assert_eq!(q.read("r", 3, usize::MAX).unwrap().len(), 3);
     let one = q.read("r", 10, 1).unwrap();
     assert_eq!(one.len(), 1, "one record even when larger than max_bytes");
-    assert_eq!(one[0].seq, 4);
+    assert_eq!(one.get(0).unwrap().seq, 4);
     let budget = rec(5).len() + rec(6).len();
     let two = q.read("r", 10, budget).unwrap();
     assert_eq!(two.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6]);
     assert_eq!(
-        q.read("r", 10, usize::MAX).unwrap()[0].seq,
+        q.read("r", 10, usize::MAX).unwrap().get(0).unwrap().seq,
         7,
         "nothing lost at the byte limit"
     );
@@ -217,7 +217,7 @@ fn positions_persist_and_new_readers_start_at_the_oldest_retained() {
     assert_eq!(q.position("a"), Some(12), "written at close");
     assert_eq!(q.position("b"), Some(0), "new: before the oldest retained");
     assert_eq!(
-        q.read("a", 1, usize::MAX).unwrap()[0].seq,
+        q.read("a", 1, usize::MAX).unwrap().get(0).unwrap().seq,
         13,
         "resumes after its position"
     );
@@ -289,7 +289,10 @@ fn segments_every_reader_acked_are_deleted_and_none_without_readers() {
     let mut q = DiskQueue::open(dir.path(), opts(HOUR, &["c"])).unwrap();
     let oldest = q.oldest_seq();
     assert!(oldest > 1);
-    assert_eq!(q.read("c", 1, usize::MAX).unwrap()[0].seq, oldest);
+    assert_eq!(
+        q.read("c", 1, usize::MAX).unwrap().get(0).unwrap().seq,
+        oldest
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut q = DiskQueue::open(dir.path(), opts(HOUR, &[])).unwrap();
@@ -563,7 +566,7 @@ fn a_torn_position_write_leaves_the_previous_position() {
     let mut q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &[])).unwrap();
     assert_eq!(q.position("a"), Some(3), "the slot written before stands");
     assert!(q.recovery().positions_reset.is_empty());
-    assert_eq!(q.read("a", 1, usize::MAX).unwrap()[0].seq, 4);
+    assert_eq!(q.read("a", 1, usize::MAX).unwrap().get(0).unwrap().seq, 4);
     q.ack("a", 4).unwrap();
     drop(q);
     let q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &[])).unwrap();

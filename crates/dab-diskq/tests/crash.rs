@@ -66,9 +66,9 @@ fn child(dir: &str) {
                 usize::MAX,
             )
             .expect("child: read");
-        if let Some(last) = got.last() {
-            let back = rng.below(10).min(last.seq);
-            q.ack(READER, last.seq - back).expect("child: ack");
+        if let Some(last) = got.last_seq() {
+            let back = rng.below(10).min(last);
+            q.ack(READER, last - back).expect("child: ack");
         }
     }
 }
@@ -168,7 +168,7 @@ fn parent() {
             if got.is_empty() {
                 break;
             }
-            for r in got {
+            for r in got.iter() {
                 assert_eq!(r.seq, want, "round {round}: records in order");
                 assert!(
                     r.bytes == payload(r.seq),

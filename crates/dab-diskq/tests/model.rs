@@ -167,7 +167,7 @@ impl Model {
             if got.is_empty() {
                 break;
             }
-            for r in got {
+            for r in got.iter() {
                 assert_eq!(r.seq, want);
                 assert_eq!(r.bytes, self.records[want as usize - 1], "record {want}");
                 want += 1;
