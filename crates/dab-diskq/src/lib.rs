@@ -52,8 +52,8 @@
 //!
 //! Each named reader has its own position: the highest sequence number it
 //! acknowledged. [`DiskQueue::read`] hands out **durable records only**
-//! (as a [`Batch`]: the frames in one buffer, records as slices of it)
-//! (`seq <= durable_seq()`), in order, from the reader's read point, which
+//! (`seq <= durable_seq()`) as a [`Batch`] (the frames in one buffer, the
+//! records slices of it), in order, from the reader's read point, which
 //! starts after its position on open; [`DiskQueue::ack`] moves the position
 //! (acknowledging `seq` acknowledges everything up to it, and only records
 //! read may be acknowledged). Positions are written to disk crash-safely

@@ -2,7 +2,7 @@
 //! of a segment end, and the cursor a reader moves through a segment with.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -161,12 +161,23 @@ impl Cursor {
             .saturating_sub(batch.payload_bytes)
             .saturating_add(FRAME_HEADER * max_records)
             .clamp(4096, CHUNK);
-        let mut chunk = usize::try_from(avail).unwrap_or(CHUNK).min(wanted);
+        let want = usize::try_from(avail).unwrap_or(CHUNK).min(wanted);
         let base = batch.data.len();
-        batch.data.resize(base + chunk, 0);
-        self.file
-            .read_exact_at(&mut batch.data[base..], self.offset)
+        // read_to_end fills spare capacity: no zeroing of a buffer about to
+        // be overwritten.
+        batch.data.reserve(want);
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(self.offset))
             .map_err(io_err(path))?;
+        file.take(want as u64)
+            .read_to_end(&mut batch.data)
+            .map_err(io_err(path))?;
+        let mut chunk = batch.data.len() - base;
+        if chunk < FRAME_HEADER {
+            // The file is shorter than the queue wrote it.
+            batch.data.truncate(base);
+            return Ok((0, Stop::Bad));
+        }
         let (mut at, mut taken, mut seq) = (0usize, 0u64, next);
         let stop = loop {
             if seq > last || taken as usize >= max_records || chunk - at < FRAME_HEADER {
@@ -192,7 +203,7 @@ impl Cursor {
             }
             let len = h.len as usize;
             let start = base + at + FRAME_HEADER;
-            if !h.matches(&batch.data[start..start + len]) {
+            if !h.matches_frame(&batch.data[base + at..start + len]) {
                 break Stop::Bad;
             }
             if !batch.records.is_empty() && batch.payload_bytes + len > max_bytes {

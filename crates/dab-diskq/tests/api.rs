@@ -572,3 +572,29 @@ fn a_torn_position_write_leaves_the_previous_position() {
     let q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &[])).unwrap();
     assert_eq!(q.position("a"), Some(4), "written over the torn slot");
 }
+
+#[test]
+fn records_larger_than_one_read_chunk_come_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(FsyncPolicy::Always, &["r"]);
+    o.segment_bytes = 1 << 20;
+    let mut q = DiskQueue::open(dir.path(), o).unwrap();
+    let big: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| (0..300_000u32).map(|j| (j % 251) as u8 ^ i).collect())
+        .collect();
+    q.append(&big).unwrap();
+    let mut seen = 0;
+    for max_bytes in [0, 1, 500_000, usize::MAX] {
+        let got = q.read("r", 2, max_bytes).unwrap();
+        assert!(!got.is_empty() && got.len() <= 2);
+        for r in got.iter() {
+            assert_eq!(r.bytes, big[seen].as_slice(), "record {}", r.seq);
+            assert_eq!(r.seq, seen as u64 + 1);
+            seen += 1;
+        }
+        if max_bytes < 300_000 {
+            assert_eq!(got.len(), 1, "one record past a small budget");
+        }
+    }
+    assert_eq!(seen, 5);
+}
