@@ -121,8 +121,9 @@ pub use queue::DiskQueue;
 pub enum FsyncPolicy {
     /// Every append returns after fdatasync.
     Always,
-    /// At most this long after the last sync, at the next append or
-    /// [`DiskQueue::sync_if_due`].
+    /// An fsync is started on the queue's fsync thread by the first
+    /// append or [`DiskQueue::sync_if_due`] at least this long after the
+    /// last one; [`DiskQueue::durable_seq`] moves when it completes.
     Interval(Duration),
 }
 
