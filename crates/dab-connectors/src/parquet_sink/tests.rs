@@ -26,12 +26,23 @@ fn sink(dir: &Path, max_open: usize) -> ParquetSink {
 }
 
 fn rolling(dir: &Path, max_open: usize, bytes: u64, age: Duration) -> ParquetSink {
+    local_sink(dir, schema(), max_open, bytes, age)
+}
+
+/// A sink `W` of type `T` into `dir`, zstd.
+pub(super) fn local_sink(
+    dir: &Path,
+    schema: Schema,
+    max_open: usize,
+    bytes: u64,
+    age: Duration,
+) -> ParquetSink {
     ParquetSink::new(
         "W",
         ParquetConfig {
             storage: Storage::Local(dir.to_path_buf()),
             type_name: "T".into(),
-            schema: schema(),
+            schema,
             compression: Compression::ZSTD(ZstdLevel::default()),
             max_file_bytes: bytes,
             max_file_age: age,

@@ -222,19 +222,13 @@ fn payload() -> impl Strategy<Value = Json> {
 }
 
 fn sink(dir: &Path) -> ParquetSink {
-    ParquetSink::new(
-        "W",
-        ParquetConfig {
-            storage: Storage::Local(dir.to_path_buf()),
-            type_name: "T".into(),
-            schema: schema(),
-            compression: Compression::ZSTD(ZstdLevel::default()),
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            max_file_age: DEFAULT_MAX_FILE_AGE,
-            max_open_writers: 4,
-        },
+    super::super::tests::local_sink(
+        dir,
+        schema(),
+        4,
+        DEFAULT_MAX_FILE_BYTES,
+        DEFAULT_MAX_FILE_AGE,
     )
-    .expect("a local sink")
 }
 
 proptest! {
