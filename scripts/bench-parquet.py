@@ -4,19 +4,24 @@ with the venv's confluent-kafka (librdkafka) and the standard library.
     bench-parquet.py produce --brokers B --topic T --count N --hours H
     bench-parquet.py consume --brokers B --topic T --count N --group G [--set k=v ...]
     bench-parquet.py watch --metrics HOST:PORT --rows N --pid PID --timeout S
+    bench-parquet.py rows --endpoint URL --bucket B --prefix P
 
 `produce` writes N DAB events (JSON, type ServerLogs) whose `message` is a
 server_logs payload as a string, event i in hour i % H (from
 2024-11-23T00:00Z), so every batch touches H hours (H open writers).
 `consume` is the plain consumer: reads the whole topic (N messages) and
 prints events/s from the first message to the last. `watch` polls `dab run
---metrics` until dab_parquet_rows_committed_total reaches N and prints
-events/s from the first poll where dab_source_events_total > 0 to then,
-and the peak RSS (VmHWM) of PID. Results are key=value lines; every loop
+--metrics` until dab_source_events_total reaches N, stops dab with SIGTERM
+(its drain commits every open file) and prints N over the time from the
+first poll where dab_source_events_total > 0 to dab's exit, and the peak
+RSS (VmHWM) of PID. `rows` counts the rows and files under an S3 prefix. Results are key=value lines; every loop
 is bounded in time."""
 
 import argparse
+import io
 import json
+import os
+import signal
 import sys
 import time
 import urllib.request
@@ -148,42 +153,68 @@ def hwm_kib(pid):
 
 
 def watch(a):
+    """Polls dab's /metrics until its source has read N events, then stops
+    dab with SIGTERM (a drain: every open file is committed, whatever its
+    age) and waits for it to exit. The rate is N over the time from the
+    first poll where dab_source_events_total > 0 to the exit; rows are
+    counted afterwards from S3 (`rows`), not here."""
     t0 = time.monotonic()
     first = None
-    rows = 0.0
     hwm = 0
-    files = 0.0
-    complete = False
+    stopped = None
+    exited = False
     while time.monotonic() - t0 < a.timeout:
         h = hwm_kib(a.pid)
         if h is None:
-            print("dab_exited=1")
+            exited = True
             break
         hwm = max(hwm, h)
-        try:
-            with urllib.request.urlopen("http://%s/metrics" % a.metrics, timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
+        if stopped is None:
+            try:
+                with urllib.request.urlopen("http://%s/metrics" % a.metrics, timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(a.every_ms / 1000)
+                continue
+            now = time.monotonic()
+            consumed = metric_sum(text, "dab_source_events_total")
+            if first is None and consumed > 0:
+                first = now
+            if consumed >= a.rows:
+                os.kill(a.pid, signal.SIGTERM)
+                stopped = now
+                continue
             time.sleep(a.every_ms / 1000)
-            continue
-        now = time.monotonic()
-        if first is None and metric_sum(text, "dab_source_events_total") > 0:
-            first = now
-        rows = metric_sum(text, "dab_parquet_rows_committed_total")
-        files = metric_sum(text, "dab_parquet_files_committed_total")
-        if rows >= a.rows:
-            complete = True
-            break
-        time.sleep(a.every_ms / 1000)
+        else:
+            time.sleep(0.01)
     end = time.monotonic()
     secs = end - first if first is not None else 0
-    print("complete=%d" % complete)
-    print("rows=%.0f" % rows)
-    print("files=%.0f" % files)
+    print("exited=%d" % exited)
     print("first_consumed_secs=%.2f" % ((first - t0) if first is not None else -1))
-    print("rate=%.0f" % (rows / secs if secs > 0 else 0))
+    print("drain_secs=%.2f" % ((end - stopped) if stopped is not None else -1))
+    print("rate=%.0f" % (a.rows / secs if secs > 0 and exited else 0))
     print("peak_rss_kib=%d" % hwm)
-    return 0 if complete else 1
+    return 0 if exited else 1
+
+
+def rows(a):
+    """Counts the rows and files of the Parquet objects under a prefix
+    (their footers, read with pyarrow)."""
+    import boto3
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=a.endpoint, region_name="us-east-1")
+    n = files = size = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=a.bucket, Prefix=a.prefix):
+        for o in page.get("Contents", []):
+            body = s3.get_object(Bucket=a.bucket, Key=o["Key"])["Body"].read()
+            n += pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
+            files += 1
+            size += o["Size"]
+    print("rows=%d" % n)
+    print("files=%d" % files)
+    print("file_mib=%.1f" % (size / files / 1048576 if files else 0))
+    return 0
 
 
 def main(argv):
@@ -208,8 +239,12 @@ def main(argv):
     w.add_argument("--pid", type=int, required=True)
     w.add_argument("--every-ms", type=int, default=100)
     w.add_argument("--timeout", type=float, default=300)
+    r = sub.add_parser("rows")
+    r.add_argument("--endpoint", required=True)
+    r.add_argument("--bucket", required=True)
+    r.add_argument("--prefix", required=True)
     a = ap.parse_args(argv[1:])
-    return {"produce": produce, "consume": consume, "watch": watch}[a.cmd](a)
+    return {"produce": produce, "consume": consume, "watch": watch, "rows": rows}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@
 #    events/s from the first message to the last; the ceiling;
 #  - for each max_open_writers in $WRITERS: `dab run` of
 #      r.NewPipeline().In(KIn).FilterType(ServerLogs).Out(Lake)
-#    with a kafka source and a parquet sink on s3://bench/<run> at moto:
-#    events/s from the first poll (every 100 ms) of its /metrics where
-#    dab_source_events_total > 0 to the first where
-#    dab_parquet_rows_committed_total reached $N, and its peak RSS (VmHWM).
+#    with a kafka source and a parquet sink on s3://bench/<run> at moto
+#    (the sink's defaults: files commit at 5m or 256 MiB unacknowledged):
+#    when its /metrics (polled every 100 ms) says the source has read $N,
+#    it is stopped with SIGTERM, whose drain commits every open file;
+#    events/s from the first poll where dab_source_events_total > 0 to its
+#    exit, its peak RSS (VmHWM), and the rows and files then under its
+#    prefix (pyarrow), which must be $N for the run to be complete.
 # Both consumers get fetch.wait.max.ms=$FETCH_WAIT_MS (tansu sleeps for
 # half of a fetch's max wait even when it has data; see "## Kafka").
-# Row groups are the sink's default (arrow-rs: at most 1,048,576 rows, and
-# a file is committed at every runtime flush, so in practice one row group
-# a file); there is no setting for them to vary.
+# Row groups are the sink's default (arrow-rs: at most 1,048,576 rows);
+# there is no setting for them to vary.
 #
 # Before each measurement it waits (at most $QUIET_WAIT s) for other work
 # to use under a quarter of the machine, and records how busy it was.
@@ -31,7 +33,7 @@
 #
 # Usage: scripts/bench-parquet.sh
 # Knobs (environment): N=300000 RUNS=3 PARTITIONS=3 HOURS=4 WRITERS="2 16"
-#   FETCH_WAIT_MS=10 TIMEOUT=300 QUIET_WAIT=30 PERF=0 KEEP=1 (keep the work dir)
+#   FETCH_WAIT_MS=10 FILE_AGE= (max_file_age) UNACKED= (max_unacked_bytes) TIMEOUT=300 QUIET_WAIT=30 PERF=0 KEEP=1 (keep the work dir)
 #   CARGO_TARGET_DIR (~/.cache/dab/target); DAB_BIN= (a `dab` binary to
 #   measure instead of the one built here); DAB_VENV (~/.cache/dab/venv).
 
@@ -48,6 +50,10 @@ TIMEOUT=${TIMEOUT:-300}
 QUIET_WAIT=${QUIET_WAIT:-30}
 PERF=${PERF:-0}
 TARGET_RATIO=0.8
+# FILE_AGE=D sets the sink's max_file_age; unset, the default (5m).
+FILE_AGE_FIELD=${FILE_AGE:+, max_file_age: $FILE_AGE}
+# UNACKED=N sets the sink's max_unacked_bytes; unset, the default.
+UNACKED_FIELD=${UNACKED:+, max_unacked_bytes: $UNACKED}
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dab/target}"
 VENV="${DAB_VENV:-$HOME/.cache/dab/venv}"
@@ -148,7 +154,7 @@ sources:
   KIn: { kind: kafka, brokers: "$BROKERS", topic: logs, group: "dab-$w-$i-$$", options: { "fetch.wait.max.ms": "$FETCH_WAIT_MS" } }
 sinks:
   Lake: { kind: parquet, path: "s3://bench/w$w-$i", type: ServerLogs, s3_endpoint: "$S3", spool: "$dir/spool",
-          access_key: "\${S3_ACCESS_KEY}", secret_key: "\${S3_SECRET_KEY}", max_open_writers: $w }
+          access_key: "\${S3_ACCESS_KEY}", secret_key: "\${S3_SECRET_KEY}", max_open_writers: $w $FILE_AGE_FIELD $UNACKED_FIELD}
 EOF
     busy=$(wait_quiet)
     "$DAB" run "$dir/p.dab" --config "$dir/dab.yaml" --metrics "127.0.0.1:$port" >"$dir/dab.log" 2>&1 &
@@ -165,6 +171,11 @@ EOF
         --pid "$pid" --timeout "$TIMEOUT" | oneline) || line="failed=1 $line"
     line="$line cpu=$(cpu_of "$pid")"
     stop "$pid" 15
+    # Complete when every event is a row of a committed object.
+    line="$line $(timeout 120 "$PY" "$DRIVER" rows --endpoint "$S3" --bucket bench --prefix "w$w-$i/" | oneline)"
+    local got
+    got=$(field "$line" rows)
+    line="$line complete=$(( ${got:-0} == N ))"
     if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
     if [[ $(field "$line" complete) != 1 ]]; then tail -n 5 "$dir/dab.log" | sed 's/^/    dab: /' >&2; fi
     echo "RUN kind=dab writers=$w i=$i $line busy_before=$busy load1=$(load1)" | tee -a "$RESULTS" >&2
@@ -193,7 +204,7 @@ vals() { awk -v k="kind=$1" -v w="writers=$2" -v f="$3=" '$2 == k && $3 == w { f
         d=$(vals dab "$w" rate | median)
         r=$(ratio "$d" "$plain")
         met=$(awk -v r="$r" -v t="$TARGET_RATIO" 'BEGIN { print (r != "nan" && r >= t) ? "yes" : "NO" }')
-        echo "dab, max_open_writers=$w: median $(fmt_int "$d") events/s (range $(vals dab "$w" rate | range)), ratio $r (target >= $TARGET_RATIO: $met); peak RSS median $(vals dab "$w" peak_rss_kib | median | awk '{ printf "%.0f MiB", $1 / 1024 }'); files median $(vals dab "$w" files | median); complete $(vals dab "$w" complete | awk '{ s += $1 } END { print s + 0 }') of $RUNS"
+        echo "dab, max_open_writers=$w: median $(fmt_int "$d") events/s (range $(vals dab "$w" rate | range)), ratio $r (target >= $TARGET_RATIO: $met); peak RSS median $(vals dab "$w" peak_rss_kib | median | awk '{ printf "%.0f MiB", $1 / 1024 }'); files median $(vals dab "$w" files | median) of $(vals dab "$w" file_mib | median) MiB; complete $(vals dab "$w" complete | awk '{ s += $1 } END { print s + 0 }') of $RUNS"
     done
     if [[ $PERF == 1 && -f $TMP/perf.data ]]; then
         echo

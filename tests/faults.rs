@@ -1146,7 +1146,7 @@ const S3_ENV: [&str; 4] = [
 fn parquet_s3_out(endpoint: &str, spool: &Path) -> String {
     format!(
         "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: \"s3://warehouse/faults\", type: A, \
-         s3_endpoint: \"{endpoint}\", spool: {}, access_key: \"${{S3_ACCESS_KEY}}\", \
+         max_file_age: 200ms, s3_endpoint: \"{endpoint}\", spool: {}, access_key: \"${{S3_ACCESS_KEY}}\", \
          secret_key: \"${{S3_SECRET_KEY}}\" }}\n",
         yaml_path(spool)
     )
@@ -1343,7 +1343,7 @@ fn full_disk_then_freed_parquet_sink() {
         "full disk, then freed (parquet sink)",
         "Warehouse",
         &format!(
-            "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: {}, type: A }}\n",
+            "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: {}, type: A, max_file_age: 200ms }}\n",
             yaml_path(&out_dir)
         ),
         &|| parquet_offsets(&out_dir),
@@ -1370,7 +1370,7 @@ fn kill_9_of_dab_writing_parquet_from_kafka() {
         &format!(
             "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: faults-pq9, \
              options: {{ heartbeat.interval.ms: \"3000\" }} }}\n{PARQUET_TYPE}sinks:\n  \
-             Warehouse: {{ kind: parquet, path: {}, type: A }}\n",
+             Warehouse: {{ kind: parquet, path: {}, type: A, max_file_age: 200ms }}\n",
             yaml_path(&out_dir)
         ),
     );

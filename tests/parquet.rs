@@ -172,6 +172,12 @@ fn run_dab(dir: &Path, input: String, env: &[(&str, &str)]) {
     );
 }
 
+/// Writes the blueprint `t.dab` and the bindings `dab.yaml` into `dir`.
+fn write_set(dir: &Path, blueprint: &str, bindings: &str) {
+    std::fs::write(dir.join("t.dab"), blueprint).expect("t.dab");
+    std::fs::write(dir.join("dab.yaml"), bindings).expect("dab.yaml");
+}
+
 /// Every file under `dir`, relative.
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -223,16 +229,7 @@ fn case() -> (String, BTreeMap<u64, Value>) {
 fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     let python = python();
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("t.dab"),
-        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
-    )
-    .expect("t.dab");
-    std::fs::write(
-        dir.path().join("dab.yaml"),
-        format!("{BINDINGS}  Warehouse: {{ kind: parquet, path: out, type: ApiCall, compression: snappy, max_open_writers: 2 }}\n"),
-    )
-    .expect("dab.yaml");
+    write_set(dir.path(), "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n", &format!("{BINDINGS}  Warehouse: {{ kind: parquet, path: out, type: ApiCall, compression: snappy, max_open_writers: 2 }}\n"));
     let (input, want) = case();
     run_dab(dir.path(), input, &[]);
 
@@ -242,6 +239,42 @@ fn stdin_to_parquet_read_back_by_pyarrow_and_duckdb() {
     check_names(&all);
     check_read_back(&python, &out, &want);
     check_on_error(dir.path());
+}
+
+/// Files are not cut at every pause of the input or every 64 batches (as
+/// other sinks are flushed): many more batches than that, all of one hour,
+/// give one file, committed when the input ends, holding every row.
+#[test]
+fn one_hour_of_many_batches_is_one_file() {
+    let python = python();
+    let dir = tempfile::tempdir().expect("dir");
+    write_set(
+        dir.path(),
+        "p.NewPipeline().In(Stdin).Out(Warehouse)\n",
+        &format!("{BINDINGS}  Warehouse: {{ kind: parquet, path: out, type: ApiCall }}\n"),
+    );
+    // About 300 bytes a line and stdin reads 64 KiB at a time: some 200
+    // events a batch, so 40,000 events are about 200 batches.
+    let total = 40_000u64;
+    let mut input = String::new();
+    let mut want = BTreeMap::new();
+    for i in (0..total).filter(|i| !is_bad(*i)) {
+        let (message, row) = payload(i);
+        let ts = BASE_S * 1_000_000_000 + i as i64;
+        input.push_str(
+            &json!({"type": "ApiCall", "host": "h", "timestamp": ts, "message": message})
+                .to_string(),
+        );
+        input.push('\n');
+        want.insert(i, row);
+    }
+    run_dab(dir.path(), input, &[]);
+    let out = dir.path().join("out");
+    let all = files(&out);
+    assert_eq!(all.len(), 1, "one hour, one file: {all:?}");
+    let got = read_back(&python, &out);
+    let rows = got["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), want.len(), "one row per event");
 }
 
 /// Nothing but committed files under final names; hour 0 reopened.
@@ -268,21 +301,12 @@ fn stdin_to_parquet_on_s3_read_back_by_pyarrow_and_duckdb() {
     let s3 = s3_support::S3Server::start();
     s3.mkbucket("warehouse");
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("t.dab"),
-        "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n",
-    )
-    .expect("t.dab");
-    std::fs::write(
-        dir.path().join("dab.yaml"),
-        format!(
+    write_set(dir.path(), "p.NewPipeline().In(Stdin).OnError(Bad).Out(Warehouse)\n", &format!(
             "{BINDINGS}  Warehouse: {{ kind: parquet, path: \"s3://warehouse/server_logs\", type: ApiCall, \
              compression: snappy, max_open_writers: 2, s3_endpoint: \"{}\", spool: spool, \
              access_key: \"${{S3_ACCESS_KEY}}\", secret_key: \"${{S3_SECRET_KEY}}\" }}\n",
             s3.endpoint
-        ),
-    )
-    .expect("dab.yaml");
+        ));
     let (input, want) = case();
     run_dab(
         dir.path(),
@@ -309,7 +333,8 @@ fn stdin_to_parquet_on_s3_read_back_by_pyarrow_and_duckdb() {
 
 /// pyarrow and DuckDB read back exactly `want`, in the partitions of the
 /// event hours, with the type, version and field ids in every file.
-fn check_read_back(python: &Path, out: &Path, want: &BTreeMap<u64, Value>) {
+/// What tests/interop/parquet_read.py reads under `out` (pyarrow, DuckDB).
+fn read_back(python: &Path, out: &Path) -> Value {
     let read = Command::new(python)
         .arg(common::root().join("tests/interop/parquet_read.py"))
         .arg(out)
@@ -320,7 +345,11 @@ fn check_read_back(python: &Path, out: &Path, want: &BTreeMap<u64, Value>) {
         "{}",
         String::from_utf8_lossy(&read.stderr)
     );
-    let got: Value = serde_json::from_slice(&read.stdout).expect("json");
+    serde_json::from_slice(&read.stdout).expect("json")
+}
+
+fn check_read_back(python: &Path, out: &Path, want: &BTreeMap<u64, Value>) {
+    let got = read_back(python, out);
 
     // Exact rows and values, each in the partition of its event hour.
     let rows = got["rows"].as_array().expect("rows");
@@ -427,16 +456,7 @@ fn check_on_error(dir: &Path) {
 #[test]
 fn validate_refuses_a_type_without_a_schema() {
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("t.dab"),
-        "p.NewPipeline().In(Stdin).Out(W)\n",
-    )
-    .expect("t.dab");
-    std::fs::write(
-        dir.path().join("dab.yaml"),
-        "types:\n  ApiCall: {}\n  Typed: { version: 1, fields: { a: int64 } }\nsinks:\n  W: { kind: parquet, path: out, type: ApiCall }\n",
-    )
-    .expect("dab.yaml");
+    write_set(dir.path(), "p.NewPipeline().In(Stdin).Out(W)\n", "types:\n  ApiCall: {}\n  Typed: { version: 1, fields: { a: int64 } }\nsinks:\n  W: { kind: parquet, path: out, type: ApiCall }\n");
     let o = common::run_in(
         dir.path(),
         &[
@@ -502,16 +522,7 @@ fn validate_refuses_s3_settings_that_cannot_work() {
     ];
     for (fields, want) in cases {
         let dir = tempfile::tempdir().expect("dir");
-        std::fs::write(
-            dir.path().join("t.dab"),
-            "p.NewPipeline().In(Stdin).Out(W)\n",
-        )
-        .expect("t.dab");
-        std::fs::write(
-            dir.path().join("dab.yaml"),
-            format!("types:\n  T: {{ version: 1, fields: {{ a: int64 }} }}\nsinks:\n  W: {{ kind: parquet, type: T, {fields} }}\n"),
-        )
-        .expect("dab.yaml");
+        write_set(dir.path(), "p.NewPipeline().In(Stdin).Out(W)\n", &format!("types:\n  T: {{ version: 1, fields: {{ a: int64 }} }}\nsinks:\n  W: {{ kind: parquet, type: T, {fields} }}\n"));
         let o = common::run_in(
             dir.path(),
             &[

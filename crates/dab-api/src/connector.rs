@@ -276,6 +276,35 @@ pub struct Pending {
     pub confirm: Confirm,
 }
 
+/// When the runtime flushes a sink that does not confirm its writes: at the
+/// first of these that holds. Until a flush, the runtime holds the events
+/// it wrote (to write them again after a failure) and acknowledges none of
+/// them, so the bounds are also the memory and the wait of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    /// The input has nothing waiting.
+    pub when_idle: bool,
+    /// This many writes are held.
+    pub max_writes: usize,
+    /// The events held reach this many bytes.
+    pub max_bytes: usize,
+    /// The oldest write held is this old.
+    pub max_age: Option<std::time::Duration>,
+}
+
+impl Default for FlushPolicy {
+    /// At every pause of the input, and at least every 64 writes or
+    /// 16 MiB under constant load: a prompt acknowledgement.
+    fn default() -> FlushPolicy {
+        FlushPolicy {
+            when_idle: true,
+            max_writes: 64,
+            max_bytes: 16 << 20,
+            max_age: None,
+        }
+    }
+}
+
 /// A sink: where events leave DAB.
 ///
 /// The contract every implementation keeps (SPEC section 11, "acknowledged
@@ -310,10 +339,15 @@ pub trait Sink: Send {
     async fn write(&mut self, events: &[Event]) -> Result<Written, SinkError>;
 
     /// Makes every write taken since the last good flush durable. Called
-    /// when the sink's input is idle, every so many batches, and at
-    /// shutdown.
+    /// as the sink's [`FlushPolicy`] says, and at shutdown.
     async fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// When the runtime flushes this sink (and so acknowledges what it
+    /// holds). Read once, when the sink starts.
+    fn flush_policy(&self) -> FlushPolicy {
+        FlushPolicy::default()
     }
 
     /// After a failed `write` or `flush`: return to the state of the last

@@ -17,8 +17,8 @@ pub use ack::{AckStatus, AckToken};
 pub use batch::Batch;
 pub use config::ConfigValue;
 pub use connector::{
-    BuildError, Confirm, Confirmed, Confirmer, ConnectorError, ErrorClass, Pending, Rejection,
-    Sink, SinkError, SinkFactory, Source, SourceContext, SourceFactory, Written,
+    BuildError, Confirm, Confirmed, Confirmer, ConnectorError, ErrorClass, FlushPolicy, Pending,
+    Rejection, Sink, SinkError, SinkFactory, Source, SourceContext, SourceFactory, Written,
 };
 /// The payload schema of a declared type (SPEC section 7), as typed sinks get it.
 pub use dab_schema::Schema as PayloadSchema;

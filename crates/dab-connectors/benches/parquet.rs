@@ -189,6 +189,7 @@ fn sink(dir: PathBuf) -> ParquetSink {
             max_file_bytes: 128 * 1024 * 1024,
             max_file_age: Duration::from_secs(300),
             max_open_writers: 16,
+            max_unacked_bytes: dab_connectors::parquet_sink::DEFAULT_MAX_UNACKED_BYTES,
         },
     )
     .expect("a local sink")

@@ -18,10 +18,13 @@
 //!
 //! `flush` commits every open file, which makes the acknowledgement rule
 //! simple: a batch is acknowledged after a good flush, and by then the
-//! file holding it is committed. Between flushes a file rolls when it
-//! reaches `max_file_bytes` or `max_file_age`, and at most
-//! `max_open_writers` files are open at once (a late event reopening an
-//! old hour closes the least recently used file first).
+//! file holding it is committed. The sink's `FlushPolicy` asks for a flush
+//! when the oldest event held is `max_file_age` old or `max_unacked_bytes`
+//! are held, not when the input pauses, so files grow to `max_file_bytes`
+//! under load. Between flushes a file rolls when it reaches
+//! `max_file_bytes` or `max_file_age`, and at most `max_open_writers`
+//! files are open at once (a late event reopening an old hour closes the
+//! least recently used file first).
 //!
 //! A payload that does not conform to the schema is never written: it is
 //! returned as rejected with the reason, and the runtime sends it to the
@@ -46,8 +49,8 @@ use async_trait::async_trait;
 use dab_api::config::Fields;
 use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::{
-    BuildError, ConfigValue, ConnectorError, Event, Rejection, Sink, SinkError, SinkFactory, Text,
-    Written,
+    BuildError, ConfigValue, ConnectorError, Event, FlushPolicy, Rejection, Sink, SinkError,
+    SinkFactory, Text, Written,
 };
 use dab_schema::{Field, FieldType, Schema, Type};
 use object_store::aws::AmazonS3Builder;
@@ -78,6 +81,8 @@ const HOUR_NS: i64 = 3_600_000_000_000;
 pub const DEFAULT_MAX_OPEN_WRITERS: usize = 16;
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 * 1024 * 1024;
 const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(300);
+/// Default bound on the events held unacknowledged until their files commit.
+pub const DEFAULT_MAX_UNACKED_BYTES: usize = 256 * 1024 * 1024;
 /// The sink's settings, once read.
 #[derive(Debug, Clone)]
 pub struct ParquetConfig {
@@ -89,6 +94,9 @@ pub struct ParquetConfig {
     pub max_file_bytes: u64,
     pub max_file_age: Duration,
     pub max_open_writers: usize,
+    /// Every open file is committed when the events held unacknowledged
+    /// reach this many bytes.
+    pub max_unacked_bytes: usize,
 }
 
 /// The sink's counters, exported as `dab_parquet_*{sink}` metrics.
@@ -656,6 +664,19 @@ impl Sink for ParquetSink {
         self.commit_closing().await
     }
 
+    /// Not at every pause of the input, which would make a small file per
+    /// pause: when the oldest event held is `max_file_age` old, or the
+    /// events held reach `max_unacked_bytes`. Files still roll by size and
+    /// age in between, so a file holds at most `max_file_bytes`.
+    fn flush_policy(&self) -> FlushPolicy {
+        FlushPolicy {
+            when_idle: false,
+            max_writes: usize::MAX,
+            max_bytes: self.cfg.max_unacked_bytes,
+            max_age: Some(self.cfg.max_file_age),
+        }
+    }
+
     fn metrics(&self) -> Option<Arc<dyn ConnectorMetrics>> {
         Some(self.stats.clone())
     }
@@ -763,6 +784,10 @@ impl ParquetSinkFactory {
                 .int("max_open_writers")
                 .and_then(|v| usize::try_from(v).ok())
                 .unwrap_or(DEFAULT_MAX_OPEN_WRITERS),
+            max_unacked_bytes: f
+                .int("max_unacked_bytes")
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(DEFAULT_MAX_UNACKED_BYTES),
         })
     }
 }

@@ -47,6 +47,7 @@ fn sink(endpoint: &str, bucket: &str, spool: &std::path::Path) -> ParquetSink {
             max_file_bytes: 1 << 30,
             max_file_age: Duration::from_secs(3600),
             max_open_writers: 4,
+            max_unacked_bytes: dab_connectors::parquet_sink::DEFAULT_MAX_UNACKED_BYTES,
         },
     )
     .expect("sink")

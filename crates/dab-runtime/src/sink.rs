@@ -1,6 +1,8 @@
 //! Drives one sink under the contract of `dab_api::Sink` ("acknowledged
 //! means delivered", SPEC section 11): writes batches in order, holds what
-//! it wrote until a flush succeeds, and only then acknowledges it. A failed
+//! it wrote until a flush succeeds, and only then acknowledges it. It
+//! flushes as the sink's `FlushPolicy` says (by default when the input is
+//! idle, and every 64 writes or 16 MiB held). A failed
 //! write or flush acknowledges nothing: the driver backs off (exponential,
 //! full jitter), calls `rewind` and writes everything held since the last
 //! good flush again. Behind the back-off sits the sink's circuit breaker
@@ -40,15 +42,12 @@ use crate::reliability::Tracker;
 /// Back-off bounds.
 const BASE: Duration = Duration::from_millis(50);
 const MAX: Duration = Duration::from_secs(5);
-/// Flush (and so acknowledge) at least every this many writes, and when
-/// the held events pass this many bytes, even under constant load.
-const FLUSH_EVERY: usize = 64;
-const FLUSH_BYTES: usize = 16 << 20;
 /// For a sink that confirms writes: writes (and their bytes) awaiting
-/// confirmation at once. Past this, the driver takes no more input (back
-/// pressure), as it would wait for a flush.
-const WINDOW: usize = FLUSH_EVERY;
-const WINDOW_BYTES: usize = FLUSH_BYTES;
+/// confirmation at once, the bounds of the default `FlushPolicy`. Past
+/// this, the driver takes no more input (back pressure), as it would wait
+/// for a flush.
+const WINDOW: usize = 64;
+const WINDOW_BYTES: usize = 16 << 20;
 
 pub struct SinkTask {
     pub sink: Box<dyn Sink>,
@@ -140,11 +139,21 @@ struct Driver {
     reliability: Option<Arc<Tracker>>,
     held: Vec<Write>,
     held_bytes: usize,
+    /// When the oldest write held was taken.
+    held_since: Option<tokio::time::Instant>,
     /// A confirming sink's writes in flight, oldest first.
     window: VecDeque<Flight>,
     window_bytes: usize,
     /// Failures in a row since the last delivery, and the breaker's state.
     breaker: Breaker,
+}
+
+/// Sleeps until `deadline`; never returns without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the next batch, or `None` at the end of input or a forced stop.
@@ -185,6 +194,7 @@ impl SinkTask {
             reliability: self.reliability,
             held: Vec::new(),
             held_bytes: 0,
+            held_since: None,
             window: VecDeque::new(),
             window_bytes: 0,
             breaker: Breaker::new(self.breaker),
@@ -205,9 +215,27 @@ impl SinkTask {
 }
 
 impl Driver {
-    /// Writes, and flushes when the input is idle or enough is held.
+    /// Writes, and flushes as the sink's `FlushPolicy` says: when the
+    /// input is idle, enough is held, or the oldest write held is old
+    /// enough.
     async fn run_flushed(&mut self, input: &mut mpsc::Receiver<Batch>, coalesce: Option<Coalesce>) {
-        while let Some(batch) = next_batch(input, &self.force).await {
+        let policy = self.sink.flush_policy();
+        loop {
+            // The oldest held write's age bound, when the policy has one.
+            let deadline = policy
+                .max_age
+                .zip(self.held_since)
+                .map(|(age, since)| since + age);
+            let next = tokio::select! {
+                b = next_batch(input, &self.force) => b,
+                _ = sleep_until_some(deadline) => {
+                    if self.flush().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = next else { break };
             let mut w = Write::from_batch(batch);
             gather(&mut w, input, coalesce, &self.force).await;
             if self.take(w).await.is_err() {
@@ -215,9 +243,10 @@ impl Driver {
             }
             // A half-open breaker's probe ends with a flush: only a
             // delivery closes it.
-            let due = input.is_empty()
-                || self.held.len() >= FLUSH_EVERY
-                || self.held_bytes >= FLUSH_BYTES
+            let due = (policy.when_idle && input.is_empty())
+                || self.held.len() >= policy.max_writes
+                || self.held_bytes >= policy.max_bytes
+                || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
                 || self.breaker.state() != BreakerState::Closed;
             if due && self.flush().await.is_err() {
                 break;
@@ -405,6 +434,8 @@ impl Driver {
                 Ok(rejected) => {
                     reject(&self.metrics, &mut w, rejected).await;
                     self.held_bytes += w.bytes;
+                    self.held_since
+                        .get_or_insert_with(tokio::time::Instant::now);
                     self.held.push(w);
                     return Ok(());
                 }
@@ -443,6 +474,7 @@ impl Driver {
                 Ok(()) => {
                     self.succeeded();
                     self.held_bytes = 0;
+                    self.held_since = None;
                     for w in std::mem::take(&mut self.held) {
                         self.delivered(w);
                     }
@@ -781,5 +813,111 @@ mod tests {
             assert_eq!(a.await.ok(), Some(dab_api::AckStatus::Delivered));
         }
         assert_eq!(*sizes.lock().expect("sizes"), vec![30, 30, 5]);
+    }
+
+    /// Counts flushes; flushes as `policy` says.
+    struct Slow {
+        flushes: Arc<Mutex<usize>>,
+        policy: dab_api::FlushPolicy,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Slow {
+        async fn write(&mut self, _: &[Event]) -> Result<dab_api::Written, SinkError> {
+            Ok(dab_api::Written::all())
+        }
+        async fn flush(&mut self) -> Result<(), SinkError> {
+            self.flushes.lock().map(|mut n| *n += 1).ok();
+            Ok(())
+        }
+        fn flush_policy(&self) -> dab_api::FlushPolicy {
+            self.policy
+        }
+    }
+
+    fn slow_task(
+        policy: dab_api::FlushPolicy,
+    ) -> (SinkTask, mpsc::Sender<Batch>, Arc<Mutex<usize>>) {
+        let flushes = Arc::new(Mutex::new(0));
+        let (tx, rx) = mpsc::channel(64);
+        let task = SinkTask {
+            sink: Box::new(Slow {
+                flushes: flushes.clone(),
+                policy,
+            }),
+            input: rx,
+            metrics: Arc::new(SinkMetrics::default()),
+            force: CancellationToken::new(),
+            reliability: None,
+            breaker: BreakerConfig::default(),
+            coalesce: None,
+        };
+        (task, tx, flushes)
+    }
+
+    /// A sink that does not flush when idle holds its writes, unacknowledged,
+    /// until the oldest is `max_age` old, then acknowledges them all at one
+    /// flush; the input staying open changes nothing.
+    #[tokio::test]
+    async fn a_sink_that_flushes_by_age_acknowledges_nothing_before_the_age() {
+        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
+            when_idle: false,
+            max_writes: usize::MAX,
+            max_bytes: usize::MAX,
+            max_age: Some(Duration::from_millis(400)),
+        });
+        let handle = tokio::spawn(task.run());
+        let mut acks = Vec::new();
+        for _ in 0..3 {
+            let (b, a) = batch(10);
+            acks.push(a);
+            tx.send(b).await.map_err(|_| ()).ok();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for a in &mut acks {
+            assert!(a.try_recv().is_err(), "acknowledged before the age");
+        }
+        assert_eq!(*flushes.lock().expect("flushes"), 0);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for a in acks {
+            assert_eq!(a.await.ok(), Some(dab_api::AckStatus::Delivered));
+        }
+        assert_eq!(*flushes.lock().expect("flushes"), 1);
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    }
+
+    /// The bytes bound flushes at once, without waiting for the age.
+    #[tokio::test]
+    async fn a_sink_that_flushes_by_bytes_flushes_when_they_are_reached() {
+        let size = batch(10).0.bytes();
+        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
+            when_idle: false,
+            max_writes: usize::MAX,
+            max_bytes: 3 * size,
+            max_age: Some(Duration::from_secs(3600)),
+        });
+        let handle = tokio::spawn(task.run());
+        let mut acks = Vec::new();
+        for _ in 0..2 {
+            let (b, a) = batch(10);
+            acks.push(a);
+            tx.send(b).await.map_err(|_| ()).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(acks.iter_mut().all(|a| a.try_recv().is_err()));
+        let (b, a) = batch(10);
+        acks.push(a);
+        tx.send(b).await.map_err(|_| ()).ok();
+        for a in acks {
+            let got = tokio::time::timeout(Duration::from_secs(5), a).await;
+            assert_eq!(
+                got.ok().and_then(Result::ok),
+                Some(dab_api::AckStatus::Delivered)
+            );
+        }
+        assert_eq!(*flushes.lock().expect("flushes"), 1);
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
     }
 }

@@ -47,6 +47,7 @@ pub(super) fn local_sink(
             max_file_bytes: bytes,
             max_file_age: age,
             max_open_writers: max_open,
+            max_unacked_bytes: super::DEFAULT_MAX_UNACKED_BYTES,
         },
     )
     .expect("a local sink")
