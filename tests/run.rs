@@ -1243,6 +1243,22 @@ fn murron_grpc_sink_reaches_an_https_peer_trusting_its_tls_ca() {
     assert_eq!(uids, want);
 }
 
+/// `dab run t.dab --no-config` in `dir` with `lines` on stdin; it must
+/// succeed.
+fn run_blueprint_on_stdin(dir: &Path, lines: &[String]) -> std::process::Output {
+    let out = common::run_with_stdin(
+        dir,
+        &["run", "t.dab", "--no-config"],
+        lines.join("\n") + "\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A user filtering on the JSON payload (SPEC section 7): `dab run` with
 /// stdin in and stdout out keeps exactly the events whose payload's
 /// status is 500 or more, nested fields included, and passes them on byte
@@ -1267,16 +1283,7 @@ fn filter_on_payload_fields_through_dab_run() {
                 .to_string()
         })
         .collect();
-    let out = common::run_with_stdin(
-        dir.path(),
-        &["run", "t.dab", "--no-config"],
-        lines.join("\n") + "\n",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_blueprint_on_stdin(dir.path(), &lines);
     let got: Vec<&str> = std::str::from_utf8(&out.stdout)
         .expect("utf-8")
         .lines()
@@ -1286,5 +1293,50 @@ fn filter_on_payload_fields_through_dab_run() {
         .map(|i| lines[i].as_str())
         .collect();
     assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}
+
+/// A payload field standing alone as a condition (`Filter(fields.ok)`)
+/// keeps the events where it is the boolean `true`: not `false`, not
+/// absent, not the string "true", not 1.
+#[test]
+fn a_boolean_payload_field_alone_is_a_condition() {
+    let dir = tmp();
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "p.NewPipeline().In(Stdin).Filter(fields.ok && !fields.a.b).Out(Stdout)\n",
+    )
+    .expect("write t.dab");
+    let oks = [
+        json!(true),
+        json!(false),
+        json!("true"),
+        json!(1),
+        Value::Null,
+    ];
+    let lines: Vec<String> = (0..100u64)
+        .map(|i| {
+            let mut payload = serde_json::Map::new();
+            if i % 7 != 0 {
+                payload.insert("ok".into(), oks[i as usize % oks.len()].clone());
+            }
+            payload.insert("a".into(), json!({"b": i % 4 == 1}));
+            json!({"type": "A", "host": "h", "offset": i, "message": Value::Object(payload).to_string()})
+                .to_string()
+        })
+        .collect();
+    let out = run_blueprint_on_stdin(dir.path(), &lines);
+    let got: Vec<u64> = std::str::from_utf8(&out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            v["offset"].as_u64().expect("offset")
+        })
+        .collect();
+    let want: Vec<u64> = (0..100u64)
+        .filter(|i| i % 7 != 0 && *i as usize % oks.len() == 0 && i % 4 != 1)
+        .collect();
+    assert!(!want.is_empty());
     assert_eq!(got, want);
 }

@@ -67,6 +67,7 @@ codes! {
     E023 => "a new version of a type reuses a removed field's name with another type",
     E024 => "a new version of a type makes a field optional or required",
     E025 => "a type's schema does not match the schema registry",
+    E026 => "`Window` not followed directly by `Aggregate`, or `Aggregate` without a `Window` before it",
     W001 => "bound queue written but never read",
     W002 => "operator with no effect",
     W003 => "binding never used",

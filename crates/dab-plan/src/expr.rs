@@ -25,6 +25,17 @@ pub(crate) fn check_condition(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<P
             BinOp::In => check_in(lhs, rhs, diags),
             _ => check_compare(*op, lhs, rhs, e, diags),
         },
+        // A payload field on its own is a boolean field: `fields.ok` is
+        // `fields.ok == true` (its type is checked against the schema,
+        // where one is declared, in `payload.rs`).
+        ExprKind::Path(p) if p.root.name == "fields" && !p.segments.is_empty() => {
+            let (lhs, _) = operand(e, diags)?;
+            Some(Predicate::Compare {
+                lhs,
+                op: CmpOp::Eq,
+                rhs: Operand::Value(Value::Bool(true)),
+            })
+        }
         _ => {
             let what = match operand(e, &mut Vec::new()) {
                 Some((_, t)) => format!("{} is {}, not a condition", quote(e), t.describe()),
@@ -197,7 +208,7 @@ const FIELD_NAMES: &[&str] = &[
 ];
 
 /// A value an expression compares: a field, a tag or a literal.
-fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)> {
+pub(crate) fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)> {
     if let Some(v) = literal(e) {
         let t = v.value_type();
         return Some((Operand::Value(v), t));

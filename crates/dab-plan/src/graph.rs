@@ -26,6 +26,16 @@ pub enum Edge {
     Flow,
     /// Excess events of a rate limit with `on_limit = overflow`.
     Overflow,
+    /// Events that came after their window closed (`Window(late = Name)`).
+    Late,
+}
+
+/// The side edge of a stage that sends some events elsewhere.
+fn side_edge(s: &crate::model::Stage) -> Edge {
+    match s {
+        crate::model::Stage::Aggregate(_) => Edge::Late,
+        _ => Edge::Overflow,
+    }
 }
 
 pub type Dag = DiGraph<Node, Edge>;
@@ -63,7 +73,7 @@ pub(crate) fn build(pipelines: &[Pipeline], endpoints: &BTreeMap<String, Endpoin
             g.add_edge(prev, n, Edge::Flow);
             if let Some(t) = s.overflow_target() {
                 let t = name_node(&mut g, t);
-                g.add_edge(n, t, Edge::Overflow);
+                g.add_edge(n, t, side_edge(s));
             }
             prev = n;
         }
@@ -150,6 +160,7 @@ pub fn to_dot(g: &Dag) -> String {
         let style = match e.weight() {
             Edge::Flow => "",
             Edge::Overflow => " [style=dashed, label=\"overflow\"]",
+            Edge::Late => " [style=dashed, label=\"late\"]",
         };
         let _ = writeln!(
             out,
@@ -195,6 +206,7 @@ pub fn to_mermaid(g: &Dag) -> String {
         let arrow = match e.weight() {
             Edge::Flow => "-->",
             Edge::Overflow => "-. overflow .->",
+            Edge::Late => "-. late .->",
         };
         let _ = writeln!(
             out,

@@ -15,6 +15,7 @@ mod payload;
 mod pipeline;
 pub mod registry;
 mod set;
+mod window;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -110,6 +110,131 @@ pub enum Stage {
     Dedup {
         within: std::time::Duration,
     },
+    /// `Window(...)` directly followed by `Aggregate(...)` (SPEC section 9):
+    /// one stateful stage.
+    Aggregate(Box<Windowed>),
+}
+
+/// A checked `Window(...).Aggregate(...)` pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Windowed {
+    pub window: WindowSpec,
+    pub aggregate: AggregateSpec,
+}
+
+/// `Window(...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    pub time: TimeBase,
+    /// How long after its end a window still takes events (default 0).
+    pub lateness: std::time::Duration,
+    /// Where events arriving after their window closed go; without it
+    /// they are counted dropped (`late`).
+    pub late: Option<String>,
+    /// Partial results of open windows this often, marked not final.
+    pub early: Option<std::time::Duration>,
+    /// Open (window, group) entries at most; more are counted dropped.
+    pub max_groups: u64,
+    /// An input partition or host silent this long stops holding the
+    /// watermark back.
+    pub idle: std::time::Duration,
+}
+
+/// Default bound on open (window, group) entries.
+pub const DEFAULT_MAX_GROUPS: u64 = 100_000;
+/// Default silence after which an input stops holding the watermark back.
+pub const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumbling {
+        size: std::time::Duration,
+    },
+    /// Windows of `size` starting every `every` (`size` a multiple of it).
+    Sliding {
+        size: std::time::Duration,
+        every: std::time::Duration,
+    },
+    /// Per group, a window that lasts while events come within `gap`.
+    Session {
+        gap: std::time::Duration,
+    },
+}
+
+/// Which time places an event in its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBase {
+    /// The event's `timestamp` (the default).
+    Event,
+    /// When DAB received it.
+    Arrival,
+}
+
+/// `Aggregate(...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSpec {
+    /// `by = [...]`: the group key, each with its name in the result.
+    pub by: Vec<(String, Operand)>,
+    /// `as = "Type"`: the type of the result events.
+    pub result_type: String,
+    /// `name = Fn(...)`, in the order written.
+    pub aggregates: Vec<(String, AggFn)>,
+}
+
+/// An aggregate function and its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggFn {
+    /// `Count()`, or `Count(cond)`: the events for which `cond` holds.
+    Count(Option<Predicate>),
+    Sum(Operand),
+    Min(Operand),
+    Max(Operand),
+    Avg(Operand),
+    First(Operand),
+    Last(Operand),
+    Distinct(Operand),
+    /// `Percentile(x, p, ...)`, each `p` in [0, 1].
+    Percentile(Operand, Vec<f64>),
+}
+
+impl AggFn {
+    /// Every function: its name, and whether its value argument must be
+    /// a number.
+    pub const NAMES: &'static [&'static str] = &[
+        "Count",
+        "Sum",
+        "Min",
+        "Max",
+        "Avg",
+        "First",
+        "Last",
+        "Distinct",
+        "Percentile",
+    ];
+}
+
+impl std::fmt::Display for AggFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AggFn::Count(None) => write!(f, "Count()"),
+            AggFn::Count(Some(p)) => write!(f, "Count({p})"),
+            AggFn::Sum(x) => write!(f, "Sum({x})"),
+            AggFn::Min(x) => write!(f, "Min({x})"),
+            AggFn::Max(x) => write!(f, "Max({x})"),
+            AggFn::Avg(x) => write!(f, "Avg({x})"),
+            AggFn::First(x) => write!(f, "First({x})"),
+            AggFn::Last(x) => write!(f, "Last({x})"),
+            AggFn::Distinct(x) => write!(f, "Distinct({x})"),
+            AggFn::Percentile(x, ps) => {
+                write!(f, "Percentile({x}")?;
+                for p in ps {
+                    write!(f, ", {p}")?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
 }
 
 impl Stage {
@@ -119,6 +244,7 @@ impl Stage {
                 on_limit: OnLimit::Overflow(name),
                 ..
             } => Some(name),
+            Stage::Aggregate(w) => w.window.late.as_deref(),
             _ => None,
         }
     }
@@ -143,6 +269,28 @@ impl Stage {
             }
             Stage::VerifySignature { key, .. } => format!("VerifySignature(key = {key})"),
             Stage::Dedup { within } => format!("Dedup(within = {}s)", within.as_secs()),
+            Stage::Aggregate(w) => {
+                let window = match w.window.kind {
+                    WindowKind::Tumbling { size } => format!("tumbling = {size:?}"),
+                    WindowKind::Sliding { size, every } => {
+                        format!("sliding = {size:?}, every = {every:?}")
+                    }
+                    WindowKind::Session { gap } => format!("session = {gap:?}"),
+                };
+                let by: Vec<String> = w.aggregate.by.iter().map(|(_, o)| o.to_string()).collect();
+                let calls: Vec<String> = w
+                    .aggregate
+                    .aggregates
+                    .iter()
+                    .map(|(n, a)| format!("{n} = {a}"))
+                    .collect();
+                format!(
+                    "Window({window}).Aggregate(by = [{}], as = {:?}, {})",
+                    by.join(", "),
+                    w.aggregate.result_type,
+                    calls.join(", ")
+                )
+            }
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum ParamType {
     Choice(&'static [&'static str]),
     /// A duration literal: `250ms`, `10s`, `10m`, `1h`.
     Duration,
+    /// A field (`host`, `tags.team`, `fields.method`) or a list of them.
+    Keys,
+    /// An aggregate call: `Count()`, `Sum(fields.bytes)`, ...
+    Aggregate,
 }
 
 impl ParamType {
@@ -45,6 +49,12 @@ impl ParamType {
             ParamType::Condition => "a condition".to_owned(),
             ParamType::Choice(c) => format!("one of {}", c.join(", ")),
             ParamType::Duration => "a duration such as `10m`".to_owned(),
+            ParamType::Keys => {
+                "a field or a list of fields such as `[tags.team, fields.method]`".to_owned()
+            }
+            ParamType::Aggregate => {
+                "an aggregate such as `Count()` or `Sum(fields.bytes)`".to_owned()
+            }
         }
     }
 }
@@ -66,6 +76,9 @@ pub struct OpSpec {
     pub variadic: bool,
     /// Optional `key = value` parameters.
     pub named: &'static [Param],
+    /// Any other `key = value` is a value of this parameter, named by its
+    /// key (`Aggregate`'s `calls = Count()`); `None`: unknown keys are E008.
+    pub other_named: Option<Param>,
     pub doc: &'static str,
 }
 
@@ -119,6 +132,7 @@ static OPERATORS: &[OpSpec] = &[
         positional: &[NAME],
         variadic: false,
         named: &[],
+        other_named: None,
         doc: "Read from a source or a queue",
     },
     OpSpec {
@@ -131,6 +145,7 @@ static OPERATORS: &[OpSpec] = &[
             ty: ParamType::Choice(&["block", "drop_newest"]),
             doc: "what a full output buffer does: block (default) or drop_newest (counted)",
         }],
+        other_named: None,
         doc: "Write to sinks and/or queues; each output gets every event",
     },
     OpSpec {
@@ -143,6 +158,7 @@ static OPERATORS: &[OpSpec] = &[
         }],
         variadic: true,
         named: &[],
+        other_named: None,
         doc: "Keep events whose `type` is one of those listed, byte for byte",
     },
     OpSpec {
@@ -155,6 +171,7 @@ static OPERATORS: &[OpSpec] = &[
         }],
         variadic: false,
         named: &[],
+        other_named: None,
         doc: "Keep events for which the condition is true",
     },
     OpSpec {
@@ -167,6 +184,7 @@ static OPERATORS: &[OpSpec] = &[
         }],
         variadic: false,
         named: &[],
+        other_named: None,
         doc: "Keep 1 event in n, by a fixed hash of the event UID",
     },
     OpSpec {
@@ -175,6 +193,7 @@ static OPERATORS: &[OpSpec] = &[
         positional: &[RATE],
         variadic: false,
         named: RATE_LIMIT_NAMED,
+        other_named: None,
         doc: "At most `rate` events per second (token bucket)",
     },
     OpSpec {
@@ -183,6 +202,7 @@ static OPERATORS: &[OpSpec] = &[
         positional: &[RATE],
         variadic: false,
         named: RATE_LIMIT_NAMED,
+        other_named: None,
         doc: "Same as WithRateLimitPerSecond",
     },
     OpSpec {
@@ -195,6 +215,7 @@ static OPERATORS: &[OpSpec] = &[
             ty: ParamType::Name,
             doc: "a key declared under `keys:` in the bindings file (required)",
         }],
+        other_named: None,
         doc: "Keep events whose HMAC-SHA256 signature verifies; the others go to `OnError` or are dropped and counted",
     },
     OpSpec {
@@ -207,7 +228,44 @@ static OPERATORS: &[OpSpec] = &[
             ty: ParamType::Duration,
             doc: "how long a UID is remembered (default 10m)",
         }],
+        other_named: None,
         doc: "Drop events whose UID was seen within the window (redeliveries after retries)",
+    },
+    OpSpec {
+        name: "Window",
+        class: OpClass::Stage,
+        positional: &[],
+        variadic: false,
+        named: &[
+            Param { name: "tumbling", ty: ParamType::Duration, doc: "back-to-back windows of this size" },
+            Param { name: "sliding", ty: ParamType::Duration, doc: "windows of this size, one starting every `every`" },
+            Param { name: "every", ty: ParamType::Duration, doc: "with `sliding`: how often a window starts (the size is a multiple of it)" },
+            Param { name: "session", ty: ParamType::Duration, doc: "per group, a window that lasts while events come within this gap" },
+            Param { name: "time", ty: ParamType::Choice(&["event", "arrival"]), doc: "event: the `timestamp` field (default); arrival: when DAB received it" },
+            Param { name: "lateness", ty: ParamType::Duration, doc: "how long after its end a window still takes events (default 0s)" },
+            Param { name: "late", ty: ParamType::Name, doc: "where events go that arrive after their window closed (default: counted dropped, `late`)" },
+            Param { name: "early", ty: ParamType::Duration, doc: "emit partial results of open windows this often, marked not final" },
+            Param { name: "max_groups", ty: ParamType::Int, doc: "open (window, group) entries at most; events that would open more are counted dropped (default 100000)" },
+            Param { name: "idle", ty: ParamType::Duration, doc: "an input partition or host silent this long stops holding the watermark back (default 30s)" },
+        ],
+        other_named: None,
+        doc: "Cut the stream into windows of time; must be followed by `Aggregate`",
+    },
+    OpSpec {
+        name: "Aggregate",
+        class: OpClass::Stage,
+        positional: &[],
+        variadic: false,
+        named: &[
+            Param { name: "by", ty: ParamType::Keys, doc: "the group key: a field or a list of fields (default: one group)" },
+            Param { name: "as", ty: ParamType::TypeName, doc: "the type of the result events (required)" },
+        ],
+        other_named: Some(Param {
+            name: "NAME",
+            ty: ParamType::Aggregate,
+            doc: "a result field: Count(), Count(cond), Sum(x), Min(x), Max(x), Avg(x), First(x), Last(x), Distinct(x), Percentile(x, p, ...)",
+        }),
+        doc: "One result event per window and group, holding the window's bounds, the key and each aggregate",
     },
     OpSpec {
         name: "OnError",
@@ -215,6 +273,7 @@ static OPERATORS: &[OpSpec] = &[
         positional: &[NAME],
         variadic: false,
         named: &[],
+        other_named: None,
         doc: "Send events that fail a stage (a bad signature) to this queue or sink",
     },
 ];

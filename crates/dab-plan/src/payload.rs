@@ -6,8 +6,8 @@
 //! field stays untyped (`ValueType::Dynamic`).
 
 use dab_diag::{Code, Diagnostic, Span};
-use dab_schema::{FieldType, LiteralKind, Schema};
-use dab_syntax::ast::{BinOp, Expr, ExprKind, Path, Statement};
+use dab_schema::{FieldType, LiteralKind, Schema, Type};
+use dab_syntax::ast::{BinOp, Expr, ExprKind, Op, Path, Statement};
 
 use crate::bindings::TypeDecl;
 use crate::HelpOr as _;
@@ -27,7 +27,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" => {
+            "Filter" | "Aggregate" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -39,6 +39,10 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                 if schemas.is_empty() {
                     continue;
                 }
+                if op.name.name == "Aggregate" {
+                    aggregate(op, &schemas, diags);
+                    continue;
+                }
                 for arg in op.positional() {
                     walk(&arg.value, &schemas, diags);
                 }
@@ -48,8 +52,86 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
     }
 }
 
+/// The payload paths of `Aggregate`'s group keys and calls.
+fn aggregate(op: &Op, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
+    for a in &op.args {
+        match (&a.key, &a.value.kind) {
+            (Some(k), ExprKind::List(keys)) if k.name == "by" => {
+                for key in keys {
+                    side(key, &[], key.span, schemas, diags);
+                }
+            }
+            (Some(k), _) if k.name == "by" => {
+                side(&a.value, &[], a.value.span, schemas, diags);
+            }
+            (_, ExprKind::Call { name, args }) if name.name == "Count" => {
+                for cond in args {
+                    walk(cond, schemas, diags);
+                }
+            }
+            (_, ExprKind::Call { name, args }) => {
+                let Some(x) = args.first() else { continue };
+                let numeric = matches!(name.name.as_str(), "Sum" | "Avg" | "Percentile");
+                if let Some(found) = side(x, &[], x.span, schemas, diags) {
+                    if numeric && !found.iter().any(|(_, t)| is_number(t)) {
+                        let (ty, t) = &found[0];
+                        diags.push(
+                            Diagnostic::new(
+                                Code::E008,
+                                x.span,
+                                format!(
+                                    "`{}` needs a number; `{}` is {} in `{ty}`",
+                                    name.name,
+                                    path_text(x),
+                                    t.describe()
+                                ),
+                            )
+                            .with_label_here("not a number"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_number(t: &FieldType) -> bool {
+    matches!(
+        t.ty,
+        Type::Int32 | Type::Int64 | Type::Float64 | Type::Timestamp
+    )
+}
+
+fn path_text(e: &Expr) -> String {
+    payload_path(e).map_or_else(String::new, |p| {
+        render(&p.segments.iter().map(|s| s.text()).collect::<Vec<_>>())
+    })
+}
+
 fn walk(e: &Expr, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
     match &e.kind {
+        // A payload field standing alone as a condition must be a boolean.
+        ExprKind::Path(_) => {
+            let Some(found) = side(e, &[], e.span, schemas, diags) else {
+                return;
+            };
+            if !found.iter().any(|(_, t)| t.ty == Type::Bool) {
+                let (ty, t) = &found[0];
+                let text = path_text(e);
+                diags.push(
+                    Diagnostic::new(
+                        Code::E008,
+                        e.span,
+                        format!("`{text}` is {} in `{ty}`, not a condition", t.describe()),
+                    )
+                    .with_label_here("expected true or false")
+                    .with_help(format!(
+                        "compare it, e.g. `{text} == ...`; a field alone must be a bool"
+                    )),
+                );
+            }
+        }
         ExprKind::Not(inner) => walk(inner, schemas, diags),
         ExprKind::Binary { op, lhs, rhs } => match op {
             BinOp::And | BinOp::Or => {
@@ -89,15 +171,16 @@ fn literal_kind(e: &Expr) -> Option<LiteralKind> {
     })
 }
 
-/// `e`, when it is a payload path, compared with `others`.
-fn side(
+/// `e`, when it is a payload path, compared with `others`; the types it
+/// has in the schemas that declare it, when it is in one.
+fn side<'s>(
     e: &Expr,
     others: &[&Expr],
     whole: Span,
-    schemas: &[(&str, &Schema)],
+    schemas: &[(&'s str, &Schema)],
     diags: &mut Vec<Diagnostic>,
-) {
-    let Some(path) = payload_path(e) else { return };
+) -> Option<Vec<(&'s str, FieldType)>> {
+    let path = payload_path(e)?;
     let keys: Vec<&str> = path.segments.iter().map(|s| s.text()).collect();
     let text = render(&keys);
     let mut found: Vec<(&str, FieldType)> = Vec::new();
@@ -137,7 +220,7 @@ fn side(
                     "the fields of {names} are declared under `types:` in the bindings file"
                 )),
         );
-        return;
+        return None;
     }
     for other in others {
         let Some(kind) = literal_kind(other) else {
@@ -165,6 +248,7 @@ fn side(
             .with_label(other.span, "of another type"),
         );
     }
+    Some(found)
 }
 
 /// `fields.a["k-1"]`, as the plan prints a payload operand.

@@ -7,8 +7,11 @@ use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 
 use crate::bindings::KeyDecl;
 use crate::expr::check_condition;
-use crate::model::{OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull};
+use crate::model::{
+    OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull, WindowSpec, Windowed,
+};
 use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
+use crate::window;
 
 /// One mention of a source, sink or queue name.
 #[derive(Debug, Clone)]
@@ -40,6 +43,8 @@ enum ArgValue {
     Condition(Predicate),
     Choice(String),
     Duration(std::time::Duration, Span),
+    /// Checked by the op's own checks (`window.rs`), which read the AST.
+    Deferred,
 }
 
 /// Checks one statement; its diagnostics go to `diags`, which holds only
@@ -60,8 +65,14 @@ pub(crate) fn check_statement(
     let mut stages = Vec::new();
     let mut modifiers = Vec::new();
     let mut on_error: Option<(&Op, String)> = None;
+    // A `Window` waiting for its `Aggregate`, and its spec when it checked.
+    let mut open_window: Option<(&Op, Option<WindowSpec>)> = None;
 
     for (index, op) in st.ops.iter().enumerate() {
+        if let Some((window, _)) = open_window.as_ref().filter(|_| op.name.name != "Aggregate") {
+            diags.push(window_alone(window));
+            open_window = None;
+        }
         let Some(spec) = find_op(&op.name.name) else {
             diags.push(
                 Diagnostic::new(
@@ -171,6 +182,30 @@ pub(crate) fn check_statement(
                 }
             }
             OpClass::Stage if after_out => diags.push(stage_after_out(op)),
+            OpClass::Stage if spec.name == "Window" => {
+                let checked = check_args(spec, op, diags)
+                    .and_then(|_| window::check_window(op, &mut out, diags));
+                open_window = Some((op, checked));
+            }
+            OpClass::Stage if spec.name == "Aggregate" => {
+                let Some((_, window)) = open_window.take() else {
+                    diags.push(
+                        Diagnostic::new(
+                            Code::E026,
+                            op.span,
+                            "`Aggregate` needs a `Window` right before it",
+                        )
+                        .with_label_here("no window")
+                        .with_help("for example `.Window(tumbling = 1m).Aggregate(as = \"Stats\", calls = Count())`"),
+                    );
+                    continue;
+                };
+                let aggregate =
+                    check_args(spec, op, diags).and_then(|_| window::check_aggregate(op, diags));
+                if let (Some(window), Some(aggregate)) = (window, aggregate) {
+                    stages.push(Stage::Aggregate(Box::new(Windowed { window, aggregate })));
+                }
+            }
             OpClass::Stage | OpClass::Modifier => {
                 let Some(args) = check_args(spec, op, diags) else {
                     continue;
@@ -186,6 +221,9 @@ pub(crate) fn check_statement(
         }
     }
 
+    if let Some((window, _)) = open_window {
+        diags.push(window_alone(window));
+    }
     if input.is_none() {
         diags.push(
             Diagnostic::new(
@@ -227,6 +265,16 @@ pub(crate) fn check_statement(
         }
     }
     out
+}
+
+fn window_alone(window: &Op) -> Diagnostic {
+    Diagnostic::new(
+        Code::E026,
+        window.span,
+        "`Window` must be followed directly by `Aggregate`",
+    )
+    .with_label_here("a window with nothing to compute")
+    .with_help("for example `.Window(tumbling = 1m).Aggregate(as = \"Stats\", calls = Count())`")
 }
 
 fn op_text(op: &Op) -> String {
@@ -309,7 +357,12 @@ fn check_args(spec: &OpSpec, op: &Op, diags: &mut Vec<Diagnostic>) -> Option<Vec
             continue;
         }
         seen.push(key);
-        let Some(param) = spec.named.iter().find(|p| p.name == key.name) else {
+        let Some(param) = spec
+            .named
+            .iter()
+            .find(|p| p.name == key.name)
+            .or(spec.other_named.as_ref())
+        else {
             ok = false;
             let mut d = Diagnostic::new(
                 Code::E008,
@@ -370,6 +423,7 @@ fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<A
         (ParamType::Number, ExprKind::Float(v)) => Some(ArgValue::Number(*v, e.span)),
         (ParamType::Condition, _) => return check_condition(e, diags).map(ArgValue::Condition),
         (ParamType::Duration, ExprKind::Duration(d)) => Some(ArgValue::Duration(*d, e.span)),
+        (ParamType::Keys | ParamType::Aggregate, _) => Some(ArgValue::Deferred),
         (ParamType::Choice(choices), _) => match e.as_name() {
             Some(n) if choices.contains(&n.name.as_str()) => Some(ArgValue::Choice(n.name.clone())),
             Some(n) => {

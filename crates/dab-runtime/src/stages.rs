@@ -160,6 +160,14 @@ pub fn compile_with(
     prior: Option<StageState>,
 ) -> Result<Compiled, String> {
     Ok(match s {
+        // Checked by the planner; the runtime's stateful stage is not built.
+        Stage::Aggregate(_) => {
+            return Err(
+                "`Window(...).Aggregate(...)` cannot run yet: `dab validate` checks it, \
+                 but the runtime has no window stage (issue 13)"
+                    .to_owned(),
+            )
+        }
         // The key was read when the set was checked (`dab_plan::model::Secret`).
         Stage::VerifySignature { secret, .. } => Compiled::VerifySignature {
             signer: Signer::new(secret.bytes()),

@@ -87,6 +87,11 @@ pub enum ExprKind {
     Duration(std::time::Duration),
     List(Vec<Expr>),
     Path(Path),
+    /// `Name(args)` as a value: an aggregate such as `Count()`.
+    Call {
+        name: Ident,
+        args: Vec<Expr>,
+    },
     Not(Box<Expr>),
     Binary {
         op: BinOp,
@@ -115,6 +120,7 @@ impl Expr {
             ExprKind::List(_) => "a list",
             ExprKind::Path(p) if p.segments.is_empty() => "a name",
             ExprKind::Path(_) => "a field path",
+            ExprKind::Call { .. } => "a call",
             ExprKind::Not(_) | ExprKind::Binary { .. } => "an expression",
         }
     }

@@ -333,7 +333,7 @@ impl Fast<'_, '_> {
         Some((binary(op, lhs, rhs), end))
     }
 
-    /// `primary = _{ "(" ~ expr ~ ")" | literal | list | path }`: the
+    /// `primary = _{ "(" ~ expr ~ ")" | literal | list | call | path }`: the
     /// expression and the end of its own pair (a path's includes the skip
     /// after it).
     fn primary(&mut self, i: usize) -> Option<(Expr, usize)> {
@@ -367,9 +367,9 @@ impl Fast<'_, '_> {
                         ));
                     }
                 }
-                self.path(i)
+                self.call_or_path(i)
             }
-            _ => self.path(i),
+            _ => self.call_or_path(i),
         }
     }
 
@@ -469,6 +469,25 @@ impl Fast<'_, '_> {
         Some((
             Expr {
                 kind: ExprKind::List(items),
+                span: self.span(i, end),
+            },
+            end,
+        ))
+    }
+
+    /// `call = { ident ~ "(" ~ (expr ~ ("," ~ expr)* ~ ","?)? ~ ")" }`,
+    /// tried before `path` as in `primary`.
+    fn call_or_path(&mut self, i: usize) -> Option<(Expr, usize)> {
+        let (name, end) = self.ident(i)?;
+        let open = self.skip(end);
+        if self.at(open) != b'(' {
+            return self.path(i);
+        }
+        let (args, at) = self.comma_list(self.skip(open + 1), b')', Self::expr)?;
+        let end = at + 1;
+        Some((
+            Expr {
+                kind: ExprKind::Call { name, args },
                 span: self.span(i, end),
             },
             end,

@@ -283,6 +283,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::cmp_op | Rule::kw_in => "a comparison",
         Rule::path_seg => "`.field`",
         Rule::list => "a list",
+        Rule::call => "a call such as `Count()`",
         Rule::duration | Rule::float | Rule::integer | Rule::boolean => "a value",
         Rule::EOI => "end of statement",
         _ => return None,
@@ -467,6 +468,21 @@ impl Cx {
                 let items = p.into_inner().map(|i| self.expr(i)).collect();
                 Expr {
                     kind: ExprKind::List(items),
+                    span,
+                }
+            }
+            Rule::call => {
+                let mut it = p.into_inner();
+                let name = it.next().map_or_else(
+                    || Ident {
+                        name: String::new(),
+                        span,
+                    },
+                    |n| self.ident(n),
+                );
+                let args = it.map(|a| self.expr(a)).collect();
+                Expr {
+                    kind: ExprKind::Call { name, args },
                     span,
                 }
             }

@@ -145,12 +145,28 @@ fn expr() -> impl Strategy<Value = Vec<String>> {
                 v.push(")".to_owned());
                 v
             }),
-            (proptest::collection::vec(inner, 0..3), any::<bool>()).prop_map(|(items, comma)| {
-                let mut v = vec!["[".to_owned()];
-                v.extend(comma_separated(&items, comma));
-                v.push("]".to_owned());
-                v
-            }),
+            (
+                proptest::collection::vec(inner.clone(), 0..3),
+                any::<bool>()
+            )
+                .prop_map(|(items, comma)| {
+                    let mut v = vec!["[".to_owned()];
+                    v.extend(comma_separated(&items, comma));
+                    v.push("]".to_owned());
+                    v
+                }),
+            // A call as a value: `Count()`, `Sum(fields.x)`, `P(x, 0.5,)`.
+            (
+                prop_oneof![Just("Count"), Just("Sum"), Just("x")],
+                proptest::collection::vec(inner, 0..3),
+                any::<bool>()
+            )
+                .prop_map(|(name, items, comma)| {
+                    let mut v = vec![name.to_owned(), "(".to_owned()];
+                    v.extend(comma_separated(&items, comma));
+                    v.push(")".to_owned());
+                    v
+                }),
         ]
     })
 }
