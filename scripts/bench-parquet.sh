@@ -13,7 +13,7 @@
 #  - for each max_open_writers in $WRITERS: `dab run` of
 #      r.NewPipeline().In(KIn).FilterType(ServerLogs).Out(Lake)
 #    with a kafka source and a parquet sink on s3://bench/<run> at moto
-#    (the sink's defaults: files commit at 5m or 256 MiB unacknowledged):
+#    (the sink's defaults: files commit at 5m or 64 MiB unacknowledged):
 #    when its /metrics (polled every 100 ms) says the source has read $N,
 #    it is stopped with SIGTERM, whose drain commits every open file;
 #    events/s from the first poll where dab_source_events_total > 0 to its

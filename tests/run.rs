@@ -1340,3 +1340,100 @@ fn a_boolean_payload_field_alone_is_a_condition() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+// Routing (SPEC section 10) -------------------------------------------------
+
+/// Which output the routes of `routing_first_match_wins_and_counts_each_route`
+/// send event `i` to: the reference decision, first match wins.
+fn route_of(i: u64) -> &'static str {
+    let level = ["error", "warn", "info"][(i % 3) as usize];
+    let host = ["a", "b"][(i % 2) as usize];
+    if level == "error" {
+        "Errors"
+    } else if host == "a" || i % 5 == 0 {
+        "HostA"
+    } else {
+        "Rest"
+    }
+}
+
+fn routed_line(i: u64) -> String {
+    let level = ["error", "warn", "info"][(i % 3) as usize];
+    let host = ["a", "b"][(i % 2) as usize];
+    format!(
+        r#"{{"timestamp":{},"host":"{host}","type":"Log","offset":{i},"pid":1,"message":"{{\"n\":{}}}","tags":{{"level":"{level}"}}}}"#,
+        1_700_000_000_000_000_000u64 + i,
+        i % 5
+    )
+}
+
+/// Three chained routes over TCP: each event lands in exactly the output
+/// the reference decision names (the first route that matches takes it,
+/// the rest go on to `Out`), byte for byte, and each route's counter
+/// says what it took.
+#[test]
+fn routing_first_match_wins_and_counts_each_route() {
+    const N: u64 = 6_000;
+    let dir = tmp();
+    let listen = free_addr();
+    let path = |name: &str| dir.path().join(format!("{name}.ndjson"));
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(TcpIn).\
+         Route(tags.level == \"error\", Errors).\
+         Route(host == \"a\", HostA).\
+         Route(fields.n == 0, HostA).\
+         Out(Rest)\n",
+        &format!(
+            "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n  Errors: {{ kind: file, path: {} }}\n  HostA: {{ kind: file, path: {} }}\n  Rest: {{ kind: file, path: {} }}\n",
+            yaml_path(&path("Errors")),
+            yaml_path(&path("HostA")),
+            yaml_path(&path("Rest")),
+        ),
+    );
+    let (mut dab, metrics) = start_with_metrics(dir.path(), &[]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let mut payload = String::new();
+    for i in 0..N {
+        payload.push_str(&routed_line(i));
+        payload.push('\n');
+    }
+    let mut conn = TcpStream::connect(&listen).expect("connect");
+    conn.write_all(payload.as_bytes()).expect("send");
+    drop(conn);
+
+    let count = |name: &str| (0..N).filter(|i| route_of(*i) == name).count() as f64;
+    // The second route takes host a; the third takes n == 0 of host b.
+    let second = (0..N)
+        .filter(|i| route_of(*i) == "HostA" && i % 2 == 0)
+        .count() as f64;
+    let route = |stage: usize, op: &str| {
+        format!("dab_route_events_total{{pipeline=\"t\",stage=\"{stage}\",op=\"{op}\"}}")
+    };
+    let first_op = route(0, r#"Route(tags.level == \"error\", Errors)"#);
+    let second_op = route(1, r#"Route(host == \"a\", HostA)"#);
+    let third_op = route(2, "Route(fields.n == 0, HostA)");
+    wait_metrics(
+        &metrics,
+        &[
+            ("dab_sink_events_total{sink=\"Errors\"}", count("Errors")),
+            ("dab_sink_events_total{sink=\"HostA\"}", count("HostA")),
+            ("dab_sink_events_total{sink=\"Rest\"}", count("Rest")),
+            (&first_op, count("Errors")),
+            (&second_op, second),
+            (&third_op, count("HostA") - second),
+        ],
+        Duration::from_secs(20),
+    );
+    dab.terminate();
+    assert_exit_0(&mut dab, EXIT);
+    for name in ["Errors", "HostA", "Rest"] {
+        let got = lines_by_offset(&file_lines(&path(name)));
+        let want: BTreeMap<u64, String> = (0..N)
+            .filter(|i| route_of(*i) == name)
+            .map(|i| (i, routed_line(i)))
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "the events of `{name}`");
+    }
+}

@@ -389,7 +389,7 @@ static KINDS: &[KindSpec] = &[
                 .within(1, HOUR_MS),
             opt("max_open_writers", FieldType::Int, "files open at once, late hours included (default 16)")
                 .within(1, 1024),
-            opt("max_unacked_bytes", FieldType::Int, "events held unacknowledged until their files commit; at this many bytes every open file is committed (default 256 MiB)")
+            opt("max_unacked_bytes", FieldType::Int, "events held unacknowledged until their files commit; at this many bytes every open file is committed (default 64 MiB)")
                 .within(1024, 64 * 1024 * 1024 * 1024),
             opt("s3_endpoint", FieldType::Str, "http(s)://host:port of an S3-compatible server (default: AWS)"),
             opt("s3_region", FieldType::Str, "the bucket's region (default us-east-1)"),

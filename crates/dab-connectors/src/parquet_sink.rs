@@ -82,7 +82,7 @@ pub const DEFAULT_MAX_OPEN_WRITERS: usize = 16;
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 * 1024 * 1024;
 const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(300);
 /// Default bound on the events held unacknowledged until their files commit.
-pub const DEFAULT_MAX_UNACKED_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
 /// The sink's settings, once read.
 #[derive(Debug, Clone)]
 pub struct ParquetConfig {

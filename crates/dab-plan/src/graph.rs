@@ -21,19 +21,22 @@ pub enum Node {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edge {
     Flow,
     /// Excess events of a rate limit with `on_limit = overflow`.
     Overflow,
     /// Events that came after their window closed (`Window(late = Name)`).
     Late,
+    /// Events a `Route` takes; labelled with its condition.
+    Route(String),
 }
 
 /// The side edge of a stage that sends some events elsewhere.
 fn side_edge(s: &crate::model::Stage) -> Edge {
     match s {
         crate::model::Stage::Aggregate(_) => Edge::Late,
+        crate::model::Stage::Route { predicate, .. } => Edge::Route(predicate.to_string()),
         _ => Edge::Overflow,
     }
 }
@@ -158,9 +161,10 @@ pub fn to_dot(g: &Dag) -> String {
     }
     for e in g.edge_references() {
         let style = match e.weight() {
-            Edge::Flow => "",
-            Edge::Overflow => " [style=dashed, label=\"overflow\"]",
-            Edge::Late => " [style=dashed, label=\"late\"]",
+            Edge::Flow => String::new(),
+            Edge::Overflow => " [style=dashed, label=\"overflow\"]".to_owned(),
+            Edge::Late => " [style=dashed, label=\"late\"]".to_owned(),
+            Edge::Route(cond) => format!(" [label=\"{}\"]", escape(cond)),
         };
         let _ = writeln!(
             out,
@@ -204,9 +208,10 @@ pub fn to_mermaid(g: &Dag) -> String {
     }
     for e in g.edge_references() {
         let arrow = match e.weight() {
-            Edge::Flow => "-->",
-            Edge::Overflow => "-. overflow .->",
-            Edge::Late => "-. late .->",
+            Edge::Flow => "-->".to_owned(),
+            Edge::Overflow => "-. overflow .->".to_owned(),
+            Edge::Late => "-. late .->".to_owned(),
+            Edge::Route(cond) => format!("-- \"{}\" -->", m(cond)),
         };
         let _ = writeln!(
             out,

@@ -110,6 +110,12 @@ pub enum Stage {
     Dedup {
         within: std::time::Duration,
     },
+    /// `Route(cond, Name)` (SPEC section 10): the events for which `cond`
+    /// holds leave the pipeline for `target`.
+    Route {
+        predicate: Predicate,
+        target: String,
+    },
     /// `Window(...)` directly followed by `Aggregate(...)` (SPEC section 9):
     /// one stateful stage.
     Aggregate(Box<Windowed>),
@@ -245,6 +251,7 @@ impl Stage {
                 ..
             } => Some(name),
             Stage::Aggregate(w) => w.window.late.as_deref(),
+            Stage::Route { target, .. } => Some(target),
             _ => None,
         }
     }
@@ -269,6 +276,7 @@ impl Stage {
             }
             Stage::VerifySignature { key, .. } => format!("VerifySignature(key = {key})"),
             Stage::Dedup { within } => format!("Dedup(within = {}s)", within.as_secs()),
+            Stage::Route { predicate, target } => format!("Route({predicate}, {target})"),
             Stage::Aggregate(w) => {
                 let window = match w.window.kind {
                     WindowKind::Tumbling { size } => format!("tumbling = {size:?}"),

@@ -175,6 +175,26 @@ static OPERATORS: &[OpSpec] = &[
         doc: "Keep events for which the condition is true",
     },
     OpSpec {
+        name: "Route",
+        class: OpClass::Stage,
+        positional: &[
+            Param {
+                name: "condition",
+                ty: ParamType::Condition,
+                doc: "a boolean expression over event fields and tags",
+            },
+            Param {
+                name: "name",
+                ty: ParamType::Name,
+                doc: "the sink or queue that takes the events for which it holds",
+            },
+        ],
+        variadic: false,
+        named: &[],
+        other_named: None,
+        doc: "Send the events for which the condition holds to a sink or queue; the rest go on. Of chained routes, the first that matches takes the event",
+    },
+    OpSpec {
         name: "WithSampleRate",
         class: OpClass::Modifier,
         positional: &[Param {

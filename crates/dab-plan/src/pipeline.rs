@@ -523,6 +523,30 @@ fn build_stage(
             }
             Some(Stage::FilterType { types })
         }
+        "Route" => {
+            let mut args = args.into_iter();
+            let (Some(ArgValue::Condition(predicate)), Some(ArgValue::Name(target))) =
+                (args.next(), args.next())
+            else {
+                return None;
+            };
+            out.uses.push(NameUse {
+                name: target.name.clone(),
+                span: target.span,
+                write: true,
+            });
+            if predicate == Predicate::Const(false) {
+                diags.push(
+                    Diagnostic::new(Code::W002, op.span, "`Route(false, ...)` takes no event")
+                        .with_label_here("no effect")
+                        .with_help("remove it"),
+                );
+            }
+            Some(Stage::Route {
+                predicate,
+                target: target.name,
+            })
+        }
         "Filter" => {
             let predicate = args.into_iter().find_map(|a| match a {
                 ArgValue::Condition(p) => Some(p),

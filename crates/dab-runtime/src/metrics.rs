@@ -217,6 +217,8 @@ pub struct StageMetrics {
     pub label: String,
     pub events_in: Counter,
     pub events_out: Counter,
+    /// Events a `Route` took (`dab_route_events_total`).
+    pub routed: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -588,6 +590,25 @@ impl Metrics {
                     esc(&s.label),
                     s.events_out.get()
                 );
+            }
+        }
+        family(
+            &mut o,
+            "dab_route_events_total",
+            "counter",
+            "Events a Route took out of its pipeline, to its target",
+        );
+        for p in &pipelines {
+            for (i, s) in p.stages.iter().enumerate() {
+                if s.label.starts_with("Route(") {
+                    let _ = writeln!(
+                        o,
+                        "dab_route_events_total{{pipeline=\"{}\",stage=\"{i}\",op=\"{}\"}} {}",
+                        esc(&p.id),
+                        esc(&s.label),
+                        s.routed.get()
+                    );
+                }
             }
         }
         family(

@@ -177,6 +177,9 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
         s.apply_tracked(&mut batch, m, tracker).await;
         if let Some(sm) = m.stages.get(i) {
             sm.events_out.add(batch.len() as u64);
+            if s.routes() {
+                sm.routed.add(n - batch.len() as u64);
+            }
         }
         if batch.is_empty() {
             break;

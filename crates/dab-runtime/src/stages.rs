@@ -42,6 +42,12 @@ pub enum Compiled {
     /// Shared with the same op of the pipeline a reload replaced, so that
     /// a rebuild does not forget the UIDs seen in the window.
     Dedup(Arc<Mutex<Dedup>>),
+    /// `Route(cond, Name)`: the events for which `cond` holds go to
+    /// `target` and leave the batch.
+    Route {
+        predicate: Predicate,
+        target: OutputTx,
+    },
 }
 
 /// The state of an op that outlives a reload which leaves the op unchanged:
@@ -131,6 +137,7 @@ impl std::fmt::Debug for Compiled {
             Compiled::RateLimit { .. } => "RateLimit",
             Compiled::VerifySignature { .. } => "VerifySignature",
             Compiled::Dedup(_) => "Dedup",
+            Compiled::Route { .. } => "Route",
         })
     }
 }
@@ -184,6 +191,11 @@ pub fn compile_with(
                 .collect(),
         ),
         Stage::Filter { predicate } => Compiled::Filter(predicate.clone()),
+        Stage::Route { predicate, target } => Compiled::Route {
+            predicate: predicate.clone(),
+            target: overflow(target)
+                .ok_or_else(|| format!("the route target `{target}` was not built"))?,
+        },
         Stage::Sample { rate, salt } => Compiled::Sample {
             rate: *rate,
             salt: *salt,
@@ -216,6 +228,12 @@ pub fn compile_with(
 }
 
 impl Compiled {
+    /// True for a `Route`, whose events out of the stage are fewer than in
+    /// by what it took.
+    pub fn routes(&self) -> bool {
+        matches!(self, Compiled::Route { .. })
+    }
+
     /// What a reload that keeps this op hands to its successor.
     pub fn state(&self) -> Option<StageState> {
         match self {
@@ -283,6 +301,20 @@ impl Compiled {
             Compiled::Filter(p) => {
                 keep_where(&mut batch.events, tracker, |e| eval(p, e));
                 m.dropped(DropReason::Filter, (before - batch.events.len()) as u64);
+            }
+            Compiled::Route { predicate, target } => {
+                if !batch.events.iter().any(|e| eval(predicate, e)) {
+                    return;
+                }
+                let (taken, rest): (Vec<_>, Vec<_>) =
+                    batch.events.drain(..).partition(|e| eval(predicate, e));
+                batch.events = rest;
+                // The taken events share the batch's acknowledgement: the
+                // source hears "delivered" once both parts are.
+                if let Err(b) = target.send(Batch::new(taken, batch.ack.share())).await {
+                    m.undelivered.add(Undelivered::ReaderGone, b.len() as u64);
+                    b.ack.fail();
+                }
             }
             Compiled::Sample { rate, salt, tag } => {
                 keep_where(&mut batch.events, tracker, |e| keep(e, *rate, *salt));
