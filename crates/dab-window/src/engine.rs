@@ -556,7 +556,10 @@ impl Engine {
         changed
             .into_iter()
             .map(|(key, e)| {
+                // The flag is part of the saved entry, so the entry must be
+                // written again for a restore to emit the same partials.
                 e.early_dirty = false;
+                e.dirty = true;
                 WindowResult {
                     start: e.start,
                     end: e.end,
