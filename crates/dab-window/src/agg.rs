@@ -195,11 +195,7 @@ impl AggState {
         match (self, other) {
             (AggState::Count(a), AggState::Count(b))
             | (AggState::CountIf(a), AggState::CountIf(b)) => *a = a.saturating_add(b),
-            (AggState::Sum(a), AggState::Sum(b)) => {
-                if let Some(b) = b {
-                    *a = Some(a.map_or(b, |a| a.add(b)));
-                }
-            }
+            (AggState::Sum(a), AggState::Sum(Some(b))) => *a = Some(a.map_or(b, |a| a.add(b))),
             (AggState::Min(a), AggState::Min(Some(b))) => keep_if(a, b, |x, y| x.lt(y)),
             (AggState::Max(a), AggState::Max(Some(b))) => keep_if(a, b, |x, y| y.lt(x)),
             (AggState::Avg { sum, n }, AggState::Avg { sum: s2, n: n2 }) => {

@@ -83,6 +83,9 @@ pub struct Dirty {
 struct Entry {
     start: i64,
     end: i64,
+    /// The latest event time (sessions only: the end saturates at
+    /// i64::MAX, this does not).
+    last: i64,
     aggs: Vec<AggState>,
     /// Changed since the last `take_dirty`.
     dirty: bool,
@@ -223,6 +226,23 @@ impl Engine {
         self.wm = self.wm.max(to);
     }
 
+    /// Makes partition `id` known before its first event (e.g. when a
+    /// Kafka partition is assigned): until it has an event or goes idle it
+    /// holds the watermark where it is. Without this, a partition holds the
+    /// watermark only from its first event on.
+    pub fn register_partition(&mut self, id: u32, now: i64) {
+        if let Err(i) = self.parts.binary_search_by_key(&id, |p| p.id) {
+            self.parts.insert(
+                i,
+                Part {
+                    id,
+                    max_ts: i64::MIN,
+                    last_arrival: now,
+                },
+            );
+        }
+    }
+
     fn note_partition(&mut self, id: u32, ts: i64, now: i64) {
         let raised = match self.parts.binary_search_by_key(&id, |p| p.id) {
             Ok(i) => {
@@ -347,6 +367,7 @@ impl Engine {
                     groups.entry(ev.key.into()).or_insert(Entry {
                         start,
                         end,
+                        last: end,
                         aggs,
                         dirty: true,
                         early_dirty: true,
@@ -370,6 +391,12 @@ impl Engine {
         }
         let lo = ev.time;
         let hi = ev.time.saturating_add(gap);
+        // Overlap is decided in i128: near i64::MAX the ends saturate.
+        let (lo_w, hi_w, gap_w) = (
+            i128::from(lo),
+            i128::from(lo) + i128::from(gap),
+            i128::from(gap),
+        );
         let fresh = self.fresh_aggs();
         let seq = self.seq;
         let track = self.spec.track_changes;
@@ -383,9 +410,9 @@ impl Engine {
             None => groups.entry(ev.key.into()).or_default(),
         };
         // Sessions overlapping [lo, hi): a contiguous run.
-        let first = sessions.partition_point(|s| s.end <= lo);
+        let first = sessions.partition_point(|s| i128::from(s.last) + gap_w <= lo_w);
         let mut last = first;
-        while last < sessions.len() && sessions[last].start < hi {
+        while last < sessions.len() && i128::from(sessions[last].start) < hi_w {
             last += 1;
         }
         if first == last {
@@ -398,6 +425,7 @@ impl Engine {
             let mut e = Entry {
                 start: lo,
                 end: hi,
+                last: lo,
                 aggs: fresh,
                 dirty: true,
                 early_dirty: true,
@@ -417,12 +445,14 @@ impl Engine {
             }
             self.entries -= 1;
             base.end = base.end.max(other.end);
+            base.last = base.last.max(other.last);
             for (a, b) in base.aggs.iter_mut().zip(other.aggs) {
                 a.merge(b);
             }
         }
         base.start = base.start.min(lo);
         base.end = base.end.max(hi);
+        base.last = base.last.max(lo);
         if base.start != old_start && track {
             self.deleted.push(entry_key(old_start, ev.key));
         }
@@ -513,7 +543,9 @@ impl Engine {
                     !sessions.is_empty()
                 });
                 self.min_session_end = min_end;
-                closed.sort_unstable_by(|a, b| (a.1.end, &a.0).cmp(&(b.1.end, &b.0)));
+                closed.sort_unstable_by(|a, b| {
+                    (a.1.end, &a.0, a.1.start).cmp(&(b.1.end, &b.0, b.1.start))
+                });
             }
         }
         self.entries -= closed.len();
@@ -551,7 +583,7 @@ impl Engine {
                 }
             }
         }
-        changed.sort_unstable_by(|a, b| (a.1.end, a.0).cmp(&(b.1.end, b.0)));
+        changed.sort_unstable_by(|a, b| (a.1.end, a.0, a.1.start).cmp(&(b.1.end, b.0, b.1.start)));
         let aggs = &self.spec.aggs;
         changed
             .into_iter()
@@ -791,6 +823,7 @@ fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut w = Writer::default();
     w.u8(ENTRY_VERSION);
     w.i64(e.end);
+    w.i64(e.last);
     w.u8(u8::from(e.early_dirty));
     w.var(e.aggs.len() as u64);
     for a in &e.aggs {
@@ -809,6 +842,7 @@ fn decode_entry(aggs: &[(String, AggFn)], start: i64, b: &[u8]) -> Result<Entry,
         });
     }
     let end = r.i64("window end")?;
+    let last = r.i64("latest time")?;
     let at = r.pos();
     let early_dirty = match r.u8("entry flags")? {
         0 => false,
@@ -835,6 +869,7 @@ fn decode_entry(aggs: &[(String, AggFn)], start: i64, b: &[u8]) -> Result<Entry,
     Ok(Entry {
         start,
         end,
+        last,
         aggs: states,
         dirty: false,
         early_dirty,

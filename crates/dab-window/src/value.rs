@@ -95,10 +95,9 @@ impl Value<'_> {
             }
             Value::Float(f) => {
                 // Exactly integral floats within i64 range are stored as ints.
-                if f.fract() == 0.0
-                    && f >= -9.223_372_036_854_775_808e18
-                    && f < 9.223_372_036_854_775_808e18
-                {
+                // 2^63 is exact in f64; [-2^63, 2^63) is the i64 range.
+                const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+                if f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f) {
                     out.push(1);
                     out.extend_from_slice(&(f as i64).to_le_bytes());
                 } else {

@@ -95,6 +95,9 @@ fn absorb(engine: &mut Engine, e: &Ev) -> Absorb {
     })
 }
 
+/// An event with its index in arrival order.
+type Indexed<'a> = (usize, &'a Ev);
+
 /// The reference's aggregates over the events of one window, in arrival order.
 fn reference_values(evs: &[(usize, &Ev)]) -> Vec<AggValue> {
     let nums: Vec<&Num> = evs.iter().filter_map(|(_, e)| e.x.as_ref()).collect();
@@ -191,7 +194,7 @@ fn reference(spec: &WindowSpec, ops: &[Op]) -> (Vec<WindowResult>, Vec<Absorb>) 
     let mut wm = RefWatermark::default();
     let mut verdicts = Vec::new();
     // (start, end, key) -> events, for fixed windows; key -> events for sessions.
-    let mut fixed: BTreeMap<(i64, i64, Vec<u8>), Vec<(usize, &Ev)>> = BTreeMap::new();
+    let mut fixed: BTreeMap<(i64, i64, Vec<u8>), Vec<Indexed<'_>>> = BTreeMap::new();
     let mut kept: BTreeMap<Vec<u8>, Vec<(usize, &Ev)>> = BTreeMap::new();
     let evs = ops.iter().filter_map(|o| match o {
         Op::Ev(e) => Some(e),
