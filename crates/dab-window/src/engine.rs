@@ -273,15 +273,16 @@ impl Engine {
     /// event never makes itself late.
     pub fn absorb(&mut self, ev: &Event<'_>) -> Absorb {
         self.note_partition(ev.partition, ev.time, ev.arrival);
-        self.seq += 1;
+        // Wrapping and saturating: restored bookkeeping may hold anything.
+        self.seq = self.seq.wrapping_add(1);
         let out = match self.spec.kind {
             WindowKind::Tumbling { size } => self.absorb_fixed(ev, size, size),
             WindowKind::Sliding { size, every } => self.absorb_fixed(ev, size, every),
             WindowKind::Session { gap } => self.absorb_session(ev, gap),
         };
         match out {
-            Absorb::Late => self.late += 1,
-            Absorb::Overflow => self.overflow += 1,
+            Absorb::Late => self.late = self.late.saturating_add(1),
+            Absorb::Overflow => self.overflow = self.overflow.saturating_add(1),
             Absorb::Absorbed => {}
         }
         out
@@ -712,18 +713,31 @@ impl Engine {
             };
             let (start, group) = split_key(k).map_err(wrap)?;
             let e = decode_entry(&engine.spec.aggs, start, v).map_err(wrap)?;
-            engine.entries += 1;
+            let duplicate = || {
+                wrap(DecodeError::Invalid {
+                    what: "entry key (given twice)",
+                    at: 0,
+                })
+            };
             match &mut engine.store {
                 Store::Fixed(windows) => {
-                    windows.entry(start).or_default().insert(group.into(), e);
+                    let groups = windows.entry(start).or_default();
+                    if groups.contains_key(group) {
+                        return Err(duplicate());
+                    }
+                    groups.insert(group.into(), e);
                 }
                 Store::Session(groups) => {
                     engine.min_session_end = engine.min_session_end.min(e.end);
                     let sessions = groups.entry(group.into()).or_default();
                     let at = sessions.partition_point(|s| s.start < start);
+                    if sessions.get(at).is_some_and(|s| s.start == start) {
+                        return Err(duplicate());
+                    }
                     sessions.insert(at, e);
                 }
             }
+            engine.entries += 1;
         }
         Ok(engine)
     }

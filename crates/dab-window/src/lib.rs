@@ -4,9 +4,7 @@
 //! I/O. The caller hands it, per event, a partition id, a time in ns, the
 //! current arrival time, a group key as bytes and one [`Value`] per
 //! aggregate; it hands back [`WindowResult`]s and state as bytes.
-//!
-//! See README.md beside this crate for the rules (alignment, watermarks,
-//! lateness, sketches, state format).
+#![doc = include_str!("../README.md")]
 
 mod agg;
 mod codec;

@@ -57,7 +57,8 @@ fn fold(store: &mut BTreeMap<i32, u64>) {
     while store.len() > MAX_BUCKETS {
         if let Some((_, c)) = store.pop_first() {
             if let Some(mut e) = store.first_entry() {
-                *e.get_mut() += c;
+                let v = e.get_mut();
+                *v = v.saturating_add(c);
             }
         }
     }
@@ -68,30 +69,33 @@ impl Sketch {
         if !x.is_finite() {
             return;
         }
-        self.count += 1;
+        // Saturating throughout: a restored sketch may hold any counts.
+        self.count = self.count.saturating_add(1);
         let mag = x.abs();
         if mag < MIN_MAGNITUDE {
-            self.zero += 1;
-        } else if x > 0.0 {
-            *self.pos.entry(index(mag)).or_insert(0) += 1;
-            fold(&mut self.pos);
+            self.zero = self.zero.saturating_add(1);
         } else {
-            *self.neg.entry(index(mag)).or_insert(0) += 1;
-            fold(&mut self.neg);
+            let store = if x > 0.0 {
+                &mut self.pos
+            } else {
+                &mut self.neg
+            };
+            let c = store.entry(index(mag)).or_insert(0);
+            *c = c.saturating_add(1);
+            fold(store);
         }
     }
 
     pub(crate) fn merge(&mut self, other: &Sketch) {
-        for (k, c) in &other.pos {
-            *self.pos.entry(*k).or_insert(0) += c;
+        for (mine, theirs) in [(&mut self.pos, &other.pos), (&mut self.neg, &other.neg)] {
+            for (k, c) in theirs {
+                let e = mine.entry(*k).or_insert(0);
+                *e = e.saturating_add(*c);
+            }
+            fold(mine);
         }
-        for (k, c) in &other.neg {
-            *self.neg.entry(*k).or_insert(0) += c;
-        }
-        fold(&mut self.pos);
-        fold(&mut self.neg);
-        self.zero += other.zero;
-        self.count += other.count;
+        self.zero = self.zero.saturating_add(other.zero);
+        self.count = self.count.saturating_add(other.count);
     }
 
     /// The `p` quantile (0 <= p <= 1), or `None` for an empty sketch.
@@ -103,17 +107,17 @@ impl Sketch {
         let mut seen = 0u64;
         // Ascending order: the most negative first.
         for (k, c) in self.neg.iter().rev() {
-            seen += c;
+            seen = seen.saturating_add(*c);
             if seen > rank {
                 return Some(-value_of(*k));
             }
         }
-        seen += self.zero;
+        seen = seen.saturating_add(self.zero);
         if seen > rank {
             return Some(0.0);
         }
         for (k, c) in &self.pos {
-            seen += c;
+            seen = seen.saturating_add(*c);
             if seen > rank {
                 return Some(value_of(*k));
             }

@@ -474,6 +474,16 @@ fn extreme_time() -> impl Strategy<Value = i64> {
     ]
 }
 
+/// Whatever a restore accepted must then run without panicking.
+fn use_after_restore(e: &mut Engine) {
+    for t in [1, 5, 100, i64::MAX] {
+        e.absorb(&ev(0, t, t, b"k", &[Value::Float(2.0); 10]));
+        e.poll(t);
+    }
+    let _ = e.take_dirty();
+    let _ = e.flush();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -514,7 +524,9 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let s = spec(WindowKind::Session { gap: 10 }, &all_aggs());
-        let _ = Engine::restore(s.clone(), [(key.clone(), value)], &book);
+        if let Ok(mut e) = Engine::restore(s.clone(), [(key.clone(), value)], &book) {
+            use_after_restore(&mut e);
+        }
         // And a real entry with one byte changed.
         let mut e = Engine::new(s.clone()).unwrap();
         e.absorb(&ev(0, 1, 0, b"k", &[Value::Str("x"); 10]));
@@ -522,6 +534,8 @@ proptest! {
         let good_book = e.encode_bookkeeping();
         let i = flip.index(entries[0].1.len());
         entries[0].1[i] ^= 0x5a;
-        let _ = Engine::restore(s, entries, &good_book);
+        if let Ok(mut e) = Engine::restore(s, entries, &good_book) {
+            use_after_restore(&mut e);
+        }
     }
 }
