@@ -722,10 +722,12 @@ impl Engine {
             match &mut engine.store {
                 Store::Fixed(windows) => {
                     let groups = windows.entry(start).or_default();
-                    if groups.contains_key(group) {
-                        return Err(duplicate());
+                    match groups.entry(group.into()) {
+                        std::collections::hash_map::Entry::Occupied(_) => return Err(duplicate()),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(e);
+                        }
                     }
-                    groups.insert(group.into(), e);
                 }
                 Store::Session(groups) => {
                     engine.min_session_end = engine.min_session_end.min(e.end);

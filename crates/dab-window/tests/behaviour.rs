@@ -222,6 +222,7 @@ fn distinct_past_the_bound_is_a_hyperloglog_estimate_within_three_standard_error
         };
         assert!(!exact, "n = {n} is past the exact bound");
         let err = (count as f64 - n as f64).abs() / n as f64;
+        eprintln!("distinct n = {n}: estimate {count}, relative error {err:.4}");
         assert!(
             err <= 3.0 * HLL_STANDARD_ERROR,
             "n = {n}: estimate {count}, relative error {err}"
