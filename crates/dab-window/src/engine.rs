@@ -135,6 +135,10 @@ pub fn entry_key(start: i64, group: &[u8]) -> Vec<u8> {
     k
 }
 
+fn fresh_aggs(aggs: &[(String, AggFn)]) -> Vec<AggState> {
+    aggs.iter().map(|(_, f)| AggState::new(f)).collect()
+}
+
 fn split_key(key: &[u8]) -> Result<(i64, &[u8]), DecodeError> {
     let (s, g) = key.split_at_checked(8).ok_or(DecodeError::Truncated {
         what: "entry key",
@@ -299,14 +303,6 @@ impl Engine {
         }
     }
 
-    fn fresh_aggs(&self) -> Vec<AggState> {
-        self.spec
-            .aggs
-            .iter()
-            .map(|(_, f)| AggState::new(f))
-            .collect()
-    }
-
     fn absorb_fixed(&mut self, ev: &Event<'_>, size: i64, every: i64) -> Absorb {
         // Window starts k * every with start <= t < start + size, latest first;
         // computed in i128 so that no timestamp overflows.
@@ -357,12 +353,7 @@ impl Engine {
             let entry = match groups.get_mut(ev.key) {
                 Some(e) => e,
                 None => {
-                    let aggs = self
-                        .spec
-                        .aggs
-                        .iter()
-                        .map(|(_, f)| AggState::new(f))
-                        .collect();
+                    let aggs = fresh_aggs(&self.spec.aggs);
                     let end = clamp(i128::from(start) + i128::from(size));
                     self.entries += 1;
                     groups.entry(ev.key.into()).or_insert(Entry {
@@ -398,7 +389,7 @@ impl Engine {
             i128::from(lo) + i128::from(gap),
             i128::from(gap),
         );
-        let fresh = self.fresh_aggs();
+        let spec_aggs = &self.spec.aggs;
         let seq = self.seq;
         let track = self.spec.track_changes;
         let full = self.entries >= self.spec.max_groups;
@@ -427,7 +418,7 @@ impl Engine {
                 start: lo,
                 end: hi,
                 last: lo,
-                aggs: fresh,
+                aggs: fresh_aggs(spec_aggs),
                 dirty: true,
                 early_dirty: true,
             };
