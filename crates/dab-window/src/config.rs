@@ -8,7 +8,8 @@ pub enum WindowKind {
     /// Back-to-back windows `[k * size, (k + 1) * size)`.
     Tumbling { size: i64 },
     /// Windows `[k * every, k * every + size)`: each event belongs to
-    /// `size / every` windows (rounded up). `every <= size`.
+    /// `size / every` windows (rounded down or up by position when `every`
+    /// does not divide `size`). `every <= size`.
     Sliding { size: i64, every: i64 },
     /// Per group, a window that grows while events come less than `gap`
     /// apart: the session of events `t1 <= ... <= tn` is `[t1, tn + gap)`.
