@@ -150,6 +150,10 @@ fn split_key(key: &[u8]) -> Result<(i64, &[u8]), DecodeError> {
 }
 
 const ENTRY_VERSION: u8 = 1;
+const DUPLICATE: DecodeError = DecodeError::Invalid {
+    what: "entry key (given twice)",
+    at: 0,
+};
 const BOOK_VERSION: u8 = 1;
 
 impl Engine {
@@ -696,6 +700,10 @@ impl Engine {
         engine
             .decode_bookkeeping(bookkeeping)
             .map_err(RestoreError::Bookkeeping)?;
+        // Fixed windows: decode everything first, so that each window's
+        // map is built at its final size instead of growing through a
+        // million inserts.
+        let mut fixed: Vec<(i64, Box<[u8]>, Entry)> = Vec::new();
         for (k, v) in entries {
             let (k, v) = (k.as_ref(), v.as_ref());
             let wrap = |error| RestoreError::Entry {
@@ -704,33 +712,51 @@ impl Engine {
             };
             let (start, group) = split_key(k).map_err(wrap)?;
             let e = decode_entry(&engine.spec.aggs, start, v).map_err(wrap)?;
-            let duplicate = || {
-                wrap(DecodeError::Invalid {
-                    what: "entry key (given twice)",
-                    at: 0,
-                })
-            };
             match &mut engine.store {
-                Store::Fixed(windows) => {
-                    let groups = windows.entry(start).or_default();
-                    match groups.entry(group.into()) {
-                        std::collections::hash_map::Entry::Occupied(_) => return Err(duplicate()),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(e);
-                        }
-                    }
-                }
+                Store::Fixed(_) => fixed.push((start, group.into(), e)),
                 Store::Session(groups) => {
                     engine.min_session_end = engine.min_session_end.min(e.end);
                     let sessions = groups.entry(group.into()).or_default();
                     let at = sessions.partition_point(|s| s.start < start);
                     if sessions.get(at).is_some_and(|s| s.start == start) {
-                        return Err(duplicate());
+                        return Err(wrap(DUPLICATE));
                     }
                     sessions.insert(at, e);
+                    engine.entries += 1;
                 }
             }
-            engine.entries += 1;
+        }
+        if let Store::Fixed(windows) = &mut engine.store {
+            // A store hands entries in key order, i.e. by window start:
+            // then this sort only checks that.
+            fixed.sort_by_key(|(start, _, _)| *start);
+            let mut runs: Vec<(i64, usize)> = Vec::new();
+            for (start, _, _) in &fixed {
+                match runs.last_mut() {
+                    Some((s, n)) if s == start => *n += 1,
+                    _ => runs.push((*start, 1)),
+                }
+            }
+            let mut rest = fixed.into_iter();
+            for (start, n) in runs {
+                let groups = windows.entry(start).or_default();
+                groups.reserve(n);
+                for (_, group, e) in rest.by_ref().take(n) {
+                    match groups.entry(group) {
+                        std::collections::hash_map::Entry::Occupied(o) => {
+                            let key = entry_key(start, o.key());
+                            return Err(RestoreError::Entry {
+                                key,
+                                error: DUPLICATE,
+                            });
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(e);
+                        }
+                    }
+                    engine.entries += 1;
+                }
+            }
         }
         Ok(engine)
     }

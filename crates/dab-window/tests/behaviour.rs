@@ -434,6 +434,31 @@ fn restore_refuses_a_changed_configuration() {
     assert!(err.contains("aggregate tag"), "{err}");
 }
 
+#[test]
+fn restore_refuses_an_entry_given_twice() {
+    for kind in [
+        WindowKind::Tumbling { size: 10 },
+        WindowKind::Session { gap: 10 },
+    ] {
+        let s = spec(kind, &[("n", AggFn::Count)]);
+        let mut e = Engine::new(s.clone()).unwrap();
+        e.absorb(&ev(0, 1, 0, b"k", &[Value::Absent]));
+        e.absorb(&ev(0, 1, 0, b"j", &[Value::Absent]));
+        let mut entries = e.snapshot();
+        let book = e.encode_bookkeeping();
+        assert_eq!(
+            Engine::restore(s.clone(), entries.clone(), &book)
+                .unwrap()
+                .stats()
+                .open_entries,
+            2
+        );
+        entries.push(entries[0].clone());
+        let err = Engine::restore(s, entries, &book).unwrap_err().to_string();
+        assert!(err.contains("given twice"), "{kind:?}: {err}");
+    }
+}
+
 fn all_aggs() -> Vec<(&'static str, AggFn)> {
     vec![
         ("c", AggFn::Count),
