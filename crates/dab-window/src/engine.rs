@@ -312,7 +312,9 @@ impl Engine {
         // computed in i128 so that no timestamp overflows.
         let t = i128::from(ev.time);
         let step = i128::from(every);
-        let last = t.div_euclid(step) * step;
+        // An i64 division (an i128 one costs more); it cannot overflow as
+        // every > 0.
+        let last = i128::from(ev.time.div_euclid(every)) * step;
         let clamp = |x: i128| x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         let mut open: [i64; 4] = [0; 4];
         let mut many: Vec<i64> = Vec::new();
@@ -344,12 +346,16 @@ impl Engine {
         let Store::Fixed(windows) = &mut self.store else {
             return Absorb::Late;
         };
-        let missing = starts
-            .iter()
-            .filter(|st| windows.get(st).is_none_or(|g| !g.contains_key(ev.key)))
-            .count();
-        if missing > 0 && self.entries + missing > self.spec.max_groups {
-            return Absorb::Overflow;
+        // Only near the bound is it worth looking up which entries are new
+        // (an extra lookup per window on the hot path otherwise).
+        if self.entries + starts.len() > self.spec.max_groups {
+            let missing = starts
+                .iter()
+                .filter(|st| windows.get(st).is_none_or(|g| !g.contains_key(ev.key)))
+                .count();
+            if missing > 0 && self.entries + missing > self.spec.max_groups {
+                return Absorb::Overflow;
+            }
         }
         let seq = self.seq;
         for &start in starts {
