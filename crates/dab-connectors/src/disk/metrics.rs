@@ -105,8 +105,8 @@ impl ConnectorMetrics for DiskQueueMetrics {
             m.oldest_unacked_age.map_or(0.0, |d| d.as_secs_f64()),
         ));
         out.push(gauge(
-            "dab_diskq_unacked_records",
-            "Records appended that the slowest reader has not acknowledged",
+            "dab_diskq_retained_records",
+            "Records kept on disk (a segment is deleted once every reader acknowledged it)",
             m.next_seq.saturating_sub(m.oldest_seq) as f64,
         ));
         out.push(gauge(

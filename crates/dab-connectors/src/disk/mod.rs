@@ -132,6 +132,13 @@ pub fn reader_name(id: &str) -> String {
     id.replace('/', ".")
 }
 
+fn failed(name: &str) -> impl FnOnce(String) -> BuildError + '_ {
+    move |reason| BuildError {
+        name: name.to_owned(),
+        reason,
+    }
+}
+
 /// The writers' side of a disk queue: a sink named after the queue.
 #[derive(Debug)]
 pub struct DiskSinkFactory;
@@ -147,10 +154,7 @@ impl SinkFactory for DiskSinkFactory {
         fields: &BTreeMap<String, ConfigValue>,
     ) -> Result<Box<dyn Sink>, BuildError> {
         let cfg = DiskConfig::from_fields(name, fields)?;
-        let owner = owner::Owner::get(name, &cfg).map_err(|reason| BuildError {
-            name: name.to_owned(),
-            reason,
-        })?;
+        let owner = owner::Owner::get(name, &cfg).map_err(failed(name))?;
         Ok(Box::new(sink::DiskSink::new(owner, &cfg)))
     }
 }
@@ -181,14 +185,8 @@ impl SourceFactory for DiskSourceFactory {
         let queue = text("queue")?;
         let reader = reader_name(&text("reader")?);
         let cfg = DiskConfig::from_fields(&queue, fields)?;
-        let owner = owner::Owner::get(&queue, &cfg).map_err(|reason| BuildError {
-            name: name.to_owned(),
-            reason,
-        })?;
-        owner.add_reader(&reader).map_err(|reason| BuildError {
-            name: name.to_owned(),
-            reason,
-        })?;
+        let owner = owner::Owner::get(&queue, &cfg).map_err(failed(name))?;
+        owner.add_reader(&reader).map_err(failed(name))?;
         Ok(Box::new(source::DiskSource::new(owner, &reader)))
     }
 }

@@ -28,7 +28,11 @@ fn expected(ty: FieldType) -> String {
         FieldType::Duration => "a duration such as \"250ms\" or \"10s\"".to_owned(),
         FieldType::DurationOr(words) => format!(
             "{} or a duration such as \"100ms\" or \"1s\"",
-            words.join(", ")
+            words
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         FieldType::Size => "a size such as \"512MiB\" or \"10GiB\"".to_owned(),
     }
