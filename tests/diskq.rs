@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use fault_support::load::{Load, Spec};
 use fault_support::{file_offsets, signal, start_dab, terminate_ok, yaml_path, Row};
 use run_support::client::{free_addr, metric, post_events, scrape, wait_http_ok};
+use run_support::process::Dab;
 use run_support::{poll, write_set};
 
 /// The set: `HttpIn -> Spool` and `Spool -> FileOut` at most `rate` events
@@ -110,10 +111,7 @@ fn every_acknowledged_event_survives_two_kill_9s() {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = free_addr();
     let out = spool_set(dir.path(), &listen, "fsync: 20ms, max_bytes: 256MiB", 1_500);
-    let (mut dab, mut metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-        dab.stderr()
-    });
+    let (mut dab, mut metrics) = start_serving(dir.path(), &listen);
     let load = Load::start(
         &listen,
         Spec {
@@ -141,11 +139,7 @@ fn every_acknowledged_event_survives_two_kill_9s() {
         let status = dab.wait(Duration::from_secs(10));
         assert!(!status.success(), "dab was killed: {status}");
         backlogs.push(backlog);
-        let (again, m) = start_dab(dir.path());
-        (dab, metrics) = (again, m);
-        wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-            dab.stderr()
-        });
+        (dab, metrics) = start_serving(dir.path(), &listen);
     }
     wait_acked(&load, 3 * PHASE, || dab.stderr());
     let outcome = load.stop();
@@ -193,6 +187,23 @@ fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Starts dab on `dir` and waits for its metrics and its http source.
+fn start_serving(dir: &Path, listen: &str) -> (Dab, String) {
+    let (dab, metrics) = start_dab(dir);
+    wait_http_ok(listen, "/healthz", Duration::from_secs(15), || dab.stderr());
+    (dab, metrics)
+}
+
+/// Waits until the file holds `n` distinct events.
+fn wait_in_file(out: &Path, n: usize, dab: &Dab) {
+    poll(
+        Duration::from_secs(30),
+        &format!("{n} events in the file"),
+        || (distinct(&file_offsets(out)) == n).then_some(()),
+        || dab.stderr(),
+    );
+}
+
 fn post_range(listen: &str, first: u64, n: u64) {
     let r = post_events(
         listen,
@@ -208,19 +219,11 @@ fn a_torn_tail_is_cut_off_on_restart_and_counted() {
     let listen = free_addr();
     let out = spool_set(dir.path(), &listen, "fsync: always", 100_000);
     let spool = dir.path().join("spool");
-    let (mut dab, _) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-        dab.stderr()
-    });
+    let (mut dab, _) = start_serving(dir.path(), &listen);
     for b in 0..10 {
         post_range(&listen, b * 10, 10);
     }
-    poll(
-        Duration::from_secs(30),
-        "100 events in the file",
-        || (distinct(&file_offsets(&out)) == 100).then_some(()),
-        || dab.stderr(),
-    );
+    wait_in_file(&out, 100, &dab);
     terminate_ok(&mut dab);
 
     // Cut the last segment 7 bytes short: inside its last record.
@@ -234,10 +237,7 @@ fn a_torn_tail_is_cut_off_on_restart_and_counted() {
         .and_then(|f| f.set_len(cut_to as u64))
         .expect("truncate the segment");
 
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-        dab.stderr()
-    });
+    let (mut dab, metrics) = start_serving(dir.path(), &listen);
     assert_eq!(
         series(&metrics, "dab_diskq_torn_records_total{queue=\"Spool\"}"),
         1.0
@@ -258,12 +258,7 @@ fn a_torn_tail_is_cut_off_on_restart_and_counted() {
     );
     // The queue goes on: new events pass through it.
     post_range(&listen, 100, 10);
-    poll(
-        Duration::from_secs(30),
-        "the events posted after the recovery in the file",
-        || (distinct(&file_offsets(&out)) == 110).then_some(()),
-        || dab.stderr(),
-    );
+    wait_in_file(&out, 110, &dab);
     terminate_ok(&mut dab);
 }
 
@@ -281,10 +276,7 @@ fn a_full_queue_holds_writers_back_and_disk_use_stays_bounded() {
         1_000,
     );
     let spool = dir.path().join("spool");
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-        dab.stderr()
-    });
+    let (mut dab, metrics) = start_serving(dir.path(), &listen);
     let load = Load::start(
         &listen,
         Spec {
@@ -346,19 +338,11 @@ fn an_unchanged_disk_queue_keeps_running_across_a_reload() {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = free_addr();
     let out = spool_set(dir.path(), &listen, "fsync: 10ms", 100_000);
-    let (mut dab, metrics) = start_dab(dir.path());
-    wait_http_ok(&listen, "/healthz", Duration::from_secs(15), || {
-        dab.stderr()
-    });
+    let (mut dab, metrics) = start_serving(dir.path(), &listen);
     for b in 0..5 {
         post_range(&listen, b * 20, 20);
     }
-    poll(
-        Duration::from_secs(30),
-        "100 events in the file",
-        || (distinct(&file_offsets(&out)) == 100).then_some(()),
-        || dab.stderr(),
-    );
+    wait_in_file(&out, 100, &dab);
     let appended = "dab_diskq_appended_records_total{queue=\"Spool\"}";
     wait_series(&metrics, appended, 100.0);
 
@@ -376,12 +360,7 @@ fn an_unchanged_disk_queue_keeps_running_across_a_reload() {
     for b in 5..10 {
         post_range(&listen, b * 20, 20);
     }
-    poll(
-        Duration::from_secs(30),
-        "200 events in the file",
-        || (distinct(&file_offsets(&out)) == 200).then_some(()),
-        || dab.stderr(),
-    );
+    wait_in_file(&out, 200, &dab);
     // The same queue, opened once: its counters go on from before.
     wait_series(&metrics, appended, 200.0);
     assert_eq!(
