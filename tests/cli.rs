@@ -820,3 +820,32 @@ fn diff_refuses_switching_or_changing_a_disk_queue() {
         }
     }
 }
+
+/// A disk queue's directory has one owner process: `--service` warns
+/// (W004) when a disk queue links the selected service with another.
+#[test]
+fn service_split_across_a_disk_queue_warns() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "p.dab",
+        "ingest.NewPipeline().In(Stdin).Out(Spool)\ndrain.NewPipeline().In(Spool).Out(Stdout)\n",
+    );
+    write(
+        dir.path(),
+        "dab.yaml",
+        "queues:\n  Spool: { kind: disk, path: spool }\n",
+    );
+    let out = run_in(dir.path(), &["validate", "--service", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "warning[W004]: disk queue `Spool` links service `ingest` with `drain`: one process at a time may open its directory"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    // One process running both: no warning.
+    let out = run_in(dir.path(), &["validate", "."]);
+    assert_eq!(stdout(&out), "ok: 2 pipelines in 1 file\n");
+}

@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     snapshot: Mutex<Metrics>,
     /// Records of appends the full queue holds back now.
     held: AtomicU64,
+    /// Records refused under drop_newest without being offered to the
+    /// queue (the rest of a write after a refusal).
+    refused: AtomicU64,
     views: Mutex<BTreeSet<u64>>,
     next_view: AtomicU64,
 }
@@ -30,6 +33,7 @@ impl Shared {
             queue: queue.to_owned(),
             snapshot: Mutex::default(),
             held: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             views: Mutex::default(),
             next_view: AtomicU64::new(0),
         }
@@ -41,6 +45,10 @@ impl Shared {
 
     pub(crate) fn set_held(&self, n: usize) {
         self.held.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_refused(&self, n: u64) {
+        self.refused.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Metrics {
@@ -142,7 +150,7 @@ impl ConnectorMetrics for DiskQueueMetrics {
         out.push(counter(
             "dab_diskq_dropped_records_total",
             "Records refused at max_bytes under when_full: drop_newest",
-            m.records_refused,
+            m.records_refused + self.shared.refused.load(Ordering::Relaxed),
         ));
         out.push(counter(
             "dab_diskq_torn_records_total",

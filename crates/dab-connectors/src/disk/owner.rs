@@ -420,7 +420,15 @@ impl Work {
                     if a.end > a.first {
                         p.last = a.end - 1;
                     }
-                    p.refused.extend(end - a.refused..end);
+                    if a.refused > 0 {
+                        // Full under drop_newest: the rest of the write is
+                        // the newest, refused whole (a later, smaller
+                        // record must not slip in behind a refused one).
+                        self.metrics.add_refused((records.len() - end) as u64);
+                        p.refused.extend(end - a.refused..records.len());
+                        p.next = records.len();
+                        break;
+                    }
                     p.next = end;
                 }
                 Err(Error::Full { .. }) => return Ok(Step::Full),
