@@ -132,6 +132,23 @@ pub fn reader_name(id: &str) -> String {
     id.replace('/', ".")
 }
 
+/// The reader names of `readers` (the ids of the set's pipelines reading
+/// the queue, as the runtime passes them); `None` when not given.
+fn declared_readers(fields: &BTreeMap<String, ConfigValue>) -> Option<Vec<String>> {
+    match fields.get("readers") {
+        Some(ConfigValue::List(items)) => Some(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    ConfigValue::Str(s) => Some(reader_name(s)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn failed(name: &str) -> impl FnOnce(String) -> BuildError + '_ {
     move |reason| BuildError {
         name: name.to_owned(),
@@ -154,7 +171,8 @@ impl SinkFactory for DiskSinkFactory {
         fields: &BTreeMap<String, ConfigValue>,
     ) -> Result<Box<dyn Sink>, BuildError> {
         let cfg = DiskConfig::from_fields(name, fields)?;
-        let owner = owner::Owner::get(name, &cfg).map_err(failed(name))?;
+        let readers = declared_readers(fields);
+        let owner = owner::Owner::get(name, &cfg, readers.as_deref()).map_err(failed(name))?;
         Ok(Box::new(sink::DiskSink::new(owner, &cfg)))
     }
 }
@@ -185,7 +203,8 @@ impl SourceFactory for DiskSourceFactory {
         let queue = text("queue")?;
         let reader = reader_name(&text("reader")?);
         let cfg = DiskConfig::from_fields(&queue, fields)?;
-        let owner = owner::Owner::get(&queue, &cfg).map_err(failed(name))?;
+        let readers = declared_readers(fields);
+        let owner = owner::Owner::get(&queue, &cfg, readers.as_deref()).map_err(failed(name))?;
         owner.add_reader(&reader).map_err(failed(name))?;
         Ok(Box::new(source::DiskSource::new(owner, &reader)))
     }

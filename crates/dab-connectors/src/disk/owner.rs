@@ -127,8 +127,15 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 impl Owner {
     /// The owner of `cfg.path` in this process, opened (recovering the
-    /// queue) when there is none.
-    pub(super) fn get(queue: &str, cfg: &DiskConfig) -> Result<Arc<Owner>, String> {
+    /// queue) when there is none. `readers`, when given, are all the
+    /// readers the queue has: opening adds them, and drops the position of
+    /// any other (a pipeline removed or renamed since the last run), which
+    /// would hold the queue's segments forever.
+    pub(super) fn get(
+        queue: &str,
+        cfg: &DiskConfig,
+        readers: Option<&[String]>,
+    ) -> Result<Arc<Owner>, String> {
         std::fs::create_dir_all(&cfg.path)
             .map_err(|e| format!("disk queue directory {}: {e}", cfg.path.display()))?;
         let dir = cfg
@@ -162,7 +169,25 @@ impl Owner {
             }
             return Ok(owner);
         }
-        let q = DiskQueue::open(&dir, cfg.options()).map_err(|e| e.to_string())?;
+        let mut opts = cfg.options();
+        opts.readers = readers.map(<[String]>::to_vec).unwrap_or_default();
+        let mut q = DiskQueue::open(&dir, opts).map_err(|e| e.to_string())?;
+        if let Some(keep) = readers {
+            let gone: Vec<String> = q
+                .readers()
+                .filter(|r| !keep.iter().any(|k| k == r))
+                .map(str::to_owned)
+                .collect();
+            for r in gone {
+                tracing::warn!(
+                    queue,
+                    reader = r,
+                    position = q.position(&r),
+                    "disk queue: no pipeline reads as this reader any more; its position is dropped"
+                );
+                q.remove_reader(&r).map_err(|e| e.to_string())?;
+            }
+        }
         let rec = q.recovery();
         if rec.torn_records > 0 || !rec.positions_reset.is_empty() {
             tracing::warn!(

@@ -141,7 +141,7 @@ async fn events_round_trip_acks_follow_durability_and_a_failed_batch_comes_again
     assert_eq!(again.events.iter().map(value).collect::<Vec<_>>(), want);
     again.ack.complete();
     // The acknowledgement reaches the queue (written at the next sync).
-    let owner = owner::Owner::get("Q", &DiskConfig::from_fields("Q", &f).unwrap()).unwrap();
+    let owner = owner::Owner::get("Q", &DiskConfig::from_fields("Q", &f).unwrap(), None).unwrap();
     let acked = {
         let mut n = 0;
         for _ in 0..500 {
@@ -293,4 +293,20 @@ fn settings_are_read_with_defaults() {
     );
     assert!(bad.is_err());
     assert_eq!(reader_name("svc/name"), "svc.name");
+}
+
+#[test]
+fn opening_drops_the_positions_of_readers_no_pipeline_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskConfig::from_fields("R", &fields(dir.path(), &[])).unwrap();
+    let both = ["svc/a".to_owned(), "b".to_owned()].map(|r| reader_name(&r));
+    drop(owner::Owner::get("R", &cfg, Some(&both)).unwrap());
+    let pos = |r: &str| dir.path().join("readers").join(format!("{r}.pos"));
+    assert!(pos("svc.a").exists() && pos("b").exists());
+    // Without a list, nothing is dropped.
+    drop(owner::Owner::get("R", &cfg, None).unwrap());
+    assert!(pos("b").exists());
+    drop(owner::Owner::get("R", &cfg, Some(&["svc.a".to_owned()])).unwrap());
+    assert!(pos("svc.a").exists(), "a reader the set has is kept");
+    assert!(!pos("b").exists(), "a reader the set lacks is dropped");
 }

@@ -38,6 +38,9 @@ fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Co
     })
 }
 
+/// A binding's fields, borrowed from the plan or made for the runtime.
+type Fields<'a> = std::borrow::Cow<'a, BTreeMap<String, ConfigValue>>;
+
 /// Input depth, in batches, of a Kafka sink (at least `channel_batches`).
 const KAFKA_SINK_BATCHES: usize = 64;
 
@@ -99,7 +102,7 @@ pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<Sour
             // One reader per reading pipeline, named after it; the queue's
             // owner in this process serves them all.
             let key = format!("{name}:{}", p.id);
-            let mut fields = fields.clone();
+            let mut fields = disk_fields(plan, name, fields);
             fields.insert("queue".to_owned(), ConfigValue::Str(name.to_owned()));
             fields.insert("reader".to_owned(), ConfigValue::Str(p.id.clone()));
             (
@@ -160,6 +163,36 @@ pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<Sour
     }
 }
 
+/// A disk queue's fields with `readers`: the ids of the set's pipelines
+/// that read it. The queue's first opening in this process drops the
+/// positions of readers no pipeline has any more, which would otherwise
+/// hold its segments forever.
+fn disk_fields(
+    plan: &Plan,
+    name: &str,
+    fields: &BTreeMap<String, ConfigValue>,
+) -> BTreeMap<String, ConfigValue> {
+    let mut readers: Vec<&str> = plan
+        .pipelines
+        .iter()
+        .filter(|p| p.config.input == name)
+        .map(|p| p.id.as_str())
+        .collect();
+    readers.sort_unstable();
+    readers.dedup();
+    let mut fields = fields.clone();
+    fields.insert(
+        "readers".to_owned(),
+        ConfigValue::List(
+            readers
+                .into_iter()
+                .map(|r| ConfigValue::Str(r.to_owned()))
+                .collect(),
+        ),
+    );
+    fields
+}
+
 fn empty_fields() -> &'static BTreeMap<String, ConfigValue> {
     static EMPTY: std::sync::OnceLock<BTreeMap<String, ConfigValue>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(BTreeMap::new)
@@ -208,8 +241,7 @@ impl Running {
         let mut queues = Vec::new();
         // Queues outside this process's memory (Kafka, disk): by name, their
         // kind and fields. Writers get a sink of that kind, readers a source.
-        let mut external_queues: HashMap<&str, (&str, &BTreeMap<String, ConfigValue>)> =
-            HashMap::new();
+        let mut external_queues: HashMap<&str, (&str, Fields<'_>)> = HashMap::new();
         let used = selected
             .iter()
             .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
@@ -219,8 +251,14 @@ impl Running {
                 continue;
             }
             if let Endpoint::Bound { kind, fields, .. } = ep {
-                if kind == "kafka" || kind == "disk" {
-                    external_queues.insert(name, (kind.as_str(), fields));
+                if kind == "kafka" {
+                    external_queues
+                        .insert(name, (kind.as_str(), std::borrow::Cow::Borrowed(fields)));
+                    continue;
+                }
+                if kind == "disk" {
+                    let fields = disk_fields(plan, name, fields);
+                    external_queues.insert(name, (kind.as_str(), std::borrow::Cow::Owned(fields)));
                     continue;
                 }
             }
@@ -265,7 +303,7 @@ impl Running {
             for name in p.config.writes() {
                 let Some(ep) = endpoint(name) else { continue };
                 let (kind, fields, schema) = match (external_queues.get(name), ep) {
-                    (Some((kind, fields)), _) => (*kind, *fields, None),
+                    (Some((kind, fields)), _) => (*kind, &**fields, None),
                     (None, _) if ep.role() != Role::Sink => continue,
                     (
                         None,
