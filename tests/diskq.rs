@@ -367,11 +367,48 @@ fn an_unchanged_disk_queue_keeps_running_across_a_reload() {
         series(&metrics, "dab_diskq_torn_records_total{queue=\"Spool\"}"),
         0.0
     );
-    terminate_ok(&mut dab);
-    let offsets = file_offsets(&out);
     assert_eq!(
-        offsets.len(),
+        file_offsets(&out).len(),
         200,
         "every event once: nothing was read again after the reload"
     );
+
+    // A new reading pipeline: a new reader, which starts at the oldest
+    // record the queue keeps (all of them: one segment, never deleted).
+    let audit = dir.path().join("audit.ndjson");
+    let yaml = std::fs::read_to_string(dir.path().join("dab.yaml")).expect("read dab.yaml");
+    std::fs::write(
+        dir.path().join("dab.yaml"),
+        yaml.replace(
+            "sinks:\n",
+            &format!(
+                "sinks:\n  AuditOut: {{ kind: file, path: {} }}\n",
+                yaml_path(&audit)
+            ),
+        ),
+    )
+    .expect("write dab.yaml");
+    std::fs::write(
+        dir.path().join("t.dab"),
+        "ingest.NewPipeline().In(HttpIn).FilterType(A).Out(Spool)\ndrain.NewPipeline().In(Spool).FilterType(A).Out(FileOut).WithRateLimit(100000)\naudit.NewPipeline().In(Spool).Out(AuditOut)\n",
+    )
+    .expect("write t.dab");
+    signal(dab.pid(), "HUP");
+    poll(
+        Duration::from_secs(30),
+        "the second reload",
+        || {
+            let reloads = dab
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("reloaded") && l.contains("audit"))
+                .count();
+            (reloads == 1).then_some(())
+        },
+        || dab.stderr(),
+    );
+    post_range(&listen, 200, 20);
+    wait_in_file(&out, 220, &dab);
+    wait_in_file(&audit, 220, &dab);
+    terminate_ok(&mut dab);
 }
