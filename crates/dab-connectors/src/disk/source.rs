@@ -186,15 +186,14 @@ impl Source for DiskSource {
                     let batch = self.batch(&slot, &ack_tx);
                     let n = slot.events.len() as u64;
                     slots.push_back(slot);
+                    // A batch not handed on (a stop) is not abandoned: its
+                    // records stay in the queue, unacknowledged, and come
+                    // again at the next start.
                     tokio::select! {
                         biased;
-                        () = shutdown.cancelled() => {
-                            SourceStats::add(&stats.abandoned, n);
-                            break;
-                        }
+                        () = shutdown.cancelled() => break,
                         sent = out.send(batch) => {
                             if sent.is_err() {
-                                SourceStats::add(&stats.abandoned, n);
                                 break;
                             }
                             SourceStats::add(&stats.events, n);
@@ -217,13 +216,12 @@ impl Source for DiskSource {
                     for id in again {
                         let Some(slot) = slots.iter().find(|s| s.last == id) else { continue };
                         let batch = self.batch(slot, &ack_tx);
-                        let n = slot.events.len() as u64;
                         tokio::select! {
                             biased;
                             () = shutdown.cancelled() => break,
                             sent = out.send(batch) => {
                                 if sent.is_err() {
-                                    SourceStats::add(&stats.abandoned, n);
+                                    break;
                                 }
                             }
                         }
