@@ -448,3 +448,52 @@ fn a_stop_leaves_the_backlog_in_the_queue_for_the_next_start() {
         file_offsets(&out).len() - 2_000
     );
 }
+
+/// `when_full: drop_newest`: a full queue refuses the newest events instead
+/// of holding the writers back; each is counted (by the writing sink as
+/// `rejected`, and by the queue), and everything else is delivered.
+#[test]
+fn drop_newest_counts_what_a_full_queue_refuses() {
+    const MAX_BYTES: u64 = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let out = spool_set(
+        dir.path(),
+        &listen,
+        &format!("fsync: 10ms, max_bytes: {MAX_BYTES}, when_full: drop_newest"),
+        1_000,
+    );
+    let spool = dir.path().join("spool");
+    let (mut dab, metrics) = start_serving(dir.path(), &listen);
+    let mut most = 0;
+    // About 3 MiB of records offered at once: more than the queue holds.
+    for b in 0..200 {
+        post_range(&listen, b * 100, 100);
+        most = most.max(disk_usage(&spool));
+    }
+    let dropped = series(
+        &metrics,
+        "dab_sink_dropped_events_total{sink=\"Spool\",reason=\"rejected\"}",
+    );
+    assert!(
+        dropped > 0.0,
+        "nothing was dropped: the test proves nothing"
+    );
+    assert!(most <= MAX_BYTES, "segment files took {most} bytes");
+    wait_series(
+        &metrics,
+        "dab_diskq_dropped_records_total{queue=\"Spool\"}",
+        dropped,
+    );
+    let kept = 20_000 - dropped as usize;
+    poll(
+        Duration::from_secs(60),
+        &format!("the {kept} events not dropped in the file"),
+        || (distinct(&file_offsets(&out)) == kept).then_some(()),
+        || dab.stderr(),
+    );
+    terminate_ok(&mut dab);
+    eprintln!(
+        "drop_newest: {dropped} of 20000 dropped, {kept} delivered, most disk use {most} bytes"
+    );
+}
