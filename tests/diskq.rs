@@ -11,7 +11,12 @@
 //!   goes on.
 //! - A full queue (small `max_bytes`, a slow reader) holds the writers
 //!   back: the clients' answers wait, and the segment files never take more
-//!   than `max_bytes` plus one segment.
+//!   than `max_bytes` plus one segment. Under `when_full: drop_newest` it
+//!   refuses the newest events instead, counted.
+//! - A reload keeps an unchanged disk queue; a reading pipeline it adds
+//!   gets every record the queue keeps.
+//! - SIGTERM with a backlog exits 0 and leaves the backlog for the next
+//!   start.
 
 #[allow(dead_code)]
 mod fault_support;
