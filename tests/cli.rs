@@ -770,3 +770,82 @@ fn backfill_refuses_what_it_cannot_run() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("E010"), "{}", stderr(&out));
 }
+
+/// A disk queue keeps its binding across a reload: switching it to or from
+/// memory or Kafka, or changing its settings, is refused (E019, at the
+/// binding); an unchanged disk queue is planned as unchanged.
+#[test]
+fn diff_refuses_switching_or_changing_a_disk_queue() {
+    let dir = tmp();
+    let set = "a.NewPipeline().In(Stdin).Out(Q)\nb.NewPipeline().In(Q).Out(Stdout)\n";
+    let disk = "queues:\n  Q: { kind: disk, path: spool, max_bytes: 64MiB, fsync: 100ms }\n";
+    let cases = [
+        (disk, disk, None),
+        (
+            "queues:\n  Q: { kind: memory }\n",
+            disk,
+            Some("error[E019]: queue `Q` would switch from memory to disk in a running process"),
+        ),
+        (
+            disk,
+            "queues:\n  Q: { kind: kafka, brokers: \"127.0.0.1:9092\", topic: q }\n",
+            Some("error[E019]: queue `Q` would switch from disk to Kafka in a running process"),
+        ),
+        (
+            disk,
+            "queues:\n  Q: { kind: disk, path: spool, max_bytes: 64MiB, fsync: always }\n",
+            Some("error[E019]: disk queue `Q` would change its settings in a running process"),
+        ),
+    ];
+    for (old, new, refusal) in cases {
+        write(dir.path(), "old/p.dab", set);
+        write(dir.path(), "old/dab.yaml", old);
+        write(dir.path(), "new/p.dab", set);
+        write(dir.path(), "new/dab.yaml", new);
+        let out = run_in(dir.path(), &["validate", "--diff", "old", "new"]);
+        let text = stdout(&out);
+        match refusal {
+            None => {
+                assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+                assert!(
+                    text.contains("= unchanged  a") && text.contains("= unchanged  b"),
+                    "{text}"
+                );
+            }
+            Some(first) => {
+                assert_eq!(out.status.code(), Some(1), "{new}: {text}{}", stderr(&out));
+                assert!(text.starts_with(first), "{new}: {text}");
+                assert!(text.contains(" --> new/dab.yaml:2:3"), "{text}");
+            }
+        }
+    }
+}
+
+/// A disk queue's directory has one owner process: `--service` warns
+/// (W004) when a disk queue links the selected service with another.
+#[test]
+fn service_split_across_a_disk_queue_warns() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "p.dab",
+        "ingest.NewPipeline().In(Stdin).Out(Spool)\ndrain.NewPipeline().In(Spool).Out(Stdout)\n",
+    );
+    write(
+        dir.path(),
+        "dab.yaml",
+        "queues:\n  Spool: { kind: disk, path: spool }\n",
+    );
+    let out = run_in(dir.path(), &["validate", "--service", "ingest", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "warning[W004]: disk queue `Spool` links service `ingest` with `drain`: one process at a time may open its directory"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    // One process running both: no warning.
+    let out = run_in(dir.path(), &["validate", "."]);
+    assert_eq!(stdout(&out), "ok: 2 pipelines in 1 file\n");
+}

@@ -71,7 +71,11 @@ fn candidates(f: &FieldSpec, files: &Files) -> Vec<String> {
     if let (true, Some((min, max))) = (
         matches!(
             f.ty,
-            FieldType::Int | FieldType::Number | FieldType::Duration
+            FieldType::Int
+                | FieldType::Number
+                | FieldType::Duration
+                | FieldType::DurationOr(_)
+                | FieldType::Size
         ),
         f.bounds,
     ) {
@@ -91,6 +95,22 @@ fn candidates(f: &FieldSpec, files: &Files) -> Vec<String> {
             quoted("1h"),
             quoted("0s"),
         ]),
+        FieldType::DurationOr(words) => {
+            out.extend(words.iter().map(|w| (*w).to_owned()));
+            out.extend([
+                quoted("100ms"),
+                quoted("1s"),
+                quoted("0ms"),
+                quoted("2h"),
+                "bogus".into(),
+            ]);
+        }
+        FieldType::Size => out.extend(
+            [
+                "512KiB", "1MiB", "10GiB", "1GB", "64KiB", "1TiB", "1PiB", "1.5GiB", "10gb", "GiB",
+            ]
+            .map(quoted),
+        ),
         FieldType::Bool => out.extend(["true".into(), "false".into(), quoted("yes")]),
         FieldType::Enum(words) => {
             out.extend(words.iter().map(|w| (*w).to_owned()));
@@ -325,6 +345,15 @@ fn build(
             source("kafka", &reader)?;
             sink("kafka", fields)
         }
+        (Section::Queues, "disk") => {
+            // The writers' sink and one pipeline's reader, over one owner.
+            let writer = sink("disk", fields);
+            let mut reader = fields.clone();
+            reader.insert("queue".into(), ConfigValue::Str("X".into()));
+            reader.insert("reader".into(), ConfigValue::Str("svc/p".into()));
+            source("disk", &reader)?;
+            writer
+        }
         (Section::Queues, k) => Err(format!("unknown queue kind {k}")),
     }
 }
@@ -375,8 +404,14 @@ fn every_value_validate_accepts_builds() {
                     kind.section, kind.kind, f.name
                 ));
             }
-            if let (FieldType::Int | FieldType::Number | FieldType::Duration, Some((min, max))) =
-                (f.ty, f.bounds)
+            if let (
+                FieldType::Int
+                | FieldType::Number
+                | FieldType::Duration
+                | FieldType::DurationOr(_)
+                | FieldType::Size,
+                Some((min, max)),
+            ) = (f.ty, f.bounds)
             {
                 for past in [i128::from(min) - 1, i128::from(max) + 1] {
                     let v = past.to_string();

@@ -65,6 +65,13 @@ pub enum FieldType {
     /// `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or an integer of milliseconds;
     /// loaded as integer milliseconds.
     Duration,
+    /// A duration as [`FieldType::Duration`] (loaded as integer
+    /// milliseconds), or one of these words (loaded as a string): the disk
+    /// queue's `fsync: always | 100ms`.
+    DurationOr(&'static [&'static str]),
+    /// A size in bytes: `"10GiB"`, `"512MiB"`, `"64KiB"`, `"1GB"`, `"500MB"`,
+    /// `"4kB"`, or an integer of bytes; loaded as integer bytes.
+    Size,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,6 +497,37 @@ static KINDS: &[KindSpec] = &[
             KAFKA_OPTIONS,
         ],
     },
+    KindSpec {
+        section: Section::Queues,
+        kind: "disk",
+        doc: "segment files on local disk that outlive the process (SPEC section 10)",
+        fields: &[
+            req("path", FieldType::Path, "directory of the queue's segment files"),
+            opt(
+                "max_bytes",
+                FieldType::Size,
+                "most bytes the segment files may take together (default 1GiB)",
+            )
+            .within(1 << 20, 1 << 50),
+            opt(
+                "segment_bytes",
+                FieldType::Size,
+                "size at which a new segment file is started (default 64MiB, at most max_bytes / 4)",
+            )
+            .within(64 << 10, 1 << 30),
+            opt(
+                "fsync",
+                FieldType::DurationOr(&["always"]),
+                "`always` (fdatasync before each write is acknowledged) or an interval (default 100ms)",
+            )
+            .within(1, HOUR_MS),
+            opt(
+                "when_full",
+                FieldType::Enum(&["block", "drop_newest"]),
+                "at max_bytes: `block` (back pressure, the default) or `drop_newest` (refused events go to OnError or are counted)",
+            ),
+        ],
+    },
 ];
 
 /// Every connector kind DAB knows, in a stable order.
@@ -536,7 +574,11 @@ mod tests {
             for f in k.fields {
                 let numeric = matches!(
                     f.ty,
-                    FieldType::Int | FieldType::Number | FieldType::Duration
+                    FieldType::Int
+                        | FieldType::Number
+                        | FieldType::Duration
+                        | FieldType::DurationOr(_)
+                        | FieldType::Size
                 );
                 if numeric {
                     let (min, max) = f.bounds.unwrap_or((1, 0));
@@ -574,7 +616,7 @@ mod tests {
             kinds_of(Section::Queues)
                 .map(|k| k.kind)
                 .collect::<Vec<_>>(),
-            ["memory", "kafka"]
+            ["memory", "kafka", "disk"]
         );
         assert_eq!(Section::from_key("sinks"), Some(Section::Sinks));
     }

@@ -6,6 +6,7 @@
 pub mod blackhole;
 mod chunked;
 pub mod codec;
+pub mod disk;
 pub mod file;
 pub mod framing;
 pub mod generator;
@@ -33,6 +34,7 @@ pub fn builtin_sources() -> Vec<Box<dyn SourceFactory>> {
         Box::new(http::HttpSourceFactory),
         Box::new(murron::MurronSourceFactory),
         Box::new(kafka::KafkaSourceFactory),
+        Box::new(disk::DiskSourceFactory),
     ]
 }
 
@@ -47,5 +49,6 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
         Box::new(murron::MurronSinkFactory),
         Box::new(kafka::KafkaSinkFactory),
         Box::new(parquet_sink::ParquetSinkFactory),
+        Box::new(disk::DiskSinkFactory),
     ]
 }

@@ -60,7 +60,7 @@ codes! {
     E016 => "name used in the wrong direction",
     E017 => "two bindings share a listen address or socket path",
     E018 => "a file the bindings name cannot be read or is not what it should be",
-    E019 => "a reload would switch a queue between memory and Kafka",
+    E019 => "a reload would switch a queue between memory, Kafka and disk, or change a disk queue's settings",
     E020 => "a new version of a type adds a required field",
     E021 => "a new version of a type removes a required field",
     E022 => "a new version of a type changes a field's type other than by widening",

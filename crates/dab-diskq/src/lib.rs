@@ -1,6 +1,7 @@
 //! DAB's disk queue storage engine: the `kind: disk` queue of SPEC section
-//! 10 (issue 14 item 6). Synchronous and single-owner: the runtime calls it
-//! from `spawn_blocking`. Records are opaque byte strings.
+//! 10 (issue 14 item 6). Synchronous and single-owner: `dab run` calls it
+//! from one thread per queue directory (`dab-connectors`' `disk` module).
+//! Records are opaque byte strings.
 //!
 //! # On-disk layout
 //!

@@ -603,6 +603,20 @@ impl DiskQueue {
         Ok(batch)
     }
 
+    /// Hands `reader`'s unacknowledged records out again: its next read
+    /// starts right after its position, as after a reopen. For a new owner
+    /// of a reader name (a reader rebuilt in a running process) whose
+    /// predecessor may have read records it never acknowledged.
+    pub fn rewind(&mut self, reader: &str) -> Result<()> {
+        let Some(r) = self.readers.get_mut(reader) else {
+            return Err(Error::UnknownReader(reader.to_string()));
+        };
+        r.next = r.acked + 1;
+        r.cursor = None;
+        r.in_flight.clear();
+        Ok(())
+    }
+
     /// Acknowledges every record up to `seq` for `reader`. The position is
     /// written at once under [`FsyncPolicy::Always`], at the next sync
     /// under `Interval`. Acknowledging less than before does nothing.

@@ -598,3 +598,27 @@ fn records_larger_than_one_read_chunk_come_whole() {
     }
     assert_eq!(seen, 5);
 }
+
+#[test]
+fn rewind_hands_out_the_unacknowledged_records_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["r"])).unwrap();
+    q.append(&batch(1, 20)).unwrap();
+    let first = q.read("r", 5, usize::MAX).unwrap();
+    assert_eq!(first.last_seq(), Some(5));
+    q.ack("r", 3).unwrap();
+    let second = q.read("r", 5, usize::MAX).unwrap();
+    assert_eq!(second.last_seq(), Some(10));
+    q.rewind("r").unwrap();
+    // Acknowledging what the rewound reader has not read again is refused.
+    assert!(matches!(q.ack("r", 8), Err(Error::AckBeyondRead { .. })));
+    let again = q.read("r", 100, usize::MAX).unwrap();
+    let seqs: Vec<u64> = again.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (4..=20).collect::<Vec<_>>());
+    for r in &again {
+        assert_eq!(r.bytes, rec(r.seq).as_slice());
+    }
+    q.ack("r", 20).unwrap();
+    assert_eq!(q.position("r"), Some(20));
+    assert!(matches!(q.rewind("nobody"), Err(Error::UnknownReader(_))));
+}

@@ -96,7 +96,8 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
 }
 
 /// What a reload from `old` to `new` cannot do safely, as E019: switching a
-/// queue between memory and Kafka. The events a memory queue holds live in
+/// queue between memory, Kafka and disk, or changing a disk queue's
+/// settings. The events a memory queue holds live in
 /// this process and a Kafka queue's in the topic; neither can be moved into
 /// the other without a second delivery path, so the switch is refused (the
 /// running set stays) rather than wired half to each. Located at the
@@ -111,10 +112,13 @@ pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
         if o.role() != crate::model::Role::Queue || n.role() != crate::model::Role::Queue {
             continue;
         }
-        if o.is_memory_queue() == n.is_memory_queue() {
+        let (from, to) = (storage(o), storage(n));
+        // A disk queue's settings are its directory's owner's in this
+        // process (one owner per directory): a change needs a restart.
+        let disk_changed = from == "disk" && to == "disk" && o != n;
+        if from == to && !disk_changed {
             continue;
         }
-        let (from, to) = (storage(o), storage(n));
         let binding = new.bindings.all().find(|b| &b.name == name);
         let span = binding.map(|b| b.name_span).or_else(|| {
             new.plan
@@ -124,25 +128,39 @@ pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
                 .map(|p| p.span)
         });
         let Some(span) = span else { continue };
-        out.push(
+        let d = if disk_changed {
+            Diagnostic::new(
+                Code::E019,
+                span,
+                format!("disk queue `{name}` would change its settings in a running process"),
+            )
+            .with_label_here("settings changed")
+            .with_help(
+                "the queue's directory is open with its old settings and stays so while it runs; restart `dab run` to apply them (what the queue holds stays on disk), or bind a new disk queue under a new name and path",
+            )
+        } else {
+            let help = if from == "disk" {
+                format!("a reload cannot move what the disk queue holds; its records stay on disk. Drain it first, or bind the {to} queue under a new name")
+            } else {
+                format!("a reload cannot move what the {from} queue holds; stop `dab run` (it drains the queue), then start it with the new bindings, or bind the {to} queue under a new name")
+            };
             Diagnostic::new(
                 Code::E019,
                 span,
                 format!("queue `{name}` would switch from {from} to {to} in a running process"),
             )
             .with_label_here(format!("now a {to} queue"))
-            .with_help(format!(
-                "a reload cannot move what the {from} queue holds; stop `dab run` (it drains the queue), then start it with the new bindings, or bind the {to} queue under a new name"
-            )),
-        );
+            .with_help(help)
+        };
+        out.push(d);
     }
     out
 }
 
 fn storage(e: &Endpoint) -> &'static str {
-    if e.is_memory_queue() {
-        "memory"
-    } else {
-        "Kafka"
+    match e {
+        _ if e.is_memory_queue() => "memory",
+        Endpoint::Bound { kind, .. } if kind == "disk" => "disk",
+        _ => "Kafka",
     }
 }

@@ -245,7 +245,8 @@ pub(crate) fn plan_refs(
     )
 }
 
-/// W004: a memory queue that links the selected service with another one.
+/// W004: a memory or disk queue that links the selected service with
+/// another one (a disk queue's directory has one owner process).
 fn service_links(
     service: &str,
     statements: &[&dab_syntax::ast::Statement],
@@ -254,7 +255,11 @@ fn service_links(
     diags: &mut Vec<Diagnostic>,
 ) {
     for (name, u) in uses {
-        if !endpoints.get(name).is_some_and(Endpoint::is_memory_queue) {
+        let disk = matches!(
+            endpoints.get(name),
+            Some(Endpoint::Bound { role: Role::Queue, kind, .. }) if kind == "disk"
+        );
+        if !disk && !endpoints.get(name).is_some_and(Endpoint::is_memory_queue) {
             continue;
         }
         let svc = |p: usize| statements[p].service.name.as_str();
@@ -267,14 +272,25 @@ fn service_links(
                 Diagnostic::new(
                     Code::W004,
                     here,
-                    format!(
-                        "memory queue `{name}` links service `{service}` with `{}`, which a separate process cannot reach",
-                        svc(other_p)
-                    ),
+                    if disk {
+                        format!(
+                            "disk queue `{name}` links service `{service}` with `{}`: one process at a time may open its directory",
+                            svc(other_p)
+                        )
+                    } else {
+                        format!(
+                            "memory queue `{name}` links service `{service}` with `{}`, which a separate process cannot reach",
+                            svc(other_p)
+                        )
+                    },
                 )
                 .with_label_here(format!("used by `{service}`"))
                 .with_label(other_span, format!("used by `{}`", svc(other_p)))
-                .with_help(format!("bind `{name}` as a Kafka queue: `queues: {{ {name}: {{ kind: kafka, ... }} }}`")),
+                .with_help(if disk {
+                    format!("run both services in one process, or bind `{name}` as a Kafka queue: `queues: {{ {name}: {{ kind: kafka, ... }} }}`")
+                } else {
+                    format!("bind `{name}` as a Kafka queue: `queues: {{ {name}: {{ kind: kafka, ... }} }}`")
+                }),
             );
         }
     }

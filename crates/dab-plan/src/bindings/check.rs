@@ -98,6 +98,9 @@ pub(super) fn binding(
     if spec.kind == "kafka" {
         kafka_guarantees(ctx, &b, entries);
     }
+    if section == Section::Queues && spec.kind == "disk" {
+        disk_sizes(ctx, &b);
+    }
     super::runnable::check(ctx, spec, &b, entries);
     b
 }
@@ -259,6 +262,35 @@ fn kafka_guarantees(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode)
             ),
         )
         .help = Some(format!("remove it: {why}"));
+    }
+}
+
+/// The default `max_bytes` of a disk queue (1 GiB), as the runtime's.
+pub const DISK_DEFAULT_MAX_BYTES: i64 = 1 << 30;
+
+/// A disk queue's `segment_bytes` must leave room for at least four
+/// segments under `max_bytes`: a segment is deleted only once every reader
+/// is past it, so a queue of one or two segments would stall its writers
+/// behind the segment a reader is still on.
+fn disk_sizes(ctx: &mut Ctx<'_>, b: &Binding) {
+    let int = |k: &str| match b.fields.get(k) {
+        Some(dab_api::ConfigValue::Int(n)) => Some(*n),
+        _ => None,
+    };
+    let (Some(segment), Some(span)) = (int("segment_bytes"), b.field_spans.get("segment_bytes"))
+    else {
+        return;
+    };
+    let max = int("max_bytes").unwrap_or(DISK_DEFAULT_MAX_BYTES);
+    if segment > max / 4 {
+        ctx.error(
+            *span,
+            format!(
+                "disk queue `{}`: `segment_bytes` ({segment} bytes) must be at most a quarter of `max_bytes` ({max} bytes)",
+                b.name
+            ),
+        )
+        .help = Some("lower `segment_bytes` or raise `max_bytes`; leave `segment_bytes` out for max_bytes / 4, at most 64MiB".to_owned());
     }
 }
 

@@ -26,6 +26,15 @@ fn expected(ty: FieldType) -> String {
         FieldType::Path => "a path".to_owned(),
         FieldType::Url => "a URL such as \"http://127.0.0.1:8991\"".to_owned(),
         FieldType::Duration => "a duration such as \"250ms\" or \"10s\"".to_owned(),
+        FieldType::DurationOr(words) => format!(
+            "{} or a duration such as \"100ms\" or \"1s\"",
+            words
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        FieldType::Size => "a size such as \"512MiB\" or \"10GiB\"".to_owned(),
     }
 }
 
@@ -42,8 +51,14 @@ fn wrong(ctx: &mut Ctx<'_>, field: &FieldSpec, span: Span, found: &str, given: O
     );
     match field.ty {
         FieldType::Address => d.help = Some("for example \"127.0.0.1:8990\"".to_owned()),
-        FieldType::Duration => {
+        FieldType::Duration | FieldType::DurationOr(_) => {
             d.help = Some("a number then ms, s, m or h; a bare integer is milliseconds".to_owned())
+        }
+        FieldType::Size => {
+            d.help = Some(
+                "a whole number then B, kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a bare integer is bytes"
+                    .to_owned(),
+            )
         }
         FieldType::Enum(allowed) => {
             if let Some(best) = given.and_then(|g| did_you_mean(g, allowed.iter().copied())) {
@@ -129,6 +144,17 @@ fn scalar(ty: FieldType, val: &Val, written: &str) -> Option<ConfigValue> {
         (FieldType::Url, Val::Str(s)) => is_url(s).then(|| ConfigValue::Str(s.clone())),
         (FieldType::Duration, Val::Int(ms)) => Some(ConfigValue::Int(*ms)),
         (FieldType::Duration, Val::Str(s)) => duration_ms(s.trim()).map(ConfigValue::Int),
+        (FieldType::DurationOr(_), Val::Int(ms)) => Some(ConfigValue::Int(*ms)),
+        (FieldType::DurationOr(words), Val::Str(s)) => {
+            let s = s.trim();
+            if words.contains(&s) {
+                Some(ConfigValue::Str(s.to_owned()))
+            } else {
+                duration_ms(s).map(ConfigValue::Int)
+            }
+        }
+        (FieldType::Size, Val::Int(n)) => Some(ConfigValue::Int(*n)),
+        (FieldType::Size, Val::Str(s)) => size_bytes(s.trim()).map(ConfigValue::Int),
         _ => None,
     }
 }
@@ -145,10 +171,10 @@ fn in_range(
         ConfigValue::Float(f) => (*f, f.to_string()),
         _ => return Some(value),
     };
-    let unit = if field.ty == FieldType::Duration {
-        " ms"
-    } else {
-        ""
+    let unit = match field.ty {
+        FieldType::Duration | FieldType::DurationOr(_) => " ms",
+        FieldType::Size => " bytes",
+        _ => "",
     };
     if as_f64 == 0.0 && field.name == "rate" {
         ctx.error(
@@ -318,6 +344,27 @@ fn duration_ms(s: &str) -> Option<i64> {
     amount.checked_mul(scale)
 }
 
+/// Bytes of `10GiB`, `512MiB`, `64KiB`, `1GB`, `500MB`, `4kB`, `100B`, or
+/// of bare digits.
+fn size_bytes(s: &str) -> Option<i64> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (amount, unit) = s.split_at(digits);
+    let amount: i64 = amount.parse().ok()?;
+    let scale: i64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    amount.checked_mul(scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +388,20 @@ mod tests {
         assert_eq!(duration_ms("1.5s"), None);
         assert_eq!(duration_ms("s"), None);
         assert_eq!(duration_ms("99999999999999999h"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size_bytes("10GiB"), Some(10 << 30));
+        assert_eq!(size_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(size_bytes("64KiB"), Some(64 << 10));
+        assert_eq!(size_bytes("1GB"), Some(1_000_000_000));
+        assert_eq!(size_bytes("4kB"), Some(4_000));
+        assert_eq!(size_bytes("4096"), Some(4096));
+        assert_eq!(size_bytes("100 MiB"), Some(100 << 20));
+        assert_eq!(size_bytes("1.5GiB"), None);
+        assert_eq!(size_bytes("10gb"), None);
+        assert_eq!(size_bytes("GiB"), None);
+        assert_eq!(size_bytes("9999999999TiB"), None);
     }
 }

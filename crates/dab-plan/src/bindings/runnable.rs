@@ -37,6 +37,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
         (Section::Sources, "unix") => socket_path(ctx, b),
         (section, "kafka") => kafka_options_of(ctx, section, b, entries),
         (Section::Sinks, "parquet") => parquet_storage(ctx, b, entries),
+        (Section::Queues, "disk") => disk_directory(ctx, b),
         _ => {}
     }
 }
@@ -138,6 +139,31 @@ fn pem_file(
             .with_label_here("read when the set is checked")
             .with_help("TLS files are read by dab validate as by dab run; point at the PEM file the connector will load"),
     );
+}
+
+/// A disk queue's `path` is a directory `dab run` creates when missing; a
+/// file there would fail the queue's open (E018).
+fn disk_directory(ctx: &mut Ctx<'_>, b: &Binding) {
+    let Some((ConfigValue::Str(path), span)) = b.fields.get("path").zip(b.field_spans.get("path"))
+    else {
+        return;
+    };
+    if (ctx.files)(path).is_ok() {
+        ctx.diags.push(
+            Diagnostic::new(
+                Code::E018,
+                *span,
+                format!(
+                    "disk queue `{}`: `path` `{path}` is a file, not a directory",
+                    b.name
+                ),
+            )
+            .with_label_here("looked up when the set is checked")
+            .with_help(
+                "point `path` at a directory (created when missing) that only this queue uses",
+            ),
+        );
+    }
 }
 
 /// The longest Unix socket path Linux binds: `sun_path` holds 108 bytes,

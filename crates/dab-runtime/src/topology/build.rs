@@ -38,6 +38,9 @@ fn coalesce_of(fields: &BTreeMap<String, ConfigValue>) -> Option<crate::sink::Co
     })
 }
 
+/// A binding's fields, borrowed from the plan or made for the runtime.
+type Fields<'a> = std::borrow::Cow<'a, BTreeMap<String, ConfigValue>>;
+
 /// Input depth, in batches, of a Kafka sink (at least `channel_batches`).
 const KAFKA_SINK_BATCHES: usize = 64;
 
@@ -87,11 +90,30 @@ pub(super) struct StagedSource {
 }
 
 /// The input key of a pipeline, and, for a Kafka queue, its fields with
-/// the pipeline's consumer group.
+/// the pipeline's consumer group; for a disk queue, its fields with the
+/// queue's name and the reader's (the pipeline id).
 pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>) {
     let name = p.config.input.as_str();
     let empty: &'static BTreeMap<String, ConfigValue> = empty_fields();
     match plan.endpoints.get(name) {
+        Some(Endpoint::Bound {
+            kind, fields, role, ..
+        }) if *role == Role::Queue && kind == "disk" => {
+            // One reader per reading pipeline, named after it; the queue's
+            // owner in this process serves them all.
+            let key = format!("{name}:{}", p.id);
+            let mut fields = disk_fields(plan, name, fields);
+            fields.insert("queue".to_owned(), ConfigValue::Str(name.to_owned()));
+            fields.insert("reader".to_owned(), ConfigValue::Str(p.id.clone()));
+            (
+                key.clone(),
+                Some(SourceSpec {
+                    name: key,
+                    kind: Some("disk"),
+                    fields: std::borrow::Cow::Owned(fields),
+                }),
+            )
+        }
         Some(Endpoint::Bound {
             kind, fields, role, ..
         }) if *role == Role::Queue && kind == "kafka" => {
@@ -141,6 +163,36 @@ pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<Sour
     }
 }
 
+/// A disk queue's fields with `readers`: the ids of the set's pipelines
+/// that read it. The queue's first opening in this process drops the
+/// positions of readers no pipeline has any more, which would otherwise
+/// hold its segments forever.
+fn disk_fields(
+    plan: &Plan,
+    name: &str,
+    fields: &BTreeMap<String, ConfigValue>,
+) -> BTreeMap<String, ConfigValue> {
+    let mut readers: Vec<&str> = plan
+        .pipelines
+        .iter()
+        .filter(|p| p.config.input == name)
+        .map(|p| p.id.as_str())
+        .collect();
+    readers.sort_unstable();
+    readers.dedup();
+    let mut fields = fields.clone();
+    fields.insert(
+        "readers".to_owned(),
+        ConfigValue::List(
+            readers
+                .into_iter()
+                .map(|r| ConfigValue::Str(r.to_owned()))
+                .collect(),
+        ),
+    );
+    fields
+}
+
 fn empty_fields() -> &'static BTreeMap<String, ConfigValue> {
     static EMPTY: std::sync::OnceLock<BTreeMap<String, ConfigValue>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(BTreeMap::new)
@@ -187,7 +239,9 @@ impl Running {
 
         // Memory queues used by the selected pipelines that do not exist yet.
         let mut queues = Vec::new();
-        let mut kafka_queues: HashMap<&str, &BTreeMap<String, ConfigValue>> = HashMap::new();
+        // Queues outside this process's memory (Kafka, disk): by name, their
+        // kind and fields. Writers get a sink of that kind, readers a source.
+        let mut external_queues: HashMap<&str, (&str, Fields<'_>)> = HashMap::new();
         let used = selected
             .iter()
             .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
@@ -198,7 +252,13 @@ impl Running {
             }
             if let Endpoint::Bound { kind, fields, .. } = ep {
                 if kind == "kafka" {
-                    kafka_queues.insert(name, fields);
+                    external_queues
+                        .insert(name, (kind.as_str(), std::borrow::Cow::Borrowed(fields)));
+                    continue;
+                }
+                if kind == "disk" {
+                    let fields = disk_fields(plan, name, fields);
+                    external_queues.insert(name, (kind.as_str(), std::borrow::Cow::Owned(fields)));
                     continue;
                 }
             }
@@ -242,8 +302,8 @@ impl Running {
         for p in &rebuild {
             for name in p.config.writes() {
                 let Some(ep) = endpoint(name) else { continue };
-                let (kind, fields, schema) = match (kafka_queues.get(name), ep) {
-                    (Some(fields), _) => ("kafka", *fields, None),
+                let (kind, fields, schema) = match (external_queues.get(name), ep) {
+                    (Some((kind, fields)), _) => (*kind, &**fields, None),
                     (None, _) if ep.role() != Role::Sink => continue,
                     (
                         None,
@@ -273,7 +333,7 @@ impl Running {
                     .find(|f| f.kind() == kind)
                     .ok_or_else(|| StartError::UnknownKind {
                         name: name.to_owned(),
-                        role: if kafka_queues.contains_key(name) {
+                        role: if external_queues.contains_key(name) {
                             "queue"
                         } else {
                             "sink"
@@ -286,7 +346,7 @@ impl Running {
                 // delivery report; a deeper input keeps the pipelines
                 // flowing meanwhile (a bandwidth-delay product, about
                 // 16 MiB of 250-byte events).
-                let depth = if kind == "kafka" {
+                let depth = if kind == "kafka" || kind == "disk" {
                     cap.max(KAFKA_SINK_BATCHES)
                 } else {
                     cap
@@ -442,7 +502,9 @@ impl Running {
                     modifiers,
                 });
             }
-            let kafka_input = kafka_queues.contains_key(c.input.as_str())
+            // A disk queue's records could be undecodable only if damaged;
+            // they are screened the same way.
+            let kafka_input = external_queues.contains_key(c.input.as_str())
                 || matches!(endpoint(&c.input), Some(Endpoint::Bound { kind, .. }) if kind == "kafka");
             let screen = kafka_input.then(|| Screen {
                 on_error: on_error(),
