@@ -1437,3 +1437,110 @@ fn routing_first_match_wins_and_counts_each_route() {
         assert_eq!(got, want, "the events of `{name}`");
     }
 }
+
+/// Which file holds each offset, and each team's files, of one run of
+/// `out_by_sends_each_event_to_one_output_and_a_key_always_to_the_same`.
+fn team_files(
+    dir: &Path,
+    names: &[&str],
+) -> (BTreeMap<u64, String>, BTreeMap<String, BTreeSet<String>>) {
+    let mut where_ = BTreeMap::new();
+    let mut teams: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for name in names {
+        for line in file_lines(&dir.join(format!("{name}.ndjson"))) {
+            let e = parse(&line);
+            let off = e["offset"].as_u64().expect("offset");
+            let team = e["tags"]["team"].as_str().unwrap_or("(none)").to_owned();
+            assert!(
+                where_.insert(off, (*name).to_owned()).is_none(),
+                "offset {off} in two outputs"
+            );
+            teams.entry(team).or_default().insert((*name).to_owned());
+        }
+    }
+    (where_, teams)
+}
+
+/// `Out(A, B, C, by = tags.team)` over TCP, run twice on the same outputs
+/// (a restart): every event is in exactly one output, all the events of a
+/// team (and all those without the tag) in the same one, the same one in
+/// both runs, and every output gets some teams.
+#[test]
+fn out_by_sends_each_event_to_one_output_and_a_key_always_to_the_same() {
+    const N: u64 = 3_000;
+    let dir = tmp();
+    let names = ["A", "B", "C"];
+    let mut runs = Vec::new();
+    for run in 0..2u64 {
+        let listen = free_addr();
+        let out = dir.path().join(format!("run{run}"));
+        std::fs::create_dir_all(&out).expect("out dir");
+        let sinks: String = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "  {n}: {{ kind: file, path: {} }}\n",
+                    yaml_path(&out.join(format!("{n}.ndjson")))
+                )
+            })
+            .collect();
+        write_set(
+            dir.path(),
+            "t.NewPipeline().In(TcpIn).Out(A, B, C, by = tags.team)\n",
+            &format!(
+                "sources:\n  TcpIn: {{ kind: tcp, listen: \"{listen}\", framing: ndjson }}\nsinks:\n{sinks}"
+            ),
+        );
+        let (mut dab, metrics) = start_with_metrics(dir.path(), &[]);
+        wait_tcp(&listen, START, || dab.stderr());
+        let mut payload = String::new();
+        for i in 0..N {
+            let offset = run * N + i;
+            // 40 teams, a different order in each run, and some events
+            // without the tag.
+            let tags = if i % 41 == 0 {
+                String::from("{}")
+            } else {
+                format!(r#"{{"team":"T{}"}}"#, (i * 7 + run * 13) % 40)
+            };
+            payload.push_str(&format!(
+                r#"{{"timestamp":1,"host":"h","type":"E","offset":{offset},"pid":1,"message":"m","tags":{tags}}}"#
+            ));
+            payload.push('\n');
+        }
+        let mut conn = TcpStream::connect(&listen).expect("connect");
+        conn.write_all(payload.as_bytes()).expect("send");
+        drop(conn);
+        poll(
+            Duration::from_secs(20),
+            "every event in a file",
+            || {
+                let text = scrape(&metrics);
+                let sunk: f64 = names
+                    .iter()
+                    .filter_map(|n| {
+                        metric(&text, &format!("dab_sink_events_total{{sink=\"{n}\"}}"))
+                    })
+                    .sum();
+                (sunk >= N as f64).then_some(())
+            },
+            || dab.stderr(),
+        );
+        dab.terminate();
+        assert_exit_0(&mut dab, EXIT);
+        let (where_, teams) = team_files(&out, &names);
+        let want: BTreeSet<u64> = (run * N..(run + 1) * N).collect();
+        assert_eq!(
+            where_.keys().copied().collect::<BTreeSet<u64>>(),
+            want,
+            "every event once"
+        );
+        for (team, files) in &teams {
+            assert_eq!(files.len(), 1, "team {team} in {files:?}");
+        }
+        let used: BTreeSet<&String> = teams.values().flatten().collect();
+        assert_eq!(used.len(), 3, "some output got no team: {teams:?}");
+        runs.push(teams);
+    }
+    assert_eq!(runs[0], runs[1], "a team moved between restarts");
+}

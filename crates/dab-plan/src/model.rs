@@ -25,6 +25,9 @@ pub struct PipelineConfig {
     pub stages: Vec<Stage>,
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,
+    /// `Out(..., by = key)`: each event goes to the one output rendezvous
+    /// hashing of this key picks (empty: every output gets every event).
+    pub by: Vec<Operand>,
     /// `OnError(Name)`: where events that fail a stage go.
     pub on_error: Option<String>,
 }

@@ -140,13 +140,20 @@ static OPERATORS: &[OpSpec] = &[
         class: OpClass::Output,
         positional: &[NAME],
         variadic: true,
-        named: &[Param {
-            name: "when_full",
-            ty: ParamType::Choice(&["block", "drop_newest"]),
-            doc: "what a full output buffer does: block (default) or drop_newest (counted)",
-        }],
+        named: &[
+            Param {
+                name: "when_full",
+                ty: ParamType::Choice(&["block", "drop_newest"]),
+                doc: "what a full output buffer does: block (default) or drop_newest (counted)",
+            },
+            Param {
+                name: "by",
+                ty: ParamType::Keys,
+                doc: "a field or a list of fields: each event goes to one output only, by rendezvous hashing of this key",
+            },
+        ],
         other_named: None,
-        doc: "Write to sinks and/or queues; each output gets every event",
+        doc: "Write to sinks and/or queues; each output gets every event, or with `by` exactly one",
     },
     OpSpec {
         name: "FilterType",

@@ -27,7 +27,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" | "Aggregate" => {
+            "Filter" | "Aggregate" | "Out" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -39,7 +39,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                 if schemas.is_empty() {
                     continue;
                 }
-                if op.name.name == "Aggregate" {
+                if op.name.name == "Aggregate" || op.name.name == "Out" {
                     aggregate(op, &schemas, diags);
                     continue;
                 }

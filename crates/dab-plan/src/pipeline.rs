@@ -8,7 +8,7 @@ use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 use crate::bindings::KeyDecl;
 use crate::expr::check_condition;
 use crate::model::{
-    OnLimit, Output, PipelineConfig, Predicate, Stage, WhenFull, WindowSpec, Windowed,
+    OnLimit, Operand, Output, PipelineConfig, Predicate, Stage, WhenFull, WindowSpec, Windowed,
 };
 use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
 use crate::window;
@@ -62,6 +62,7 @@ pub(crate) fn check_statement(
     let id = st.id();
     let mut input: Option<(&Op, Option<Ident>)> = None;
     let mut outputs: Option<(Vec<String>, WhenFull)> = None;
+    let mut by: Vec<Operand> = Vec::new();
     let mut stages = Vec::new();
     let mut modifiers = Vec::new();
     let mut on_error: Option<(&Op, String)> = None;
@@ -157,6 +158,25 @@ pub(crate) fn check_statement(
                             when_full = WhenFull::DropNewest
                         }
                         _ => {}
+                    }
+                }
+                if let Some(a) = op.named("by") {
+                    by = window::keys(&a.value, diags)
+                        .into_iter()
+                        .map(|(_, o, _)| o)
+                        .collect();
+                    if targets.len() == 1 && !by.is_empty() {
+                        diags.push(
+                            Diagnostic::new(
+                                Code::W002,
+                                a.span,
+                                "`by` with one output sends every event to it",
+                            )
+                            .with_label_here("no effect")
+                            .with_help(
+                                "list the outputs to spread the events over, or remove `by`",
+                            ),
+                        );
                     }
                 }
                 outputs = Some((targets, when_full));
@@ -260,6 +280,7 @@ pub(crate) fn check_statement(
                     })
                     .collect(),
                 when_full,
+                by,
                 on_error: on_error.map(|(_, name)| name),
             });
         }

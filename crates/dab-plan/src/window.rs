@@ -183,6 +183,34 @@ fn key_name(e: &Expr) -> Option<String> {
     }
 }
 
+/// `by = field` or `by = [field, ...]` (`Aggregate`, `Out`): each field
+/// with its name in a result and its place; constants and unknown fields
+/// are reported and left out.
+pub(crate) fn keys(value: &Expr, diags: &mut Vec<Diagnostic>) -> Vec<(String, Operand, Span)> {
+    let items: Vec<&Expr> = match &value.kind {
+        ExprKind::List(items) => items.iter().collect(),
+        _ => vec![value],
+    };
+    let mut out = Vec::new();
+    for k in items {
+        let Some((operand, _)) = operand(k, diags) else {
+            continue;
+        };
+        if let Operand::Value(_) = operand {
+            diags.push(
+                Diagnostic::new(Code::E008, k.span, "a key is a field, not a value")
+                    .with_label_here("a constant")
+                    .with_help("use fields such as `host`, `tags.team` or `fields.method`"),
+            );
+            continue;
+        }
+        if let Some(name) = key_name(k) {
+            out.push((name, operand, k.span));
+        }
+    }
+    out
+}
+
 /// `Aggregate(...)`, its arguments' kinds already checked.
 pub(crate) fn check_aggregate(op: &Op, diags: &mut Vec<Diagnostic>) -> Option<AggregateSpec> {
     let before = diags.len();
@@ -215,26 +243,8 @@ pub(crate) fn check_aggregate(op: &Op, diags: &mut Vec<Diagnostic>) -> Option<Ag
 
     let mut by = Vec::new();
     if let Some(a) = op.named("by") {
-        let keys: Vec<&Expr> = match &a.value.kind {
-            ExprKind::List(items) => items.iter().collect(),
-            _ => vec![&a.value],
-        };
-        for k in keys {
-            let Some((operand, _)) = operand(k, diags) else {
-                continue;
-            };
-            if let Operand::Value(_) = operand {
-                diags.push(
-                    Diagnostic::new(Code::E008, k.span, "a group key is a field, not a value")
-                        .with_label_here("a constant")
-                        .with_help(
-                            "group by fields such as `host`, `tags.team` or `fields.method`",
-                        ),
-                );
-                continue;
-            }
-            let Some(name) = key_name(k) else { continue };
-            if claim(name.clone(), k.span, diags) {
+        for (name, operand, span) in keys(&a.value, diags) {
+            if claim(name.clone(), span, diags) {
                 by.push((name, operand));
             }
         }

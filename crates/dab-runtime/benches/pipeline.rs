@@ -4,7 +4,9 @@
 //! `dab_runtime::start` runs it on a current-thread tokio runtime. The
 //! target is 3 million events/s for
 //! `Generator -> FilterType -> WithSampleRate -> Blackhole`; the bare
-//! `Generator -> Blackhole` figure shows what the stages add.
+//! `Generator -> Blackhole` figure shows what the stages add. Issue 14's
+//! `generator_3_routes_out_by_blackholes` (three `Route`s and `Out(...,
+//! by = host)`) is to reach 0.8 of `generator_blackhole`.
 //!
 //! `taskset -c 0 cargo bench -p dab-runtime --bench pipeline`
 
@@ -19,7 +21,7 @@ const EVENTS: u64 = 1_000_000;
 
 fn plan(blueprint: &str) -> Plan {
     let bindings = format!(
-        "sources:\n  Gen: {{ kind: generator, count: {EVENTS}, types: [A, B], payload_bytes: 100, seed: 7 }}\ntypes:\n  A: {{}}\n  B: {{}}\n"
+        "sources:\n  Gen: {{ kind: generator, count: {EVENTS}, types: [A, B], payload_bytes: 100, seed: 7 }}\nsinks:\n  B1: {{ kind: blackhole }}\n  B2: {{ kind: blackhole }}\n  B3: {{ kind: blackhole }}\ntypes:\n  A: {{}}\n  B: {{}}\n"
     );
     let set = check_set(
         SourceSet {
@@ -76,6 +78,13 @@ fn pipeline(c: &mut Criterion) {
         (
             "generator_blackhole",
             "bench.NewPipeline().In(Gen).Out(Blackhole)",
+        ),
+        // Issue 14's routing figure: three routes that every event passes
+        // (none matches, so each is evaluated on every event), then each
+        // event to one of three sinks by its host.
+        (
+            "generator_3_routes_out_by_blackholes",
+            "bench.NewPipeline().In(Gen).Route(type == \"C\", B1).Route(tags.zone == \"none\", B2).Route(pid == 4000000, B3).Out(B1, B2, B3, by = host)",
         ),
     ];
     let mut g = c.benchmark_group("pipeline_1thread");

@@ -11,6 +11,7 @@ pub mod output;
 pub mod pipeline;
 mod predicate;
 pub mod reliability;
+pub mod rendezvous;
 pub mod sample;
 mod sink;
 pub mod stages;

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
 use crate::output::{OutputTx, QueueReader};
+use crate::predicate::key_bytes;
 use crate::reliability::Tracker;
+use crate::rendezvous::Rendezvous;
 use crate::stages::Compiled;
 
 #[derive(Debug)]
@@ -60,6 +62,30 @@ impl Inlet {
     }
 }
 
+/// `Out(..., by = key)`: the key's fields and the outputs' hash.
+#[derive(Debug)]
+pub struct By {
+    pub keys: Vec<dab_plan::model::Operand>,
+    /// Over the outputs, in the order of `PipelineTask::outputs`.
+    pub hash: Rendezvous,
+}
+
+impl By {
+    /// Moves each event of `batch` to the part of the output its key
+    /// picks; `n` parts.
+    fn split(&self, batch: &mut Batch, n: usize) -> Vec<Vec<dab_api::Event>> {
+        let mut parts: Vec<Vec<dab_api::Event>> = (0..n).map(|_| Vec::new()).collect();
+        let mut key = Vec::with_capacity(64);
+        for e in batch.events.drain(..) {
+            key.clear();
+            key_bytes(&e, &self.keys, &mut key);
+            let i = self.hash.pick(&key).min(n.saturating_sub(1));
+            parts[i].push(e);
+        }
+        parts
+    }
+}
+
 /// Input a source could not decode, sent to the pipeline's `OnError`
 /// output (or counted and dropped) before any stage sees it.
 #[derive(Debug)]
@@ -75,6 +101,8 @@ pub struct PipelineTask {
     pub stages: Vec<Compiled>,
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,
+    /// `Out(..., by = key)`: each event to one output.
+    pub by: Option<By>,
     pub metrics: Arc<PipelineMetrics>,
     /// Cancelled when shutdown is forced: stop waiting (on a rate limit or a
     /// full output) and abandon the batch in hand, whose source then hears
@@ -106,6 +134,7 @@ impl PipelineTask {
             let n = batch.len() as u64;
             let ctx = Ctx {
                 screen: self.screen.as_ref(),
+                by: self.by.as_ref(),
                 when_full: self.when_full,
                 metrics: &self.metrics,
                 tracker: self.reliability.as_deref(),
@@ -140,6 +169,7 @@ impl PipelineTask {
 /// What `process` reads of its pipeline besides the stages and outputs.
 struct Ctx<'a> {
     screen: Option<&'a Screen>,
+    by: Option<&'a By>,
     when_full: WhenFull,
     metrics: &'a PipelineMetrics,
     tracker: Option<&'a Tracker>,
@@ -152,6 +182,7 @@ struct Ctx<'a> {
 async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], mut batch: Batch) {
     let Ctx {
         screen,
+        by,
         when_full,
         metrics: m,
         tracker,
@@ -193,9 +224,18 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
     }
     let mut stage_index = stages.len();
     let last = outputs.len().saturating_sub(1);
+    // With `by`, each output gets its own part, with a share of the
+    // acknowledgement; the batch's own token is settled once all are.
+    let mut parts = by.map(|b| b.split(&mut batch, outputs.len()));
     let mut original = Some(batch);
     for (i, out) in outputs.iter_mut().enumerate() {
-        let mut copy = if i == last {
+        let mut copy = if let Some(parts) = parts.as_mut() {
+            let events = std::mem::take(&mut parts[i]);
+            match &original {
+                Some(b) if !events.is_empty() => Batch::new(events, b.ack.share()),
+                _ => continue,
+            }
+        } else if i == last {
             match original.take() {
                 Some(b) => b,
                 None => break,
@@ -262,6 +302,11 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
                     .add(Undelivered::reader_closed(force.is_cancelled()), n);
                 b.ack.fail();
             }
+        }
+    }
+    if parts.is_some() {
+        if let Some(b) = original {
+            b.ack.complete();
         }
     }
     m.latency.observe(t0.elapsed());

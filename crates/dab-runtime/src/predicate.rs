@@ -76,6 +76,26 @@ fn order(a: &Val<'_>, b: &Val<'_>) -> Option<Ordering> {
     }
 }
 
+/// Appends the bytes of the key `keys` make for `e` to `out`, as
+/// `rendezvous.rs` documents: each value then 0x1F; a missing one 0x1E.
+pub fn key_bytes(e: &Event, keys: &[Operand], out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    for k in keys {
+        with_operand(e, k, |v| match v {
+            Val::Bytes(b) => out.extend_from_slice(b),
+            Val::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Val::Float(x) => {
+                let _ = write!(out, "{x}");
+            }
+            Val::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            Val::Missing => out.push(0x1E),
+        });
+        out.push(0x1F);
+    }
+}
+
 pub fn eval(p: &Predicate, e: &Event) -> bool {
     match p {
         Predicate::Const(b) => *b,

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use crate::breaker::BreakerConfig;
 use crate::metrics::{PipelineMetrics, QueueMetrics, SinkMetrics};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
-use crate::pipeline::{Inlet, Output, PipelineTask, Screen};
+use crate::pipeline::{By, Inlet, Output, PipelineTask, Screen};
+use crate::rendezvous::Rendezvous;
 use crate::sink::SinkTask;
 
 use super::state::{compile_ops, PipelineSlot, SinkSlot, SourceSlot, State};
@@ -483,10 +484,13 @@ impl Running {
             let stages = compile_ops(None, &c.stages, sink_tx, on_error, &mut prior, &mut states)
                 .map_err(bad_key)?;
             let mut outputs = Vec::new();
+            // The outputs' names, in order: what `by` hashes over.
+            let mut out_names = Vec::new();
             for o in &c.outputs {
                 let Some(tx) = sink_tx(&o.target) else {
                     continue;
                 };
+                out_names.push(o.target.clone());
                 let modifiers = compile_ops(
                     Some(&o.target),
                     &o.modifiers,
@@ -523,6 +527,10 @@ impl Running {
                     stages,
                     outputs,
                     when_full: c.when_full,
+                    by: (!c.by.is_empty()).then(|| By {
+                        keys: c.by.clone(),
+                        hash: Rendezvous::new(out_names.iter().map(String::as_str)),
+                    }),
                     metrics: pm,
                     force: self.force.clone(),
                     reliability: self.reliability.clone(),
