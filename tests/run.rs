@@ -1544,3 +1544,94 @@ fn out_by_sends_each_event_to_one_output_and_a_key_always_to_the_same() {
     }
     assert_eq!(runs[0], runs[1], "a team moved between restarts");
 }
+
+// Tags (SPEC section 10) ------------------------------------------------------
+
+/// `SetTag` and `RemoveTag` as a user sees them: the tags are in the NDJSON
+/// `dab run` prints, and they survive a protobuf hop (a `murron_grpc` sink
+/// into a second `dab` whose `murron_grpc` source writes a file). A field
+/// with no value leaves its tag unset; the message bytes are unchanged.
+#[test]
+fn set_tag_and_remove_tag_reach_ndjson_and_protobuf_outputs() {
+    const N: u64 = 200;
+    let a = tmp();
+    let b = tmp();
+    let listen = free_addr();
+    let file = b.path().join("out.ndjson");
+    write_set(
+        b.path(),
+        "b.NewPipeline().In(GrpcIn).Out(FileOut)\n",
+        &format!(
+            "sources:\n  GrpcIn: {{ kind: murron_grpc, listen: \"{listen}\" }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+            yaml_path(&file)
+        ),
+    );
+    let (mut relay, _) = start_with_metrics(b.path(), &[]);
+    wait_tcp(&listen, START, || relay.stderr());
+    write_set(
+        a.path(),
+        "a.NewPipeline().In(Stdin).\
+         SetTag(env = \"prod\", origin = host, code = fields.status, level = 3).\
+         RemoveTag(drop_me, \"k-1\").Out(Stdout, GrpcOut)\n",
+        &format!("sinks:\n  GrpcOut: {{ kind: murron_grpc, endpoint: \"http://{listen}\" }}\n"),
+    );
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            let message = if i % 2 == 0 {
+                json!({"status": 500 + i}).to_string()
+            } else {
+                "not json".to_owned()
+            };
+            json!({"type": "T", "host": format!("h{i}"), "offset": i, "message": message,
+                   "tags": {"drop_me": "x", "k-1": "y", "keep": "z"}})
+            .to_string()
+        })
+        .collect();
+    let out = common::run_with_stdin(
+        a.path(),
+        &["run", "t.dab", "--config", "dab.yaml"],
+        lines.join("\n") + "\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = |i: u64| {
+        let mut tags = json!({"keep": "z", "env": "prod", "origin": format!("h{i}"), "level": "3"});
+        if i % 2 == 0 {
+            tags["code"] = json!((500 + i).to_string());
+        }
+        tags
+    };
+    let printed: Vec<Value> = std::str::from_utf8(&out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(parse)
+        .collect();
+    assert_eq!(printed.len(), N as usize);
+    for e in &printed {
+        let i = e["offset"].as_u64().expect("offset");
+        assert_eq!(e["tags"], want(i), "NDJSON tags of event {i}");
+        assert_eq!(
+            e["message"],
+            parse(&lines[i as usize])["message"],
+            "message of event {i}"
+        );
+    }
+    poll(
+        Duration::from_secs(20),
+        "every event through the protobuf hop",
+        || (file_lines(&file).len() >= N as usize).then_some(()),
+        || relay.stderr(),
+    );
+    relay.terminate();
+    assert_exit_0(&mut relay, EXIT);
+    let relayed = file_lines(&file);
+    assert_eq!(relayed.len(), N as usize);
+    for l in &relayed {
+        let e = parse(l);
+        let i = e["offset"].as_u64().expect("offset");
+        assert_eq!(e["tags"], want(i), "tags of event {i} after protobuf");
+    }
+}

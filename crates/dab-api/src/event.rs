@@ -180,6 +180,18 @@ impl Event {
         }
     }
 
+    /// Removes a tag; true when there was one. Forgets the arrival bytes
+    /// only when something changed.
+    pub fn remove_tag(&mut self, key: &str) -> bool {
+        let before = self.tags.len();
+        self.tags.retain(|(k, _)| k.as_str() != key);
+        let changed = self.tags.len() != before;
+        if changed {
+            self.raw = None;
+        }
+        changed
+    }
+
     /// Forgets the arrival bytes after a direct change of a field.
     pub fn touch(&mut self) {
         self.raw = None;

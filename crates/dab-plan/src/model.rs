@@ -113,6 +113,15 @@ pub enum Stage {
     Dedup {
         within: std::time::Duration,
     },
+    /// `SetTag(k = value, ...)`: each tag with a literal (`Operand::Value`)
+    /// or the field whose value it copies.
+    SetTag {
+        tags: Vec<(String, Operand)>,
+    },
+    /// `RemoveTag(k, ...)`.
+    RemoveTag {
+        keys: Vec<String>,
+    },
     /// `Route(cond, Name)` (SPEC section 10): the events for which `cond`
     /// holds leave the pipeline for `target`.
     Route {
@@ -280,6 +289,11 @@ impl Stage {
             Stage::VerifySignature { key, .. } => format!("VerifySignature(key = {key})"),
             Stage::Dedup { within } => format!("Dedup(within = {}s)", within.as_secs()),
             Stage::Route { predicate, target } => format!("Route({predicate}, {target})"),
+            Stage::SetTag { tags } => {
+                let t: Vec<String> = tags.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                format!("SetTag({})", t.join(", "))
+            }
+            Stage::RemoveTag { keys } => format!("RemoveTag({})", keys.join(", ")),
             Stage::Aggregate(w) => {
                 let window = match w.window.kind {
                     WindowKind::Tumbling { size } => format!("tumbling = {size:?}"),

@@ -37,6 +37,8 @@ pub enum ParamType {
     Keys,
     /// An aggregate call: `Count()`, `Sum(fields.bytes)`, ...
     Aggregate,
+    /// A tag's new value: a literal, or a field whose value becomes the tag.
+    TagValue,
 }
 
 impl ParamType {
@@ -54,6 +56,9 @@ impl ParamType {
             }
             ParamType::Aggregate => {
                 "an aggregate such as `Count()` or `Sum(fields.bytes)`".to_owned()
+            }
+            ParamType::TagValue => {
+                "a value or a field such as `\"prod\"` or `fields.team`".to_owned()
             }
         }
     }
@@ -200,6 +205,32 @@ static OPERATORS: &[OpSpec] = &[
         named: &[],
         other_named: None,
         doc: "Send the events for which the condition holds to a sink or queue; the rest go on. Of chained routes, the first that matches takes the event",
+    },
+    OpSpec {
+        name: "SetTag",
+        class: OpClass::Stage,
+        positional: &[],
+        variadic: false,
+        named: &[],
+        other_named: Some(Param {
+            name: "KEY",
+            ty: ParamType::TagValue,
+            doc: "the tag `KEY` takes this value: a literal, or a field (`host`, `tags.k`, `fields.x`) whose value it copies",
+        }),
+        doc: "Set tags on each event; a field with no value leaves its tag as it was",
+    },
+    OpSpec {
+        name: "RemoveTag",
+        class: OpClass::Stage,
+        positional: &[Param {
+            name: "key",
+            ty: ParamType::TypeName,
+            doc: "a tag key: a name, or a string such as \"k-1\"",
+        }],
+        variadic: true,
+        named: &[],
+        other_named: None,
+        doc: "Remove tags from each event",
     },
     OpSpec {
         name: "WithSampleRate",

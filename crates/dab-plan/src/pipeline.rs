@@ -444,7 +444,9 @@ fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<A
         (ParamType::Number, ExprKind::Float(v)) => Some(ArgValue::Number(*v, e.span)),
         (ParamType::Condition, _) => return check_condition(e, diags).map(ArgValue::Condition),
         (ParamType::Duration, ExprKind::Duration(d)) => Some(ArgValue::Duration(*d, e.span)),
-        (ParamType::Keys | ParamType::Aggregate, _) => Some(ArgValue::Deferred),
+        (ParamType::Keys | ParamType::Aggregate | ParamType::TagValue, _) => {
+            Some(ArgValue::Deferred)
+        }
         (ParamType::Choice(choices), _) => match e.as_name() {
             Some(n) if choices.contains(&n.name.as_str()) => Some(ArgValue::Choice(n.name.clone())),
             Some(n) => {
@@ -543,6 +545,46 @@ fn build_stage(
                 }
             }
             Some(Stage::FilterType { types })
+        }
+        "SetTag" => {
+            let mut tags = Vec::new();
+            let mut ok = true;
+            for a in &op.args {
+                let Some(key) = &a.key else { continue };
+                match crate::expr::operand(&a.value, diags) {
+                    Some((value, _)) => tags.push((key.name.clone(), value)),
+                    None => ok = false,
+                }
+            }
+            if tags.is_empty() && ok {
+                diags.push(
+                    Diagnostic::new(Code::E007, op.span, "`SetTag` sets no tag")
+                        .with_label_here("no `key = value`")
+                        .with_help("for example `SetTag(env = \"prod\", team = fields.team)`"),
+                );
+            }
+            (ok && !tags.is_empty()).then_some(Stage::SetTag { tags })
+        }
+        "RemoveTag" => {
+            let mut keys = Vec::new();
+            for a in args {
+                if let ArgValue::Type(k, span) = a {
+                    if k.starts_with("dab.") {
+                        diags.push(
+                            Diagnostic::new(
+                                Code::E009,
+                                span,
+                                format!("`{k}` is one of DAB's own tags"),
+                            )
+                            .with_label_here("reserved")
+                            .with_help("tags starting `dab.` are set by DAB and cannot be changed from blueprints"),
+                        );
+                        return None;
+                    }
+                    keys.push(k);
+                }
+            }
+            Some(Stage::RemoveTag { keys })
         }
         "Route" => {
             let mut args = args.into_iter();

@@ -76,6 +76,19 @@ fn order(a: &Val<'_>, b: &Val<'_>) -> Option<Ordering> {
     }
 }
 
+/// The value of `o` for `e` as a tag's text (`SetTag`): a string as
+/// itself, a number in decimal, a boolean as `true`/`false`; `None` when
+/// the field has no value (or is not UTF-8).
+pub fn value_text(e: &Event, o: &Operand) -> Option<String> {
+    with_operand(e, o, |v| match v {
+        Val::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Val::Int(i) => Some(i.to_string()),
+        Val::Float(x) => Some(x.to_string()),
+        Val::Bool(b) => Some(b.to_string()),
+        Val::Missing => None,
+    })
+}
+
 /// Appends the bytes of the key `keys` make for `e` to `out`, as
 /// `rendezvous.rs` documents: each value then 0x1F; a missing one 0x1E.
 pub fn key_bytes(e: &Event, keys: &[Operand], out: &mut Vec<u8>) {

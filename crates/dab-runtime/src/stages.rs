@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dab_api::signature::Signer;
-use dab_plan::model::{OnLimit, Predicate, Stage};
+use dab_plan::model::{OnLimit, Operand, Predicate, Stage, Value};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
 use crate::output::OutputTx;
-use crate::predicate::eval;
+use crate::predicate::{eval, value_text};
 use crate::reliability::Tracker;
 use crate::sample::{keep, uid_hash};
 
@@ -42,6 +42,9 @@ pub enum Compiled {
     /// Shared with the same op of the pipeline a reload replaced, so that
     /// a rebuild does not forget the UIDs seen in the window.
     Dedup(Arc<Mutex<Dedup>>),
+    /// `SetTag(k = v, ...)`: a literal's text is made once.
+    SetTag(Vec<(Text, TagValue)>),
+    RemoveTag(Vec<String>),
     /// `Route(cond, Name)`: the events for which `cond` holds go to
     /// `target` and leave the batch.
     Route {
@@ -138,11 +141,21 @@ impl std::fmt::Debug for Compiled {
             Compiled::VerifySignature { .. } => "VerifySignature",
             Compiled::Dedup(_) => "Dedup",
             Compiled::Route { .. } => "Route",
+            Compiled::SetTag(_) => "SetTag",
+            Compiled::RemoveTag(_) => "RemoveTag",
         })
     }
 }
 
 pub const SAMPLE_TAG: &str = "dab.sample_rate";
+
+/// What `SetTag` sets a tag to.
+#[derive(Debug)]
+pub enum TagValue {
+    Literal(Text),
+    /// The value of this field of each event; no value, no change.
+    Field(Operand),
+}
 
 /// Events a dedup generation holds at most.
 pub const DEDUP_MAX_PER_GENERATION: usize = 1_000_000;
@@ -191,6 +204,21 @@ pub fn compile_with(
                 .collect(),
         ),
         Stage::Filter { predicate } => Compiled::Filter(predicate.clone()),
+        Stage::SetTag { tags } => Compiled::SetTag(
+            tags.iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        Operand::Value(lit) => TagValue::Literal(Text::from(match lit {
+                            Value::Str(s) => s.clone(),
+                            other => other.to_string(),
+                        })),
+                        field => TagValue::Field(field.clone()),
+                    };
+                    (Text::from(k.clone()), value)
+                })
+                .collect(),
+        ),
+        Stage::RemoveTag { keys } => Compiled::RemoveTag(keys.clone()),
         Stage::Route { predicate, target } => Compiled::Route {
             predicate: predicate.clone(),
             target: overflow(target)
@@ -301,6 +329,28 @@ impl Compiled {
             Compiled::Filter(p) => {
                 keep_where(&mut batch.events, tracker, |e| eval(p, e));
                 m.dropped(DropReason::Filter, (before - batch.events.len()) as u64);
+            }
+            Compiled::SetTag(tags) => {
+                for e in &mut batch.events {
+                    for (k, v) in tags.iter() {
+                        let value = match v {
+                            TagValue::Literal(t) => t.clone(),
+                            TagValue::Field(o) => match value_text(e, o) {
+                                Some(s) => Text::from(s),
+                                None => continue,
+                            },
+                        };
+                        // `set_tag` forgets the arrival bytes.
+                        e.set_tag(k.clone(), value);
+                    }
+                }
+            }
+            Compiled::RemoveTag(keys) => {
+                for e in &mut batch.events {
+                    for k in keys.iter() {
+                        e.remove_tag(k);
+                    }
+                }
             }
             Compiled::Route { predicate, target } => {
                 if !batch.events.iter().any(|e| eval(predicate, e)) {
