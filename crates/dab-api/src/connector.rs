@@ -290,6 +290,9 @@ pub struct FlushPolicy {
     pub max_bytes: usize,
     /// The oldest write held is this old.
     pub max_age: Option<std::time::Duration>,
+    /// Nothing came for this long (a quiet input, or one that has ended
+    /// reading but waits for its acknowledgements, as a backfill does).
+    pub idle_after: Option<std::time::Duration>,
 }
 
 impl Default for FlushPolicy {
@@ -301,6 +304,7 @@ impl Default for FlushPolicy {
             max_writes: 64,
             max_bytes: 16 << 20,
             max_age: None,
+            idle_after: None,
         }
     }
 }

@@ -81,6 +81,10 @@ const HOUR_NS: i64 = 3_600_000_000_000;
 pub const DEFAULT_MAX_OPEN_WRITERS: usize = 16;
 const DEFAULT_MAX_FILE_BYTES: u64 = 128 * 1024 * 1024;
 const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(300);
+/// Files are committed once no event came for this long (or
+/// `max_file_age`, if shorter): a quiet stream, or a backfill that has read
+/// its range and waits for its acknowledgements, is not held for the age.
+const IDLE_COMMIT: Duration = Duration::from_secs(5);
 /// Default bound on the events held unacknowledged until their files commit.
 pub const DEFAULT_MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
 /// The sink's settings, once read.
@@ -665,8 +669,8 @@ impl Sink for ParquetSink {
     }
 
     /// Not at every pause of the input, which would make a small file per
-    /// pause: when the oldest event held is `max_file_age` old, or the
-    /// events held reach `max_unacked_bytes`. Files still roll by size and
+    /// pause: when the oldest event held is `max_file_age` old, the events
+    /// held reach `max_unacked_bytes`, or nothing came for 5 s. Files still roll by size and
     /// age in between, so a file holds at most `max_file_bytes`.
     fn flush_policy(&self) -> FlushPolicy {
         FlushPolicy {
@@ -674,6 +678,7 @@ impl Sink for ParquetSink {
             max_writes: usize::MAX,
             max_bytes: self.cfg.max_unacked_bytes,
             max_age: Some(self.cfg.max_file_age),
+            idle_after: Some(self.cfg.max_file_age.min(IDLE_COMMIT)),
         }
     }
 

@@ -220,12 +220,22 @@ impl Driver {
     /// enough.
     async fn run_flushed(&mut self, input: &mut mpsc::Receiver<Batch>, coalesce: Option<Coalesce>) {
         let policy = self.sink.flush_policy();
+        let mut last_input = tokio::time::Instant::now();
         loop {
-            // The oldest held write's age bound, when the policy has one.
-            let deadline = policy
+            // The oldest held write's age bound and the quiet input's
+            // bound, when the policy has them and writes are held.
+            let by_age = policy
                 .max_age
                 .zip(self.held_since)
                 .map(|(age, since)| since + age);
+            let by_idle = policy
+                .idle_after
+                .filter(|_| self.held_since.is_some())
+                .map(|idle| last_input + idle);
+            let deadline = match (by_age, by_idle) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let next = tokio::select! {
                 b = next_batch(input, &self.force) => b,
                 _ = sleep_until_some(deadline) => {
@@ -236,6 +246,7 @@ impl Driver {
                 }
             };
             let Some(batch) = next else { break };
+            last_input = tokio::time::Instant::now();
             let mut w = Write::from_batch(batch);
             gather(&mut w, input, coalesce, &self.force).await;
             if self.take(w).await.is_err() {
@@ -246,7 +257,7 @@ impl Driver {
             let due = (policy.when_idle && input.is_empty())
                 || self.held.len() >= policy.max_writes
                 || self.held_bytes >= policy.max_bytes
-                || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                || by_age.is_some_and(|d| tokio::time::Instant::now() >= d)
                 || self.breaker.state() != BreakerState::Closed;
             if due && self.flush().await.is_err() {
                 break;
@@ -865,6 +876,7 @@ mod tests {
             max_writes: usize::MAX,
             max_bytes: usize::MAX,
             max_age: Some(Duration::from_millis(400)),
+            idle_after: None,
         });
         let handle = tokio::spawn(task.run());
         let mut acks = Vec::new();
@@ -896,6 +908,7 @@ mod tests {
             max_writes: usize::MAX,
             max_bytes: 3 * size,
             max_age: Some(Duration::from_secs(3600)),
+            idle_after: None,
         });
         let handle = tokio::spawn(task.run());
         let mut acks = Vec::new();
@@ -909,6 +922,41 @@ mod tests {
         let (b, a) = batch(10);
         acks.push(a);
         tx.send(b).await.map_err(|_| ()).ok();
+        for a in acks {
+            let got = tokio::time::timeout(Duration::from_secs(5), a).await;
+            assert_eq!(
+                got.ok().and_then(Result::ok),
+                Some(dab_api::AckStatus::Delivered)
+            );
+        }
+        assert_eq!(*flushes.lock().expect("flushes"), 1);
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    }
+
+    /// A quiet input flushes after `idle_after`, long before the age: a
+    /// source that waits for its acknowledgements before it ends (a
+    /// backfill) is not held for `max_age`.
+    #[tokio::test]
+    async fn a_quiet_input_flushes_after_idle_after() {
+        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
+            when_idle: false,
+            max_writes: usize::MAX,
+            max_bytes: usize::MAX,
+            max_age: Some(Duration::from_secs(3600)),
+            idle_after: Some(Duration::from_millis(300)),
+        });
+        let handle = tokio::spawn(task.run());
+        let mut acks = Vec::new();
+        // Writes 100 ms apart: never 300 ms quiet, so nothing flushes.
+        for _ in 0..5 {
+            let (b, a) = batch(10);
+            acks.push(a);
+            tx.send(b).await.map_err(|_| ()).ok();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(*flushes.lock().expect("flushes"), 0);
+        assert!(acks.iter_mut().all(|a| a.try_recv().is_err()));
         for a in acks {
             let got = tokio::time::timeout(Duration::from_secs(5), a).await;
             assert_eq!(
