@@ -22,6 +22,9 @@ pub struct Pipeline {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
     pub input: String,
+    /// `In(Name, when_full = ...)`: what the input does when this
+    /// pipeline's buffer is full.
+    pub input_when_full: WhenFull,
     pub stages: Vec<Stage>,
     pub outputs: Vec<Output>,
     pub when_full: WhenFull,

@@ -136,7 +136,11 @@ static OPERATORS: &[OpSpec] = &[
         class: OpClass::Input,
         positional: &[NAME],
         variadic: false,
-        named: &[],
+        named: &[Param {
+            name: "when_full",
+            ty: ParamType::Choice(&["block", "drop_newest"]),
+            doc: "when this pipeline's input buffer is full: block (default: the input waits, and so do its other readers) or drop_newest (this pipeline's copy is dropped, counted, and the other readers go on)",
+        }],
         other_named: None,
         doc: "Read from a source or a queue",
     },

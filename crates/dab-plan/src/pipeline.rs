@@ -61,6 +61,7 @@ pub(crate) fn check_statement(
     let mut out = CheckedStatement::default();
     let id = st.id();
     let mut input: Option<(&Op, Option<Ident>)> = None;
+    let mut input_when_full = WhenFull::Block;
     let mut outputs: Option<(Vec<String>, WhenFull)> = None;
     let mut by: Vec<Operand> = Vec::new();
     let mut stages = Vec::new();
@@ -113,9 +114,18 @@ pub(crate) fn check_statement(
                     );
                 }
                 let args = check_args(spec, op, diags);
-                let name = args.and_then(|mut a| match a.pop() {
-                    Some(ArgValue::Name(n)) => Some(n),
-                    _ => None,
+                let name = args.and_then(|a| {
+                    let mut name = None;
+                    for v in a {
+                        match v {
+                            ArgValue::Name(n) => name = Some(n),
+                            ArgValue::Choice(c) if c == "drop_newest" => {
+                                input_when_full = WhenFull::DropNewest;
+                            }
+                            _ => {}
+                        }
+                    }
+                    name
                 });
                 if let Some(n) = &name {
                     out.uses.push(NameUse {
@@ -271,6 +281,7 @@ pub(crate) fn check_statement(
         if let (Some((_, Some(input))), Some((targets, when_full))) = (input, outputs) {
             out.config = Some(PipelineConfig {
                 input: input.name,
+                input_when_full,
                 stages,
                 outputs: targets
                     .into_iter()

@@ -33,10 +33,13 @@ pub enum DropReason {
     /// A source gave up sending a batch again (a Kafka batch past
     /// `max_redeliveries`), and the pipeline has no `OnError`.
     RetriesExhausted,
+    /// `In(Name, when_full = drop_newest)`: this pipeline's input buffer
+    /// was full, so its copy of a batch was dropped.
+    InputFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -46,6 +49,7 @@ impl DropReason {
         DropReason::Duplicate,
         DropReason::Undecodable,
         DropReason::RetriesExhausted,
+        DropReason::InputFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl DropReason {
             DropReason::BadSignature => "bad_signature",
             DropReason::Duplicate => "duplicate",
             DropReason::Undecodable => "undecodable",
+            DropReason::InputFull => "input_full",
             DropReason::RetriesExhausted => "retries_exhausted",
         }
     }

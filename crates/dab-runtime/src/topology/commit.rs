@@ -18,7 +18,7 @@ use crate::pipeline::Inlet;
 
 use super::build::{input_of, Staged, StagedSource};
 use super::route::route;
-use super::state::{InputSlot, Readers, SinkSlot, SourceSlot, State};
+use super::state::{InputSlot, Reader, Readers, SinkSlot, SourceSlot, State};
 use super::{finish, ReloadReport, Running};
 
 impl Running {
@@ -100,7 +100,14 @@ impl Running {
             let (key, _) = input_of(plan, p);
             let entry = readers.entry(key).or_default();
             if let Some(slot) = st.pipelines.get(&p.id) {
-                entry.push((p.id.clone(), slot.tx.clone()));
+                entry.push((
+                    p.id.clone(),
+                    Reader {
+                        tx: slot.tx.clone(),
+                        when_full: p.config.input_when_full,
+                        metrics: slot.metrics.clone(),
+                    },
+                ));
             }
         }
         // Memory queues nobody here reads still get a router, which fails

@@ -15,8 +15,18 @@ use crate::metrics::{InputMetrics, PipelineMetrics, SinkMetrics};
 use crate::output::{OutputTx, QueueWriter};
 use crate::stages::{compile_with, StageState};
 
+/// One reader of an input: its pipeline's buffer and what to do when it
+/// is full.
+#[derive(Clone)]
+pub(super) struct Reader {
+    pub(super) tx: mpsc::Sender<Batch>,
+    pub(super) when_full: dab_plan::model::WhenFull,
+    /// Where a dropped copy is counted (`input_full`).
+    pub(super) metrics: Arc<crate::metrics::PipelineMetrics>,
+}
+
 /// Readers of one input, by pipeline id, in plan order.
-pub(super) type Readers = Vec<(String, mpsc::Sender<Batch>)>;
+pub(super) type Readers = Vec<(String, Reader)>;
 
 /// What runs now, keyed for reloads.
 pub(super) struct State {
