@@ -1242,3 +1242,105 @@ fn backfill_writes_a_time_range_once_and_again_leaves_identical_files() {
     // The live group was never used: a backfill commits nothing.
     drop(broker);
 }
+
+/// Kafka's `Utils.murmur2` (the Java client's default partitioner), written
+/// here from the Java source's algorithm, independently of librdkafka.
+fn java_murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    for c in data.chunks_exact(4) {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = &data[len & !3..];
+    if tail.len() == 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The Java producer's partition of a keyed message.
+fn java_partition(key: &[u8], partitions: u32) -> u32 {
+    (java_murmur2(key) as u32 & 0x7fff_ffff) % partitions
+}
+
+/// A Kafka sink with `key:` puts each keyed message in the partition a
+/// Java producer would (murmur2 of the key), so consumers and tools that
+/// rely on Java's placement (Kafka Streams joins, co-partitioned topics)
+/// see the same layout. 60 hosts over 4 partitions, read back with
+/// confluent-kafka; every key in exactly its Java partition.
+#[test]
+fn the_kafka_sink_partitions_keys_like_the_java_client() {
+    // Kafka's own test vectors for murmur2 (UtilsTest).
+    assert_eq!(java_murmur2(b"21"), -973_932_308);
+    assert_eq!(java_murmur2(b"foobar"), -790_332_482);
+    assert_eq!(java_murmur2(b"a-little-bit-long-string"), -985_981_536);
+    assert_eq!(java_murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+    let (broker, python) = tansu_and_python(1);
+    let brokers = broker.addr();
+    broker.create_topic("keyed", 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_set(
+        dir.path(),
+        "k.NewPipeline().In(Stdin).Out(KOut)\n",
+        &format!(
+            "sinks:\n  KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: keyed, key: host }}\n"
+        ),
+    );
+    let n = 600u64;
+    let input: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"A\",\"host\":\"host-{}\",\"offset\":{i},\"message\":\"m\"}}\n",
+                i % 60
+            )
+        })
+        .collect();
+    // stdin in, so dab ends by itself once everything is delivered.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args(["run", "t.dab"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dab");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let status = poll(
+        Duration::from_secs(60),
+        "dab to end",
+        || child.try_wait().ok().flatten(),
+        String::new,
+    );
+    assert!(status.success(), "dab exited with {status}");
+    let got = broker::consume(&python, &brokers, "keyed", &["--expect", &n.to_string()]);
+    assert_eq!(num(&got, "messages"), n, "{got}");
+    let keys = got["key_partitions"].as_object().expect("key_partitions");
+    assert_eq!(keys.len(), 60, "{got}");
+    let mut used = std::collections::BTreeSet::new();
+    for (key, parts) in keys {
+        let want = java_partition(key.as_bytes(), 4);
+        assert_eq!(parts, &serde_json::json!([want]), "key {key}");
+        used.insert(want);
+    }
+    assert_eq!(used.len(), 4, "60 keys should reach all 4 partitions");
+}

@@ -59,6 +59,7 @@ consume --brokers B --topic T [--group G] [--expect N] [--expect-range START:END
          "distinct": <distinct (host, pid, type, offset)>,
          "duplicates": decoded - distinct, "undecodable": <values not a JSON object>,
          "by_type": {type: distinct count}, "by_partition": {partition: messages},
+         "key_partitions": {key: [partitions it was found in]},
          "missing": [first 20 missing offsets], "missing_count": K,
          "range": [START, END] | null, "reached_expect": bool,
          "timed_out": bool, "assigned_after_s": <seconds to the first assignment>,
@@ -336,6 +337,8 @@ def cmd_consume(a):
     offsets = set()
     by_type = {}
     by_partition = {}
+    # The partitions each message key was found in (keyed messages only).
+    key_partitions = {}
     latencies = []
     last_msg = None
     reached = False
@@ -373,6 +376,9 @@ def cmd_consume(a):
             messages += 1
             part = str(msg.partition())
             by_partition[part] = by_partition.get(part, 0) + 1
+            if msg.key() is not None:
+                key = msg.key().decode("utf-8", "replace")
+                key_partitions.setdefault(key, set()).add(msg.partition())
             value = msg.value() or b""
             if dump:
                 dump.write(value.rstrip(b"\n") + b"\n")
@@ -426,6 +432,7 @@ def cmd_consume(a):
         "undecodable": undecodable,
         "by_type": by_type,
         "by_partition": by_partition,
+        "key_partitions": {k: sorted(v) for k, v in key_partitions.items()},
         "missing": missing,
         "missing_count": missing_count,
         "range": list(rng) if rng else None,

@@ -415,6 +415,10 @@ impl KafkaSinkConfig {
                 // reorder; implies acks=all.
                 ("enable.idempotence", "true".into()),
                 ("acks", "all".into()),
+                // Keyed messages go where a Java producer would put them:
+                // murmur2 of the key, positive, modulo the partitions
+                // (librdkafka's default, CRC32, is not Java's).
+                ("partitioner", "murmur2_random".into()),
                 ("compression.codec", self.compression.clone()),
                 ("linger.ms", "5".into()),
                 ("batch.num.messages", "10000".into()),
