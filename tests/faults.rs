@@ -1446,3 +1446,110 @@ fn kill_9_of_dab_writing_parquet_from_kafka() {
         "every event in exactly one file"
     );
 }
+
+// A disk queue in front of a broker outage (issue 14) ------------------------
+
+/// HTTP clients post into a `kind: disk` queue whose reader ships to Kafka
+/// (tansu, sqlite storage); the broker is killed -9 for 5 s (30 s at full
+/// size) under load and restarted. The clients keep getting 200 all
+/// through the outage (the queue, not the broker, is where a 200 lands),
+/// and every event answered 200 reaches the topic once the broker is back.
+#[test]
+fn broker_outage_behind_a_disk_queue() {
+    let size = Size::from_env();
+    let down = size.pick(Duration::from_secs(5), Duration::from_secs(30));
+    let (mut b, python) = kafka_broker(1);
+    let brokers = b.addr();
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let (mut dab, metrics, listen) = start_http_in(
+        dir.path(),
+        "ingest.NewPipeline().In(HttpIn).Out(Spool)\nship.NewPipeline().In(Spool).Out(KOut)\n",
+        &format!(
+            "queues:\n  Spool: {{ kind: disk, path: {}, fsync: 100ms }}\nsinks:\n  KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: out }}\n",
+            yaml_path(&spool)
+        ),
+    );
+    let load = Load::start(
+        &listen,
+        Spec {
+            pause: Duration::from_millis(10),
+            ..Spec::default()
+        },
+    );
+    let phase = size.pick(2_000, 20_000);
+    wait_acks(&load, phase, "acks before the outage", || dab.stderr());
+    let delivered_now = || {
+        run_support::client::metric(
+            &scrape(&metrics),
+            "dab_kafka_delivered_total{sink=\"KOut\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    poll(
+        Duration::from_secs(60),
+        "some events in Kafka before the outage",
+        || (delivered_now() > 0.0).then_some(()),
+        || dab.stderr(),
+    );
+    let pid = b.pid();
+    broker::signal(pid, "KILL");
+    let died = Instant::now();
+    // The clients are answered while the broker is down.
+    wait_acks(&load, phase, "acks while the broker is down", || {
+        dab.stderr()
+    });
+    let during = load.acked();
+    std::thread::sleep(down.saturating_sub(died.elapsed()));
+    let in_outage = died.elapsed();
+    b.restart();
+    let back = Instant::now();
+    wait_acks(&load, phase, "acks after the broker is back", || {
+        dab.stderr()
+    });
+    let out = load.stop();
+    let acked = out.acked.len() as f64;
+    let recovered = poll(
+        Duration::from_secs(180),
+        "every acknowledged event in Kafka",
+        || (delivered_now() >= acked).then(|| back.elapsed()),
+        || {
+            format!(
+                "{} of {acked} delivered; dab:\n{}\n--- broker ---\n{}",
+                delivered_now(),
+                dab.stderr(),
+                b.log()
+            )
+        },
+    );
+    terminate_ok(&mut dab);
+    let dump = dir.path().join("out.dump");
+    broker::consume(
+        &python,
+        &brokers,
+        "out",
+        &[
+            "--dump",
+            &dump.display().to_string(),
+            "--expect",
+            &out.acked.len().to_string(),
+            "--idle-ms",
+            "1500",
+            "--timeout-s",
+            "120",
+        ],
+    );
+    let delivered = file_offsets(&dump);
+    let mut row = Row::of_load(
+        &format!("broker down {} s behind a disk queue", down.as_secs()),
+        &out,
+        &delivered,
+    );
+    row.recovered = Some(recovered);
+    row.note = format!(
+        "HTTP -> disk queue (fsync 100ms) -> Kafka; broker killed -9 for {:.1} s, {phase} more events answered 200 while it was down ({during} in all by then); refused: {}",
+        in_outage.as_secs_f64(),
+        out.refusals_text()
+    );
+    row.report();
+}
