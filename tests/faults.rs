@@ -93,6 +93,18 @@ fn wait_none_failed(metrics: &str, sink: &str) -> String {
     )
 }
 
+/// The usual load of a row: the default clients, each pausing 10 ms
+/// between posts.
+fn paced_load(listen: &str) -> Load {
+    Load::start(
+        listen,
+        Spec {
+            pause: Duration::from_millis(10),
+            ..Spec::default()
+        },
+    )
+}
+
 /// Waits until the load has `n` more acknowledgements than now.
 fn wait_acks(load: &Load, n: u64, what: &str, stderr: impl Fn() -> String) {
     let want = load.acked() + n;
@@ -126,13 +138,7 @@ fn sink_peer_down() {
             "sinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{peer_addr}/ingest\", timeout: 2000 }}\n"
         ),
     );
-    let load = Load::start(
-        &listen,
-        Spec {
-            pause: Duration::from_millis(10),
-            ..Spec::default()
-        },
-    );
+    let load = paced_load(&listen);
     let phase = size.pick(2_000, 20_000);
     wait_acks(&load, phase, "acks before the peer dies", || dab.stderr());
 
@@ -505,13 +511,7 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
             "sinks:\n  SidecarClient: {{ kind: murron_grpc, endpoint: \"http://{b_listen}\" }}\n"
         ),
     );
-    let load = Load::start(
-        &listen,
-        Spec {
-            pause: Duration::from_millis(10),
-            ..Spec::default()
-        },
-    );
+    let load = paced_load(&listen);
     let phase = size.pick(3_000, 30_000);
     wait_acks(&load, phase, "acks before the kill", || a.stderr());
     signal(b.pid(), "KILL");
@@ -1225,13 +1225,7 @@ fn s3_outage_parquet_sink() {
         dir.path(),
         &parquet_s3_out(&proxy.endpoint(), &dir.path().join("spool")),
     );
-    let load = Load::start(
-        &listen,
-        Spec {
-            pause: Duration::from_millis(10),
-            ..Spec::default()
-        },
-    );
+    let load = paced_load(&listen);
     let phase = size.pick(2_000, 20_000);
     wait_acks(&load, phase, "acks before the outage", || dab.stderr());
     proxy.set_up(false);
@@ -1289,13 +1283,7 @@ fn kill_9_of_dab_writing_parquet_to_s3() {
     let dir = tmp();
     let sinks = parquet_s3_out(&s3.endpoint, &dir.path().join("spool"));
     let (mut dab, _, listen) = start_parquet(dir.path(), &sinks);
-    let load = Load::start(
-        &listen,
-        Spec {
-            pause: Duration::from_millis(10),
-            ..Spec::default()
-        },
-    );
+    let load = paced_load(&listen);
     let phase = size.pick(2_000, 20_000);
     let mut back = Instant::now();
     for kill in 1..=2 {
@@ -1470,13 +1458,7 @@ fn broker_outage_behind_a_disk_queue() {
             yaml_path(&spool)
         ),
     );
-    let load = Load::start(
-        &listen,
-        Spec {
-            pause: Duration::from_millis(10),
-            ..Spec::default()
-        },
-    );
+    let load = paced_load(&listen);
     let phase = size.pick(2_000, 20_000);
     wait_acks(&load, phase, "acks before the outage", || dab.stderr());
     let delivered_now = || {

@@ -40,7 +40,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     continue;
                 }
                 if op.name.name == "Aggregate" || op.name.name == "Out" {
-                    aggregate(op, &schemas, diags);
+                    key_and_call_paths(op, &schemas, diags);
                     continue;
                 }
                 for arg in op.positional() {
@@ -52,8 +52,9 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
     }
 }
 
-/// The payload paths of `Aggregate`'s group keys and calls.
-fn aggregate(op: &Op, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
+/// The payload paths of `by = ...` keys (`Aggregate`, `Out`) and of
+/// aggregate calls.
+fn key_and_call_paths(op: &Op, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
     for a in &op.args {
         match (&a.key, &a.value.kind) {
             (Some(k), ExprKind::List(keys)) if k.name == "by" => {

@@ -846,6 +846,21 @@ mod tests {
         }
     }
 
+    /// A policy that never flushes on an idle input or a count of writes.
+    fn held(
+        max_bytes: usize,
+        max_age: Option<Duration>,
+        idle_after: Option<Duration>,
+    ) -> dab_api::FlushPolicy {
+        dab_api::FlushPolicy {
+            when_idle: false,
+            max_writes: usize::MAX,
+            max_bytes,
+            max_age,
+            idle_after,
+        }
+    }
+
     fn slow_task(
         policy: dab_api::FlushPolicy,
     ) -> (SinkTask, mpsc::Sender<Batch>, Arc<Mutex<usize>>) {
@@ -871,13 +886,8 @@ mod tests {
     /// flush; the input staying open changes nothing.
     #[tokio::test]
     async fn a_sink_that_flushes_by_age_acknowledges_nothing_before_the_age() {
-        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
-            when_idle: false,
-            max_writes: usize::MAX,
-            max_bytes: usize::MAX,
-            max_age: Some(Duration::from_millis(400)),
-            idle_after: None,
-        });
+        let (task, tx, flushes) =
+            slow_task(held(usize::MAX, Some(Duration::from_millis(400)), None));
         let handle = tokio::spawn(task.run());
         let mut acks = Vec::new();
         for _ in 0..3 {
@@ -903,13 +913,7 @@ mod tests {
     #[tokio::test]
     async fn a_sink_that_flushes_by_bytes_flushes_when_they_are_reached() {
         let size = batch(10).0.bytes();
-        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
-            when_idle: false,
-            max_writes: usize::MAX,
-            max_bytes: 3 * size,
-            max_age: Some(Duration::from_secs(3600)),
-            idle_after: None,
-        });
+        let (task, tx, flushes) = slow_task(held(3 * size, Some(Duration::from_secs(3600)), None));
         let handle = tokio::spawn(task.run());
         let mut acks = Vec::new();
         for _ in 0..2 {
@@ -939,13 +943,11 @@ mod tests {
     /// backfill) is not held for `max_age`.
     #[tokio::test]
     async fn a_quiet_input_flushes_after_idle_after() {
-        let (task, tx, flushes) = slow_task(dab_api::FlushPolicy {
-            when_idle: false,
-            max_writes: usize::MAX,
-            max_bytes: usize::MAX,
-            max_age: Some(Duration::from_secs(3600)),
-            idle_after: Some(Duration::from_millis(300)),
-        });
+        let (task, tx, flushes) = slow_task(held(
+            usize::MAX,
+            Some(Duration::from_secs(3600)),
+            Some(Duration::from_millis(300)),
+        ));
         let handle = tokio::spawn(task.run());
         let mut acks = Vec::new();
         // Writes 100 ms apart: never 300 ms quiet, so nothing flushes.

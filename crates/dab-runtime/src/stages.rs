@@ -353,11 +353,20 @@ impl Compiled {
                 }
             }
             Compiled::Route { predicate, target } => {
-                if !batch.events.iter().any(|e| eval(predicate, e)) {
+                // Each event is evaluated once: up to the first match,
+                // then the rest while splitting.
+                let Some(first) = batch.events.iter().position(|e| eval(predicate, e)) else {
                     return;
+                };
+                let mut taken = Vec::new();
+                let mut rest = Vec::with_capacity(batch.events.len());
+                for (i, e) in batch.events.drain(..).enumerate() {
+                    if i == first || (i > first && eval(predicate, &e)) {
+                        taken.push(e);
+                    } else {
+                        rest.push(e);
+                    }
                 }
-                let (taken, rest): (Vec<_>, Vec<_>) =
-                    batch.events.drain(..).partition(|e| eval(predicate, e));
                 batch.events = rest;
                 // The taken events share the batch's acknowledgement: the
                 // source hears "delivered" once both parts are.
