@@ -144,6 +144,36 @@ pub struct RunArgs {
     /// reloads). An invalid set is reported and the running one kept.
     #[arg(long)]
     pub watch: bool,
+    /// Where windows keep their state (default: $XDG_STATE_HOME/dab, else
+    /// ~/.local/state/dab). Opened only when a pipeline has a window; one
+    /// dab process per directory
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often window state is checkpointed (500ms, 1s, 2m): an event a
+    /// window absorbed is acknowledged once a checkpoint holding it is
+    /// durable
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub checkpoint_interval: std::time::Duration,
+}
+
+/// `500ms`, `1s`, `2m`: a positive duration.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 1s or 2m"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("`{s}`: the unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err("the checkpoint interval must be more than 0".to_owned());
+    }
+    Ok(d)
 }
 
 /// Where the bindings and environment come from.

@@ -68,6 +68,7 @@ codes! {
     E024 => "a new version of a type makes a field optional or required",
     E025 => "a type's schema does not match the schema registry",
     E026 => "`Window` not followed directly by `Aggregate`, or `Aggregate` without a `Window` before it",
+    E027 => "a reload would rebuild or remove a pipeline that has a window",
     W001 => "bound queue written but never read",
     W002 => "operator with no effect",
     W003 => "binding never used",

@@ -104,7 +104,7 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
 /// queue's binding in the new set, or, for a queue that is no longer
 /// bound, at the first pipeline using it.
 pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
+    let mut out = window_refusals(old, new);
     for (name, n) in &new.plan.endpoints {
         let Some(o) = old.endpoints.get(name) else {
             continue;
@@ -153,6 +153,60 @@ pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
             .with_help(help)
         };
         out.push(d);
+    }
+    out
+}
+
+/// E027: a pipeline with a window keeps its open windows in this process
+/// (and in its checkpoints, under its id and configuration); a reload that
+/// rebuilt or removed it would have to hand them over mid-stream, so it is
+/// refused and the running set stays. A restart with the new set restores
+/// the state when the window and aggregates are unchanged, and otherwise
+/// starts it empty (docs/runtime.md, "Windows").
+fn window_refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
+    let windowed = |p: &Pipeline| {
+        p.config
+            .stages
+            .iter()
+            .any(|s| matches!(s, crate::model::Stage::Aggregate(_)))
+    };
+    let d = diff(old, &new.plan);
+    let mut out = Vec::new();
+    for (id, reasons) in &d.rebuilt {
+        let (Some(o), Some(n)) = (old.pipeline(id), new.plan.pipeline(id)) else {
+            continue;
+        };
+        if windowed(o) || windowed(n) {
+            out.push(
+                Diagnostic::new(
+                    Code::E027,
+                    n.span,
+                    format!("pipeline `{id}` has a window and would be rebuilt by a reload ({})", reasons.join(", ")),
+                )
+                .with_label_here("changed while it holds open windows")
+                .with_help("its open windows live in the running process; restart `dab run` to apply the change: the state is checkpointed and restored, or starts empty when the window or aggregates changed"),
+            );
+        }
+    }
+    for id in &d.removed {
+        let Some(o) = old.pipeline(id) else { continue };
+        if !windowed(o) {
+            continue;
+        }
+        // Located at the first pipeline of the new set, which is where the
+        // change was made as far as a reload can say.
+        let Some(span) = new.plan.pipelines.first().map(|p| p.span) else {
+            continue;
+        };
+        out.push(
+            Diagnostic::new(
+                Code::E027,
+                span,
+                format!("pipeline `{id}` has a window and would be removed by a reload"),
+            )
+            .with_label_here("the set no longer has it")
+            .with_help("its open windows live in the running process; stop `dab run` (it checkpoints them) before removing the pipeline"),
+        );
     }
     out
 }

@@ -16,6 +16,7 @@ pub mod sample;
 mod sink;
 pub mod stages;
 mod topology;
+pub mod window;
 
 pub use admission::default_max_rss;
 pub use health::Readiness;

@@ -36,10 +36,16 @@ pub enum DropReason {
     /// `In(Name, when_full = drop_newest)`: this pipeline's input buffer
     /// was full, so its copy of a batch was dropped.
     InputFull,
+    /// An event for windows that had all closed (past `lateness`), in a
+    /// window with no `late = Name` target.
+    Late,
+    /// An event that would have opened a (window, group) past
+    /// `max_groups`.
+    WindowOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -50,6 +56,8 @@ impl DropReason {
         DropReason::Undecodable,
         DropReason::RetriesExhausted,
         DropReason::InputFull,
+        DropReason::Late,
+        DropReason::WindowOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +71,8 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::Undecodable => "undecodable",
             DropReason::InputFull => "input_full",
+            DropReason::Late => "late",
+            DropReason::WindowOverflow => "window_overflow",
             DropReason::RetriesExhausted => "retries_exhausted",
         }
     }
@@ -179,6 +189,20 @@ impl Counter {
     }
 }
 
+/// A value that is set, not added to.
+#[derive(Debug, Default)]
+pub struct Gauge(std::sync::atomic::AtomicI64);
+
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Batch latency through a pipeline, in fixed buckets (seconds).
 #[derive(Debug)]
 pub struct Histogram {
@@ -251,6 +275,30 @@ pub struct PipelineMetrics {
     /// Events this pipeline failed to hand on (an output or `OnError`
     /// gone, a forced stop), by reason.
     pub undelivered: UndeliveredCounts,
+    /// Set for a pipeline with `Window(...).Aggregate(...)`.
+    pub window: Option<WindowMetrics>,
+}
+
+/// The window stage of a pipeline and its checkpoints (SPEC section 9).
+#[derive(Debug, Default)]
+pub struct WindowMetrics {
+    /// Arrival time minus the watermark, ns (event time only).
+    pub watermark_lag_ns: Gauge,
+    /// Open (window, group) entries.
+    pub open_groups: Gauge,
+    /// Result events emitted, final and early.
+    pub results: Counter,
+    /// Events recognised as already absorbed (a replayed Kafka offset, a
+    /// UID seen), acknowledged without counting them again.
+    pub redelivered: Counter,
+    /// Bytes the last checkpoint wrote for this window.
+    pub checkpoint_bytes: Gauge,
+    /// Duration of the last checkpoint, ns.
+    pub checkpoint_ns: Gauge,
+    /// Unix time of the last durable checkpoint, ns (0: none yet).
+    pub checkpoint_at_ns: Gauge,
+    pub checkpoints: Counter,
+    pub checkpoint_failures: Counter,
 }
 
 impl PipelineMetrics {
@@ -613,6 +661,33 @@ impl Metrics {
                         esc(&s.label),
                         s.routed.get()
                     );
+                }
+            }
+        }
+        let windows: Vec<(&str, &WindowMetrics)> = pipelines
+            .iter()
+            .filter_map(|p| p.window.as_ref().map(|w| (p.id.as_str(), w)))
+            .collect();
+        type Read = fn(&WindowMetrics) -> i64;
+        let window_families: [(&str, &str, &str, Read); 9] = [
+            ("dab_window_watermark_lag_seconds", "gauge", "Arrival time minus the watermark of a window stage", |w| w.watermark_lag_ns.get()),
+            ("dab_window_open_groups", "gauge", "Open (window, group) entries", |w| w.open_groups.get()),
+            ("dab_window_results_total", "counter", "Result events a window stage emitted", |w| w.results.get() as i64),
+            ("dab_window_redelivered_total", "counter", "Events recognised as already absorbed (replayed offset or UID seen) and not counted again", |w| w.redelivered.get() as i64),
+            ("dab_checkpoint_bytes", "gauge", "Bytes the last checkpoint of a window stage wrote", |w| w.checkpoint_bytes.get()),
+            ("dab_checkpoint_duration_seconds", "gauge", "Duration of the last checkpoint", |w| w.checkpoint_ns.get()),
+            ("dab_checkpoint_last_unixtime_seconds", "gauge", "When the last durable checkpoint was committed (0: none yet)", |w| w.checkpoint_at_ns.get()),
+            ("dab_checkpoints_total", "counter", "Durable checkpoints committed", |w| w.checkpoints.get() as i64),
+            ("dab_checkpoint_failures_total", "counter", "Checkpoints that failed; the stage went back to the last durable one", |w| w.checkpoint_failures.get() as i64),
+        ];
+        for (name, kind, help, read) in window_families {
+            family(&mut o, name, kind, help);
+            for (id, w) in &windows {
+                let v = read(w);
+                if name.ends_with("_seconds") {
+                    let _ = writeln!(o, "{name}{{pipeline=\"{}\"}} {}", esc(id), v as f64 / 1e9);
+                } else {
+                    let _ = writeln!(o, "{name}{{pipeline=\"{}\"}} {v}", esc(id));
                 }
             }
         }

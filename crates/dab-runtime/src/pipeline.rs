@@ -17,6 +17,8 @@ use crate::predicate::key_bytes;
 use crate::reliability::Tracker;
 use crate::rendezvous::Rendezvous;
 use crate::stages::Compiled;
+use crate::window::WindowStage;
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct Output {
@@ -113,6 +115,24 @@ pub struct PipelineTask {
     /// The `OnError` target, handed to sinks with every batch so that
     /// events a peer refuses for good go there (SPEC section 11).
     pub on_error: Option<Arc<dyn Reroute>>,
+    /// `Window(...).Aggregate(...)`: `stages` are then the ops before it.
+    pub window: Option<Box<WindowPart>>,
+}
+
+/// The window stage of a pipeline and the ops after it, which see its
+/// results.
+#[derive(Debug)]
+pub struct WindowPart {
+    pub stage: WindowStage,
+    /// Its place among the pipeline's ops (for stage metrics).
+    pub index: usize,
+    pub post: Vec<Compiled>,
+    /// What it was built from, to rebuild it after a failed checkpoint.
+    pub spec: dab_plan::model::Windowed,
+    pub pipeline: String,
+    /// A graceful stop: open windows stay open in the checkpoint for the
+    /// next run instead of being emitted as final.
+    pub shutdown: CancellationToken,
 }
 
 impl PipelineTask {
@@ -120,6 +140,9 @@ impl PipelineTask {
     /// downstream drains in turn. A forced stop fails the batch in hand and
     /// those still queued, and counts them (`Undelivered::Abandoned`).
     pub async fn run(mut self) {
+        if let Some(w) = self.window.take() {
+            return self.run_windowed(*w).await;
+        }
         loop {
             let batch = tokio::select! {
                 b = self.input.recv() => b,
@@ -132,15 +155,7 @@ impl PipelineTask {
                 return;
             };
             let n = batch.len() as u64;
-            let ctx = Ctx {
-                screen: self.screen.as_ref(),
-                by: self.by.as_ref(),
-                when_full: self.when_full,
-                metrics: &self.metrics,
-                tracker: self.reliability.as_deref(),
-                on_error: self.on_error.as_ref(),
-                force: &self.force,
-            };
+            let ctx = ctx!(self);
             let work = process(&ctx, &mut self.stages, &mut self.outputs, batch);
             tokio::select! {
                 biased;
@@ -156,6 +171,143 @@ impl PipelineTask {
         }
     }
 
+    /// The loop of a pipeline with a window: input batches are absorbed,
+    /// a timer polls for results and writes checkpoints.
+    async fn run_windowed(mut self, mut w: WindowPart) {
+        let mut tick = tokio::time::interval(w.stage.tick_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.force.cancelled() => break,
+                b = self.input.recv() => match b {
+                    Some(batch) => {
+                        let n = batch.len() as u64;
+                        let ctx = ctx!(self);
+                        let work = async {
+                            if let Some(batch) = prepare(&ctx, &mut self.stages, batch).await {
+                                if let Some(sm) = ctx.metrics.stages.get(w.index) {
+                                    sm.events_in.add(batch.len() as u64);
+                                }
+                                w.stage.absorb(batch, ctx.metrics, ctx.tracker).await;
+                            }
+                        };
+                        tokio::select! {
+                            biased;
+                            _ = self.force.cancelled() => {
+                                self.metrics.undelivered.add(Undelivered::Abandoned, n);
+                                break;
+                            }
+                            _ = work => {}
+                        }
+                    }
+                    None => {
+                        if !w.shutdown.is_cancelled() && !self.force.is_cancelled() {
+                            // The input is exhausted: every window is final.
+                            let results = w.stage.flush(&self.metrics);
+                            self.emit(&mut w, results).await;
+                        }
+                        if !self.force.is_cancelled() && self.window_checkpoint(&mut w).await {
+                            return;
+                        }
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    let results = w.stage.poll(&self.metrics);
+                    self.emit(&mut w, results).await;
+                    if w.stage.checkpoint_due() && !self.window_checkpoint(&mut w).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // A forced stop: nothing absorbed since the last checkpoint is
+        // durable, so its sources hear "failed".
+        let held = w.stage.abandon();
+        if held > 0 {
+            tracing::warn!(pipeline = %w.pipeline, batches = held, "forced stop: input absorbed since the last checkpoint is reported failed");
+        }
+        self.abandon_rest();
+    }
+
+    /// Hands window results through the ops after the window to the
+    /// outputs; with a store, the next checkpoint waits for them.
+    async fn emit(&mut self, w: &mut WindowPart, results: Vec<dab_api::Event>) {
+        if results.is_empty() {
+            return;
+        }
+        let (ack, rx) = if w.stage.is_durable() {
+            let (a, rx) = dab_api::AckToken::channel();
+            (a, Some(rx))
+        } else {
+            (dab_api::AckToken::untracked(), None)
+        };
+        let copy = rx.as_ref().map(|_| results.clone());
+        let mut ctx = ctx!(self);
+        ctx.first_stage = w.index + 1;
+        let mut batch = Batch::new(results, ack);
+        run_stages(&ctx, &mut w.post, &mut batch).await;
+        if let Some(sm) = ctx.metrics.stages.get(w.index) {
+            sm.events_out.add(batch.len() as u64);
+        }
+        if batch.is_empty() {
+            batch.ack.complete();
+        } else {
+            let first = ctx.first_stage + w.post.len();
+            tokio::select! {
+                biased;
+                _ = self.force.cancelled() => {}
+                _ = deliver(&ctx, first, &mut self.outputs, batch) => {}
+            }
+        }
+        if let (Some(events), Some(rx)) = (copy, rx) {
+            w.stage.sent(events, rx);
+        }
+    }
+
+    /// Waits until every result and late copy is delivered (sending again
+    /// what failed), then commits a checkpoint; a failed commit takes the
+    /// stage back to the last durable one. False when the pipeline cannot
+    /// go on (a forced stop, or a state store it cannot read back).
+    async fn window_checkpoint(&mut self, w: &mut WindowPart) -> bool {
+        if !w.stage.has_changes() {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let again = tokio::select! {
+                biased;
+                _ = self.force.cancelled() => return false,
+                a = w.stage.settle() => a,
+            };
+            if again.is_empty() {
+                break;
+            }
+            tracing::warn!(pipeline = %w.pipeline, batches = again.len(), "window results or late events were not delivered; sending them again before the checkpoint");
+            tokio::select! {
+                _ = self.force.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            for (late, events) in again {
+                if late {
+                    w.stage.resend_late(events).await;
+                } else {
+                    self.emit(w, events).await;
+                }
+            }
+        }
+        if let Err(e) = w.stage.checkpoint(&self.metrics).await {
+            tracing::error!(pipeline = %w.pipeline, error = %e, "checkpoint failed: the input absorbed since the last checkpoint is reported failed (its sources send it again)");
+            if let Err(e) = w.stage.rollback(&w.pipeline, w.index, &w.spec) {
+                tracing::error!(pipeline = %w.pipeline, error = %e, "the window state cannot be reloaded after a failed checkpoint; the pipeline stops");
+                return false;
+            }
+        }
+        true
+    }
+
     fn abandon_rest(self) {
         for b in self.input.close_and_drain() {
             self.metrics
@@ -165,6 +317,24 @@ impl PipelineTask {
         }
     }
 }
+
+/// The `Ctx` of a `PipelineTask`, borrowing its fields one by one so that
+/// its stages and outputs can be borrowed mutably beside it.
+macro_rules! ctx {
+    ($t:expr) => {
+        Ctx {
+            screen: $t.screen.as_ref(),
+            by: $t.by.as_ref(),
+            when_full: $t.when_full,
+            metrics: &$t.metrics,
+            tracker: $t.reliability.as_deref(),
+            on_error: $t.on_error.as_ref(),
+            force: &$t.force,
+            first_stage: 0,
+        }
+    };
+}
+use ctx;
 
 /// What `process` reads of its pipeline besides the stages and outputs.
 struct Ctx<'a> {
@@ -177,36 +347,52 @@ struct Ctx<'a> {
     /// To tell a copy abandoned by a forced stop from one whose reader
     /// ended.
     force: &'a CancellationToken,
+    /// The place of the first of the ops being run among the pipeline's
+    /// ops (for stage metrics): not 0 for the ops after a window.
+    first_stage: usize,
 }
 
-async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], mut batch: Batch) {
-    let Ctx {
-        screen,
-        by,
-        when_full,
-        metrics: m,
-        tracker,
-        on_error,
-        force,
-    } = *ctx;
+async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], batch: Batch) {
     let t0 = Instant::now();
+    if let Some(batch) = prepare(ctx, stages, batch).await {
+        deliver(ctx, stages.len(), outputs, batch).await;
+    }
+    ctx.metrics.latency.observe(t0.elapsed());
+}
+
+/// Counts a batch in, screens out what its source could not decode and
+/// runs `stages`; `None` when nothing is left to hand on (settled here).
+async fn prepare(ctx: &Ctx<'_>, stages: &mut [Compiled], mut batch: Batch) -> Option<Batch> {
+    let m = ctx.metrics;
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
     if batch.retries_exhausted {
-        give_up(screen, batch, m).await;
-        m.latency.observe(t0.elapsed());
-        return;
+        give_up(ctx.screen, batch, m).await;
+        return None;
     }
-    if let Some(screen) = screen {
-        screen_out(screen, &mut batch, m, force).await;
+    if let Some(screen) = ctx.screen {
+        screen_out(screen, &mut batch, m, ctx.force).await;
     }
+    run_stages(ctx, stages, &mut batch).await;
+    if batch.is_empty() {
+        // Everything was dropped on purpose: that is delivery.
+        batch.ack.complete();
+        return None;
+    }
+    Some(batch)
+}
+
+/// Runs `stages` in order, counting each at its place.
+async fn run_stages(ctx: &Ctx<'_>, stages: &mut [Compiled], batch: &mut Batch) {
+    let m = ctx.metrics;
     for (i, s) in stages.iter_mut().enumerate() {
         let n = batch.len() as u64;
-        if let Some(sm) = m.stages.get(i) {
+        let sm = m.stages.get(ctx.first_stage + i);
+        if let Some(sm) = sm {
             sm.events_in.add(n);
         }
-        s.apply_tracked(&mut batch, m, tracker).await;
-        if let Some(sm) = m.stages.get(i) {
+        s.apply_tracked(batch, m, ctx.tracker).await;
+        if let Some(sm) = sm {
             sm.events_out.add(batch.len() as u64);
             if s.routes() {
                 sm.routed.add(n - batch.len() as u64);
@@ -216,13 +402,21 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
             break;
         }
     }
-    if batch.is_empty() {
-        // Everything was dropped on purpose: that is delivery.
-        batch.ack.complete();
-        m.latency.observe(t0.elapsed());
-        return;
-    }
-    let mut stage_index = stages.len();
+}
+
+/// Hands a copy of `batch` to each output, through its modifiers (counted
+/// from place `first_modifier` on), each with its own buffer policy.
+async fn deliver(ctx: &Ctx<'_>, first_modifier: usize, outputs: &mut [Output], mut batch: Batch) {
+    let Ctx {
+        by,
+        when_full,
+        metrics: m,
+        tracker,
+        on_error,
+        force,
+        ..
+    } = *ctx;
+    let mut stage_index = first_modifier;
     let last = outputs.len().saturating_sub(1);
     // With `by`, each output gets its own part, with a share of the
     // acknowledgement; the batch's own token is settled once all are.
@@ -309,7 +503,6 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
             b.ack.complete();
         }
     }
-    m.latency.observe(t0.elapsed());
 }
 
 async fn screen_out(

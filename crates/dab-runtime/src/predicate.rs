@@ -109,6 +109,36 @@ pub fn key_bytes(e: &Event, keys: &[Operand], out: &mut Vec<u8>) {
     }
 }
 
+/// An operand's value, owned: for a consumer that holds several at once
+/// (a window's group key and aggregate inputs). Reused across events so
+/// that text does not allocate each time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Owned {
+    #[default]
+    Missing,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(Vec<u8>),
+}
+
+/// Reads `o` of `e` into `out`, reusing its text buffer.
+pub fn read_into(e: &Event, o: &Operand, out: &mut Owned) {
+    with_operand(e, o, |v| match v {
+        Val::Int(i) => *out = Owned::Int(i),
+        Val::Float(x) => *out = Owned::Float(x),
+        Val::Bool(b) => *out = Owned::Bool(b),
+        Val::Missing => *out = Owned::Missing,
+        Val::Bytes(b) => match out {
+            Owned::Text(buf) => {
+                buf.clear();
+                buf.extend_from_slice(b);
+            }
+            _ => *out = Owned::Text(b.to_vec()),
+        },
+    });
+}
+
 pub fn eval(p: &Predicate, e: &Event) -> bool {
     match p {
         Predicate::Const(b) => *b,

@@ -180,11 +180,11 @@ pub fn compile_with(
     prior: Option<StageState>,
 ) -> Result<Compiled, String> {
     Ok(match s {
-        // Checked by the planner; the runtime's stateful stage is not built.
+        // Built by the pipeline as its window stage (`crate::window`),
+        // never as one of these.
         Stage::Aggregate(_) => {
             return Err(
-                "`Window(...).Aggregate(...)` cannot run yet: `dab validate` checks it, \
-                 but the runtime has no window stage (issue 13)"
+                "`Window(...).Aggregate(...)` is a pipeline's window stage, not an op of an output"
                     .to_owned(),
             )
         }

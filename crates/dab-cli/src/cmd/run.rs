@@ -64,6 +64,48 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(serve(Arc::new(a), set.plan, cache))
 }
 
+/// The state store, when a pipeline that runs here has a window.
+fn open_state(
+    a: &RunArgs,
+    plan: &dab_plan::Plan,
+) -> anyhow::Result<Option<dab_runtime::window::StateOptions>> {
+    let windowed = plan.pipelines.iter().any(|p| {
+        a.service.as_ref().is_none_or(|s| &p.service == s)
+            && p.config
+                .stages
+                .iter()
+                .any(|s| matches!(s, dab_plan::model::Stage::Aggregate(_)))
+    });
+    if !windowed {
+        return Ok(None);
+    }
+    let dir = match &a.state_dir {
+        Some(d) => d.clone(),
+        None => default_state_dir()?,
+    };
+    let store = dab_state::StateStore::open(&dir).with_context(|| {
+        format!(
+            "cannot open the state directory {} (one dab process per directory: pass --state-dir to use another)",
+            dir.display()
+        )
+    })?;
+    tracing::info!(dir = %dir.display(), interval = ?a.checkpoint_interval, "window state");
+    Ok(Some(dab_runtime::window::StateOptions {
+        store,
+        interval: a.checkpoint_interval,
+    }))
+}
+
+fn default_state_dir() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(std::path::PathBuf::from(x).join("dab"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("no --state-dir, and neither XDG_STATE_HOME nor HOME is set")?;
+    Ok(std::path::PathBuf::from(home).join(".local/state/dab"))
+}
+
 async fn serve(
     a: Arc<RunArgs>,
     plan: dab_plan::Plan,
@@ -91,6 +133,7 @@ async fn serve(
                 mb.saturating_mul(1 << 20)
             }),
         reliability: a.reliability,
+        state: open_state(&a, &plan)?,
         ..RunOptions::default()
     };
     match opts.max_rss_bytes {

@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use crate::breaker::BreakerConfig;
 use crate::metrics::{PipelineMetrics, QueueMetrics, SinkMetrics};
 use crate::output::{memory_queue, OutputTx, QueueReader, QueueWriter};
-use crate::pipeline::{By, Inlet, Output, PipelineTask, Screen};
+use crate::pipeline::{By, Inlet, Output, PipelineTask, Screen, WindowPart};
 use crate::rendezvous::Rendezvous;
 use crate::sink::SinkTask;
+use crate::window::WindowStage;
 
 use super::state::{compile_ops, PipelineSlot, SinkSlot, SourceSlot, State};
 use super::{ReloadReport, Running, StartError};
@@ -460,14 +461,20 @@ impl Running {
                         .map(|m| format!("{} -> {}", m.label(), o.target)),
                 );
             }
-            let pm = Arc::new(
-                PipelineMetrics::new(
-                    &p.id,
-                    labels,
-                    c.outputs.iter().map(|o| o.target.clone()).collect(),
-                )
-                .with_total(self.metrics.abandoned.clone()),
-            );
+            let window_at = c
+                .stages
+                .iter()
+                .position(|s| matches!(s, dab_plan::model::Stage::Aggregate(_)));
+            let mut pm = PipelineMetrics::new(
+                &p.id,
+                labels,
+                c.outputs.iter().map(|o| o.target.clone()).collect(),
+            )
+            .with_total(self.metrics.abandoned.clone());
+            if window_at.is_some() {
+                pm.window = Some(crate::metrics::WindowMetrics::default());
+            }
+            let pm = Arc::new(pm);
             let on_error = || c.on_error.as_deref().and_then(sink_tx);
             let bad_key = |e: String| StartError::Stage {
                 pipeline: p.id.clone(),
@@ -481,8 +488,39 @@ impl Running {
                 .map(|old| old.states.clone())
                 .unwrap_or_default();
             let mut states = Vec::new();
-            let stages = compile_ops(None, &c.stages, sink_tx, on_error, &mut prior, &mut states)
+            let before = &c.stages[..window_at.unwrap_or(c.stages.len())];
+            let stages = compile_ops(None, before, sink_tx, on_error, &mut prior, &mut states)
                 .map_err(bad_key)?;
+            let window = match window_at.map(|k| (k, &c.stages[k])) {
+                Some((k, dab_plan::model::Stage::Aggregate(w))) => {
+                    let late = match &w.window.late {
+                        Some(name) => Some(sink_tx(name).ok_or_else(|| {
+                            bad_key(format!("the late target `{name}` was not built"))
+                        })?),
+                        None => None,
+                    };
+                    let stage = WindowStage::new(&p.id, k, w, late, opts.state.as_ref())
+                        .map_err(bad_key)?;
+                    let post = compile_ops(
+                        None,
+                        &c.stages[k + 1..],
+                        sink_tx,
+                        on_error,
+                        &mut prior,
+                        &mut states,
+                    )
+                    .map_err(bad_key)?;
+                    Some(Box::new(WindowPart {
+                        stage,
+                        index: k,
+                        post,
+                        spec: (**w).clone(),
+                        pipeline: p.id.clone(),
+                        shutdown: self.shutdown.clone(),
+                    }))
+                }
+                _ => None,
+            };
             let mut outputs = Vec::new();
             // The outputs' names, in order: what `by` hashes over.
             let mut out_names = Vec::new();
@@ -535,6 +573,7 @@ impl Running {
                     force: self.force.clone(),
                     reliability: self.reliability.clone(),
                     on_error: on_error().map(|t| Arc::new(t) as Arc<dyn dab_api::batch::Reroute>),
+                    window,
                 },
             ));
         }

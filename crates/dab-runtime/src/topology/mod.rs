@@ -81,6 +81,10 @@ pub struct RunOptions {
     /// Track the reliability (REP) score at the sinks. Off by default: it
     /// costs a lock and a table lookup per key per batch.
     pub reliability: bool,
+    /// Where windows keep their state, and how often it is checkpointed;
+    /// `None` keeps it in memory only (an absorbed event is acknowledged
+    /// at once, and a crash loses open windows).
+    pub state: Option<crate::window::StateOptions>,
 }
 
 impl Default for RunOptions {
@@ -93,6 +97,7 @@ impl Default for RunOptions {
             default_queue_capacity: 10_000,
             default_queue_bytes: 64 << 20,
             reliability: false,
+            state: None,
         }
     }
 }

@@ -1,0 +1,723 @@
+//! `Window(...).Aggregate(...)` in a running pipeline (SPEC section 9): the
+//! bridge between DAB events and the `dab-window` engine, and the
+//! checkpoints that make its results exact across crashes.
+//!
+//! Per event the stage reads the time (the `timestamp` field, or the
+//! arrival time), the group key (`by`, encoded as a JSON array so that a
+//! result can name its key fields again) and one value per aggregate, and
+//! absorbs them. Results leave as events of type `as` whose payload holds
+//! the window bounds, the key fields and the aggregates; their UID is
+//! (pipeline, 0, `as`, a hash of window start and group key), so a result
+//! emitted again after a restart is the same event.
+//!
+//! With a state store, the acknowledgement of every absorbed event is held
+//! until a checkpoint that holds it is durable. A checkpoint is one atomic
+//! batch: the engine's changed entries, its bookkeeping, the Kafka offsets
+//! absorbed and the UIDs absorbed from sources that cannot replay. Before a
+//! checkpoint commits, every result and late event emitted since the last
+//! one must be delivered: the checkpoint forgets the windows they came
+//! from. After a crash the engine restarts from the last checkpoint; a
+//! replayed Kafka offset below the checkpointed one, or a UID the
+//! checkpoint holds, is recognised and not counted again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dab_api::ack::AckStatus;
+use dab_api::{AckToken, Batch, Event, Text};
+use dab_plan::model::{self, Operand, Predicate, TimeBase, Windowed};
+use dab_state::{SeenUids, StateStore, GLOBAL};
+use dab_window::{Absorb, AggValue, DecodeError, Engine, RestoreError, Value, WindowResult};
+use serde_json::{Map, Value as Json};
+use tokio::sync::oneshot;
+
+use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
+use crate::output::OutputTx;
+use crate::predicate::{eval, read_into, Owned};
+use crate::reliability::Tracker;
+
+/// UIDs of events from sources that cannot replay, kept per window stage
+/// to recognise a client's retry after a crash. It must cover the events
+/// in flight across a crash: about the checkpoint interval times the input
+/// rate, plus a client's retried batches.
+pub const SEEN_UIDS: usize = 1_000_000;
+
+/// The state store and checkpoint interval of a run (`dab run
+/// --state-dir`, `--checkpoint-interval`).
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    pub store: StateStore,
+    pub interval: Duration,
+}
+
+/// What each aggregate reads of an event.
+#[derive(Debug)]
+enum Arg {
+    /// `Count()`.
+    Nothing,
+    /// `Count(cond)`.
+    Cond(Predicate),
+    Operand(Operand),
+}
+
+/// A result or late copy handed to an output and not yet confirmed.
+#[derive(Debug)]
+struct Pending {
+    events: Vec<Event>,
+    /// True for late events (to the `late` target), false for results
+    /// (to the pipeline's outputs).
+    late: bool,
+    rx: oneshot::Receiver<AckStatus>,
+}
+
+#[derive(Debug)]
+struct Durable {
+    store: StateStore,
+    interval: Duration,
+    ns: String,
+    seen: SeenUids,
+    /// Next offset after the last absorbed one, per Kafka topic partition.
+    positions: HashMap<(Text, i32), i64>,
+    /// Acknowledgements of absorbed input, settled by the next checkpoint.
+    held: Vec<AckToken>,
+    pending: Vec<Pending>,
+    /// Keys of entries a changed configuration left behind, deleted by
+    /// the first checkpoint.
+    stale: Vec<Vec<u8>>,
+    last: Instant,
+    changed: bool,
+}
+
+/// The window stage of one pipeline.
+#[derive(Debug)]
+pub struct WindowStage {
+    engine: Engine,
+    time: TimeBase,
+    by: Vec<Operand>,
+    names: Vec<String>,
+    args: Vec<Arg>,
+    agg_names: Vec<String>,
+    /// Per aggregate: a `Percentile` with one `p` gives a number.
+    single_p: Vec<bool>,
+    host: Text,
+    result_type: Text,
+    late: Option<OutputTx>,
+    durable: Option<Durable>,
+    /// Reused per event.
+    key: Vec<u8>,
+    owned: Vec<Owned>,
+    key_parts: Vec<Owned>,
+}
+
+fn ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, ns)
+}
+
+/// The engine's configuration for the planner's `Window` and `Aggregate`.
+fn engine_spec(w: &Windowed, track_changes: bool) -> (dab_window::WindowSpec, Vec<Arg>) {
+    use dab_window::AggFn as E;
+    let kind = match w.window.kind {
+        model::WindowKind::Tumbling { size } => dab_window::WindowKind::Tumbling { size: ns(size) },
+        model::WindowKind::Sliding { size, every } => dab_window::WindowKind::Sliding {
+            size: ns(size),
+            every: ns(every),
+        },
+        model::WindowKind::Session { gap } => dab_window::WindowKind::Session { gap: ns(gap) },
+    };
+    let mut aggs = Vec::new();
+    let mut args = Vec::new();
+    for (name, f) in &w.aggregate.aggregates {
+        let (e, a) = match f {
+            model::AggFn::Count(None) => (E::Count, Arg::Nothing),
+            model::AggFn::Count(Some(p)) => (E::CountIf, Arg::Cond(p.clone())),
+            model::AggFn::Sum(x) => (E::Sum, Arg::Operand(x.clone())),
+            model::AggFn::Min(x) => (E::Min, Arg::Operand(x.clone())),
+            model::AggFn::Max(x) => (E::Max, Arg::Operand(x.clone())),
+            model::AggFn::Avg(x) => (E::Avg, Arg::Operand(x.clone())),
+            model::AggFn::First(x) => (E::First, Arg::Operand(x.clone())),
+            model::AggFn::Last(x) => (E::Last, Arg::Operand(x.clone())),
+            model::AggFn::Distinct(x) => (E::Distinct, Arg::Operand(x.clone())),
+            model::AggFn::Percentile(x, ps) => (E::Percentile(ps.clone()), Arg::Operand(x.clone())),
+        };
+        aggs.push((name.clone(), e));
+        args.push(a);
+    }
+    let mut spec = dab_window::WindowSpec::new(kind, aggs);
+    spec.lateness = ns(w.window.lateness);
+    spec.idle_after = Some(ns(w.window.idle));
+    spec.early = w.window.early.map(ns);
+    spec.max_groups = usize::try_from(w.window.max_groups).unwrap_or(usize::MAX);
+    spec.track_changes = track_changes;
+    (spec, args)
+}
+
+/// Why a window stage could not start.
+pub type StartError = String;
+
+impl WindowStage {
+    /// Builds the stage of pipeline `pipeline`, restoring its state from
+    /// the store when there is one. A store whose state was made by a
+    /// different window kind or aggregate list restarts empty (logged); a
+    /// damaged one is an error.
+    pub fn new(
+        pipeline: &str,
+        index: usize,
+        w: &Windowed,
+        late: Option<OutputTx>,
+        state: Option<&StateOptions>,
+    ) -> Result<WindowStage, StartError> {
+        let (spec, args) = engine_spec(w, state.is_some());
+        let fresh = || Engine::new(spec.clone()).map_err(|e| format!("window: {e}"));
+        let mut durable = None;
+        let engine = match state {
+            None => fresh()?,
+            Some(opts) => {
+                let ns = format!("w/{pipeline}/{index}");
+                let store = &opts.store;
+                let read_err = |e: dab_state::Error| {
+                    format!(
+                        "reading the state of its window from {}: {e}",
+                        store.dir().display()
+                    )
+                };
+                let book = store.bookkeeping(&ns, GLOBAL).map_err(read_err)?;
+                let mut stale = Vec::new();
+                let engine = match book {
+                    None => fresh()?,
+                    Some(book) => {
+                        let entries = store.state_of(&ns, GLOBAL).map_err(read_err)?;
+                        match Engine::restore(
+                            spec.clone(),
+                            entries.iter().map(|(k, v)| (k, v)),
+                            &book,
+                        ) {
+                            Ok(engine) => engine,
+                            Err(RestoreError::Bookkeeping(DecodeError::Invalid {
+                                what, ..
+                            })) if what.starts_with("spec fingerprint") => {
+                                tracing::warn!(
+                                    pipeline,
+                                    groups = entries.len(),
+                                    "the window or aggregates changed since the last checkpoint: \
+                                     the pipeline's window state restarts empty"
+                                );
+                                stale = entries.into_iter().map(|(k, _)| k).collect();
+                                fresh()?
+                            }
+                            Err(e) => {
+                                return Err(format!(
+                                    "the state of its window in {} cannot be read ({e}); \
+                                     move the directory aside to start empty",
+                                    store.dir().display()
+                                ))
+                            }
+                        }
+                    }
+                };
+                let seen_ns = format!("u/{pipeline}/{index}");
+                let seen = SeenUids::load(store, &seen_ns, GLOBAL, SEEN_UIDS).map_err(read_err)?;
+                let mut positions = HashMap::new();
+                let prefix = format!("{ns}@");
+                for (source, pos) in store.positions(GLOBAL).map_err(read_err)? {
+                    let Some(rest) = source.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    let (Some((topic, part)), Ok(next)) =
+                        (rest.rsplit_once(':'), <[u8; 8]>::try_from(pos.as_slice()))
+                    else {
+                        continue;
+                    };
+                    if let Ok(part) = part.parse::<i32>() {
+                        positions.insert(
+                            (Text::from(topic.to_owned()), part),
+                            i64::from_be_bytes(next),
+                        );
+                    }
+                }
+                durable = Some(Durable {
+                    store: store.clone(),
+                    interval: opts.interval,
+                    ns,
+                    seen,
+                    positions,
+                    held: Vec::new(),
+                    pending: Vec::new(),
+                    changed: !stale.is_empty(),
+                    stale,
+                    last: Instant::now(),
+                });
+                engine
+            }
+        };
+        let single_p = w
+            .aggregate
+            .aggregates
+            .iter()
+            .map(|(_, f)| matches!(f, model::AggFn::Percentile(_, ps) if ps.len() == 1))
+            .collect();
+        Ok(WindowStage {
+            engine,
+            time: w.window.time,
+            by: w.aggregate.by.iter().map(|(_, o)| o.clone()).collect(),
+            names: w.aggregate.by.iter().map(|(n, _)| n.clone()).collect(),
+            agg_names: w
+                .aggregate
+                .aggregates
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect(),
+            owned: vec![Owned::Missing; args.len()],
+            key_parts: vec![Owned::Missing; w.aggregate.by.len()],
+            args,
+            single_p,
+            host: Text::from(pipeline.to_owned()),
+            result_type: Text::from(w.aggregate.result_type.clone()),
+            late,
+            durable,
+            key: Vec::with_capacity(64),
+        })
+    }
+
+    /// Whether absorbed input waits for checkpoints.
+    pub fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// How often the pipeline task should call [`WindowStage::tick`].
+    pub fn tick_every(&self) -> Duration {
+        let mut d = Duration::from_millis(100);
+        if let Some(dur) = &self.durable {
+            d = d.min(dur.interval.max(Duration::from_millis(10)));
+        }
+        d
+    }
+
+    /// Absorbs a batch that went through the stages before the window.
+    /// Late events go to the `late` target (or are counted dropped), events
+    /// past `max_groups` are counted dropped. The batch's acknowledgement
+    /// is settled now without a store, or held for the next checkpoint.
+    pub async fn absorb(
+        &mut self,
+        mut batch: Batch,
+        m: &PipelineMetrics,
+        tracker: Option<&Tracker>,
+    ) {
+        let arrival = now_ns();
+        let mut late = Vec::new();
+        let mut overflow = Vec::new();
+        for e in batch.events.drain(..) {
+            if let Some(d) = &mut self.durable {
+                if already_absorbed(d, &e) {
+                    if let Some(w) = &m.window {
+                        w.redelivered.add(1);
+                    }
+                    continue;
+                }
+            }
+            match self.absorb_one(&e, arrival) {
+                Absorb::Absorbed => {
+                    if let Some(d) = &mut self.durable {
+                        d.changed = true;
+                        remember(d, &e);
+                    }
+                }
+                Absorb::Late => late.push(e),
+                Absorb::Overflow => overflow.push(e),
+            }
+        }
+        if !overflow.is_empty() {
+            m.dropped(DropReason::WindowOverflow, overflow.len() as u64);
+            if let Some(t) = tracker {
+                t.dropped(&overflow);
+            }
+        }
+        if !late.is_empty() {
+            let n = late.len() as u64;
+            match (&self.late, &mut self.durable) {
+                (None, _) => {
+                    m.dropped(DropReason::Late, n);
+                    if let Some(t) = tracker {
+                        t.dropped(&late);
+                    }
+                }
+                (Some(target), None) => {
+                    if let Err(b) = target.send(Batch::new(late, batch.ack.share())).await {
+                        m.undelivered.add(Undelivered::ReaderGone, n);
+                        b.ack.fail();
+                    }
+                }
+                (Some(target), Some(d)) => {
+                    let (ack, rx) = AckToken::channel();
+                    let copy = late.clone();
+                    if let Err(b) = target.send(Batch::new(late, ack)).await {
+                        m.undelivered.add(Undelivered::ReaderGone, n);
+                        b.ack.fail();
+                    }
+                    d.changed = true;
+                    d.pending.push(Pending {
+                        events: copy,
+                        late: true,
+                        rx,
+                    });
+                }
+            }
+        }
+        match &mut self.durable {
+            Some(d) => d.held.push(batch.ack),
+            None => batch.ack.complete(),
+        }
+        if let Some(w) = &m.window {
+            w.open_groups.set(self.engine.stats().open_entries as i64);
+        }
+    }
+
+    fn absorb_one(&mut self, e: &Event, arrival: i64) -> Absorb {
+        // The group key: a JSON array of the `by` values.
+        self.key.clear();
+        self.key.push(b'[');
+        for (i, o) in self.by.iter().enumerate() {
+            if i > 0 {
+                self.key.push(b',');
+            }
+            read_into(e, o, &mut self.key_parts[i]);
+            write_json(&mut self.key, &self.key_parts[i]);
+        }
+        self.key.push(b']');
+        for (i, a) in self.args.iter().enumerate() {
+            self.owned[i] = match a {
+                Arg::Nothing => Owned::Missing,
+                Arg::Cond(p) => Owned::Bool(eval(p, e)),
+                Arg::Operand(o) => {
+                    let mut v = std::mem::take(&mut self.owned[i]);
+                    read_into(e, o, &mut v);
+                    v
+                }
+            };
+        }
+        let values: Vec<Value<'_>> = self.owned.iter().map(as_value).collect();
+        let time = match self.time {
+            TimeBase::Event => e.timestamp,
+            TimeBase::Arrival => arrival,
+        };
+        let partition = match &e.origin.0 {
+            Some(p) => (dab_window::hash64(p.topic.as_bytes()) as u32) ^ (p.partition as u32),
+            None => dab_window::hash64(e.host.as_bytes()) as u32,
+        };
+        self.engine.absorb(&dab_window::Event {
+            partition,
+            time,
+            arrival,
+            key: &self.key,
+            values: &values,
+        })
+    }
+
+    /// The results that became final (and early partial ones), as events.
+    pub fn poll(&mut self, m: &PipelineMetrics) -> Vec<Event> {
+        let now = now_ns();
+        if self.time == TimeBase::Arrival {
+            self.engine.advance_watermark(now);
+        }
+        let results = self.engine.poll(now);
+        if let Some(w) = &m.window {
+            let stats = self.engine.stats();
+            w.open_groups.set(stats.open_entries as i64);
+            if self.time == TimeBase::Event && stats.watermark > i64::MIN {
+                w.watermark_lag_ns
+                    .set(now.saturating_sub(stats.watermark).max(0));
+            }
+        }
+        self.to_events(results, m)
+    }
+
+    /// End of input: every open window as final.
+    pub fn flush(&mut self, m: &PipelineMetrics) -> Vec<Event> {
+        let results = self.engine.flush();
+        self.to_events(results, m)
+    }
+
+    fn to_events(&self, results: Vec<WindowResult>, m: &PipelineMetrics) -> Vec<Event> {
+        if let (Some(w), false) = (&m.window, results.is_empty()) {
+            w.results.add(results.len() as u64);
+        }
+        results.into_iter().map(|r| self.result_event(r)).collect()
+    }
+
+    fn result_event(&self, r: WindowResult) -> Event {
+        let mut obj = Map::new();
+        obj.insert("window_start".into(), Json::from(r.start));
+        obj.insert("window_end".into(), Json::from(r.end));
+        let key: Vec<Json> = serde_json::from_slice(&r.key).unwrap_or_default();
+        for (name, v) in self.names.iter().zip(key) {
+            obj.insert(name.clone(), v);
+        }
+        for (i, (name, v)) in self.agg_names.iter().zip(r.values).enumerate() {
+            obj.insert(name.clone(), agg_json(v, self.single_p[i]));
+        }
+        obj.insert("final".into(), Json::Bool(r.is_final));
+        let mut id = Vec::with_capacity(8 + r.key.len());
+        id.extend_from_slice(&r.start.to_be_bytes());
+        id.extend_from_slice(&r.key);
+        // Final and early results of one window are told apart.
+        let offset = xxhash_rust::xxh64::xxh64(&id, u64::from(!r.is_final));
+        Event {
+            timestamp: r.end,
+            host: self.host.clone(),
+            ty: self.result_type.clone(),
+            offset,
+            message: Bytes::from(serde_json::to_vec(&Json::Object(obj)).unwrap_or_default()),
+            ..Event::default()
+        }
+    }
+
+    /// Records results handed to the outputs with the acknowledgement
+    /// `rx` listens to: the next checkpoint waits for it.
+    pub fn sent(&mut self, events: Vec<Event>, rx: oneshot::Receiver<AckStatus>) {
+        if let Some(d) = &mut self.durable {
+            d.changed = true;
+            d.pending.push(Pending {
+                events,
+                late: false,
+                rx,
+            });
+        }
+    }
+
+    /// Whether a checkpoint is due now.
+    pub fn checkpoint_due(&self) -> bool {
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.changed && d.last.elapsed() >= d.interval)
+    }
+
+    /// Whether anything awaits a checkpoint.
+    pub fn has_changes(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.changed)
+    }
+
+    /// The copies not yet confirmed, to wait for: each result or late
+    /// batch, whether it was delivered. Failed ones are returned for the
+    /// caller to send again.
+    pub async fn settle(&mut self) -> Vec<(bool, Vec<Event>)> {
+        let Some(d) = &mut self.durable else {
+            return Vec::new();
+        };
+        let mut again = Vec::new();
+        for p in d.pending.drain(..) {
+            match p.rx.await {
+                Ok(AckStatus::Delivered) => {}
+                _ => again.push((p.late, p.events)),
+            }
+        }
+        again
+    }
+
+    /// Sends late events again after a failed delivery; their
+    /// confirmation joins the pending ones.
+    pub async fn resend_late(&mut self, events: Vec<Event>) -> bool {
+        let (Some(target), Some(d)) = (&self.late, &mut self.durable) else {
+            return false;
+        };
+        let (ack, rx) = AckToken::channel();
+        let copy = events.clone();
+        if let Err(b) = target.send(Batch::new(events, ack)).await {
+            b.ack.fail();
+            return false;
+        }
+        d.pending.push(Pending {
+            events: copy,
+            late: true,
+            rx,
+        });
+        true
+    }
+
+    /// Writes a checkpoint; every result and late copy emitted before it
+    /// must be settled. On success the held acknowledgements complete. On
+    /// failure the stage goes back to the last durable checkpoint and the
+    /// held acknowledgements fail, so that their sources send them again.
+    pub async fn checkpoint(&mut self, m: &PipelineMetrics) -> Result<(), String> {
+        let Some(d) = &mut self.durable else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let staged = (|| -> Result<(dab_state::Checkpoint, u64), dab_state::Error> {
+            let mut cp = d.store.checkpoint();
+            let mut bytes = 0u64;
+            for k in d.stale.drain(..) {
+                cp.delete(&d.ns, GLOBAL, &k)?;
+            }
+            let dirty = self.engine.take_dirty();
+            for (k, v) in &dirty.written {
+                bytes += (k.len() + v.len()) as u64;
+                cp.put(&d.ns, GLOBAL, k, v)?;
+            }
+            for k in &dirty.deleted {
+                cp.delete(&d.ns, GLOBAL, k)?;
+            }
+            cp.set_bookkeeping(&d.ns, GLOBAL, &self.engine.encode_bookkeeping())?;
+            for ((topic, part), next) in &d.positions {
+                let label = format!("{}@{}:{part}", d.ns, topic.as_str());
+                cp.set_offset(GLOBAL, &label, u64::try_from(*next).unwrap_or(0))?;
+            }
+            d.seen.stage(&mut cp)?;
+            Ok((cp, bytes))
+        })();
+        let result = match staged {
+            Ok((cp, bytes)) => tokio::task::spawn_blocking(move || cp.commit(true))
+                .await
+                .map_err(|e| format!("checkpoint task: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|_| bytes),
+            Err(e) => Err(e.to_string()),
+        };
+        let held = std::mem::take(&mut d.held);
+        match result {
+            Ok(bytes) => {
+                d.changed = false;
+                d.last = Instant::now();
+                for a in held {
+                    a.complete();
+                }
+                if let Some(w) = &m.window {
+                    w.checkpoints.add(1);
+                    w.checkpoint_bytes.set(bytes as i64);
+                    w.checkpoint_ns.set(ns(t0.elapsed()));
+                    w.checkpoint_at_ns.set(now_ns());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(w) = &m.window {
+                    w.checkpoint_failures.add(1);
+                }
+                for a in held {
+                    a.fail();
+                }
+                d.last = Instant::now();
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failed checkpoint: the engine, UIDs and offsets as the last
+    /// durable checkpoint has them.
+    pub fn rollback(&mut self, pipeline: &str, index: usize, w: &Windowed) -> Result<(), String> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        let opts = StateOptions {
+            store: d.store.clone(),
+            interval: d.interval,
+        };
+        let late = self.late.take();
+        *self = WindowStage::new(pipeline, index, w, late, Some(&opts))?;
+        Ok(())
+    }
+
+    /// A forced stop: the held acknowledgements fail (nothing they cover
+    /// is durable); returns how many batches they were.
+    pub fn abandon(&mut self) -> usize {
+        let Some(d) = &mut self.durable else {
+            return 0;
+        };
+        let n = d.held.len();
+        for a in d.held.drain(..) {
+            a.fail();
+        }
+        n
+    }
+}
+
+/// Whether `e` is already in the state: a Kafka offset below the one the
+/// stage absorbed last in its partition, or a UID it holds.
+fn already_absorbed(d: &Durable, e: &Event) -> bool {
+    match &e.origin.0 {
+        Some(p) => d
+            .positions
+            .get(&(p.topic.clone(), p.partition))
+            .is_some_and(|next| p.offset < *next),
+        None => d.seen.contains(&uid_key(e)),
+    }
+}
+
+fn remember(d: &mut Durable, e: &Event) {
+    match &e.origin.0 {
+        Some(p) => {
+            let next = d
+                .positions
+                .entry((p.topic.clone(), p.partition))
+                .or_insert(0);
+            *next = (*next).max(p.offset.saturating_add(1));
+        }
+        None => {
+            d.seen.insert(&uid_key(e));
+        }
+    }
+}
+
+/// 16 bytes standing for the UID (host, pid, type, offset).
+fn uid_key(e: &Event) -> [u8; 16] {
+    let a = crate::sample::uid_hash(e, 0x5EE1);
+    let b = crate::sample::uid_hash(e, 0x5EE2);
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_le_bytes());
+    k[8..].copy_from_slice(&b.to_le_bytes());
+    k
+}
+
+fn as_value(o: &Owned) -> Value<'_> {
+    match o {
+        Owned::Missing => Value::Absent,
+        Owned::Int(i) => Value::Int(*i),
+        Owned::Float(x) => Value::Float(*x),
+        Owned::Bool(b) => Value::Bool(*b),
+        Owned::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Str(s),
+            Err(_) => Value::Bytes(t),
+        },
+    }
+}
+
+fn write_json(out: &mut Vec<u8>, v: &Owned) {
+    let j = match v {
+        Owned::Missing => Json::Null,
+        Owned::Int(i) => Json::from(*i),
+        Owned::Float(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
+        Owned::Bool(b) => Json::Bool(*b),
+        Owned::Text(t) => Json::String(String::from_utf8_lossy(t).into_owned()),
+    };
+    let _ = serde_json::to_writer(out, &j);
+}
+
+fn agg_json(v: AggValue, single_p: bool) -> Json {
+    let float = |x: f64| serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number);
+    match v {
+        AggValue::Null => Json::Null,
+        AggValue::Count(n) => Json::from(n),
+        AggValue::Int(i) => Json::from(i),
+        AggValue::Float(x) => float(x),
+        AggValue::Bool(b) => Json::Bool(b),
+        AggValue::Str(s) => Json::String(s),
+        AggValue::Bytes(b) => Json::String(String::from_utf8_lossy(&b).into_owned()),
+        AggValue::Distinct { count, .. } => Json::from(count),
+        AggValue::Percentiles(ps) => {
+            let mut vals: Vec<Json> = ps
+                .into_iter()
+                .map(|p| p.map_or(Json::Null, float))
+                .collect();
+            if single_p && vals.len() == 1 {
+                vals.pop().unwrap_or(Json::Null)
+            } else {
+                Json::Array(vals)
+            }
+        }
+    }
+}
