@@ -219,6 +219,21 @@ def cmd_produce(a):
     payload = "x" * a.payload_bytes
     good = bad = 0
     t0 = time.monotonic()
+    if a.from_file:
+        # Values as written, one JSON event per line, in order.
+        with open(a.from_file, "rb") as f:
+            for line in f:
+                line = line.rstrip(b"\n")
+                if not line:
+                    continue
+                key = None
+                if a.key != "none":
+                    key = str(json.loads(line).get(a.key, "")).encode()
+                send(line, key)
+                good += 1
+                producer.poll(0)
+                resend()
+        a.count = 0
     for i in range(a.count):
         if a.rate > 0:
             ahead = t0 + i / a.rate - time.monotonic()
@@ -553,7 +568,8 @@ def main():
     sp = sub.add_parser("produce", help="send JSON events")
     common(sp)
     sp.add_argument("--topic", required=True)
-    sp.add_argument("--count", type=int, required=True)
+    sp.add_argument("--count", type=int, required=True, help="ignored with --from")
+    sp.add_argument("--from", dest="from_file", help="send the lines of this file (JSON events) instead")
     sp.add_argument("--start", type=int, default=0, help="first offset (default 0)")
     sp.add_argument("--types", default="A", help="comma-separated, used in turn (default A)")
     sp.add_argument("--payload-bytes", type=int, default=100, help="length of `message`")

@@ -75,9 +75,33 @@ pub struct SourceStats {
     /// Set by a source that announces when it serves
     /// (`Source::announces_serving`), once it does: a listener once bound.
     pub serving: AtomicBool,
+    /// The input partitions a partitioned source was last assigned (a
+    /// Kafka consumer's topic partitions), with a generation that grows at
+    /// each assignment: a window holds its watermark for every one of them
+    /// from the start, not only for those it has seen an event from.
+    pub partitions: std::sync::Mutex<(u64, Vec<(String, i32)>)>,
 }
 
 impl SourceStats {
+    /// Records a new assignment of input partitions.
+    pub fn set_partitions(&self, list: Vec<(String, i32)>) {
+        let mut p = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.0 += 1;
+        p.1 = list;
+    }
+
+    /// The assignment, when its generation is not `seen`.
+    pub fn partitions_since(&self, seen: u64) -> Option<(u64, Vec<(String, i32)>)> {
+        let p = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (p.0 != seen).then(|| (p.0, p.1.clone()))
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

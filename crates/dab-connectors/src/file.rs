@@ -59,6 +59,18 @@ impl FileSink {
                 .await
                 .map_err(|e| self.io("cannot create the directory of", e))?;
         }
+        if self.good_len.is_none() {
+            // First open by this process: a process killed mid-write may
+            // have left a torn last line, never acknowledged; cut it.
+            let path = self.path.clone();
+            let cut = tokio::task::spawn_blocking(move || cut_torn_tail(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                .map_err(|e| self.io("cannot check the end of", e))?;
+            if cut > 0 {
+                tracing::warn!(path = %self.path.display(), bytes = cut, "cut a torn last line left by a process that stopped mid-write (it was never acknowledged)");
+            }
+        }
         let f = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -145,6 +157,45 @@ impl Sink for FileSink {
     }
 }
 
+/// Cuts `path` back to just after its last newline when it does not end
+/// with one; returns the bytes cut (0 for a missing or whole file).
+fn cut_torn_tail(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+                f.sync_data()?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    // No newline at all: the whole file is one torn line.
+    if len > 0 {
+        f.set_len(0)?;
+        f.sync_data()?;
+    }
+    Ok(len)
+}
+
 #[derive(Debug)]
 pub struct FileSinkFactory;
 
@@ -167,5 +218,30 @@ impl SinkFactory for FileSinkFactory {
             path,
             f.bool("fsync").unwrap_or(true),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_whole_lines_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("out.ndjson");
+        assert_eq!(cut_torn_tail(&p).expect("missing file"), 0);
+        std::fs::write(&p, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").expect("write");
+        assert_eq!(cut_torn_tail(&p).expect("cut"), 5);
+        assert_eq!(std::fs::read(&p).expect("read"), b"{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(cut_torn_tail(&p).expect("whole"), 0);
+        // A torn line longer than one read chunk, after a whole one.
+        let mut long = b"{\"a\":0}\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 200_000));
+        std::fs::write(&p, &long).expect("write");
+        assert_eq!(cut_torn_tail(&p).expect("cut long"), 200_000);
+        assert_eq!(std::fs::read(&p).expect("read"), b"{\"a\":0}\n");
+        std::fs::write(&p, b"no newline at all").expect("write");
+        assert_eq!(cut_torn_tail(&p).expect("cut all"), 17);
+        assert!(std::fs::read(&p).expect("read").is_empty());
     }
 }

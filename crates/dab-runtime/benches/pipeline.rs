@@ -20,8 +20,9 @@ use dab_runtime::{Registry, RunOptions};
 const EVENTS: u64 = 1_000_000;
 
 fn plan(blueprint: &str) -> Plan {
+    // 1,000 pids: the group keys of the window cases.
     let bindings = format!(
-        "sources:\n  Gen: {{ kind: generator, count: {EVENTS}, types: [A, B], payload_bytes: 100, seed: 7 }}\nsinks:\n  B1: {{ kind: blackhole }}\n  B2: {{ kind: blackhole }}\n  B3: {{ kind: blackhole }}\ntypes:\n  A: {{}}\n  B: {{}}\n"
+        "sources:\n  Gen: {{ kind: generator, count: {EVENTS}, types: [A, B], payload_bytes: 100, seed: 7, pids: 1000 }}\nsinks:\n  B1: {{ kind: blackhole }}\n  B2: {{ kind: blackhole }}\n  B3: {{ kind: blackhole }}\ntypes:\n  A: {{}}\n  B: {{}}\n"
     );
     let set = check_set(
         SourceSet {
@@ -46,14 +47,28 @@ fn registry() -> Registry {
 /// Starts the plan on a fresh current-thread runtime and waits until the
 /// generator is exhausted and everything drained. Returns the wall time
 /// and the events the pipeline received and the sink took.
-fn run_once(plan: &Plan, registry: &Registry) -> (Duration, u64, u64) {
+fn run_once(
+    plan: &Plan,
+    registry: &Registry,
+    checkpoints: Option<Duration>,
+) -> (Duration, u64, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    // A fresh store per run: a store kept from the last run would know
+    // every UID and skip every event as redelivered.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = RunOptions {
+        state: checkpoints.map(|interval| dab_runtime::window::StateOptions {
+            store: dab_state::StateStore::open(dir.path()).expect("state store"),
+            interval,
+        }),
+        ..RunOptions::default()
+    };
     rt.block_on(async {
         let t0 = Instant::now();
-        let running = dab_runtime::start(plan, registry, &RunOptions::default()).expect("start");
+        let running = dab_runtime::start(plan, registry, &opts).expect("start");
         running.wait().await;
         let elapsed = t0.elapsed();
         let m = &running.metrics;
@@ -70,14 +85,26 @@ fn run_once(plan: &Plan, registry: &Registry) -> (Duration, u64, u64) {
 
 fn pipeline(c: &mut Criterion) {
     let registry = registry();
+    const WINDOW: &str = "bench.NewPipeline().In(Gen).Window(tumbling = 1s).Aggregate(by = [pid], as = \"S\", n = Count(), s = Sum(offset), m = Max(offset)).Out(Blackhole)";
     let cases = [
         (
             "generator_filtertype_sample_blackhole",
             "bench.NewPipeline().In(Gen).FilterType(A).WithSampleRate(5).Out(Blackhole)",
+            None,
         ),
         (
             "generator_blackhole",
             "bench.NewPipeline().In(Gen).Out(Blackhole)",
+            None,
+        ),
+        // Issue 13's window figures: 1,000 keys, Count, Sum and Max, in
+        // memory only, then with a durable checkpoint every second (each
+        // event's acknowledgement waits for one).
+        ("generator_window_1000_keys_blackhole", WINDOW, None),
+        (
+            "generator_window_1000_keys_checkpoint_1s_blackhole",
+            WINDOW,
+            Some(Duration::from_secs(1)),
         ),
         // Issue 14's routing figure: three routes that every event passes
         // (none matches, so each is evaluated on every event), then each
@@ -85,6 +112,7 @@ fn pipeline(c: &mut Criterion) {
         (
             "generator_3_routes_out_by_blackholes",
             "bench.NewPipeline().In(Gen).Route(type == \"C\", B1).Route(tags.zone == \"none\", B2).Route(pid == 4000000, B3).Out(B1, B2, B3, by = host)",
+            None,
         ),
     ];
     let mut g = c.benchmark_group("pipeline_1thread");
@@ -92,14 +120,18 @@ fn pipeline(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(6));
-    for (name, blueprint) in cases {
+    for (name, blueprint, checkpoints) in cases {
         let plan = plan(blueprint);
         // The figure is only meaningful if every event went through.
-        let (_, events_in, sunk) = run_once(&plan, &registry);
+        let (_, events_in, sunk) = run_once(&plan, &registry, checkpoints);
         assert_eq!(events_in, EVENTS, "{name}: the pipeline saw {events_in}");
         assert!(sunk > 0 && sunk <= EVENTS, "{name}: the sink took {sunk}");
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| run_once(&plan, &registry).0).sum())
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run_once(&plan, &registry, checkpoints).0)
+                    .sum()
+            })
         });
     }
     g.finish();

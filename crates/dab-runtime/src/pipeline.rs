@@ -275,6 +275,7 @@ impl PipelineTask {
             return true;
         }
         let mut backoff = Duration::from_millis(100);
+        tracing::debug!(pipeline = %w.pipeline, "checkpoint: waiting for results and late copies");
         loop {
             let again = tokio::select! {
                 biased;
@@ -298,6 +299,7 @@ impl PipelineTask {
                 }
             }
         }
+        tracing::debug!(pipeline = %w.pipeline, "checkpoint: committing");
         if let Err(e) = w.stage.checkpoint(&self.metrics).await {
             tracing::error!(pipeline = %w.pipeline, error = %e, "checkpoint failed: the input absorbed since the last checkpoint is reported failed (its sources send it again)");
             if let Err(e) = w.stage.rollback(&w.pipeline, w.index, &w.spec) {

@@ -25,11 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dab_api::ack::AckStatus;
+use dab_api::connector::SourceStats;
 use dab_api::{AckToken, Batch, Event, Text};
 use dab_plan::model::{self, Operand, Predicate, TimeBase, Windowed};
 use dab_state::{SeenUids, StateStore, GLOBAL};
 use dab_window::{Absorb, AggValue, DecodeError, Engine, RestoreError, Value, WindowResult};
 use serde_json::{Map, Value as Json};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
@@ -104,6 +106,10 @@ pub struct WindowStage {
     result_type: Text,
     late: Option<OutputTx>,
     durable: Option<Durable>,
+    /// The input's source, when it publishes its partitions (Kafka): each
+    /// assigned partition holds the watermark from its assignment on.
+    source: Option<Arc<SourceStats>>,
+    source_gen: u64,
     /// Reused per event.
     key: Vec<u8>,
     owned: Vec<Owned>,
@@ -115,9 +121,7 @@ fn ns(d: Duration) -> i64 {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, ns)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ns)
 }
 
 /// The engine's configuration for the planner's `Window` and `Aggregate`.
@@ -281,8 +285,31 @@ impl WindowStage {
             result_type: Text::from(w.aggregate.result_type.clone()),
             late,
             durable,
+            source: None,
+            source_gen: 0,
             key: Vec::with_capacity(64),
         })
+    }
+
+    /// Follows the partitions `stats` publishes (a Kafka source's
+    /// assignment).
+    pub fn follow_partitions(&mut self, stats: Arc<SourceStats>) {
+        self.source = Some(stats);
+    }
+
+    /// Registers the partitions assigned since the last look, so that a
+    /// partition holds the watermark back before its first event: else
+    /// the first partition to deliver would carry the watermark past the
+    /// others' data.
+    fn sync_partitions(&mut self, now: i64) {
+        let Some(src) = &self.source else { return };
+        if let Some((gen, list)) = src.partitions_since(self.source_gen) {
+            self.source_gen = gen;
+            for (topic, p) in list {
+                self.engine
+                    .register_partition(part_id(topic.as_bytes(), p), now);
+            }
+        }
     }
 
     /// Whether absorbed input waits for checkpoints.
@@ -407,7 +434,7 @@ impl WindowStage {
             TimeBase::Arrival => arrival,
         };
         let partition = match &e.origin.0 {
-            Some(p) => (dab_window::hash64(p.topic.as_bytes()) as u32) ^ (p.partition as u32),
+            Some(p) => part_id(p.topic.as_bytes(), p.partition),
             None => dab_window::hash64(e.host.as_bytes()) as u32,
         };
         self.engine.absorb(&dab_window::Event {
@@ -422,6 +449,7 @@ impl WindowStage {
     /// The results that became final (and early partial ones), as events.
     pub fn poll(&mut self, m: &PipelineMetrics) -> Vec<Event> {
         let now = now_ns();
+        self.sync_partitions(now);
         if self.time == TimeBase::Arrival {
             self.engine.advance_watermark(now);
         }
@@ -494,12 +522,14 @@ impl WindowStage {
     pub fn checkpoint_due(&self) -> bool {
         self.durable
             .as_ref()
-            .is_some_and(|d| d.changed && d.last.elapsed() >= d.interval)
+            .is_some_and(|d| (d.changed || !d.held.is_empty()) && d.last.elapsed() >= d.interval)
     }
 
     /// Whether anything awaits a checkpoint.
     pub fn has_changes(&self) -> bool {
-        self.durable.as_ref().is_some_and(|d| d.changed)
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.changed || !d.held.is_empty())
     }
 
     /// The copies not yet confirmed, to wait for: each result or late
@@ -618,7 +648,9 @@ impl WindowStage {
             interval: d.interval,
         };
         let late = self.late.take();
+        let source = self.source.take();
         *self = WindowStage::new(pipeline, index, w, late, Some(&opts))?;
+        self.source = source;
         Ok(())
     }
 
@@ -634,6 +666,11 @@ impl WindowStage {
         }
         n
     }
+}
+
+/// The engine's partition id of a Kafka topic partition.
+fn part_id(topic: &[u8], partition: i32) -> u32 {
+    (dab_window::hash64(topic) as u32) ^ (partition as u32)
 }
 
 /// Whether `e` is already in the state: a Kafka offset below the one the

@@ -90,6 +90,8 @@ struct Ctx {
     /// committed offset), so the reader drops them instead of tracking
     /// ranges of partitions it no longer holds.
     revoked: Mutex<Vec<Tp>>,
+    /// The source's stats, once it runs: assignments are published there.
+    stats: std::sync::OnceLock<Arc<SourceStats>>,
 }
 
 impl ClientContext for Ctx {
@@ -194,6 +196,14 @@ impl ConsumerContext for Ctx {
                 .assigned
                 .fetch_add(list.count() as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(source = %self.metrics.name, partitions = ?tps(list).iter().map(|(t, p)| format!("{t}[{p}]")).collect::<Vec<_>>(), "kafka partitions assigned");
+            if let Some(stats) = self.stats.get() {
+                stats.set_partitions(
+                    tps(list)
+                        .into_iter()
+                        .map(|(t, p)| (t.to_string(), p))
+                        .collect(),
+                );
+            }
         }
     }
 
@@ -228,6 +238,7 @@ impl KafkaSource {
             offsets: offsets.clone(),
             last_error_log: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
+            stats: std::sync::OnceLock::new(),
         };
         let consumer: BaseConsumer<Ctx> = config
             .client_config(name)
@@ -550,6 +561,7 @@ impl Source for KafkaSource {
             stats,
             ..
         } = ctx;
+        let _ = consumer.context().stats.set(stats.clone());
         let shared = Arc::new(Shared {
             offsets,
             consumer: Arc::downgrade(&consumer),

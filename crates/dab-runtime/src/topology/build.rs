@@ -499,8 +499,22 @@ impl Running {
                         })?),
                         None => None,
                     };
-                    let stage = WindowStage::new(&p.id, k, w, late, opts.state.as_ref())
+                    let mut stage = WindowStage::new(&p.id, k, w, late, opts.state.as_ref())
                         .map_err(bad_key)?;
+                    let (key, _) = input_of(plan, p);
+                    let stats = sources
+                        .iter()
+                        .find(|s| s.key == key)
+                        .map(|s| s.slot.stats.clone())
+                        .or_else(|| {
+                            st.inputs
+                                .get(&key)
+                                .and_then(|i| i.source.as_ref())
+                                .map(|s| s.stats.clone())
+                        });
+                    if let Some(stats) = stats {
+                        stage.follow_partitions(stats);
+                    }
                     let post = compile_ops(
                         None,
                         &c.stages[k + 1..],
