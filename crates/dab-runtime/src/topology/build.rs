@@ -474,7 +474,6 @@ impl Running {
             if window_at.is_some() {
                 pm.window = Some(crate::metrics::WindowMetrics::default());
             }
-            let pm = Arc::new(pm);
             let on_error = || c.on_error.as_deref().and_then(sink_tx);
             let bad_key = |e: String| StartError::Stage {
                 pipeline: p.id.clone(),
@@ -521,6 +520,20 @@ impl Running {
                 }
                 _ => None,
             };
+            // The samples of ops that keep their own, by stage position.
+            let post_ops = window.iter().flat_map(|w| {
+                w.post
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, s)| (w.index + 1 + j, s))
+            });
+            let ops = stages
+                .iter()
+                .enumerate()
+                .chain(post_ops)
+                .filter_map(|(i, s)| s.metrics(&p.id, i))
+                .collect();
+            let pm = Arc::new(pm.with_ops(ops));
             let mut outputs = Vec::new();
             // The outputs' names, in order: what `by` hashes over.
             let mut out_names = Vec::new();
