@@ -25,7 +25,7 @@ use run_support::client::{
     free_addr, must_metric, post_events, scrape, wait_http_ok, wait_metrics,
 };
 use run_support::process::Dab;
-use run_support::{file_lines, write_set};
+use run_support::{file_lines, poll, write_set};
 
 /// Longest wait for a table's reload: it polls its file every 500 ms.
 const RELOAD: Duration = Duration::from_secs(10);
@@ -369,4 +369,78 @@ fn a_table_that_does_not_load_stops_run_before_it_starts_and_graph_shows_tables(
                 && l.contains("label=\"table\"")),
         "{dot}"
     );
+}
+
+/// Lines of dab's JSON log whose message is `message`.
+fn logged(dab: &Dab, message: &str) -> usize {
+    let needle = format!("\"message\":\"{message}\"");
+    dab.stderr().lines().filter(|l| l.contains(&needle)).count()
+}
+
+#[test]
+fn a_reload_keeps_the_table_of_an_unchanged_stage_and_loads_a_changed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("teams.csv"), "team_id,name\n1,core\n").expect("teams");
+    std::fs::write(d.join("other.csv"), "team_id,name\n1,other\n").expect("other");
+    let listen = free_addr();
+    std::fs::write(d.join("listen"), &listen).expect("listen");
+    let out = d.join("out.ndjson");
+    let bindings = |table: &str| {
+        format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n\
+             sinks:\n  Out: {{ kind: file, path: {} }}\n\
+             tables:\n  Teams: {{ kind: file, path: {table}, key: team_id }}\n",
+            yaml_path(&out)
+        )
+    };
+    let enrich = "t.NewPipeline().In(HttpIn).Enrich(Teams, on = fields.team_id, into = \"team\")";
+    write_set(d, &format!("{enrich}.Out(Out)\n"), &bindings("teams.csv"));
+    let (mut dab, _, listen) = start(d);
+    let reload = |dab: &Dab, n: usize| {
+        fault_support::signal(dab.pid(), "HUP");
+        poll(
+            RELOAD,
+            &format!("reload {n}"),
+            || (logged(dab, "reloaded") >= n).then_some(()),
+            || dab.stderr(),
+        );
+    };
+    let row_of = |offset: u64| -> (Value, Value) {
+        post(&listen, &[event(offset, r#"{"team_id": 1}"#, None)]);
+        let (payload, tags) = written(&out).remove(&offset).expect("written");
+        (payload["team"].clone(), tags)
+    };
+    let core = json!({"team_id": "1", "name": "core"});
+
+    assert_eq!(row_of(0), (core.clone(), Value::Null));
+    assert_eq!(logged(&dab, "table loaded"), 1);
+
+    // Another stage after it: the pipeline is rebuilt, the Enrich stage
+    // is the same, and its table is handed over, not read again.
+    write_set(
+        d,
+        &format!("{enrich}.SetTag(seen = \"yes\").Out(Out)\n"),
+        &bindings("teams.csv"),
+    );
+    reload(&dab, 1);
+    assert_eq!(row_of(1), (core, json!({"seen": "yes"})));
+    assert_eq!(logged(&dab, "table loaded"), 1, "{}", dab.stderr());
+
+    // The binding names another file: the stage changed, and loads it.
+    write_set(
+        d,
+        &format!("{enrich}.SetTag(seen = \"yes\").Out(Out)\n"),
+        &bindings("other.csv"),
+    );
+    reload(&dab, 2);
+    assert_eq!(
+        row_of(2),
+        (
+            json!({"team_id": "1", "name": "other"}),
+            json!({"seen": "yes"})
+        )
+    );
+    assert_eq!(logged(&dab, "table loaded"), 2, "{}", dab.stderr());
+    terminate_ok(&mut dab);
 }
