@@ -6,8 +6,12 @@
 //! from its next load on; a bad rewrite keeps the rows loaded before, is
 //! logged with the file and line, and counted. The http source answers
 //! only once its events are delivered, so a 200 means the sink files hold
-//! them; every other wait polls with a deadline.
+//! them; every other wait polls with a deadline. A compacted Kafka topic
+//! as a table runs against a real broker (tansu, `kafka_support`; a
+//! missing one fails the test).
 
+#[path = "kafka_support/broker.rs"]
+mod broker;
 mod common;
 #[allow(dead_code)]
 mod fault_support;
@@ -237,12 +241,10 @@ fn enrich_joins_json_lines_and_csv_rows_and_keeps_drops_or_fails_misses() {
     terminate_ok(&mut dab);
 }
 
-#[test]
-fn a_table_replaced_while_running_is_used_and_a_bad_rewrite_keeps_the_old_rows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let table = d.join("teams.csv");
-    std::fs::write(&table, "team_id,name\n1,core\n").expect("teams");
+/// Writes a set of one pipeline, `t`: events POSTed to `HttpIn` (its
+/// address in the file `listen`) enriched from `Teams` (bound as `table`)
+/// by `fields.team_id` into `team`, written to the file it returns.
+fn one_table_set(d: &Path, table: &str) -> std::path::PathBuf {
     let listen = free_addr();
     std::fs::write(d.join("listen"), &listen).expect("listen");
     let out = d.join("out.ndjson");
@@ -252,10 +254,20 @@ fn a_table_replaced_while_running_is_used_and_a_bad_rewrite_keeps_the_old_rows()
         &format!(
             "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n\
              sinks:\n  Out: {{ kind: file, path: {} }}\n\
-             tables:\n  Teams: {{ kind: file, path: teams.csv, key: team_id }}\n",
+             tables:\n  Teams: {table}\n",
             yaml_path(&out)
         ),
     );
+    out
+}
+
+#[test]
+fn a_table_replaced_while_running_is_used_and_a_bad_rewrite_keeps_the_old_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let table = d.join("teams.csv");
+    std::fs::write(&table, "team_id,name\n1,core\n").expect("teams");
+    let out = one_table_set(d, "{ kind: file, path: teams.csv, key: team_id }");
     let (mut dab, metrics, listen) = start(d);
     let replace = |text: &str| {
         // Written beside it, then renamed over it: readers see the old
@@ -442,5 +454,106 @@ fn a_reload_keeps_the_table_of_an_unchanged_stage_and_loads_a_changed_one() {
         )
     );
     assert_eq!(logged(&dab, "table loaded"), 2, "{}", dab.stderr());
+    terminate_ok(&mut dab);
+}
+
+/// Produces `rows` to `topic` as keyed messages (`None`: a tombstone) and
+/// waits until the broker has every one.
+fn produce_rows(brokers: &str, topic: &str, rows: &[(&str, Option<&str>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("a producer");
+    for (key, value) in rows {
+        let mut record = BaseRecord::<str, str>::to(topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer
+            .send(record)
+            .unwrap_or_else(|(e, _)| panic!("produce {key}: {e}"));
+    }
+    producer
+        .flush(Duration::from_secs(20))
+        .expect("every row delivered");
+}
+
+#[test]
+fn a_compacted_kafka_topic_is_a_table_kept_current_while_running() {
+    let broker = broker::Broker::start(&broker::tansu());
+    broker.create_topic("teams", 2);
+    let brokers = broker.addr();
+    produce_rows(
+        &brokers,
+        "teams",
+        &[
+            ("1", Some(r#"{"name": "core"}"#)),
+            ("2", Some(r#"{"name": "edge"}"#)),
+            ("3", Some(r#"{"name": "gone soon"}"#)),
+            // Not a JSON object: skipped and counted, the rest kept.
+            ("4", Some("not json")),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = one_table_set(
+        d,
+        &format!("{{ kind: kafka, brokers: \"{brokers}\", topic: teams }}"),
+    );
+    let (mut dab, metrics, listen) = start(d);
+    let teams_of = |base: u64| -> Vec<Value> {
+        let events: Vec<Value> = (1..=3)
+            .map(|t| event(base + t, &format!(r#"{{"team_id": {t}}}"#), None))
+            .collect();
+        post(&listen, &events);
+        let written = written(&out);
+        (1..=3)
+            .map(|t| written[&(base + t)].0["team"].clone())
+            .collect()
+    };
+    let series = |name: &str| format!("{name}{{pipeline=\"t\",stage=\"0\",table=\"Teams\"}}");
+    let (rows, changes, errors) = (
+        series("dab_table_rows"),
+        series("dab_table_changes_total"),
+        series("dab_table_reload_errors_total"),
+    );
+
+    // Read to its end before the first event: every row is there at once.
+    let text = scrape(&metrics);
+    assert_eq!(must_metric(&text, &rows), 3.0, "{text}");
+    assert_eq!(must_metric(&text, &errors), 1.0, "{text}");
+    assert_eq!(
+        teams_of(0),
+        [
+            json!({"name": "core"}),
+            json!({"name": "edge"}),
+            json!({"name": "gone soon"})
+        ]
+    );
+
+    // An update and a tombstone while running.
+    produce_rows(
+        &brokers,
+        "teams",
+        &[
+            ("1", Some(r#"{"name": "core", "tier": "gold"}"#)),
+            ("3", None),
+        ],
+    );
+    wait_metrics(&metrics, &[(&changes, 5.0), (&rows, 2.0)], RELOAD);
+    assert_eq!(
+        teams_of(10),
+        [
+            json!({"name": "core", "tier": "gold"}),
+            json!({"name": "edge"}),
+            Value::Null
+        ]
+    );
+    let skipped = "table input skipped; keeping the rows";
+    let line = dab.wait_for_log(RELOAD, skipped, |l| l.contains(skipped));
+    assert!(line.contains("message `4` at partition"), "{line}");
+    assert!(line.contains("the value is not a JSON object"), "{line}");
     terminate_ok(&mut dab);
 }

@@ -551,6 +551,16 @@ static KINDS: &[KindSpec] = &[
             opt("format", TABLE_FORMAT, "`jsonl` or `csv`, when the file's extension does not say"),
         ],
     },
+    KindSpec {
+        section: Section::Tables,
+        kind: "kafka",
+        doc: "a compacted Kafka topic read from its start and kept current: the message key is the row's key, the value a JSON object, a null value deletes",
+        fields: &[
+            KAFKA_BROKERS,
+            req("topic", FieldType::Str, "the topic holding the rows"),
+            KAFKA_OPTIONS,
+        ],
+    },
 ];
 
 /// Every connector kind DAB knows, in a stable order.

@@ -148,17 +148,32 @@ pub struct Enrich {
     pub miss: Miss,
 }
 
-/// A table bound under `tables:` with `kind: file`. Part of the stage, so
-/// a changed binding rebuilds the pipelines that enrich from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A table bound under `tables:`. Part of the stage, so a changed binding
+/// rebuilds the pipelines that enrich from it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
     pub name: String,
-    /// As written in the bindings file: relative to the working directory,
-    /// like every path there.
-    pub path: String,
-    /// The column rows are found by.
-    pub key: String,
-    pub format: crate::table::TableFormat,
+    pub source: TableSource,
+}
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableSource {
+    /// `kind: file`: read at start, reloaded when the file changes.
+    File {
+        /// As written in the bindings file: relative to the working
+        /// directory, like every path there.
+        path: String,
+        /// The column rows are found by.
+        key: String,
+        format: crate::table::TableFormat,
+    },
+    /// Kept current by a connector's feed (`kind: kafka`, a compacted
+    /// topic): the binding's kind and fields.
+    Feed {
+        kind: String,
+        fields: BTreeMap<String, ConfigValue>,
+    },
 }
 
 /// What `Enrich` does with an event no row matches (or whose payload is

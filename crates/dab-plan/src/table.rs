@@ -77,6 +77,16 @@ impl Rows {
         self.by_key.get(key)
     }
 
+    /// Puts `row` under `key`, replacing what was there.
+    pub fn put(&mut self, key: String, row: Arc<str>) {
+        self.by_key.insert(key, row);
+    }
+
+    /// Deletes the row under `key`, if any.
+    pub fn remove(&mut self, key: &str) {
+        self.by_key.remove(key);
+    }
+
     /// Distinct keys (rows after later ones replaced earlier ones).
     pub fn len(&self) -> usize {
         self.by_key.len()

@@ -1,28 +1,32 @@
 //! `Enrich(Table, on = field, into = "key", miss = ...)` at run time (SPEC
-//! section 9): the table's rows, loaded at start and reloaded when the file
-//! changes, and the stage that merges the row an event's key finds into
-//! its JSON payload.
+//! section 9): the table's rows, loaded at start and kept current, and the
+//! stage that merges the row an event's key finds into its JSON payload.
 //!
-//! A table is read whole into memory (`dab_plan::table::parse`, the parser
-//! `dab validate` holds the file to). A thread per table (`table-<name>`)
-//! looks at the file's modification time, size and inode every 500 ms; on
-//! a change it reads and parses the file again and swaps the rows in, so
-//! an editor's save and an atomic rename are both seen. A reload that
-//! fails keeps the rows loaded before, logs the file and line, and is
-//! counted. The thread holds the table weakly and ends once no stage uses
-//! it. Each `Enrich` stage has a table of its own; a reload that leaves the
-//! stage unchanged hands its table to the new pipeline (`StageState`).
+//! A table is held whole in memory. A `kind: file` table is read and
+//! parsed by `dab_plan::table` (the parser `dab validate` holds the file
+//! to); a thread per table (`table-<name>`) looks at the file's
+//! modification time, size and inode every 500 ms and, on a change, reads
+//! and parses it again and swaps the rows in, so an editor's save and an
+//! atomic rename are both seen. A reload that fails keeps the rows loaded
+//! before, logs the file and line, and is counted. Any other kind (a
+//! compacted Kafka topic) comes from a connector's feed
+//! (`dab_api::table`): read to its end before the stage starts, then kept
+//! current change by change. Threads hold the table weakly and end once no
+//! stage uses it. Each `Enrich` stage has a table of its own; a reload that
+//! leaves the stage unchanged hands its table to the new pipeline
+//! (`StageState`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use dab_api::metrics::{ConnectorMetrics, Sample};
+use dab_api::table::{Change, TableFactory, TableRows};
 use dab_api::{Batch, Event, Text};
-use dab_plan::model::{Enrich, Miss, Operand, TableSpec};
-use dab_plan::table::Rows;
+use dab_plan::model::{Enrich, Miss, Operand, TableSource, TableSpec};
+use dab_plan::table::{Rows, TableFormat};
 use serde_json::value::RawValue;
 
 use crate::metrics::{Counter, DropReason, PipelineMetrics, Undelivered};
@@ -33,14 +37,26 @@ use crate::reliability::Tracker;
 /// How often a table's file is looked at for a change.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// A table's rows, current as of its last good load.
+/// A table's rows, current as of its last good load or change.
 #[derive(Debug)]
 pub struct Table {
-    spec: TableSpec,
-    rows: RwLock<Arc<Rows>>,
+    name: String,
+    rows: RwLock<Rows>,
+    /// Whole reloads of a file.
     reloads: Counter,
+    /// Failed reloads of a file, input a feed could not apply.
     reload_errors: Counter,
+    /// Rows a feed put or deleted.
+    changes: Counter,
     row_count: AtomicU64,
+}
+
+/// A `kind: file` table's file.
+#[derive(Debug, Clone)]
+struct TableFile {
+    path: String,
+    key: String,
+    format: TableFormat,
 }
 
 /// What identifies one version of a file: a write changes the time or the
@@ -65,45 +81,74 @@ fn stamp(path: &str) -> io::Result<Stamp> {
     })
 }
 
-/// Reads and parses the table's file; the error names the file and line.
-fn read(spec: &TableSpec) -> Result<Rows, String> {
-    let bytes = std::fs::read(&spec.path)
-        .map_err(|e| format!("cannot read table file `{}`: {e}", spec.path))?;
-    dab_plan::table::parse(&bytes, spec.format, &spec.key)
-        .map_err(|e| format!("`{}` line {}: {}", spec.path, e.line, e.message))
+impl TableFile {
+    /// Reads and parses the file; the error names the file and line.
+    fn read(&self) -> Result<Rows, String> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| format!("cannot read table file `{}`: {e}", self.path))?;
+        dab_plan::table::parse(&bytes, self.format, &self.key)
+            .map_err(|e| format!("`{}` line {}: {}", self.path, e.line, e.message))
+    }
 }
 
 impl Table {
-    /// Loads the table and starts watching its file. Fails when the file
-    /// cannot be read or parsed, naming the file and line.
-    pub fn open(spec: &TableSpec) -> Result<Arc<Table>, String> {
-        let before = stamp(&spec.path).ok();
-        let rows = read(spec).map_err(|e| format!("table `{}`: {e}", spec.name))?;
-        let table = Arc::new(Table {
-            spec: spec.clone(),
+    fn new(name: &str, rows: Rows) -> Arc<Table> {
+        Arc::new(Table {
+            name: name.to_owned(),
             row_count: AtomicU64::new(rows.len() as u64),
-            rows: RwLock::new(Arc::new(rows)),
+            rows: RwLock::new(rows),
             reloads: Counter::default(),
             reload_errors: Counter::default(),
-        });
-        let weak = Arc::downgrade(&table);
-        let path = spec.path.clone();
-        std::thread::Builder::new()
-            .name(format!("table-{}", spec.name))
-            .spawn(move || watch(&weak, &path, before))
-            .map_err(|e| format!("table `{}`: cannot start its file watcher: {e}", spec.name))?;
-        tracing::info!(table = %spec.name, path = %spec.path, rows = table.len(), "table loaded");
+            changes: Counter::default(),
+        })
+    }
+
+    /// Loads the table and starts keeping it current: a file through a
+    /// watcher thread, any other kind through the feed of its factory in
+    /// `feeds`. Fails when the file cannot be read or parsed (naming the
+    /// file and line), or the feed cannot read its source to the end.
+    pub fn open(spec: &TableSpec, feeds: &[Box<dyn TableFactory>]) -> Result<Arc<Table>, String> {
+        let name = &spec.name;
+        let table = match &spec.source {
+            TableSource::File { path, key, format } => {
+                let file = TableFile {
+                    path: path.clone(),
+                    key: key.clone(),
+                    format: *format,
+                };
+                let before = stamp(path).ok();
+                let rows = file.read().map_err(|e| format!("table `{name}`: {e}"))?;
+                let table = Table::new(name, rows);
+                let weak = Arc::downgrade(&table);
+                std::thread::Builder::new()
+                    .name(format!("table-{name}"))
+                    .spawn(move || watch(&weak, &file, before))
+                    .map_err(|e| format!("table `{name}`: cannot start its file watcher: {e}"))?;
+                table
+            }
+            TableSource::Feed { kind, fields } => {
+                let factory = feeds.iter().find(|f| f.kind() == kind).ok_or_else(|| {
+                    format!("table `{name}`: this build of dab cannot read `kind: {kind}` tables")
+                })?;
+                let feed = factory
+                    .build(name, fields)
+                    .map_err(|e| format!("table `{name}`: {}", e.reason))?;
+                let table = Table::new(name, Rows::default());
+                let rows: Arc<dyn TableRows> = table.clone();
+                feed.start(Arc::downgrade(&rows))
+                    .map_err(|e| format!("table `{name}`: {e}"))?;
+                table
+            }
+        };
+        tracing::info!(table = %name, rows = table.len(), "table loaded");
         Ok(table)
     }
 
-    /// The rows as of the last good load.
-    pub fn rows(&self) -> Arc<Rows> {
-        Arc::clone(
-            &self
-                .rows
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The rows as they are now; held for one batch, never across an await.
+    fn rows(&self) -> RwLockReadGuard<'_, Rows> {
+        self.rows
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn len(&self) -> u64 {
@@ -116,22 +161,22 @@ impl Table {
 
     /// Loads the file again: the new rows on success, else the old kept
     /// and the failure logged and counted.
-    fn reload(&self) {
-        match read(&self.spec) {
+    fn reload(&self, file: &TableFile) {
+        match file.read() {
             Ok(rows) => {
                 let n = rows.len() as u64;
                 *self
                     .rows
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rows);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = rows;
                 self.row_count.store(n, Ordering::Relaxed);
                 self.reloads.add(1);
-                tracing::info!(table = %self.spec.name, path = %self.spec.path, rows = n, "table reloaded");
+                tracing::info!(table = %self.name, path = %file.path, rows = n, "table reloaded");
             }
             Err(e) => {
                 self.reload_errors.add(1);
                 tracing::error!(
-                    table = %self.spec.name,
+                    table = %self.name,
                     error = %e,
                     kept_rows = self.len(),
                     "table reload failed; keeping the rows loaded before"
@@ -141,17 +186,40 @@ impl Table {
     }
 }
 
+impl TableRows for Table {
+    fn apply(&self, changes: Vec<Change>) {
+        let n = changes.len() as u64;
+        let mut rows = self
+            .rows
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, row) in changes {
+            match row {
+                Some(row) => rows.put(key, row),
+                None => rows.remove(&key),
+            }
+        }
+        self.row_count.store(rows.len() as u64, Ordering::Relaxed);
+        self.changes.add(n);
+    }
+
+    fn failed(&self, reason: String) {
+        self.reload_errors.add(1);
+        tracing::error!(table = %self.name, error = %reason, "table input skipped; keeping the rows");
+    }
+}
+
 /// The watcher thread: a reload for each new version of the file, until
 /// the table is no longer used.
-fn watch(table: &Weak<Table>, path: &str, mut seen: Option<Stamp>) {
+fn watch(table: &Weak<Table>, file: &TableFile, mut seen: Option<Stamp>) {
     loop {
         std::thread::sleep(POLL);
         let Some(t) = table.upgrade() else { return };
         // Stamped before reading: a change during the read is seen again.
-        let now = stamp(path).ok();
+        let now = stamp(&file.path).ok();
         if now != seen {
             seen = now;
-            t.reload();
+            t.reload(file);
         }
     }
 }
@@ -177,8 +245,9 @@ pub struct EnrichOp {
 }
 
 impl EnrichOp {
-    /// Compiles the stage over `prior`, the table of the same stage in the
-    /// pipeline a reload replaced, or a table loaded now.
+    /// Compiles the stage over `prior`: the table of the same stage in the
+    /// pipeline a reload replaced, or one the topology opened with the
+    /// registry's feeds; else a `kind: file` table is loaded now.
     pub fn new(
         e: &Enrich,
         on_error: Option<OutputTx>,
@@ -186,7 +255,7 @@ impl EnrichOp {
     ) -> Result<EnrichOp, String> {
         let table = match prior {
             Some(t) => t,
-            None => Table::open(&e.table)?,
+            None => Table::open(&e.table, &[])?,
         };
         Ok(EnrichOp {
             reason: Text::from(format!(
@@ -219,23 +288,25 @@ impl EnrichOp {
     /// Enriches every event of the batch; misses are kept, dropped or
     /// failed as `miss` says.
     pub async fn apply(&self, batch: &mut Batch, m: &PipelineMetrics, tracker: Option<&Tracker>) {
-        let rows = self.table.rows();
         let mut missed = Vec::new();
         let mut kept = Vec::with_capacity(batch.events.len());
         let (mut hits, mut misses) = (0, 0);
-        for mut e in batch.events.drain(..) {
-            let hit = key_text(&e, &self.on)
-                .and_then(|k| rows.get(&k))
-                .is_some_and(|row| merge(&mut e, &self.into, row));
-            if hit {
-                hits += 1;
-                kept.push(e);
-            } else {
-                misses += 1;
-                if self.miss == Miss::Keep {
+        {
+            let rows = self.table.rows();
+            for mut e in batch.events.drain(..) {
+                let hit = key_text(&e, &self.on)
+                    .and_then(|k| rows.get(&k))
+                    .is_some_and(|row| merge(&mut e, &self.into, row));
+                if hit {
+                    hits += 1;
                     kept.push(e);
                 } else {
-                    missed.push(e);
+                    misses += 1;
+                    if self.miss == Miss::Keep {
+                        kept.push(e);
+                    } else {
+                        missed.push(e);
+                    }
                 }
             }
         }
@@ -367,7 +438,7 @@ impl ConnectorMetrics for EnrichMetrics {
         let labels = |s: Sample| {
             s.label("pipeline", self.pipeline.clone())
                 .label("stage", self.stage.clone())
-                .label("table", self.table.spec.name.clone())
+                .label("table", self.table.name.clone())
         };
         for (result, n) in [
             ("hit", self.counts.hits.get()),
@@ -393,8 +464,13 @@ impl ConnectorMetrics for EnrichMetrics {
             self.table.reloads.get(),
         )));
         out.push(labels(Sample::counter(
+            "dab_table_changes_total",
+            "Rows a table's feed (a Kafka topic) put or deleted",
+            self.table.changes.get(),
+        )));
+        out.push(labels(Sample::counter(
             "dab_table_reload_errors_total",
-            "Reloads of a table that failed (file unreadable or a bad line); the rows loaded before are kept",
+            "Reloads of a table file that failed (unreadable, a bad line), or feed messages a table could not take; the rows are kept",
             self.table.reload_errors.get(),
         )));
     }

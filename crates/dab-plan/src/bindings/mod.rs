@@ -260,29 +260,37 @@ pub fn type_schema<'a>(bindings: &'a Bindings, b: &Binding) -> Option<&'a dab_sc
         .and_then(|t| t.schema.as_ref())
 }
 
-/// What a `kind: file` table binding stands for, when its fields are
-/// usable: a path, a key column and a format (its `format`, else the
-/// path's extension). `None` when one is missing or the format cannot be
-/// told (reported by the check).
+/// What a table binding stands for, when its fields are usable: for
+/// `kind: file` a path, a key column and a format (its `format`, else the
+/// path's extension); for a feed (`kind: kafka`) its fields. `None` when
+/// one is missing, the kind is unknown or the format cannot be told
+/// (reported by the check).
 pub fn table_spec(b: &Binding) -> Option<crate::model::TableSpec> {
     let text = |k: &str| match b.fields.get(k) {
         Some(ConfigValue::Str(s)) => Some(s.clone()),
         _ => None,
     };
-    if b.section != Section::Tables || b.kind != "file" {
+    if b.section != Section::Tables || b.kind.is_empty() {
         return None;
     }
-    let path = text("path")?;
-    let key = text("key")?;
-    let format = match text("format") {
-        Some(f) => crate::table::TableFormat::from_name(&f)?,
-        None => crate::table::TableFormat::from_path(&path)?,
+    let source = if b.kind == "file" {
+        let path = text("path")?;
+        let key = text("key")?;
+        let format = match text("format") {
+            Some(f) => crate::table::TableFormat::from_name(&f)?,
+            None => crate::table::TableFormat::from_path(&path)?,
+        };
+        crate::model::TableSource::File { path, key, format }
+    } else {
+        dab_api::schema::find_kind(Section::Tables, &b.kind)?;
+        crate::model::TableSource::Feed {
+            kind: b.kind.clone(),
+            fields: b.fields.clone(),
+        }
     };
     Some(crate::model::TableSpec {
         name: b.name.clone(),
-        path,
-        key,
-        format,
+        source,
     })
 }
 

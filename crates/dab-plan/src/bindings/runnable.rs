@@ -163,11 +163,15 @@ fn table_file(ctx: &mut Ctx<'_>, b: &Binding) {
         return;
     }
     // A missing `key` or a bad `format` is reported by the field checks.
-    let Some(spec) = super::table_spec(b) else {
+    let Some(crate::model::TableSpec {
+        source: crate::model::TableSource::File { key, format, .. },
+        ..
+    }) = super::table_spec(b)
+    else {
         return;
     };
     let problem = match (ctx.files)(path) {
-        Ok(bytes) => match crate::table::parse(&bytes, spec.format, &spec.key) {
+        Ok(bytes) => match crate::table::parse(&bytes, format, &key) {
             Ok(_) => return,
             Err(e) => format!(
                 "table `{}`: `{path}` line {}: {}",
@@ -181,7 +185,7 @@ fn table_file(ctx: &mut Ctx<'_>, b: &Binding) {
             .with_label_here("read when the set is checked")
             .with_help(format!(
                 "table files are read by dab validate as by dab run at start; {}",
-                match spec.format {
+                match format {
                     crate::table::TableFormat::JsonLines =>
                         "a JSON-lines table holds one JSON object per line, each with its key column",
                     crate::table::TableFormat::Csv =>
@@ -383,7 +387,8 @@ fn kafka_options_of(ctx: &mut Ctx<'_>, section: Section, b: &Binding, entries: &
     let clients = match section {
         Section::Sources => Clients::Consumer,
         Section::Sinks => Clients::Producer,
-        Section::Queues | Section::Tables => Clients::Both,
+        Section::Tables => Clients::Consumer,
+        Section::Queues => Clients::Both,
     };
     // Only options that passed alone take part, so that one bad value is
     // reported once.
