@@ -136,11 +136,21 @@ fn json_lines(bytes: &[u8], key: &str) -> Result<Rows, TableError> {
             let full = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
             let what = full.strip_suffix(&suffix).unwrap_or(&full);
-            err(format!("not JSON at column {}: {what}", e.column()))
+            let hint = if text.starts_with('[') {
+                " (a table holds one object per line, not a JSON array)"
+            } else {
+                ""
+            };
+            err(format!("not JSON at column {}: {what}{hint}", e.column()))
         })?;
         let Value::Object(object) = value else {
+            let hint = if value.is_array() {
+                " (a table holds one object per line, not a JSON array)"
+            } else {
+                ""
+            };
             return Err(err(format!(
-                "a row must be a JSON object, found {}",
+                "a row must be a JSON object, found {}{hint}",
                 describe(&value)
             )));
         };
@@ -281,13 +291,14 @@ mod tests {
 
     #[test]
     fn json_lines_errors_name_the_line() {
-        let cases: [(&[u8], u64, &str); 4] = [
+        let cases: [(&[u8], u64, &str); 5] = [
             (b"{\"id\": 1}\n{\"id\": \n", 2, "not JSON"),
             (
                 b"{\"id\": 1}\n\n[1]\n",
                 3,
-                "must be a JSON object, found a list",
+                "found a list (a table holds one object per line",
             ),
+            (b"[\n{\"id\": 1}\n]\n", 1, "not a JSON array"),
             (b"{\"x\": 1}\n", 1, "no key column `id`"),
             (
                 b"{\"id\": true}\n",
