@@ -496,6 +496,13 @@ fn a_compacted_kafka_topic_is_a_table_kept_current_while_running() {
             ("4", Some("not json")),
         ],
     );
+    // More rows than one poll takes (1,024), over both partitions.
+    let many: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    let many_rows: Vec<(&str, Option<&str>)> = many
+        .iter()
+        .map(|k| (k.as_str(), Some(r#"{"bulk": true}"#)))
+        .collect();
+    produce_rows(&brokers, "teams", &many_rows);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let out = one_table_set(
@@ -520,9 +527,17 @@ fn a_compacted_kafka_topic_is_a_table_kept_current_while_running() {
         series("dab_table_reload_errors_total"),
     );
 
-    // Read to its end before the first event: every row is there at once.
+    // Read to its end before the pipeline ran: every row is there at once
+    // (the log line is written when opening the table returns).
+    let loaded = dab
+        .stderr()
+        .lines()
+        .find(|l| l.contains("\"message\":\"table loaded\""))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no `table loaded` line:\n{}", dab.stderr()));
+    assert!(loaded.contains("\"rows\":3003"), "{loaded}");
     let text = scrape(&metrics);
-    assert_eq!(must_metric(&text, &rows), 3.0, "{text}");
+    assert_eq!(must_metric(&text, &rows), 3003.0, "{text}");
     assert_eq!(must_metric(&text, &errors), 1.0, "{text}");
     assert_eq!(
         teams_of(0),
@@ -542,7 +557,7 @@ fn a_compacted_kafka_topic_is_a_table_kept_current_while_running() {
             ("3", None),
         ],
     );
-    wait_metrics(&metrics, &[(&changes, 5.0), (&rows, 2.0)], RELOAD);
+    wait_metrics(&metrics, &[(&changes, 3005.0), (&rows, 3002.0)], RELOAD);
     assert_eq!(
         teams_of(10),
         [
