@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod payload;
 pub mod schema;
 pub mod signature;
+pub mod table;
 
 pub use ack::{AckStatus, AckToken};
 pub use batch::Batch;

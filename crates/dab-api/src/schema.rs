@@ -5,16 +5,24 @@
 
 use std::fmt;
 
-/// The three top-level sections of a bindings file that bind names.
+/// The top-level sections of a bindings file that bind names with a kind.
+/// Tables (`Enrich(Table, ...)`) are looked up by that op only, never read
+/// by `In` or written by `Out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {
     Sources,
     Sinks,
     Queues,
+    Tables,
 }
 
 impl Section {
-    pub const ALL: [Section; 3] = [Section::Sources, Section::Sinks, Section::Queues];
+    pub const ALL: [Section; 4] = [
+        Section::Sources,
+        Section::Sinks,
+        Section::Queues,
+        Section::Tables,
+    ];
 
     /// The YAML key of the section (`sources`).
     pub fn key(self) -> &'static str {
@@ -22,6 +30,7 @@ impl Section {
             Section::Sources => "sources",
             Section::Sinks => "sinks",
             Section::Queues => "queues",
+            Section::Tables => "tables",
         }
     }
 
@@ -31,6 +40,7 @@ impl Section {
             Section::Sources => "source",
             Section::Sinks => "sink",
             Section::Queues => "queue",
+            Section::Tables => "table",
         }
     }
 
@@ -122,6 +132,8 @@ const PARQUET_COMPRESSION: FieldType = FieldType::Enum(&["zstd", "snappy", "none
 /// Sink kinds whose `type` field names a type declared with `fields`,
 /// whose schema gives the sink's columns (checked by `dab validate`, E015).
 pub const SCHEMA_TYPED_SINKS: &[&str] = &["parquet"];
+/// The formats of a `kind: file` table.
+pub const TABLE_FORMAT: FieldType = FieldType::Enum(&["jsonl", "csv"]);
 const START_OFFSET: FieldType = FieldType::Enum(&["earliest", "latest"]);
 const RESERVED_NAMES: FieldType = FieldType::Enum(&["rename", "keep"]);
 
@@ -526,6 +538,27 @@ static KINDS: &[KindSpec] = &[
                 FieldType::Enum(&["block", "drop_newest"]),
                 "at max_bytes: `block` (back pressure, the default) or `drop_newest` (refused events go to OnError or are counted)",
             ),
+        ],
+    },
+    // Tables (`Enrich(Table, ...)`, SPEC section 9).
+    KindSpec {
+        section: Section::Tables,
+        kind: "file",
+        doc: "a file of JSON lines or CSV with a header row, read at start and reloaded when it changes",
+        fields: &[
+            req("path", FieldType::Path, "the table file (`.jsonl`, `.ndjson`, `.json`: JSON lines; `.csv`: CSV with a header row)"),
+            req("key", FieldType::Str, "the column rows are looked up by"),
+            opt("format", TABLE_FORMAT, "`jsonl` or `csv`, when the file's extension does not say"),
+        ],
+    },
+    KindSpec {
+        section: Section::Tables,
+        kind: "kafka",
+        doc: "a compacted Kafka topic read from its start and kept current: the message key is the row's key, the value a JSON object, a null value deletes",
+        fields: &[
+            KAFKA_BROKERS,
+            req("topic", FieldType::Str, "the topic holding the rows"),
+            KAFKA_OPTIONS,
         ],
     },
 ];

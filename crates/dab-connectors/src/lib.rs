@@ -52,3 +52,9 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
         Box::new(disk::DiskSinkFactory),
     ]
 }
+
+/// Every built-in table feed (tables other than `kind: file`, which the
+/// runtime reads itself).
+pub fn builtin_tables() -> Vec<Box<dyn dab_api::table::TableFactory>> {
+    vec![Box::new(kafka::KafkaTableFactory)]
+}

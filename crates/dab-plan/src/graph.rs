@@ -14,6 +14,8 @@ pub enum Node {
     Source(String),
     Sink(String),
     Queue(String),
+    /// A table `Enrich` looks rows up in (`tables:`).
+    Table(String),
     /// A stage of a pipeline; `pass` when the pipeline has none.
     Stage {
         pipeline: String,
@@ -30,6 +32,8 @@ pub enum Edge {
     Late,
     /// Events a `Route` takes; labelled with its condition.
     Route(String),
+    /// Rows of a table into the `Enrich` stage that reads it.
+    Table,
 }
 
 /// The side edge of a stage that sends some events elsewhere.
@@ -56,6 +60,7 @@ pub(crate) fn build(pipelines: &[Pipeline], endpoints: &BTreeMap<String, Endpoin
             g.add_node(node)
         })
     };
+    let mut tables: BTreeMap<String, NodeIndex> = BTreeMap::new();
     for p in pipelines {
         let c = &p.config;
         let mut prev = name_node(&mut g, &c.input);
@@ -74,6 +79,12 @@ pub(crate) fn build(pipelines: &[Pipeline], endpoints: &BTreeMap<String, Endpoin
         for s in &c.stages {
             let n = stage_node(&mut g, s.label());
             g.add_edge(prev, n, Edge::Flow);
+            if let crate::model::Stage::Enrich(e) = s {
+                let t = *tables
+                    .entry(e.table.name.clone())
+                    .or_insert_with(|| g.add_node(Node::Table(e.table.name.clone())));
+                g.add_edge(t, n, Edge::Table);
+            }
             if let Some(t) = s.overflow_target() {
                 let t = name_node(&mut g, t);
                 g.add_edge(n, t, side_edge(s));
@@ -138,6 +149,14 @@ pub fn to_dot(g: &Dag) -> String {
                     escape(n)
                 );
             }
+            Node::Table(n) => {
+                let _ = writeln!(
+                    out,
+                    "  {} [label=\"{}\", shape=note, style=filled, fillcolor=\"#f0ecd8\"];",
+                    node_id(i),
+                    escape(n)
+                );
+            }
             Node::Stage { pipeline, .. } => clusters.entry(pipeline).or_default().push(i),
         }
     }
@@ -165,6 +184,7 @@ pub fn to_dot(g: &Dag) -> String {
             Edge::Overflow => " [style=dashed, label=\"overflow\"]".to_owned(),
             Edge::Late => " [style=dashed, label=\"late\"]".to_owned(),
             Edge::Route(cond) => format!(" [label=\"{}\"]", escape(cond)),
+            Edge::Table => " [style=dotted, label=\"table\"]".to_owned(),
         };
         let _ = writeln!(
             out,
@@ -194,6 +214,9 @@ pub fn to_mermaid(g: &Dag) -> String {
             Node::Queue(n) => {
                 let _ = writeln!(out, "  {}[(\"{}\")]", node_id(i), m(n));
             }
+            Node::Table(n) => {
+                let _ = writeln!(out, "  {}[[\"{}\"]]", node_id(i), m(n));
+            }
             Node::Stage { pipeline, .. } => clusters.entry(pipeline).or_default().push(i),
         }
     }
@@ -212,6 +235,7 @@ pub fn to_mermaid(g: &Dag) -> String {
             Edge::Overflow => "-. overflow .->".to_owned(),
             Edge::Late => "-. late .->".to_owned(),
             Edge::Route(cond) => format!("-- \"{}\" -->", m(cond)),
+            Edge::Table => "-. table .->".to_owned(),
         };
         let _ = writeln!(
             out,

@@ -6,6 +6,7 @@
 pub mod bindings;
 mod cycles;
 pub mod diff;
+mod enrich;
 mod expr;
 pub mod graph;
 pub mod model;
@@ -15,6 +16,7 @@ mod payload;
 mod pipeline;
 pub mod registry;
 mod set;
+pub mod table;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -96,7 +98,7 @@ pub(crate) fn check_blueprint(blueprint: &Blueprint, bindings: &Bindings) -> Vec
         .iter()
         .map(|st| {
             let mut diags = Vec::new();
-            let checked = pipeline::check_statement(st, &bindings.keys, &mut diags);
+            let checked = pipeline::check_statement(st, bindings, &mut diags);
             let mut payload = Vec::new();
             if let Some(declared) = &bindings.types {
                 payload::check_statement(st, declared, &mut payload);
@@ -193,6 +195,13 @@ pub(crate) fn plan_refs(
     let per_pipeline: Vec<&[_]> = checked.iter().map(|c| c.uses.as_slice()).collect();
     let uses = names::collect_uses(&per_pipeline);
     let endpoints = names::resolve(&uses, bindings, &mut diags);
+    enrich::unused_tables(
+        bindings,
+        checked
+            .iter()
+            .flat_map(|c| c.tables.iter().map(String::as_str)),
+        &mut diags,
+    );
 
     let members: Vec<cycles::Member<'_>> = statements
         .iter()

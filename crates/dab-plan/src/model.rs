@@ -134,6 +134,69 @@ pub enum Stage {
     /// `Window(...)` directly followed by `Aggregate(...)` (SPEC section 9):
     /// one stateful stage.
     Aggregate(Box<Windowed>),
+    /// `Enrich(Table, on = ..., into = "...", miss = ...)` (SPEC section 9).
+    Enrich(Box<Enrich>),
+}
+
+/// A checked `Enrich(...)`: each event's `on` value looks up a row of
+/// `table`, merged into the JSON payload under `into`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrich {
+    pub table: TableSpec,
+    pub on: Operand,
+    pub into: String,
+    pub miss: Miss,
+}
+
+/// A table bound under `tables:`. Part of the stage, so a changed binding
+/// rebuilds the pipelines that enrich from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    pub name: String,
+    pub source: TableSource,
+}
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableSource {
+    /// `kind: file`: read at start, reloaded when the file changes.
+    File {
+        /// As written in the bindings file: relative to the working
+        /// directory, like every path there.
+        path: String,
+        /// The column rows are found by.
+        key: String,
+        format: crate::table::TableFormat,
+    },
+    /// Kept current by a connector's feed (`kind: kafka`, a compacted
+    /// topic): the binding's kind and fields.
+    Feed {
+        kind: String,
+        fields: BTreeMap<String, ConfigValue>,
+    },
+}
+
+/// What `Enrich` does with an event no row matches (or whose payload is
+/// not a JSON object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// It goes on unchanged (the default).
+    Keep,
+    /// Dropped, counted (`enrich_miss`).
+    Drop,
+    /// To `OnError` with the reason in `dab.error`, or counted dropped
+    /// (`enrich_error`) without one.
+    Error,
+}
+
+impl Miss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::Keep => "keep",
+            Miss::Drop => "drop",
+            Miss::Error => "error",
+        }
+    }
 }
 
 /// A checked `Window(...).Aggregate(...)` pair.
@@ -297,6 +360,13 @@ impl Stage {
                 format!("SetTag({})", t.join(", "))
             }
             Stage::RemoveTag { keys } => format!("RemoveTag({})", keys.join(", ")),
+            Stage::Enrich(e) => format!(
+                "Enrich({}, on = {}, into = {:?}, miss = {})",
+                e.table.name,
+                e.on,
+                e.into,
+                e.miss.as_str()
+            ),
             Stage::Aggregate(w) => {
                 let window = match w.window.kind {
                     WindowKind::Tumbling { size } => format!("tumbling = {size:?}"),

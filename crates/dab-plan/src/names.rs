@@ -42,6 +42,8 @@ fn role_of(section: Section) -> Role {
         Section::Sources => Role::Source,
         Section::Sinks => Role::Sink,
         Section::Queues => Role::Queue,
+        // `all()` holds no tables.
+        Section::Tables => Role::Source,
     }
 }
 
@@ -77,7 +79,9 @@ pub(crate) fn resolve(
         } else if !u.reads.is_empty() && !u.writes.is_empty() {
             Endpoint::ImplicitQueue
         } else {
-            if !bindings.unreadable {
+            if let Some(t) = bindings.table(name) {
+                diags.push(table_as_stream(name, u, t.name_span));
+            } else if !bindings.unreadable {
                 diags.push(unknown_name(name, u, &known));
             }
             continue;
@@ -162,6 +166,25 @@ pub(crate) fn resolve(
         }
     }
     endpoints
+}
+
+/// E016: a table named where a source, sink or queue belongs.
+fn table_as_stream(name: &str, u: &Uses, bound: Span) -> Diagnostic {
+    let span = u
+        .reads
+        .first()
+        .or(u.writes.first())
+        .map_or(Span::default(), |&(_, s)| s);
+    Diagnostic::new(
+        Code::E016,
+        span,
+        format!("`{name}` is a table, which is not read or written as a stream"),
+    )
+    .with_label_here("a table")
+    .with_label(bound, "bound under `tables:` here")
+    .with_help(format!(
+        "look rows up with `.Enrich({name}, on = ..., into = \"...\")`; `In` and `Out` take sources, sinks and queues"
+    ))
 }
 
 fn unknown_name(name: &str, u: &Uses, known: &[&str]) -> Diagnostic {

@@ -39,6 +39,10 @@ pub enum ParamType {
     Aggregate,
     /// A tag's new value: a literal, or a field whose value becomes the tag.
     TagValue,
+    /// A string literal.
+    Text,
+    /// One field of the event: `fields.x`, `tags.k`, `host`, ...
+    Field,
 }
 
 impl ParamType {
@@ -59,6 +63,10 @@ impl ParamType {
             }
             ParamType::TagValue => {
                 "a value or a field such as `\"prod\"` or `fields.team`".to_owned()
+            }
+            ParamType::Text => "a string such as `\"team\"`".to_owned(),
+            ParamType::Field => {
+                "a field such as `fields.user_id`, `tags.team` or `host`".to_owned()
             }
         }
     }
@@ -292,6 +300,35 @@ static OPERATORS: &[OpSpec] = &[
         }],
         other_named: None,
         doc: "Drop events whose UID was seen within the window (redeliveries after retries)",
+    },
+    OpSpec {
+        name: "Enrich",
+        class: OpClass::Stage,
+        positional: &[Param {
+            name: "table",
+            ty: ParamType::Name,
+            doc: "a table bound under `tables:` in the bindings file",
+        }],
+        variadic: false,
+        named: &[
+            Param {
+                name: "on",
+                ty: ParamType::Field,
+                doc: "the field whose value (a string, or a number's text) is looked up in the table's key column (required)",
+            },
+            Param {
+                name: "into",
+                ty: ParamType::Text,
+                doc: "the payload key the row is added under (required)",
+            },
+            Param {
+                name: "miss",
+                ty: ParamType::Choice(&["keep", "drop", "error"]),
+                doc: "an event with no row: keep (default: unchanged), drop (counted) or error (to `OnError`, else counted dropped)",
+            },
+        ],
+        other_named: None,
+        doc: "Add the table row whose key equals a field of the event to its JSON payload",
     },
     OpSpec {
         name: "Window",

@@ -12,9 +12,17 @@ use dab_syntax::ast::{BinOp, Expr, ExprKind, Op, Path, Statement};
 use crate::bindings::TypeDecl;
 use crate::HelpOr as _;
 
+/// The schemas of the types that reach an op, and the payload keys an
+/// `Enrich` before it added (`into`), whose contents no schema declares.
+struct Scope<'s> {
+    schemas: Vec<(&'s str, &'s Schema)>,
+    added: &'s [String],
+}
+
 /// Checks every `fields.` path of every `Filter` in `st`.
 pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Vec<Diagnostic>) {
     let mut reaching: Option<Vec<String>> = None;
+    let mut added: Vec<String> = Vec::new();
     for op in &st.ops {
         match op.name.name.as_str() {
             "FilterType" => {
@@ -27,7 +35,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" | "Aggregate" | "Out" => {
+            "Filter" | "Aggregate" | "Out" | "Enrich" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -39,41 +47,82 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                 if schemas.is_empty() {
                     continue;
                 }
-                if op.name.name == "Aggregate" || op.name.name == "Out" {
-                    key_and_call_paths(op, &schemas, diags);
-                    continue;
-                }
-                for arg in op.positional() {
-                    walk(&arg.value, &schemas, diags);
+                let scope = Scope {
+                    schemas,
+                    added: &added,
+                };
+                match op.name.name.as_str() {
+                    "Aggregate" | "Out" => key_and_call_paths(op, &scope, diags),
+                    "Enrich" => enrich_key(op, &scope, diags),
+                    _ => {
+                        for arg in op.positional() {
+                            walk(&arg.value, &scope, diags);
+                        }
+                    }
                 }
             }
             _ => {}
         }
+        if op.name.name == "Enrich" {
+            if let Some(ExprKind::Str(into)) = op.named("into").map(|a| &a.value.kind) {
+                added.push(into.clone());
+            }
+        }
+    }
+}
+
+/// `Enrich(on = fields.x)`: a declared field whose value is a string or a
+/// number, the only values a key is looked up by.
+fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
+    let Some(a) = op.named("on") else { return };
+    let Some(found) = side(&a.value, &[], a.value.span, scope, diags) else {
+        return;
+    };
+    if !found
+        .iter()
+        .any(|(_, t)| is_number(t) || matches!(t.ty, Type::String))
+    {
+        let (ty, t) = &found[0];
+        diags.push(
+            Diagnostic::new(
+                Code::E008,
+                a.value.span,
+                format!(
+                    "`on` needs a string or a number; `{}` is {} in `{ty}`",
+                    path_text(&a.value),
+                    t.describe()
+                ),
+            )
+            .with_label_here("never equals a key")
+            .with_help(
+                "a row is found by the text of its key column: name a string or number field",
+            ),
+        );
     }
 }
 
 /// The payload paths of `by = ...` keys (`Aggregate`, `Out`) and of
 /// aggregate calls.
-fn key_and_call_paths(op: &Op, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
+fn key_and_call_paths(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
     for a in &op.args {
         match (&a.key, &a.value.kind) {
             (Some(k), ExprKind::List(keys)) if k.name == "by" => {
                 for key in keys {
-                    side(key, &[], key.span, schemas, diags);
+                    side(key, &[], key.span, scope, diags);
                 }
             }
             (Some(k), _) if k.name == "by" => {
-                side(&a.value, &[], a.value.span, schemas, diags);
+                side(&a.value, &[], a.value.span, scope, diags);
             }
             (_, ExprKind::Call { name, args }) if name.name == "Count" => {
                 for cond in args {
-                    walk(cond, schemas, diags);
+                    walk(cond, scope, diags);
                 }
             }
             (_, ExprKind::Call { name, args }) => {
                 let Some(x) = args.first() else { continue };
                 let numeric = matches!(name.name.as_str(), "Sum" | "Avg" | "Percentile");
-                if let Some(found) = side(x, &[], x.span, schemas, diags) {
+                if let Some(found) = side(x, &[], x.span, scope, diags) {
                     if numeric && !found.iter().any(|(_, t)| is_number(t)) {
                         let (ty, t) = &found[0];
                         diags.push(
@@ -110,11 +159,11 @@ fn path_text(e: &Expr) -> String {
     })
 }
 
-fn walk(e: &Expr, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
+fn walk(e: &Expr, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
     match &e.kind {
         // A payload field standing alone as a condition must be a boolean.
         ExprKind::Path(_) => {
-            let Some(found) = side(e, &[], e.span, schemas, diags) else {
+            let Some(found) = side(e, &[], e.span, scope, diags) else {
                 return;
             };
             if !found.iter().any(|(_, t)| t.ty == Type::Bool) {
@@ -133,22 +182,22 @@ fn walk(e: &Expr, schemas: &[(&str, &Schema)], diags: &mut Vec<Diagnostic>) {
                 );
             }
         }
-        ExprKind::Not(inner) => walk(inner, schemas, diags),
+        ExprKind::Not(inner) => walk(inner, scope, diags),
         ExprKind::Binary { op, lhs, rhs } => match op {
             BinOp::And | BinOp::Or => {
-                walk(lhs, schemas, diags);
-                walk(rhs, schemas, diags);
+                walk(lhs, scope, diags);
+                walk(rhs, scope, diags);
             }
             BinOp::In => {
                 let items: Vec<&Expr> = match &rhs.kind {
                     ExprKind::List(items) => items.iter().collect(),
                     _ => Vec::new(),
                 };
-                side(lhs, &items, e.span, schemas, diags);
+                side(lhs, &items, e.span, scope, diags);
             }
             _ => {
-                side(lhs, &[rhs], e.span, schemas, diags);
-                side(rhs, &[lhs], e.span, schemas, diags);
+                side(lhs, &[rhs], e.span, scope, diags);
+                side(rhs, &[lhs], e.span, scope, diags);
             }
         },
         _ => {}
@@ -178,11 +227,19 @@ fn side<'s>(
     e: &Expr,
     others: &[&Expr],
     whole: Span,
-    schemas: &[(&'s str, &Schema)],
+    scope: &Scope<'s>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Vec<(&'s str, FieldType)>> {
     let path = payload_path(e)?;
     let keys: Vec<&str> = path.segments.iter().map(|s| s.text()).collect();
+    // What an `Enrich` added comes from a table, which declares no schema.
+    if keys
+        .first()
+        .is_some_and(|k| scope.added.iter().any(|a| a == k))
+    {
+        return None;
+    }
+    let schemas = &scope.schemas;
     let text = render(&keys);
     let mut found: Vec<(&str, FieldType)> = Vec::new();
     let mut deepest: Option<(usize, Vec<String>)> = None;

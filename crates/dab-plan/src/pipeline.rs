@@ -5,7 +5,7 @@
 use dab_diag::{Code, Diagnostic, Span};
 use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 
-use crate::bindings::KeyDecl;
+use crate::bindings::{Bindings, KeyDecl};
 use crate::expr::check_condition;
 use crate::model::{
     OnLimit, Operand, Output, PipelineConfig, Predicate, Stage, WhenFull, WindowSpec, Windowed,
@@ -28,6 +28,8 @@ pub(crate) struct CheckedStatement {
     pub uses: Vec<NameUse>,
     /// `FilterType` arguments, for the E014 check against declared types.
     pub types: Vec<(String, Span)>,
+    /// Tables `Enrich` reads, for W003 (a table bound but never used).
+    pub tables: Vec<String>,
     /// A stage could not be made from what the bindings hold (a key that
     /// could not be read, reported where it is declared). The pipeline
     /// must never be planned without it: it would skip the check.
@@ -35,7 +37,7 @@ pub(crate) struct CheckedStatement {
 }
 
 /// A checked argument value.
-enum ArgValue {
+pub(crate) enum ArgValue {
     Name(Ident),
     Type(String, Span),
     Int(i64, Span),
@@ -43,6 +45,7 @@ enum ArgValue {
     Condition(Predicate),
     Choice(String),
     Duration(std::time::Duration, Span),
+    Text(String, Span),
     /// Checked by the op's own checks (`window.rs`), which read the AST.
     Deferred,
 }
@@ -51,7 +54,7 @@ enum ArgValue {
 /// this statement's (the caller gives each statement its own).
 pub(crate) fn check_statement(
     st: &Statement,
-    keys: &[KeyDecl],
+    bindings: &Bindings,
     diags: &mut Vec<Diagnostic>,
 ) -> CheckedStatement {
     debug_assert!(
@@ -240,7 +243,7 @@ pub(crate) fn check_statement(
                 let Some(args) = check_args(spec, op, diags) else {
                     continue;
                 };
-                if let Some(stage) = build_stage(spec, op, index, args, keys, &mut out, diags) {
+                if let Some(stage) = build_stage(spec, op, index, args, bindings, &mut out, diags) {
                     if after_out {
                         modifiers.push(stage);
                     } else {
@@ -455,9 +458,10 @@ fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<A
         (ParamType::Number, ExprKind::Float(v)) => Some(ArgValue::Number(*v, e.span)),
         (ParamType::Condition, _) => return check_condition(e, diags).map(ArgValue::Condition),
         (ParamType::Duration, ExprKind::Duration(d)) => Some(ArgValue::Duration(*d, e.span)),
-        (ParamType::Keys | ParamType::Aggregate | ParamType::TagValue, _) => {
+        (ParamType::Keys | ParamType::Aggregate | ParamType::TagValue | ParamType::Field, _) => {
             Some(ArgValue::Deferred)
         }
+        (ParamType::Text, ExprKind::Str(s)) => Some(ArgValue::Text(s.clone(), e.span)),
         (ParamType::Choice(choices), _) => match e.as_name() {
             Some(n) if choices.contains(&n.name.as_str()) => Some(ArgValue::Choice(n.name.clone())),
             Some(n) => {
@@ -493,11 +497,13 @@ fn build_stage(
     op: &Op,
     index: usize,
     args: Vec<ArgValue>,
-    keys: &[KeyDecl],
+    bindings: &Bindings,
     out: &mut CheckedStatement,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Stage> {
+    let keys: &[KeyDecl] = &bindings.keys;
     match spec.name {
+        "Enrich" => crate::enrich::check(op, args, bindings, out, diags),
         "VerifySignature" => {
             let Some(ArgValue::Name(key)) = args.into_iter().next() else {
                 diags.push(

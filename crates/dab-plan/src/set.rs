@@ -76,18 +76,20 @@ struct LoadedBindings {
     diagnostics: Vec<Diagnostic>,
 }
 
-/// What a file lookup gave: the bytes, or the error as a diagnostic would
-/// show it.
+/// What a file lookup gave: the SHA-256 of the bytes (not the bytes: a
+/// table file may be large, and the cache lives as long as `dab run`), or
+/// the error as a diagnostic would show it.
 #[derive(Debug, PartialEq, Eq)]
 enum FileRead {
-    Bytes(Vec<u8>),
+    Digest([u8; 32]),
     Failed(std::io::ErrorKind, String),
 }
 
 impl FileRead {
     fn of(r: &std::io::Result<Vec<u8>>) -> FileRead {
+        use sha2::Digest as _;
         match r {
-            Ok(b) => FileRead::Bytes(b.clone()),
+            Ok(b) => FileRead::Digest(sha2::Sha256::digest(b).into()),
             Err(e) => FileRead::Failed(e.kind(), e.to_string()),
         }
     }

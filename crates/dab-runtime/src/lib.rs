@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod breaker;
+pub mod enrich;
 mod health;
 pub mod metrics;
 pub mod output;

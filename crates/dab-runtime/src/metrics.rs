@@ -42,10 +42,15 @@ pub enum DropReason {
     /// An event that would have opened a (window, group) past
     /// `max_groups`.
     WindowOverflow,
+    /// `Enrich(..., miss = drop)` found no row for the event.
+    EnrichMiss,
+    /// `Enrich(..., miss = error)` found no row, and the pipeline has no
+    /// `OnError`.
+    EnrichError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -58,6 +63,8 @@ impl DropReason {
         DropReason::InputFull,
         DropReason::Late,
         DropReason::WindowOverflow,
+        DropReason::EnrichMiss,
+        DropReason::EnrichError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +81,8 @@ impl DropReason {
             DropReason::Late => "late",
             DropReason::WindowOverflow => "window_overflow",
             DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::EnrichMiss => "enrich_miss",
+            DropReason::EnrichError => "enrich_error",
         }
     }
 }
@@ -275,6 +284,9 @@ pub struct PipelineMetrics {
     /// Events this pipeline failed to hand on (an output or `OnError`
     /// gone, a forced stop), by reason.
     pub undelivered: UndeliveredCounts,
+    /// Samples of ops that keep their own (`Enrich`: hits, misses, its
+    /// table), rendered with the connectors' samples.
+    pub ops: Vec<Arc<dyn ConnectorMetrics>>,
     /// Set for a pipeline with `Window(...).Aggregate(...)`.
     pub window: Option<WindowMetrics>,
 }
@@ -326,6 +338,12 @@ impl PipelineMetrics {
     /// Metrics whose abandoned events also count in `total`.
     pub fn with_total(mut self, total: AbandonedTotal) -> PipelineMetrics {
         self.undelivered = UndeliveredCounts::new(total);
+        self
+    }
+
+    /// Metrics with the samples of the pipeline's ops that keep their own.
+    pub fn with_ops(mut self, ops: Vec<Arc<dyn ConnectorMetrics>>) -> PipelineMetrics {
+        self.ops = ops;
         self
     }
 
@@ -1017,7 +1035,12 @@ impl Metrics {
             "Events a forced stop abandoned anywhere in the process (a non-zero count makes dab run exit 3)",
         );
         let _ = writeln!(o, "dab_abandoned_events_total {}", self.abandoned.get());
-        render_samples(&mut o, &connectors);
+        let ops: Vec<Arc<dyn ConnectorMetrics>> = pipelines
+            .iter()
+            .flat_map(|p| p.ops.iter().cloned())
+            .chain(connectors)
+            .collect();
+        render_samples(&mut o, &ops);
         self.reload.render(&mut o);
         o
     }

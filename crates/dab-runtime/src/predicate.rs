@@ -89,6 +89,18 @@ pub fn value_text(e: &Event, o: &Operand) -> Option<String> {
     })
 }
 
+/// The value of `o` for `e` as a table key (`Enrich`): a string as
+/// itself, a number in decimal (as `dab_plan::table::number_text` writes a
+/// row's key); `None` for no value, a boolean, or text that is not UTF-8.
+pub fn key_text(e: &Event, o: &Operand) -> Option<String> {
+    with_operand(e, o, |v| match v {
+        Val::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Val::Int(i) => Some(i.to_string()),
+        Val::Float(x) => Some(x.to_string()),
+        Val::Bool(_) | Val::Missing => None,
+    })
+}
+
 /// Appends the bytes of the key `keys` make for `e` to `out`, as
 /// `rendezvous.rs` documents: each value then 0x1F; a missing one 0x1E.
 pub fn key_bytes(e: &Event, keys: &[Operand], out: &mut Vec<u8>) {

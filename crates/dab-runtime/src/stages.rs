@@ -14,6 +14,9 @@ use dab_api::signature::Signer;
 use dab_plan::model::{OnLimit, Operand, Predicate, Stage, Value};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use dab_api::metrics::ConnectorMetrics;
+
+use crate::enrich::{EnrichOp, Table};
 use crate::metrics::{DropReason, PipelineMetrics, Undelivered};
 use crate::output::OutputTx;
 use crate::predicate::{eval, value_text};
@@ -51,6 +54,8 @@ pub enum Compiled {
         predicate: Predicate,
         target: OutputTx,
     },
+    /// `Enrich(Table, ...)` (`enrich.rs`).
+    Enrich(EnrichOp),
 }
 
 /// The state of an op that outlives a reload which leaves the op unchanged:
@@ -59,6 +64,8 @@ pub enum Compiled {
 pub enum StageState {
     Dedup(Arc<Mutex<Dedup>>),
     Limiter(Arc<DefaultDirectRateLimiter>),
+    /// An `Enrich` stage's table: a rebuild does not read the file again.
+    Table(Arc<Table>),
 }
 
 impl std::fmt::Debug for StageState {
@@ -66,6 +73,7 @@ impl std::fmt::Debug for StageState {
         f.write_str(match self {
             StageState::Dedup(_) => "StageState::Dedup",
             StageState::Limiter(_) => "StageState::Limiter",
+            StageState::Table(_) => "StageState::Table",
         })
     }
 }
@@ -143,6 +151,7 @@ impl std::fmt::Debug for Compiled {
             Compiled::Route { .. } => "Route",
             Compiled::SetTag(_) => "SetTag",
             Compiled::RemoveTag(_) => "RemoveTag",
+            Compiled::Enrich(_) => "Enrich",
         })
     }
 }
@@ -161,8 +170,8 @@ pub enum TagValue {
 pub const DEDUP_MAX_PER_GENERATION: usize = 1_000_000;
 
 /// Compiles a stage; `overflow` resolves the target of `on_limit = overflow`
-/// and `on_error` is the pipeline's `OnError` output. Fails only when a
-/// signing key cannot be read.
+/// and `on_error` is the pipeline's `OnError` output. Fails when a stage
+/// cannot be built (a table that does not load).
 pub fn compile(
     s: &Stage,
     overflow: impl Fn(&str) -> Option<OutputTx>,
@@ -188,6 +197,14 @@ pub fn compile_with(
                     .to_owned(),
             )
         }
+        Stage::Enrich(e) => Compiled::Enrich(EnrichOp::new(
+            e,
+            on_error,
+            match prior {
+                Some(StageState::Table(t)) => Some(t),
+                _ => None,
+            },
+        )?),
         // The key was read when the set was checked (`dab_plan::model::Secret`).
         Stage::VerifySignature { secret, .. } => Compiled::VerifySignature {
             signer: Signer::new(secret.bytes()),
@@ -267,6 +284,16 @@ impl Compiled {
         match self {
             Compiled::Dedup(d) => Some(StageState::Dedup(Arc::clone(d))),
             Compiled::RateLimit { limiter, .. } => Some(StageState::Limiter(Arc::clone(limiter))),
+            Compiled::Enrich(op) => Some(StageState::Table(Arc::clone(op.table()))),
+            _ => None,
+        }
+    }
+
+    /// The op's own samples, for ops that keep any, labelled with its
+    /// pipeline and position (`PipelineMetrics::ops`).
+    pub fn metrics(&self, pipeline: &str, stage: usize) -> Option<Arc<dyn ConnectorMetrics>> {
+        match self {
+            Compiled::Enrich(op) => Some(op.metrics(pipeline, stage)),
             _ => None,
         }
     }
@@ -286,6 +313,7 @@ impl Compiled {
     ) {
         let before = batch.events.len();
         match self {
+            Compiled::Enrich(op) => op.apply(batch, m, tracker).await,
             Compiled::Dedup(d) => {
                 let now = Instant::now();
                 // Held for one batch, never across an await; a panic while

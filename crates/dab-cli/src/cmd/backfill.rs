@@ -206,7 +206,8 @@ async fn serve(
     let registry = Registry::new(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
-    );
+    )
+    .with_tables(dab_connectors::builtin_tables());
     let running = Arc::new(dab_runtime::start(
         &plan,
         &registry,

@@ -123,7 +123,8 @@ async fn serve(
     let registry = Registry::new(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
-    );
+    )
+    .with_tables(dab_connectors::builtin_tables());
     let opts = RunOptions {
         service: a.service.clone(),
         channel_batches: usize::from(a.channel_batches),

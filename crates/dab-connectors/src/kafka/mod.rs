@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod offsets;
 mod sink;
 mod source;
+mod table;
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,7 @@ use crate::settings::build_error;
 
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
+pub use table::KafkaTableFactory;
 
 /// The payload encoding of messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -75,6 +75,8 @@ pub struct Bindings {
     pub sources: Vec<Binding>,
     pub sinks: Vec<Binding>,
     pub queues: Vec<Binding>,
+    /// `tables:`, for `Enrich(Table, ...)`; not names `In` or `Out` take.
+    pub tables: Vec<Binding>,
     /// `None` when the file has no `types:` key: then any type name goes.
     pub types: Option<Vec<TypeDecl>>,
     /// Signing keys by name (`keys:`), for `VerifySignature(key = Name)`.
@@ -91,9 +93,20 @@ impl Bindings {
         self.all().find(|b| b.name == name)
     }
 
-    /// Sources, then sinks, then queues, each in file order.
+    /// Sources, then sinks, then queues, each in file order: the names
+    /// `In`, `Out` and the other stream arguments take (not tables).
     pub fn all(&self) -> impl Iterator<Item = &Binding> {
         self.sources.iter().chain(&self.sinks).chain(&self.queues)
+    }
+
+    /// Every binding with a kind, tables included.
+    pub fn all_with_tables(&self) -> impl Iterator<Item = &Binding> {
+        self.all().chain(&self.tables)
+    }
+
+    /// The table bound under `name`.
+    pub fn table(&self, name: &str) -> Option<&Binding> {
+        self.tables.iter().find(|b| b.name == name)
     }
 
     fn section_mut(&mut self, section: Section) -> &mut Vec<Binding> {
@@ -101,6 +114,7 @@ impl Bindings {
             Section::Sources => &mut self.sources,
             Section::Sinks => &mut self.sinks,
             Section::Queues => &mut self.queues,
+            Section::Tables => &mut self.tables,
         }
     }
 }
@@ -168,7 +182,7 @@ pub fn load_type_file(
     (Some(decl), ctx.diags)
 }
 
-const TOP_LEVEL: [&str; 5] = ["sources", "sinks", "queues", "types", "keys"];
+const TOP_LEVEL: [&str; 6] = ["sources", "sinks", "queues", "tables", "types", "keys"];
 
 /// Adds the file to `map` (so diagnostics can point into it) and loads it. Never panics on any input.
 pub fn load_bindings(
@@ -202,22 +216,24 @@ pub fn load_bindings(
             match key.as_str() {
                 "types" => out.types = Some(types::types(&mut ctx, key_span, value)),
                 "keys" => out.keys = keys::keys(&mut ctx, key_span, value),
-                k => match Section::from_key(k) {
-                    Some(section) => {
-                        let bound = section_bindings(&mut ctx, section, key_span, value);
-                        out.section_mut(section).extend(bound);
-                    }
-                    None => {
-                        let d = Diagnostic::new(
+                k => {
+                    match Section::from_key(k) {
+                        Some(section) => {
+                            let bound = section_bindings(&mut ctx, section, key_span, value);
+                            out.section_mut(section).extend(bound);
+                        }
+                        None => {
+                            let d = Diagnostic::new(
                             Code::E015,
                             key_span,
                             format!("unknown top-level key `{k}`"),
                         )
-                        .with_help("the top-level keys are sources, sinks, queues, types and keys")
+                        .with_help("the top-level keys are sources, sinks, queues, tables, types and keys")
                         .with_suggestion(k, TOP_LEVEL);
-                        ctx.diags.push(d);
+                            ctx.diags.push(d);
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -242,6 +258,40 @@ pub fn type_schema<'a>(bindings: &'a Bindings, b: &Binding) -> Option<&'a dab_sc
         .flatten()
         .find(|t| &t.name == name)
         .and_then(|t| t.schema.as_ref())
+}
+
+/// What a table binding stands for, when its fields are usable: for
+/// `kind: file` a path, a key column and a format (its `format`, else the
+/// path's extension); for a feed (`kind: kafka`) its fields. `None` when
+/// one is missing, the kind is unknown or the format cannot be told
+/// (reported by the check).
+pub fn table_spec(b: &Binding) -> Option<crate::model::TableSpec> {
+    let text = |k: &str| match b.fields.get(k) {
+        Some(ConfigValue::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    if b.section != Section::Tables || b.kind.is_empty() {
+        return None;
+    }
+    let source = if b.kind == "file" {
+        let path = text("path")?;
+        let key = text("key")?;
+        let format = match text("format") {
+            Some(f) => crate::table::TableFormat::from_name(&f)?,
+            None => crate::table::TableFormat::from_path(&path)?,
+        };
+        crate::model::TableSource::File { path, key, format }
+    } else {
+        dab_api::schema::find_kind(Section::Tables, &b.kind)?;
+        crate::model::TableSource::Feed {
+            kind: b.kind.clone(),
+            fields: b.fields.clone(),
+        }
+    };
+    Some(crate::model::TableSpec {
+        name: b.name.clone(),
+        source,
+    })
 }
 
 /// E015: a sink whose columns come from a type's schema (`parquet`) names
@@ -312,7 +362,7 @@ fn section_bindings(ctx: &mut Ctx<'_>, section: Section, key: Span, value: &Node
 /// silently drop a binding or a field.
 fn duplicate_keys(ctx: &mut Ctx<'_>, out: &Bindings, duplicates: &[DuplicateKey]) {
     for dup in duplicates {
-        let binding = out.all().find(|b| b.name_span == dup.first);
+        let binding = out.all_with_tables().find(|b| b.name_span == dup.first);
         let message = match binding {
             Some(b) => format!("name `{}` is bound twice in `{}`", dup.key, b.section),
             None => format!("key `{}` appears twice in one mapping", dup.key),
@@ -327,7 +377,7 @@ fn duplicate_keys(ctx: &mut Ctx<'_>, out: &Bindings, duplicates: &[DuplicateKey]
 
 /// A name bound in two sections.
 fn bound_twice(ctx: &mut Ctx<'_>, out: &Bindings) {
-    let mut all: Vec<&Binding> = out.all().collect();
+    let mut all: Vec<&Binding> = out.all_with_tables().collect();
     all.sort_by_key(|b| b.name_span);
     let mut first: HashMap<&str, &Binding> = HashMap::new();
     for b in all {

@@ -38,6 +38,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
         (section, "kafka") => kafka_options_of(ctx, section, b, entries),
         (Section::Sinks, "parquet") => parquet_storage(ctx, b, entries),
         (Section::Queues, "disk") => disk_directory(ctx, b),
+        (Section::Tables, "file") => table_file(ctx, b),
         _ => {}
     }
 }
@@ -138,6 +139,59 @@ fn pem_file(
         Diagnostic::new(Code::E018, span, problem)
             .with_label_here("read when the set is checked")
             .with_help("TLS files are read by dab validate as by dab run; point at the PEM file the connector will load"),
+    );
+}
+
+/// A table file's format (from `format`, or the extension of `path`),
+/// and its rows: read and parsed as `dab run` will at start, so that a
+/// file it would refuse is an E018 at validate.
+fn table_file(ctx: &mut Ctx<'_>, b: &Binding) {
+    let Some((ConfigValue::Str(path), span)) = b.fields.get("path").zip(b.field_spans.get("path"))
+    else {
+        return;
+    };
+    let explicit = b.fields.contains_key("format");
+    if !explicit && crate::table::TableFormat::from_path(path).is_none() {
+        ctx.error(
+                *span,
+                format!("table `{}`: cannot tell the format of `{path}` from its extension", b.name),
+            )
+            .help = Some(
+                "name the file `.jsonl`, `.ndjson`, `.json` (JSON lines) or `.csv`, or add `format: jsonl` or `format: csv`"
+                    .to_owned(),
+            );
+        return;
+    }
+    // A missing `key` or a bad `format` is reported by the field checks.
+    let Some(crate::model::TableSpec {
+        source: crate::model::TableSource::File { key, format, .. },
+        ..
+    }) = super::table_spec(b)
+    else {
+        return;
+    };
+    let problem = match (ctx.files)(path) {
+        Ok(bytes) => match crate::table::parse(&bytes, format, &key) {
+            Ok(_) => return,
+            Err(e) => format!(
+                "table `{}`: `{path}` line {}: {}",
+                b.name, e.line, e.message
+            ),
+        },
+        Err(e) => format!("cannot read table file `{path}` of table `{}`: {e}", b.name),
+    };
+    ctx.diags.push(
+        Diagnostic::new(Code::E018, *span, problem)
+            .with_label_here("read when the set is checked")
+            .with_help(format!(
+                "table files are read by dab validate as by dab run at start; {}",
+                match format {
+                    crate::table::TableFormat::JsonLines =>
+                        "a JSON-lines table holds one JSON object per line, each with its key column",
+                    crate::table::TableFormat::Csv =>
+                        "a CSV table starts with a header row naming its key column",
+                }
+            )),
     );
 }
 
@@ -333,6 +387,7 @@ fn kafka_options_of(ctx: &mut Ctx<'_>, section: Section, b: &Binding, entries: &
     let clients = match section {
         Section::Sources => Clients::Consumer,
         Section::Sinks => Clients::Producer,
+        Section::Tables => Clients::Consumer,
         Section::Queues => Clients::Both,
     };
     // Only options that passed alone take part, so that one bad value is

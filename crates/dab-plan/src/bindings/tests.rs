@@ -223,7 +223,7 @@ fn unknown_top_level_keys_get_a_suggestion() {
     let (_, _, help) = only("pipelines: {}\n");
     assert_eq!(
         help.as_deref(),
-        Some("the top-level keys are sources, sinks, queues, types and keys")
+        Some("the top-level keys are sources, sinks, queues, tables, types and keys")
     );
 }
 

@@ -474,7 +474,6 @@ impl Running {
             if window_at.is_some() {
                 pm.window = Some(crate::metrics::WindowMetrics::default());
             }
-            let pm = Arc::new(pm);
             let on_error = || c.on_error.as_deref().and_then(sink_tx);
             let bad_key = |e: String| StartError::Stage {
                 pipeline: p.id.clone(),
@@ -488,6 +487,19 @@ impl Running {
                 .map(|old| old.states.clone())
                 .unwrap_or_default();
             let mut states = Vec::new();
+            // Tables kept current by a connector's feed are opened here,
+            // where the registry is, as if carried over.
+            for s in &c.stages {
+                let dab_plan::model::Stage::Enrich(e) = s else {
+                    continue;
+                };
+                let carried = prior.iter().any(|(at, op, _)| at.is_none() && op == s);
+                if matches!(e.table.source, dab_plan::model::TableSource::Feed { .. }) && !carried {
+                    let table = crate::enrich::Table::open(&e.table, &self.registry.tables)
+                        .map_err(bad_key)?;
+                    prior.push((None, s.clone(), crate::stages::StageState::Table(table)));
+                }
+            }
             let before = &c.stages[..window_at.unwrap_or(c.stages.len())];
             let stages = compile_ops(None, before, sink_tx, on_error, &mut prior, &mut states)
                 .map_err(bad_key)?;
@@ -535,6 +547,20 @@ impl Running {
                 }
                 _ => None,
             };
+            // The samples of ops that keep their own, by stage position.
+            let post_ops = window.iter().flat_map(|w| {
+                w.post
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, s)| (w.index + 1 + j, s))
+            });
+            let ops = stages
+                .iter()
+                .enumerate()
+                .chain(post_ops)
+                .filter_map(|(i, s)| s.metrics(&p.id, i))
+                .collect();
+            let pm = Arc::new(pm.with_ops(ops));
             let mut outputs = Vec::new();
             // The outputs' names, in order: what `by` hashes over.
             let mut out_names = Vec::new();

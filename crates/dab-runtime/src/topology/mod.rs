@@ -42,6 +42,8 @@ use self::state::State;
 pub struct Registry {
     sources: Arc<Vec<Box<dyn SourceFactory>>>,
     sinks: Arc<Vec<Box<dyn SinkFactory>>>,
+    /// Feeds of tables that are not files (`Enrich`, `kind: kafka`).
+    tables: Arc<Vec<Box<dyn dab_api::table::TableFactory>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -60,7 +62,14 @@ impl Registry {
         Registry {
             sources: Arc::new(sources),
             sinks: Arc::new(sinks),
+            tables: Arc::default(),
         }
+    }
+
+    /// The registry with the feeds of table kinds other than `file`.
+    pub fn with_tables(mut self, tables: Vec<Box<dyn dab_api::table::TableFactory>>) -> Registry {
+        self.tables = Arc::new(tables);
+        self
     }
 }
 
