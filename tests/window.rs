@@ -347,6 +347,8 @@ fn kafka_input_killed_9_three_times_gives_exact_results() {
 }
 
 mod common;
+#[allow(dead_code)]
+mod fault_support;
 
 /// One event of host `h` at `secs` seconds, as an NDJSON line.
 fn at(secs: u64, offset: u64) -> String {
@@ -489,6 +491,24 @@ fn max_groups_bounds_memory_under_a_million_keys_and_counts_the_overflow() {
     assert!(peak_kib < 400 * 1024, "peak RSS {} MiB", peak_kib / 1024);
 }
 
+/// `dab run t.dab` in `dir` with an HTTP source on `addr`, once it listens.
+fn start_http(dir: &Path, addr: &str, metrics: &str, state: &Path, interval: &str) -> Dab {
+    let state = state.to_str().unwrap();
+    let args = [
+        "run",
+        "t.dab",
+        "--metrics",
+        metrics,
+        "--state-dir",
+        state,
+        "--checkpoint-interval",
+        interval,
+    ];
+    let dab = Dab::start(dir, &args);
+    run_support::client::wait_tcp(addr, Duration::from_secs(30), || dab.stderr());
+    dab
+}
+
 /// POSTs `body` until the answer is 200: what a client of a source that
 /// cannot replay does (SPEC section 11). Gives up after `limit`.
 fn post_until_ok(addr: &str, body: &str, limit: Duration) -> u32 {
@@ -543,23 +563,7 @@ fn http_input_killed_9_three_times_gives_exact_results() {
         ),
     );
     let state = dir.path().join("state");
-    let start = |metrics: &str| {
-        let dab = Dab::start(
-            dir.path(),
-            &[
-                "run",
-                "t.dab",
-                "--metrics",
-                metrics,
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--checkpoint-interval",
-                "200ms",
-            ],
-        );
-        run_support::client::wait_tcp(&addr, Duration::from_secs(30), || dab.stderr());
-        dab
-    };
+    let start = |metrics: &str| start_http(dir.path(), &addr, metrics, &state, "200ms");
     let metrics = free_addr();
     let mut dab = start(&metrics);
     // Each host's events in order from its own client, so that the
@@ -658,4 +662,113 @@ fn http_input_killed_9_three_times_gives_exact_results() {
         &by_pipeline.get("tumble").cloned().unwrap_or_default(),
         &expected,
     );
+}
+
+/// Fills the filesystem of `dir` with a file until it is full.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("create the filler");
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn a_full_state_disk_answers_no_200_until_the_checkpoint_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = fault_support::Tmpfs::mount(&dir.path().join("disk"), "4m");
+    let state = dir.path().join("disk/state");
+    let addr = free_addr();
+    write_set(
+        dir.path(),
+        "w.NewPipeline().In(HttpIn).Window(tumbling = 10s).\
+         Aggregate(by = [host], as = \"Count\", calls = Count()).Out(Results)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{addr}\" }}\n\
+             sinks:\n  Results: {{ kind: file, path: results.ndjson }}\n"
+        ),
+    );
+    let start = |metrics: &str| start_http(dir.path(), &addr, metrics, &state, "100ms");
+    let batch = |from: u64, n: u64, secs: u64| -> String {
+        let evs: Vec<String> = (from..from + n)
+            .map(|o| format!("{{\"timestamp\":{},\"host\":\"h\",\"type\":\"A\",\"offset\":{o},\"message\":\"x\"}}", secs * 1_000_000_000))
+            .collect();
+        format!("[{}]", evs.join(","))
+    };
+    let post = |body: &str| {
+        run_support::client::request(
+            &addr,
+            "POST",
+            "/v1/events",
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .map(|r| r.status)
+    };
+    let metrics = free_addr();
+    let mut dab = start(&metrics);
+    assert_eq!(post(&batch(0, 100, 1)).ok(), Some(200), "{}", dab.stderr());
+    // The state's disk is full: no checkpoint can be durable, so no 200.
+    let filler = fill(&dir.path().join("disk"));
+    let mut answers = Vec::new();
+    for i in 0..5 {
+        answers.push(post(&batch(100 + i * 100, 100, 2)));
+    }
+    let text = scrape(&metrics);
+    eprintln!("answers while full: {answers:?}");
+    assert!(
+        answers.iter().all(|a| !matches!(a, Ok(200))),
+        "a 200 while the state's disk was full: {answers:?}\n{}",
+        dab.stderr()
+    );
+    assert!(
+        metric(&text, "dab_checkpoint_failures_total{pipeline=\"w\"}").unwrap_or(0.0) >= 1.0,
+        "no failed checkpoint counted"
+    );
+    // Space again. A store whose journal write failed refuses further
+    // writes (it is poisoned), so the stage may have stopped: start dab
+    // again if it did not recover, as an operator would.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    disk.resize("64m");
+    let mut recovered = false;
+    for _ in 0..30 {
+        if matches!(post(&batch(100, 100, 2)), Ok(200)) {
+            recovered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("answered 200 again without a restart: {recovered}");
+    if !recovered {
+        dab.terminate();
+        let _ = dab.wait(Duration::from_secs(30));
+        dab = start(&metrics);
+    }
+    // The client sends every unanswered batch again until it gets 200.
+    for i in 0..5 {
+        post_until_ok(
+            &addr,
+            &batch(100 + i * 100, 100, 2),
+            Duration::from_secs(60),
+        );
+    }
+    // An event at 30 s closes the window [0, 10).
+    post_until_ok(&addr, &batch(10_000, 1, 30), Duration::from_secs(60));
+    let results = dir.path().join("results.ndjson");
+    let line = poll(
+        Duration::from_secs(60),
+        "the window's result",
+        || run_support::file_lines(&results).into_iter().next(),
+        || dab.stderr(),
+    );
+    let ev: Value = serde_json::from_str(&line).unwrap();
+    let p: Value = serde_json::from_str(ev["message"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        p["calls"],
+        Value::from(600),
+        "every event once: {p} (recovered without a restart: {recovered})"
+    );
+    let _ = stop(dab, &metrics);
 }

@@ -17,7 +17,7 @@ mod pipeline;
 pub mod registry;
 mod set;
 pub mod table;
-mod window;
+pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -20,6 +20,8 @@ use crate::pipeline::{CheckedStatement, NameUse};
 /// The names a result payload always holds.
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
+/// False in an `early` partial result, true in a final one.
+pub const FINAL: &str = "final";
 
 fn duration_of(op: &Op, key: &str) -> Option<(Duration, Span)> {
     let a = op.named(key)?;
@@ -218,6 +220,7 @@ pub(crate) fn check_aggregate(op: &Op, diags: &mut Vec<Diagnostic>) -> Option<Ag
     let mut names: Vec<(String, Span)> = vec![
         (WINDOW_START.to_owned(), op.span),
         (WINDOW_END.to_owned(), op.span),
+        (FINAL.to_owned(), op.span),
     ];
     let mut claim = |name: String, span: Span, diags: &mut Vec<Diagnostic>| -> bool {
         if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
@@ -229,7 +232,7 @@ pub(crate) fn check_aggregate(op: &Op, diags: &mut Vec<Diagnostic>) -> Option<Ag
             .with_label_here("a second field of this name");
             if *first == op.span {
                 d = d.with_help(format!(
-                    "`{WINDOW_START}` and `{WINDOW_END}` hold the window's bounds in every result; choose another name"
+                    "`{WINDOW_START}` and `{WINDOW_END}` hold the window's bounds in every result, and `{FINAL}` whether it is final; choose another name"
                 ));
             } else {
                 d = d.with_label(*first, "first here");

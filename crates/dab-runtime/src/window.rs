@@ -28,6 +28,7 @@ use dab_api::ack::AckStatus;
 use dab_api::connector::SourceStats;
 use dab_api::{AckToken, Batch, Event, Text};
 use dab_plan::model::{self, Operand, Predicate, TimeBase, Windowed};
+use dab_plan::window;
 use dab_state::{SeenUids, StateStore, GLOBAL};
 use dab_window::{Absorb, AggValue, DecodeError, Engine, RestoreError, Value, WindowResult};
 use serde_json::{Map, Value as Json};
@@ -480,8 +481,8 @@ impl WindowStage {
 
     fn result_event(&self, r: WindowResult) -> Event {
         let mut obj = Map::new();
-        obj.insert("window_start".into(), Json::from(r.start));
-        obj.insert("window_end".into(), Json::from(r.end));
+        obj.insert(window::WINDOW_START.into(), Json::from(r.start));
+        obj.insert(window::WINDOW_END.into(), Json::from(r.end));
         let key: Vec<Json> = serde_json::from_slice(&r.key).unwrap_or_default();
         for (name, v) in self.names.iter().zip(key) {
             obj.insert(name.clone(), v);
@@ -489,7 +490,7 @@ impl WindowStage {
         for (i, (name, v)) in self.agg_names.iter().zip(r.values).enumerate() {
             obj.insert(name.clone(), agg_json(v, self.single_p[i]));
         }
-        obj.insert("final".into(), Json::Bool(r.is_final));
+        obj.insert(window::FINAL.into(), Json::Bool(r.is_final));
         let mut id = Vec::with_capacity(8 + r.key.len());
         id.extend_from_slice(&r.start.to_be_bytes());
         id.extend_from_slice(&r.key);
