@@ -192,8 +192,10 @@ impl WindowStage {
                         store.dir().display()
                     )
                 };
+                let t0 = Instant::now();
                 let book = store.bookkeeping(&ns, GLOBAL).map_err(read_err)?;
                 let mut stale = Vec::new();
+                let book_found = book.is_some();
                 let engine = match book {
                     None => fresh()?,
                     Some(book) => {
@@ -245,6 +247,15 @@ impl WindowStage {
                             i64::from_be_bytes(next),
                         );
                     }
+                }
+                if book_found {
+                    tracing::info!(
+                        pipeline,
+                        groups = engine.stats().open_entries,
+                        uids = seen.len(),
+                        seconds = t0.elapsed().as_secs_f64(),
+                        "window state restored"
+                    );
                 }
                 durable = Some(Durable {
                     store: store.clone(),
