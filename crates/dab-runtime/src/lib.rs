@@ -14,6 +14,7 @@ mod predicate;
 pub mod reliability;
 pub mod rendezvous;
 pub mod sample;
+mod seen;
 mod sink;
 pub mod stages;
 mod topology;

@@ -29,7 +29,9 @@ use dab_api::connector::SourceStats;
 use dab_api::{AckToken, Batch, Event, Text};
 use dab_plan::model::{self, Operand, Predicate, TimeBase, Windowed};
 use dab_plan::window;
-use dab_state::{SeenUids, StateStore, GLOBAL};
+use dab_state::{StateStore, GLOBAL};
+
+use crate::seen::SeenLog;
 use dab_window::{Absorb, AggValue, DecodeError, Engine, RestoreError, Value, WindowResult};
 use serde_json::{Map, Value as Json};
 use std::sync::Arc;
@@ -79,7 +81,7 @@ struct Durable {
     store: StateStore,
     interval: Duration,
     ns: String,
-    seen: SeenUids,
+    seen: SeenLog,
     /// Next offset after the last absorbed one, per Kafka topic partition.
     positions: HashMap<(Text, i32), i64>,
     /// Acknowledgements of absorbed input, settled by the next checkpoint.
@@ -205,7 +207,10 @@ impl WindowStage {
                             entries.iter().map(|(k, v)| (k, v)),
                             &book,
                         ) {
-                            Ok(engine) => engine,
+                            Ok(mut engine) => {
+                                engine.resume_partitions(now_ns());
+                                engine
+                            }
                             Err(RestoreError::Bookkeeping(DecodeError::Invalid {
                                 what, ..
                             })) if what.starts_with("spec fingerprint") => {
@@ -229,7 +234,12 @@ impl WindowStage {
                     }
                 };
                 let seen_ns = format!("u/{pipeline}/{index}");
-                let seen = SeenUids::load(store, &seen_ns, GLOBAL, SEEN_UIDS).map_err(read_err)?;
+                let seen = SeenLog::load(store, &seen_ns, SEEN_UIDS).map_err(|e| {
+                    format!(
+                        "reading the seen UIDs of its window from {}: {e}",
+                        store.dir().display()
+                    )
+                })?;
                 let mut positions = HashMap::new();
                 let prefix = format!("{ns}@");
                 for (source, pos) in store.positions(GLOBAL).map_err(read_err)? {
@@ -357,6 +367,8 @@ impl WindowStage {
                     if let Some(w) = &m.window {
                         w.redelivered.add(1);
                     }
+                    // A replay still shows its partition alive.
+                    self.engine.touch_partition(partition_of(&e), arrival);
                     continue;
                 }
             }
@@ -445,10 +457,7 @@ impl WindowStage {
             TimeBase::Event => e.timestamp,
             TimeBase::Arrival => arrival,
         };
-        let partition = match &e.origin.0 {
-            Some(p) => part_id(p.topic.as_bytes(), p.partition),
-            None => dab_window::hash64(e.host.as_bytes()) as u32,
-        };
+        let partition = partition_of(e);
         self.engine.absorb(&dab_window::Event {
             partition,
             time,
@@ -680,6 +689,15 @@ impl WindowStage {
     }
 }
 
+/// The engine's partition of an event: its Kafka topic partition, or its
+/// host.
+fn partition_of(e: &Event) -> u32 {
+    match &e.origin.0 {
+        Some(p) => part_id(p.topic.as_bytes(), p.partition),
+        None => dab_window::hash64(e.host.as_bytes()) as u32,
+    }
+}
+
 /// The engine's partition id of a Kafka topic partition.
 fn part_id(topic: &[u8], partition: i32) -> u32 {
     (dab_window::hash64(topic) as u32) ^ (partition as u32)
@@ -693,7 +711,7 @@ fn already_absorbed(d: &Durable, e: &Event) -> bool {
             .positions
             .get(&(p.topic.clone(), p.partition))
             .is_some_and(|next| p.offset < *next),
-        None => d.seen.contains(&uid_key(e)),
+        None => d.seen.contains(uid_key(e)),
     }
 }
 
@@ -707,19 +725,16 @@ fn remember(d: &mut Durable, e: &Event) {
             *next = (*next).max(p.offset.saturating_add(1));
         }
         None => {
-            d.seen.insert(&uid_key(e));
+            d.seen.insert(uid_key(e));
         }
     }
 }
 
-/// 16 bytes standing for the UID (host, pid, type, offset).
-fn uid_key(e: &Event) -> [u8; 16] {
+/// 128 bits standing for the UID (host, pid, type, offset).
+fn uid_key(e: &Event) -> u128 {
     let a = crate::sample::uid_hash(e, 0x5EE1);
     let b = crate::sample::uid_hash(e, 0x5EE2);
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&a.to_le_bytes());
-    k[8..].copy_from_slice(&b.to_le_bytes());
-    k
+    (u128::from(a) << 64) | u128::from(b)
 }
 
 fn as_value(o: &Owned) -> Value<'_> {
@@ -736,14 +751,24 @@ fn as_value(o: &Owned) -> Value<'_> {
 }
 
 fn write_json(out: &mut Vec<u8>, v: &Owned) {
-    let j = match v {
-        Owned::Missing => Json::Null,
-        Owned::Int(i) => Json::from(*i),
-        Owned::Float(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
-        Owned::Bool(b) => Json::Bool(*b),
-        Owned::Text(t) => Json::String(String::from_utf8_lossy(t).into_owned()),
-    };
-    let _ = serde_json::to_writer(out, &j);
+    use std::io::Write as _;
+    match v {
+        Owned::Missing => out.extend_from_slice(b"null"),
+        Owned::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Owned::Float(x) if x.is_finite() => {
+            let _ = serde_json::to_writer(&mut *out, x);
+        }
+        Owned::Float(_) => out.extend_from_slice(b"null"),
+        Owned::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Owned::Text(t) => {
+            let _ = match std::str::from_utf8(t) {
+                Ok(s) => serde_json::to_writer(&mut *out, s),
+                Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t)),
+            };
+        }
+    }
 }
 
 fn agg_json(v: AggValue, single_p: bool) -> Json {

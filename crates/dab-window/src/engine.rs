@@ -251,6 +251,27 @@ impl Engine {
         }
     }
 
+    /// Input from partition `id` at `now` that carried no event for the
+    /// engine (the caller recognised it as already absorbed, a replay after
+    /// a restart): it keeps the partition from going idle, so that it goes
+    /// on holding the watermark while it catches up.
+    pub fn touch_partition(&mut self, id: u32, now: i64) {
+        if let Ok(i) = self.parts.binary_search_by_key(&id, |p| p.id) {
+            let p = &mut self.parts[i];
+            p.last_arrival = p.last_arrival.max(now);
+        }
+    }
+
+    /// After [`Engine::restore`]: every partition counts as heard from at
+    /// `now`, so that the time the process was down does not make them
+    /// idle (an idle partition stops holding the watermark, and its
+    /// events, replayed later, would be late).
+    pub fn resume_partitions(&mut self, now: i64) {
+        for p in &mut self.parts {
+            p.last_arrival = p.last_arrival.max(now);
+        }
+    }
+
     fn note_partition(&mut self, id: u32, ts: i64, now: i64) {
         let raised = match self.parts.binary_search_by_key(&id, |p| p.id) {
             Ok(i) => {
