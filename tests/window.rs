@@ -775,3 +775,45 @@ fn a_full_state_disk_answers_no_200_until_the_checkpoint_is_durable() {
     );
     let _ = stop(dab, &metrics);
 }
+
+#[test]
+fn results_and_checkpoints_keep_coming_while_the_input_never_pauses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A generator flat out: the window's input always has a batch ready.
+    write_set(
+        dir.path(),
+        "w.NewPipeline().In(Gen).Window(tumbling = 1s, time = arrival).\
+         Aggregate(by = [type], as = \"Count\", calls = Count()).Out(Blackhole)\n",
+        "sources:\n  Gen: { kind: generator, count: 0, payload_bytes: 10 }\n",
+    );
+    let metrics = free_addr();
+    let state = dir.path().join("state");
+    let dab = Dab::start(
+        dir.path(),
+        &[
+            "run",
+            "t.dab",
+            "--metrics",
+            &metrics,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    );
+    let text = poll(
+        Duration::from_secs(60),
+        "results and checkpoints while the input flows",
+        || {
+            let t = std::panic::catch_unwind(|| scrape(&metrics)).ok()?;
+            let checkpoints = metric(&t, "dab_checkpoints_total{pipeline=\"w\"}")?;
+            let results = metric(&t, "dab_window_results_total{pipeline=\"w\"}")?;
+            (checkpoints >= 3.0 && results >= 2.0).then_some(t)
+        },
+        || dab.stderr(),
+    );
+    let read = metric(&text, "dab_pipeline_events_in_total{pipeline=\"w\"}").unwrap_or(0.0);
+    eprintln!("{read} events in when checkpoints and results were seen");
+    assert!(read > 0.0);
+    let _ = stop(dab, &metrics);
+}

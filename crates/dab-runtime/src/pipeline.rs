@@ -180,6 +180,16 @@ impl PipelineTask {
             tokio::select! {
                 biased;
                 _ = self.force.cancelled() => break,
+                // Before the input: an input that is never empty must not
+                // hold results and checkpoints (and so every held
+                // acknowledgement) back.
+                _ = tick.tick() => {
+                    let results = w.stage.poll(&self.metrics);
+                    self.emit(&mut w, results).await;
+                    if w.stage.checkpoint_due() && !self.window_checkpoint(&mut w).await {
+                        break;
+                    }
+                }
                 b = self.input.recv() => match b {
                     Some(batch) => {
                         let n = batch.len() as u64;
@@ -213,13 +223,6 @@ impl PipelineTask {
                         break;
                     }
                 },
-                _ = tick.tick() => {
-                    let results = w.stage.poll(&self.metrics);
-                    self.emit(&mut w, results).await;
-                    if w.stage.checkpoint_due() && !self.window_checkpoint(&mut w).await {
-                        break;
-                    }
-                }
             }
         }
         // A forced stop: nothing absorbed since the last checkpoint is
