@@ -452,18 +452,31 @@ impl WindowStage {
                 }
             };
         }
-        let values: Vec<Value<'_>> = self.owned.iter().map(as_value).collect();
         let time = match self.time {
             TimeBase::Event => e.timestamp,
             TimeBase::Arrival => arrival,
         };
         let partition = partition_of(e);
+        // On the stack for the usual handful of aggregates: no allocation
+        // per event.
+        const ON_STACK: usize = 16;
+        let mut stack = [Value::Absent; ON_STACK];
+        let heap: Vec<Value<'_>>;
+        let values: &[Value<'_>] = if self.owned.len() <= ON_STACK {
+            for (slot, o) in stack.iter_mut().zip(&self.owned) {
+                *slot = as_value(o);
+            }
+            &stack[..self.owned.len()]
+        } else {
+            heap = self.owned.iter().map(as_value).collect();
+            &heap
+        };
         self.engine.absorb(&dab_window::Event {
             partition,
             time,
             arrival,
             key: &self.key,
-            values: &values,
+            values,
         })
     }
 
