@@ -339,7 +339,8 @@ impl WindowStage {
         self.durable.is_some()
     }
 
-    /// How often the pipeline task should call [`WindowStage::tick`].
+    /// How often the pipeline task polls for results and checks whether a
+    /// checkpoint is due.
     pub fn tick_every(&self) -> Duration {
         let mut d = Duration::from_millis(100);
         if let Some(dur) = &self.durable {
