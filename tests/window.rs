@@ -187,68 +187,76 @@ const AGGS: &str =
     "calls = Count(), total = Sum(fields.latency_ms), low = Min(fields.latency_ms), \
                     high = Max(fields.latency_ms), users = Distinct(fields.user)";
 
-#[test]
-fn kafka_input_killed_9_three_times_gives_exact_results() {
-    let python = python_kafka();
-    let broker = Broker::start(&tansu());
-    broker.create_topic("in", 3);
-    broker.create_topic("out", 3);
-    let brokers = broker.addr();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let events = dir.path().join("events.jsonl");
-    let total = 1_000_000u64;
-    let seed = test_seed();
-    generate(&python, total, seed, &events);
-    let tumbling = dir.path().join("tumbling.expected");
-    let sliding = dir.path().join("sliding.expected");
-    reference(
-        &python,
-        &["expect", "--size-ms", "10000", events.to_str().unwrap()],
-        &tumbling,
-    );
-    reference(
-        &python,
-        &[
-            "expect",
-            "--size-ms",
-            "20000",
-            "--every-ms",
-            "5000",
-            events.to_str().unwrap(),
-        ],
-        &sliding,
-    );
-    let (tumbling, sliding) = (lines_sorted(&tumbling), lines_sorted(&sliding));
-    let produced = spawn_client(
-        &python,
-        "produce",
-        &brokers,
-        "in",
-        &[
-            "--count",
-            "0",
-            "--from",
-            events.to_str().unwrap(),
-            "--key",
-            "host",
-            "--linger-ms",
-            "50",
-        ],
-    )
-    .finish(Duration::from_secs(300));
-    assert_eq!(produced["produced"], Value::from(total + 16), "{produced}");
+/// A tansu broker holding `total` generated events in topic `in` (3
+/// partitions, keyed by team: a window keeps state per input partition, so
+/// a group's events must share one), an empty topic `out`, and what the
+/// reference says the tumbling 10s and sliding 20s/5s windows give.
+struct KafkaFixture {
+    python: PathBuf,
+    broker: Broker,
+    dir: tempfile::TempDir,
+    tumbling: Vec<String>,
+    sliding: Vec<String>,
+    seed: u64,
+}
 
-    // Out-of-order by at most 2 x 500 ms: a lateness of 2 s makes no
-    // event late, so the reference needs no watermark.
-    //
-    // Each start joins a new consumer group: tansu 0.6 keeps a member
-    // killed with -9 in its group with its partitions assigned, so a
-    // restarted member of the same group may be given none. A new group
-    // reads every partition from the beginning, so every event the state
-    // already holds comes again: the harder case for exactness.
-    let set = |run: usize| {
+impl KafkaFixture {
+    fn new(total: u64) -> KafkaFixture {
+        let python = python_kafka();
+        let broker = Broker::start(&tansu());
+        broker.create_topic("in", 3);
+        broker.create_topic("out", 3);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.jsonl");
+        let seed = test_seed();
+        generate(&python, total, seed, &events);
+        let tumbling = dir.path().join("tumbling.expected");
+        let sliding = dir.path().join("sliding.expected");
+        let ev = events.to_str().unwrap();
+        reference(&python, &["expect", "--size-ms", "10000", ev], &tumbling);
+        reference(
+            &python,
+            &["expect", "--size-ms", "20000", "--every-ms", "5000", ev],
+            &sliding,
+        );
+        let produced = spawn_client(
+            &python,
+            "produce",
+            &broker.addr(),
+            "in",
+            &[
+                "--count",
+                "0",
+                "--from",
+                ev,
+                "--key",
+                "fields.team",
+                "--linger-ms",
+                "50",
+            ],
+        )
+        .finish(Duration::from_secs(300));
+        assert_eq!(produced["produced"], Value::from(total + 16), "{produced}");
+        KafkaFixture {
+            tumbling: lines_sorted(&tumbling),
+            sliding: lines_sorted(&sliding),
+            python,
+            broker,
+            dir,
+            seed,
+        }
+    }
+
+    /// The blueprint set, reading `in` in consumer group `group`.
+    ///
+    /// Out-of-order by at most 2 x 500 ms: a lateness of 2 s makes no
+    /// event late, so the reference needs no watermark. A session of 30 s:
+    /// several workers, each broker and the rest of the suite share two
+    /// cores, and tansu answers heartbeats late under that load.
+    fn write_set(&self, group: &str) {
+        let brokers = self.broker.addr();
         write_set(
-            dir.path(),
+            self.dir.path(),
             &format!(
                 "tumble.NewPipeline().In(KIn).Window(tumbling = 10s, lateness = 2s).\
                  Aggregate(by = [fields.team], as = \"Stats\", {AGGS}).Out(KOut)\n\
@@ -256,16 +264,19 @@ fn kafka_input_killed_9_three_times_gives_exact_results() {
                  Aggregate(by = [fields.team], as = \"Stats\", {AGGS}).Out(KOut)\n"
             ),
             &format!(
-                "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: stats-{run} }}\n\
+                "sources:\n  KIn: {{ kind: kafka, brokers: \"{brokers}\", topic: in, group: {group}, \
+                 options: {{ session.timeout.ms: 30000 }} }}\n\
                  sinks:\n  KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: out }}\n"
             ),
         );
-    };
-    let state = dir.path().join("state");
-    let start = |metrics: &str, run: usize| {
-        set(run);
+    }
+
+    /// Starts a worker with its own state directory `state` and waits for
+    /// its first assignment.
+    fn start(&self, state: &str, metrics: &str) -> Dab {
+        let state = self.dir.path().join(state);
         let mut dab = Dab::start(
-            dir.path(),
+            self.dir.path(),
             &[
                 "run",
                 "t.dab",
@@ -279,78 +290,179 @@ fn kafka_input_killed_9_three_times_gives_exact_results() {
             l.contains("kafka partitions assigned")
         });
         dab
-    };
-    let mut next = xorshift(seed);
+    }
+
+    /// Reads every result from `out` and compares them with the reference:
+    /// each result exactly once as a row, a repeat only as the same row.
+    fn check_results(&self, last: Dab, metrics: &str) -> String {
+        let dump = self.dir.path().join("results.jsonl");
+        let expect = self.tumbling.len() + self.sliding.len();
+        let out = spawn_client(
+            &self.python,
+            "consume",
+            &self.broker.addr(),
+            "out",
+            &[
+                "--expect",
+                &expect.to_string(),
+                "--dump",
+                dump.to_str().unwrap(),
+                "--timeout-s",
+                "240",
+                "--idle-ms",
+                "3000",
+            ],
+        )
+        .finish(Duration::from_secs(300));
+        show_log("the last worker", &last);
+        let text = stop(last, metrics);
+        let (got, repeats) = results_by_pipeline(&dump);
+        eprintln!(
+            "{expect} results, {repeats} emitted again identically; consumer: {out}; redelivered after restarts: {:?}",
+            metric(&text, "dab_window_redelivered_total{pipeline=\"tumble\"}")
+        );
+        for p in ["tumble", "slide"] {
+            for r in ["late", "window_overflow"] {
+                let n = metric(
+                    &text,
+                    &format!("dab_pipeline_dropped_total{{pipeline=\"{p}\",reason=\"{r}\"}}"),
+                );
+                eprintln!("{p} dropped {r}: {n:?} (in the last run)");
+            }
+        }
+        let empty = Vec::new();
+        compare(
+            "tumble",
+            got.get("tumble").unwrap_or(&empty),
+            &self.tumbling,
+        );
+        compare("slide", got.get("slide").unwrap_or(&empty), &self.sliding);
+        text
+    }
+}
+
+/// Prints a worker's warnings, errors and window state messages.
+fn show_log(who: &str, dab: &Dab) {
+    for l in dab.stderr().lines().filter(|l| {
+        l.contains("WARN") || l.contains("ERROR") || l.contains("window") || l.contains("assigned")
+    }) {
+        eprintln!("{who}: {l}");
+    }
+}
+
+/// Waits until the worker at `metrics` has read `at` events.
+fn read_at_least(metrics: &str, at: u64) {
+    poll(
+        Duration::from_secs(300),
+        "events read",
+        || {
+            let text = scrape(metrics);
+            let read =
+                metric(&text, "dab_pipeline_events_in_total{pipeline=\"tumble\"}").unwrap_or(0.0);
+            (read >= at as f64).then_some(())
+        },
+        || format!("metrics: {}", scrape(metrics)),
+    );
+}
+
+#[test]
+fn kafka_input_killed_9_three_times_gives_exact_results() {
+    let fx = KafkaFixture::new(1_000_000);
+    // Each start joins a new consumer group: tansu 0.6 keeps a member
+    // killed with -9 in its group with its partitions assigned, so a
+    // restarted member of the same group may be given none. A new group
+    // reads every partition from the beginning, so every event the state
+    // already holds comes again: the harder case for exactness.
+    let mut next = xorshift(fx.seed);
     for k in 0..3 {
+        fx.write_set(&format!("stats-{k}"));
         let metrics = free_addr();
-        let mut dab = start(&metrics, k);
+        let mut dab = fx.start("state", &metrics);
         // Kill after this process has read 20,000 to 300,000 events, so
         // the kill falls anywhere: before or after a checkpoint, with
         // results in flight or not.
         let at = 20_000 + next() % 280_000;
-        poll(
-            Duration::from_secs(300),
-            "events read before the kill",
-            || {
-                let text = scrape(&metrics);
-                let read = metric(&text, "dab_pipeline_events_in_total{pipeline=\"tumble\"}")
-                    .unwrap_or(0.0);
-                (read >= at as f64).then_some(())
-            },
-            || format!("metrics: {}", scrape(&metrics)),
-        );
+        read_at_least(&metrics, at);
         assert!(dab.running(), "dab ended before the kill: {}", dab.stderr());
         eprintln!("kill -9 number {} after {at} events read", k + 1);
         broker::signal(dab.pid(), "KILL");
         let _ = dab.wait(Duration::from_secs(10));
     }
+    fx.write_set("stats-3");
     let metrics = free_addr();
-    let dab = start(&metrics, 3);
-    let dump = dir.path().join("results.jsonl");
-    let expect = tumbling.len() + sliding.len();
-    let out = spawn_client(
-        &python,
-        "consume",
-        &brokers,
-        "out",
-        &[
-            "--expect",
-            &expect.to_string(),
-            "--dump",
-            dump.to_str().unwrap(),
-            "--timeout-s",
-            "240",
-            "--idle-ms",
-            "3000",
-        ],
-    )
-    .finish(Duration::from_secs(300));
-    let text = stop(dab, &metrics);
-    let (got, repeats) = results_by_pipeline(&dump);
+    let dab = fx.start("state", &metrics);
+    fx.check_results(dab, &metrics);
+}
+
+/// Scale-out (issue 13 item 4): the state of each input partition moves
+/// with the partition. Worker A reads alone; worker B joins the group, so
+/// A checkpoints and lets go of the partitions the rebalance gives B, and
+/// B restores them from the changelog before reading them. B is killed
+/// with -9 and A stopped; a third worker C, with an empty state directory
+/// of its own, restores every partition from the changelog alone and
+/// finishes. Every result equals the reference.
+#[test]
+fn window_state_moves_with_kafka_partitions_between_workers() {
+    let fx = KafkaFixture::new(300_000);
+    let mut next = xorshift(fx.seed ^ 0x5CA1E);
+    fx.write_set("stats");
+    let (ma, mb) = (free_addr(), free_addr());
+    let mut a = fx.start("state-a", &ma);
+    read_at_least(&ma, 20_000 + next() % 60_000);
+    let mut b = fx.start("state-b", &mb);
+    b.wait_for_log(Duration::from_secs(90), "B restored a partition", |l| {
+        l.contains("window partition state restored")
+    });
+    a.wait_for_log(Duration::from_secs(30), "A released on revoke", |l| {
+        l.contains("checkpointed and released on revoke")
+    });
+    let at = 10_000 + next() % 40_000;
+    read_at_least(&mb, at);
+    assert!(b.running(), "B ended before the kill: {}", b.stderr());
+    eprintln!("kill -9 of worker B after {at} events read");
+    broker::signal(b.pid(), "KILL");
+    let _ = b.wait(Duration::from_secs(10));
+    show_log("B", &b);
+    show_log("A", &a);
+    let text_a = stop(a, &ma);
     eprintln!(
-        "{} results, {repeats} emitted again identically; consumer: {out}; redelivered after restarts: {:?}",
-        expect,
-        metric(&text, "dab_window_redelivered_total{pipeline=\"tumble\"}")
+        "A: restores {:?}, not owned {:?}",
+        metric(&text_a, "dab_window_restores_total{pipeline=\"tumble\"}"),
+        metric(&text_a, "dab_window_not_owned_total{pipeline=\"tumble\"}")
     );
+    // tansu 0.6 keeps the killed B in group `stats` with its partitions:
+    // C joins a new group, which reads every partition from the start, and
+    // skips what the changelog's positions say is already in the state.
+    fx.write_set("stats-c");
+    let mc = free_addr();
+    let c = fx.start("state-c", &mc);
+    let text = fx.check_results(c, &mc);
+    // C's own state directory was empty: what it skipped as already in
+    // the state, it knew from the changelog alone. Without the changelog
+    // it would have computed everything again from offset 0, and the
+    // comparison above would prove nothing about moving state.
     for p in ["tumble", "slide"] {
-        for r in ["late", "window_overflow"] {
-            let n = metric(
-                &text,
-                &format!("dab_pipeline_dropped_total{{pipeline=\"{p}\",reason=\"{r}\"}}"),
-            );
-            eprintln!("{p} dropped {r}: {n:?} (in the last run)");
-        }
+        let read =
+            |name: &str| metric(&text, &format!("{name}{{pipeline=\"{p}\"}}")).unwrap_or(0.0);
+        let (restores, records, skipped) = (
+            read("dab_window_restores_total"),
+            read("dab_window_restored_records_total"),
+            read("dab_window_redelivered_total"),
+        );
+        eprintln!("C {p}: {restores} partitions restored from {records} changelog records; {skipped} events skipped as already in the state");
+        assert!(restores >= 3.0, "C restored {restores} partitions of {p}");
+        assert!(records > 0.0, "C read no changelog record for {p}");
+        assert!(
+            skipped > 0.0,
+            "C skipped nothing of {p}: the changelog's positions were not used"
+        );
     }
-    let empty = Vec::new();
-    compare("tumble", got.get("tumble").unwrap_or(&empty), &tumbling);
-    compare("slide", got.get("slide").unwrap_or(&empty), &sliding);
 }
 
 mod common;
 #[allow(dead_code)]
 mod fault_support;
 
-/// One event of host `h` at `secs` seconds, as an NDJSON line.
 fn at(secs: u64, offset: u64) -> String {
     format!(
         "{{\"timestamp\":{},\"host\":\"h\",\"type\":\"A\",\"offset\":{offset},\"message\":\"{{\\\"n\\\":{secs}}}\"}}\n",

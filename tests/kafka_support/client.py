@@ -227,7 +227,11 @@ def cmd_produce(a):
                 if not line:
                     continue
                 key = None
-                if a.key != "none":
+                if a.key.startswith("fields."):
+                    msg = json.loads(line).get("message", "{}")
+                    payload = json.loads(msg) if isinstance(msg, str) else msg
+                    key = str(payload.get(a.key[len("fields."):], "")).encode()
+                elif a.key != "none":
                     key = str(json.loads(line).get(a.key, "")).encode()
                 send(line, key)
                 good += 1
@@ -575,7 +579,11 @@ def main():
     sp.add_argument("--payload-bytes", type=int, default=100, help="length of `message`")
     sp.add_argument("--rate", type=float, default=0, help="messages/s, 0 = flat out")
     sp.add_argument("--bad-every", type=int, default=0, help="every K-th value is not JSON")
-    sp.add_argument("--key", choices=["none", "host", "offset", "type"], default="none")
+    sp.add_argument(
+        "--key",
+        default="none",
+        help="none, host, offset, type, or (with --from) fields.NAME: a payload field",
+    )
     sp.add_argument("--host", default="h1")
     sp.add_argument("--pid", type=int, default=1)
     sp.add_argument("--message-timeout-ms", type=int, default=30000)

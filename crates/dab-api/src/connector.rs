@@ -80,6 +80,29 @@ pub struct SourceStats {
     /// each assignment: a window holds its watermark for every one of them
     /// from the start, not only for those it has seen an event from.
     pub partitions: std::sync::Mutex<(u64, Vec<(String, i32)>)>,
+    /// The revoke handshake between a partitioned source and the stateful
+    /// stages that keep state per input partition (`follow_revokes`).
+    pub revokes: std::sync::Mutex<Revokes>,
+    pub revoke_cv: std::sync::Condvar,
+    /// Per input partition, how many records the source has not yet
+    /// handed on (its end minus its position), as last measured: a window
+    /// treats a quiet partition as idle only when it has nothing left to
+    /// read, so that a partition starved by the fetcher does not see its
+    /// windows closed early.
+    pub behind: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+}
+
+/// Revocations a source announced and how far its followers got.
+#[derive(Debug, Default)]
+pub struct Revokes {
+    /// Stateful stages that must let go of a partition before it moves.
+    pub followers: usize,
+    /// Grows with each announced revocation.
+    pub announced: u64,
+    /// The partitions of the last announced revocation.
+    pub list: Vec<(String, i32)>,
+    /// Per follower slot, the last revocation it has let go of.
+    pub done: Vec<u64>,
 }
 
 impl SourceStats {
@@ -100,6 +123,97 @@ impl SourceStats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (p.0 != seen).then(|| (p.0, p.1.clone()))
+    }
+
+    /// Records how far behind each partition's end the source is.
+    pub fn set_behind(&self, behind: std::collections::HashMap<(String, i32), i64>) {
+        *self
+            .behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = behind;
+    }
+
+    /// Whether the source has read `partition` to its end, as last
+    /// measured (unknown: no).
+    pub fn caught_up(&self, topic: &str, partition: i32) -> bool {
+        self.behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|n| *n <= 0)
+    }
+
+    /// A stateful stage keeps state per partition of this source: from
+    /// now on a revocation waits for it ([`SourceStats::revoke_and_wait`]).
+    /// Returns its slot.
+    pub fn follow_revokes(&self) -> usize {
+        let mut r = self.revokes();
+        r.followers += 1;
+        let at = r.announced;
+        r.done.push(at);
+        r.done.len() - 1
+    }
+
+    /// The revocation follower `slot` has not let go of yet.
+    pub fn revoking(&self, slot: usize) -> Option<(u64, Vec<(String, i32)>)> {
+        let r = self.revokes();
+        let done = r.done.get(slot).copied().unwrap_or(u64::MAX);
+        (done < r.announced).then(|| (r.announced, r.list.clone()))
+    }
+
+    /// Follower `slot` has checkpointed and let go of revocation `gen`'s
+    /// partitions.
+    pub fn revoked(&self, slot: usize, gen: u64) {
+        let mut r = self.revokes();
+        if let Some(d) = r.done.get_mut(slot) {
+            *d = (*d).max(gen);
+        }
+        drop(r);
+        self.revoke_cv.notify_all();
+    }
+
+    /// A follower that ends stops holding revocations.
+    pub fn unfollow(&self, slot: usize) {
+        let mut r = self.revokes();
+        if let Some(d) = r.done.get_mut(slot) {
+            *d = u64::MAX;
+        }
+        drop(r);
+        self.revoke_cv.notify_all();
+    }
+
+    /// The source is about to give `list` up: waits (blocking) until every
+    /// follower has let go of them, at most `limit`. True when they all
+    /// did (or there are none).
+    pub fn revoke_and_wait(&self, list: Vec<(String, i32)>, limit: std::time::Duration) -> bool {
+        let mut r = self.revokes();
+        if r.followers == 0 {
+            return true;
+        }
+        r.announced += 1;
+        r.list = list;
+        let gen = r.announced;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if r.done.iter().all(|d| *d >= gen) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            r = self
+                .revoke_cv
+                .wait_timeout(r, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    fn revokes(&self) -> std::sync::MutexGuard<'_, Revokes> {
+        self.revokes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

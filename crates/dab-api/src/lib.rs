@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod batch;
+pub mod changelog;
 pub mod config;
 pub mod connector;
 pub mod event;

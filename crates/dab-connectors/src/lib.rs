@@ -58,3 +58,9 @@ pub fn builtin_sinks() -> Vec<Box<dyn SinkFactory>> {
 pub fn builtin_tables() -> Vec<Box<dyn dab_api::table::TableFactory>> {
     vec![Box::new(kafka::KafkaTableFactory)]
 }
+
+/// The changelogs of stateful stages, by the kind of source they read
+/// (state that moves with Kafka partitions).
+pub fn builtin_changelogs() -> Vec<Box<dyn dab_api::changelog::ChangelogFactory>> {
+    vec![Box::new(kafka::KafkaChangelogFactory)]
+}

@@ -311,6 +311,17 @@ pub struct WindowMetrics {
     pub checkpoint_at_ns: Gauge,
     pub checkpoints: Counter,
     pub checkpoint_failures: Counter,
+    /// Input partitions whose state this stage holds now (state per Kafka
+    /// partition).
+    pub partitions: Gauge,
+    /// Partition states restored on assignment (from the local store and
+    /// the changelog).
+    pub restores: Counter,
+    /// Changelog records read by those restores.
+    pub restored_records: Counter,
+    /// Events of a partition this process no longer holds (read before a
+    /// revoke): not absorbed; the partition's next owner reads them.
+    pub not_owned: Counter,
 }
 
 impl PipelineMetrics {
@@ -687,7 +698,7 @@ impl Metrics {
             .filter_map(|p| p.window.as_ref().map(|w| (p.id.as_str(), w)))
             .collect();
         type Read = fn(&WindowMetrics) -> i64;
-        let window_families: [(&str, &str, &str, Read); 9] = [
+        let window_families: [(&str, &str, &str, Read); 13] = [
             ("dab_window_watermark_lag_seconds", "gauge", "Arrival time minus the watermark of a window stage", |w| w.watermark_lag_ns.get()),
             ("dab_window_open_groups", "gauge", "Open (window, group) entries", |w| w.open_groups.get()),
             ("dab_window_results_total", "counter", "Result events a window stage emitted", |w| w.results.get() as i64),
@@ -697,6 +708,10 @@ impl Metrics {
             ("dab_checkpoint_last_unixtime_seconds", "gauge", "When the last durable checkpoint was committed (0: none yet)", |w| w.checkpoint_at_ns.get()),
             ("dab_checkpoints_total", "counter", "Durable checkpoints committed", |w| w.checkpoints.get() as i64),
             ("dab_checkpoint_failures_total", "counter", "Checkpoints that failed; the stage went back to the last durable one", |w| w.checkpoint_failures.get() as i64),
+            ("dab_window_partitions", "gauge", "Input partitions whose window state this process holds", |w| w.partitions.get()),
+            ("dab_window_restores_total", "counter", "Partition states restored on assignment", |w| w.restores.get() as i64),
+            ("dab_window_restored_records_total", "counter", "Changelog records read by restores", |w| w.restored_records.get() as i64),
+            ("dab_window_not_owned_total", "counter", "Events of a partition revoked from this process, left to its next owner", |w| w.not_owned.get() as i64),
         ];
         for (name, kind, help, read) in window_families {
             family(&mut o, name, kind, help);

@@ -184,6 +184,9 @@ impl PipelineTask {
                 // hold results and checkpoints (and so every held
                 // acknowledgement) back.
                 _ = tick.tick() => {
+                    if !self.window_partitions(&mut w).await {
+                        break;
+                    }
                     let results = w.stage.poll(&self.metrics);
                     self.emit(&mut w, results).await;
                     if w.stage.checkpoint_due() && !self.window_checkpoint(&mut w).await {
@@ -194,6 +197,14 @@ impl PipelineTask {
                     Some(batch) => {
                         let n = batch.len() as u64;
                         let ctx = ctx!(self);
+                        // A partition assigned since the last look is
+                        // restored before its first event.
+                        if let Err(e) = w.stage.sync_assignment(&self.metrics).await {
+                            tracing::error!(pipeline = %w.pipeline, error = %e, "window partition state cannot be restored; the batch is reported failed and read again");
+                            batch.ack.fail();
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
                         let work = async {
                             if let Some(batch) = prepare(&ctx, &mut self.stages, batch).await {
                                 if let Some(sm) = ctx.metrics.stages.get(w.index) {
@@ -232,6 +243,25 @@ impl PipelineTask {
             tracing::warn!(pipeline = %w.pipeline, batches = held, "forced stop: input absorbed since the last checkpoint is reported failed");
         }
         self.abandon_rest();
+    }
+
+    /// State per Kafka partition: a revocation the source waits for is
+    /// checkpointed and let go of; newly assigned partitions are
+    /// restored. False when the pipeline cannot go on.
+    async fn window_partitions(&mut self, w: &mut WindowPart) -> bool {
+        if let Some((gen, list)) = w.stage.revoke_request() {
+            // Results due now go out with the state they leave.
+            let results = w.stage.poll(&self.metrics);
+            self.emit(w, results).await;
+            if !self.window_checkpoint(w).await {
+                return false;
+            }
+            w.stage.release(gen, &list, &self.metrics);
+        }
+        if let Err(e) = w.stage.sync_assignment(&self.metrics).await {
+            tracing::error!(pipeline = %w.pipeline, error = %e, "window partition state cannot be restored (tried again)");
+        }
+        true
     }
 
     /// Hands window results through the ops after the window to the

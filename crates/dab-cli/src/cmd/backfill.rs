@@ -207,7 +207,8 @@ async fn serve(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
     )
-    .with_tables(dab_connectors::builtin_tables());
+    .with_tables(dab_connectors::builtin_tables())
+    .with_changelogs(dab_connectors::builtin_changelogs());
     let running = Arc::new(dab_runtime::start(
         &plan,
         &registry,

@@ -124,7 +124,8 @@ async fn serve(
         dab_connectors::builtin_sources(),
         dab_connectors::builtin_sinks(),
     )
-    .with_tables(dab_connectors::builtin_tables());
+    .with_tables(dab_connectors::builtin_tables())
+    .with_changelogs(dab_connectors::builtin_changelogs());
     let opts = RunOptions {
         service: a.service.clone(),
         channel_batches: usize::from(a.channel_batches),

@@ -22,6 +22,7 @@
 //! One event per message: the value is the JSON object or the protobuf
 //! event (`codec`), the key the field named by `key`, or none.
 
+mod changelog;
 pub mod metrics;
 pub mod offsets;
 mod sink;
@@ -36,6 +37,7 @@ use rdkafka::ClientConfig;
 
 use crate::settings::build_error;
 
+pub use changelog::KafkaChangelogFactory;
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
 pub use table::KafkaTableFactory;

@@ -41,6 +41,10 @@ use crate::settings::build_error;
 /// to be acknowledged before giving them up (not committed: read again by
 /// the partition's next owner).
 const REVOKE_DRAIN: Duration = Duration::from_secs(2);
+/// How long a revoke waits for the stateful stages reading the revoked
+/// partitions to checkpoint and let go of their state (well within
+/// librdkafka's rebalance timeout, `max.poll.interval.ms`).
+const REVOKE_STATE: Duration = Duration::from_secs(30);
 /// How long a full pipeline may hold the consumer before the partitions
 /// are paused. Short waits are ordinary back pressure: librdkafka stops
 /// fetching by itself once its queue holds `queued.max.messages.kbytes`
@@ -97,8 +101,13 @@ struct Ctx {
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
         let mut lag = std::collections::BTreeMap::new();
+        let mut behind = std::collections::HashMap::new();
         for (topic, t) in &s.topics {
             for (p, ps) in &t.partitions {
+                if *p >= 0 && ps.fetch_state == "active" && ps.hi_offset >= 0 && ps.app_offset >= 0
+                {
+                    behind.insert((topic.clone(), *p), (ps.hi_offset - ps.app_offset).max(0));
+                }
                 if *p >= 0 && ps.fetch_state != "none" && ps.hi_offset >= 0 {
                     // Before the first commit, lag counts from the start.
                     let from = if ps.committed_offset >= 0 {
@@ -112,6 +121,9 @@ impl ClientContext for Ctx {
         }
         if let Ok(mut l) = self.metrics.lag.lock() {
             *l = lag;
+        }
+        if let Some(stats) = self.stats.get() {
+            stats.set_behind(behind);
         }
     }
 
@@ -151,6 +163,14 @@ impl ConsumerContext for Ctx {
             "the kafka rebalance callback ran on a tokio thread"
         );
         let revoked = tps(list);
+        // Stateful stages that keep state per partition checkpoint it and
+        // let go of it first: the next owner restores it from there.
+        if let Some(stats) = self.stats.get() {
+            let names = revoked.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+            if !stats.revoke_and_wait(names, REVOKE_STATE) {
+                tracing::warn!(source = %self.metrics.name, "partitions revoked before their window state was checkpointed; their next owner restores the last checkpoint and reads the rest again");
+            }
+        }
         // Give the batches in flight a moment to be acknowledged, so their
         // offsets are committed before another member takes over.
         let deadline = Instant::now() + REVOKE_DRAIN;

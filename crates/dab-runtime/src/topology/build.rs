@@ -513,7 +513,7 @@ impl Running {
                     };
                     let mut stage = WindowStage::new(&p.id, k, w, late, opts.state.as_ref())
                         .map_err(bad_key)?;
-                    let (key, _) = input_of(plan, p);
+                    let (key, input) = input_of(plan, p);
                     let stats = sources
                         .iter()
                         .find(|s| s.key == key)
@@ -524,6 +524,28 @@ impl Running {
                                 .and_then(|i| i.source.as_ref())
                                 .map(|s| s.stats.clone())
                         });
+                    // State per partition, mirrored to a changelog beside
+                    // the source, where the source kind has one (Kafka).
+                    let changelog = match (&opts.state, &input, &stats) {
+                        (Some(_), Some(spec), Some(_)) => self
+                            .registry
+                            .changelogs
+                            .iter()
+                            .find(|f| Some(f.kind()) == spec.kind),
+                        _ => None,
+                    };
+                    if let (Some(factory), Some(spec)) = (changelog, &input) {
+                        let topic = changelog_topic(&p.id);
+                        // Off the async workers: it waits for the broker.
+                        let opened = std::thread::scope(|s| {
+                            s.spawn(|| factory.open(&spec.fields, &topic)).join()
+                        })
+                        .map_err(|_| bad_key("opening the changelog panicked".to_owned()))?
+                        .map_err(|e| bad_key(format!("its window changelog: {e}")))?;
+                        if let Some(stats) = &stats {
+                            stage.partition_state(opened, stats.clone());
+                        }
+                    }
                     if let Some(stats) = stats {
                         stage.follow_partitions(stats);
                     }
@@ -625,6 +647,13 @@ impl Running {
             pipelines,
         })
     }
+}
+
+/// The changelog topic of a windowed pipeline's state: named by the
+/// pipeline alone, so every process running the pipeline (whatever its
+/// consumer group) shares it.
+pub fn changelog_topic(pipeline: &str) -> String {
+    format!("dab.changelog.{pipeline}")
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct Registry {
     sinks: Arc<Vec<Box<dyn SinkFactory>>>,
     /// Feeds of tables that are not files (`Enrich`, `kind: kafka`).
     tables: Arc<Vec<Box<dyn dab_api::table::TableFactory>>>,
+    /// Changelogs of window state, by the kind of source a window reads.
+    changelogs: Arc<Vec<Box<dyn dab_api::changelog::ChangelogFactory>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -63,12 +65,23 @@ impl Registry {
             sources: Arc::new(sources),
             sinks: Arc::new(sinks),
             tables: Arc::default(),
+            changelogs: Arc::default(),
         }
     }
 
     /// The registry with the feeds of table kinds other than `file`.
     pub fn with_tables(mut self, tables: Vec<Box<dyn dab_api::table::TableFactory>>) -> Registry {
         self.tables = Arc::new(tables);
+        self
+    }
+
+    /// The registry with the changelogs of window state that moves with
+    /// the partitions of a source (`kind: kafka`).
+    pub fn with_changelogs(
+        mut self,
+        changelogs: Vec<Box<dyn dab_api::changelog::ChangelogFactory>>,
+    ) -> Registry {
+        self.changelogs = Arc::new(changelogs);
         self
     }
 }

@@ -31,8 +31,11 @@ use dab_plan::model::{self, Operand, Predicate, TimeBase, Windowed};
 use dab_plan::window;
 use dab_state::{StateStore, GLOBAL};
 
+mod parts;
+
 use crate::seen::SeenLog;
 use dab_window::{Absorb, AggValue, DecodeError, Engine, RestoreError, Value, WindowResult};
+use parts::{Partitioned, Tp};
 use serde_json::{Map, Value as Json};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -113,6 +116,12 @@ pub struct WindowStage {
     /// assigned partition holds the watermark from its assignment on.
     source: Option<Arc<SourceStats>>,
     source_gen: u64,
+    /// With a state store and a Kafka input: one engine per assigned
+    /// partition, mirrored to a changelog (`parts.rs`); `engine` then
+    /// holds only input from elsewhere.
+    partitioned: Option<Partitioned>,
+    /// The engine configuration, for partitions restored later.
+    spec: dab_window::WindowSpec,
     /// Reused per event.
     key: Vec<u8>,
     owned: Vec<Owned>,
@@ -309,6 +318,8 @@ impl WindowStage {
             durable,
             source: None,
             source_gen: 0,
+            partitioned: None,
+            spec,
             key: Vec::with_capacity(64),
         })
     }
@@ -317,6 +328,104 @@ impl WindowStage {
     /// assignment).
     pub fn follow_partitions(&mut self, stats: Arc<SourceStats>) {
         self.source = Some(stats);
+    }
+
+    /// Keeps state per partition of the source `stats` describes,
+    /// mirrored to `changelog` (with a state store only).
+    pub fn partition_state(
+        &mut self,
+        changelog: Arc<dyn dab_api::changelog::Changelog>,
+        stats: Arc<SourceStats>,
+    ) {
+        if self.durable.is_some() {
+            self.partitioned = Some(Partitioned::new(changelog, stats));
+        }
+    }
+
+    /// Restores the partitions assigned since the last look (before any
+    /// of their events is absorbed) and forgets those no longer assigned.
+    pub async fn sync_assignment(&mut self, m: &PipelineMetrics) -> Result<(), String> {
+        let (Some(pt), Some(d)) = (&mut self.partitioned, &mut self.durable) else {
+            return Ok(());
+        };
+        let Some((gen, list)) = pt.stats.partitions_since(pt.gen) else {
+            return Ok(());
+        };
+        let assigned: std::collections::HashSet<Tp> =
+            list.into_iter().map(|(t, p)| (Text::from(t), p)).collect();
+        pt.parts.retain(|tp, _| assigned.contains(tp));
+        let missing: Vec<Tp> = assigned
+            .iter()
+            .filter(|tp| !pt.parts.contains_key(*tp))
+            .cloned()
+            .collect();
+        pt.assigned = assigned;
+        for (topic, p) in missing {
+            let t0 = Instant::now();
+            let (store, ns, spec, changelog) = (
+                d.store.clone(),
+                d.ns.clone(),
+                self.spec.clone(),
+                pt.changelog.clone(),
+            );
+            let pipeline = self.host.as_str().to_owned();
+            let t = topic.as_str().to_owned();
+            let restored = tokio::task::spawn_blocking(move || {
+                parts::restore(
+                    &store,
+                    &ns,
+                    &spec,
+                    &*changelog,
+                    (&t, p),
+                    now_ns(),
+                    &pipeline,
+                )
+            })
+            .await
+            .map_err(|e| format!("restore task: {e}"))??;
+            tracing::info!(
+                pipeline = %self.host.as_str(),
+                partition = %format!("{}[{p}]", topic.as_str()),
+                groups = restored.groups,
+                changelog_records = restored.records,
+                seconds = t0.elapsed().as_secs_f64(),
+                "window partition state restored"
+            );
+            if let Some(w) = &m.window {
+                w.restores.add(1);
+                w.restored_records.add(restored.records);
+            }
+            if !restored.rewrite.is_empty() {
+                d.changed = true;
+                pt.rewrite
+                    .entry((topic.clone(), p))
+                    .or_default()
+                    .extend(restored.rewrite);
+            }
+            pt.parts.insert((topic, p), restored.part);
+        }
+        pt.gen = gen;
+        if let Some(w) = &m.window {
+            w.partitions.set(pt.parts.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// A revocation the source waits for: the pipeline checkpoints, then
+    /// calls [`WindowStage::release`].
+    pub fn revoke_request(&self) -> Option<(u64, Vec<(String, i32)>)> {
+        self.partitioned.as_ref().and_then(Partitioned::revoking)
+    }
+
+    /// Lets go of revoked partitions' state (checkpointed just before).
+    pub fn release(&mut self, gen: u64, list: &[(String, i32)], m: &PipelineMetrics) {
+        if let Some(pt) = &mut self.partitioned {
+            pt.release(gen, list);
+            tracing::info!(pipeline = %self.host.as_str(), partitions = ?list, "window partition state checkpointed and released on revoke");
+            if let Some(w) = &m.window {
+                w.partitions.set(pt.parts.len() as i64);
+            }
+        }
     }
 
     /// Registers the partitions assigned since the last look, so that a
@@ -362,22 +471,58 @@ impl WindowStage {
         let arrival = now_ns();
         let mut late = Vec::new();
         let mut overflow = Vec::new();
+        // Events of a partition whose state this process does not hold:
+        // the batch is reported failed, so that their offsets are not
+        // committed (the partition's owner reads them); what the batch
+        // also held is recognised by its offsets when it comes again.
+        let mut not_held = 0u64;
         for e in batch.events.drain(..) {
-            if let Some(d) = &mut self.durable {
-                if already_absorbed(d, &e) {
-                    if let Some(w) = &m.window {
-                        w.redelivered.add(1);
+            let tp = match (&mut self.partitioned, &e.origin.0) {
+                (Some(pt), Some(o)) => {
+                    let tp = (o.topic.clone(), o.partition);
+                    let Some(part) = pt.parts.get_mut(&tp) else {
+                        not_held += 1;
+                        continue;
+                    };
+                    if o.offset < part.next {
+                        if let Some(w) = &m.window {
+                            w.redelivered.add(1);
+                        }
+                        part.last_arrival = arrival;
+                        part.engine
+                            .touch_partition(part_id(o.topic.as_bytes(), o.partition), arrival);
+                        continue;
                     }
-                    // A replay still shows its partition alive.
-                    self.engine.touch_partition(partition_of(&e), arrival);
-                    continue;
+                    Some((tp, o.offset))
+                }
+                _ => None,
+            };
+            if tp.is_none() {
+                if let Some(d) = &mut self.durable {
+                    if already_absorbed(d, &e) {
+                        if let Some(w) = &m.window {
+                            w.redelivered.add(1);
+                        }
+                        // A replay still shows its partition alive.
+                        self.engine.touch_partition(partition_of(&e), arrival);
+                        continue;
+                    }
                 }
             }
-            match self.absorb_one(&e, arrival) {
+            match self.absorb_one(&e, arrival, tp.as_ref().map(|(tp, _)| tp)) {
                 Absorb::Absorbed => {
                     if let Some(d) = &mut self.durable {
                         d.changed = true;
-                        remember(d, &e);
+                        match (&tp, &mut self.partitioned) {
+                            (Some((tp, offset)), Some(pt)) => {
+                                if let Some(part) = pt.parts.get_mut(tp) {
+                                    part.next = part.next.max(offset.saturating_add(1));
+                                    part.changed = true;
+                                    part.last_arrival = arrival;
+                                }
+                            }
+                            _ => remember(d, &e),
+                        }
                     }
                 }
                 Absorb::Late => late.push(e),
@@ -421,16 +566,33 @@ impl WindowStage {
                 }
             }
         }
-        match &mut self.durable {
-            Some(d) => d.held.push(batch.ack),
-            None => batch.ack.complete(),
+        if not_held > 0 {
+            if let Some(w) = &m.window {
+                w.not_owned.add(not_held);
+            }
+            batch.ack.fail();
+        } else {
+            match &mut self.durable {
+                Some(d) => d.held.push(batch.ack),
+                None => batch.ack.complete(),
+            }
         }
         if let Some(w) = &m.window {
-            w.open_groups.set(self.engine.stats().open_entries as i64);
+            w.open_groups.set(self.open_groups() as i64);
         }
     }
 
-    fn absorb_one(&mut self, e: &Event, arrival: i64) -> Absorb {
+    fn open_groups(&self) -> usize {
+        self.engine.stats().open_entries
+            + self.partitioned.as_ref().map_or(0, |pt| {
+                pt.parts
+                    .values()
+                    .map(|p| p.engine.stats().open_entries)
+                    .sum()
+            })
+    }
+
+    fn absorb_one(&mut self, e: &Event, arrival: i64, tp: Option<&Tp>) -> Absorb {
         // The group key: a JSON array of the `by` values.
         self.key.clear();
         self.key.push(b'[');
@@ -472,7 +634,14 @@ impl WindowStage {
             heap = self.owned.iter().map(as_value).collect();
             &heap
         };
-        self.engine.absorb(&dab_window::Event {
+        let engine = match (tp, &mut self.partitioned) {
+            (Some(tp), Some(pt)) => match pt.parts.get_mut(tp) {
+                Some(part) => &mut part.engine,
+                None => &mut self.engine,
+            },
+            _ => &mut self.engine,
+        };
+        engine.absorb(&dab_window::Event {
             partition,
             time,
             arrival,
@@ -489,31 +658,106 @@ impl WindowStage {
             self.engine.advance_watermark(now);
         }
         let results = self.engine.poll(now);
-        if let Some(w) = &m.window {
-            let stats = self.engine.stats();
-            w.open_groups.set(stats.open_entries as i64);
-            if self.time == TimeBase::Event && stats.watermark > i64::MIN {
-                w.watermark_lag_ns
-                    .set(now.saturating_sub(stats.watermark).max(0));
+        let mut events = self.to_events(results, None, m);
+        let mut watermark = self.engine.stats().watermark;
+        if let Some(pt) = &mut self.partitioned {
+            let idle_after = self.spec.idle_after;
+            let stats = pt.stats.clone();
+            // Quiet for `idle` and read to its end: a partition the fetcher
+            // has not reached yet is not idle, it is behind.
+            let idle_now: std::collections::HashSet<Tp> = pt
+                .parts
+                .iter()
+                .filter(|(tp, p)| {
+                    idle_after.is_some_and(|d| now.saturating_sub(p.last_arrival) >= d)
+                        && stats.caught_up(tp.0.as_str(), tp.1)
+                })
+                .map(|(tp, _)| tp.clone())
+                .collect();
+            if self.time == TimeBase::Arrival {
+                for p in pt.parts.values_mut() {
+                    p.engine.advance_watermark(now);
+                }
+            } else {
+                // An idle partition does not hold its windows open: it
+                // follows the slowest partition that still delivers.
+                // When every partition is idle, the one furthest ahead
+                // leads (as one engine's partitions do).
+                let active = pt
+                    .parts
+                    .iter()
+                    .filter(|(tp, _)| !idle_now.contains(*tp))
+                    .map(|(_, p)| p.engine.stats().watermark)
+                    .min()
+                    .or_else(|| pt.parts.values().map(|p| p.engine.stats().watermark).max());
+                if let Some(floor) = active {
+                    for (tp, p) in &mut pt.parts {
+                        if idle_now.contains(tp) && floor > p.engine.stats().watermark {
+                            p.engine.advance_watermark(floor);
+                            p.changed = true;
+                        }
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            for (tp, p) in &mut pt.parts {
+                let r = p.engine.poll(now);
+                if !r.is_empty() {
+                    // The windows they came from are gone from the state.
+                    p.changed = true;
+                    out.push((tp.clone(), r));
+                }
+                let wm = p.engine.stats().watermark;
+                if wm > i64::MIN && (watermark == i64::MIN || wm < watermark) {
+                    watermark = wm;
+                }
+            }
+            for (tp, r) in out {
+                events.extend(self.to_events(r, Some(&tp), m));
             }
         }
-        self.to_events(results, m)
+        if let Some(w) = &m.window {
+            w.open_groups.set(self.open_groups() as i64);
+            if self.time == TimeBase::Event && watermark > i64::MIN {
+                w.watermark_lag_ns.set(now.saturating_sub(watermark).max(0));
+            }
+        }
+        events
     }
 
     /// End of input: every open window as final.
     pub fn flush(&mut self, m: &PipelineMetrics) -> Vec<Event> {
         let results = self.engine.flush();
-        self.to_events(results, m)
+        let mut events = self.to_events(results, None, m);
+        let mut out = Vec::new();
+        if let Some(pt) = &mut self.partitioned {
+            for (tp, p) in &mut pt.parts {
+                p.changed = true;
+                out.push((tp.clone(), p.engine.flush()));
+            }
+        }
+        for (tp, r) in out {
+            events.extend(self.to_events(r, Some(&tp), m));
+        }
+        events
     }
 
-    fn to_events(&self, results: Vec<WindowResult>, m: &PipelineMetrics) -> Vec<Event> {
+    fn to_events(
+        &self,
+        results: Vec<WindowResult>,
+        tp: Option<&Tp>,
+        m: &PipelineMetrics,
+    ) -> Vec<Event> {
         if let (Some(w), false) = (&m.window, results.is_empty()) {
             w.results.add(results.len() as u64);
         }
-        results.into_iter().map(|r| self.result_event(r)).collect()
+        results
+            .into_iter()
+            .map(|r| self.result_event(r, tp))
+            .collect()
     }
 
-    fn result_event(&self, r: WindowResult) -> Event {
+    fn result_event(&self, r: WindowResult, tp: Option<&Tp>) -> Event {
         let mut obj = Map::new();
         obj.insert(window::WINDOW_START.into(), Json::from(r.start));
         obj.insert(window::WINDOW_END.into(), Json::from(r.end));
@@ -528,6 +772,12 @@ impl WindowStage {
         let mut id = Vec::with_capacity(8 + r.key.len());
         id.extend_from_slice(&r.start.to_be_bytes());
         id.extend_from_slice(&r.key);
+        // A partition's state aggregates that partition's events: its
+        // results are its own.
+        if let Some((topic, p)) = tp {
+            id.extend_from_slice(topic.as_bytes());
+            id.extend_from_slice(&p.to_be_bytes());
+        }
         // Final and early results of one window are told apart.
         let offset = xxhash_rust::xxh64::xxh64(&id, u64::from(!r.is_final));
         Event {
@@ -613,9 +863,35 @@ impl WindowStage {
             return Ok(());
         };
         let t0 = Instant::now();
+        // Partitions' changes go to the changelog first: the local store
+        // never holds a checkpoint the changelog lacks.
+        let parts_local = match &mut self.partitioned {
+            Some(pt) => mirror(pt).await,
+            None => Ok(Vec::new()),
+        };
         let staged = (|| -> Result<(dab_state::Checkpoint, u64), dab_state::Error> {
             let mut cp = d.store.checkpoint();
             let mut bytes = 0u64;
+            for l in parts_local.iter().flatten() {
+                for (k, v) in &l.puts {
+                    bytes += (k.len() + v.len()) as u64;
+                    cp.put(&d.ns, &l.label, k, v)?;
+                }
+                for k in &l.deletes {
+                    cp.delete(&d.ns, &l.label, k)?;
+                }
+                cp.set_bookkeeping(&d.ns, &l.label, &l.book)?;
+                cp.set_offset(
+                    &l.label,
+                    &parts::input_source(&d.ns),
+                    u64::try_from(l.next).unwrap_or(0),
+                )?;
+                cp.set_offset(
+                    &l.label,
+                    &parts::changelog_source(&d.ns),
+                    u64::try_from(l.cl_next).unwrap_or(0),
+                )?;
+            }
             for k in d.stale.drain(..) {
                 cp.delete(&d.ns, GLOBAL, &k)?;
             }
@@ -635,13 +911,14 @@ impl WindowStage {
             d.seen.stage(&mut cp)?;
             Ok((cp, bytes))
         })();
-        let result = match staged {
-            Ok((cp, bytes)) => tokio::task::spawn_blocking(move || cp.commit(true))
+        let result = match (parts_local, staged) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Ok((cp, bytes))) => tokio::task::spawn_blocking(move || cp.commit(true))
                 .await
                 .map_err(|e| format!("checkpoint task: {e}"))
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map(|_| bytes),
-            Err(e) => Err(e.to_string()),
+            (Ok(_), Err(e)) => Err(e.to_string()),
         };
         let held = std::mem::take(&mut d.held);
         match result {
@@ -684,8 +961,16 @@ impl WindowStage {
         };
         let late = self.late.take();
         let source = self.source.take();
+        let partitioned = self.partitioned.take();
         *self = WindowStage::new(pipeline, index, w, late, Some(&opts))?;
         self.source = source;
+        // Partitions are restored again, from the local store and the
+        // changelog, before their next event.
+        self.partitioned = partitioned.map(|mut pt| {
+            pt.parts.clear();
+            pt.gen = 0;
+            pt
+        });
         Ok(())
     }
 
@@ -700,6 +985,118 @@ impl WindowStage {
             a.fail();
         }
         n
+    }
+}
+
+/// What a checkpoint writes to the local store for one partition, once
+/// the changelog holds it.
+#[derive(Debug)]
+struct PartLocal {
+    label: String,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    deletes: Vec<Vec<u8>>,
+    book: Vec<u8>,
+    next: i64,
+    cl_next: i64,
+}
+
+/// Appends every changed partition's entries and a commit record to the
+/// changelog, all under one new checkpoint id. On failure the keys written
+/// are rewritten by the next checkpoint of their partition.
+async fn mirror(pt: &mut Partitioned) -> Result<Vec<PartLocal>, String> {
+    use dab_api::changelog::ChangeRecord;
+    use std::collections::{BTreeMap, HashSet};
+    let id: u64 = rand::random();
+    let mut batches: BTreeMap<i32, Vec<ChangeRecord>> = BTreeMap::new();
+    let mut locals = Vec::new();
+    let mut written: Vec<(Tp, Vec<Vec<u8>>)> = Vec::new();
+    for (tp, part) in &mut pt.parts {
+        let rewrite = pt.rewrite.get(tp);
+        if !part.changed && rewrite.is_none() {
+            continue;
+        }
+        let dirty = part.engine.take_dirty();
+        let (puts, mut deletes) = match rewrite {
+            None => (dirty.written, dirty.deleted),
+            Some(keys) => {
+                let all = part.engine.snapshot();
+                let have: HashSet<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+                let mut gone: Vec<Vec<u8>> = keys
+                    .iter()
+                    .filter(|k| !have.contains(k.as_slice()))
+                    .cloned()
+                    .collect();
+                gone.extend(dirty.deleted);
+                gone.sort_unstable();
+                gone.dedup();
+                (all, gone)
+            }
+        };
+        deletes.retain(|k| puts.binary_search_by(|(w, _)| w.as_slice().cmp(k)).is_err());
+        let book = part.engine.encode_bookkeeping();
+        let topic = tp.0.as_str();
+        let records = batches.entry(tp.1).or_default();
+        for (k, v) in &puts {
+            records.push(parts::entry_record(topic, k, Some(v.clone()), id));
+        }
+        for k in &deletes {
+            records.push(parts::entry_record(topic, k, None, id));
+        }
+        records.push(parts::commit_record(topic, part.next, &book, id));
+        written.push((
+            tp.clone(),
+            puts.iter()
+                .map(|(k, _)| k.clone())
+                .chain(deletes.iter().cloned())
+                .collect(),
+        ));
+        locals.push((
+            tp.clone(),
+            PartLocal {
+                label: parts::label(topic, tp.1),
+                puts,
+                deletes,
+                book,
+                next: part.next,
+                cl_next: part.cl_next,
+            },
+        ));
+    }
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changelog = pt.changelog.clone();
+    let batches: Vec<(i32, Vec<ChangeRecord>)> = batches.into_iter().collect();
+    let appended = tokio::task::spawn_blocking(move || changelog.append(&batches))
+        .await
+        .map_err(|e| format!("changelog task: {e}"))
+        .and_then(|r| r);
+    match appended {
+        Ok(ends) => {
+            let ends: HashMap<i32, i64> = ends.into_iter().collect();
+            let mut out = Vec::with_capacity(locals.len());
+            for (tp, mut l) in locals {
+                pt.rewrite.remove(&tp);
+                if let Some(end) = ends.get(&tp.1) {
+                    l.cl_next = *end;
+                }
+                if let Some(part) = pt.parts.get_mut(&tp) {
+                    part.changed = false;
+                    part.cl_next = l.cl_next;
+                }
+                out.push(l);
+            }
+            Ok(out)
+        }
+        Err(e) => {
+            for (tp, keys) in written {
+                pt.rewrite.entry(tp).or_default().extend(keys);
+            }
+            Err(format!(
+                "writing the changelog `{}`: {e}",
+                pt.changelog.name()
+            ))
+        }
     }
 }
 
