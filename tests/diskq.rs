@@ -502,3 +502,36 @@ fn drop_newest_counts_what_a_full_queue_refuses() {
         "drop_newest: {dropped} of 20000 dropped, {kept} delivered, most disk use {most} bytes"
     );
 }
+
+/// A second process on a queue directory another one has open is refused
+/// at start with a clear error, and the first goes on serving: two
+/// writers interleaving frames in one segment would corrupt it.
+#[test]
+fn a_second_process_on_the_same_queue_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_addr();
+    let out = spool_set(dir.path(), &listen, "fsync: always", 1_000);
+    let (mut first, _) = start_serving(dir.path(), &listen);
+    let other = tempfile::tempdir().expect("tempdir");
+    let listen2 = free_addr();
+    write_set(
+        other.path(),
+        "ingest.NewPipeline().In(HttpIn).Out(Spool)\ndrain.NewPipeline().In(Spool).Out(FileOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen2}\" }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\nqueues:\n  Spool: {{ kind: disk, path: {} }}\n",
+            yaml_path(&other.path().join("out.ndjson")),
+            yaml_path(&dir.path().join("spool")),
+        ),
+    );
+    let mut second = Dab::start(other.path(), &["run", "t.dab"]);
+    let status = second.wait(Duration::from_secs(30));
+    assert!(!status.success(), "a second process opened a locked queue");
+    let err = second.stderr();
+    assert!(
+        err.contains("open in another process") && err.contains("spool"),
+        "the refusal does not say why: {err}"
+    );
+    post_range(&listen, 0, 100);
+    wait_in_file(&out, 100, &first);
+    terminate_ok(&mut first);
+}

@@ -308,13 +308,20 @@ impl KafkaFixture {
                 "--dump",
                 dump.to_str().unwrap(),
                 "--timeout-s",
-                "240",
+                "420",
                 "--idle-ms",
                 "3000",
             ],
         )
-        .finish(Duration::from_secs(300));
+        .finish(Duration::from_secs(480));
         show_log("the last worker", &last);
+        let now = scrape(metrics);
+        for l in now.lines().filter(|l| {
+            (l.starts_with("dab_window_") || l.starts_with("dab_checkpoint") || l.starts_with("dab_pipeline_events_in"))
+                && !l.starts_with('#')
+        }) {
+            eprintln!("the last worker: {l}");
+        }
         let text = stop(last, metrics);
         let (got, repeats) = results_by_pipeline(&dump);
         eprintln!(
@@ -350,8 +357,8 @@ fn show_log(who: &str, dab: &Dab) {
     }
 }
 
-/// Waits until the worker at `metrics` has read `at` events.
-fn read_at_least(metrics: &str, at: u64) {
+/// Waits until the worker `dab` at `metrics` has read `at` events.
+fn read_at_least(dab: &Dab, metrics: &str, at: u64) {
     poll(
         Duration::from_secs(300),
         "events read",
@@ -361,7 +368,15 @@ fn read_at_least(metrics: &str, at: u64) {
                 metric(&text, "dab_pipeline_events_in_total{pipeline=\"tumble\"}").unwrap_or(0.0);
             (read >= at as f64).then_some(())
         },
-        || format!("metrics: {}", scrape(metrics)),
+        || {
+            let err = dab.stderr();
+            let tail: Vec<&str> = err.lines().rev().take(60).collect();
+            format!(
+                "metrics: {}\nlast log lines, newest first:\n{}",
+                scrape(metrics),
+                tail.join("\n")
+            )
+        },
     );
 }
 
@@ -382,7 +397,7 @@ fn kafka_input_killed_9_three_times_gives_exact_results() {
         // the kill falls anywhere: before or after a checkpoint, with
         // results in flight or not.
         let at = 20_000 + next() % 280_000;
-        read_at_least(&metrics, at);
+        read_at_least(&dab, &metrics, at);
         assert!(dab.running(), "dab ended before the kill: {}", dab.stderr());
         eprintln!("kill -9 number {} after {at} events read", k + 1);
         broker::signal(dab.pid(), "KILL");
@@ -408,7 +423,7 @@ fn window_state_moves_with_kafka_partitions_between_workers() {
     fx.write_set("stats");
     let (ma, mb) = (free_addr(), free_addr());
     let mut a = fx.start("state-a", &ma);
-    read_at_least(&ma, 20_000 + next() % 60_000);
+    read_at_least(&a, &ma, 20_000 + next() % 60_000);
     let mut b = fx.start("state-b", &mb);
     b.wait_for_log(Duration::from_secs(90), "B restored a partition", |l| {
         l.contains("window partition state restored")
@@ -417,7 +432,7 @@ fn window_state_moves_with_kafka_partitions_between_workers() {
         l.contains("checkpointed and released on revoke")
     });
     let at = 10_000 + next() % 40_000;
-    read_at_least(&mb, at);
+    read_at_least(&b, &mb, at);
     assert!(b.running(), "B ended before the kill: {}", b.stderr());
     eprintln!("kill -9 of worker B after {at} events read");
     broker::signal(b.pid(), "KILL");

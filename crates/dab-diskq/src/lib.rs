@@ -98,7 +98,10 @@
 //! memory, 16 bytes a record) or, when none is, from the header of the
 //! reader's next record on disk.
 //!
-//! One process may open a directory at a time; nothing locks it.
+//! One process may open a directory at a time: [`DiskQueue::open`] takes
+//! an exclusive lock on `DIR/lock` (`flock`), held until the queue is
+//! dropped; a second process gets [`Error::Locked`]. The lock goes with
+//! the process, so a killed one leaves nothing to clean up.
 //!
 //! Architecture invariant: this crate depends on no other DAB crate and
 //! knows nothing of events, tokio or the runtime; it stores bytes.
@@ -249,6 +252,9 @@ pub enum Error {
         offset: u64,
         seq: u64,
     },
+    /// Another process has the directory open.
+    #[error("disk queue: {0} is open in another process (its `lock` file is locked); one process per queue directory")]
+    Locked(PathBuf),
     #[error("disk queue: invalid option: {0}")]
     Options(&'static str),
     /// A write or fsync failed earlier; the queue refuses further writes

@@ -18,6 +18,8 @@ use crate::{
 /// A disk queue opened on a directory. See the crate documentation.
 #[derive(Debug)]
 pub struct DiskQueue {
+    /// Held locked while the queue is open (one process per directory).
+    _lock: File,
     dir: PathBuf,
     readers_dir: PathBuf,
     opts: Options,
@@ -103,6 +105,24 @@ impl DiskQueue {
         let dir = dir.as_ref().to_path_buf();
         let readers_dir = dir.join("readers");
         fs::create_dir_all(&readers_dir).map_err(io_err(&readers_dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::Io {
+                    path: lock_path,
+                    source: e,
+                })
+            }
+        }
 
         let mut firsts = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -188,6 +208,7 @@ impl DiskQueue {
         };
         let bytes_on_disk = segments.iter().map(|s| s.len).sum();
         let mut q = DiskQueue {
+            _lock: lock,
             dir,
             readers_dir,
             opts,

@@ -622,3 +622,23 @@ fn rewind_hands_out_the_unacknowledged_records_again() {
     assert_eq!(q.position("r"), Some(20));
     assert!(matches!(q.rewind("nobody"), Err(Error::UnknownReader(_))));
 }
+
+#[test]
+fn a_directory_open_elsewhere_is_refused_and_free_again_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["r"])).unwrap();
+    // flock is per open file: a second opening, even in this process,
+    // stands for another process.
+    match DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["r"])) {
+        Err(Error::Locked(p)) => assert_eq!(p, dir.path()),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("a second opening of a locked queue succeeded"),
+    }
+    let text = DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["r"]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(text.contains("another process"), "{text}");
+    drop(q);
+    DiskQueue::open(dir.path(), opts(FsyncPolicy::Always, &["r"])).expect("free once closed");
+}

@@ -295,8 +295,16 @@ impl Changelog for KafkaChangelog {
         let topic = &self.topic;
         let at =
             |e: &dyn std::fmt::Display| format!("changelog `{topic}` partition {partition}: {e}");
-        // From `from` to the end the fetch reports (partition EOF): one
-        // round trip when there is nothing new.
+        // Usually the local store is current (a restart, a partition given
+        // back by a rebalance): one ListOffsets answers that, where an
+        // assignment and a fetch cost seconds on some brokers (tansu).
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, WAIT)
+            .map_err(|e| at(&format!("end offset: {e}")))?;
+        if from >= high {
+            return Ok((Vec::new(), from.max(high)));
+        }
+        // From `from` to the end the fetch reports (partition EOF).
         let mut list = TopicPartitionList::new();
         let start = if from > 0 {
             Offset::Offset(from)
