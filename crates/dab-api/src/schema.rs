@@ -399,7 +399,7 @@ static KINDS: &[KindSpec] = &[
         kind: "file",
         doc: "NDJSON file, appended to",
         fields: &[
-            req("path", FieldType::Path, "file to append to; a template (`out/{type}/{host}.ndjson`: {type}, {host}, {tags.k}, {fields.x}) writes each event to the file it renders"),
+            req("path", FieldType::Path, "file to append to, or a template such as `out/{type}/{host}.ndjson`"),
             opt("fsync", FieldType::Bool, "fsync after each batch"),
             MAX_TARGETS,
             BREAKER_AFTER,
@@ -467,7 +467,7 @@ static KINDS: &[KindSpec] = &[
         doc: "Kafka producer",
         fields: &[
             KAFKA_BROKERS,
-            req("topic", FieldType::Str, "topic to write; a template (`events.{type}`: {type}, {host}, {tags.k}, {fields.x}) writes each event to the topic it renders"),
+            req("topic", FieldType::Str, "topic to write, or a template such as `events.{type}`"),
             opt("key", FieldType::Str, "event field used as message key"),
             MAX_TARGETS,
             opt("codec", CODEC, "payload encoding"),

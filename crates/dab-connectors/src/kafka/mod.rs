@@ -366,7 +366,15 @@ impl KafkaSourceConfig {
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
     pub brokers: String,
+    /// The topic, or the template text when `template` is set.
     pub topic: String,
+    /// `topic` as a template with placeholders (`events.{type}`): each
+    /// event goes to the topic it renders. `None` for a plain topic.
+    pub template: Option<dab_api::template::Template>,
+    /// Templated topics the sink keeps state for at once (created with
+    /// `partitions` when first used): the least recently used is forgotten
+    /// first, and checked again when next used.
+    pub max_targets: usize,
     /// Event field used as message key: host, type, pid, offset, or a tag.
     pub key: Option<String>,
     pub codec: Codec,
@@ -382,8 +390,26 @@ impl KafkaSinkConfig {
         fields: &BTreeMap<String, ConfigValue>,
     ) -> Result<KafkaSinkConfig, BuildError> {
         let f = Fields(fields);
-        let topic = match f.str("topic") {
-            Some(t) if !t.is_empty() => t.to_owned(),
+        let (topic, template) = match f.str("topic") {
+            Some(t) if !t.is_empty() => {
+                let template = dab_api::template::Template::parse(t).map_err(|errors| {
+                    build_error(
+                        name,
+                        format!(
+                            "`topic` is not a valid template: {}",
+                            errors
+                                .iter()
+                                .map(|e| e.message.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    )
+                })?;
+                match template.literal() {
+                    Some(plain) => (plain, None),
+                    None => (t.to_owned(), Some(template)),
+                }
+            }
             _ => return Err(build_error(name, "`topic` is required")),
         };
         let compression = match f.str("compression") {
@@ -399,6 +425,13 @@ impl KafkaSinkConfig {
         Ok(KafkaSinkConfig {
             brokers: brokers(name, f)?.to_owned(),
             topic,
+            template,
+            max_targets: usize::try_from(
+                f.int("max_targets")
+                    .unwrap_or(dab_api::schema::DEFAULT_MAX_TARGETS),
+            )
+            .unwrap_or(1)
+            .max(1),
             key: f.str("key").map(str::to_owned),
             codec: Codec::from_fields(name, f)?,
             compression,

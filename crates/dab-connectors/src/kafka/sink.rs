@@ -156,6 +156,12 @@ pub struct KafkaSink {
     buf: BytesMut,
     key_buf: String,
     topic_checked: bool,
+    /// Templated topics in use, by when each was last written (LRU, at
+    /// most `max_targets`): one not in it is created when `partitions` is
+    /// set, before its first message.
+    topics: std::collections::HashMap<String, u64>,
+    tick: u64,
+    topic_buf: String,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -183,12 +189,16 @@ impl KafkaSink {
             .map_err(|e| build_error(name, format!("kafka producer: {e}")))?;
         Ok(KafkaSink {
             name: name.to_owned(),
-            topic_checked: config.partitions.is_none(),
+            // A templated topic is checked per topic (`use_topic`).
+            topic_checked: config.partitions.is_none() || config.template.is_some(),
             config,
             producer,
             shared,
             buf: BytesMut::new(),
             key_buf: String::new(),
+            topics: std::collections::HashMap::new(),
+            tick: 0,
+            topic_buf: String::new(),
         })
     }
 
@@ -231,10 +241,15 @@ impl KafkaSink {
 
     /// Hands one message to librdkafka, waiting while its queue is full.
     /// `Some(reason)` when the message is too large ever to be taken.
-    async fn send(&self, key: Option<&[u8]>, payload: &[u8], msg: Box<Msg>) -> Option<String> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        msg: Box<Msg>,
+    ) -> Option<String> {
         let mut record =
-            BaseRecord::<[u8], [u8], Box<Msg>>::with_opaque_to(&self.config.topic, msg)
-                .payload(payload);
+            BaseRecord::<[u8], [u8], Box<Msg>>::with_opaque_to(topic, msg).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -261,6 +276,38 @@ impl KafkaSink {
                 }
             }
         }
+    }
+
+    /// Marks a templated topic used; one new to the sink (or forgotten
+    /// since) is created first when `partitions` is set, and the least
+    /// recently used is forgotten when `max_targets` are known.
+    async fn use_topic(&mut self, topic: &str) {
+        self.tick += 1;
+        if let Some(used) = self.topics.get_mut(topic) {
+            *used = self.tick;
+            return;
+        }
+        if self.topics.len() >= self.config.max_targets {
+            if let Some(oldest) = self
+                .topics
+                .iter()
+                .min_by_key(|(_, used)| **used)
+                .map(|(t, _)| t.clone())
+            {
+                self.topics.remove(&oldest);
+            }
+        }
+        if let Some(p) = self.config.partitions {
+            super::ensure_topic(
+                &self.name,
+                &self.config.brokers,
+                &self.config.options,
+                topic,
+                p,
+            )
+            .await;
+        }
+        self.topics.insert(topic.to_owned(), self.tick);
     }
 
     /// Hands `events` to librdkafka as one write; `confirmer` is told when
@@ -297,8 +344,29 @@ impl KafkaSink {
             .fetch_add(events.len(), Ordering::AcqRel);
         let mut key_buf = std::mem::take(&mut self.key_buf);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut topic_buf = std::mem::take(&mut self.topic_buf);
         let mut rejected = Vec::new();
         for (index, ev) in events.iter().enumerate() {
+            if self.config.template.is_some() {
+                let rendered = match &self.config.template {
+                    Some(t) => t.render_topic(ev, &mut topic_buf),
+                    None => Ok(()),
+                };
+                if let Err(m) = rendered {
+                    // Refused on its own; the runtime sends it to OnError.
+                    rejected.push(Rejection {
+                        index,
+                        reason: format!("kafka sink `topic`: {m}"),
+                    });
+                    self.shared.settle(&inflight, 1);
+                    continue;
+                }
+                self.use_topic(&topic_buf).await;
+            }
+            let topic = match &self.config.template {
+                Some(_) => topic_buf.as_str(),
+                None => self.config.topic.as_str(),
+            };
             let payload = encode(self.config.codec, ev, &mut buf);
             let key = match &self.config.key {
                 Some(k) => key_of(ev, k, &mut key_buf).map(<[u8]>::to_vec),
@@ -308,12 +376,13 @@ impl KafkaSink {
                 inflight: inflight.clone(),
                 index,
             });
-            if let Some(reason) = self.send(key.as_deref(), &payload, msg).await {
+            if let Some(reason) = self.send(topic, key.as_deref(), &payload, msg).await {
                 rejected.push(Rejection { index, reason });
             }
         }
         self.key_buf = key_buf;
         self.buf = buf;
+        self.topic_buf = topic_buf;
         Ok(rejected)
     }
 }
