@@ -371,9 +371,8 @@ pub struct KafkaSinkConfig {
     /// `topic` as a template with placeholders (`events.{type}`): each
     /// event goes to the topic it renders. `None` for a plain topic.
     pub template: Option<dab_api::template::Template>,
-    /// Templated topics the sink keeps state for at once (created with
-    /// `partitions` when first used): the least recently used is forgotten
-    /// first, and checked again when next used.
+    /// Templated topics the sink remembers at once (each new one is
+    /// logged): the least recently used is forgotten first.
     pub max_targets: usize,
     /// Event field used as message key: host, type, pid, offset, or a tag.
     pub key: Option<String>,

@@ -20,7 +20,7 @@ use dab_api::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message as _};
 use tokio::sync::Notify;
 
 use super::metrics::KafkaSinkMetrics;
@@ -65,6 +65,10 @@ struct Shared {
     /// confirmed write reports its own), and the first reason.
     failures: AtomicU64,
     reason: Mutex<Option<String>>,
+    /// The topic is a template: a topic it renders that the broker does
+    /// not have refuses that message on its own (to `OnError`), rather
+    /// than holding the sink.
+    templated: bool,
 }
 
 impl Shared {
@@ -116,6 +120,25 @@ impl Shared {
             reason,
         });
     }
+
+    /// A templated topic the broker does not have.
+    fn unknown_topic(&self, msg: &Msg, topic: &str, e: &KafkaError) {
+        lock(&msg.inflight.rejected).push(Rejection {
+            index: msg.index,
+            reason: unknown_topic_reason(topic, e),
+        });
+    }
+}
+
+fn unknown_topic_reason(topic: &str, e: &KafkaError) -> String {
+    format!("kafka sink `topic`: the broker has no topic `{topic}` (rendered by the template): {e}")
+}
+
+fn is_unknown_topic(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+    )
 }
 
 struct Ctx(Arc<Shared>);
@@ -135,6 +158,9 @@ impl ProducerContext for Ctx {
             // Refused by the broker in the report, not only at send time:
             // sending it again cannot succeed.
             Err((e, m)) if is_too_large(e) => self.0.too_large(&msg, m.payload_len(), e),
+            Err((e, m)) if self.0.templated && is_unknown_topic(e) => {
+                self.0.unknown_topic(&msg, m.topic(), e);
+            }
             Err((e, _)) => self.0.fail(&msg.inflight, e.to_string()),
         }
         self.0.settle(&msg.inflight, 1);
@@ -157,8 +183,7 @@ pub struct KafkaSink {
     key_buf: String,
     topic_checked: bool,
     /// Templated topics in use, by when each was last written (LRU, at
-    /// most `max_targets`): one not in it is created when `partitions` is
-    /// set, before its first message.
+    /// most `max_targets`).
     topics: std::collections::HashMap<String, u64>,
     tick: u64,
     topic_buf: String,
@@ -182,6 +207,7 @@ impl KafkaSink {
             idle: Notify::new(),
             failures: AtomicU64::new(0),
             reason: Mutex::new(None),
+            templated: config.template.is_some(),
         });
         let producer = config
             .client_config(name)
@@ -268,6 +294,10 @@ impl KafkaSink {
                         payload.len()
                     ));
                 }
+                Err((e, r)) if self.shared.templated && is_unknown_topic(&e) => {
+                    self.shared.settle(&r.delivery_opaque.inflight, 1);
+                    return Some(unknown_topic_reason(topic, &e));
+                }
                 Err((e, r)) => {
                     let inflight = &r.delivery_opaque.inflight;
                     self.shared.fail(inflight, e.to_string());
@@ -278,10 +308,12 @@ impl KafkaSink {
         }
     }
 
-    /// Marks a templated topic used; one new to the sink (or forgotten
-    /// since) is created first when `partitions` is set, and the least
-    /// recently used is forgotten when `max_targets` are known.
-    async fn use_topic(&mut self, topic: &str) {
+    /// Marks a templated topic used: one new to the sink (or forgotten
+    /// since) is logged, and the least recently used is forgotten when
+    /// `max_targets` are known. One producer writes every topic, so there
+    /// is no handle to close; librdkafka keeps each topic's metadata for
+    /// the producer's life.
+    fn use_topic(&mut self, topic: &str) {
         self.tick += 1;
         if let Some(used) = self.topics.get_mut(topic) {
             *used = self.tick;
@@ -297,16 +329,7 @@ impl KafkaSink {
                 self.topics.remove(&oldest);
             }
         }
-        if let Some(p) = self.config.partitions {
-            super::ensure_topic(
-                &self.name,
-                &self.config.brokers,
-                &self.config.options,
-                topic,
-                p,
-            )
-            .await;
-        }
+        tracing::info!(sink = %self.name, topic, "kafka sink writes to a topic new to it");
         self.topics.insert(topic.to_owned(), self.tick);
     }
 
@@ -361,7 +384,7 @@ impl KafkaSink {
                     self.shared.settle(&inflight, 1);
                     continue;
                 }
-                self.use_topic(&topic_buf).await;
+                self.use_topic(&topic_buf);
             }
             let topic = match &self.config.template {
                 Some(_) => topic_buf.as_str(),

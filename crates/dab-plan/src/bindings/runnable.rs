@@ -37,6 +37,10 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
             template_field(ctx, b, entries, "topic");
             kafka_options_of(ctx, Section::Sinks, b, entries);
         }
+        (Section::Queues, "kafka") => {
+            queue_topic(ctx, b);
+            kafka_options_of(ctx, Section::Queues, b, entries);
+        }
         (Section::Sources, "murron_grpc") => tls(ctx, b),
         (Section::Sources, "generator") => generator_keys(ctx, b),
         (Section::Sources, "unix") => socket_path(ctx, b),
@@ -107,6 +111,24 @@ fn template_field(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode, f
         }
         Ok(_) => {}
     }
+}
+
+/// A Kafka queue is one topic, written and read: its `topic` cannot be a
+/// template (only a sink's can).
+fn queue_topic(ctx: &mut Ctx<'_>, b: &Binding) {
+    let Some((ConfigValue::Str(text), span)) =
+        b.fields.get("topic").zip(b.field_spans.get("topic"))
+    else {
+        return;
+    };
+    if dab_api::template::Template::parse(text).is_ok_and(|t| t.is_static()) {
+        return;
+    }
+    ctx.error(
+        *span,
+        format!("the topic of queue `{}` cannot be a template: a queue is one topic, written and read", b.name),
+    )
+    .help = Some("name one topic; to write a topic per type, bind a kafka sink with `topic: \"events.{type}\"`".to_owned());
 }
 
 /// The `http` and `murron_grpc` sinks speak HTTP, or HTTPS trusting the
