@@ -117,6 +117,22 @@ async fn open_file(
     Ok((f, len))
 }
 
+/// An error opening a rendered path that trying again cannot cure: a
+/// component that is a file (`create_dir_all` says it exists), a file
+/// that is a directory, a name the filesystem refuses, no permission.
+fn unopenable(e: &SinkError) -> bool {
+    use std::io::ErrorKind as K;
+    let ConnectorError::Io { context, source } = &e.error else {
+        return false;
+    };
+    let creating = context.starts_with("cannot create the directory");
+    (creating || context.starts_with("cannot open"))
+        && (matches!(
+            source.kind(),
+            K::NotADirectory | K::IsADirectory | K::InvalidFilename | K::PermissionDenied
+        ) || (creating && source.kind() == K::AlreadyExists))
+}
+
 /// Flushes (and fsyncs) `f`; its length after that.
 async fn flush_file(f: &mut tokio::fs::File, fsync: bool, path: &Path) -> Result<u64, SinkError> {
     f.flush().await.map_err(|e| io("flush", path, e))?;
@@ -297,7 +313,24 @@ impl Sink for FileSink {
         self.scratch = scratch;
         for path in order {
             let indices = groups.remove(&path).unwrap_or_default();
-            self.append(&path, events, &indices).await?;
+            // Room first: closing another file fails as a transient error.
+            if !self.open.contains_key(&path) && self.open.len() >= self.max_targets {
+                self.close_lru().await?;
+            }
+            match self.append(&path, events, &indices).await {
+                Ok(()) => {}
+                Err(e) if unopenable(&e) => {
+                    // The rendered path can never be opened (a value made
+                    // a directory out of a file, or named a place we may
+                    // not write): those events are refused, not the sink
+                    // held.
+                    rejected.extend(indices.iter().map(|&index| Rejection {
+                        index,
+                        reason: format!("file sink `path`: {e}"),
+                    }));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(Written { rejected })
     }
@@ -574,6 +607,31 @@ mod tests {
         assert_eq!(
             lines(&dir.path().join("out/x.ndjson")),
             vec!["Old/o/9".to_owned(), "A/h/1".to_owned()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rendered_path_that_can_never_be_opened_refuses_its_events_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = templated(dir.path(), 4);
+        // `out/F` is a file, so `out/F/h.ndjson` cannot be created.
+        std::fs::create_dir_all(dir.path().join("out")).expect("mkdir");
+        std::fs::write(dir.path().join("out/F"), b"").expect("a file");
+        let w = sink
+            .write(&[ev("A", "h", 0), ev("F", "h", 1), ev("A", "h", 2)])
+            .await
+            .expect("write");
+        assert_eq!(w.rejected.len(), 1, "{:?}", w.rejected);
+        assert_eq!(w.rejected[0].index, 1);
+        assert!(
+            w.rejected[0].reason.contains("out/F/h.ndjson"),
+            "{}",
+            w.rejected[0].reason
+        );
+        sink.flush().await.expect("flush");
+        assert_eq!(
+            lines(&dir.path().join("out/A/h.ndjson")),
+            vec!["A/h/0".to_owned(), "A/h/2".to_owned()]
         );
     }
 
