@@ -101,7 +101,7 @@ pub(crate) fn check_blueprint(blueprint: &Blueprint, bindings: &Bindings) -> Vec
             let checked = pipeline::check_statement(st, bindings, &mut diags);
             let mut payload = Vec::new();
             if let Some(declared) = &bindings.types {
-                payload::check_statement(st, declared, &mut payload);
+                payload::check_statement(st, declared, &bindings.sinks, &mut payload);
             }
             StatementCheck {
                 checked,
