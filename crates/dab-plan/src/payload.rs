@@ -35,7 +35,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" | "Aggregate" | "Out" | "Enrich" => {
+            "Filter" | "Aggregate" | "Out" | "Enrich" | "Join" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -53,7 +53,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                 };
                 match op.name.name.as_str() {
                     "Aggregate" | "Out" => key_and_call_paths(op, &scope, diags),
-                    "Enrich" => enrich_key(op, &scope, diags),
+                    "Enrich" | "Join" => enrich_key(op, &scope, diags),
                     _ => {
                         for arg in op.positional() {
                             walk(&arg.value, &scope, diags);
@@ -63,7 +63,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
             }
             _ => {}
         }
-        if op.name.name == "Enrich" {
+        if op.name.name == "Enrich" || op.name.name == "Join" {
             if let Some(ExprKind::Str(into)) = op.named("into").map(|a| &a.value.kind) {
                 added.push(into.clone());
             }
@@ -71,7 +71,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
     }
 }
 
-/// `Enrich(on = fields.x)`: a declared field whose value is a string or a
+/// `Enrich(on = fields.x)` and `Join(on = fields.x)`: a declared field whose value is a string or a
 /// number, the only values a key is looked up by.
 fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
     let Some(a) = op.named("on") else { return };
@@ -94,9 +94,11 @@ fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
                 ),
             )
             .with_label_here("never equals a key")
-            .with_help(
-                "a row is found by the text of its key column: name a string or number field",
-            ),
+            .with_help(if op.name.name == "Join" {
+                "events match by the text of this field on both sides: name a string or number field"
+            } else {
+                "a row is found by the text of its key column: name a string or number field"
+            }),
         );
     }
 }
