@@ -488,3 +488,140 @@ fn http_inputs_killed_9_three_times_give_the_output_of_a_run_without_a_crash() {
         "no request was sent again: the kills changed nothing"
     );
 }
+
+/// Whether the process catches SIGHUP (`SigCgt` in `/proc/PID/status`,
+/// bit 0): before that, SIGHUP would end it.
+fn catches_sighup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
+fn hangup(dab: &mut Dab, nth: usize) -> String {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &dab.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines: Vec<String> = dab
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(" reloaded trigger="))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= nth {
+            return lines[nth - 1].clone();
+        }
+        assert!(Instant::now() < deadline, "no reload: {}", dab.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A reload that keeps the joining pipeline keeps its second input; one
+/// that rebuilds it while it holds a view reports the view failed, its
+/// client sends it again, and the new pipeline joins it: no miss.
+#[test]
+fn reloads_keep_or_hand_over_the_joined_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (views, clicks, other, metrics) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let set = |into: &str, other_filter: &str| {
+        write_set(
+            dir.path(),
+            &format!(
+                "j.NewPipeline().In(Views).\
+                   Join(Clicks, on = fields.rid, within = 10s, into = \"{into}\", idle = 2s).Out(Joined)\n\
+                 o.NewPipeline().In(Other).FilterType({other_filter}).Out(Blackhole)\n"
+            ),
+            &format!(
+                "sources:\n  Views: {{ kind: http, listen: \"{views}\" }}\n  Clicks: {{ kind: http, listen: \"{clicks}\" }}\n  \
+                 Other: {{ kind: http, listen: \"{other}\" }}\n\
+                 sinks:\n  Joined: {{ kind: file, path: joined.ndjson }}\n"
+            ),
+        )
+    };
+    set("click", "A");
+    let mut dab = start(dir.path(), &[&views, &clicks, &other], &metrics);
+    let pid = dab.pid();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !catches_sighup(pid) {
+        assert!(Instant::now() < deadline, "dab does not catch SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pair = |dab: &Dab, n: u64, at: i64, key: &str| {
+        let v = post_in_background(&views, vec![view(n, at, key)]);
+        let c = post_in_background(&clicks, vec![click(n, at + 1_000, key)]);
+        assert_eq!(v.join().unwrap(), Some(200), "{}", dab.stderr());
+        assert_eq!(c.join().unwrap(), Some(200), "{}", dab.stderr());
+    };
+    pair(&dab, 1, 100_000, "k1");
+    // Another pipeline changes; `j` is kept with its second input.
+    set("click", "B");
+    let line = hangup(&mut dab, 1);
+    assert!(line.contains("rebuilt=[\"o (stages changed)\"]"), "{line}");
+    pair(&dab, 2, 200_000, "k2");
+    // `j` changes while it holds a view whose click has not come.
+    let held = {
+        let addr = views.clone();
+        let body = Value::Array(vec![view(3, 300_000, "k3")]).to_string();
+        std::thread::spawn(move || {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                if post_once(&addr, &body, Duration::from_secs(60)) == Some(200) {
+                    return tries;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    set("clk", "B");
+    let line = hangup(&mut dab, 2);
+    assert!(line.contains("j (stages changed)"), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    let c = post_in_background(&clicks, vec![click(3, 301_000, "k3")]);
+    assert_eq!(c.join().unwrap(), Some(200), "{}", dab.stderr());
+    let tries = held.join().unwrap();
+    assert!(
+        tries >= 2,
+        "the held view was not reported failed by the reload"
+    );
+    let got = outputs(&dir.path().join("joined.ndjson"));
+    let mut pairs: Vec<(u64, Option<u64>, bool)> = got
+        .iter()
+        .map(|(_, p, _)| {
+            let (n, c) = pair_of(p);
+            (n, c, p.get("clk").is_some())
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(
+        pairs,
+        [(1, Some(1), false), (2, Some(2), false), (3, Some(3), true)],
+        "{got:?}"
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+}
+
+/// [`pair`] for either `into` key the reload test uses.
+fn pair_of(payload: &Value) -> (u64, Option<u64>) {
+    let n = payload["n"].as_u64().expect("n");
+    let c = payload
+        .get("click")
+        .or(payload.get("clk"))
+        .map(|c| c["pos"].as_u64().expect("pos"));
+    (n, c)
+}
