@@ -35,7 +35,7 @@
 //! is rebuilt from it. A stop (graceful or a reload that replaces the
 //! pipeline) fails what the buffer holds, for the same reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ use dab_api::{AckStatus, AckToken, Batch, Event};
 use dab_plan::model::{Join, Miss, Operand};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Counter, DropReason, Gauge, PipelineMetrics};
+use crate::metrics::{Counter, DropReason, Gauge, PipelineMetrics, Undelivered};
 use crate::pipeline::{Inlet, PipelineTask};
 use crate::predicate::key_text;
 use crate::stages::Compiled;
@@ -120,7 +120,9 @@ fn pinned(ack: AckToken) -> (AckToken, Pins) {
 struct Buffer {
     /// By (timestamp, arrival sequence): released in time order.
     held: BTreeMap<(i64, u64), Held>,
-    by_key: HashMap<String, Vec<(i64, u64)>>,
+    /// The same events by key, in time order: a match is a range of
+    /// them, and a hot key costs a logarithm, not a scan.
+    by_key: HashMap<String, BTreeSet<(i64, u64)>>,
     /// The largest timestamp seen on this side.
     max_ts: Option<i64>,
     last_arrival: Instant,
@@ -142,7 +144,7 @@ impl Buffer {
     fn remove(&mut self, at: (i64, u64)) -> Option<Held> {
         let h = self.held.remove(&at)?;
         if let Some(list) = self.by_key.get_mut(&h.key) {
-            list.retain(|x| *x != at);
+            list.remove(&at);
             if list.is_empty() {
                 self.by_key.remove(&h.key);
             }
@@ -308,7 +310,7 @@ impl JoinStage {
             self.seq += 1;
             let at = (ts, self.seq);
             let b = &mut self.sides[s];
-            b.by_key.entry(key.clone()).or_default().push(at);
+            b.by_key.entry(key.clone()).or_default().insert(at);
             b.held.insert(
                 at,
                 Held {
@@ -344,12 +346,9 @@ impl JoinStage {
         let Some(list) = self.sides[o].by_key.get(key) else {
             return false;
         };
-        let mut ats: Vec<(i64, u64)> = list
-            .iter()
-            .copied()
-            .filter(|(t, _)| t.abs_diff(e.timestamp) <= self.within.unsigned_abs())
-            .collect();
-        ats.sort_unstable();
+        let from = (e.timestamp.saturating_sub(self.within), 0);
+        let to = (e.timestamp.saturating_add(self.within), u64::MAX);
+        let ats: Vec<(i64, u64)> = list.range(from..=to).copied().collect();
         let mut any = false;
         for at in ats {
             let Some(h) = self.sides[o].held.get_mut(&at) else {
@@ -612,6 +611,9 @@ impl PipelineTask {
         if self.force.is_cancelled() {
             j.stage.stop();
             for b in j.right.close_and_drain() {
+                self.metrics
+                    .undelivered
+                    .add(Undelivered::Abandoned, b.len() as u64);
                 b.ack.fail();
             }
             self.abandon_rest();
@@ -930,5 +932,89 @@ mod tests {
         e.message = NOT_JSON;
         j.absorb(Side::Right, tracked(vec![e], &acks), &m, &mut out);
         assert_eq!(acks.lock().unwrap().len(), 2);
+    }
+
+    /// Many events under one key: each match is a range, not a scan, and
+    /// every pair within the bound is found.
+    #[test]
+    fn a_hot_key_matches_by_range() {
+        let m = PipelineMetrics::default();
+        let mut j = stage(1, Miss::Keep, 1_000_000);
+        let mut out = Vec::new();
+        let rights: Vec<Event> = (0..20_000)
+            .map(|i| ev_ms("r", i, "hot", i as u64))
+            .collect();
+        j.absorb(
+            Side::Right,
+            Batch::new(rights, AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        j.absorb(
+            Side::Left,
+            Batch::new(vec![ev_ms("l", 10_000, "hot", 1)], AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        // Right events from 9,000 ms to 11,000 ms: 2,001 pairs.
+        assert_eq!(settle(out).len(), 2_001);
+    }
+
+    /// A right event a left batch matched is acknowledged only after that
+    /// left batch, even when it leaves the buffer first.
+    #[test]
+    fn a_matched_right_event_waits_for_the_left_batch() {
+        let m = PipelineMetrics::default();
+        let mut j = stage(1, Miss::Keep, 100);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let named = |name: &'static str, events: Vec<Event>| {
+            let order = order.clone();
+            Batch::new(
+                events,
+                AckToken::new(move |_| order.lock().unwrap().push(name)),
+            )
+        };
+        let mut out = Vec::new();
+        j.absorb(
+            Side::Right,
+            named("right", vec![ev("r", 100, "a", 1)]),
+            &m,
+            &mut out,
+        );
+        j.absorb(
+            Side::Left,
+            named("left", vec![ev("l", 101, "a", 1)]),
+            &m,
+            &mut out,
+        );
+        let pairs = into_batch(std::mem::take(&mut out)).unwrap();
+        pairs.ack.complete();
+        // The left side moves on: the right event leaves the buffer.
+        j.absorb(
+            Side::Left,
+            named("later", vec![ev("l", 200, "z", 2)]),
+            &m,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "the right event waits for its left batch"
+        );
+        // The right side moves on: the left event leaves, then both are done.
+        j.absorb(
+            Side::Right,
+            Batch::new(vec![ev("r", 300, "y", 2)], AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        let _ = settle(out);
+        assert_eq!(order.lock().unwrap()[..2], ["left", "right"]);
+    }
+
+    fn ev_ms(host: &str, ms: i64, key: &str, offset: u64) -> Event {
+        let mut e = ev(host, 0, key, offset);
+        e.timestamp = ms * 1_000_000;
+        e
     }
 }
