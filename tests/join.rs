@@ -5,12 +5,17 @@
 //! or dropped and counted. Then exactness: the process is killed with -9
 //! three times while clients that send every unanswered request again
 //! keep posting, and the output, deduplicated by UID, equals what the
-//! events give with no crash, each repeat identical. The http source
+//! events give with no crash, each repeat identical. With the joined
+//! stream read from a Kafka queue, the consumer stores every offset once
+//! the join lets its events go (it does not stall on held
+//! acknowledgements; a missing broker fails the test). The http source
 //! answers only once its events left the join and their outputs are
 //! delivered, so a 200 means the sink files hold them.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "kafka_support/broker.rs"]
+mod broker;
 mod common;
 #[allow(dead_code)]
 mod run_support;
@@ -624,4 +629,96 @@ fn pair_of(payload: &Value) -> (u64, Option<u64>) {
         .or(payload.get("clk"))
         .map(|c| c["pos"].as_u64().expect("pos"));
     (n, c)
+}
+
+/// The clicks go through a Kafka queue (written by one pipeline, read by
+/// the join as its second input): the output is exact and the Kafka
+/// source stores the offset of every click once the join lets it go,
+/// with the acknowledgements held about `within + lateness` meanwhile.
+#[test]
+fn a_kafka_queue_as_the_joined_stream_is_read_to_its_end() {
+    const VIEWS: u64 = 3_000;
+    let broker = broker::Broker::start(&broker::tansu());
+    broker.create_topic("clicks", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (v_addr, c_addr, metrics) = (free_addr(), free_addr(), free_addr());
+    write_set(
+        dir.path(),
+        "j.NewPipeline().In(Views).\
+           Join(Clicks, on = fields.rid, within = 1s, idle = 2s, into = \"click\").Out(Joined)\n\
+         c.NewPipeline().In(ClicksIn).Out(Clicks)\n",
+        &format!(
+            "sources:\n  Views: {{ kind: http, listen: \"{v_addr}\" }}\n  ClicksIn: {{ kind: http, listen: \"{c_addr}\" }}\n\
+             queues:\n  Clicks: {{ kind: kafka, brokers: \"{}\", topic: clicks }}\n\
+             sinks:\n  Joined: {{ kind: file, path: joined.ndjson }}\n",
+            broker.addr()
+        ),
+    );
+    let mut dab = start(dir.path(), &[&v_addr, &c_addr], &metrics);
+    // A view a millisecond; a click 200 ms after every even view.
+    let views: Vec<(i64, Value)> = (0..VIEWS)
+        .map(|i| (i as i64, view(i, i as i64, &format!("r{i}"))))
+        .collect();
+    let clicks: Vec<(i64, Value)> = (0..VIEWS)
+        .step_by(2)
+        .map(|i| (i as i64 + 200, click(i, i as i64 + 200, &format!("r{i}"))))
+        .collect();
+    let chunked = |events: Vec<(i64, Value)>| -> Vec<String> {
+        events
+            .chunks(100)
+            .map(|c| Value::Array(c.iter().map(|(_, e)| e.clone()).collect()).to_string())
+            .collect()
+    };
+    let limit = Duration::from_secs(120);
+    let clients: Vec<_> = [
+        (v_addr.clone(), chunked(views)),
+        (c_addr.clone(), chunked(clicks)),
+    ]
+    .into_iter()
+    .map(|(addr, chunks)| std::thread::spawn(move || ordered_client(addr, chunks, 32, limit)))
+    .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), 0, "a request was refused");
+    }
+    let got = outputs(&dir.path().join("joined.ndjson"));
+    let have: BTreeSet<(u64, Option<u64>)> = got.iter().map(|(_, p, _)| pair(p)).collect();
+    let want: BTreeSet<(u64, Option<u64>)> =
+        (0..VIEWS).map(|i| (i, (i % 2 == 0).then_some(i))).collect();
+    assert_eq!(got.len(), want.len(), "one line per output");
+    assert_eq!(have, want);
+    // Every click left the join, so the consumer may commit past them all.
+    let held = "dab_join_buffered{pipeline=\"j\",stage=\"0\",side=\"right\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&scrape(&metrics), held) != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", scrape(&metrics));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
+    // A new run reads nothing again: the offsets were committed.
+    let metrics = free_addr();
+    let mut dab = start(dir.path(), &[&v_addr, &c_addr], &metrics);
+    let assigned = "dab_kafka_partitions_assigned_total{source=\"Clicks:j\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&scrape(&metrics), assigned).unwrap_or(0.0) < 2.0 {
+        assert!(Instant::now() < deadline, "{}", scrape(&metrics));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(&text, "dab_source_events_total{source=\"Clicks:j\"}"),
+        Some(0.0),
+        "clicks read again after a restart: their offsets were not committed\n{text}"
+    );
+    dab.terminate();
+    assert!(
+        dab.wait(Duration::from_secs(30)).success(),
+        "{}",
+        dab.stderr()
+    );
 }
