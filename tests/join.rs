@@ -415,7 +415,7 @@ fn http_inputs_killed_9_three_times_give_the_output_of_a_run_without_a_crash() {
     for k in 0..kills {
         // Past the join's warm-up (`idle`, 2 s): outputs are delivered and
         // requests answered by the time of the kill.
-        let at = Duration::from_millis(3_000 + rnd() % 2_000);
+        let at = Duration::from_millis(2_500 + rnd() % 1_500);
         std::thread::sleep(at);
         let read = metric(
             &scrape(&metrics),
