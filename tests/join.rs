@@ -722,3 +722,34 @@ fn a_kafka_queue_as_the_joined_stream_is_read_to_its_end() {
         dab.stderr()
     );
 }
+
+/// `dab backfill` replays one input's range; a pipeline with a `Join`
+/// would wait on its second stream without end, so it is refused before
+/// any broker is asked.
+#[test]
+fn backfill_refuses_a_joining_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    write_set(
+        dir.path(),
+        "j.NewPipeline().In(K).Join(Clicks, on = host, within = 1s, into = \"c\").Out(Stdout)\n\
+         c.NewPipeline().In(Generator).Out(Clicks)\n",
+        "sources:\n  K: { kind: kafka, brokers: \"127.0.0.1:1\", topic: t, group: g }\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dab"))
+        .current_dir(dir.path())
+        .args([
+            "backfill",
+            "--pipeline",
+            "j",
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--to",
+            "2026-01-02T00:00:00Z",
+            "t.dab",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pipeline `j` joins `Clicks`"), "{stderr}");
+}
