@@ -14,25 +14,25 @@
 //! on a side. An event of one side is held until the other side's
 //! watermark `M(other) - lateness` passes its own bound `timestamp +
 //! within` (so up to `lateness`, by default `within`, of disorder within
-//! each side is tolerated),
-//! until the other side ends (a finite input), or until the other side
-//! has been silent for `idle` and the event has been held that long. Then
-//! it leaves the buffer (never in the first `idle` after the stage
-//! starts: after a restart the sources send again what was held, in no
-//! order between the two sides, and it must all be in first): a left event that matched nothing goes on
-//! unchanged (`miss = keep`) or is counted dropped (`join_miss`); any
-//! other event simply leaves. An event that arrives after the other
-//! side's watermark passed its bound is matched against what is held and
-//! leaves at once.
+//! each side is tolerated), until the other side ends (a finite input),
+//! or until the other side has been silent for `idle` and the event has
+//! been held that long; never in the first `idle` after the stage starts
+//! (after a restart the sources send again what was held, in no order
+//! between the two sides, and it must all be in first). Then it leaves
+//! the buffer: a left event that matched nothing goes on unchanged
+//! (`miss = keep`) or is counted dropped (`join_miss`); any other event
+//! simply leaves. An event that arrives after the other side's watermark
+//! passed its bound is matched against what is held and leaves at once
+//! (counted late).
 //!
 //! Exactness without a store: every buffered event holds its share of its
 //! source batch's acknowledgement until it leaves the buffer, every
 //! output holds shares of the acknowledgements of the events it was made
 //! from until it is delivered, and the right events a left event matched
 //! are acknowledged only after that left event's batch is (else a restart
-//! could send the left event again without them, and it would miss). A crash therefore acknowledges nothing that
-//! is not in the output, the sources send the rest again, and the buffer
-//! is rebuilt from it. A stop (graceful or a reload that replaces the
+//! could send the left event again without them, and it would miss). A
+//! crash therefore acknowledges nothing that is not in the output, the
+//! sources send the rest again, and the buffer is rebuilt from it. A stop (graceful or a reload that replaces the
 //! pipeline) fails what the buffer holds, for the same reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
