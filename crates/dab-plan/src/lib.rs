@@ -9,6 +9,7 @@ pub mod diff;
 mod enrich;
 mod expr;
 pub mod graph;
+mod join;
 pub mod model;
 mod names;
 pub mod ops;
@@ -232,7 +233,8 @@ pub(crate) fn plan_refs(
         .zip(checked)
         .filter_map(|((st, id), c)| {
             let config = c.config?;
-            let resolved = std::iter::once(config.input.as_str())
+            let resolved = config
+                .reads()
                 .chain(config.writes())
                 .all(|n| endpoints.contains_key(n));
             resolved.then(|| Pipeline {

@@ -40,7 +40,7 @@ pub(crate) fn check_statement(
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" | "Aggregate" | "Out" | "Enrich" | "Route" => {
+            "Filter" | "Aggregate" | "Out" | "Enrich" | "Route" | "Join" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -63,7 +63,7 @@ pub(crate) fn check_statement(
                         sink_templates(op, &scope, sinks, diags);
                     }
                     "Aggregate" => key_and_call_paths(op, &scope, diags),
-                    "Enrich" => enrich_key(op, &scope, diags),
+                    "Enrich" | "Join" => enrich_key(op, &scope, diags),
                     _ => {
                         for arg in op.positional() {
                             walk(&arg.value, &scope, diags);
@@ -73,7 +73,7 @@ pub(crate) fn check_statement(
             }
             _ => {}
         }
-        if op.name.name == "Enrich" {
+        if op.name.name == "Enrich" || op.name.name == "Join" {
             if let Some(ExprKind::Str(into)) = op.named("into").map(|a| &a.value.kind) {
                 added.push(into.clone());
             }
@@ -159,7 +159,7 @@ fn sink_templates(op: &Op, scope: &Scope<'_>, sinks: &[Binding], diags: &mut Vec
     }
 }
 
-/// `Enrich(on = fields.x)`: a declared field whose value is a string or a
+/// `Enrich(on = fields.x)` and `Join(on = fields.x)`: a declared field whose value is a string or a
 /// number, the only values a key is looked up by.
 fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
     let Some(a) = op.named("on") else { return };
@@ -182,9 +182,11 @@ fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
                 ),
             )
             .with_label_here("never equals a key")
-            .with_help(
-                "a row is found by the text of its key column: name a string or number field",
-            ),
+            .with_help(if op.name.name == "Join" {
+                "events match by the text of this field on both sides: name a string or number field"
+            } else {
+                "a row is found by the text of its key column: name a string or number field"
+            }),
         );
     }
 }
