@@ -14,6 +14,7 @@ pub mod payload;
 pub mod schema;
 pub mod signature;
 pub mod table;
+pub mod template;
 
 pub use ack::{AckStatus, AckToken};
 pub use batch::Batch;

@@ -200,6 +200,17 @@ const KAFKA_BROKERS: FieldSpec = req(
     "bootstrap brokers, comma-separated host:port",
 );
 
+/// The targets a templated sink keeps open at once (SPEC section 10): file
+/// handles of the `file` sink; for `kafka`, the topics it keeps state for
+/// (see the connector). The least recently used one is closed first.
+pub const DEFAULT_MAX_TARGETS: i64 = 64;
+const MAX_TARGETS: FieldSpec = opt(
+    "max_targets",
+    FieldType::Int,
+    "targets a templated `path` or `topic` keeps open at once; the least recently used is flushed and closed first (default 64)",
+)
+.within(1, 4_096);
+
 /// Every sink's circuit breaker (SPEC section 11; the runtime's
 /// `breaker.rs` holds the defaults, 5 and 5 s).
 const BREAKER_AFTER: FieldSpec = opt(
@@ -388,8 +399,9 @@ static KINDS: &[KindSpec] = &[
         kind: "file",
         doc: "NDJSON file, appended to",
         fields: &[
-            req("path", FieldType::Path, "file to append to"),
+            req("path", FieldType::Path, "file to append to, or a template such as `out/{type}/{host}.ndjson`"),
             opt("fsync", FieldType::Bool, "fsync after each batch"),
+            MAX_TARGETS,
             BREAKER_AFTER,
             BREAKER_COOLDOWN,
         ],
@@ -455,8 +467,9 @@ static KINDS: &[KindSpec] = &[
         doc: "Kafka producer",
         fields: &[
             KAFKA_BROKERS,
-            req("topic", FieldType::Str, "topic to write"),
+            req("topic", FieldType::Str, "topic to write, or a template such as `events.{type}`"),
             opt("key", FieldType::Str, "event field used as message key"),
+            MAX_TARGETS,
             opt("codec", CODEC, "payload encoding"),
             opt("compression", COMPRESSION, "producer compression"),
             KAFKA_OPTIONS,

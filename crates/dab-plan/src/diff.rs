@@ -77,9 +77,7 @@ fn why_changed(old: &Plan, o: &Pipeline, new: &Plan, n: &Pipeline) -> Vec<String
             name(&nc.on_error)
         ));
     }
-    let mut names: Vec<&str> = std::iter::once(nc.input.as_str())
-        .chain(nc.writes())
-        .collect();
+    let mut names: Vec<&str> = nc.reads().chain(nc.writes()).collect();
     names.sort_unstable();
     names.dedup();
     // Every name the new config uses is compared, including one the old
@@ -124,7 +122,9 @@ pub fn refusals(old: &Plan, new: &CheckedSet) -> Vec<Diagnostic> {
             new.plan
                 .pipelines
                 .iter()
-                .find(|p| p.config.input == *name || p.config.writes().any(|w| w == name))
+                .find(|p| {
+                    p.config.reads().any(|r| r == name) || p.config.writes().any(|w| w == name)
+                })
                 .map(|p| p.span)
         });
         let Some(span) = span else { continue };

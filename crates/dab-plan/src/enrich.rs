@@ -42,22 +42,7 @@ pub(crate) fn check(
     let table = table?;
     let mut ok = true;
     let on = match op.named("on") {
-        Some(a) => match crate::expr::operand(&a.value, diags) {
-            Some((Operand::Value(v), _)) => {
-                diags.push(
-                    Diagnostic::new(
-                        Code::E008,
-                        a.value.span,
-                        format!("`on` must be a field of the event, found the value {v}"),
-                    )
-                    .with_label_here("a field is looked up, not a value")
-                    .with_help(EXAMPLE),
-                );
-                None
-            }
-            Some((o, _)) => Some(o),
-            None => None,
-        },
+        Some(a) => on_field(a, "a field is looked up, not a value", EXAMPLE, diags),
         None => {
             diags.push(
                 Diagnostic::new(Code::E007, op.span, "`Enrich` needs `on = field`")
@@ -144,6 +129,31 @@ pub(crate) fn check(
         into,
         miss,
     })))
+}
+
+/// `on = field` of `Enrich` and `Join`: one field of the event (E008 for a
+/// literal, with `label` under it).
+pub(crate) fn on_field(
+    a: &dab_syntax::ast::Arg,
+    label: &str,
+    example: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Operand> {
+    match crate::expr::operand(&a.value, diags)? {
+        (Operand::Value(v), _) => {
+            diags.push(
+                Diagnostic::new(
+                    Code::E008,
+                    a.value.span,
+                    format!("`on` must be a field of the event, found the value {v}"),
+                )
+                .with_label_here(label.to_owned())
+                .with_help(example),
+            );
+            None
+        }
+        (o, _) => Some(o),
+    }
 }
 
 /// W003 for tables no `Enrich` reads, as for other bindings.

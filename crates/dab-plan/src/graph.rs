@@ -34,6 +34,8 @@ pub enum Edge {
     Route(String),
     /// Rows of a table into the `Enrich` stage that reads it.
     Table,
+    /// The second input of a `Join` into its stage.
+    Join,
 }
 
 /// The side edge of a stage that sends some events elsewhere.
@@ -84,6 +86,10 @@ pub(crate) fn build(pipelines: &[Pipeline], endpoints: &BTreeMap<String, Endpoin
                     .entry(e.table.name.clone())
                     .or_insert_with(|| g.add_node(Node::Table(e.table.name.clone())));
                 g.add_edge(t, n, Edge::Table);
+            }
+            if let Some(stream) = s.join_stream() {
+                let from = name_node(&mut g, stream);
+                g.add_edge(from, n, Edge::Join);
             }
             if let Some(t) = s.overflow_target() {
                 let t = name_node(&mut g, t);
@@ -185,6 +191,7 @@ pub fn to_dot(g: &Dag) -> String {
             Edge::Late => " [style=dashed, label=\"late\"]".to_owned(),
             Edge::Route(cond) => format!(" [label=\"{}\"]", escape(cond)),
             Edge::Table => " [style=dotted, label=\"table\"]".to_owned(),
+            Edge::Join => " [style=bold, label=\"join\"]".to_owned(),
         };
         let _ = writeln!(
             out,
@@ -236,6 +243,7 @@ pub fn to_mermaid(g: &Dag) -> String {
             Edge::Late => "-. late .->".to_owned(),
             Edge::Route(cond) => format!("-- \"{}\" -->", m(cond)),
             Edge::Table => "-. table .->".to_owned(),
+            Edge::Join => "== join ==>".to_owned(),
         };
         let _ = writeln!(
             out,

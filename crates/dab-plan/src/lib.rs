@@ -9,6 +9,7 @@ pub mod diff;
 mod enrich;
 mod expr;
 pub mod graph;
+mod join;
 pub mod model;
 mod names;
 pub mod ops;
@@ -101,7 +102,7 @@ pub(crate) fn check_blueprint(blueprint: &Blueprint, bindings: &Bindings) -> Vec
             let checked = pipeline::check_statement(st, bindings, &mut diags);
             let mut payload = Vec::new();
             if let Some(declared) = &bindings.types {
-                payload::check_statement(st, declared, &mut payload);
+                payload::check_statement(st, declared, &bindings.sinks, &mut payload);
             }
             StatementCheck {
                 checked,
@@ -232,7 +233,8 @@ pub(crate) fn plan_refs(
         .zip(checked)
         .filter_map(|((st, id), c)| {
             let config = c.config?;
-            let resolved = std::iter::once(config.input.as_str())
+            let resolved = config
+                .reads()
                 .chain(config.writes())
                 .all(|n| endpoints.contains_key(n));
             resolved.then(|| Pipeline {

@@ -36,6 +36,21 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// Every name this pipeline reads: its `In`, then the stream of its
+    /// `Join`, if any.
+    pub fn reads(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.input.as_str())
+            .chain(self.stages.iter().filter_map(Stage::join_stream))
+    }
+
+    /// The pipeline's `Join`, if it has one (at most one).
+    pub fn join(&self) -> Option<&Join> {
+        self.stages.iter().find_map(|s| match s {
+            Stage::Join(j) => Some(&**j),
+            _ => None,
+        })
+    }
+
     /// Every name this pipeline writes to: outputs, overflow targets and the
     /// `OnError` target.
     pub fn writes(&self) -> impl Iterator<Item = &str> {
@@ -136,7 +151,39 @@ pub enum Stage {
     Aggregate(Box<Windowed>),
     /// `Enrich(Table, on = ..., into = "...", miss = ...)` (SPEC section 9).
     Enrich(Box<Enrich>),
+    /// `Join(Stream, on = ..., within = D, into = "...", miss = ...)`
+    /// (SPEC section 9): a stateful stage with a second input.
+    Join(Box<Join>),
 }
+
+/// A checked `Join(...)`: each event of the pipeline's input (the left
+/// side) is joined with the events of `stream` (the right side) whose `on`
+/// value is equal and whose timestamp is within `within` of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    /// The source or queue whose events are the right side.
+    pub stream: String,
+    pub on: Operand,
+    pub within: std::time::Duration,
+    /// The payload key a match puts the right event's payload under.
+    pub into: String,
+    /// `Keep`: a left event with no match goes on unchanged; `Drop`:
+    /// counted dropped (`join_miss`). Never `Error`.
+    pub miss: Miss,
+    /// The disorder tolerated within each side: an event is held until
+    /// the other side's largest timestamp minus `lateness` passes its
+    /// timestamp plus `within` (default: `within`).
+    pub lateness: std::time::Duration,
+    /// Events buffered per side at most; more are not buffered (counted
+    /// `dab_join_overflow_total`).
+    pub max_buffered: u64,
+    /// A side silent this long (arrival time) stops holding the other
+    /// side's events back.
+    pub idle: std::time::Duration,
+}
+
+/// Default bound on the events a `Join` buffers per side.
+pub const DEFAULT_JOIN_MAX_BUFFERED: u64 = 100_000;
 
 /// A checked `Enrich(...)`: each event's `on` value looks up a row of
 /// `table`, merged into the JSON payload under `into`.
@@ -334,6 +381,14 @@ impl Stage {
         }
     }
 
+    /// The second input of a `Join`.
+    pub fn join_stream(&self) -> Option<&str> {
+        match self {
+            Stage::Join(j) => Some(&j.stream),
+            _ => None,
+        }
+    }
+
     /// A short label for graphs and logs.
     pub fn label(&self) -> String {
         match self {
@@ -366,6 +421,14 @@ impl Stage {
                 e.on,
                 e.into,
                 e.miss.as_str()
+            ),
+            Stage::Join(j) => format!(
+                "Join({}, on = {}, within = {:?}, into = {:?}, miss = {})",
+                j.stream,
+                j.on,
+                j.within,
+                j.into,
+                j.miss.as_str()
             ),
             Stage::Aggregate(w) => {
                 let window = match w.window.kind {

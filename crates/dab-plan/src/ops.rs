@@ -331,6 +331,55 @@ static OPERATORS: &[OpSpec] = &[
         doc: "Add the table row whose key equals a field of the event to its JSON payload",
     },
     OpSpec {
+        name: "Join",
+        class: OpClass::Stage,
+        positional: &[Param {
+            name: "stream",
+            ty: ParamType::Name,
+            doc: "the source or queue whose events are joined with this pipeline's input",
+        }],
+        variadic: false,
+        named: &[
+            Param {
+                name: "on",
+                ty: ParamType::Field,
+                doc: "the field read from events of both sides; equal values match (required)",
+            },
+            Param {
+                name: "within",
+                ty: ParamType::Duration,
+                doc: "how far apart the timestamps of a matching pair may be, > 0 (required)",
+            },
+            Param {
+                name: "into",
+                ty: ParamType::Text,
+                doc: "the payload key the matching event's payload is added under (required)",
+            },
+            Param {
+                name: "miss",
+                ty: ParamType::Choice(&["keep", "drop"]),
+                doc: "an input event with no match once its bound passed: keep (default: unchanged) or drop (counted, `join_miss`)",
+            },
+            Param {
+                name: "lateness",
+                ty: ParamType::Duration,
+                doc: "how far out of time order the events of each side may come: an event is held until the other side's latest timestamp minus this passes its own plus `within` (default: `within`)",
+            },
+            Param {
+                name: "max_buffered",
+                ty: ParamType::Int,
+                doc: "events held per side at most, >= 1; more are not held (counted) (default 100000)",
+            },
+            Param {
+                name: "idle",
+                ty: ParamType::Duration,
+                doc: "a side silent this long stops holding the other side's events back (default 30s)",
+            },
+        ],
+        other_named: None,
+        doc: "Join each event with the events of a second stream whose key is equal and whose timestamp is within a bound; one event per match",
+    },
+    OpSpec {
         name: "Window",
         class: OpClass::Stage,
         positional: &[],

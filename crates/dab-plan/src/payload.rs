@@ -9,7 +9,7 @@ use dab_diag::{Code, Diagnostic, Span};
 use dab_schema::{FieldType, LiteralKind, Schema, Type};
 use dab_syntax::ast::{BinOp, Expr, ExprKind, Op, Path, Statement};
 
-use crate::bindings::TypeDecl;
+use crate::bindings::{Binding, ConfigValue, TypeDecl};
 use crate::HelpOr as _;
 
 /// The schemas of the types that reach an op, and the payload keys an
@@ -20,7 +20,12 @@ struct Scope<'s> {
 }
 
 /// Checks every `fields.` path of every `Filter` in `st`.
-pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Vec<Diagnostic>) {
+pub(crate) fn check_statement(
+    st: &Statement,
+    types: &[TypeDecl],
+    sinks: &[Binding],
+    diags: &mut Vec<Diagnostic>,
+) {
     let mut reaching: Option<Vec<String>> = None;
     let mut added: Vec<String> = Vec::new();
     for op in &st.ops {
@@ -35,7 +40,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     .collect();
                 reaching = Some(names);
             }
-            "Filter" | "Aggregate" | "Out" | "Enrich" => {
+            "Filter" | "Aggregate" | "Out" | "Enrich" | "Route" | "Join" => {
                 let Some(names) = &reaching else { continue };
                 let schemas: Vec<(&str, &Schema)> = names
                     .iter()
@@ -52,8 +57,13 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
                     added: &added,
                 };
                 match op.name.name.as_str() {
-                    "Aggregate" | "Out" => key_and_call_paths(op, &scope, diags),
-                    "Enrich" => enrich_key(op, &scope, diags),
+                    "Route" => sink_templates(op, &scope, sinks, diags),
+                    "Out" => {
+                        key_and_call_paths(op, &scope, diags);
+                        sink_templates(op, &scope, sinks, diags);
+                    }
+                    "Aggregate" => key_and_call_paths(op, &scope, diags),
+                    "Enrich" | "Join" => enrich_key(op, &scope, diags),
                     _ => {
                         for arg in op.positional() {
                             walk(&arg.value, &scope, diags);
@@ -63,7 +73,7 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
             }
             _ => {}
         }
-        if op.name.name == "Enrich" {
+        if op.name.name == "Enrich" || op.name.name == "Join" {
             if let Some(ExprKind::Str(into)) = op.named("into").map(|a| &a.value.kind) {
                 added.push(into.clone());
             }
@@ -71,7 +81,85 @@ pub(crate) fn check_statement(st: &Statement, types: &[TypeDecl], diags: &mut Ve
     }
 }
 
-/// `Enrich(on = fields.x)`: a declared field whose value is a string or a
+/// `{fields.x}` in the template of a sink this op writes (a file sink's
+/// `path`, a Kafka sink's `topic`, SPEC section 10) must be a field of a
+/// type that reaches it, and one with a value to render (not a list, map
+/// or struct): E008 at the template in the bindings file, with a label
+/// at the sink's name here.
+fn sink_templates(op: &Op, scope: &Scope<'_>, sinks: &[Binding], diags: &mut Vec<Diagnostic>) {
+    use dab_api::template::{Placeholder, Template};
+    for arg in op.positional() {
+        let Some(name) = arg.value.as_name() else {
+            continue;
+        };
+        let Some(b) = sinks.iter().find(|b| b.name == name.name) else {
+            continue;
+        };
+        let field = match b.kind.as_str() {
+            "file" => "path",
+            "kafka" => "topic",
+            _ => continue,
+        };
+        let (Some(ConfigValue::Str(text)), Some(at)) =
+            (b.fields.get(field), b.field_spans.get(field))
+        else {
+            continue;
+        };
+        let Ok(t) = Template::parse(text) else {
+            continue;
+        };
+        let names = scope
+            .schemas
+            .iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (p, _) in t.placeholders() {
+            let Placeholder::Field(path) = p else {
+                continue;
+            };
+            if path.first().is_some_and(|k| scope.added.contains(k)) {
+                continue;
+            }
+            let found: Vec<FieldType> = scope
+                .schemas
+                .iter()
+                .filter_map(|(_, s)| s.lookup(path).ok())
+                .collect();
+            let problem = if found.is_empty() {
+                format!("no field `{}` in the payload of {names}", path.join("."))
+            } else if found.iter().all(|f| {
+                matches!(
+                    f.ty,
+                    dab_schema::Type::List(_)
+                        | dab_schema::Type::Map(_)
+                        | dab_schema::Type::Struct(_)
+                )
+            }) {
+                format!(
+                    "`{}` is {} in {names}, not a value a template can render",
+                    path.join("."),
+                    found[0].describe()
+                )
+            } else {
+                continue;
+            };
+            diags.push(
+                Diagnostic::new(
+                    Code::E008,
+                    *at,
+                    format!("`{field}` of sink `{}` reads {p}: {problem}", b.name),
+                )
+                .with_label(name.span, "the events written here")
+                .with_help(format!(
+                    "the fields of {names} are declared under `types:`; an event without the field would go to `OnError`"
+                )),
+            );
+        }
+    }
+}
+
+/// `Enrich(on = fields.x)` and `Join(on = fields.x)`: a declared field whose value is a string or a
 /// number, the only values a key is looked up by.
 fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
     let Some(a) = op.named("on") else { return };
@@ -94,9 +182,11 @@ fn enrich_key(op: &Op, scope: &Scope<'_>, diags: &mut Vec<Diagnostic>) {
                 ),
             )
             .with_label_here("never equals a key")
-            .with_help(
-                "a row is found by the text of its key column: name a string or number field",
-            ),
+            .with_help(if op.name.name == "Join" {
+                "events match by the text of this field on both sides: name a string or number field"
+            } else {
+                "a row is found by the text of its key column: name a string or number field"
+            }),
         );
     }
 }

@@ -72,6 +72,8 @@ pub(crate) fn check_statement(
     let mut on_error: Option<(&Op, String)> = None;
     // A `Window` waiting for its `Aggregate`, and its spec when it checked.
     let mut open_window: Option<(&Op, Option<WindowSpec>)> = None;
+    // The pipeline's `Window` or `Join`: one stateful stage at most.
+    let mut stateful: Option<&Op> = None;
 
     for (index, op) in st.ops.iter().enumerate() {
         if let Some((window, _)) = open_window.as_ref().filter(|_| op.name.name != "Aggregate") {
@@ -215,7 +217,30 @@ pub(crate) fn check_statement(
                 }
             }
             OpClass::Stage if after_out => diags.push(stage_after_out(op)),
-            OpClass::Stage if spec.name == "Window" => {
+            OpClass::Stage if spec.name == "Window" || spec.name == "Join" => {
+                if let Some(first) =
+                    stateful.filter(|f| f.name.name == "Join" || spec.name == "Join")
+                {
+                    diags.push(crate::join::one_stateful_stage(op, first));
+                    if spec.name == "Window" {
+                        // Its `Aggregate` is not reported as alone.
+                        open_window = Some((op, None));
+                    }
+                    continue;
+                }
+                stateful = stateful.or(Some(op));
+                if spec.name == "Join" {
+                    if let Some((_, Some(input))) = &input {
+                        crate::join::self_join(&input.name, op, diags);
+                    }
+                    let Some(args) = check_args(spec, op, diags) else {
+                        continue;
+                    };
+                    if let Some(stage) = crate::join::check(op, args, &mut out, diags) {
+                        stages.push(stage);
+                    }
+                    continue;
+                }
                 let checked = check_args(spec, op, diags)
                     .and_then(|_| window::check_window(op, &mut out, diags));
                 open_window = Some((op, checked));

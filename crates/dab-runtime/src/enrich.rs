@@ -351,7 +351,7 @@ impl EnrichOp {
 /// Puts `row` (the JSON text of an object) into `e`'s payload under
 /// `into`, replacing what was there; the other members keep their order
 /// and their values' text. False when the payload is not a JSON object.
-fn merge(e: &mut Event, into: &str, row: &str) -> bool {
+pub(crate) fn merge(e: &mut Event, into: &str, row: &str) -> bool {
     let Ok(text) = std::str::from_utf8(&e.message) else {
         return false;
     };

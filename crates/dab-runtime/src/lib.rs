@@ -7,6 +7,7 @@ pub mod admission;
 pub mod breaker;
 pub mod enrich;
 mod health;
+pub mod join;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -47,10 +47,12 @@ pub enum DropReason {
     /// `Enrich(..., miss = error)` found no row, and the pipeline has no
     /// `OnError`.
     EnrichError,
+    /// `Join(..., miss = drop)`: an event whose bound passed with no match.
+    JoinMiss,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Filter,
         DropReason::Sample,
         DropReason::RateLimit,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::WindowOverflow,
         DropReason::EnrichMiss,
         DropReason::EnrichError,
+        DropReason::JoinMiss,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl DropReason {
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::EnrichMiss => "enrich_miss",
             DropReason::EnrichError => "enrich_error",
+            DropReason::JoinMiss => "join_miss",
         }
     }
 }

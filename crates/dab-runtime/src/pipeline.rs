@@ -117,6 +117,8 @@ pub struct PipelineTask {
     pub on_error: Option<Arc<dyn Reroute>>,
     /// `Window(...).Aggregate(...)`: `stages` are then the ops before it.
     pub window: Option<Box<WindowPart>>,
+    /// `Join(...)` (`crate::join`): `stages` are then the ops before it.
+    pub join: Option<Box<crate::join::JoinPart>>,
 }
 
 /// The window stage of a pipeline and the ops after it, which see its
@@ -142,6 +144,9 @@ impl PipelineTask {
     pub async fn run(mut self) {
         if let Some(w) = self.window.take() {
             return self.run_windowed(*w).await;
+        }
+        if let Some(j) = self.join.take() {
+            return self.run_joined(*j).await;
         }
         loop {
             let batch = tokio::select! {
@@ -343,7 +348,7 @@ impl PipelineTask {
         true
     }
 
-    fn abandon_rest(self) {
+    pub(crate) fn abandon_rest(self) {
         for b in self.input.close_and_drain() {
             self.metrics
                 .undelivered
@@ -357,7 +362,7 @@ impl PipelineTask {
 /// its stages and outputs can be borrowed mutably beside it.
 macro_rules! ctx {
     ($t:expr) => {
-        Ctx {
+        $crate::pipeline::Ctx {
             screen: $t.screen.as_ref(),
             by: $t.by.as_ref(),
             when_full: $t.when_full,
@@ -369,22 +374,22 @@ macro_rules! ctx {
         }
     };
 }
-use ctx;
+pub(crate) use ctx;
 
 /// What `process` reads of its pipeline besides the stages and outputs.
-struct Ctx<'a> {
-    screen: Option<&'a Screen>,
-    by: Option<&'a By>,
-    when_full: WhenFull,
-    metrics: &'a PipelineMetrics,
-    tracker: Option<&'a Tracker>,
-    on_error: Option<&'a Arc<dyn Reroute>>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) screen: Option<&'a Screen>,
+    pub(crate) by: Option<&'a By>,
+    pub(crate) when_full: WhenFull,
+    pub(crate) metrics: &'a PipelineMetrics,
+    pub(crate) tracker: Option<&'a Tracker>,
+    pub(crate) on_error: Option<&'a Arc<dyn Reroute>>,
     /// To tell a copy abandoned by a forced stop from one whose reader
     /// ended.
-    force: &'a CancellationToken,
+    pub(crate) force: &'a CancellationToken,
     /// The place of the first of the ops being run among the pipeline's
     /// ops (for stage metrics): not 0 for the ops after a window.
-    first_stage: usize,
+    pub(crate) first_stage: usize,
 }
 
 async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output], batch: Batch) {
@@ -397,7 +402,11 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
 
 /// Counts a batch in, screens out what its source could not decode and
 /// runs `stages`; `None` when nothing is left to hand on (settled here).
-async fn prepare(ctx: &Ctx<'_>, stages: &mut [Compiled], mut batch: Batch) -> Option<Batch> {
+pub(crate) async fn prepare(
+    ctx: &Ctx<'_>,
+    stages: &mut [Compiled],
+    mut batch: Batch,
+) -> Option<Batch> {
     let m = ctx.metrics;
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
@@ -418,7 +427,7 @@ async fn prepare(ctx: &Ctx<'_>, stages: &mut [Compiled], mut batch: Batch) -> Op
 }
 
 /// Runs `stages` in order, counting each at its place.
-async fn run_stages(ctx: &Ctx<'_>, stages: &mut [Compiled], batch: &mut Batch) {
+pub(crate) async fn run_stages(ctx: &Ctx<'_>, stages: &mut [Compiled], batch: &mut Batch) {
     let m = ctx.metrics;
     for (i, s) in stages.iter_mut().enumerate() {
         let n = batch.len() as u64;
@@ -441,7 +450,12 @@ async fn run_stages(ctx: &Ctx<'_>, stages: &mut [Compiled], batch: &mut Batch) {
 
 /// Hands a copy of `batch` to each output, through its modifiers (counted
 /// from place `first_modifier` on), each with its own buffer policy.
-async fn deliver(ctx: &Ctx<'_>, first_modifier: usize, outputs: &mut [Output], mut batch: Batch) {
+pub(crate) async fn deliver(
+    ctx: &Ctx<'_>,
+    first_modifier: usize,
+    outputs: &mut [Output],
+    mut batch: Batch,
+) {
     let Ctx {
         by,
         when_full,

@@ -197,6 +197,10 @@ pub fn compile_with(
                     .to_owned(),
             )
         }
+        // Built by the pipeline as its join stage (`crate::join`).
+        Stage::Join(_) => {
+            return Err("`Join(...)` is a pipeline's join stage, not an op of an output".to_owned())
+        }
         Stage::Enrich(e) => Compiled::Enrich(EnrichOp::new(
             e,
             on_error,

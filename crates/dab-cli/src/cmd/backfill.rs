@@ -66,6 +66,14 @@ pub fn run(a: BackfillArgs) -> anyhow::Result<ExitCode> {
             ids.join(", ")
         );
     };
+    if let Some(j) = p.config.join() {
+        bail!(
+            "pipeline `{}` joins `{}`: backfill replays one input's range, and a join \
+             would wait on its second stream, read live, without end; not supported",
+            a.pipeline,
+            j.stream
+        );
+    }
     let input = p.config.input.clone();
     let (mut fields, queue) = match plan.endpoints.get(&input) {
         Some(Endpoint::Bound {

@@ -368,7 +368,14 @@ impl KafkaSourceConfig {
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
     pub brokers: String,
+    /// The topic, or the template text when `template` is set.
     pub topic: String,
+    /// `topic` as a template with placeholders (`events.{type}`): each
+    /// event goes to the topic it renders. `None` for a plain topic.
+    pub template: Option<dab_api::template::Template>,
+    /// Templated topics the sink remembers at once (each new one is
+    /// logged): the least recently used is forgotten first.
+    pub max_targets: usize,
     /// Event field used as message key: host, type, pid, offset, or a tag.
     pub key: Option<String>,
     pub codec: Codec,
@@ -384,8 +391,26 @@ impl KafkaSinkConfig {
         fields: &BTreeMap<String, ConfigValue>,
     ) -> Result<KafkaSinkConfig, BuildError> {
         let f = Fields(fields);
-        let topic = match f.str("topic") {
-            Some(t) if !t.is_empty() => t.to_owned(),
+        let (topic, template) = match f.str("topic") {
+            Some(t) if !t.is_empty() => {
+                let template = dab_api::template::Template::parse(t).map_err(|errors| {
+                    build_error(
+                        name,
+                        format!(
+                            "`topic` is not a valid template: {}",
+                            errors
+                                .iter()
+                                .map(|e| e.message.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    )
+                })?;
+                match template.literal() {
+                    Some(plain) => (plain, None),
+                    None => (t.to_owned(), Some(template)),
+                }
+            }
             _ => return Err(build_error(name, "`topic` is required")),
         };
         let compression = match f.str("compression") {
@@ -401,6 +426,13 @@ impl KafkaSinkConfig {
         Ok(KafkaSinkConfig {
             brokers: brokers(name, f)?.to_owned(),
             topic,
+            template,
+            max_targets: usize::try_from(
+                f.int("max_targets")
+                    .unwrap_or(dab_api::schema::DEFAULT_MAX_TARGETS),
+            )
+            .unwrap_or(1)
+            .max(1),
             key: f.str("key").map(str::to_owned),
             codec: Codec::from_fields(name, f)?,
             compression,

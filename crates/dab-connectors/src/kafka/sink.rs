@@ -20,7 +20,7 @@ use dab_api::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message as _};
 use tokio::sync::Notify;
 
 use super::metrics::KafkaSinkMetrics;
@@ -65,6 +65,10 @@ struct Shared {
     /// confirmed write reports its own), and the first reason.
     failures: AtomicU64,
     reason: Mutex<Option<String>>,
+    /// The topic is a template: a topic it renders that the broker does
+    /// not have refuses that message on its own (to `OnError`), rather
+    /// than holding the sink.
+    templated: bool,
 }
 
 impl Shared {
@@ -116,6 +120,25 @@ impl Shared {
             reason,
         });
     }
+
+    /// A templated topic the broker does not have.
+    fn unknown_topic(&self, msg: &Msg, topic: &str, e: &KafkaError) {
+        lock(&msg.inflight.rejected).push(Rejection {
+            index: msg.index,
+            reason: unknown_topic_reason(topic, e),
+        });
+    }
+}
+
+fn unknown_topic_reason(topic: &str, e: &KafkaError) -> String {
+    format!("kafka sink `topic`: the broker has no topic `{topic}` (rendered by the template): {e}")
+}
+
+fn is_unknown_topic(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+    )
 }
 
 struct Ctx(Arc<Shared>);
@@ -135,6 +158,9 @@ impl ProducerContext for Ctx {
             // Refused by the broker in the report, not only at send time:
             // sending it again cannot succeed.
             Err((e, m)) if is_too_large(e) => self.0.too_large(&msg, m.payload_len(), e),
+            Err((e, m)) if self.0.templated && is_unknown_topic(e) => {
+                self.0.unknown_topic(&msg, m.topic(), e);
+            }
             Err((e, _)) => self.0.fail(&msg.inflight, e.to_string()),
         }
         self.0.settle(&msg.inflight, 1);
@@ -156,6 +182,11 @@ pub struct KafkaSink {
     buf: BytesMut,
     key_buf: String,
     topic_checked: bool,
+    /// Templated topics in use, by when each was last written (LRU, at
+    /// most `max_targets`).
+    topics: std::collections::HashMap<String, u64>,
+    tick: u64,
+    topic_buf: String,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -176,6 +207,7 @@ impl KafkaSink {
             idle: Notify::new(),
             failures: AtomicU64::new(0),
             reason: Mutex::new(None),
+            templated: config.template.is_some(),
         });
         let producer = config
             .client_config(name)
@@ -183,12 +215,16 @@ impl KafkaSink {
             .map_err(|e| build_error(name, format!("kafka producer: {e}")))?;
         Ok(KafkaSink {
             name: name.to_owned(),
-            topic_checked: config.partitions.is_none(),
+            // A templated topic is checked per topic (`use_topic`).
+            topic_checked: config.partitions.is_none() || config.template.is_some(),
             config,
             producer,
             shared,
             buf: BytesMut::new(),
             key_buf: String::new(),
+            topics: std::collections::HashMap::new(),
+            tick: 0,
+            topic_buf: String::new(),
         })
     }
 
@@ -231,10 +267,15 @@ impl KafkaSink {
 
     /// Hands one message to librdkafka, waiting while its queue is full.
     /// `Some(reason)` when the message is too large ever to be taken.
-    async fn send(&self, key: Option<&[u8]>, payload: &[u8], msg: Box<Msg>) -> Option<String> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        msg: Box<Msg>,
+    ) -> Option<String> {
         let mut record =
-            BaseRecord::<[u8], [u8], Box<Msg>>::with_opaque_to(&self.config.topic, msg)
-                .payload(payload);
+            BaseRecord::<[u8], [u8], Box<Msg>>::with_opaque_to(topic, msg).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -253,6 +294,10 @@ impl KafkaSink {
                         payload.len()
                     ));
                 }
+                Err((e, r)) if self.shared.templated && is_unknown_topic(&e) => {
+                    self.shared.settle(&r.delivery_opaque.inflight, 1);
+                    return Some(unknown_topic_reason(topic, &e));
+                }
                 Err((e, r)) => {
                     let inflight = &r.delivery_opaque.inflight;
                     self.shared.fail(inflight, e.to_string());
@@ -261,6 +306,31 @@ impl KafkaSink {
                 }
             }
         }
+    }
+
+    /// Marks a templated topic used: one new to the sink (or forgotten
+    /// since) is logged, and the least recently used is forgotten when
+    /// `max_targets` are known. One producer writes every topic, so there
+    /// is no handle to close; librdkafka keeps each topic's metadata for
+    /// the producer's life.
+    fn use_topic(&mut self, topic: &str) {
+        self.tick += 1;
+        if let Some(used) = self.topics.get_mut(topic) {
+            *used = self.tick;
+            return;
+        }
+        if self.topics.len() >= self.config.max_targets {
+            if let Some(oldest) = self
+                .topics
+                .iter()
+                .min_by_key(|(_, used)| **used)
+                .map(|(t, _)| t.clone())
+            {
+                self.topics.remove(&oldest);
+            }
+        }
+        tracing::info!(sink = %self.name, topic, "kafka sink writes to a topic new to it");
+        self.topics.insert(topic.to_owned(), self.tick);
     }
 
     /// Hands `events` to librdkafka as one write; `confirmer` is told when
@@ -297,8 +367,29 @@ impl KafkaSink {
             .fetch_add(events.len(), Ordering::AcqRel);
         let mut key_buf = std::mem::take(&mut self.key_buf);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut topic_buf = std::mem::take(&mut self.topic_buf);
         let mut rejected = Vec::new();
         for (index, ev) in events.iter().enumerate() {
+            if self.config.template.is_some() {
+                let rendered = match &self.config.template {
+                    Some(t) => t.render_topic(ev, &mut topic_buf),
+                    None => Ok(()),
+                };
+                if let Err(m) = rendered {
+                    // Refused on its own; the runtime sends it to OnError.
+                    rejected.push(Rejection {
+                        index,
+                        reason: format!("kafka sink `topic`: {m}"),
+                    });
+                    self.shared.settle(&inflight, 1);
+                    continue;
+                }
+                self.use_topic(&topic_buf);
+            }
+            let topic = match &self.config.template {
+                Some(_) => topic_buf.as_str(),
+                None => self.config.topic.as_str(),
+            };
             let payload = encode(self.config.codec, ev, &mut buf);
             let key = match &self.config.key {
                 Some(k) => key_of(ev, k, &mut key_buf).map(<[u8]>::to_vec),
@@ -308,12 +399,13 @@ impl KafkaSink {
                 inflight: inflight.clone(),
                 index,
             });
-            if let Some(reason) = self.send(key.as_deref(), &payload, msg).await {
+            if let Some(reason) = self.send(topic, key.as_deref(), &payload, msg).await {
                 rejected.push(Rejection { index, reason });
             }
         }
         self.key_buf = key_buf;
         self.buf = buf;
+        self.topic_buf = topic_buf;
         Ok(rejected)
     }
 }

@@ -32,6 +32,15 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
         }
     }
     match (spec.section, spec.kind) {
+        (Section::Sinks, "file") => template_field(ctx, b, entries, "path"),
+        (Section::Sinks, "kafka") => {
+            template_field(ctx, b, entries, "topic");
+            kafka_options_of(ctx, Section::Sinks, b, entries);
+        }
+        (Section::Queues, "kafka") => {
+            queue_topic(ctx, b);
+            kafka_options_of(ctx, Section::Queues, b, entries);
+        }
         (Section::Sources, "murron_grpc") => tls(ctx, b),
         (Section::Sources, "generator") => generator_keys(ctx, b),
         (Section::Sources, "unix") => socket_path(ctx, b),
@@ -41,6 +50,85 @@ pub(super) fn check(ctx: &mut Ctx<'_>, spec: &KindSpec, b: &Binding, entries: &M
         (Section::Tables, "file") => table_file(ctx, b),
         _ => {}
     }
+}
+
+/// A sink field that may be a template (SPEC section 10: a file sink's
+/// `path`, a Kafka sink's `topic`): an unknown placeholder, an unclosed or
+/// unmatched brace and an empty name are E015 at their place in the value
+/// (at the whole value when it is not in the file verbatim, as after
+/// `${VAR}` interpolation). A templated topic's fixed text must be what
+/// Kafka takes in a topic name. `{fields.x}` paths are checked against
+/// the schemas of the types that reach the sink by `payload.rs`.
+fn template_field(ctx: &mut Ctx<'_>, b: &Binding, entries: &MarkedMappingNode, field: &str) {
+    use dab_api::template::Template;
+    let Some((ConfigValue::Str(text), span)) = b.fields.get(field).zip(b.field_spans.get(field))
+    else {
+        return;
+    };
+    let node = entries
+        .iter()
+        .find(|(k, _)| k.as_str() == field)
+        .and_then(|(_, v)| v.as_scalar());
+    let start = node
+        .filter(|n| n.as_str() == text)
+        .and_then(|n| ctx.loc.verbatim(n));
+    let at = |r: std::ops::Range<usize>| match start {
+        Some(s) => Span::new(span.file, s + r.start, s + r.end),
+        None => *span,
+    };
+    match Template::parse(text) {
+        Err(errors) => {
+            for e in errors {
+                let d = Diagnostic::new(
+                    Code::E015,
+                    at(e.range.clone()),
+                    format!(
+                        "`{field}` of {} `{}`: {}",
+                        b.section.singular(),
+                        b.name,
+                        e.message
+                    ),
+                )
+                .with_help(e.help);
+                ctx.diags.push(d);
+            }
+        }
+        Ok(t) if field == "topic" && !t.is_static() => {
+            let bad = text.char_indices().find(|(i, c)| {
+                let inside = t.placeholders().any(|(_, r)| r.contains(i));
+                !(inside || c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            });
+            if let Some((i, c)) = bad {
+                ctx.diags.push(
+                    Diagnostic::new(
+                        Code::E015,
+                        at(i..i + c.len_utf8()),
+                        format!("`topic` of sink `{}`: Kafka refuses `{c}` in a topic name", b.name),
+                    )
+                    .with_help("a topic name takes letters, digits, `.`, `_` and `-`; placeholder values are made to fit"),
+                );
+            }
+        }
+        Ok(_) => {}
+    }
+}
+
+/// A Kafka queue is one topic, written and read: its `topic` cannot be a
+/// template (only a sink's can).
+fn queue_topic(ctx: &mut Ctx<'_>, b: &Binding) {
+    let Some((ConfigValue::Str(text), span)) =
+        b.fields.get("topic").zip(b.field_spans.get("topic"))
+    else {
+        return;
+    };
+    if dab_api::template::Template::parse(text).is_ok_and(|t| t.is_static()) {
+        return;
+    }
+    ctx.error(
+        *span,
+        format!("the topic of queue `{}` cannot be a template: a queue is one topic, written and read", b.name),
+    )
+    .help = Some("name one topic; to write a topic per type, bind a kafka sink with `topic: \"events.{type}\"`".to_owned());
 }
 
 /// The `http` and `murron_grpc` sinks speak HTTP, or HTTPS trusting the

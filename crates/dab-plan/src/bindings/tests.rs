@@ -303,7 +303,10 @@ fn missing_required_fields_point_at_the_name() {
         "E015 2:3 kafka sink `K` is missing required field `topic`"
     );
     assert_eq!(snippet, "K");
-    assert_eq!(help.as_deref(), Some("add `topic`: topic to write"));
+    assert_eq!(
+        help.as_deref(),
+        Some("add `topic`: topic to write, or a template such as `events.{type}`")
+    );
     // A present but bad value is reported as bad, not as missing.
     let (line, _, _) = only("sources:\n  T: { kind: tcp, listen: 8990 }\n");
     assert_eq!(

@@ -95,7 +95,29 @@ pub(super) struct StagedSource {
 /// the pipeline's consumer group; for a disk queue, its fields with the
 /// queue's name and the reader's (the pipeline id).
 pub(super) fn input_of<'a>(plan: &'a Plan, p: &Pipeline) -> (String, Option<SourceSpec<'a>>) {
-    let name = p.config.input.as_str();
+    input_named(plan, p, &p.config.input)
+}
+
+/// The input key (and source) of the stream of a pipeline's `Join`, its
+/// second input.
+pub(super) fn join_input_of<'a>(
+    plan: &'a Plan,
+    p: &Pipeline,
+) -> Option<(String, Option<SourceSpec<'a>>)> {
+    let stream = p.config.join()?.stream.as_str();
+    Some(input_named(plan, p, stream))
+}
+
+/// Every input of a pipeline: its `In`, then its `Join`'s stream.
+pub(super) fn inputs_of<'a>(
+    plan: &'a Plan,
+    p: &Pipeline,
+) -> impl Iterator<Item = (String, Option<SourceSpec<'a>>)> {
+    std::iter::once(input_of(plan, p)).chain(join_input_of(plan, p))
+}
+
+/// [`input_of`] for one of the names a pipeline reads.
+fn input_named<'a>(plan: &'a Plan, p: &Pipeline, name: &str) -> (String, Option<SourceSpec<'a>>) {
     let empty: &'static BTreeMap<String, ConfigValue> = empty_fields();
     match plan.endpoints.get(name) {
         Some(Endpoint::Bound {
@@ -177,7 +199,7 @@ fn disk_fields(
     let mut readers: Vec<&str> = plan
         .pipelines
         .iter()
-        .filter(|p| p.config.input == name)
+        .filter(|p| p.config.reads().any(|r| r == name))
         .map(|p| p.id.as_str())
         .collect();
     readers.sort_unstable();
@@ -246,7 +268,7 @@ impl Running {
         let mut external_queues: HashMap<&str, (&str, Fields<'_>)> = HashMap::new();
         let used = selected
             .iter()
-            .flat_map(|p| std::iter::once(p.config.input.as_str()).chain(p.config.writes()));
+            .flat_map(|p| p.config.reads().chain(p.config.writes()));
         for name in used {
             let Some(ep) = endpoint(name) else { continue };
             if ep.role() != Role::Queue {
@@ -390,8 +412,7 @@ impl Running {
 
         // Sources: new ones, and ones whose binding changed.
         let mut sources: Vec<StagedSource> = Vec::new();
-        for p in selected {
-            let (key, spec) = input_of(plan, p);
+        for (key, spec) in selected.iter().flat_map(|p| inputs_of(plan, p)) {
             let Some(spec) = spec else { continue };
             let kind = spec
                 .kind
@@ -500,9 +521,26 @@ impl Running {
                     prior.push((None, s.clone(), crate::stages::StageState::Table(table)));
                 }
             }
-            let before = &c.stages[..window_at.unwrap_or(c.stages.len())];
+            let join_at = c
+                .stages
+                .iter()
+                .position(|s| matches!(s, dab_plan::model::Stage::Join(_)));
+            let before = &c.stages[..window_at.or(join_at).unwrap_or(c.stages.len())];
             let stages = compile_ops(None, before, sink_tx, on_error, &mut prior, &mut states)
                 .map_err(bad_key)?;
+            // The ops after a window or a join, which see its outputs.
+            let mut post = match window_at.or(join_at) {
+                Some(k) => compile_ops(
+                    None,
+                    &c.stages[k + 1..],
+                    sink_tx,
+                    on_error,
+                    &mut prior,
+                    &mut states,
+                )
+                .map_err(bad_key)?,
+                None => Vec::new(),
+            };
             let window = match window_at.map(|k| (k, &c.stages[k])) {
                 Some((k, dab_plan::model::Stage::Aggregate(w))) => {
                     let late = match &w.window.late {
@@ -549,25 +587,32 @@ impl Running {
                     if let Some(stats) = stats {
                         stage.follow_partitions(stats);
                     }
-                    let post = compile_ops(
-                        None,
-                        &c.stages[k + 1..],
-                        sink_tx,
-                        on_error,
-                        &mut prior,
-                        &mut states,
-                    )
-                    .map_err(bad_key)?;
                     Some(Box::new(WindowPart {
                         stage,
                         index: k,
-                        post,
+                        post: std::mem::take(&mut post),
                         spec: (**w).clone(),
                         pipeline: p.id.clone(),
                         shutdown: self.shutdown.clone(),
                     }))
                 }
                 _ => None,
+            };
+            let (join, join_tx, retired) = match join_at.map(|k| (k, &c.stages[k])) {
+                Some((k, dab_plan::model::Stage::Join(spec))) => {
+                    let (tx, rx) = mpsc::channel(cap);
+                    let retired = tokio_util::sync::CancellationToken::new();
+                    let part = crate::join::JoinPart {
+                        stage: crate::join::JoinStage::new(spec),
+                        index: k,
+                        right: Inlet::Channel(rx),
+                        post: std::mem::take(&mut post),
+                        shutdown: self.shutdown.clone(),
+                        retired: retired.clone(),
+                    };
+                    (Some(Box::new(part)), Some(tx), Some(retired))
+                }
+                _ => (None, None, None),
             };
             // The samples of ops that keep their own, by stage position.
             let post_ops = window.iter().flat_map(|w| {
@@ -576,12 +621,22 @@ impl Running {
                     .enumerate()
                     .map(move |(j, s)| (w.index + 1 + j, s))
             });
-            let ops = stages
+            let join_post = join.iter().flat_map(|j| {
+                j.post
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| (j.index + 1 + i, s))
+            });
+            let mut ops: Vec<_> = stages
                 .iter()
                 .enumerate()
                 .chain(post_ops)
+                .chain(join_post)
                 .filter_map(|(i, s)| s.metrics(&p.id, i))
                 .collect();
+            if let Some(j) = &join {
+                ops.push(j.stage.metrics(&p.id, j.index));
+            }
             let pm = Arc::new(pm.with_ops(ops));
             let mut outputs = Vec::new();
             // The outputs' names, in order: what `by` hashes over.
@@ -618,6 +673,8 @@ impl Running {
                 p.id.clone(),
                 PipelineSlot {
                     tx,
+                    join_tx,
+                    retired,
                     metrics: pm.clone(),
                     states,
                 },
@@ -636,6 +693,7 @@ impl Running {
                     reliability: self.reliability.clone(),
                     on_error: on_error().map(|t| Arc::new(t) as Arc<dyn dab_api::batch::Reroute>),
                     window,
+                    join,
                 },
             ));
         }

@@ -16,7 +16,7 @@ use crate::metrics::{InputMetrics, Metrics, UndeliveredCounts};
 use crate::output::{QueueReader, QueueWriter};
 use crate::pipeline::Inlet;
 
-use super::build::{input_of, Staged, StagedSource};
+use super::build::{input_of, inputs_of, join_input_of, Staged, StagedSource};
 use super::route::route;
 use super::state::{InputSlot, Reader, Readers, SinkSlot, SourceSlot, State};
 use super::{finish, ReloadReport, Running};
@@ -73,15 +73,18 @@ impl Running {
         for (id, slot, task) in pipelines {
             m.pipelines.push(slot.metrics.clone());
             channel(format!("pipeline:{id}"), &slot.tx);
+            if let Some(tx) = &slot.join_tx {
+                channel(format!("pipeline:{id}:join"), tx);
+            }
             self.health
                 .spawn(&self.tracker, format!("pipeline `{id}`"), task.run());
             if let Some(old) = st.pipelines.insert(id, slot) {
-                m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
+                retire_pipeline(m, &old);
             }
         }
         for id in &report.removed {
             if let Some(old) = st.pipelines.remove(id) {
-                m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
+                retire_pipeline(m, &old);
             }
         }
         // Sources whose binding changed stop; their routers hand what is
@@ -97,14 +100,26 @@ impl Running {
         // Inputs: each gets the readers the new plan gives it.
         let mut readers: BTreeMap<String, Readers> = BTreeMap::new();
         for p in selected {
+            let Some(slot) = st.pipelines.get(&p.id) else {
+                continue;
+            };
             let (key, _) = input_of(plan, p);
-            let entry = readers.entry(key).or_default();
-            if let Some(slot) = st.pipelines.get(&p.id) {
-                entry.push((
+            readers.entry(key).or_default().push((
+                p.id.clone(),
+                Reader {
+                    tx: slot.tx.clone(),
+                    when_full: p.config.input_when_full,
+                    metrics: slot.metrics.clone(),
+                },
+            ));
+            // A `Join`'s stream: the pipeline reads it through a second
+            // inlet, always waited for (`block`).
+            if let (Some((key, _)), Some(tx)) = (join_input_of(plan, p), &slot.join_tx) {
+                readers.entry(key).or_default().push((
                     p.id.clone(),
                     Reader {
-                        tx: slot.tx.clone(),
-                        when_full: p.config.input_when_full,
+                        tx: tx.clone(),
+                        when_full: dab_plan::model::WhenFull::Block,
                         metrics: slot.metrics.clone(),
                     },
                 ));
@@ -168,7 +183,7 @@ impl Running {
         // that nothing writes either are dropped once drained.
         let keep: std::collections::HashSet<String> = selected
             .iter()
-            .map(|p| input_of(plan, p).0)
+            .flat_map(|p| inputs_of(plan, p).map(|(key, _)| key))
             .chain(st.queues.keys().cloned())
             .collect();
         let gone: Vec<String> = st
@@ -198,7 +213,7 @@ impl Running {
             }
         }
         let read: std::collections::HashSet<&str> =
-            selected.iter().map(|p| p.config.input.as_str()).collect();
+            selected.iter().flat_map(|p| p.config.reads()).collect();
         st.queues
             .retain(|name, _| written.contains(name.as_str()) || read.contains(name.as_str()));
         m.channels.retain(|(_, w)| w.upgrade().is_some());
@@ -293,6 +308,13 @@ fn retire_sink(m: &Metrics, old: &SinkSlot, metrics_live_on: bool) {
     }
     if let Some(c) = &old.connector {
         m.connectors.retain(|x| !Arc::ptr_eq(x, c));
+    }
+}
+
+fn retire_pipeline(m: &Metrics, old: &super::state::PipelineSlot) {
+    m.pipelines.retain(|p| !Arc::ptr_eq(p, &old.metrics));
+    if let Some(r) = &old.retired {
+        r.cancel();
     }
 }
 

@@ -52,6 +52,13 @@ impl std::fmt::Debug for State {
 
 pub(super) struct PipelineSlot {
     pub(super) tx: mpsc::Sender<Batch>,
+    /// The inlet of its `Join`'s stream, its second input.
+    pub(super) join_tx: Option<mpsc::Sender<Batch>>,
+    /// Cancelled when a reload replaces or removes the pipeline: its
+    /// `Join` fails what it holds (the sources send it again to the
+    /// pipeline that replaces it) instead of taking the closing of its
+    /// inputs for their end.
+    pub(super) retired: Option<CancellationToken>,
     pub(super) metrics: Arc<PipelineMetrics>,
     /// Its dedup windows and rate-limit buckets, by place (`None` for the
     /// pipeline's stages, `Some(target)` for an output's modifiers) and op,
