@@ -37,6 +37,32 @@ fn want_per_hour() -> BTreeMap<String, u64> {
     out
 }
 
+/// Runs `cmd` (an example's `run.sh` under bash) and returns its stdout
+/// once it succeeded. Past `limit` the script gets SIGTERM, so that its
+/// trap stops what it started (SIGKILL, the Kid's drop, would leave them);
+/// a failure shows its output and `dir`'s `work/dab.log`.
+fn run_example(name: &str, cmd: &mut Command, limit: Duration, dir: &std::path::Path) -> String {
+    let kid = broker::Kid::spawn(name, cmd);
+    let (done, watch) = mpsc::channel::<()>();
+    let pid = kid.pid();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(limit).is_err() {
+            broker::signal(pid, "TERM");
+        }
+    });
+    let out = kid.finish(limit + Duration::from_secs(40));
+    let _ = done.send(());
+    watchdog.join().expect("watchdog");
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert!(
+        out.status.success(),
+        "{name} failed ({}):\n{stdout}\n{stderr}\n{}",
+        out.status,
+        std::fs::read_to_string(dir.join("work/dab.log")).unwrap_or_default()
+    );
+    stdout.clone()
+}
+
 /// `examples/warehouse/run.sh`: HTTP -> Kafka (tansu) -> Parquet on S3
 /// (moto) -> DuckDB. The query's total is the number of events posted,
 /// each hour holds the events `feed.py` timed into it, and the rows without
@@ -70,25 +96,11 @@ fn warehouse_example_archives_every_event_by_hour() {
     for var in ["KAFKA_PORT", "S3_PORT", "INGEST_PORT", "METRICS_PORT"] {
         cmd.env(var, free_port().to_string());
     }
-    let kid = broker::Kid::spawn("examples/warehouse/run.sh", &mut cmd);
-    // Past its time the script gets SIGTERM, so that its trap stops the
-    // broker, moto and dab; SIGKILL (the Kid's drop) would leave them.
-    let (done, watch) = mpsc::channel::<()>();
-    let pid = kid.pid();
-    let watchdog = std::thread::spawn(move || {
-        if watch.recv_timeout(Duration::from_secs(300)).is_err() {
-            broker::signal(pid, "TERM");
-        }
-    });
-    let out = kid.finish(Duration::from_secs(340));
-    let _ = done.send(());
-    watchdog.join().expect("watchdog");
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.status.success(),
-        "run.sh failed ({}):\n{stdout}\n{stderr}\n{}",
-        out.status,
-        std::fs::read_to_string(dir.path().join("work/dab.log")).unwrap_or_default()
+    let stdout = &run_example(
+        "examples/warehouse/run.sh",
+        &mut cmd,
+        Duration::from_secs(300),
+        dir.path(),
     );
 
     // The per-hour table: `  2026-12-01 08:00     500  DEBUG INFO ...`.
@@ -116,4 +128,42 @@ fn warehouse_example_archives_every_event_by_hour() {
         stdout.contains(&format!("NULL status: {no_status} of {EVENTS} rows")),
         "{stdout}"
     );
+}
+
+/// `examples/api-stats/run.sh`: the router, the per-team windows with the
+/// teams table, and the experiment exposure join, fed over HTTP; its
+/// report compares every count with what `feed.py` computed in plain
+/// Python and fails on any difference.
+#[test]
+fn api_stats_example_gives_the_reference_results() {
+    let dir = tempfile::tempdir().expect("dir");
+    let script = common::root().join("examples/api-stats/run.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .env("DAB_BIN", env!("CARGO_BIN_EXE_dab"))
+        .env("WORK_DIR", dir.path().join("work"))
+        .env("WAIT_S", "120")
+        .env_remove("RUST_LOG");
+    for var in ["INGEST_PORT", "METRICS_PORT"] {
+        cmd.env(var, free_port().to_string());
+    }
+    let stdout = &run_example(
+        "examples/api-stats/run.sh",
+        &mut cmd,
+        Duration::from_secs(240),
+        dir.path(),
+    );
+    for what in ["API statistics", "variant statistics"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{what}: all ")))
+            .unwrap_or_else(|| panic!("no verdict for {what}:\n{stdout}"));
+        assert!(line.ends_with("results equal the reference"), "{line}");
+        let n: u64 = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "{line}");
+    }
 }

@@ -154,6 +154,13 @@ pub struct RunArgs {
     /// durable
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub checkpoint_interval: std::time::Duration,
+    /// A window reading Kafka keeps its state per input partition and
+    /// mirrors it to the compacted topic `dab.changelog.<pipeline>`, so
+    /// that several processes of one consumer group share the partitions
+    /// and a partition's state moves with it (key the input by the group
+    /// key). Without it, run one process per group
+    #[arg(long)]
+    pub partition_state: bool,
 }
 
 /// `500ms`, `1s`, `2m`: a positive duration.

@@ -63,6 +63,7 @@ fn run_once(
         state: checkpoints.map(|interval| dab_runtime::window::StateOptions {
             store: dab_state::StateStore::open(dir.path()).expect("state store"),
             interval,
+            partitioned: false,
         }),
         ..RunOptions::default()
     };

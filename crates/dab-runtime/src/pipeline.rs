@@ -250,17 +250,12 @@ impl PipelineTask {
         self.abandon_rest();
     }
 
-    /// State per Kafka partition: a revocation the source waits for is
-    /// checkpointed and let go of; newly assigned partitions are
-    /// restored. False when the pipeline cannot go on.
+    /// State per Kafka partition: the state of partitions the source is
+    /// giving up is let go of (the last checkpoint moves on); newly
+    /// assigned partitions are restored. False when the pipeline cannot
+    /// go on.
     async fn window_partitions(&mut self, w: &mut WindowPart) -> bool {
         if let Some((gen, list)) = w.stage.revoke_request() {
-            // Results due now go out with the state they leave.
-            let results = w.stage.poll(&self.metrics);
-            self.emit(w, results).await;
-            if !self.window_checkpoint(w).await {
-                return false;
-            }
             w.stage.release(gen, &list, &self.metrics);
         }
         if let Err(e) = w.stage.sync_assignment(&self.metrics).await {

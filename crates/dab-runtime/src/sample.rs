@@ -46,7 +46,7 @@ pub fn uid_hash(e: &Event, salt: u64) -> u64 {
 /// Whether `WithSampleRate(rate)` at position `salt` keeps the event.
 #[inline]
 pub fn keep(e: &Event, rate: u64, salt: u64) -> bool {
-    rate <= 1 || uid_hash(e, salt) % rate == 0
+    rate <= 1 || uid_hash(e, salt).is_multiple_of(rate)
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ fn open_state(
     Ok(Some(dab_runtime::window::StateOptions {
         store,
         interval: a.checkpoint_interval,
+        partitioned: a.partition_state,
     }))
 }
 

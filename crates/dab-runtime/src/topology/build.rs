@@ -565,7 +565,7 @@ impl Running {
                     // State per partition, mirrored to a changelog beside
                     // the source, where the source kind has one (Kafka).
                     let changelog = match (&opts.state, &input, &stats) {
-                        (Some(_), Some(spec), Some(_)) => self
+                        (Some(s), Some(spec), Some(_)) if s.partitioned => self
                             .registry
                             .changelogs
                             .iter()

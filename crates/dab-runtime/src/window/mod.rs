@@ -61,6 +61,9 @@ pub const SEEN_UIDS: usize = 1_000_000;
 pub struct StateOptions {
     pub store: StateStore,
     pub interval: Duration,
+    /// State per Kafka partition with a changelog (`dab run
+    /// --partition-state`).
+    pub partitioned: bool,
 }
 
 /// What each aggregate reads of an event.
@@ -421,11 +424,29 @@ impl WindowStage {
         self.partitioned.as_ref().and_then(Partitioned::revoking)
     }
 
-    /// Lets go of revoked partitions' state (checkpointed just before).
+    /// Lets go of revoked partitions' state: what the next owner restores
+    /// is the last checkpoint. Input absorbed into them since is not
+    /// durable, so the held acknowledgements fail (their sources send them
+    /// again: the next owner reads the revoked partitions' events from the
+    /// committed offsets, and this stage skips the rest by offset). No
+    /// checkpoint is written here: the source's rebalance waits for this,
+    /// and must not wait on the broker.
     pub fn release(&mut self, gen: u64, list: &[(String, i32)], m: &PipelineMetrics) {
         if let Some(pt) = &mut self.partitioned {
+            let dirty = list.iter().any(|(t, p)| {
+                pt.parts
+                    .get(&(Text::from(t.clone()), *p))
+                    .is_some_and(|part| part.changed)
+            });
+            let mut failed = 0;
+            if let (true, Some(d)) = (dirty, &mut self.durable) {
+                failed = d.held.len();
+                for a in d.held.drain(..) {
+                    a.fail();
+                }
+            }
             pt.release(gen, list);
-            tracing::info!(pipeline = %self.host.as_str(), partitions = ?list, "window partition state checkpointed and released on revoke");
+            tracing::info!(pipeline = %self.host.as_str(), partitions = ?list, batches_failed = failed, "window partition state released on revoke (the last checkpoint moves on)");
             if let Some(w) = &m.window {
                 w.partitions.set(pt.parts.len() as i64);
             }
@@ -962,6 +983,7 @@ impl WindowStage {
         let opts = StateOptions {
             store: d.store.clone(),
             interval: d.interval,
+            partitioned: self.partitioned.is_some(),
         };
         let late = self.late.take();
         let source = self.source.take();
