@@ -20,9 +20,9 @@
 //! replayed Kafka offset below the checkpointed one, or a UID the
 //! checkpoint holds, is recognised and not counted again.
 //!
-//! With a Kafka input, state is kept per assigned topic partition and
-//! mirrored to a changelog topic, so that it moves with the partition to
-//! another process (`parts.rs`).
+//! With a Kafka input and `dab run --partition-state`, state is kept per
+//! assigned topic partition and mirrored to a changelog topic, so that it
+//! moves with the partition to another process (`parts.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
