@@ -99,6 +99,21 @@ const KNOWN: &str = "the placeholders are {type}, {host}, {tags.KEY} and {fields
 
 impl Template {
     /// Parses `text`; every problem in it, each at its byte range.
+    /// [`Template::parse`] for a connector's build: the errors as one
+    /// sentence naming the field (`path`, `topic`).
+    pub fn parse_field(field: &str, text: &str) -> Result<Template, String> {
+        Template::parse(text).map_err(|errors| {
+            format!(
+                "`{field}` is not a valid template: {}",
+                errors
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })
+    }
+
     pub fn parse(text: &str) -> Result<Template, Vec<TemplateError>> {
         let mut parts = Vec::new();
         let mut spans = Vec::new();

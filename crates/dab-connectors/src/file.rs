@@ -455,16 +455,9 @@ impl SinkFactory for FileSinkFactory {
             name: name.to_owned(),
             reason: "`path` is required".into(),
         })?;
-        let template = Template::parse(path).map_err(|errors| BuildError {
+        let template = Template::parse_field("path", path).map_err(|reason| BuildError {
             name: name.to_owned(),
-            reason: format!(
-                "`path` is not a valid template: {}",
-                errors
-                    .iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            reason,
         })?;
         let max_targets = f
             .int("max_targets")

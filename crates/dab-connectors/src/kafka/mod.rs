@@ -393,19 +393,8 @@ impl KafkaSinkConfig {
         let f = Fields(fields);
         let (topic, template) = match f.str("topic") {
             Some(t) if !t.is_empty() => {
-                let template = dab_api::template::Template::parse(t).map_err(|errors| {
-                    build_error(
-                        name,
-                        format!(
-                            "`topic` is not a valid template: {}",
-                            errors
-                                .iter()
-                                .map(|e| e.message.as_str())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
-                    )
-                })?;
+                let template = dab_api::template::Template::parse_field("topic", t)
+                    .map_err(|reason| build_error(name, reason))?;
                 match template.literal() {
                     Some(plain) => (plain, None),
                     None => (t.to_owned(), Some(template)),
