@@ -235,6 +235,31 @@ pub struct ParquetSink {
     swept: std::collections::HashSet<i64>,
 }
 
+/// The writer's settings: the compression, the type's metadata, and a
+/// dictionary only for text and byte columns. Numbers and timestamps
+/// (event times, offsets, latencies, ids) are mostly distinct values, so
+/// a dictionary there costs a hash insert per value and is dropped for
+/// plain encoding once it outgrows its page anyway; text columns (levels,
+/// services, paths, hosts, tag keys) are where it pays.
+/// docs/decisions.md, "Dictionaries only for text columns".
+fn writer_properties(
+    arrow: &ArrowSchema,
+    compression: Compression,
+    meta: Vec<KeyValue>,
+) -> Result<WriterProperties, String> {
+    let leaves = parquet::arrow::ArrowSchemaConverter::new()
+        .convert(arrow)
+        .map_err(|e| format!("the schema has no Parquet form: {e}"))?;
+    let mut b = WriterProperties::builder()
+        .set_compression(compression)
+        .set_key_value_metadata(Some(meta));
+    for col in leaves.columns() {
+        let text = col.physical_type() == parquet::basic::Type::BYTE_ARRAY;
+        b = b.set_column_dictionary_enabled(col.path().clone(), text);
+    }
+    Ok(b.build())
+}
+
 /// Runs of rows for one file each, encoded.
 type Encoded = Vec<(Group, RecordBatch)>;
 
@@ -260,10 +285,7 @@ impl ParquetSink {
         if let Some(v) = cfg.schema.version {
             meta.push(KeyValue::new("dab.schema_version".into(), v.to_string()));
         }
-        let props = WriterProperties::builder()
-            .set_compression(cfg.compression)
-            .set_key_value_metadata(Some(meta))
-            .build();
+        let props = writer_properties(&arrow, cfg.compression, meta)?;
         let store = match &cfg.storage {
             Storage::Local(_) => None,
             Storage::S3(loc) => Some(loc.store()?),

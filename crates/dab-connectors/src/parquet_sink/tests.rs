@@ -289,6 +289,51 @@ fn columns_carry_field_ids_and_the_metadata_names_type_and_version() {
     assert_eq!(ids, want);
 }
 
+/// Text columns get a dictionary, numbers and timestamps do not (a hash
+/// insert per mostly distinct value buys nothing there).
+#[test]
+fn only_text_columns_are_dictionary_encoded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = sink(dir.path(), 16);
+    let events: Vec<Event> = (0..50)
+        .map(|i| event(0, &format!(r#"{{"id":{i},"note":"n{}"}}"#, i % 3)))
+        .collect();
+    run(async {
+        s.write(&events).await.expect("write");
+        s.flush().await.expect("flush");
+    });
+    let all = files(dir.path());
+    let f = File::open(dir.path().join(&all[0])).expect("open");
+    let reader = parquet::file::reader::SerializedFileReader::new(f).expect("reader");
+    let md = parquet::file::reader::FileReader::metadata(&reader);
+    let dictionary: Vec<(String, bool)> = md
+        .row_group(0)
+        .columns()
+        .iter()
+        .map(|c| {
+            let dict = c
+                .encodings()
+                .any(|e| e == parquet::basic::Encoding::RLE_DICTIONARY);
+            (c.column_path().string(), dict)
+        })
+        .collect();
+    let want: Vec<(String, bool)> = [
+        ("id", false),
+        ("note", true),
+        ("dab_timestamp", false),
+        ("dab_host", true),
+        ("dab_type", true),
+        ("dab_offset", false),
+        ("dab_pid", false),
+        ("dab_tags.key_value.key", true),
+        ("dab_tags.key_value.value", true),
+    ]
+    .iter()
+    .map(|(c, d)| ((*c).to_owned(), *d))
+    .collect();
+    assert_eq!(dictionary, want);
+}
+
 #[test]
 fn files_roll_by_size_and_by_age_before_any_flush() {
     let dir = tempfile::tempdir().expect("dir");
