@@ -635,22 +635,33 @@ fn pair_of(payload: &Value) -> (u64, Option<u64>) {
 /// the join as its second input): the output is exact and the Kafka
 /// source stores the offset of every click once the join lets it go,
 /// with the acknowledgements held about `within + lateness` meanwhile.
+/// Messages on the topic that are not events never enter the join: they
+/// go to the pipeline's `OnError` with the reason.
 #[test]
 fn a_kafka_queue_as_the_joined_stream_is_read_to_its_end() {
     const VIEWS: u64 = 3_000;
+    const GARBAGE: u64 = 7;
     let broker = broker::Broker::start(&broker::tansu());
     broker.create_topic("clicks", 2);
+    let python = broker::python_kafka();
+    let p = broker::produce(
+        &python,
+        &broker.addr(),
+        "clicks",
+        &["--count", &GARBAGE.to_string(), "--bad-every", "1"],
+    );
+    assert_eq!(p["bad"].as_u64(), Some(GARBAGE), "{p}");
     let dir = tempfile::tempdir().unwrap();
     let (v_addr, c_addr, metrics) = (free_addr(), free_addr(), free_addr());
     write_set(
         dir.path(),
         "j.NewPipeline().In(Views).\
-           Join(Clicks, on = fields.rid, within = 1s, idle = 2s, into = \"click\").Out(Joined)\n\
+           Join(Clicks, on = fields.rid, within = 1s, idle = 2s, into = \"click\").Out(Joined).OnError(Bad)\n\
          c.NewPipeline().In(ClicksIn).Out(Clicks)\n",
         &format!(
             "sources:\n  Views: {{ kind: http, listen: \"{v_addr}\" }}\n  ClicksIn: {{ kind: http, listen: \"{c_addr}\" }}\n\
              queues:\n  Clicks: {{ kind: kafka, brokers: \"{}\", topic: clicks }}\n\
-             sinks:\n  Joined: {{ kind: file, path: joined.ndjson }}\n",
+             sinks:\n  Joined: {{ kind: file, path: joined.ndjson }}\n  Bad: {{ kind: file, path: bad.ndjson }}\n",
             broker.addr()
         ),
     );
@@ -686,6 +697,20 @@ fn a_kafka_queue_as_the_joined_stream_is_read_to_its_end() {
         (0..VIEWS).map(|i| (i, (i % 2 == 0).then_some(i))).collect();
     assert_eq!(got.len(), want.len(), "one line per output");
     assert_eq!(have, want);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bad = loop {
+        let lines = file_lines(&dir.path().join("bad.ndjson"));
+        if lines.len() as u64 >= GARBAGE || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(bad.len() as u64, GARBAGE, "{bad:?}\n{}", dab.stderr());
+    for line in &bad {
+        let v: Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["type"], "dab.undecodable", "{v}");
+        assert!(v["tags"]["dab.error"].is_string(), "{v}");
+    }
     // Every click left the join, so the consumer may commit past them all.
     let held = "dab_join_buffered{pipeline=\"j\",stage=\"0\",side=\"right\"}";
     let deadline = Instant::now() + Duration::from_secs(30);

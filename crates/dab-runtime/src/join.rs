@@ -545,6 +545,9 @@ pub struct JoinPart {
     pub index: usize,
     /// The `Join`'s stream.
     pub right: Inlet,
+    /// Where the stream's undecodable input and the batches its source
+    /// gave up on go: the pipeline's `OnError`, or a counted drop.
+    pub right_screen: crate::pipeline::Screen,
     pub post: Vec<Compiled>,
     /// A graceful stop of the process.
     pub shutdown: CancellationToken,
@@ -589,7 +592,18 @@ impl PipelineTask {
                     }
                 },
                 b = j.right.recv(), if right_open => match b {
-                    Some(batch) => j.stage.absorb(Side::Right, batch, &self.metrics, &mut out),
+                    Some(batch) => {
+                        let screened = crate::pipeline::screen(
+                            Some(&j.right_screen),
+                            batch,
+                            &self.metrics,
+                            &self.force,
+                        )
+                        .await;
+                        if let Some(batch) = screened {
+                            j.stage.absorb(Side::Right, batch, &self.metrics, &mut out);
+                        }
+                    }
                     None => {
                         right_open = false;
                         if !j.stage.is_stopped() {

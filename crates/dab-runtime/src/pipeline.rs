@@ -397,21 +397,11 @@ async fn process(ctx: &Ctx<'_>, stages: &mut [Compiled], outputs: &mut [Output],
 
 /// Counts a batch in, screens out what its source could not decode and
 /// runs `stages`; `None` when nothing is left to hand on (settled here).
-pub(crate) async fn prepare(
-    ctx: &Ctx<'_>,
-    stages: &mut [Compiled],
-    mut batch: Batch,
-) -> Option<Batch> {
+pub(crate) async fn prepare(ctx: &Ctx<'_>, stages: &mut [Compiled], batch: Batch) -> Option<Batch> {
     let m = ctx.metrics;
     m.events_in.add(batch.len() as u64);
     m.bytes_in.add(batch.bytes() as u64);
-    if batch.retries_exhausted {
-        give_up(ctx.screen, batch, m).await;
-        return None;
-    }
-    if let Some(screen) = ctx.screen {
-        screen_out(screen, &mut batch, m, ctx.force).await;
-    }
+    let mut batch = screen(ctx.screen, batch, m, ctx.force).await?;
     run_stages(ctx, stages, &mut batch).await;
     if batch.is_empty() {
         // Everything was dropped on purpose: that is delivery.
@@ -547,6 +537,30 @@ pub(crate) async fn deliver(
             b.ack.complete();
         }
     }
+}
+
+/// Takes out of a batch what no op may see: the whole batch when its
+/// source gave up sending it again, and undecodable input. They go to
+/// `OnError`, or are counted dropped. `None` when nothing is left (the
+/// batch is then settled).
+pub(crate) async fn screen(
+    screen: Option<&Screen>,
+    mut batch: Batch,
+    m: &PipelineMetrics,
+    force: &CancellationToken,
+) -> Option<Batch> {
+    if batch.retries_exhausted {
+        give_up(screen, batch, m).await;
+        return None;
+    }
+    if let Some(screen) = screen {
+        screen_out(screen, &mut batch, m, force).await;
+        if batch.is_empty() {
+            batch.ack.complete();
+            return None;
+        }
+    }
+    Some(batch)
 }
 
 async fn screen_out(

@@ -606,6 +606,9 @@ impl Running {
                         stage: crate::join::JoinStage::new(spec),
                         index: k,
                         right: Inlet::Channel(rx),
+                        right_screen: Screen {
+                            on_error: on_error(),
+                        },
                         post: std::mem::take(&mut post),
                         shutdown: self.shutdown.clone(),
                         retired: retired.clone(),
