@@ -190,7 +190,8 @@ fn api_stats_example_gives_the_reference_results() {
 /// of the feed. The report must show every input answered throughout the
 /// outage, and every accepted event in exactly the topic its type names;
 /// here the dead letter topic holds exactly the `Trace` events (every
-/// fifth offset of each input), which no route takes.
+/// fifth offset of each input), which no route takes, and `events.Signup`,
+/// a type first sent while the broker is down, has its events.
 #[test]
 fn sidecar_example_rides_out_a_30_s_broker_outage() {
     let tansu = broker::tansu();
@@ -267,6 +268,14 @@ fn sidecar_example_rides_out_a_30_s_broker_outage() {
         traces.to_string(),
         "distinct dead letters: {stdout}"
     );
+    // Signup, routed, is sent only from the broker's kill on: its topic is
+    // first written during the outage, and the events still reach it.
+    let signups: u64 = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("events.Signup "))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("no events.Signup row:\n{stdout}"));
+    assert!(signups > 0, "{stdout}");
     assert!(
         stdout.contains("\nmissing: 0; in a wrong topic: 0; in two topics: 0;"),
         "{stdout}"

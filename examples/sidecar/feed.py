@@ -3,7 +3,7 @@ pace, and records every answer. Run it with the venv's python
 (~/.cache/dab/venv, made by scripts/setup-python.sh: grpcio, grpcio-tools).
 
     python feed.py --grpc PORT --http PORT --tcp PORT --unix PATH \
-        --proto-dir DIR --out DIR --stop-file FILE \
+        --proto-dir DIR --out DIR --stop-file FILE --late-file FILE \
         [--every 0.25] [--batch 4] [--max-seconds 150]
 
 One client per input, each in its own thread, sends a batch of BATCH
@@ -22,7 +22,10 @@ until it is answered; the report counts the refusals.
 
 The events of input X have host `app-X`, pid 1, offsets 0, 1, 2, ... and
 types in turn Login, Message, ApiCall, Message, Trace (Trace has no route:
-it belongs in the dead letter topic); the payload is a JSON object.
+it belongs in the dead letter topic); once LATE-FILE exists (run.sh makes
+it when it kills the broker) the second Message of each five is a Signup,
+a type whose topic the sidecar has not written before. The payload is a
+JSON object.
 
 Writes, in OUT:
 - accepted.ndjson: one line per accepted event, {"host", "type", "offset"};
@@ -44,6 +47,10 @@ import urllib.error
 import urllib.request
 
 TYPES = ["Login", "Message", "ApiCall", "Message", "Trace"]
+# Once the late file exists, offset i with i % 5 == 3 is a Signup instead:
+# a routed type whose topic the sidecar first writes while the broker is
+# down.
+LATE_TYPE = "Signup"
 INPUTS = ["grpc", "http", "tcp", "unix"]
 
 
@@ -90,13 +97,20 @@ class Recorder:
         self.answers.close()
 
 
-def make_events(name, first, count):
+def type_of(i, late):
+    if late and i % len(TYPES) == 3:
+        return LATE_TYPE
+    return TYPES[i % len(TYPES)]
+
+
+def make_events(name, first, count, late_file):
+    late = os.path.exists(late_file)
     return [
         {
             "timestamp": time.time_ns(),
             "host": f"app-{name}",
             "pid": 1,
-            "type": TYPES[i % len(TYPES)],
+            "type": type_of(i, late),
             "offset": i,
             "message": json.dumps({"input": name, "seq": i}),
         }
@@ -157,7 +171,7 @@ def http_client(args, rec, stop):
             return None
 
     for k in paced(args, stop):
-        if not retrying("http", rec, send, make_events("http", k * args.batch, args.batch)):
+        if not retrying("http", rec, send, make_events("http", k * args.batch, args.batch, args.late_file)):
             stop.set()
             return
 
@@ -199,7 +213,7 @@ def grpc_client(args, rec, stop, pb2, pb2_grpc):
 
     try:
         for k in paced(args, stop):
-            if not retrying("grpc", rec, send, make_events("grpc", k * args.batch, args.batch)):
+            if not retrying("grpc", rec, send, make_events("grpc", k * args.batch, args.batch, args.late_file)):
                 stop.set()
                 return
     finally:
@@ -218,7 +232,7 @@ def stream_client(name, connect, args, rec, stop):
     sock.settimeout(30)
     try:
         for k in paced(args, stop):
-            events = make_events(name, k * args.batch, args.batch)
+            events = make_events(name, k * args.batch, args.batch, args.late_file)
             sent_ns = time.time_ns()
             try:
                 sock.sendall("".join(json.dumps(e) + "\n" for e in events).encode())
@@ -272,6 +286,7 @@ def main():
     ap.add_argument("--proto-dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--stop-file", required=True)
+    ap.add_argument("--late-file", required=True)
     ap.add_argument("--every", type=float, default=0.25)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=150)

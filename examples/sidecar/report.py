@@ -14,7 +14,7 @@ Prints, per input, the answers before, during and after the outage, the
 slowest answer and the longest wait between two answers during it; then
 each topic's events, and the verdict. Every accepted event must be in
 exactly one topic: `events.<type>` for the routed types (Login, Message,
-ApiCall), `sidecar.dead-letter` for the others, which must carry the tag
+ApiCall, Signup), `sidecar.dead-letter` for the others, which must carry the tag
 `dead_letter` or `dab.error`. An event more than once in its topic is a
 duplicate (delivery is at least once): counted, not a failure. Exits 1 on
 a missing event, one in a wrong topic or in two topics, an input that was
@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-ROUTED = ["Login", "Message", "ApiCall"]
+ROUTED = ["Login", "Message", "ApiCall", "Signup"]
 DEAD_LETTER = "sidecar.dead-letter"
 INPUTS = ["grpc", "http", "tcp", "unix"]
 # The source names in dab.yaml.

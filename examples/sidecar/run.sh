@@ -42,7 +42,7 @@ export TCP_PORT="${TCP_PORT:-$(free_port)}"
 export UNIX_SOCKET="$work/sidecar.sock"
 export SPOOL_DIR="$work/spool"
 export KAFKA_BROKERS="127.0.0.1:$kafka_port"
-topics=(events.Login events.Message events.ApiCall sidecar.dead-letter)
+topics=(events.Login events.Message events.ApiCall events.Signup sidecar.dead-letter)
 
 dab_pid="" feed_pid="" child="" broker=0
 cleanup() {
@@ -104,9 +104,9 @@ done
 [ -S "$UNIX_SOCKET" ] || fail "dab is not ready after 30 s; see $work/dab.log"
 
 echo "== feeding over gRPC :$GRPC_PORT, HTTP :$HTTP_PORT, TCP :$TCP_PORT and $UNIX_SOCKET" >&2
-rm -f "$work/stop-feed"
+rm -f "$work/stop-feed" "$work/broker-down"
 "$venv/bin/python" "$here/feed.py" --grpc "$GRPC_PORT" --http "$HTTP_PORT" --tcp "$TCP_PORT" \
-  --unix "$UNIX_SOCKET" --proto-dir "$root/proto" --out "$work" --stop-file "$work/stop-feed" \
+  --unix "$UNIX_SOCKET" --proto-dir "$root/proto" --out "$work" --stop-file "$work/stop-feed" --late-file "$work/broker-down" \
   --max-seconds $((before_s + outage_s + after_s + 90)) >"$work/feed.json" &
 feed_pid=$!
 for _ in $(seq 1 300); do
@@ -121,6 +121,7 @@ echo "== killing the broker (kill -9) for $outage_s s" >&2
 pid="$(cat "$DAB_RUN_DIR/tansu-$kafka_port.pid")"
 down_ns="$(now_ns)"
 kill -KILL "$pid"
+touch "$work/broker-down" # feed.py starts sending Signup events
 for _ in $(seq 1 100); do
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
