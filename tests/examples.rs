@@ -208,9 +208,7 @@ fn sidecar_example_rides_out_a_30_s_broker_outage() {
             "TCP_PORT",
         ],
     );
-    with_kafka(&mut cmd, &tansu, &venv, dir.path())
-        .env("OUTAGE_S", "30")
-        .env("WAIT_S", "90");
+    with_kafka(&mut cmd, &tansu, &venv, dir.path()).env("WAIT_S", "90");
     let stdout = &run_example(
         "examples/sidecar/run.sh",
         &mut cmd,
