@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 ROUTED = ["Login", "Message", "ApiCall", "Signup"]
 DEAD_LETTER = "sidecar.dead-letter"
@@ -72,7 +72,10 @@ def read_topics(brokers, timeout_s=60, idle_s=1.0):
             "log_level": 2,
         }
     )
-    meta = consumer.list_topics(timeout=10)
+    try:
+        meta = consumer.list_topics(timeout=10)
+    except KafkaException as e:
+        sys.exit(f"report: cannot list the topics on {brokers}: {e}\nverdict: FAILED")
     names = sorted(t for t in meta.topics if t.startswith("events.") or t == DEAD_LETTER)
     parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in names for p in meta.topics[t].partitions]
     consumer.assign(parts)
