@@ -56,8 +56,8 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# Runs a step in the background and waits for it, so that SIGTERM reaches
-# the trap at once rather than after the step.
+# Runs a step (a sleep too) in the background and waits for it, so that
+# SIGTERM reaches the trap at once rather than after the step.
 step() {
   "$@" &
   child=$!
@@ -116,7 +116,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ "$(answered_inputs)" -ge 4 ] || fail "not every input answered within 30 s; see $work/dab.log"
-sleep "$before_s"
+step sleep "$before_s"
 
 echo "== killing the broker (kill -9) for $outage_s s" >&2
 pid="$(cat "$DAB_RUN_DIR/tansu-$kafka_port.pid")"
@@ -131,14 +131,14 @@ kill -0 "$pid" 2>/dev/null && fail "tansu (pid $pid) outlived kill -9 by 10 s"
 metrics >"$work/metrics-down.txt"
 # Sleep out the rest of the outage, counted from the kill.
 rest_ms=$(((outage_s * 1000000000 - ($(now_ns) - down_ns)) / 1000000))
-if [ "$rest_ms" -gt 0 ]; then sleep "$((rest_ms / 1000)).$(printf '%03d' $((rest_ms % 1000)))"; fi
+if [ "$rest_ms" -gt 0 ]; then step sleep "$((rest_ms / 1000)).$(printf '%03d' $((rest_ms % 1000)))"; fi
 kill -0 "$feed_pid" 2>/dev/null || fail "feed.py stopped during the outage"
 metrics >"$work/metrics-up.txt"
 up_ns="$(now_ns)"
 
 echo "== starting the broker again on the same storage" >&2
-DAB_KAFKA_STORAGE="sqlite://tansu-$kafka_port.db" "$root/scripts/kafka-broker.sh" start "$kafka_port"
-sleep "$after_s"
+step env DAB_KAFKA_STORAGE="sqlite://tansu-$kafka_port.db" "$root/scripts/kafka-broker.sh" start "$kafka_port"
+step sleep "$after_s"
 touch "$work/stop-feed"
 for _ in $(seq 1 300); do
   kill -0 "$feed_pid" 2>/dev/null || break
