@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -18,6 +18,38 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The Python venv of `scripts/setup-python.sh`: `DAB_VENV`, else
+/// `~/.cache/dab/venv`.
+fn venv() -> PathBuf {
+    match std::env::var_os("DAB_VENV") {
+        Some(p) => p.into(),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dab/venv"),
+    }
+}
+
+/// `bash examples/NAME/run.sh` with `DAB_BIN` the binary under test, the
+/// work directory `dir/work`, a free loopback port in each variable of
+/// `ports`, and no `RUST_LOG`.
+fn example_command(name: &str, dir: &Path, ports: &[&str]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(common::root().join(format!("examples/{name}/run.sh")))
+        .env("DAB_BIN", env!("CARGO_BIN_EXE_dab"))
+        .env("WORK_DIR", dir.join("work"))
+        .env_remove("RUST_LOG");
+    for var in ports {
+        cmd.env(var, free_port().to_string());
+    }
+    cmd
+}
+
+/// For an example that starts tansu: the broker binary, the venv with its
+/// Kafka client, and the broker's storage under `dir/kafka`.
+fn with_kafka<'a>(cmd: &'a mut Command, tansu: &Path, venv: &Path, dir: &Path) -> &'a mut Command {
+    cmd.env("DAB_TANSU", tansu)
+        .env("DAB_VENV", venv)
+        .env("DAB_RUN_DIR", dir.join("kafka"))
 }
 
 /// Events the warehouse test posts: several batches of `feed.py`'s 500.
@@ -70,10 +102,7 @@ fn run_example(name: &str, cmd: &mut Command, limit: Duration, dir: &std::path::
 #[test]
 fn warehouse_example_archives_every_event_by_hour() {
     let tansu = broker::tansu();
-    let venv: PathBuf = match std::env::var_os("DAB_VENV") {
-        Some(p) => p.into(),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dab/venv"),
-    };
+    let venv = venv();
     let moto = venv.join("bin/moto_server");
     assert!(
         moto.is_file(),
@@ -81,21 +110,15 @@ fn warehouse_example_archives_every_event_by_hour() {
         moto.display()
     );
     let dir = tempfile::tempdir().expect("dir");
-    let script = common::root().join("examples/warehouse/run.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script)
+    let mut cmd = example_command(
+        "warehouse",
+        dir.path(),
+        &["KAFKA_PORT", "S3_PORT", "INGEST_PORT", "METRICS_PORT"],
+    );
+    with_kafka(&mut cmd, &tansu, &venv, dir.path())
         .arg(EVENTS.to_string())
-        .env("DAB_BIN", env!("CARGO_BIN_EXE_dab"))
-        .env("DAB_TANSU", &tansu)
-        .env("DAB_VENV", &venv)
-        .env("DAB_RUN_DIR", dir.path().join("kafka"))
-        .env("WORK_DIR", dir.path().join("work"))
         .env("WAIT_S", "120")
-        .env_remove("RUST_LOG")
         .env_remove("QUERY_DIR");
-    for var in ["KAFKA_PORT", "S3_PORT", "INGEST_PORT", "METRICS_PORT"] {
-        cmd.env(var, free_port().to_string());
-    }
     let stdout = &run_example(
         "examples/warehouse/run.sh",
         &mut cmd,
@@ -137,16 +160,8 @@ fn warehouse_example_archives_every_event_by_hour() {
 #[test]
 fn api_stats_example_gives_the_reference_results() {
     let dir = tempfile::tempdir().expect("dir");
-    let script = common::root().join("examples/api-stats/run.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script)
-        .env("DAB_BIN", env!("CARGO_BIN_EXE_dab"))
-        .env("WORK_DIR", dir.path().join("work"))
-        .env("WAIT_S", "120")
-        .env_remove("RUST_LOG");
-    for var in ["INGEST_PORT", "METRICS_PORT"] {
-        cmd.env(var, free_port().to_string());
-    }
+    let mut cmd = example_command("api-stats", dir.path(), &["INGEST_PORT", "METRICS_PORT"]);
+    cmd.env("WAIT_S", "120");
     let stdout = &run_example(
         "examples/api-stats/run.sh",
         &mut cmd,
@@ -166,4 +181,107 @@ fn api_stats_example_gives_the_reference_results() {
             .unwrap_or(0);
         assert!(n > 0, "{line}");
     }
+}
+
+/// `examples/sidecar/run.sh`: the Murron sidecar. gRPC, HTTP, TCP and unix
+/// socket clients feed a disk spool; the spool ships each event to the
+/// Kafka topic of its type (`events.{type}`) or to the dead letter topic.
+/// The broker (tansu, SQLite storage) is killed -9 for 30 s in the middle
+/// of the feed. The report must show every input answered throughout the
+/// outage, and every accepted event in exactly the topic its type names;
+/// here the dead letter topic holds exactly the `Trace` events (every
+/// fifth offset of each input), which no route takes, and `events.Signup`,
+/// a type first sent while the broker is down, has its events.
+#[test]
+fn sidecar_example_rides_out_a_30_s_broker_outage() {
+    let tansu = broker::tansu();
+    let venv = venv();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cmd = example_command(
+        "sidecar",
+        dir.path(),
+        &[
+            "KAFKA_PORT",
+            "METRICS_PORT",
+            "GRPC_PORT",
+            "HTTP_PORT",
+            "TCP_PORT",
+        ],
+    );
+    with_kafka(&mut cmd, &tansu, &venv, dir.path()).env("WAIT_S", "90");
+    let stdout = &run_example(
+        "examples/sidecar/run.sh",
+        &mut cmd,
+        Duration::from_secs(240),
+        dir.path(),
+    );
+
+    // `answers per input (outage: 30.0 s, broker killed -9)`
+    let outage: f64 = stdout
+        .split("(outage: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no outage length:\n{stdout}"));
+    assert!(outage >= 30.0, "{stdout}");
+    // `  grpc  39  120  21  135.7  0.29  0`: answered during the outage,
+    // never more than 5 s without an answer.
+    for input in ["grpc", "http", "tcp", "unix"] {
+        let row: Vec<&str> = stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.len() == 7 && w[0] == input)
+            .unwrap_or_else(|| panic!("no answers row for {input}:\n{stdout}"));
+        let during: u64 = row[2].parse().expect("answers during");
+        let gap: f64 = row[5].parse().expect("longest wait");
+        assert!(during > 0 && gap <= 5.0, "{input}: {row:?}\n{stdout}");
+    }
+    // `events accepted: 2880 (grpc 720, http 720, tcp 720, unix 720)`
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("events accepted: "))
+        .unwrap_or_else(|| panic!("no accepted count:\n{stdout}"));
+    let counts: Vec<u64> = line
+        .split(['(', ')', ','])
+        .skip(1)
+        .filter_map(|part| part.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 4, "{line}");
+    let accepted: u64 = counts.iter().sum();
+    assert!(
+        line.starts_with(&format!("events accepted: {accepted} (")),
+        "{line}"
+    );
+    // Offsets 0.. of each input; types in turn Login, Message, ApiCall,
+    // Message, Trace: the Trace events are offsets 4, 9, 14, ...
+    let traces: u64 = counts.iter().map(|n| n / 5).sum();
+    let dead: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("sidecar.dead-letter "))
+        .unwrap_or_else(|| panic!("no dead letter row:\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        dead[2],
+        traces.to_string(),
+        "distinct dead letters: {stdout}"
+    );
+    // Signup, routed, is sent only from the broker's kill on: its topic is
+    // first written during the outage, and the events still reach it.
+    let signups: u64 = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("events.Signup "))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("no events.Signup row:\n{stdout}"));
+    assert!(signups > 0, "{stdout}");
+    assert!(
+        stdout.contains("\nmissing: 0; in a wrong topic: 0; in two topics: 0;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "\nverdict: all {accepted} accepted events delivered, each in its own topic"
+        )),
+        "{stdout}"
+    );
 }
