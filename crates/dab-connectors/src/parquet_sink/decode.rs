@@ -234,7 +234,13 @@ impl Columns {
     /// `fields` in the plain way (module doc); otherwise the columns are
     /// left as they were and the answer is false.
     pub(super) fn append(&mut self, fields: &[Field], json: &[u8]) -> bool {
-        let mut de = serde_json::Deserializer::from_slice(json);
+        // One UTF-8 check of the whole payload (word at a time over
+        // ASCII) rather than one per string: serde_json's `str` reader
+        // trusts its input. Invalid UTF-8 is the `Value` path's to refuse.
+        let Ok(text) = std::str::from_utf8(json) else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = StructSeed {
             fields,
             cols: &mut self.cols,
