@@ -93,10 +93,10 @@ pub(crate) fn resolve(
                     Diagnostic::new(
                         Code::E016,
                         span,
-                        format!("`{name}` is a sink, but `In` reads from it"),
+                        format!("`{name}` is a sink, but it is read from"),
                     )
                     .with_label_here("a sink cannot be read")
-                    .with_help("`In` takes a source or a queue; bind a source, or write to a queue and read that"),
+                    .with_help("`In` and `Join` take a source or a queue; bind a source, or write to a queue and read that"),
                 );
             }
         }
