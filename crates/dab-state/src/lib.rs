@@ -23,11 +23,9 @@
 
 mod checkpoint;
 mod layout;
-mod seen;
 mod store;
 
 pub use checkpoint::Checkpoint;
-pub use seen::SeenUids;
 pub use store::{Entry, OwnedEntry, PartitionImage, StateStore};
 
 /// The input partition of state that belongs to no input partition.

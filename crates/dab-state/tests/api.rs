@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use dab_state::{Error, SeenUids, StateStore, GLOBAL};
+use dab_state::{Error, StateStore, GLOBAL};
 
 const OP: &str = "api_stats/2";
 const P0: &str = "kafka:orders:0";
@@ -240,53 +240,4 @@ fn labels_and_owners_too_long_are_refused() {
         Err(Error::Namespace { len: 300, max: 255 })
     ));
     assert!(cp.is_empty());
-}
-
-#[test]
-fn seen_uids_are_bounded_and_restored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    const NS: &str = "dab.seen/http-in";
-    {
-        let store = open(&dir);
-        let mut seen = SeenUids::load(&store, NS, GLOBAL, 3).expect("load");
-        assert!(seen.insert(b"u1"));
-        assert!(!seen.insert(b"u1"));
-        let mut cp = store.checkpoint();
-        seen.stage(&mut cp).expect("stage");
-        cp.commit(true).expect("commit");
-        for uid in [&b"u2"[..], b"u3", b"u4", b"u5"] {
-            assert!(seen.insert(uid));
-        }
-        assert_eq!(seen.len(), 3);
-        assert!(!seen.contains(b"u1") && !seen.contains(b"u2"));
-        let mut cp = store.checkpoint();
-        seen.stage(&mut cp).expect("stage");
-        // u1 evicted (delete), u2 added and evicted (never written), u3-u5.
-        assert_eq!(cp.len(), 4);
-        cp.commit(true).expect("commit");
-        // Not staged in a committed checkpoint: lost with the process.
-        assert!(seen.insert(b"u6"));
-    }
-    let store = open(&dir);
-    let seen = SeenUids::load(&store, NS, GLOBAL, 3).expect("load");
-    assert_eq!(seen.len(), 3);
-    for uid in [&b"u3"[..], b"u4", b"u5"] {
-        assert!(seen.contains(uid));
-    }
-    assert!(!seen.contains(b"u6"));
-    assert_eq!(store.state_of(NS, GLOBAL).expect("state").len(), 3);
-    // A smaller capacity drops the oldest, and a checkpoint deletes them.
-    let mut seen = SeenUids::load(&store, NS, GLOBAL, 1).expect("load");
-    assert!(seen.contains(b"u5") && !seen.contains(b"u4"));
-    let mut cp = store.checkpoint();
-    seen.stage(&mut cp).expect("stage");
-    cp.commit(false).expect("commit");
-    assert_eq!(store.state_of(NS, GLOBAL).expect("state").len(), 1);
-    // New UIDs are numbered after the restored ones.
-    assert!(seen.insert(b"u7"));
-    let mut cp = store.checkpoint();
-    seen.stage(&mut cp).expect("stage");
-    cp.commit(false).expect("commit");
-    let reloaded = SeenUids::load(&store, NS, GLOBAL, 1).expect("load");
-    assert!(reloaded.contains(b"u7") && !reloaded.contains(b"u5"));
 }
