@@ -1635,3 +1635,105 @@ fn set_tag_and_remove_tag_reach_ndjson_and_protobuf_outputs() {
         assert_eq!(e["tags"], want(i), "tags of event {i} after protobuf");
     }
 }
+
+/// `In(..., when_full = drop_newest)` end to end (issue 14 item 5): one
+/// HTTP source read by a fast pipeline and by a pipeline held to 20
+/// events/s, with eight clients posting at once. The slow reader's
+/// copies that do not fit are dropped and counted in its own pipeline;
+/// the fast reader and the clients are not held back (a blocking slow
+/// reader would take 100 s for these 2,000 events); every event reaches
+/// the fast file, and each of the slow pipeline's events is either in its
+/// file or counted `input_full`.
+#[test]
+fn a_dropping_slow_reader_of_a_shared_input_holds_nobody_back() {
+    const POSTS: u64 = 40;
+    const CLIENTS: u64 = 8;
+    const PER_POST: u64 = 50;
+    const N: u64 = POSTS * PER_POST;
+    let dir = tmp();
+    let listen = free_addr();
+    let path = |name: &str| dir.path().join(format!("{name}.ndjson"));
+    write_set(
+        dir.path(),
+        "fast.NewPipeline().In(HttpIn).Out(Fast)\n\
+         slow.NewPipeline().In(HttpIn, when_full = drop_newest).WithRateLimitPerSecond(20).Out(Slow)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  Fast: {{ kind: file, path: {} }}\n  Slow: {{ kind: file, path: {} }}\n",
+            yaml_path(&path("Fast")),
+            yaml_path(&path("Slow")),
+        ),
+    );
+    let (mut dab, metrics) = start_with_metrics(dir.path(), &["--channel-batches", "1"]);
+    wait_tcp(&listen, START, || dab.stderr());
+    let began = Instant::now();
+    // Eight clients at once, five posts each. A client whose batch the
+    // slow reader took waits for it (its 200 means delivered to every
+    // reader that took the batch); the others are answered at once.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let listen = listen.clone();
+            std::thread::spawn(move || {
+                (0..POSTS / CLIENTS)
+                    .map(|k| {
+                        let p = c + k * CLIENTS;
+                        let body = batch_body(p * PER_POST..(p + 1) * PER_POST);
+                        post_events(&listen, &body, Duration::from_secs(60)).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        let statuses = c.join().expect("a client");
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "{statuses:?}\n{}",
+            dab.stderr()
+        );
+    }
+    let posting = began.elapsed();
+    // A liveness bound, not a speed figure: blocking on the slow reader
+    // would need N / 20 = 100 s.
+    assert!(
+        posting < Duration::from_secs(50),
+        "the clients were held back by the slow reader: {posting:?}"
+    );
+    let fast: BTreeSet<u64> = poll(
+        Duration::from_secs(20),
+        "every event in the fast file",
+        || {
+            let got: BTreeSet<u64> = lines_by_offset(&file_lines(&path("Fast")))
+                .into_keys()
+                .collect();
+            (got.len() as u64 == N).then_some(got)
+        },
+        || dab.stderr(),
+    );
+    assert_eq!(fast, (0..N).collect::<BTreeSet<u64>>());
+    let dropped = "dab_pipeline_dropped_total{pipeline=\"slow\",reason=\"input_full\"}";
+    let slow_out = "dab_pipeline_events_out_total{pipeline=\"slow\"}";
+    // The slow pipeline drains what it holds (a few batches at 20/s).
+    let (kept, lost) = poll(
+        Duration::from_secs(60),
+        "the slow pipeline to account for every event",
+        || {
+            let text = scrape(&metrics);
+            let lost = metric(&text, dropped).unwrap_or(0.0) as u64;
+            let kept = file_lines(&path("Slow")).len() as u64;
+            (kept + lost == N).then_some((kept, lost))
+        },
+        || scrape(&metrics),
+    );
+    assert!(
+        lost > 0,
+        "nothing was dropped: the test did not fill the reader"
+    );
+    assert!(kept > 0, "the slow reader got nothing");
+    let slow = lines_by_offset(&file_lines(&path("Slow")));
+    assert_eq!(slow.len() as u64, kept, "a duplicate in the slow file");
+    assert!(slow.keys().all(|o| *o < N));
+    let text = scrape(&metrics);
+    assert_eq!(metric(&text, slow_out), Some(kept as f64), "{text}");
+    dab.terminate();
+    assert_exit_0(&mut dab, EXIT);
+}
