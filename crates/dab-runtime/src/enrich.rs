@@ -483,11 +483,14 @@ mod tests {
     fn merged(payload: &str, into: &str, row: &str) -> Option<String> {
         let mut e = Event {
             message: Bytes::from(payload.to_owned()),
-            raw: Some((dab_api::event::RawCodec::Json, Bytes::from_static(b"{}"))),
             ..Event::default()
-        };
+        }
+        .with_raw(dab_api::event::RawCodec::Json, Bytes::from_static(b"{}"));
         merge(&mut e, into, row).then(|| {
-            assert!(e.raw.is_none(), "a changed event forgets its arrival bytes");
+            assert!(
+                e.raw(dab_api::event::RawCodec::Json).is_none(),
+                "a changed event forgets its arrival bytes"
+            );
             String::from_utf8(e.message.to_vec()).expect("utf-8")
         })
     }
