@@ -1,0 +1,220 @@
+//! Fault paths around a full disk that `tests/faults.rs` does not cover:
+//! a `kind: disk` queue whose directory fills up. Real `dab run`
+//! processes, HTTP clients posting numbered events, and a small tmpfs the
+//! test mounts (root, as in CI). Each test counts the events answered 200
+//! against the events that arrived: nothing acknowledged may be missing
+//! (`Row::report`), and what happened must show in `/metrics`.
+
+#[allow(dead_code)]
+mod fault_support;
+#[allow(dead_code)]
+mod run_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fault_support::load::{Load, Spec};
+use fault_support::peer::{Handler, Peer, Seen};
+use fault_support::{start_dab, terminate_ok, yaml_path, Row, Tmpfs, START};
+use run_support::client::{free_addr, metric, request, scrape, wait_http_ok};
+use run_support::process::Dab;
+use run_support::{poll, write_set};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// A series of `/metrics`, 0 when absent.
+fn series(metrics: &str, name: &str) -> f64 {
+    metric(&scrape(metrics), name).unwrap_or(0.0)
+}
+
+/// The lines of dab's log that tell of a panic.
+fn panics(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.contains("panicked")).collect()
+}
+
+/// A peer that answers 503 while `paused` holds, else 200.
+fn pausable_peer(paused: &Arc<AtomicBool>) -> (Peer, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let p = Arc::clone(paused);
+    let handler: Arc<Handler> = Arc::new(move |_: &[u64]| {
+        if p.load(Ordering::SeqCst) {
+            (503, Duration::ZERO)
+        } else {
+            (200, Duration::ZERO)
+        }
+    });
+    (Peer::start("127.0.0.1:0", &seen, &handler), seen)
+}
+
+/// Waits until every offset of `acked` is in `delivered()`.
+fn wait_all_delivered(
+    acked: &BTreeSet<u64>,
+    delivered: &dyn Fn() -> Vec<u64>,
+    dab: &Dab,
+    metrics: &str,
+    limit: Duration,
+) {
+    poll(
+        limit,
+        "every acknowledged event delivered",
+        || {
+            let have: BTreeSet<u64> = delivered().into_iter().collect();
+            acked.is_subset(&have).then_some(())
+        },
+        || {
+            let have: BTreeSet<u64> = delivered().into_iter().collect();
+            format!(
+                "{} of {} acknowledged events delivered; metrics:\n{}\ndab:\n{}",
+                acked.intersection(&have).count(),
+                acked.len(),
+                scrape(metrics),
+                dab.stderr()
+            )
+        },
+    );
+}
+
+// A full disk under a disk queue --------------------------------------------
+
+/// The set of the disk-queue row: `HttpIn -> Spool` (a disk queue in
+/// `spool`), and `Spool -> HttpOut` (the HTTP peer at `peer`).
+fn spool_set(dir: &Path, listen: &str, spool: &Path, peer: &str) {
+    write_set(
+        dir,
+        "ingest.NewPipeline().In(HttpIn).Out(Spool)\ndrain.NewPipeline().In(Spool).Out(HttpOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  HttpOut: {{ kind: http, endpoint: \"http://{peer}/ingest\", timeout: 2000 }}\nqueues:\n  Spool: {{ kind: disk, path: {}, segment_bytes: 64KiB, fsync: 10ms }}\n",
+            yaml_path(spool),
+        ),
+    );
+}
+
+/// HTTP clients post into a disk queue on a 256 KiB tmpfs; the pipeline
+/// draining it ships to an HTTP peer that answers 503 (paused), so the
+/// queue keeps its segments and the tmpfs fills: appends fail with ENOSPC.
+/// While it is full, no post is answered 200 (the posts wait: back
+/// pressure) and `/healthz` answers;
+/// when the tmpfs grows to 8 MiB, posts are answered 200 again with no
+/// restart. Then the peer answers 200, and every event answered 200
+/// reaches it, dab still running.
+#[test]
+fn full_disk_under_a_disk_queue() {
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let disk = Tmpfs::mount(&spool, "256k");
+    let paused = Arc::new(AtomicBool::new(true));
+    let (peer, seen) = pausable_peer(&paused);
+    let listen = free_addr();
+    spool_set(dir.path(), &listen, &spool, peer.addr());
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 40_000,
+            timeout: Duration::from_secs(20),
+            ..Spec::default()
+        },
+    );
+    let errors = "dab_sink_errors_total{sink=\"Spool\"}";
+    poll(
+        Duration::from_secs(30),
+        "the disk queue's tmpfs to fill up (a sink error)",
+        || (series(&metrics, errors) >= 1.0).then_some(()),
+        || {
+            format!(
+                "{} acked; metrics:\n{}\ndab:\n{}",
+                load.acked(),
+                scrape(&metrics),
+                dab.stderr()
+            )
+        },
+    );
+    let full_at = Instant::now();
+    // Full for 3 s: dab serves its probes and stays up.
+    while full_at.elapsed() < Duration::from_secs(3) {
+        let r = request(&metrics, "GET", "/healthz", b"", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("/healthz while the disk is full: {e}"));
+        assert_eq!(r.status, 200, "/healthz while the disk is full: {}", r.body);
+        assert!(dab.running(), "dab stopped while the disk was full");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    disk.resize("8m");
+    let freed = Instant::now();
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "posts answered 200 again after the space came back (no restart)",
+        || (load.acked() >= want).then_some(()),
+        || {
+            format!(
+                "{} acked of {want}; metrics:\n{}\ndab:\n{}",
+                load.acked(),
+                scrape(&metrics),
+                dab.stderr()
+            )
+        },
+    );
+    let outcome = load.stop();
+    // Acknowledgements while the disk was full (the first second after
+    // the first error aside: posts already appended then may complete).
+    let grace = full_at + Duration::from_secs(1);
+    let acked_while_full = outcome
+        .ack_times
+        .iter()
+        .filter(|t| **t >= grace && **t < freed)
+        .count();
+    let recovered = outcome.first_ack_after(freed);
+    let errors_seen = series(&metrics, errors);
+    assert!(
+        seen.lock().expect("seen").delivered.is_empty(),
+        "the paused peer took events"
+    );
+    paused.store(false, Ordering::SeqCst);
+    let delivered = || seen.lock().expect("seen").delivered.clone();
+    wait_all_delivered(
+        &outcome.acked,
+        &delivered,
+        &dab,
+        &metrics,
+        Duration::from_secs(60),
+    );
+    let text = scrape(&metrics);
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = delivered();
+    drop(peer);
+    drop(disk);
+
+    let mut row = Row::of_load(
+        "full disk under a disk queue, then freed",
+        &outcome,
+        &delivered,
+    );
+    row.recovered = recovered;
+    row.note = format!(
+        "{errors_seen} queue sink errors; {acked_while_full} posts answered 200 while full; refused: {}",
+        outcome.refusals_text()
+    );
+    row.report();
+    assert!(errors_seen >= 1.0, "the full disk was not counted");
+    assert_eq!(
+        metric(&text, "dab_sink_failed_events_total{sink=\"Spool\"}"),
+        Some(0.0),
+        "the queue's sink gave events up:\n{text}"
+    );
+    // Posts that arrived while the disk was full were held (back
+    // pressure), not answered: none got a 200 before the space came back.
+    assert_eq!(
+        acked_while_full, 0,
+        "posts answered 200 while the disk was full"
+    );
+}
