@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fault_support::load::{Load, Spec};
+use fault_support::load::{line, Load, Spec};
 use fault_support::peer::{Handler, Peer, Seen};
-use fault_support::{start_dab, terminate_ok, yaml_path, Row, Tmpfs, START};
-use run_support::client::{free_addr, metric, request, scrape, wait_http_ok};
+use fault_support::{file_offsets, start_dab, terminate_ok, yaml_path, Row, Tmpfs, START};
+use run_support::client::{free_addr, metric, request, scrape, wait_http_ok, wait_tcp};
 use run_support::process::Dab;
 use run_support::{poll, write_set};
 
@@ -79,6 +79,37 @@ fn wait_all_delivered(
     );
 }
 
+/// Holds for `d` while the disk is full: dab must answer `/healthz` and
+/// stay up all along.
+fn full_for(dab: &mut Dab, metrics: &str, d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        let r = request(metrics, "GET", "/healthz", b"", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("/healthz while the disk is full: {e}"));
+        assert_eq!(r.status, 200, "/healthz while the disk is full: {}", r.body);
+        assert!(dab.running(), "dab stopped while the disk was full");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `sink` has counted a failed write: the disk is full.
+fn wait_sink_error(metrics: &str, sink: &str, dab: &Dab, acked: &dyn Fn() -> String) {
+    let errors = format!("dab_sink_errors_total{{sink=\"{sink}\"}}");
+    poll(
+        Duration::from_secs(30),
+        "the tmpfs to fill up (a sink error)",
+        || (series(metrics, &errors) >= 1.0).then_some(()),
+        || {
+            format!(
+                "{}; metrics:\n{}\ndab:\n{}",
+                acked(),
+                scrape(metrics),
+                dab.stderr()
+            )
+        },
+    );
+}
+
 // A full disk under a disk queue --------------------------------------------
 
 /// The set of the disk-queue row: `HttpIn -> Spool` (a disk queue in
@@ -124,28 +155,11 @@ fn full_disk_under_a_disk_queue() {
         },
     );
     let errors = "dab_sink_errors_total{sink=\"Spool\"}";
-    poll(
-        Duration::from_secs(30),
-        "the disk queue's tmpfs to fill up (a sink error)",
-        || (series(&metrics, errors) >= 1.0).then_some(()),
-        || {
-            format!(
-                "{} acked; metrics:\n{}\ndab:\n{}",
-                load.acked(),
-                scrape(&metrics),
-                dab.stderr()
-            )
-        },
-    );
+    wait_sink_error(&metrics, "Spool", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
     let full_at = Instant::now();
-    // Full for 3 s: dab serves its probes and stays up.
-    while full_at.elapsed() < Duration::from_secs(3) {
-        let r = request(&metrics, "GET", "/healthz", b"", Duration::from_secs(2))
-            .unwrap_or_else(|e| panic!("/healthz while the disk is full: {e}"));
-        assert_eq!(r.status, 200, "/healthz while the disk is full: {}", r.body);
-        assert!(dab.running(), "dab stopped while the disk was full");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    full_for(&mut dab, &metrics, Duration::from_secs(3));
     disk.resize("8m");
     let freed = Instant::now();
     let want = load.acked() + 1_000;
@@ -216,5 +230,193 @@ fn full_disk_under_a_disk_queue() {
     assert_eq!(
         acked_while_full, 0,
         "posts answered 200 while the disk was full"
+    );
+}
+
+// tcp and unix sources on a full disk ----------------------------------------
+
+/// A socket source's client: writes events `0..first` as NDJSON lines,
+/// waits for `go`, writes `first..n`, 100 lines at a time, and closes.
+/// The writes block while dab does not read (back pressure); a socket
+/// source has no answer, so this is all a client can do.
+fn stream_client<W: std::io::Write + Send + 'static>(
+    mut w: W,
+    first: u64,
+    n: u64,
+    go: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    std::thread::spawn(move || {
+        let mut write = |from: u64, to: u64| -> std::io::Result<()> {
+            for at in (from..to).step_by(100) {
+                let mut chunk = String::new();
+                for i in at..(at + 100).min(to) {
+                    chunk.push_str(&line(i));
+                    chunk.push('\n');
+                }
+                w.write_all(chunk.as_bytes())?;
+            }
+            w.flush()
+        };
+        write(0, first)?;
+        if go.recv().is_ok() {
+            write(first, n)?;
+        }
+        Ok(())
+    })
+}
+
+/// A socket source (`tcp` or `unix`, bound by `source`) into a file sink
+/// on a 512 KiB tmpfs (some batches fit, then it is full: a socket source
+/// hands on batches of up to 1,024 events, 150 KB, more than 64 KiB). One
+/// client writes `N` events; the file fills, the
+/// sink fails and holds, the source stops reading. While the disk is full,
+/// the source counts no more events delivered, and every event it counted
+/// delivered is in the file. After the tmpfs grows to 8 MiB, every event
+/// is delivered, counted delivered, and none failed.
+fn socket_source_on_a_full_disk(
+    label: &str,
+    source: &str,
+    connect: &dyn Fn() -> Box<dyn std::io::Write + Send>,
+    dir: &Path,
+) {
+    const N: u64 = 10_000;
+    // Delivered before the disk fills (150 KB).
+    const FIRST: u64 = 1_000;
+    let disk = Tmpfs::mount(&dir.join("disk"), "512k");
+    let out = dir.join("disk").join("out.ndjson");
+    write_set(
+        dir,
+        "t.NewPipeline().In(SockIn).Out(FileOut)\n",
+        &format!(
+            "sources:\n  SockIn: {source}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\n",
+            yaml_path(&out)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir);
+    let (go, gate) = std::sync::mpsc::channel();
+    let client = stream_client(connect(), FIRST, N, gate);
+    let delivered_n = || {
+        series(
+            &metrics,
+            "dab_source_acked_events_total{source=\"SockIn\",outcome=\"delivered\"}",
+        )
+    };
+    let failed_n = || {
+        series(
+            &metrics,
+            "dab_source_acked_events_total{source=\"SockIn\",outcome=\"failed\"}",
+        )
+    };
+    poll(
+        Duration::from_secs(30),
+        "the first events delivered",
+        || (delivered_n() >= FIRST as f64).then_some(()),
+        || dab.stderr(),
+    );
+    go.send(()).expect("the client is waiting");
+    wait_sink_error(&metrics, "FileOut", &dab, &|| {
+        format!("{} counted delivered", delivered_n())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let counted_at_full = delivered_n();
+    full_for(&mut dab, &metrics, Duration::from_secs(2));
+    let counted_while_full = delivered_n() - counted_at_full;
+    // What the source counted delivered is in the file (read after).
+    let counted_now = delivered_n();
+    let in_file_while_full = file_offsets(&out).len();
+    assert!(
+        in_file_while_full as f64 >= counted_now,
+        "{label}: the source counted {counted_now} events delivered while the full file holds {in_file_while_full}"
+    );
+    disk.resize("8m");
+    let freed = Instant::now();
+    let recovered = poll(
+        Duration::from_secs(30),
+        "an event counted delivered after the space came back",
+        || (delivered_n() > counted_now).then(|| freed.elapsed()),
+        || dab.stderr(),
+    );
+    let wrote = client.join().expect("client thread");
+    assert!(
+        wrote.is_ok(),
+        "{label}: the client's writes failed: {wrote:?}"
+    );
+    poll(
+        Duration::from_secs(60),
+        "every event counted delivered",
+        || (delivered_n() >= N as f64).then_some(()),
+        || {
+            format!(
+                "{} of {N} counted delivered, {} failed; dab:\n{}",
+                delivered_n(),
+                failed_n(),
+                dab.stderr()
+            )
+        },
+    );
+    let (counted, failed) = (delivered_n(), failed_n());
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = file_offsets(&out);
+    drop(disk);
+
+    // No answer channel: every event counted delivered is acknowledged.
+    let acked: BTreeSet<u64> = (0..N).collect();
+    let mut row = Row::tally(label, N, &acked, &delivered);
+    row.recovered = Some(recovered);
+    row.note = format!(
+        "counted delivered {counted}, failed {failed}; {counted_while_full} counted delivered while full; {in_file_while_full} lines in the file while full"
+    );
+    row.report();
+    assert_eq!(counted, N as f64, "{label}: events counted delivered");
+    assert_eq!(failed, 0.0, "{label}: events counted failed");
+    assert!(
+        counted_at_full > 0.0 && in_file_while_full > 0,
+        "{label}: nothing was delivered before the disk was full: the test proves less"
+    );
+    assert_eq!(
+        counted_while_full, 0.0,
+        "{label}: counted delivered while the disk was full"
+    );
+}
+
+#[test]
+fn full_disk_under_a_tcp_source() {
+    let dir = tmp();
+    let listen = free_addr();
+    let addr = listen.clone();
+    socket_source_on_a_full_disk(
+        "full disk, then freed (tcp source, file sink)",
+        &format!("{{ kind: tcp, listen: \"{listen}\", framing: ndjson }}"),
+        &move || {
+            wait_tcp(&addr, START, String::new);
+            Box::new(std::net::TcpStream::connect(&addr).expect("connect to the tcp source"))
+        },
+        dir.path(),
+    );
+}
+
+#[test]
+fn full_disk_under_a_unix_source() {
+    let dir = tmp();
+    let sock = dir.path().join("in.sock");
+    let path = sock.clone();
+    socket_source_on_a_full_disk(
+        "full disk, then freed (unix source, file sink)",
+        &format!(
+            "{{ kind: unix, path: {}, framing: ndjson }}",
+            yaml_path(&sock)
+        ),
+        &move || {
+            let s = poll(
+                START,
+                "the unix source to listen",
+                || std::os::unix::net::UnixStream::connect(&path).ok(),
+                String::new,
+            );
+            Box::new(s)
+        },
+        dir.path(),
     );
 }
