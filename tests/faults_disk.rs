@@ -420,3 +420,111 @@ fn full_disk_under_a_unix_source() {
         dir.path(),
     );
 }
+
+// A murron_grpc source on a full disk ------------------------------------------
+
+/// Clients -> A (`http` in, `murron_grpc` out) -> B (`murron_grpc` in,
+/// file out on a 512 KiB tmpfs). B's disk fills: B must not answer
+/// `Ack{accepted}` for what it could not write, so A must not answer 200
+/// for it. Full for 3 s, then 8 MiB: every 200 of A is in B's file, with
+/// both still running.
+#[test]
+fn full_disk_under_a_murron_grpc_source() {
+    let dir = tmp();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).expect("mkdir a");
+    std::fs::create_dir_all(&b_dir).expect("mkdir b");
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "512k");
+    let out = dir.path().join("disk").join("relay.ndjson");
+    let b_listen = free_addr();
+    write_set(
+        &b_dir,
+        "store.NewPipeline().In(Grpc).Out(F)\n",
+        &format!(
+            "sources:\n  Grpc: {{ kind: murron_grpc, listen: \"{b_listen}\" }}\nsinks:\n  F: {{ kind: file, path: {} }}\n",
+            yaml_path(&out)
+        ),
+    );
+    let (mut b, b_metrics) = start_dab(&b_dir);
+    let listen = free_addr();
+    write_set(
+        &a_dir,
+        "relay.NewPipeline().In(HttpIn).Out(SidecarClient)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  SidecarClient: {{ kind: murron_grpc, endpoint: \"http://{b_listen}\" }}\n"
+        ),
+    );
+    let (mut a, a_metrics) = start_dab(&a_dir);
+    wait_http_ok(&listen, "/healthz", START, || a.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 40_000,
+            timeout: Duration::from_secs(30),
+            ..Spec::default()
+        },
+    );
+    wait_sink_error(&b_metrics, "F", &b, &|| format!("{} acked", load.acked()));
+    let full_at = Instant::now();
+    full_for(&mut b, &b_metrics, Duration::from_secs(3));
+    assert!(a.running(), "A stopped while B's disk was full");
+    disk.resize("8m");
+    let freed = Instant::now();
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "posts answered 200 again after B's space came back",
+        || (load.acked() >= want).then_some(()),
+        || {
+            format!(
+                "{} acked of {want}; A:\n{}\nB:\n{}",
+                load.acked(),
+                a.stderr(),
+                b.stderr()
+            )
+        },
+    );
+    let outcome = load.stop();
+    let grace = full_at + Duration::from_secs(1);
+    let acked_while_full = outcome
+        .ack_times
+        .iter()
+        .filter(|t| **t >= grace && **t < freed)
+        .count();
+    let a_text = scrape(&a_metrics);
+    let b_errors = series(&b_metrics, "dab_sink_errors_total{sink=\"F\"}");
+    let (a_err, b_err) = (a.stderr(), b.stderr());
+    assert!(panics(&a_err).is_empty(), "A panicked:\n{a_err}");
+    assert!(panics(&b_err).is_empty(), "B panicked:\n{b_err}");
+    // Every 200 is in B's file already, before any stop.
+    let before_stop: BTreeSet<u64> = file_offsets(&out).into_iter().collect();
+    let missing_before_stop = outcome.acked.difference(&before_stop).count();
+    terminate_ok(&mut a);
+    terminate_ok(&mut b);
+    let delivered = file_offsets(&out);
+    drop(disk);
+
+    let mut row = Row::of_load(
+        "full disk under a murron_grpc source (gRPC relay), then freed",
+        &outcome,
+        &delivered,
+    );
+    row.recovered = outcome.first_ack_after(freed);
+    row.note = format!(
+        "B's file sink errors: {}; A's gRPC sink errors: {}; {acked_while_full} posts answered 200 while full; refused: {}",
+        b_errors,
+        metric(&a_text, "dab_sink_errors_total{sink=\"SidecarClient\"}").unwrap_or(-1.0),
+        outcome.refusals_text()
+    );
+    row.report();
+    assert_eq!(
+        missing_before_stop, 0,
+        "acknowledged but not yet in B's file"
+    );
+    assert_eq!(
+        acked_while_full, 0,
+        "posts answered 200 while B's disk was full"
+    );
+}
