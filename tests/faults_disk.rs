@@ -1,10 +1,14 @@
-//! Fault paths around a full disk that `tests/faults.rs` does not cover:
-//! a `kind: disk` queue whose directory fills up. Real `dab run`
+//! Fault paths that `tests/faults.rs` does not cover: a full disk under a
+//! `kind: disk` queue and under the `tcp`, `unix` and `murron_grpc`
+//! sources, and a Kafka sink that refuses events for good (too large).
+//! Real `dab run`
 //! processes, HTTP clients posting numbered events, and a small tmpfs the
 //! test mounts (root, as in CI). Each test counts the events answered 200
 //! against the events that arrived: nothing acknowledged may be missing
 //! (`Row::report`), and what happened must show in `/metrics`.
 
+#[path = "kafka_support/broker.rs"]
+mod broker;
 #[allow(dead_code)]
 mod fault_support;
 #[allow(dead_code)]
@@ -527,4 +531,176 @@ fn full_disk_under_a_murron_grpc_source() {
         acked_while_full, 0,
         "posts answered 200 while B's disk was full"
     );
+}
+
+// A Kafka sink refusing events for good (too large) ----------------------------
+
+/// Event `i` with a message of `pad` bytes.
+fn big_line(i: u64, pad: usize) -> String {
+    format!(
+        r#"{{"timestamp":{},"host":"fault-1","type":"A","offset":{i},"pid":7,"message":"{}"}}"#,
+        1_700_000_000_000_000_000u64 + i,
+        "x".repeat(pad)
+    )
+}
+
+/// Posts `posts` batches of 20 events to `addr`, offsets from `base`; one
+/// event in every fifth post (at offset `base + 20k + 7`) carries a 50 KB
+/// message. Returns the offsets answered 200 and the big ones offered.
+fn post_with_big_events(addr: &str, base: u64, posts: u64) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let (mut acked, mut big) = (BTreeSet::new(), BTreeSet::new());
+    for p in 0..posts {
+        let first = base + p * 20;
+        let lines: Vec<String> = (first..first + 20)
+            .map(|i| {
+                if p % 5 == 0 && i == first + 7 {
+                    big.insert(i);
+                    big_line(i, 50_000)
+                } else {
+                    line(i)
+                }
+            })
+            .collect();
+        let body = format!("[{}]", lines.join(","));
+        let r = request(
+            addr,
+            "POST",
+            "/v1/events",
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("post to {addr}: {e}"));
+        assert_eq!(r.status, 200, "post {p} to {addr}: {}", r.body);
+        acked.extend(first..first + 20);
+    }
+    (acked, big)
+}
+
+/// A Kafka sink whose producer takes messages of at most 20,000 bytes
+/// (`message.max.bytes`) is given events of 50 KB among small ones. Each
+/// big event is refused for good: with `OnError(Bad)` it lands in `Bad`
+/// with the reason in `dab.error`; without, it is counted dropped
+/// (`rejected`). Either way the rest of its batch reaches the topic, the
+/// client gets its 200 (the refusal is a deliberate, counted outcome) and
+/// nothing blocks: the posts after it are answered too.
+#[test]
+fn a_kafka_sink_refusing_too_large_events_blocks_nothing() {
+    const POSTS: u64 = 50;
+    let python = fault_support::kafka::python();
+    let b = broker::Broker::start(&fault_support::kafka::tansu());
+    b.create_topic("out", 1);
+    b.create_topic("out2", 1);
+    let brokers = b.addr();
+    let dir = tmp();
+    let bad = dir.path().join("bad.ndjson");
+    let (with, without) = (free_addr(), free_addr());
+    write_set(
+        dir.path(),
+        "a.NewPipeline().In(HttpA).OnError(Bad).Out(KOut)\nb.NewPipeline().In(HttpB).Out(KOut2)\n",
+        &format!(
+            "sources:\n  HttpA: {{ kind: http, listen: \"{with}\" }}\n  HttpB: {{ kind: http, listen: \"{without}\" }}\n\
+             sinks:\n  Bad: {{ kind: file, path: {} }}\n\
+             \x20 KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: out, options: {{ message.max.bytes: \"20000\" }} }}\n\
+             \x20 KOut2: {{ kind: kafka, brokers: \"{brokers}\", topic: out2, options: {{ message.max.bytes: \"20000\" }} }}\n",
+            yaml_path(&bad)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&with, "/healthz", START, || dab.stderr());
+    wait_http_ok(&without, "/healthz", START, || dab.stderr());
+    let (acked_a, big_a) = post_with_big_events(&with, 0, POSTS);
+    let (acked_b, big_b) = post_with_big_events(&without, 1_000_000, POSTS);
+    let text = scrape(&metrics);
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+
+    let topic = |name: &str, expect: usize| -> Vec<u64> {
+        let dump = dir.path().join(format!("{name}.dump"));
+        broker::consume(
+            &python,
+            &brokers,
+            name,
+            &[
+                "--dump",
+                &dump.display().to_string(),
+                "--expect",
+                &expect.to_string(),
+                "--idle-ms",
+                "1500",
+                "--timeout-s",
+                "60",
+            ],
+        );
+        fault_support::file_offsets(&dump)
+    };
+    // With OnError: the big events are in `Bad`, with the reason.
+    let small_a: BTreeSet<u64> = acked_a.difference(&big_a).copied().collect();
+    let in_topic = topic("out", small_a.len());
+    let bad_events = fault_support::file_events(&bad);
+    let in_bad: Vec<u64> = bad_events
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    for e in &bad_events {
+        let why = e["tags"]["dab.error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("too large"),
+            "an OnError event without the reason in dab.error: {e}"
+        );
+    }
+    let mut delivered = in_topic.clone();
+    delivered.extend(&in_bad);
+    let mut row = Row::tally(
+        "Kafka sink refuses events too large (OnError)",
+        acked_a.len() as u64,
+        &acked_a,
+        &delivered,
+    );
+    row.note = format!(
+        "{} of 50 KB refused (message.max.bytes 20000), {} in OnError with dab.error; {} in the topic",
+        big_a.len(),
+        in_bad.len(),
+        in_topic.len()
+    );
+    row.report();
+    assert_eq!(
+        in_bad.iter().copied().collect::<BTreeSet<u64>>(),
+        big_a,
+        "OnError holds exactly the big events"
+    );
+    assert!(
+        in_topic.iter().all(|o| !big_a.contains(o)),
+        "a big event reached the topic"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "dab_sink_rejected_events_total{sink=\"KOut\",outcome=\"on_error\"}"
+        ),
+        Some(big_a.len() as f64),
+        "{text}"
+    );
+
+    // Without OnError: counted dropped, the rest delivered.
+    let small_b: BTreeSet<u64> = acked_b.difference(&big_b).copied().collect();
+    let in_topic2: BTreeSet<u64> = topic("out2", small_b.len()).into_iter().collect();
+    assert_eq!(
+        in_topic2, small_b,
+        "the topic holds every small event, nothing else"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "dab_sink_dropped_events_total{sink=\"KOut2\",reason=\"rejected\"}"
+        ),
+        Some(big_b.len() as f64),
+        "the refused events counted dropped by reason:\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "dab_kafka_too_large_total{sink=\"KOut2\"}"),
+        Some(big_b.len() as f64),
+        "{text}"
+    );
+    drop(b);
 }
