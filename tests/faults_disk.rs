@@ -704,3 +704,154 @@ fn a_kafka_sink_refusing_too_large_events_blocks_nothing() {
     );
     drop(b);
 }
+
+/// The offsets of the events in partition 0 of `topic` (repeats kept):
+/// read from the beginning until `expect` distinct ones and 1.5 s of
+/// quiet, at most 60 s.
+fn read_topic(brokers: &str, topic: &str, expect: usize) -> Vec<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "read-back")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut distinct = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            if distinct.len() >= expect && quiet_since.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
+            continue;
+        };
+        quiet_since = Instant::now();
+        let m = m.expect("message");
+        let v: serde_json::Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).expect("a JSON event");
+        let o = v["offset"].as_u64().expect("offset");
+        distinct.insert(o);
+        out.push(o);
+    }
+    out
+}
+
+/// The broker refuses a produce request for good (librdkafka's mock
+/// cluster answers `MSG_SIZE_TOO_LARGE` to it, as a broker whose topic
+/// takes smaller messages would). The events of that request go to
+/// `OnError(Bad)` with the broker's reason in `dab.error`; every other
+/// event reaches the topic; every post is answered 200, and the posts
+/// after the refusal are delivered too: the idempotent producer is not
+/// left stuck.
+#[test]
+fn a_broker_refusing_a_produce_request_for_good_blocks_nothing() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    const POSTS: u64 = 20;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("out", 1, 1).expect("topic out");
+    let brokers = cluster.bootstrap_servers();
+    let dir = tmp();
+    let bad = dir.path().join("bad.ndjson");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(HttpIn).OnError(Bad).Out(KOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n\
+             sinks:\n  Bad: {{ kind: file, path: {} }}\n\
+             \x20 KOut: {{ kind: kafka, brokers: \"{brokers}\", topic: out }}\n",
+            yaml_path(&bad)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let post = |p: u64| {
+        let first = p * 20;
+        let body = fault_support::load::body(first, 20);
+        let r = request(
+            &listen,
+            "POST",
+            "/v1/events",
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("post {p}: {e}"));
+        assert_eq!(
+            r.status,
+            200,
+            "post {p}: {}\ndab:\n{}",
+            r.body,
+            dab.stderr()
+        );
+    };
+    for p in 0..POSTS / 2 {
+        post(p);
+    }
+    // The next produce request is refused for good.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    for p in POSTS / 2..POSTS {
+        post(p);
+    }
+    let text = scrape(&metrics);
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+
+    let bad_events = fault_support::file_events(&bad);
+    for e in &bad_events {
+        let why = e["tags"]["dab.error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("too large"),
+            "an OnError event without the broker's reason in dab.error: {e}"
+        );
+    }
+    let in_bad: BTreeSet<u64> = bad_events
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    let acked: BTreeSet<u64> = (0..POSTS * 20).collect();
+    let in_topic = read_topic(&brokers, "out", acked.len() - in_bad.len());
+    let mut delivered = in_topic.clone();
+    delivered.extend(&in_bad);
+    let mut row = Row::tally(
+        "Kafka broker refuses a produce request (MSG_SIZE_TOO_LARGE, mock cluster)",
+        acked.len() as u64,
+        &acked,
+        &delivered,
+    );
+    row.note = format!(
+        "{} events in OnError with the reason; {} in the topic; too large counted: {:?}",
+        in_bad.len(),
+        in_topic.len(),
+        metric(&text, "dab_kafka_too_large_total{sink=\"KOut\"}")
+    );
+    row.report();
+    assert!(
+        !in_bad.is_empty(),
+        "the broker's refusal reached no OnError"
+    );
+    assert!(
+        in_topic.iter().all(|o| !in_bad.contains(o)),
+        "an event both in the topic and in OnError"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "dab_sink_rejected_events_total{sink=\"KOut\",outcome=\"on_error\"}"
+        ),
+        Some(in_bad.len() as f64),
+        "{text}"
+    );
+}
