@@ -855,3 +855,93 @@ fn a_broker_refusing_a_produce_request_for_good_blocks_nothing() {
         "{text}"
     );
 }
+
+// A disk queue that cannot create its next segment ------------------------------
+
+/// The disk queue's tmpfs has room but few inodes: the queue cannot create
+/// its next segment file (ENOSPC at `roll`). While it cannot, no post is
+/// answered 200; once the tmpfs has inodes again (a remount), posts are
+/// answered 200 again, and every event answered 200 reaches the peer.
+#[test]
+fn a_disk_queue_that_cannot_create_a_segment() {
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    // The root, `readers/`, `lock`, `readers/drain.pos` (and its `.tmp`
+    // while it is created), and two segments.
+    let disk = Tmpfs::mount(&spool, "8m,nr_inodes=7");
+    let paused = Arc::new(AtomicBool::new(true));
+    let (peer, seen) = pausable_peer(&paused);
+    let listen = free_addr();
+    spool_set(dir.path(), &listen, &spool, peer.addr());
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 40_000,
+            timeout: Duration::from_secs(20),
+            ..Spec::default()
+        },
+    );
+    wait_sink_error(&metrics, "Spool", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
+    let full_at = Instant::now();
+    full_for(&mut dab, &metrics, Duration::from_secs(3));
+    disk.resize("8m,nr_inodes=1000");
+    let freed = Instant::now();
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "posts answered 200 again once segments can be created (no restart)",
+        || (load.acked() >= want).then_some(()),
+        || {
+            format!(
+                "{} acked of {want}; segments: {:?}; metrics:\n{}\ndab:\n{}",
+                load.acked(),
+                std::fs::read_dir(&spool).map(|d| d.count()),
+                scrape(&metrics),
+                dab.stderr()
+            )
+        },
+    );
+    let outcome = load.stop();
+    let grace = full_at + Duration::from_secs(1);
+    let acked_while_full = outcome
+        .ack_times
+        .iter()
+        .filter(|t| **t >= grace && **t < freed)
+        .count();
+    paused.store(false, Ordering::SeqCst);
+    let delivered = || seen.lock().expect("seen").delivered.clone();
+    wait_all_delivered(
+        &outcome.acked,
+        &delivered,
+        &dab,
+        &metrics,
+        Duration::from_secs(60),
+    );
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = delivered();
+    drop(peer);
+    drop(disk);
+    let mut row = Row::of_load(
+        "disk queue out of inodes (no new segment), then freed",
+        &outcome,
+        &delivered,
+    );
+    row.recovered = outcome.first_ack_after(freed);
+    row.note = format!(
+        "{acked_while_full} posts answered 200 while out of inodes; refused: {}",
+        outcome.refusals_text()
+    );
+    row.report();
+    assert_eq!(
+        acked_while_full, 0,
+        "posts answered 200 while out of inodes"
+    );
+}
