@@ -945,3 +945,97 @@ fn a_disk_queue_that_cannot_create_a_segment() {
         "posts answered 200 while out of inodes"
     );
 }
+
+/// As [`full_disk_under_a_disk_queue`], but dab is killed with -9 while
+/// the queue's tmpfs is full and started again on it, still full: it must
+/// start (recovering the queue on a full disk) and answer no 200 while
+/// full; once the tmpfs grows, it answers 200 again, and every event
+/// answered 200, before the kill or after, reaches the peer.
+#[test]
+fn kill_9_while_a_disk_queue_is_full_then_restart() {
+    // The offsets posted after the restart start here.
+    const AFTER: u64 = 1_000_000;
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let disk = Tmpfs::mount(&spool, "256k");
+    let paused = Arc::new(AtomicBool::new(true));
+    let (peer, seen) = pausable_peer(&paused);
+    let listen = free_addr();
+    spool_set(dir.path(), &listen, &spool, peer.addr());
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: AFTER,
+            timeout: Duration::from_secs(20),
+            ..Spec::default()
+        },
+    );
+    wait_sink_error(&metrics, "Spool", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    fault_support::signal(dab.pid(), "KILL");
+    let _ = dab.wait(Duration::from_secs(10));
+    let before = load.stop();
+    // Again on the same queue directory, still full.
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let post = |first: u64, timeout: Duration| {
+        let body = fault_support::load::body(first, 20);
+        request(&listen, "POST", "/v1/events", body.as_bytes(), timeout)
+    };
+    let while_full = post(AFTER, Duration::from_secs(3));
+    assert!(
+        !matches!(&while_full, Ok(r) if r.status == 200),
+        "a 200 after the restart while the disk is still full"
+    );
+    disk.resize("8m");
+    let freed = Instant::now();
+    let mut acked = before.acked.clone();
+    let mut recovered = None;
+    // The post that was not answered, then 49 more.
+    for k in 0..50 {
+        let first = AFTER + k * 20;
+        poll(
+            Duration::from_secs(30),
+            "a post answered 200 after the space came back",
+            || {
+                matches!(post(first, Duration::from_secs(10)), Ok(r) if r.status == 200)
+                    .then_some(())
+            },
+            || dab.stderr(),
+        );
+        recovered.get_or_insert_with(|| freed.elapsed());
+        acked.extend(first..first + 20);
+    }
+    let torn = series(&metrics, "dab_diskq_torn_records_total{queue=\"Spool\"}");
+    paused.store(false, Ordering::SeqCst);
+    let delivered = || seen.lock().expect("seen").delivered.clone();
+    wait_all_delivered(&acked, &delivered, &dab, &metrics, Duration::from_secs(60));
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = delivered();
+    drop(peer);
+    drop(disk);
+    let mut row = Row::tally(
+        "kill -9 while a disk queue is full, restart on the full disk, then freed",
+        before.offered + 1_000,
+        &acked,
+        &delivered,
+    );
+    row.recovered = recovered;
+    row.note = format!(
+        "{} acked before the kill; torn records cut off on restart: {torn}; the post while still full: {}",
+        before.acked.len(),
+        match &while_full {
+            Ok(r) => format!("HTTP {}", r.status),
+            Err(e) => format!("{:?}", e.kind()),
+        }
+    );
+    row.report();
+}
