@@ -1039,3 +1039,83 @@ fn kill_9_while_a_disk_queue_is_full_then_restart() {
     );
     row.report();
 }
+
+/// The disk queue on the normal disk, its reader's file sink on a 64 KiB
+/// tmpfs: the clients keep getting 200 (the queue is where a 200 lands)
+/// while the drain's writes fail; once the tmpfs grows, every event
+/// answered 200 is in the file, as whole lines, dab still running.
+#[test]
+fn full_disk_under_the_reader_of_a_disk_queue() {
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "64k");
+    let out = dir.path().join("disk").join("out.ndjson");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "ingest.NewPipeline().In(HttpIn).Out(Spool)\ndrain.NewPipeline().In(Spool).Out(FileOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  FileOut: {{ kind: file, path: {} }}\nqueues:\n  Spool: {{ kind: disk, path: {}, fsync: 10ms }}\n",
+            yaml_path(&out),
+            yaml_path(&spool),
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 40_000,
+            ..Spec::default()
+        },
+    );
+    wait_sink_error(&metrics, "FileOut", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
+    let acked_at_full = load.acked();
+    full_for(&mut dab, &metrics, Duration::from_secs(3));
+    let acked_while_full = load.acked() - acked_at_full;
+    disk.resize("8m");
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "more posts answered 200",
+        || (load.acked() >= want).then_some(()),
+        || dab.stderr(),
+    );
+    let outcome = load.stop();
+    let delivered = || file_offsets(&out);
+    wait_all_delivered(
+        &outcome.acked,
+        &delivered,
+        &dab,
+        &metrics,
+        Duration::from_secs(60),
+    );
+    let text = scrape(&metrics);
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = delivered();
+    drop(disk);
+    let mut row = Row::of_load(
+        "full disk under the reader of a disk queue (file sink), then freed",
+        &outcome,
+        &delivered,
+    );
+    // The first delivery after the space came back is not timed here: the
+    // clients' 200s never stopped.
+    row.note = format!(
+        "{acked_while_full} events answered 200 while the file's disk was full (the queue took them); file sink errors: {}; reader batches failed: {}; refused: {}",
+        metric(&text, "dab_sink_errors_total{sink=\"FileOut\"}").unwrap_or(-1.0),
+        metric(&text, "dab_diskq_reader_failed_batches_total{queue=\"Spool\",reader=\"drain\"}").unwrap_or(-1.0),
+        outcome.refusals_text()
+    );
+    row.report();
+    assert!(
+        acked_while_full > 0,
+        "the queue took nothing while the file's disk was full"
+    );
+}
