@@ -96,6 +96,13 @@ fn full_for(dab: &mut Dab, metrics: &str, d: Duration) {
     }
 }
 
+/// The 200s that came while the disk was full: from a second after it
+/// filled (posts already written then may still be answered) to `freed`.
+fn acks_while_full(times: &[Instant], full_at: Instant, freed: Instant) -> usize {
+    let grace = full_at + Duration::from_secs(1);
+    times.iter().filter(|t| **t >= grace && **t < freed).count()
+}
+
 /// Waits until `sink` has counted a failed write: the disk is full.
 fn wait_sink_error(metrics: &str, sink: &str, dab: &Dab, acked: &dyn Fn() -> String) {
     let errors = format!("dab_sink_errors_total{{sink=\"{sink}\"}}");
@@ -181,14 +188,7 @@ fn full_disk_under_a_disk_queue() {
         },
     );
     let outcome = load.stop();
-    // Acknowledgements while the disk was full (the first second after
-    // the first error aside: posts already appended then may complete).
-    let grace = full_at + Duration::from_secs(1);
-    let acked_while_full = outcome
-        .ack_times
-        .iter()
-        .filter(|t| **t >= grace && **t < freed)
-        .count();
+    let acked_while_full = acks_while_full(&outcome.ack_times, full_at, freed);
     let recovered = outcome.first_ack_after(freed);
     let errors_seen = series(&metrics, errors);
     assert!(
@@ -491,12 +491,7 @@ fn full_disk_under_a_murron_grpc_source() {
         },
     );
     let outcome = load.stop();
-    let grace = full_at + Duration::from_secs(1);
-    let acked_while_full = outcome
-        .ack_times
-        .iter()
-        .filter(|t| **t >= grace && **t < freed)
-        .count();
+    let acked_while_full = acks_while_full(&outcome.ack_times, full_at, freed);
     let a_text = scrape(&a_metrics);
     let b_errors = series(&b_metrics, "dab_sink_errors_total{sink=\"F\"}");
     let (a_err, b_err) = (a.stderr(), b.stderr());
@@ -908,12 +903,7 @@ fn a_disk_queue_that_cannot_create_a_segment() {
         },
     );
     let outcome = load.stop();
-    let grace = full_at + Duration::from_secs(1);
-    let acked_while_full = outcome
-        .ack_times
-        .iter()
-        .filter(|t| **t >= grace && **t < freed)
-        .count();
+    let acked_while_full = acks_while_full(&outcome.ack_times, full_at, freed);
     paused.store(false, Ordering::SeqCst);
     let delivered = || seen.lock().expect("seen").delivered.clone();
     wait_all_delivered(
@@ -1117,5 +1107,184 @@ fn full_disk_under_the_reader_of_a_disk_queue() {
     assert!(
         acked_while_full > 0,
         "the queue took nothing while the file's disk was full"
+    );
+}
+
+// A templated file sink on a full disk -------------------------------------------
+
+/// Event `i` of type `A`, `B`, `C` or `D` (by `i % 4`).
+fn typed_line(i: u64) -> String {
+    line(i).replacen(
+        r#""type":"A""#,
+        &format!(r#""type":"{}""#, ["A", "B", "C", "D"][(i % 4) as usize]),
+        1,
+    )
+}
+
+/// Clients posting batches of 20 events of four types: what
+/// [`fault_support::load::Load`] does, with [`typed_line`].
+struct TypedLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<(BTreeSet<u64>, Vec<Instant>)>>,
+    offered: Arc<std::sync::atomic::AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl TypedLoad {
+    fn start(addr: &str, clients: usize) -> TypedLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new((BTreeSet::new(), Vec::new())));
+        let offered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let clients = (0..clients)
+            .map(|_| {
+                let (addr, stop, acked, offered) = (
+                    addr.to_owned(),
+                    Arc::clone(&stop),
+                    Arc::clone(&acked),
+                    Arc::clone(&offered),
+                );
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(90) {
+                        let first = offered.fetch_add(20, Ordering::SeqCst);
+                        let lines: Vec<String> = (first..first + 20).map(typed_line).collect();
+                        let body = format!("[{}]", lines.join(","));
+                        match request(
+                            &addr,
+                            "POST",
+                            "/v1/events",
+                            body.as_bytes(),
+                            Duration::from_secs(20),
+                        ) {
+                            Ok(r) if r.status == 200 => {
+                                let mut a = acked.lock().expect("acked");
+                                a.0.extend(first..first + 20);
+                                a.1.push(r.at);
+                            }
+                            _ => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            })
+            .collect();
+        TypedLoad {
+            stop,
+            acked,
+            offered,
+            clients,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("acked").0.len()
+    }
+
+    /// Offered, the offsets answered 200, and when each 200 came.
+    fn stop(self) -> (u64, BTreeSet<u64>, Vec<Instant>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.clients {
+            c.join().expect("client");
+        }
+        let offered = self.offered.load(Ordering::SeqCst);
+        let mut a = self.acked.lock().expect("acked");
+        (offered, std::mem::take(&mut a.0), std::mem::take(&mut a.1))
+    }
+}
+
+/// A file sink whose `path` is a template (`{type}`: four files) on a
+/// 64 KiB tmpfs. When the disk fills, a failed write must cut every file
+/// written since the last good flush back, so that no file keeps a torn
+/// line and nothing acknowledged is lost; once the tmpfs grows, posts are
+/// answered 200 again, and every 200 is in one of the files as a whole
+/// line (duplicates counted).
+#[test]
+fn full_disk_under_a_templated_file_sink() {
+    templated_file_sink_on_a_full_disk("", "full disk, then freed (templated file sink, 4 files)");
+}
+
+/// As [`full_disk_under_a_templated_file_sink`] with `max_targets: 2`:
+/// files are closed and opened again all the time, and the cut-back after
+/// a failed write must reach the closed ones too.
+#[test]
+fn full_disk_under_a_templated_file_sink_with_two_targets_open() {
+    templated_file_sink_on_a_full_disk(
+        ", max_targets: 2",
+        "full disk, then freed (templated file sink, 4 files, max_targets 2)",
+    );
+}
+
+fn templated_file_sink_on_a_full_disk(extra: &str, label: &str) {
+    let dir = tmp();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "64k");
+    let template = dir.path().join("disk").join("out").join("{type}.ndjson");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(HttpIn).Out(FileOut)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\nsinks:\n  FileOut: {{ kind: file, path: {}{extra} }}\n",
+            yaml_path(&template)
+        ),
+    );
+    let (mut dab, metrics) = start_dab(dir.path());
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let files = || -> Vec<u64> {
+        ["A", "B", "C", "D"]
+            .iter()
+            .flat_map(|t| {
+                file_offsets(
+                    &dir.path()
+                        .join("disk")
+                        .join("out")
+                        .join(format!("{t}.ndjson")),
+                )
+            })
+            .collect()
+    };
+    let load = TypedLoad::start(&listen, 4);
+    wait_sink_error(&metrics, "FileOut", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
+    let full_at = Instant::now();
+    full_for(&mut dab, &metrics, Duration::from_secs(3));
+    // Every file holds whole lines while the disk is full.
+    let in_files_while_full = files().len();
+    disk.resize("8m");
+    let freed = Instant::now();
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "posts answered 200 again after the space came back",
+        || (load.acked() >= want).then_some(()),
+        || format!("{} acked; dab:\n{}", load.acked(), dab.stderr()),
+    );
+    let (offered, acked, times) = load.stop();
+    let acked_while_full = acks_while_full(&times, full_at, freed);
+    let recovered = times
+        .iter()
+        .filter(|t| **t >= freed)
+        .min()
+        .map(|t| *t - freed);
+    let before_stop: BTreeSet<u64> = files().into_iter().collect();
+    let missing_before_stop = acked.difference(&before_stop).count();
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = files();
+    drop(disk);
+    let mut row = Row::tally(label, offered, &acked, &delivered);
+    row.recovered = recovered;
+    row.note = format!(
+        "{acked_while_full} posts answered 200 while full; {in_files_while_full} whole lines in the files while full"
+    );
+    row.report();
+    assert_eq!(
+        missing_before_stop, 0,
+        "acknowledged but not yet in the files"
+    );
+    assert_eq!(
+        acked_while_full, 0,
+        "posts answered 200 while the disk was full"
     );
 }
