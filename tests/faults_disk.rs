@@ -1288,3 +1288,86 @@ fn templated_file_sink_on_a_full_disk(extra: &str, label: &str) {
         "posts answered 200 while the disk was full"
     );
 }
+
+// SIGTERM while a disk queue is full ----------------------------------------------
+
+/// SIGTERM while the disk queue's tmpfs is full, with posts waiting on
+/// it: dab cannot drain them, so after `--shutdown-timeout 3` it forces
+/// the stop, exits 3 (events abandoned, counted), and none of the waiting
+/// posts is answered 200. Started again once the tmpfs has grown, it
+/// ships every event answered 200 before the stop.
+#[test]
+fn sigterm_while_a_disk_queue_is_full() {
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let disk = Tmpfs::mount(&spool, "256k");
+    let paused = Arc::new(AtomicBool::new(true));
+    let (peer, seen) = pausable_peer(&paused);
+    let listen = free_addr();
+    spool_set(dir.path(), &listen, &spool, peer.addr());
+    let (mut dab, metrics) =
+        fault_support::start_dab_with(dir.path(), &["--shutdown-timeout", "3"]);
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 1_000_000,
+            timeout: Duration::from_secs(30),
+            ..Spec::default()
+        },
+    );
+    wait_sink_error(&metrics, "Spool", &dab, &|| {
+        format!("{} acked", load.acked())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let acked_at_term = load.acked();
+    let t = Instant::now();
+    dab.terminate();
+    let status = dab.wait(Duration::from_secs(30));
+    let took = t.elapsed();
+    let outcome = load.stop();
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "a forced stop with events abandoned exits 3; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("stopped with events abandoned"),
+        "the abandoned events are not reported:\n{stderr}"
+    );
+    assert_eq!(
+        outcome.acked.len() as u64,
+        acked_at_term,
+        "posts answered 200 after SIGTERM while the disk was full"
+    );
+    disk.resize("8m");
+    paused.store(false, Ordering::SeqCst);
+    let (mut dab, metrics) = start_dab(dir.path());
+    let delivered = || seen.lock().expect("seen").delivered.clone();
+    wait_all_delivered(
+        &outcome.acked,
+        &delivered,
+        &dab,
+        &metrics,
+        Duration::from_secs(60),
+    );
+    terminate_ok(&mut dab);
+    let delivered = delivered();
+    drop(peer);
+    drop(disk);
+    let mut row = Row::of_load(
+        "SIGTERM while a disk queue is full (shutdown timeout 3 s), restart after freeing",
+        &outcome,
+        &delivered,
+    );
+    row.note = format!(
+        "exit 3 {:.1} s after SIGTERM; 0 answered 200 after it; refused: {}",
+        took.as_secs_f64(),
+        outcome.refusals_text()
+    );
+    row.report();
+}
