@@ -1371,3 +1371,96 @@ fn sigterm_while_a_disk_queue_is_full() {
     );
     row.report();
 }
+
+// A full state disk under a windowed pipeline -----------------------------------
+
+/// A windowed pipeline's `--state-dir` on a tmpfs that fills: the
+/// checkpoint fails, and the clients get no 200 (`tests/window.rs` holds
+/// that, and the exact results after a restart). Here: once the space is
+/// back, dab must either take events again (200) without a restart, or
+/// say on `/readyz` that it is not ready, so that an operator or an
+/// orchestrator knows it must be restarted.
+#[test]
+fn a_full_state_disk_recovers_or_says_it_is_not_ready() {
+    let dir = tmp();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "4m");
+    let state = dir.path().join("disk").join("state");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "w.NewPipeline().In(HttpIn).Window(tumbling = 10s).\
+         Aggregate(by = [host], as = \"Count\", calls = Count()).Out(Results)\n",
+        &format!(
+            "sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n\
+             sinks:\n  Results: {{ kind: file, path: results.ndjson }}\n"
+        ),
+    );
+    let state_arg = state.display().to_string();
+    let (mut dab, metrics) = fault_support::start_dab_with(
+        dir.path(),
+        &["--state-dir", &state_arg, "--checkpoint-interval", "100ms"],
+    );
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    let post = |first: u64| {
+        let body = fault_support::load::body(first, 1_000);
+        request(
+            &listen,
+            "POST",
+            "/v1/events",
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .map(|r| r.status)
+    };
+    assert_eq!(post(0).ok(), Some(200), "{}", dab.stderr());
+    // Fill the state's disk.
+    let filler = dir.path().join("disk").join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("create the filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let answers: Vec<_> = (1..4).map(|k| post(k * 1_000)).collect();
+    assert!(
+        answers.iter().skip(1).all(|a| !matches!(a, Ok(200))),
+        "a 200 while the state's disk was full: {answers:?}"
+    );
+    poll(
+        Duration::from_secs(10),
+        "a failed checkpoint counted",
+        || (series(&metrics, "dab_checkpoint_failures_total{pipeline=\"w\"}") >= 1.0).then_some(()),
+        || scrape(&metrics),
+    );
+    std::fs::remove_file(&filler).expect("remove the filler");
+    disk.resize("64m");
+    // Space again: a 200 within 10 s, or /readyz saying not ready.
+    let answered = Mutex::new(Vec::new());
+    let outcome = poll(
+        Duration::from_secs(10),
+        "a 200 again, or /readyz not ready",
+        || {
+            let mut seen = answered.lock().expect("answers");
+            let a = post(10_000 + seen.len() as u64 * 1_000);
+            seen.push(a.as_ref().map(|s| *s).map_err(|e| e.kind()));
+            if matches!(a, Ok(200)) {
+                return Some("answered 200 again without a restart".to_owned());
+            }
+            let r = request(&metrics, "GET", "/readyz", b"", Duration::from_secs(2)).ok()?;
+            (r.status == 503).then(|| format!("/readyz 503: {}", r.body))
+        },
+        || {
+            format!(
+                "posts after the space came back: {:?}; /readyz: {:?}; dab:\n{}",
+                answered.lock().expect("answers"),
+                request(&metrics, "GET", "/readyz", b"", Duration::from_secs(2))
+                    .map(|r| (r.status, r.body)),
+                dab.stderr()
+            )
+        },
+    );
+    eprintln!("after a full state disk: {outcome}");
+    terminate_ok(&mut dab);
+    drop(disk);
+}
