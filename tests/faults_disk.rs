@@ -13,6 +13,8 @@ mod broker;
 mod fault_support;
 #[allow(dead_code)]
 mod run_support;
+#[path = "s3_support/mod.rs"]
+mod s3_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -121,6 +123,58 @@ fn wait_sink_error(metrics: &str, sink: &str, dab: &Dab, acked: &dyn Fn() -> Str
     );
 }
 
+/// The paced load of the queue rows: 4 clients, 20 events a post.
+fn paced(listen: &str) -> Load {
+    Load::start(
+        listen,
+        Spec {
+            batch: 20,
+            pause: Duration::from_millis(20),
+            budget: 1_000_000,
+            timeout: Duration::from_secs(20),
+            ..Spec::default()
+        },
+    )
+}
+
+/// A row's fault under `load`: waits until `sink` fails (the disk is
+/// full), holds 3 s while dab must serve its probes, remounts the tmpfs
+/// with `options`, and waits for 1,000 more 200s (no restart). Returns the
+/// load's outcome, the 200s that came while full, and the time from the
+/// remount to the first 200 after it.
+fn fill_hold_free(
+    load: Load,
+    dab: &mut Dab,
+    metrics: &str,
+    sink: &str,
+    disk: &Tmpfs,
+    options: &str,
+) -> (fault_support::load::Outcome, usize, Option<Duration>) {
+    wait_sink_error(metrics, sink, dab, &|| format!("{} acked", load.acked()));
+    let full_at = Instant::now();
+    full_for(dab, metrics, Duration::from_secs(3));
+    disk.resize(options);
+    let freed = Instant::now();
+    let want = load.acked() + 1_000;
+    poll(
+        Duration::from_secs(30),
+        "posts answered 200 again after the space came back (no restart)",
+        || (load.acked() >= want).then_some(()),
+        || {
+            format!(
+                "{} acked of {want}; metrics:\n{}\ndab:\n{}",
+                load.acked(),
+                scrape(metrics),
+                dab.stderr()
+            )
+        },
+    );
+    let outcome = load.stop();
+    let while_full = acks_while_full(&outcome.ack_times, full_at, freed);
+    let recovered = outcome.first_ack_after(freed);
+    (outcome, while_full, recovered)
+}
+
 // A full disk under a disk queue --------------------------------------------
 
 /// The set of the disk-queue row: `HttpIn -> Spool` (a disk queue in
@@ -155,41 +209,9 @@ fn full_disk_under_a_disk_queue() {
     spool_set(dir.path(), &listen, &spool, peer.addr());
     let (mut dab, metrics) = start_dab(dir.path());
     wait_http_ok(&listen, "/healthz", START, || dab.stderr());
-    let load = Load::start(
-        &listen,
-        Spec {
-            batch: 20,
-            pause: Duration::from_millis(20),
-            budget: 40_000,
-            timeout: Duration::from_secs(20),
-            ..Spec::default()
-        },
-    );
     let errors = "dab_sink_errors_total{sink=\"Spool\"}";
-    wait_sink_error(&metrics, "Spool", &dab, &|| {
-        format!("{} acked", load.acked())
-    });
-    let full_at = Instant::now();
-    full_for(&mut dab, &metrics, Duration::from_secs(3));
-    disk.resize("8m");
-    let freed = Instant::now();
-    let want = load.acked() + 1_000;
-    poll(
-        Duration::from_secs(30),
-        "posts answered 200 again after the space came back (no restart)",
-        || (load.acked() >= want).then_some(()),
-        || {
-            format!(
-                "{} acked of {want}; metrics:\n{}\ndab:\n{}",
-                load.acked(),
-                scrape(&metrics),
-                dab.stderr()
-            )
-        },
-    );
-    let outcome = load.stop();
-    let acked_while_full = acks_while_full(&outcome.ack_times, full_at, freed);
-    let recovered = outcome.first_ack_after(freed);
+    let (outcome, acked_while_full, recovered) =
+        fill_hold_free(paced(&listen), &mut dab, &metrics, "Spool", &disk, "8m");
     let errors_seen = series(&metrics, errors);
     assert!(
         seen.lock().expect("seen").delivered.is_empty(),
@@ -870,40 +892,14 @@ fn a_disk_queue_that_cannot_create_a_segment() {
     spool_set(dir.path(), &listen, &spool, peer.addr());
     let (mut dab, metrics) = start_dab(dir.path());
     wait_http_ok(&listen, "/healthz", START, || dab.stderr());
-    let load = Load::start(
-        &listen,
-        Spec {
-            batch: 20,
-            pause: Duration::from_millis(20),
-            budget: 40_000,
-            timeout: Duration::from_secs(20),
-            ..Spec::default()
-        },
+    let (outcome, acked_while_full, recovered) = fill_hold_free(
+        paced(&listen),
+        &mut dab,
+        &metrics,
+        "Spool",
+        &disk,
+        "8m,nr_inodes=1000",
     );
-    wait_sink_error(&metrics, "Spool", &dab, &|| {
-        format!("{} acked", load.acked())
-    });
-    let full_at = Instant::now();
-    full_for(&mut dab, &metrics, Duration::from_secs(3));
-    disk.resize("8m,nr_inodes=1000");
-    let freed = Instant::now();
-    let want = load.acked() + 1_000;
-    poll(
-        Duration::from_secs(30),
-        "posts answered 200 again once segments can be created (no restart)",
-        || (load.acked() >= want).then_some(()),
-        || {
-            format!(
-                "{} acked of {want}; segments: {:?}; metrics:\n{}\ndab:\n{}",
-                load.acked(),
-                std::fs::read_dir(&spool).map(|d| d.count()),
-                scrape(&metrics),
-                dab.stderr()
-            )
-        },
-    );
-    let outcome = load.stop();
-    let acked_while_full = acks_while_full(&outcome.ack_times, full_at, freed);
     paused.store(false, Ordering::SeqCst);
     let delivered = || seen.lock().expect("seen").delivered.clone();
     wait_all_delivered(
@@ -924,7 +920,7 @@ fn a_disk_queue_that_cannot_create_a_segment() {
         &outcome,
         &delivered,
     );
-    row.recovered = outcome.first_ack_after(freed);
+    row.recovered = recovered;
     row.note = format!(
         "{acked_while_full} posts answered 200 while out of inodes; refused: {}",
         outcome.refusals_text()
@@ -1464,4 +1460,123 @@ fn a_full_state_disk_recovers_or_says_it_is_not_ready() {
     eprintln!("after a full state disk: {outcome}");
     terminate_ok(&mut dab);
     drop(disk);
+}
+
+// A full spool disk under a parquet sink on S3 ------------------------------------
+
+/// The offsets of the rows of the parquet objects under `warehouse/faults/`
+/// (downloaded into `into`, read with pyarrow); every key must be a final
+/// name and every row's payload `n` its offset. (`tests/faults.rs` has
+/// the same reading for its S3 rows.)
+fn s3_parquet_offsets(s3: &s3_support::S3Server, into: &Path) -> Vec<u64> {
+    let keys = s3.download("warehouse", "faults/", into);
+    assert!(
+        keys.iter()
+            .all(|k| k.ends_with(".parquet") && !k.contains("/.")),
+        "a key that is not a committed file: {keys:?}"
+    );
+    let script = r#"
+import json, os, sys
+import pyarrow.parquet as pq
+out = []
+for d, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        if name.endswith(".parquet") and not name.startswith("."):
+            t = pq.read_table(os.path.join(d, name), columns=["dab_offset", "n"])
+            out.extend(zip(t.column("dab_offset").to_pylist(), t.column("n").to_pylist()))
+print(json.dumps(out))
+"#;
+    let o = std::process::Command::new(s3_support::python())
+        .args(["-c", script])
+        .arg(into)
+        .output()
+        .expect("run pyarrow");
+    assert!(
+        o.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pairs: Vec<(u64, u64)> = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        pairs.iter().all(|(o, n)| o == n),
+        "a row whose payload is another event's"
+    );
+    pairs.into_iter().map(|(o, _)| o).collect()
+}
+
+/// A parquet sink on S3 (moto on loopback) whose local `spool` directory
+/// is a 4 KiB tmpfs: the files it builds before upload do not fit.
+/// No post may be answered 200 while the spool is full; after the tmpfs
+/// grows to 8 MiB, posts are answered 200 again, and every 200 is in a
+/// committed object before dab stops.
+#[test]
+fn full_spool_disk_under_a_parquet_sink_on_s3() {
+    let s3 = s3_support::S3Server::start();
+    s3.mkbucket("warehouse");
+    let dir = tmp();
+    let spool = dir.path().join("spool");
+    let disk = Tmpfs::mount(&spool, "4k");
+    let listen = free_addr();
+    write_set(
+        dir.path(),
+        "t.NewPipeline().In(HttpIn).Out(Warehouse)\n",
+        &format!(
+            "types:\n  A: {{ version: 1, fields: {{ n: int64, note: string }} }}\n\
+             sources:\n  HttpIn: {{ kind: http, listen: \"{listen}\" }}\n\
+             sinks:\n  Warehouse: {{ kind: parquet, path: \"s3://warehouse/faults\", type: A, \
+             max_file_age: 1s, s3_endpoint: \"http://{}\", spool: {}, access_key: \"${{S3_ACCESS_KEY}}\", \
+             secret_key: \"${{S3_SECRET_KEY}}\" }}\n",
+            s3.addr(),
+            yaml_path(&spool)
+        ),
+    );
+    let (mut dab, metrics) = fault_support::start_dab_with(
+        dir.path(),
+        &[
+            "--env",
+            "S3_ACCESS_KEY=dab-test-access-key",
+            "--env",
+            "S3_SECRET_KEY=dab-test-secret-key",
+        ],
+    );
+    wait_http_ok(&listen, "/healthz", START, || dab.stderr());
+    // Posts of 200 events without a pause: files of thousands of rows.
+    let load = Load::start(
+        &listen,
+        Spec {
+            batch: 200,
+            budget: 200_000,
+            timeout: Duration::from_secs(30),
+            ..Spec::default()
+        },
+    );
+    let (outcome, acked_while_full, recovered) =
+        fill_hold_free(load, &mut dab, &metrics, "Warehouse", &disk, "8m");
+    let errors = series(&metrics, "dab_sink_errors_total{sink=\"Warehouse\"}");
+    // Every 200 is in S3 before any stop.
+    let before: BTreeSet<u64> = s3_parquet_offsets(&s3, &dir.path().join("before"))
+        .into_iter()
+        .collect();
+    let missing_before_stop = outcome.acked.difference(&before).count();
+    let stderr = dab.stderr();
+    assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
+    terminate_ok(&mut dab);
+    let delivered = s3_parquet_offsets(&s3, &dir.path().join("after"));
+    drop(disk);
+    let mut row = Row::of_load(
+        "full spool disk under a parquet sink on S3, then freed",
+        &outcome,
+        &delivered,
+    );
+    row.recovered = recovered;
+    row.note = format!(
+        "{errors} sink errors; {acked_while_full} posts answered 200 while full; refused: {}",
+        outcome.refusals_text()
+    );
+    row.report();
+    assert_eq!(missing_before_stop, 0, "acknowledged but not yet in S3");
+    assert_eq!(
+        acked_while_full, 0,
+        "posts answered 200 while the spool was full"
+    );
 }
