@@ -47,7 +47,10 @@
 //! [`Appended`]) may be acknowledged to its source exactly when
 //! `durable_seq() >= end - 1`. A failed fsync poisons the queue (every
 //! later write returns [`Error::Poisoned`]): after one, what reached the
-//! disk is unknown until the queue is reopened and recovered.
+//! disk is unknown until the queue is reopened and recovered. A failed
+//! write is cut back off the segment and only fails its append; so does a
+//! new segment that cannot be created (the sealed one stays active): the
+//! queue rides out a full disk and goes on once there is room again.
 //!
 //! # Readers and acknowledgements
 //!

@@ -398,13 +398,25 @@ impl DiskQueue {
         Ok(())
     }
 
-    /// Seals the active segment (fsynced) and starts a new one.
+    /// Seals the active segment (fsynced) and starts a new one. When the
+    /// new segment cannot be created (a full disk, no inodes left), the
+    /// sealed one stays active, whole and synced: the append fails, and the
+    /// next one tries again. Only a file the failed attempt left that
+    /// cannot be removed poisons the queue.
     fn roll(&mut self) -> Result<()> {
         self.sync_data()?;
         let path = self.dir.join(segment::file_name(self.next_seq));
         match create_segment(&path, &self.dir) {
             Ok(f) => self.active = f,
-            Err(e) => return self.poison(e),
+            Err(e) => {
+                // No other file has this name: the segments are named by
+                // their first record, and this one's is past them all.
+                return match fs::remove_file(&path) {
+                    Ok(()) => Err(e),
+                    Err(r) if r.kind() == std::io::ErrorKind::NotFound => Err(e),
+                    Err(r) => self.poison(io_err(&path)(r)),
+                };
+            }
         }
         self.segments.push_back(Segment {
             first: self.next_seq,

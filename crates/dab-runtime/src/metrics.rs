@@ -315,6 +315,9 @@ pub struct WindowMetrics {
     pub checkpoint_at_ns: Gauge,
     pub checkpoints: Counter,
     pub checkpoint_failures: Counter,
+    /// 1 once a failed write left the state store unusable (every later
+    /// checkpoint fails until `dab run` restarts).
+    pub state_unusable: Gauge,
     /// Input partitions whose state this stage holds now (state per Kafka
     /// partition).
     pub partitions: Gauge,
@@ -702,7 +705,7 @@ impl Metrics {
             .filter_map(|p| p.window.as_ref().map(|w| (p.id.as_str(), w)))
             .collect();
         type Read = fn(&WindowMetrics) -> i64;
-        let window_families: [(&str, &str, &str, Read); 13] = [
+        let window_families: [(&str, &str, &str, Read); 14] = [
             ("dab_window_watermark_lag_seconds", "gauge", "Arrival time minus the watermark of a window stage", |w| w.watermark_lag_ns.get()),
             ("dab_window_open_groups", "gauge", "Open (window, group) entries", |w| w.open_groups.get()),
             ("dab_window_results_total", "counter", "Result events a window stage emitted", |w| w.results.get() as i64),
@@ -712,6 +715,7 @@ impl Metrics {
             ("dab_checkpoint_last_unixtime_seconds", "gauge", "When the last durable checkpoint was committed (0: none yet)", |w| w.checkpoint_at_ns.get()),
             ("dab_checkpoints_total", "counter", "Durable checkpoints committed", |w| w.checkpoints.get() as i64),
             ("dab_checkpoint_failures_total", "counter", "Checkpoints that failed; the stage went back to the last durable one", |w| w.checkpoint_failures.get() as i64),
+            ("dab_checkpoint_store_unusable", "gauge", "1 once a failed write left the state store unusable: every later checkpoint fails until dab restarts", |w| w.state_unusable.get()),
             ("dab_window_partitions", "gauge", "Input partitions whose window state this process holds", |w| w.partitions.get()),
             ("dab_window_restores_total", "counter", "Partition states restored on assignment", |w| w.restores.get() as i64),
             ("dab_window_restored_records_total", "counter", "Changelog records read by restores", |w| w.restored_records.get() as i64),

@@ -49,5 +49,14 @@ pub enum Error {
     Malformed { what: &'static str },
 }
 
+impl Error {
+    /// Whether the store refuses every write from now on: an earlier
+    /// write or fsync failed (a full disk), and only reopening the store
+    /// (restarting `dab run`) recovers what is durable.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, Error::Store(fjall::Error::Poisoned))
+    }
+}
+
 /// Result of the state store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

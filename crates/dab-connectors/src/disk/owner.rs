@@ -209,6 +209,7 @@ impl Owner {
             reads: Vec::new(),
             metrics: Arc::clone(&metrics),
             metrics_at: None,
+            sync_failed: None,
         };
         let closed = Arc::new(Closed::default());
         let theirs = Arc::clone(&closed);
@@ -318,6 +319,8 @@ struct Work {
     reads: Vec<(String, oneshot::Sender<Result<Records, String>>)>,
     metrics: Arc<Shared>,
     metrics_at: Option<Instant>,
+    /// The last sync failure logged, until a sync succeeds.
+    sync_failed: Option<String>,
 }
 
 enum Step {
@@ -500,8 +503,17 @@ impl Work {
     }
 
     fn progress(&mut self) {
-        if let Err(e) = self.q.sync_if_due() {
-            tracing::error!(queue = %self.metrics.queue, error = %e, "disk queue: sync failed");
+        match self.q.sync_if_due() {
+            Ok(_) => self.sync_failed = None,
+            Err(e) => {
+                // A poisoned queue fails every sync: logged once, not at
+                // every tick.
+                let e = e.to_string();
+                if self.sync_failed.as_deref() != Some(e.as_str()) {
+                    tracing::error!(queue = %self.metrics.queue, error = %e, "disk queue: sync failed");
+                    self.sync_failed = Some(e);
+                }
+            }
         }
         while let Some(p) = self.held.pop_front() {
             if p.req.taken.is_closed() {

@@ -941,7 +941,16 @@ impl WindowStage {
             (Ok(_), Ok((cp, bytes))) => tokio::task::spawn_blocking(move || cp.commit(true))
                 .await
                 .map_err(|e| format!("checkpoint task: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        if e.is_poisoned() {
+                            if let Some(w) = &m.window {
+                                w.state_unusable.set(1);
+                            }
+                        }
+                        e.to_string()
+                    })
+                })
                 .map(|_| bytes),
             (Ok(_), Err(e)) => Err(e.to_string()),
         };
