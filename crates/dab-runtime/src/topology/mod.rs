@@ -237,6 +237,17 @@ impl Running {
                 )),
             }
         }
+        for p in self.metrics.pipelines.snapshot() {
+            if p.window
+                .as_ref()
+                .is_some_and(|w| w.state_unusable.get() > 0)
+            {
+                reasons.push(format!(
+                    "pipeline `{}`: state store unusable after a failed write; restart dab",
+                    p.id
+                ));
+            }
+        }
         Readiness { reasons }
     }
 }
