@@ -42,7 +42,10 @@ pub enum Edge {
 fn side_edge(s: &crate::model::Stage) -> Edge {
     match s {
         crate::model::Stage::Aggregate(_) => Edge::Late,
-        crate::model::Stage::Route { predicate, .. } => Edge::Route(predicate.to_string()),
+        crate::model::Stage::Op(o) => match o.config().side_output().and_then(|s| s.condition) {
+            Some(condition) => Edge::Route(condition),
+            None => Edge::Overflow,
+        },
         _ => Edge::Overflow,
     }
 }

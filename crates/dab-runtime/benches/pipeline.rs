@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use dab_plan::{check_set, Options, Plan, SourceSet};
+use dab_plan::{check_set, Plan, SourceSet};
 use dab_runtime::{Registry, RunOptions};
 
 /// Events the generator emits per run.
@@ -31,7 +31,7 @@ fn plan(blueprint: &str) -> Plan {
         },
         &|_| None,
         &|p| std::fs::read(p),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
     assert!(!set.has_errors(), "{:?}", set.diagnostics);
     set.plan

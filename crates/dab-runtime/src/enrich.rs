@@ -476,6 +476,17 @@ impl ConnectorMetrics for EnrichMetrics {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::ops::RunStage for EnrichOp {
+    async fn apply(&mut self, batch: &mut Batch, cx: &crate::ops::ApplyCx<'_>) {
+        EnrichOp::apply(self, batch, cx.metrics, cx.tracker).await;
+    }
+
+    fn metrics(&self, pipeline: &str, stage: usize) -> Option<Arc<dyn ConnectorMetrics>> {
+        Some(EnrichOp::metrics(self, pipeline, stage))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -518,7 +518,7 @@ impl Running {
                 if matches!(e.table.source, dab_plan::model::TableSource::Feed { .. }) && !carried {
                     let table = crate::enrich::Table::open(&e.table, &self.registry.tables)
                         .map_err(bad_key)?;
-                    prior.push((None, s.clone(), crate::stages::StageState::Table(table)));
+                    prior.push((None, s.clone(), table));
                 }
             }
             let join_at = c
