@@ -315,7 +315,8 @@ fn service_links(
     }
 }
 
-pub(crate) trait HelpOr {
+/// A help text unless the diagnostic has one (a "did you mean").
+pub trait HelpOr {
     fn with_help_or(self, help: String) -> Self;
 }
 

@@ -112,8 +112,6 @@ pub enum Stage {
     /// `Window(...)` directly followed by `Aggregate(...)` (SPEC section 9):
     /// one stateful stage.
     Aggregate(Box<Windowed>),
-    /// `Enrich(Table, on = ..., into = "...", miss = ...)` (SPEC section 9).
-    Enrich(Box<Enrich>),
     /// `Join(Stream, on = ..., within = D, into = "...", miss = ...)`
     /// (SPEC section 9): a stateful stage with a second input.
     Join(Box<Join>),
@@ -147,16 +145,6 @@ pub struct Join {
 
 /// Default bound on the events a `Join` buffers per side.
 pub const DEFAULT_JOIN_MAX_BUFFERED: u64 = 100_000;
-
-/// A checked `Enrich(...)`: each event's `on` value looks up a row of
-/// `table`, merged into the JSON payload under `into`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enrich {
-    pub table: TableSpec,
-    pub on: Operand,
-    pub into: String,
-    pub miss: Miss,
-}
 
 /// A table bound under `tables:`. Part of the stage, so a changed binding
 /// rebuilds the pipelines that enrich from it.
@@ -340,6 +328,14 @@ impl Stage {
         }
     }
 
+    /// A table the stage reads rows from.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Stage::Op(o) => o.config().table(),
+            _ => None,
+        }
+    }
+
     /// The second input of a `Join`.
     pub fn join_stream(&self) -> Option<&str> {
         match self {
@@ -360,13 +356,6 @@ impl Stage {
     pub fn label(&self) -> String {
         match self {
             Stage::Op(o) => o.config().label(),
-            Stage::Enrich(e) => format!(
-                "Enrich({}, on = {}, into = {:?}, miss = {})",
-                e.table.name,
-                e.on,
-                e.into,
-                e.miss.as_str()
-            ),
             Stage::Join(j) => format!(
                 "Join({}, on = {}, within = {:?}, into = {:?}, miss = {})",
                 j.stream,

@@ -1,7 +1,7 @@
 //! Ops: their typed signatures, and the validation half of a pluggable op.
 //!
 //! The ops the planner itself lays out (`In`, `Out`, `OnError`, `Window`,
-//! `Aggregate`, `Join`, `Enrich`) are listed here. Every other op is a
+//! `Aggregate`, `Join`) are listed here. Every other op is a
 //! module that implements [`OpCheck`] (signature, semantic checks, lowering
 //! to its own [`OpConfig`]) and reaches the check through [`Ops`], the list
 //! a caller passes in [`crate::Options`] (`dab_runtime::ops` holds the
@@ -17,8 +17,10 @@ pub use dab_diag::{Code, Diagnostic, Span};
 pub use dab_syntax::ast::{Expr, ExprKind, Ident, Op};
 
 use crate::bindings::Bindings;
+pub use crate::enrich::on_field;
 pub use crate::expr::operand;
 use crate::pipeline::{CheckedStatement, NameUse};
+pub use crate::HelpOr;
 
 /// Where an op may stand in a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,35 +167,6 @@ static OPERATORS: &[OpSpec] = &[
         ],
         other_named: None,
         doc: "Write to sinks and/or queues; each output gets every event, or with `by` exactly one",
-    },
-    OpSpec {
-        name: "Enrich",
-        class: OpClass::Stage,
-        positional: &[Param {
-            name: "table",
-            ty: ParamType::Name,
-            doc: "a table bound under `tables:` in the bindings file",
-        }],
-        variadic: false,
-        named: &[
-            Param {
-                name: "on",
-                ty: ParamType::Field,
-                doc: "the field whose value (a string, or a number's text) is looked up in the table's key column (required)",
-            },
-            Param {
-                name: "into",
-                ty: ParamType::Text,
-                doc: "the payload key the row is added under (required)",
-            },
-            Param {
-                name: "miss",
-                ty: ParamType::Choice(&["keep", "drop", "error"]),
-                doc: "an event with no row: keep (default: unchanged), drop (counted) or error (to `OnError`, else counted dropped)",
-            },
-        ],
-        other_named: None,
-        doc: "Add the table row whose key equals a field of the event to its JSON payload",
     },
     OpSpec {
         name: "Join",
@@ -354,6 +327,11 @@ impl CheckCx<'_> {
         self.out.types.push((ty.to_owned(), span));
     }
 
+    /// `table` is a table bound under `tables:` the op reads (no W003).
+    pub fn reads_table(&mut self, table: &str) {
+        self.out.tables.push(table.to_owned());
+    }
+
     /// The op cannot be made from what the bindings hold, and that was
     /// reported where it is declared: the pipeline is never planned.
     pub fn unavailable(&mut self) {
@@ -366,6 +344,12 @@ impl CheckCx<'_> {
 pub trait OpConfig: DynEq + Any + Debug + Send + Sync {
     /// A short label for graphs, logs and metrics.
     fn label(&self) -> String;
+
+    /// A table bound under `tables:` the op reads rows from (a graph draws
+    /// it).
+    fn table(&self) -> Option<&str> {
+        None
+    }
 
     /// A sink or queue that takes some events beside the stream.
     fn side_output(&self) -> Option<SideOutput<'_>> {

@@ -259,9 +259,6 @@ pub(crate) fn check_statement(
                     Some(checker) => {
                         plugged_stage(checker, op, index, args, bindings, &mut out, diags)
                     }
-                    None if spec.name == "Enrich" => {
-                        crate::enrich::check(op, args, bindings, &mut out, diags)
-                    }
                     None => None,
                 };
                 if let Some(stage) = stage {

@@ -1,6 +1,6 @@
 //! A pipeline's stages, compiled for the runtime and applied a batch at a
 //! time. Each op is built by its own module (`crate::ops`), found by name
-//! in `crate::ops::builtin_ops`; `Enrich` by `crate::enrich`. The window
+//! in `crate::ops::builtin_ops`. The window
 //! and join stages are built by the pipeline (`crate::window`,
 //! `crate::join`), never here.
 
@@ -10,11 +10,11 @@ use dab_api::metrics::ConnectorMetrics;
 use dab_api::Batch;
 use dab_plan::model::Stage;
 
-use crate::enrich::{EnrichOp, Table};
 use crate::metrics::PipelineMetrics;
 use crate::ops::{ApplyCx, BuildCx, RunStage};
 use crate::output::OutputTx;
 use crate::reliability::Tracker;
+use dab_api::table::TableFactory;
 
 pub use crate::ops::dedup::DEDUP_MAX_PER_GENERATION;
 pub use crate::ops::sample::SAMPLE_TAG;
@@ -43,33 +43,31 @@ pub fn compile(
     overflow: impl Fn(&str) -> Option<OutputTx>,
     on_error: Option<OutputTx>,
 ) -> Result<Compiled, String> {
-    compile_with(s, overflow, on_error, None)
+    compile_with(s, overflow, on_error, None, &[])
 }
 
 /// Like `compile`, continuing `prior`: the state of the same op in the
-/// pipeline a reload replaces (ignored when it is another op's).
+/// pipeline a reload replaces (ignored when it is another op's), with the
+/// registry's table feeds.
 pub fn compile_with(
     s: &Stage,
     overflow: impl Fn(&str) -> Option<OutputTx>,
     on_error: Option<OutputTx>,
     prior: Option<StageState>,
+    tables: &[Box<dyn TableFactory>],
 ) -> Result<Compiled, String> {
     let mut cx = BuildCx {
         outputs: &overflow,
         on_error,
         prior,
         state: None,
+        tables,
     };
     let stage: Box<dyn RunStage> = match s {
         Stage::Op(o) => {
             let op = crate::ops::find(o.op())
                 .ok_or_else(|| format!("`{}` is not an op this runtime has", o.op()))?;
             op.build(o.config(), &mut cx)?
-        }
-        Stage::Enrich(e) => {
-            let on_error = cx.on_error();
-            let table = cx.try_state(|| Table::open(&e.table, &[]))?;
-            Box::new(EnrichOp::new(e, on_error, Some(table))?)
         }
         // Built by the pipeline as its window stage (`crate::window`),
         // never as one of these.

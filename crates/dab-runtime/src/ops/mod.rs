@@ -13,8 +13,8 @@
 //! state to the successor, shared with the draining old pipeline.
 //!
 //! The planner still lays out `In`, `Out`, `OnError`, `Window` /
-//! `Aggregate`, `Join` and `Enrich` itself (`dab_plan::ops::OPERATORS`),
-//! and the topology builds the window and join stages.
+//! `Aggregate` and `Join` itself (`dab_plan::ops::builtin_operators`), and
+//! the topology builds the window and join stages.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use crate::output::OutputTx;
 use crate::reliability::Tracker;
 
 pub mod dedup;
+pub mod enrich;
 pub mod filter;
 pub mod filter_type;
 pub mod rate_limit;
@@ -50,6 +51,7 @@ static OPS: &[&dyn Op] = &[
     &Plug(rate_limit::RateLimit(&rate_limit::SHORT)),
     &Plug(verify_signature::VerifySignature),
     &Plug(dedup::Dedup),
+    &Plug(enrich::Enrich),
     #[cfg(test)]
     &Plug(tests::Shout),
 ];
@@ -173,6 +175,9 @@ pub struct BuildCx<'a> {
     pub(crate) on_error: Option<OutputTx>,
     pub(crate) prior: Option<StageState>,
     pub(crate) state: Option<StageState>,
+    /// The registry's table feeds (`Registry::with_tables`), for an op
+    /// that reads a table kept current by a connector.
+    pub tables: &'a [Box<dyn dab_api::table::TableFactory>],
 }
 
 impl std::fmt::Debug for BuildCx<'_> {

@@ -508,26 +508,22 @@ impl Running {
                 .map(|old| old.states.clone())
                 .unwrap_or_default();
             let mut states = Vec::new();
-            // Tables kept current by a connector's feed are opened here,
-            // where the registry is, as if carried over.
-            for s in &c.stages {
-                let dab_plan::model::Stage::Enrich(e) = s else {
-                    continue;
-                };
-                let carried = prior.iter().any(|(at, op, _)| at.is_none() && op == s);
-                if matches!(e.table.source, dab_plan::model::TableSource::Feed { .. }) && !carried {
-                    let table = crate::enrich::Table::open(&e.table, &self.registry.tables)
-                        .map_err(bad_key)?;
-                    prior.push((None, s.clone(), table));
-                }
-            }
             let join_at = c
                 .stages
                 .iter()
                 .position(|s| matches!(s, dab_plan::model::Stage::Join(_)));
             let before = &c.stages[..window_at.or(join_at).unwrap_or(c.stages.len())];
-            let stages = compile_ops(None, before, sink_tx, on_error, &mut prior, &mut states)
-                .map_err(bad_key)?;
+            let tables = &self.registry.tables;
+            let stages = compile_ops(
+                None,
+                before,
+                sink_tx,
+                on_error,
+                &mut prior,
+                &mut states,
+                tables,
+            )
+            .map_err(bad_key)?;
             // The ops after a window or a join, which see its outputs.
             let mut post = match window_at.or(join_at) {
                 Some(k) => compile_ops(
@@ -537,6 +533,7 @@ impl Running {
                     on_error,
                     &mut prior,
                     &mut states,
+                    tables,
                 )
                 .map_err(bad_key)?,
                 None => Vec::new(),
@@ -653,6 +650,7 @@ impl Running {
                     on_error,
                     &mut prior,
                     &mut states,
+                    tables,
                 )
                 .map_err(bad_key)?;
                 outputs.push(Output {
