@@ -514,28 +514,23 @@ impl Running {
                 .position(|s| matches!(s, dab_plan::model::Stage::Join(_)));
             let before = &c.stages[..window_at.or(join_at).unwrap_or(c.stages.len())];
             let tables = &self.registry.tables;
-            let stages = compile_ops(
-                None,
-                before,
-                sink_tx,
-                on_error,
-                &mut prior,
-                &mut states,
-                tables,
-            )
-            .map_err(bad_key)?;
-            // The ops after a window or a join, which see its outputs.
-            let mut post = match window_at.or(join_at) {
-                Some(k) => compile_ops(
-                    None,
-                    &c.stages[k + 1..],
+            // Each op continues the state of an equal op at its place.
+            let mut compile = |place: Option<&str>, ops: &[dab_plan::model::Stage]| {
+                compile_ops(
+                    place,
+                    ops,
                     sink_tx,
                     on_error,
                     &mut prior,
                     &mut states,
                     tables,
                 )
-                .map_err(bad_key)?,
+                .map_err(bad_key)
+            };
+            let stages = compile(None, before)?;
+            // The ops after a window or a join, which see its outputs.
+            let mut post = match window_at.or(join_at) {
+                Some(k) => compile(None, &c.stages[k + 1..])?,
                 None => Vec::new(),
             };
             let window = match window_at.map(|k| (k, &c.stages[k])) {
@@ -643,16 +638,7 @@ impl Running {
                     continue;
                 };
                 out_names.push(o.target.clone());
-                let modifiers = compile_ops(
-                    Some(&o.target),
-                    &o.modifiers,
-                    sink_tx,
-                    on_error,
-                    &mut prior,
-                    &mut states,
-                    tables,
-                )
-                .map_err(bad_key)?;
+                let modifiers = compile(Some(&o.target), &o.modifiers)?;
                 outputs.push(Output {
                     reroute: c.on_error.as_deref() != Some(o.target.as_str()),
                     tx,
