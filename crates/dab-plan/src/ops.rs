@@ -415,7 +415,7 @@ impl PartialEq for OpStage {
 
 impl Debug for OpStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.config.fmt(f)
+        f.debug_tuple(self.op).field(&self.config).finish()
     }
 }
 

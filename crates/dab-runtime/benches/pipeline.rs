@@ -93,6 +93,13 @@ fn pipeline(c: &mut Criterion) {
             "bench.NewPipeline().In(Gen).FilterType(A).WithSampleRate(5).Out(Blackhole)",
             None,
         ),
+        // Issue 13 item 5's figure: two pluggable ops in a row (one
+        // dynamic call per op per batch).
+        (
+            "generator_filtertype_filter_blackhole",
+            "bench.NewPipeline().In(Gen).FilterType(A).Filter(pid != 4000000 && tags.zone != \"none\").Out(Blackhole)",
+            None,
+        ),
         (
             "generator_blackhole",
             "bench.NewPipeline().In(Gen).Out(Blackhole)",
