@@ -202,10 +202,8 @@ impl BuildCx<'_> {
     /// The op's state: its predecessor's, when a reload keeps the op,
     /// else `init()`. Kept for the next reload.
     pub fn state<T: Any + Send + Sync>(&mut self, init: impl FnOnce() -> T) -> Arc<T> {
-        match self.try_state(|| Ok::<Arc<T>, String>(Arc::new(init()))) {
-            Ok(s) => s,
-            Err(_) => unreachable!("init never fails"),
-        }
+        let state = self.carried().unwrap_or_else(|| Arc::new(init()));
+        self.keep(state)
     }
 
     /// Like [`BuildCx::state`], with an `init` that may fail (a table that
@@ -215,12 +213,21 @@ impl BuildCx<'_> {
         &mut self,
         init: impl FnOnce() -> Result<Arc<T>, E>,
     ) -> Result<Arc<T>, E> {
-        let state = match self.prior.take().map(|p| p.downcast::<T>()) {
-            Some(Ok(s)) => s,
-            _ => init()?,
+        let state = match self.carried() {
+            Some(s) => s,
+            None => init()?,
         };
+        Ok(self.keep(state))
+    }
+
+    /// The predecessor's state, if it is a `T`.
+    fn carried<T: Any + Send + Sync>(&mut self) -> Option<Arc<T>> {
+        self.prior.take().and_then(|p| p.downcast::<T>().ok())
+    }
+
+    fn keep<T: Any + Send + Sync>(&mut self, state: Arc<T>) -> Arc<T> {
         self.state = Some(Arc::clone(&state) as StageState);
-        Ok(state)
+        state
     }
 }
 
