@@ -3,7 +3,7 @@
 //! a source, a sink, a queue and two types, so that planning goes deep.
 #![no_main]
 
-use dab_plan::{check_set, Options, SourceSet};
+use dab_plan::{check_set, SourceSet};
 use libfuzzer_sys::fuzz_target;
 
 const BINDINGS: &str = "\
@@ -22,6 +22,6 @@ fuzz_target!(|data: &[u8]| {
         set,
         &|_| None,
         &|_| Err(std::io::Error::other("the fuzz target reads no files")),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
 });

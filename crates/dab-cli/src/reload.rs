@@ -223,6 +223,7 @@ fn reload_once(a: &RunArgs, running: &Running, trigger: Trigger, cache: &mut Par
     let started = Instant::now();
     let options = Options {
         service: a.service.clone(),
+        ops: dab_runtime::ops::plan_ops(),
     };
     let loaded = load_and_check_cached(
         &a.paths,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use dab_diag::FileId;
-use dab_plan::{check_set, check_set_cached, Options, ParseCache, SourceSet};
+use dab_plan::{check_set, check_set_cached, ParseCache, SourceSet};
 
 const FILES: usize = 100;
 const PIPELINES_PER_FILE: usize = 100;
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
         set.clone(),
         &env,
         &|p| std::fs::read(p),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
     assert!(
         checked.diagnostics.is_empty(),
@@ -94,7 +94,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("check_set", |b| {
         b.iter_batched(
             || set.clone(),
-            |set| check_set(set, &env, &|p| std::fs::read(p), &Options::default()),
+            |set| {
+                check_set(
+                    set,
+                    &env,
+                    &|p| std::fs::read(p),
+                    &dab_runtime::ops::plan_options(),
+                )
+            },
             BatchSize::LargeInput,
         );
     });
@@ -110,7 +117,7 @@ fn bench(c: &mut Criterion) {
         set.clone(),
         &env,
         &|p| std::fs::read(p),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
         &mut cache,
     );
     assert!(warm.diagnostics.is_empty());
@@ -130,7 +137,7 @@ fn bench(c: &mut Criterion) {
                     s,
                     &env,
                     &|p| std::fs::read(p),
-                    &Options::default(),
+                    &dab_runtime::ops::plan_options(),
                     &mut cache,
                 );
                 debug_assert_eq!(cache.parsed_last(), 1);

@@ -208,7 +208,7 @@ const FIELD_NAMES: &[&str] = &[
 ];
 
 /// A value an expression compares: a field, a tag or a literal.
-pub(crate) fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)> {
+pub fn operand(e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<(Operand, ValueType)> {
     if let Some(v) = literal(e) {
         let t = v.value_type();
         return Some((Operand::Value(v), t));

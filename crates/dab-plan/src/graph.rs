@@ -42,7 +42,10 @@ pub enum Edge {
 fn side_edge(s: &crate::model::Stage) -> Edge {
     match s {
         crate::model::Stage::Aggregate(_) => Edge::Late,
-        crate::model::Stage::Route { predicate, .. } => Edge::Route(predicate.to_string()),
+        crate::model::Stage::Op(o) => match o.config().side_output().and_then(|s| s.condition) {
+            Some(condition) => Edge::Route(condition),
+            None => Edge::Overflow,
+        },
         _ => Edge::Overflow,
     }
 }
@@ -81,10 +84,10 @@ pub(crate) fn build(pipelines: &[Pipeline], endpoints: &BTreeMap<String, Endpoin
         for s in &c.stages {
             let n = stage_node(&mut g, s.label());
             g.add_edge(prev, n, Edge::Flow);
-            if let crate::model::Stage::Enrich(e) = s {
+            if let Some(table) = s.table() {
                 let t = *tables
-                    .entry(e.table.name.clone())
-                    .or_insert_with(|| g.add_node(Node::Table(e.table.name.clone())));
+                    .entry(table.to_owned())
+                    .or_insert_with(|| g.add_node(Node::Table(table.to_owned())));
                 g.add_edge(t, n, Edge::Table);
             }
             if let Some(stream) = s.join_stream() {

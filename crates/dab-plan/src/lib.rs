@@ -36,6 +36,10 @@ pub use set::{check_set, check_set_cached, CheckedSet, ParseCache, SourceSet};
 pub struct Options {
     /// `--service NAME`: the service this process will run (W004).
     pub service: Option<String>,
+    /// The pluggable ops the blueprints may use (`dab_runtime::ops`
+    /// lists the built-in ones); an op neither here nor in
+    /// `ops::builtin_operators()` is unknown (E006).
+    pub ops: ops::Ops,
 }
 
 /// A checked blueprint set.
@@ -75,7 +79,7 @@ pub fn plan(
     let refs: Vec<&Blueprint> = blueprints.iter().collect();
     let checks = blueprints
         .iter()
-        .flat_map(|b| check_blueprint(b, bindings))
+        .flat_map(|b| check_blueprint(b, bindings, &options.ops))
         .collect();
     plan_refs(&refs, checks, bindings, options)
 }
@@ -93,13 +97,17 @@ pub(crate) struct StatementCheck {
 }
 
 /// [`StatementCheck`]s of every statement of `blueprint`, in order.
-pub(crate) fn check_blueprint(blueprint: &Blueprint, bindings: &Bindings) -> Vec<StatementCheck> {
+pub(crate) fn check_blueprint(
+    blueprint: &Blueprint,
+    bindings: &Bindings,
+    ops: &ops::Ops,
+) -> Vec<StatementCheck> {
     blueprint
         .statements
         .iter()
         .map(|st| {
             let mut diags = Vec::new();
-            let checked = pipeline::check_statement(st, bindings, &mut diags);
+            let checked = pipeline::check_statement(st, bindings, ops, &mut diags);
             let mut payload = Vec::new();
             if let Some(declared) = &bindings.types {
                 payload::check_statement(st, declared, &bindings.sinks, &mut payload);
@@ -307,7 +315,8 @@ fn service_links(
     }
 }
 
-pub(crate) trait HelpOr {
+/// A help text unless the diagnostic has one (a "did you mean").
+pub trait HelpOr {
     fn with_help_or(self, help: String) -> Self;
 }
 

@@ -106,51 +106,12 @@ impl std::fmt::Debug for Secret {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
-    FilterType {
-        types: Vec<String>,
-    },
-    Filter {
-        predicate: Predicate,
-    },
-    Sample {
-        rate: u64,
-        /// The op's position in its pipeline; salts the hash so that two
-        /// samplers in a row decide independently.
-        salt: u64,
-    },
-    RateLimit {
-        per_second: f64,
-        burst: u32,
-        on_limit: OnLimit,
-    },
-    VerifySignature {
-        key: String,
-        /// The key's bytes, read when the set was checked.
-        secret: Secret,
-    },
-    Dedup {
-        within: std::time::Duration,
-    },
-    /// `SetTag(k = value, ...)`: each tag with a literal (`Operand::Value`)
-    /// or the field whose value it copies.
-    SetTag {
-        tags: Vec<(String, Operand)>,
-    },
-    /// `RemoveTag(k, ...)`.
-    RemoveTag {
-        keys: Vec<String>,
-    },
-    /// `Route(cond, Name)` (SPEC section 10): the events for which `cond`
-    /// holds leave the pipeline for `target`.
-    Route {
-        predicate: Predicate,
-        target: String,
-    },
+    /// A pluggable op (`crate::ops::OpCheck`): `FilterType`, `Filter`,
+    /// `Route`, ... each with its own config.
+    Op(crate::ops::OpStage),
     /// `Window(...)` directly followed by `Aggregate(...)` (SPEC section 9):
     /// one stateful stage.
     Aggregate(Box<Windowed>),
-    /// `Enrich(Table, on = ..., into = "...", miss = ...)` (SPEC section 9).
-    Enrich(Box<Enrich>),
     /// `Join(Stream, on = ..., within = D, into = "...", miss = ...)`
     /// (SPEC section 9): a stateful stage with a second input.
     Join(Box<Join>),
@@ -184,16 +145,6 @@ pub struct Join {
 
 /// Default bound on the events a `Join` buffers per side.
 pub const DEFAULT_JOIN_MAX_BUFFERED: u64 = 100_000;
-
-/// A checked `Enrich(...)`: each event's `on` value looks up a row of
-/// `table`, merged into the JSON payload under `into`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enrich {
-    pub table: TableSpec,
-    pub on: Operand,
-    pub into: String,
-    pub miss: Miss,
-}
 
 /// A table bound under `tables:`. Part of the stage, so a changed binding
 /// rebuilds the pipelines that enrich from it.
@@ -371,12 +322,16 @@ impl std::fmt::Display for AggFn {
 impl Stage {
     pub fn overflow_target(&self) -> Option<&str> {
         match self {
-            Stage::RateLimit {
-                on_limit: OnLimit::Overflow(name),
-                ..
-            } => Some(name),
+            Stage::Op(o) => o.config().side_output().map(|s| s.target),
             Stage::Aggregate(w) => w.window.late.as_deref(),
-            Stage::Route { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    /// A table the stage reads rows from.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Stage::Op(o) => o.config().table(),
             _ => None,
         }
     }
@@ -389,39 +344,18 @@ impl Stage {
         }
     }
 
+    /// A pluggable op's config as its own type, if it is one.
+    pub fn op_config<T: crate::ops::OpConfig>(&self) -> Option<&T> {
+        match self {
+            Stage::Op(o) => o.get(),
+            _ => None,
+        }
+    }
+
     /// A short label for graphs and logs.
     pub fn label(&self) -> String {
         match self {
-            Stage::FilterType { types } => format!("FilterType({})", types.join(", ")),
-            Stage::Filter { predicate } => format!("Filter({predicate})"),
-            Stage::Sample { rate, .. } => format!("WithSampleRate({rate})"),
-            Stage::RateLimit {
-                per_second,
-                burst,
-                on_limit,
-            } => {
-                let limit = match on_limit {
-                    OnLimit::Wait => String::new(),
-                    OnLimit::Drop => ", on_limit = drop".to_owned(),
-                    OnLimit::Overflow(n) => format!(", on_limit = overflow, overflow = {n}"),
-                };
-                format!("WithRateLimit({per_second}, burst = {burst}{limit})")
-            }
-            Stage::VerifySignature { key, .. } => format!("VerifySignature(key = {key})"),
-            Stage::Dedup { within } => format!("Dedup(within = {}s)", within.as_secs()),
-            Stage::Route { predicate, target } => format!("Route({predicate}, {target})"),
-            Stage::SetTag { tags } => {
-                let t: Vec<String> = tags.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-                format!("SetTag({})", t.join(", "))
-            }
-            Stage::RemoveTag { keys } => format!("RemoveTag({})", keys.join(", ")),
-            Stage::Enrich(e) => format!(
-                "Enrich({}, on = {}, into = {:?}, miss = {})",
-                e.table.name,
-                e.on,
-                e.into,
-                e.miss.as_str()
-            ),
+            Stage::Op(o) => o.config().label(),
             Stage::Join(j) => format!(
                 "Join({}, on = {}, within = {:?}, into = {:?}, miss = {})",
                 j.stream,
@@ -454,13 +388,6 @@ impl Stage {
             }
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OnLimit {
-    Wait,
-    Drop,
-    Overflow(String),
 }
 
 /// A checked `Filter` condition.

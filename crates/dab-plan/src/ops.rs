@@ -1,6 +1,26 @@
-//! The operator registry: every op with its typed signature. The checks in
-//! `pipeline.rs` read signatures from here, so adding an op is one entry plus
-//! its semantic checks, never a new branch in the generic argument checker.
+//! Ops: their typed signatures, and the validation half of a pluggable op.
+//!
+//! The ops the planner itself lays out (`In`, `Out`, `OnError`, `Window`,
+//! `Aggregate`, `Join`) are listed here. Every other op is a
+//! module that implements [`OpCheck`] (signature, semantic checks, lowering
+//! to its own [`OpConfig`]) and reaches the check through [`Ops`], the list
+//! a caller passes in [`crate::Options`] (`dab_runtime::ops` holds the
+//! built-in list, each op's runtime half beside its check). The generic
+//! checks in `pipeline.rs` read signatures from either place, so adding an
+//! op never adds a branch to them.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+pub use dab_diag::{Code, Diagnostic, Span};
+pub use dab_syntax::ast::{Expr, ExprKind, Ident, Op};
+
+use crate::bindings::Bindings;
+pub use crate::enrich::on_field;
+pub use crate::expr::operand;
+use crate::pipeline::{CheckedStatement, NameUse};
+pub use crate::HelpOr;
 
 /// Where an op may stand in a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,30 +134,6 @@ const NAME: Param = Param {
     doc: "a source, sink or queue",
 };
 
-const RATE_LIMIT_NAMED: &[Param] = &[
-    Param {
-        name: "burst",
-        ty: ParamType::Int,
-        doc: "bucket size: events allowed at once (default: the rate, at least 1)",
-    },
-    Param {
-        name: "on_limit",
-        ty: ParamType::Choice(&["wait", "drop", "overflow"]),
-        doc: "wait (default, back pressure), drop (counted), overflow (to `overflow`)",
-    },
-    Param {
-        name: "overflow",
-        ty: ParamType::Name,
-        doc: "the queue or sink that takes the excess with `on_limit = overflow`",
-    },
-];
-
-const RATE: Param = Param {
-    name: "rate",
-    ty: ParamType::Number,
-    doc: "events per second, > 0 (0.5 is one event every two seconds)",
-};
-
 static OPERATORS: &[OpSpec] = &[
     OpSpec {
         name: "In",
@@ -171,164 +167,6 @@ static OPERATORS: &[OpSpec] = &[
         ],
         other_named: None,
         doc: "Write to sinks and/or queues; each output gets every event, or with `by` exactly one",
-    },
-    OpSpec {
-        name: "FilterType",
-        class: OpClass::Stage,
-        positional: &[Param {
-            name: "type",
-            ty: ParamType::TypeName,
-            doc: "an event type",
-        }],
-        variadic: true,
-        named: &[],
-        other_named: None,
-        doc: "Keep events whose `type` is one of those listed, byte for byte",
-    },
-    OpSpec {
-        name: "Filter",
-        class: OpClass::Stage,
-        positional: &[Param {
-            name: "condition",
-            ty: ParamType::Condition,
-            doc: "a boolean expression over event fields and tags",
-        }],
-        variadic: false,
-        named: &[],
-        other_named: None,
-        doc: "Keep events for which the condition is true",
-    },
-    OpSpec {
-        name: "Route",
-        class: OpClass::Stage,
-        positional: &[
-            Param {
-                name: "condition",
-                ty: ParamType::Condition,
-                doc: "a boolean expression over event fields and tags",
-            },
-            Param {
-                name: "name",
-                ty: ParamType::Name,
-                doc: "the sink or queue that takes the events for which it holds",
-            },
-        ],
-        variadic: false,
-        named: &[],
-        other_named: None,
-        doc: "Send the events for which the condition holds to a sink or queue; the rest go on. Of chained routes, the first that matches takes the event",
-    },
-    OpSpec {
-        name: "SetTag",
-        class: OpClass::Stage,
-        positional: &[],
-        variadic: false,
-        named: &[],
-        other_named: Some(Param {
-            name: "KEY",
-            ty: ParamType::TagValue,
-            doc: "the tag `KEY` takes this value: a literal, or a field (`host`, `tags.k`, `fields.x`) whose value it copies",
-        }),
-        doc: "Set tags on each event; a field with no value leaves its tag as it was",
-    },
-    OpSpec {
-        name: "RemoveTag",
-        class: OpClass::Stage,
-        positional: &[Param {
-            name: "key",
-            ty: ParamType::TypeName,
-            doc: "a tag key: a name, or a string such as \"k-1\"",
-        }],
-        variadic: true,
-        named: &[],
-        other_named: None,
-        doc: "Remove tags from each event",
-    },
-    OpSpec {
-        name: "WithSampleRate",
-        class: OpClass::Modifier,
-        positional: &[Param {
-            name: "n",
-            ty: ParamType::Int,
-            doc: "keep 1 event in n, n >= 1",
-        }],
-        variadic: false,
-        named: &[],
-        other_named: None,
-        doc: "Keep 1 event in n, by a fixed hash of the event UID",
-    },
-    OpSpec {
-        name: "WithRateLimitPerSecond",
-        class: OpClass::Modifier,
-        positional: &[RATE],
-        variadic: false,
-        named: RATE_LIMIT_NAMED,
-        other_named: None,
-        doc: "At most `rate` events per second (token bucket)",
-    },
-    OpSpec {
-        name: "WithRateLimit",
-        class: OpClass::Modifier,
-        positional: &[RATE],
-        variadic: false,
-        named: RATE_LIMIT_NAMED,
-        other_named: None,
-        doc: "Same as WithRateLimitPerSecond",
-    },
-    OpSpec {
-        name: "VerifySignature",
-        class: OpClass::Stage,
-        positional: &[],
-        variadic: false,
-        named: &[Param {
-            name: "key",
-            ty: ParamType::Name,
-            doc: "a key declared under `keys:` in the bindings file (required)",
-        }],
-        other_named: None,
-        doc: "Keep events whose HMAC-SHA256 signature verifies; the others go to `OnError` or are dropped and counted",
-    },
-    OpSpec {
-        name: "Dedup",
-        class: OpClass::Stage,
-        positional: &[],
-        variadic: false,
-        named: &[Param {
-            name: "within",
-            ty: ParamType::Duration,
-            doc: "how long a UID is remembered (default 10m)",
-        }],
-        other_named: None,
-        doc: "Drop events whose UID was seen within the window (redeliveries after retries)",
-    },
-    OpSpec {
-        name: "Enrich",
-        class: OpClass::Stage,
-        positional: &[Param {
-            name: "table",
-            ty: ParamType::Name,
-            doc: "a table bound under `tables:` in the bindings file",
-        }],
-        variadic: false,
-        named: &[
-            Param {
-                name: "on",
-                ty: ParamType::Field,
-                doc: "the field whose value (a string, or a number's text) is looked up in the table's key column (required)",
-            },
-            Param {
-                name: "into",
-                ty: ParamType::Text,
-                doc: "the payload key the row is added under (required)",
-            },
-            Param {
-                name: "miss",
-                ty: ParamType::Choice(&["keep", "drop", "error"]),
-                doc: "an event with no row: keep (default: unchanged), drop (counted) or error (to `OnError`, else counted dropped)",
-            },
-        ],
-        other_named: None,
-        doc: "Add the table row whose key equals a field of the event to its JSON payload",
     },
     OpSpec {
         name: "Join",
@@ -426,11 +264,184 @@ static OPERATORS: &[OpSpec] = &[
     },
 ];
 
-/// Every operator the language knows, in documentation order.
+/// The ops the planner lays out itself, in documentation order.
 pub fn builtin_operators() -> &'static [OpSpec] {
     OPERATORS
 }
 
 pub fn find_op(name: &str) -> Option<&'static OpSpec> {
     OPERATORS.iter().find(|o| o.name == name)
+}
+
+/// A checked argument value, in the order of the signature (positional
+/// first, then named), handed to [`OpCheck::check`].
+#[derive(Debug)]
+pub enum ArgValue {
+    Name(Ident),
+    Type(String, Span),
+    Int(i64, Span),
+    Number(f64, Span),
+    Condition(crate::model::Predicate),
+    Choice(String),
+    Duration(std::time::Duration, Span),
+    Text(String, Span),
+    /// Checked by the op's own checks, which read the AST.
+    Deferred,
+}
+
+/// The validation half of a pluggable op: its signature, and what it
+/// checks beyond it. The generic checks (place in the pipeline, arity,
+/// argument types) have passed when `check` is called.
+pub trait OpCheck: Send + Sync {
+    fn spec(&self) -> &'static OpSpec;
+
+    /// The op's own checks (diagnostics through `cx`) and its lowered
+    /// config; `None` when it has errors.
+    fn check(&self, cx: &mut CheckCx<'_>, op: &Op, args: Vec<ArgValue>) -> Option<OpStage>;
+}
+
+/// What an op's check may read and report: the bindings, the op's place,
+/// the diagnostics of its statement, and the names it writes to.
+#[derive(Debug)]
+pub struct CheckCx<'a> {
+    pub bindings: &'a Bindings,
+    /// The op's position in its statement.
+    pub index: usize,
+    pub diags: &'a mut Vec<Diagnostic>,
+    pub(crate) out: &'a mut CheckedStatement,
+}
+
+impl CheckCx<'_> {
+    /// `name` is a sink or queue the op sends events to: resolved and
+    /// cycle-checked with the pipeline's outputs.
+    pub fn writes_to(&mut self, name: &Ident) {
+        self.out.uses.push(NameUse {
+            name: name.name.clone(),
+            span: name.span,
+            write: true,
+        });
+    }
+
+    /// `ty` is an event type the op names, checked against `types:` (E014).
+    pub fn names_type(&mut self, ty: &str, span: Span) {
+        self.out.types.push((ty.to_owned(), span));
+    }
+
+    /// `table` is a table bound under `tables:` the op reads (no W003).
+    pub fn reads_table(&mut self, table: &str) {
+        self.out.tables.push(table.to_owned());
+    }
+
+    /// The op cannot be made from what the bindings hold, and that was
+    /// reported where it is declared: the pipeline is never planned.
+    pub fn unavailable(&mut self) {
+        self.out.missing_stage = true;
+    }
+}
+
+/// An op's lowered config: span-free, compared by value (a reload keeps
+/// an op whose config is equal, and its state).
+pub trait OpConfig: DynEq + Any + Debug + Send + Sync {
+    /// A short label for graphs, logs and metrics.
+    fn label(&self) -> String;
+
+    /// A table bound under `tables:` the op reads rows from (a graph draws
+    /// it).
+    fn table(&self) -> Option<&str> {
+        None
+    }
+
+    /// A sink or queue that takes some events beside the stream.
+    fn side_output(&self) -> Option<SideOutput<'_>> {
+        None
+    }
+}
+
+/// Where an op sends events beside the stream.
+#[derive(Debug)]
+pub struct SideOutput<'a> {
+    pub target: &'a str,
+    /// The condition that picks them, for a graph's edge (a route); `None`
+    /// for an overflow.
+    pub condition: Option<String>,
+}
+
+/// Equality across `dyn OpConfig`: equal when of the same type and equal.
+pub trait DynEq {
+    fn dyn_eq(&self, other: &dyn Any) -> bool;
+}
+
+impl<T: PartialEq + Any> DynEq for T {
+    fn dyn_eq(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<T>().is_some_and(|o| self == o)
+    }
+}
+
+/// A pluggable op in a checked pipeline: its name (its key in [`Ops`]) and
+/// its config.
+#[derive(Clone)]
+pub struct OpStage {
+    op: &'static str,
+    config: Arc<dyn OpConfig>,
+}
+
+impl OpStage {
+    pub fn new(op: &'static str, config: impl OpConfig) -> OpStage {
+        OpStage {
+            op,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn op(&self) -> &'static str {
+        self.op
+    }
+
+    pub fn config(&self) -> &dyn OpConfig {
+        &*self.config
+    }
+
+    /// The config as the op's own type.
+    pub fn get<T: OpConfig>(&self) -> Option<&T> {
+        (&*self.config as &dyn Any).downcast_ref()
+    }
+}
+
+impl PartialEq for OpStage {
+    fn eq(&self, other: &OpStage) -> bool {
+        self.op == other.op && self.config.dyn_eq(&*other.config as &dyn Any)
+    }
+}
+
+impl Debug for OpStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple(self.op).field(&self.config).finish()
+    }
+}
+
+/// The pluggable ops a check knows, looked up by name.
+#[derive(Clone, Default)]
+pub struct Ops(Vec<&'static dyn OpCheck>);
+
+impl Ops {
+    pub fn new(ops: impl IntoIterator<Item = &'static dyn OpCheck>) -> Ops {
+        Ops(ops.into_iter().collect())
+    }
+
+    pub fn find(&self, name: &str) -> Option<&'static dyn OpCheck> {
+        self.0.iter().copied().find(|o| o.spec().name == name)
+    }
+
+    /// Every op's signature: the planner's own, then these.
+    pub fn specs(&self) -> impl Iterator<Item = &'static OpSpec> + '_ {
+        OPERATORS.iter().chain(self.0.iter().map(|o| o.spec()))
+    }
+}
+
+impl Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|o| o.spec().name))
+            .finish()
+    }
 }

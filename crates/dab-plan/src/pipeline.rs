@@ -5,12 +5,11 @@
 use dab_diag::{Code, Diagnostic, Span};
 use dab_syntax::ast::{Arg, Expr, ExprKind, Ident, Op, Statement};
 
-use crate::bindings::{Bindings, KeyDecl};
+use crate::bindings::Bindings;
 use crate::expr::check_condition;
-use crate::model::{
-    OnLimit, Operand, Output, PipelineConfig, Predicate, Stage, WhenFull, WindowSpec, Windowed,
-};
-use crate::ops::{builtin_operators, find_op, OpClass, OpSpec, ParamType};
+use crate::model::{Operand, Output, PipelineConfig, Stage, WhenFull, WindowSpec, Windowed};
+pub(crate) use crate::ops::ArgValue;
+use crate::ops::{find_op, CheckCx, OpCheck, OpClass, OpSpec, Ops, ParamType};
 use crate::window;
 
 /// One mention of a source, sink or queue name.
@@ -36,25 +35,12 @@ pub(crate) struct CheckedStatement {
     pub missing_stage: bool,
 }
 
-/// A checked argument value.
-pub(crate) enum ArgValue {
-    Name(Ident),
-    Type(String, Span),
-    Int(i64, Span),
-    Number(f64, Span),
-    Condition(Predicate),
-    Choice(String),
-    Duration(std::time::Duration, Span),
-    Text(String, Span),
-    /// Checked by the op's own checks (`window.rs`), which read the AST.
-    Deferred,
-}
-
 /// Checks one statement; its diagnostics go to `diags`, which holds only
 /// this statement's (the caller gives each statement its own).
 pub(crate) fn check_statement(
     st: &Statement,
     bindings: &Bindings,
+    ops: &Ops,
     diags: &mut Vec<Diagnostic>,
 ) -> CheckedStatement {
     debug_assert!(
@@ -80,7 +66,8 @@ pub(crate) fn check_statement(
             diags.push(window_alone(window));
             open_window = None;
         }
-        let Some(spec) = find_op(&op.name.name) else {
+        let plugged = ops.find(&op.name.name);
+        let Some(spec) = find_op(&op.name.name).or(plugged.map(|o| o.spec())) else {
             diags.push(
                 Diagnostic::new(
                     Code::E006,
@@ -88,7 +75,7 @@ pub(crate) fn check_statement(
                     format!("unknown operator `{}`", op.name.name),
                 )
                 .with_label_here("not an operator")
-                .with_suggestion(&op.name.name, builtin_operators().iter().map(|o| o.name)),
+                .with_suggestion(&op.name.name, ops.specs().map(|o| o.name)),
             );
             continue;
         };
@@ -268,7 +255,13 @@ pub(crate) fn check_statement(
                 let Some(args) = check_args(spec, op, diags) else {
                     continue;
                 };
-                if let Some(stage) = build_stage(spec, op, index, args, bindings, &mut out, diags) {
+                let stage = match plugged {
+                    Some(checker) => {
+                        plugged_stage(checker, op, index, args, bindings, &mut out, diags)
+                    }
+                    None => None,
+                };
+                if let Some(stage) = stage {
                     if after_out {
                         modifiers.push(stage);
                     } else {
@@ -517,8 +510,9 @@ fn check_value(ty: ParamType, e: &Expr, diags: &mut Vec<Diagnostic>) -> Option<A
     value
 }
 
-fn build_stage(
-    spec: &OpSpec,
+/// A pluggable op's own check, lowered into its stage.
+fn plugged_stage(
+    checker: &dyn OpCheck,
     op: &Op,
     index: usize,
     args: Vec<ArgValue>,
@@ -526,290 +520,11 @@ fn build_stage(
     out: &mut CheckedStatement,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Stage> {
-    let keys: &[KeyDecl] = &bindings.keys;
-    match spec.name {
-        "Enrich" => crate::enrich::check(op, args, bindings, out, diags),
-        "VerifySignature" => {
-            let Some(ArgValue::Name(key)) = args.into_iter().next() else {
-                diags.push(
-                    Diagnostic::new(Code::E007, op.span, "`VerifySignature` needs `key = Name`")
-                        .with_label_here("missing `key`")
-                        .with_help("name a key declared under `keys:` in the bindings file; keys are never written in blueprints"),
-                );
-                return None;
-            };
-            let Some(decl) = keys.iter().find(|k| k.name == key.name) else {
-                diags.push(
-                    Diagnostic::new(Code::E010, key.span, format!("unknown key `{}`", key.name))
-                        .with_label_here("not under `keys:`")
-                        .with_suggestion(&key.name, keys.iter().map(|k| k.name.as_str()))
-                        .with_help_or_default(format!(
-                            "declare it in the bindings file: `keys: {{ {}: {{ env: VARIABLE }} }}`",
-                            key.name
-                        )),
-                );
-                return None;
-            };
-            // A key that could not be read was reported where it is
-            // declared; the set has an error and never runs.
-            let Some(secret) = decl.secret.clone() else {
-                out.missing_stage = true;
-                return None;
-            };
-            Some(Stage::VerifySignature {
-                key: key.name,
-                secret,
-            })
-        }
-        "Dedup" => {
-            let within = match args.into_iter().next() {
-                Some(ArgValue::Duration(d, span)) => {
-                    if d.is_zero() {
-                        diags.push(
-                            Diagnostic::new(Code::E009, span, "`within` must be longer than 0")
-                                .with_label_here("out of range")
-                                .with_help("for example `Dedup(within = 10m)`"),
-                        );
-                        return None;
-                    }
-                    d
-                }
-                _ => std::time::Duration::from_secs(600),
-            };
-            Some(Stage::Dedup { within })
-        }
-        "FilterType" => {
-            let mut types = Vec::new();
-            for a in args {
-                if let ArgValue::Type(t, span) = a {
-                    out.types.push((t.clone(), span));
-                    types.push(t);
-                }
-            }
-            Some(Stage::FilterType { types })
-        }
-        "SetTag" => {
-            let mut tags = Vec::new();
-            let mut ok = true;
-            for a in &op.args {
-                let Some(key) = &a.key else { continue };
-                match crate::expr::operand(&a.value, diags) {
-                    Some((value, _)) => tags.push((key.name.clone(), value)),
-                    None => ok = false,
-                }
-            }
-            if tags.is_empty() && ok {
-                diags.push(
-                    Diagnostic::new(Code::E007, op.span, "`SetTag` sets no tag")
-                        .with_label_here("no `key = value`")
-                        .with_help("for example `SetTag(env = \"prod\", team = fields.team)`"),
-                );
-            }
-            (ok && !tags.is_empty()).then_some(Stage::SetTag { tags })
-        }
-        "RemoveTag" => {
-            let mut keys = Vec::new();
-            for a in args {
-                if let ArgValue::Type(k, span) = a {
-                    if k.starts_with("dab.") {
-                        diags.push(
-                            Diagnostic::new(
-                                Code::E009,
-                                span,
-                                format!("`{k}` is one of DAB's own tags"),
-                            )
-                            .with_label_here("reserved")
-                            .with_help("tags starting `dab.` are set by DAB and cannot be changed from blueprints"),
-                        );
-                        return None;
-                    }
-                    keys.push(k);
-                }
-            }
-            Some(Stage::RemoveTag { keys })
-        }
-        "Route" => {
-            let mut args = args.into_iter();
-            let (Some(ArgValue::Condition(predicate)), Some(ArgValue::Name(target))) =
-                (args.next(), args.next())
-            else {
-                return None;
-            };
-            out.uses.push(NameUse {
-                name: target.name.clone(),
-                span: target.span,
-                write: true,
-            });
-            if predicate == Predicate::Const(false) {
-                diags.push(
-                    Diagnostic::new(Code::W002, op.span, "`Route(false, ...)` takes no event")
-                        .with_label_here("no effect")
-                        .with_help("remove it"),
-                );
-            }
-            Some(Stage::Route {
-                predicate,
-                target: target.name,
-            })
-        }
-        "Filter" => {
-            let predicate = args.into_iter().find_map(|a| match a {
-                ArgValue::Condition(p) => Some(p),
-                _ => None,
-            })?;
-            if predicate == Predicate::Const(true) {
-                diags.push(
-                    Diagnostic::new(Code::W002, op.span, "`Filter(true)` keeps every event")
-                        .with_label_here("no effect")
-                        .with_help("remove it"),
-                );
-            }
-            Some(Stage::Filter { predicate })
-        }
-        "WithSampleRate" => {
-            let Some(ArgValue::Int(n, span)) = args.into_iter().next() else {
-                return None;
-            };
-            if n < 1 {
-                diags.push(
-                    Diagnostic::new(
-                        Code::E009,
-                        span,
-                        format!("sample rate must be at least 1, found {n}"),
-                    )
-                    .with_label_here("out of range")
-                    .with_help("`WithSampleRate(n)` keeps 1 event in n; n = 1 keeps all"),
-                );
-                return None;
-            }
-            if n == 1 {
-                diags.push(
-                    Diagnostic::new(Code::W002, op.span, "`WithSampleRate(1)` keeps every event")
-                        .with_label_here("no effect")
-                        .with_help("remove it, or sample with n > 1"),
-                );
-            }
-            Some(Stage::Sample {
-                rate: n.unsigned_abs(),
-                salt: index as u64,
-            })
-        }
-        _ => rate_limit(op, args, out, diags),
-    }
-}
-
-fn rate_limit(
-    op: &Op,
-    args: Vec<ArgValue>,
-    out: &mut CheckedStatement,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<Stage> {
-    let mut rate = None;
-    let mut burst = None;
-    let mut on_limit = "wait".to_owned();
-    let mut overflow: Option<Ident> = None;
-    for (i, a) in args.into_iter().enumerate() {
-        match a {
-            ArgValue::Number(r, span) if i == 0 => rate = Some((r, span)),
-            ArgValue::Int(b, span) => burst = Some((b, span)),
-            ArgValue::Choice(c) => on_limit = c,
-            ArgValue::Name(n) => overflow = Some(n),
-            _ => {}
-        }
-    }
-    let (per_second, rate_span) = rate?;
-    let mut ok = true;
-    if per_second <= 0.0 {
-        ok = false;
-        diags.push(
-            Diagnostic::new(
-                Code::E009,
-                rate_span,
-                format!("rate must be greater than 0, found {per_second}"),
-            )
-            .with_label_here("out of range")
-            .with_help("the rate is events per second; 0.5 is one event every two seconds"),
-        );
-    }
-    let burst = match burst {
-        Some((b, span)) => match u32::try_from(b) {
-            Ok(b) if b >= 1 => b,
-            _ => {
-                ok = false;
-                diags.push(
-                    Diagnostic::new(
-                        Code::E009,
-                        span,
-                        format!("burst must be between 1 and {}, found {b}", u32::MAX),
-                    )
-                    .with_label_here("out of range"),
-                );
-                1
-            }
-        },
-        // One second's worth, at least one event.
-        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    let mut cx = CheckCx {
+        bindings,
+        index,
+        diags,
+        out,
     };
-    // SPEC: every argument naming a queue or sink is a write, so it is
-    // resolved and cycle-checked even where it has no effect.
-    if let Some(target) = &overflow {
-        out.uses.push(NameUse {
-            name: target.name.clone(),
-            span: target.span,
-            write: true,
-        });
-    }
-    let on_limit = match (on_limit.as_str(), overflow) {
-        ("overflow", Some(target)) => OnLimit::Overflow(target.name),
-        ("overflow", None) => {
-            ok = false;
-            diags.push(
-                Diagnostic::new(
-                    Code::E007,
-                    op.span,
-                    "`on_limit = overflow` needs `overflow = Name`",
-                )
-                .with_label_here("missing `overflow`")
-                .with_help("name the queue or sink that takes the excess: `overflow = Spill`"),
-            );
-            OnLimit::Wait
-        }
-        (other, Some(target)) => {
-            diags.push(
-                Diagnostic::new(
-                    Code::W002,
-                    target.span,
-                    format!("`overflow` has no effect with `on_limit = {other}`"),
-                )
-                .with_label_here("ignored")
-                .with_help("add `on_limit = overflow`, or remove `overflow`"),
-            );
-            if other == "drop" {
-                OnLimit::Drop
-            } else {
-                OnLimit::Wait
-            }
-        }
-        ("drop", None) => OnLimit::Drop,
-        _ => OnLimit::Wait,
-    };
-    ok.then_some(Stage::RateLimit {
-        per_second,
-        burst,
-        on_limit,
-    })
-}
-
-trait HelpOrDefault {
-    fn with_help_or_default(self, help: String) -> Self;
-}
-
-impl HelpOrDefault for Diagnostic {
-    fn with_help_or_default(self, help: String) -> Self {
-        if self.help.is_some() {
-            self
-        } else {
-            self.with_help(help)
-        }
-    }
+    checker.check(&mut cx, op, args).map(Stage::Op)
 }

@@ -273,7 +273,7 @@ fn parse_and_plan_cached(
         let reuse = bindings_same && p.checks.is_some();
         if !reuse {
             cache.checked += 1;
-            p.checks = Some(check_blueprint(&p.blueprint, bindings));
+            p.checks = Some(check_blueprint(&p.blueprint, bindings, &options.ops));
         }
         checks.extend(p.checks.iter().flatten().cloned());
         diags.extend(p.diagnostics.iter().cloned());

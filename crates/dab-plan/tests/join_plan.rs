@@ -9,7 +9,7 @@ use dab_diag::{Code, Diagnostic, SourceMap};
 use dab_plan::bindings::load_bindings;
 use dab_plan::graph::{Edge, Node};
 use dab_plan::model::{Join, Miss, Operand, Stage, DEFAULT_IDLE, DEFAULT_JOIN_MAX_BUFFERED};
-use dab_plan::{parse_and_plan, Options, Plan};
+use dab_plan::{parse_and_plan, Plan};
 
 fn plan(blueprint: &str) -> (Plan, Vec<Diagnostic>) {
     let mut map = SourceMap::new();
@@ -19,7 +19,7 @@ fn plan(blueprint: &str) -> (Plan, Vec<Diagnostic>) {
         std::fs::read(p)
     });
     assert!(diags.is_empty(), "{diags:?}");
-    parse_and_plan(&map, &bindings, &Options::default())
+    parse_and_plan(&map, &bindings, &dab_runtime::ops::plan_options())
 }
 
 fn join_of(plan: &Plan, id: &str) -> Join {
@@ -111,5 +111,7 @@ fn a_stage_after_the_join_is_a_stage_of_the_pipeline() {
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
     let stages = &plan.pipeline("v").expect("v").config.stages;
     assert!(matches!(stages[1], Stage::Join(_)));
-    assert!(matches!(stages[2], Stage::SetTag { .. }));
+    assert!(stages[2]
+        .op_config::<dab_runtime::ops::set_tag::Config>()
+        .is_some());
 }

@@ -10,7 +10,7 @@
 
 use dab_diag::{Code, Diagnostic, SourceMap, Span};
 use dab_plan::bindings::load_bindings;
-use dab_plan::model::{OnLimit, Stage};
+use dab_plan::model::Stage;
 use dab_plan::{check_set, CheckedSet, Options, SourceSet};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -387,7 +387,12 @@ fn blueprints_only(text: String) -> CheckedSet {
         blueprints: vec![("a.dab".to_owned(), text)],
         bindings: None,
     };
-    check_set(set, &env, &|p| std::fs::read(p), &Options::default())
+    check_set(
+        set,
+        &env,
+        &|p| std::fs::read(p),
+        &dab_runtime::ops::plan_options(),
+    )
 }
 
 // ------------------------------------------------ generated blueprints
@@ -749,31 +754,35 @@ fn render(pipelines: &[GenPipeline], separators: &[usize]) -> String {
 }
 
 fn check_stage(got: &Stage, want: &Expected) -> Result<(), TestCaseError> {
-    match (got, want) {
-        (Stage::FilterType { types }, Expected::FilterType(want)) => {
-            prop_assert_eq!(types, want);
-        }
-        (Stage::Filter { .. }, Expected::Filter) => {}
-        (Stage::Sample { rate, .. }, Expected::Sample(n)) => prop_assert_eq!(rate, n),
-        (
-            Stage::RateLimit {
-                per_second,
-                burst,
-                on_limit,
-            },
-            Expected::RateLimit {
-                per_second: want_rate,
-                burst: want_burst,
-                overflow,
-            },
-        ) => {
-            prop_assert_eq!(per_second, want_rate);
+    use dab_runtime::ops::{filter, filter_type, rate_limit, sample};
+    match want {
+        Expected::FilterType(want) => match got.op_config::<filter_type::Config>() {
+            Some(c) => prop_assert_eq!(&c.types, want),
+            None => return Err(TestCaseError::fail(format!("{got:?} is not {want:?}"))),
+        },
+        Expected::Filter if got.op_config::<filter::Config>().is_some() => {}
+        Expected::Sample(n) => match got.op_config::<sample::Config>() {
+            Some(c) => prop_assert_eq!(&c.rate, n),
+            None => return Err(TestCaseError::fail(format!("{got:?} is not {want:?}"))),
+        },
+        Expected::RateLimit {
+            per_second: want_rate,
+            burst: want_burst,
+            overflow,
+        } => {
+            let Some(c) = got.op_config::<rate_limit::Config>() else {
+                return Err(TestCaseError::fail(format!("{got:?} is not {want:?}")));
+            };
+            prop_assert_eq!(&c.per_second, want_rate);
             if let Some(b) = want_burst {
-                prop_assert_eq!(burst, b);
+                prop_assert_eq!(&c.burst, b);
             }
-            prop_assert!(*burst >= 1);
+            prop_assert!(c.burst >= 1);
             if let Some(target) = overflow {
-                prop_assert_eq!(on_limit, &OnLimit::Overflow((*target).to_owned()));
+                prop_assert_eq!(
+                    &c.on_limit,
+                    &rate_limit::OnLimit::Overflow((*target).to_owned())
+                );
             }
         }
         _ => return Err(TestCaseError::fail(format!("{got:?} is not {want:?}"))),
@@ -812,7 +821,7 @@ proptest! {
             ],
             bindings: Some(("dab.yaml".to_owned(), apply(yaml, &yaml_mutations.concat()))),
         };
-        let checked = check_set(set, &env, &|p| std::fs::read(p), &Options { service: Some("q".to_owned()) });
+        let checked = check_set(set, &env, &|p| std::fs::read(p), &Options { service: Some("q".to_owned()), ops: dab_runtime::ops::plan_ops() });
         check_checked_set(&checked)?;
     }
 

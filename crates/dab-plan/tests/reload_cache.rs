@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use dab_plan::{check_set, check_set_cached, CheckedSet, Options, ParseCache, SourceSet};
+use dab_plan::{check_set, check_set_cached, CheckedSet, ParseCache, SourceSet};
 use proptest::prelude::*;
 
 fn env(_: &str) -> Option<String> {
@@ -62,11 +62,22 @@ fn shown(c: &CheckedSet) -> String {
 }
 
 fn fresh(set: SourceSet) -> CheckedSet {
-    check_set(set, &env, &|p| std::fs::read(p), &Options::default())
+    check_set(
+        set,
+        &env,
+        &|p| std::fs::read(p),
+        &dab_runtime::ops::plan_options(),
+    )
 }
 
 fn cached(set: SourceSet, cache: &mut ParseCache) -> CheckedSet {
-    check_set_cached(set, &env, &|p| std::fs::read(p), &Options::default(), cache)
+    check_set_cached(
+        set,
+        &env,
+        &|p| std::fs::read(p),
+        &dab_runtime::ops::plan_options(),
+        cache,
+    )
 }
 
 #[test]
@@ -203,8 +214,8 @@ fn bindings_are_loaded_again_when_their_text_env_or_files_change() {
     let check = |s: SourceSet, cache: Option<&mut ParseCache>| {
         let files = |p: &str| std::fs::read(p);
         match cache {
-            Some(c) => check_set_cached(s, &env_fn, &files, &Options::default(), c),
-            None => check_set(s, &env_fn, &files, &Options::default()),
+            Some(c) => check_set_cached(s, &env_fn, &files, &dab_runtime::ops::plan_options(), c),
+            None => check_set(s, &env_fn, &files, &dab_runtime::ops::plan_options()),
         }
     };
     let mut cache = ParseCache::default();

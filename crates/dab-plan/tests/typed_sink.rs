@@ -5,7 +5,7 @@
 use dab_diag::SourceMap;
 use dab_plan::bindings::load_bindings;
 use dab_plan::model::Endpoint;
-use dab_plan::{diff, parse_and_plan, Options, Plan};
+use dab_plan::{diff, parse_and_plan, Plan};
 
 fn plan(fields: &str) -> Plan {
     let mut map = SourceMap::new();
@@ -16,7 +16,7 @@ fn plan(fields: &str) -> Plan {
     let (bindings, diags) =
         load_bindings(&mut map, "dab.yaml", yaml, &|_| None, &|p| std::fs::read(p));
     assert!(diags.is_empty(), "{diags:?}");
-    let (plan, diags) = parse_and_plan(&map, &bindings, &Options::default());
+    let (plan, diags) = parse_and_plan(&map, &bindings, &dab_runtime::ops::plan_options());
     assert!(diags.is_empty(), "{diags:?}");
     plan
 }

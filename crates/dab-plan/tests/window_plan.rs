@@ -9,7 +9,7 @@ use dab_plan::model::{
     AggFn, CmpOp, Field, Operand, Predicate, Stage, TimeBase, Value, WindowKind, DEFAULT_IDLE,
     DEFAULT_MAX_GROUPS,
 };
-use dab_plan::{parse_and_plan, Options, Plan};
+use dab_plan::{parse_and_plan, Plan};
 
 fn plan(blueprint: &str) -> Plan {
     let mut map = SourceMap::new();
@@ -19,7 +19,7 @@ fn plan(blueprint: &str) -> Plan {
         std::fs::read(p)
     });
     assert!(diags.is_empty(), "{diags:?}");
-    let (plan, diags) = parse_and_plan(&map, &bindings, &Options::default());
+    let (plan, diags) = parse_and_plan(&map, &bindings, &dab_runtime::ops::plan_options());
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
     plan
 }

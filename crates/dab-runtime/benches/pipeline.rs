@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use dab_plan::{check_set, Options, Plan, SourceSet};
+use dab_plan::{check_set, Plan, SourceSet};
 use dab_runtime::{Registry, RunOptions};
 
 /// Events the generator emits per run.
@@ -31,7 +31,7 @@ fn plan(blueprint: &str) -> Plan {
         },
         &|_| None,
         &|p| std::fs::read(p),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
     assert!(!set.has_errors(), "{:?}", set.diagnostics);
     set.plan
@@ -91,6 +91,13 @@ fn pipeline(c: &mut Criterion) {
         (
             "generator_filtertype_sample_blackhole",
             "bench.NewPipeline().In(Gen).FilterType(A).WithSampleRate(5).Out(Blackhole)",
+            None,
+        ),
+        // Issue 13 item 5's figure: two pluggable ops in a row (one
+        // dynamic call per op per batch).
+        (
+            "generator_filtertype_filter_blackhole",
+            "bench.NewPipeline().In(Gen).FilterType(A).Filter(pid != 4000000 && tags.zone != \"none\").Out(Blackhole)",
             None,
         ),
         (

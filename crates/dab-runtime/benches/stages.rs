@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dab_api::{AckToken, Batch, Event};
 use dab_plan::model::Stage;
-use dab_plan::{check_set, Options, SourceSet};
+use dab_plan::{check_set, SourceSet};
 use dab_runtime::metrics::PipelineMetrics;
 use dab_runtime::stages::compile;
 
@@ -51,7 +51,7 @@ fn stages(ops: &[(&str, &str)]) -> Vec<(String, Stage)> {
         },
         &|_| None,
         &|p| std::fs::read(p),
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
     assert!(!set.has_errors(), "{:?}", set.diagnostics);
     ops.iter()

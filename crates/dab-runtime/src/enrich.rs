@@ -25,7 +25,9 @@ use bytes::Bytes;
 use dab_api::metrics::{ConnectorMetrics, Sample};
 use dab_api::table::{Change, TableFactory, TableRows};
 use dab_api::{Batch, Event, Text};
-use dab_plan::model::{Enrich, Miss, Operand, TableSource, TableSpec};
+use dab_plan::model::{Miss, Operand, TableSource, TableSpec};
+
+use crate::ops::enrich::Config as Enrich;
 use dab_plan::table::{Rows, TableFormat};
 use serde_json::value::RawValue;
 
@@ -245,19 +247,11 @@ pub struct EnrichOp {
 }
 
 impl EnrichOp {
-    /// Compiles the stage over `prior`: the table of the same stage in the
-    /// pipeline a reload replaced, or one the topology opened with the
-    /// registry's feeds; else a `kind: file` table is loaded now.
-    pub fn new(
-        e: &Enrich,
-        on_error: Option<OutputTx>,
-        prior: Option<Arc<Table>>,
-    ) -> Result<EnrichOp, String> {
-        let table = match prior {
-            Some(t) => t,
-            None => Table::open(&e.table, &[])?,
-        };
-        Ok(EnrichOp {
+    /// Compiles the stage over `table`: the table of the same stage in the
+    /// pipeline a reload replaced, or the one its build opened
+    /// (`crate::ops::enrich`).
+    pub fn new(e: &Enrich, on_error: Option<OutputTx>, table: Arc<Table>) -> EnrichOp {
+        EnrichOp {
             reason: Text::from(format!(
                 "Enrich: no row of table `{}` for {}",
                 e.table.name, e.on
@@ -268,7 +262,7 @@ impl EnrichOp {
             miss: e.miss,
             on_error,
             counts: Arc::default(),
-        })
+        }
     }
 
     pub fn table(&self) -> &Arc<Table> {

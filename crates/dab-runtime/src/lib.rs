@@ -9,6 +9,7 @@ pub mod enrich;
 mod health;
 pub mod join;
 pub mod metrics;
+pub mod ops;
 pub mod output;
 pub mod pipeline;
 mod predicate;

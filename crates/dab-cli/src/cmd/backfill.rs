@@ -20,7 +20,6 @@ use anyhow::{bail, Context};
 use dab_api::ConfigValue;
 use dab_connectors::kafka::{BoundRange, KafkaSourceConfig, BACKFILL_FIELD};
 use dab_plan::model::{Endpoint, Role};
-use dab_plan::Options;
 use dab_runtime::{Registry, RunOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,7 +50,7 @@ pub fn run(a: BackfillArgs) -> anyhow::Result<ExitCode> {
         &a.paths,
         a.config.config.as_deref(),
         &a.config,
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     )?;
     if set.has_errors() {
         report_to(&mut std::io::stderr().lock(), &set, Format::Human)?;

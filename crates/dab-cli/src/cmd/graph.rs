@@ -4,7 +4,6 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use dab_plan::graph::{to_dot, to_mermaid};
-use dab_plan::Options;
 
 use crate::args::{Format, GraphArgs, GraphFormat};
 use crate::cmd::validate::report_to;
@@ -15,7 +14,7 @@ pub fn run(a: GraphArgs) -> anyhow::Result<ExitCode> {
         &a.paths,
         a.config.config.as_deref(),
         &a.config,
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     )?;
     if set.has_errors() {
         // The graph of an invalid set would be a guess: show why instead.

@@ -38,6 +38,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     init_logs(a.log_format);
     let options = Options {
         service: a.service.clone(),
+        ops: dab_runtime::ops::plan_ops(),
     };
     // Kept for the reloads, which then parse only the files that changed.
     let mut cache = ParseCache::default();

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use dab_diag::{counts, Code, Diagnostic};
-use dab_plan::{CheckedSet, Options};
+use dab_plan::CheckedSet;
 
 use crate::args::SchemaCheckArgs;
 use crate::cmd::validate::report;
@@ -27,7 +27,7 @@ pub fn check(a: SchemaCheckArgs) -> anyhow::Result<ExitCode> {
         &a.paths,
         a.config.config.as_deref(),
         &a.config,
-        &Options::default(),
+        &dab_runtime::ops::plan_options(),
     )?;
     let keep: Vec<Diagnostic> = set
         .diagnostics

@@ -16,6 +16,7 @@ use crate::render::{render, summary};
 pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let options = Options {
         service: a.service.clone(),
+        ops: dab_runtime::ops::plan_ops(),
     };
     if let Some(pair) = &a.diff {
         return run_diff(&a, pair, &options);

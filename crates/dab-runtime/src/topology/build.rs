@@ -508,37 +508,29 @@ impl Running {
                 .map(|old| old.states.clone())
                 .unwrap_or_default();
             let mut states = Vec::new();
-            // Tables kept current by a connector's feed are opened here,
-            // where the registry is, as if carried over.
-            for s in &c.stages {
-                let dab_plan::model::Stage::Enrich(e) = s else {
-                    continue;
-                };
-                let carried = prior.iter().any(|(at, op, _)| at.is_none() && op == s);
-                if matches!(e.table.source, dab_plan::model::TableSource::Feed { .. }) && !carried {
-                    let table = crate::enrich::Table::open(&e.table, &self.registry.tables)
-                        .map_err(bad_key)?;
-                    prior.push((None, s.clone(), crate::stages::StageState::Table(table)));
-                }
-            }
             let join_at = c
                 .stages
                 .iter()
                 .position(|s| matches!(s, dab_plan::model::Stage::Join(_)));
             let before = &c.stages[..window_at.or(join_at).unwrap_or(c.stages.len())];
-            let stages = compile_ops(None, before, sink_tx, on_error, &mut prior, &mut states)
-                .map_err(bad_key)?;
-            // The ops after a window or a join, which see its outputs.
-            let mut post = match window_at.or(join_at) {
-                Some(k) => compile_ops(
-                    None,
-                    &c.stages[k + 1..],
+            let tables = &self.registry.tables;
+            // Each op continues the state of an equal op at its place.
+            let mut compile = |place: Option<&str>, ops: &[dab_plan::model::Stage]| {
+                compile_ops(
+                    place,
+                    ops,
                     sink_tx,
                     on_error,
                     &mut prior,
                     &mut states,
+                    tables,
                 )
-                .map_err(bad_key)?,
+                .map_err(bad_key)
+            };
+            let stages = compile(None, before)?;
+            // The ops after a window or a join, which see its outputs.
+            let mut post = match window_at.or(join_at) {
+                Some(k) => compile(None, &c.stages[k + 1..])?,
                 None => Vec::new(),
             };
             let window = match window_at.map(|k| (k, &c.stages[k])) {
@@ -649,15 +641,7 @@ impl Running {
                     continue;
                 };
                 out_names.push(o.target.clone());
-                let modifiers = compile_ops(
-                    Some(&o.target),
-                    &o.modifiers,
-                    sink_tx,
-                    on_error,
-                    &mut prior,
-                    &mut states,
-                )
-                .map_err(bad_key)?;
+                let modifiers = compile(Some(&o.target), &o.modifiers)?;
                 outputs.push(Output {
                     reroute: c.on_error.as_deref() != Some(o.target.as_str()),
                     tx,

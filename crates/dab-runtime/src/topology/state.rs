@@ -78,6 +78,7 @@ pub(super) fn compile_ops(
     on_error: impl Fn() -> Option<OutputTx>,
     prior: &mut Vec<OpState>,
     states: &mut Vec<OpState>,
+    tables: &[Box<dyn dab_api::table::TableFactory>],
 ) -> Result<Vec<crate::stages::Compiled>, String> {
     let mut out = Vec::with_capacity(stages.len());
     for s in stages {
@@ -85,7 +86,7 @@ pub(super) fn compile_ops(
             .iter()
             .position(|(at, op, _)| at.as_deref() == place && op == s)
             .map(|i| prior.remove(i).2);
-        let c = compile_with(s, sink_tx, on_error(), carried)?;
+        let c = compile_with(s, sink_tx, on_error(), carried, tables)?;
         if let Some(state) = c.state() {
             states.push((place.map(str::to_owned), s.clone(), state));
         }

@@ -731,7 +731,7 @@ pub fn check(blueprint: &str, bindings: &str) -> (Plan, Vec<String>) {
         },
         &|_| None,
         &|p| std::fs::read(p),
-        &dab_plan::Options::default(),
+        &dab_runtime::ops::plan_options(),
     );
     let errors: Vec<String> = checked
         .diagnostics
