@@ -31,7 +31,7 @@ use fault_support::{
     Size, Tmpfs, START,
 };
 use run_support::client::{free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics};
-use run_support::process::Dab;
+use run_support::process::{catches_sighup, Dab};
 use run_support::{poll, write_set};
 
 fn tmp() -> tempfile::TempDir {
@@ -544,19 +544,6 @@ fn kill_9_of_the_downstream_dab_of_a_grpc_relay() {
 }
 
 // 20 reloads under load ----------------------------------------------------
-
-/// Whether the process catches SIGHUP (`SigCgt` in `/proc/PID/status`).
-fn catches_sighup(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        })
-        // SIGHUP is signal 1: bit 0.
-        .is_some_and(|mask| mask & 1 == 1)
-}
 
 /// Under load, the pipeline is rebuilt 20 times by SIGHUP, alternating
 /// `FilterType(A)` and `FilterType(A, B)` (every event is an `A`, so both

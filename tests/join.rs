@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use run_support::client::{free_addr, metric, scrape, wait_tcp};
-use run_support::process::Dab;
+use run_support::process::{catches_sighup, Dab};
 use run_support::{file_lines, write_set};
 
 const SECOND: i64 = 1_000_000_000;
@@ -492,19 +492,6 @@ fn http_inputs_killed_9_three_times_give_the_output_of_a_run_without_a_crash() {
         resent > 0,
         "no request was sent again: the kills changed nothing"
     );
-}
-
-/// Whether the process catches SIGHUP (`SigCgt` in `/proc/PID/status`,
-/// bit 0): before that, SIGHUP would end it.
-fn catches_sighup(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        })
-        .is_some_and(|mask| mask & 1 == 1)
 }
 
 fn hangup(dab: &mut Dab, nth: usize) -> String {

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use run_support::client::{
     free_addr, must_metric, request, scrape, wait_http_ok, wait_metrics, wait_tcp,
 };
-use run_support::process::Dab;
+use run_support::process::{catches_sighup, Dab};
 use run_support::producer::{Pace, Producer};
 use run_support::{file_lines, poll, write_set};
 
@@ -282,19 +282,6 @@ fn expected(
 
 fn sink_events(sink: &str) -> String {
     format!("dab_sink_events_total{{sink=\"{sink}\"}}")
-}
-
-/// Whether the process catches SIGHUP (`SigCgt` in `/proc/PID/status`).
-fn catches_sighup(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        })
-        // SIGHUP is signal 1: bit 0.
-        .is_some_and(|mask| mask & 1 == 1)
 }
 
 fn signal(dab: &Dab, sig: &str) {

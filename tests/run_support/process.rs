@@ -180,3 +180,19 @@ pub fn log_fields(line: &str, message: &str) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     (v["fields"]["message"].as_str() == Some(message)).then(|| v["fields"].clone())
 }
+
+/// Whether process `pid` has a SIGHUP handler installed yet (`SigCgt` in
+/// `/proc/PID/status`): a reload signal sent before that would end it.
+// Only the binaries that send SIGHUP (reload, join, faults) use it.
+#[allow(dead_code)]
+pub fn catches_sighup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        })
+        // SIGHUP is signal 1: bit 0.
+        .is_some_and(|mask| mask & 1 == 1)
+}
