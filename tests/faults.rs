@@ -1153,50 +1153,6 @@ fn start_parquet(dir: &Path, sinks: &str) -> (Dab, String, String) {
     (dab, metrics, listen)
 }
 
-/// The offsets of every row of the committed Parquet files under `dir`
-/// (files under hidden, temporary names are not read), read with pyarrow;
-/// each row's payload `n` must be its offset.
-fn parquet_offsets(dir: &Path) -> Vec<u64> {
-    let script = r#"
-import json, os, sys
-import pyarrow.parquet as pq
-out = []
-for d, _, names in os.walk(sys.argv[1]):
-    for name in names:
-        if name.endswith(".parquet") and not name.startswith("."):
-            t = pq.read_table(os.path.join(d, name), columns=["dab_offset", "n"])
-            out.extend(zip(t.column("dab_offset").to_pylist(), t.column("n").to_pylist()))
-print(json.dumps(out))
-"#;
-    let o = std::process::Command::new(s3_support::python())
-        .args(["-c", script])
-        .arg(dir)
-        .output()
-        .expect("run pyarrow");
-    assert!(
-        o.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let pairs: Vec<(u64, u64)> = serde_json::from_slice(&o.stdout).expect("json");
-    for (offset, n) in &pairs {
-        assert_eq!(offset, n, "a row whose payload is another event's");
-    }
-    pairs.into_iter().map(|(o, _)| o).collect()
-}
-
-/// Downloads the parquet rows' objects and returns their offsets; every
-/// key must be a final name.
-fn s3_offsets(s3: &s3_support::S3Server, into: &Path) -> Vec<u64> {
-    let keys = s3.download("warehouse", "faults/", into);
-    assert!(
-        keys.iter()
-            .all(|k| k.ends_with(".parquet") && !k.contains("/.")),
-        "a key that is not a committed file: {keys:?}"
-    );
-    parquet_offsets(into)
-}
-
 /// The S3 server stops answering (every connection to it is closed) for
 /// 3 s (10 s at full size) under load, and comes back. Every event
 /// answered 200 is in a committed object.
@@ -1234,14 +1190,14 @@ fn s3_outage_parquet_sink() {
         "dab_parquet_commit_failures_total{sink=\"Warehouse\"}",
     );
     // Every 200 is in S3 already, before any shutdown.
-    let before_exit = s3_offsets(&s3, &dir.path().join("before"));
+    let before_exit = s3_support::committed_offsets(&s3, &dir.path().join("before"));
     let missing_before_exit = out
         .acked
         .iter()
         .filter(|o| !before_exit.contains(o))
         .count();
     terminate_ok(&mut dab);
-    let delivered = s3_offsets(&s3, &dir.path().join("after"));
+    let delivered = s3_support::committed_offsets(&s3, &dir.path().join("after"));
 
     let mut row = Row::of_load(
         &format!("S3 outage {} s (parquet sink on S3)", down.as_secs()),
@@ -1295,7 +1251,7 @@ fn kill_9_of_dab_writing_parquet_to_s3() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(spool.is_empty(), "left in the spool: {spool:?}");
-    let delivered = s3_offsets(&s3, &dir.path().join("after"));
+    let delivered = s3_support::committed_offsets(&s3, &dir.path().join("after"));
     let mut row = Row::of_load(
         "kill -9 of dab writing Parquet to S3, twice",
         &out,
@@ -1321,7 +1277,7 @@ fn full_disk_then_freed_parquet_sink() {
             "{PARQUET_TYPE}sinks:\n  Warehouse: {{ kind: parquet, path: {}, type: A, max_file_age: 200ms }}\n",
             yaml_path(&out_dir)
         ),
-        &|| parquet_offsets(&out_dir),
+        &|| s3_support::parquet_offsets(&out_dir),
     );
 }
 
@@ -1360,7 +1316,7 @@ fn kill_9_of_dab_writing_parquet_from_kafka() {
     );
     signal(dab.pid(), "KILL");
     let _ = dab.wait(Duration::from_secs(10));
-    let at_kill = parquet_offsets(&out_dir).len();
+    let at_kill = s3_support::parquet_offsets(&out_dir).len();
     std::thread::sleep(Duration::from_secs(8));
     let (mut again, metrics) = start_member(dir.path());
     let back = Instant::now();
@@ -1375,7 +1331,7 @@ fn kill_9_of_dab_writing_parquet_from_kafka() {
         &format!("all {total} events in committed files"),
         || {
             std::thread::sleep(Duration::from_millis(300));
-            (parquet_offsets(&out_dir).len() as u64 >= total).then_some(())
+            (s3_support::parquet_offsets(&out_dir).len() as u64 >= total).then_some(())
         },
         || again.stderr(),
     );
@@ -1401,7 +1357,7 @@ fn kill_9_of_dab_writing_parquet_from_kafka() {
             }
         }
     }
-    let delivered = parquet_offsets(&out_dir);
+    let delivered = s3_support::parquet_offsets(&out_dir);
     let distinct: BTreeSet<u64> = delivered.iter().copied().collect();
     let acked: BTreeSet<u64> = (0..total).collect();
     let mut row = Row::tally(

@@ -1512,46 +1512,6 @@ fn a_full_state_disk_recovers_or_says_it_is_not_ready() {
 
 // A full spool disk under a parquet sink on S3 ------------------------------------
 
-/// The offsets of the rows of the parquet objects under `warehouse/faults/`
-/// (downloaded into `into`, read with pyarrow); every key must be a final
-/// name and every row's payload `n` its offset. (`tests/faults.rs` has
-/// the same reading for its S3 rows.)
-fn s3_parquet_offsets(s3: &s3_support::S3Server, into: &Path) -> Vec<u64> {
-    let keys = s3.download("warehouse", "faults/", into);
-    assert!(
-        keys.iter()
-            .all(|k| k.ends_with(".parquet") && !k.contains("/.")),
-        "a key that is not a committed file: {keys:?}"
-    );
-    let script = r#"
-import json, os, sys
-import pyarrow.parquet as pq
-out = []
-for d, _, names in os.walk(sys.argv[1]):
-    for name in names:
-        if name.endswith(".parquet") and not name.startswith("."):
-            t = pq.read_table(os.path.join(d, name), columns=["dab_offset", "n"])
-            out.extend(zip(t.column("dab_offset").to_pylist(), t.column("n").to_pylist()))
-print(json.dumps(out))
-"#;
-    let o = std::process::Command::new(s3_support::python())
-        .args(["-c", script])
-        .arg(into)
-        .output()
-        .expect("run pyarrow");
-    assert!(
-        o.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let pairs: Vec<(u64, u64)> = serde_json::from_slice(&o.stdout).expect("json");
-    assert!(
-        pairs.iter().all(|(o, n)| o == n),
-        "a row whose payload is another event's"
-    );
-    pairs.into_iter().map(|(o, _)| o).collect()
-}
-
 /// A parquet sink on S3 (moto on loopback) whose local `spool` directory
 /// is a 4 KiB tmpfs: the files it builds before upload do not fit.
 /// No post may be answered 200 while the spool is full; after the tmpfs
@@ -1602,14 +1562,14 @@ fn full_spool_disk_under_a_parquet_sink_on_s3() {
         fill_hold_free(load, &mut dab, &metrics, "Warehouse", &disk, "8m");
     let errors = series(&metrics, "dab_sink_errors_total{sink=\"Warehouse\"}");
     // Every 200 is in S3 before any stop.
-    let before: BTreeSet<u64> = s3_parquet_offsets(&s3, &dir.path().join("before"))
+    let before: BTreeSet<u64> = s3_support::committed_offsets(&s3, &dir.path().join("before"))
         .into_iter()
         .collect();
     let missing_before_stop = outcome.acked.difference(&before).count();
     let stderr = dab.stderr();
     assert!(panics(&stderr).is_empty(), "dab panicked:\n{stderr}");
     terminate_ok(&mut dab);
-    let delivered = s3_parquet_offsets(&s3, &dir.path().join("after"));
+    let delivered = s3_support::committed_offsets(&s3, &dir.path().join("after"));
     drop(disk);
     let mut row = Row::of_load(
         "full spool disk under a parquet sink on S3, then freed",

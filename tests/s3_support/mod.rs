@@ -238,3 +238,50 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// The offsets of every row of the committed Parquet files under `dir`
+/// (files under hidden, temporary names are not read), read with pyarrow;
+/// each row's payload `n` must be its offset.
+// Only the fault tests read rows back by offset.
+#[allow(dead_code)]
+pub fn parquet_offsets(dir: &Path) -> Vec<u64> {
+    let script = r#"
+import json, os, sys
+import pyarrow.parquet as pq
+out = []
+for d, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        if name.endswith(".parquet") and not name.startswith("."):
+            t = pq.read_table(os.path.join(d, name), columns=["dab_offset", "n"])
+            out.extend(zip(t.column("dab_offset").to_pylist(), t.column("n").to_pylist()))
+print(json.dumps(out))
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .expect("run pyarrow");
+    assert!(
+        o.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pairs: Vec<(u64, u64)> = serde_json::from_slice(&o.stdout).expect("json");
+    for (offset, n) in &pairs {
+        assert_eq!(offset, n, "a row whose payload is another event's");
+    }
+    pairs.into_iter().map(|(o, _)| o).collect()
+}
+
+/// Downloads the objects under `warehouse/faults/` and returns their rows'
+/// offsets ([`parquet_offsets`]); every key must be a final name.
+#[allow(dead_code)]
+pub fn committed_offsets(s3: &S3Server, into: &Path) -> Vec<u64> {
+    let keys = s3.download("warehouse", "faults/", into);
+    assert!(
+        keys.iter()
+            .all(|k| k.ends_with(".parquet") && !k.contains("/.")),
+        "a key that is not a committed file: {keys:?}"
+    );
+    parquet_offsets(into)
+}
