@@ -16,14 +16,19 @@
 //! within` (so up to `lateness`, by default `within`, of disorder within
 //! each side is tolerated), until the other side ends (a finite input),
 //! or until the other side has been silent for `idle` and the event has
-//! been held that long; never in the first `idle` after the stage starts
-//! (after a restart the sources send again what was held, in no order
-//! between the two sides, and it must all be in first). Then it leaves
-//! the buffer: a left event that matched nothing goes on unchanged
-//! (`miss = keep`) or is counted dropped (`join_miss`); any other event
-//! simply leaves. An event that arrives after the other side's watermark
-//! passed its bound is matched against what is held and leaves at once
-//! (counted late).
+//! been held that long; never during the warm-up, which ends `idle` after
+//! the stage first heard from both sides (or from one, the other silent
+//! that long): after a restart the sources send again what was held, in
+//! no order between the two sides, and it must all be in first; their
+//! clients may take a while to begin, so the warm-up counts from them,
+//! not from the start of the process. Then an event leaves the buffer: a
+//! left event that matched nothing goes on unchanged (`miss = keep`) or
+//! is counted dropped (`join_miss`); any other event simply leaves. An
+//! event that arrives after the other side's watermark passed its bound
+//! is matched against what is held and leaves at once (counted late); one
+//! that arrives more than `lateness` behind its own side's largest
+//! timestamp is counted late too (the other side may have let go of its
+//! matches).
 //!
 //! Exactness without a store: every buffered event holds its share of its
 //! source batch's acknowledgement until it leaves the buffer, every
@@ -116,6 +121,38 @@ fn pinned(ack: AckToken) -> (AckToken, Pins) {
     (wrapper, pins)
 }
 
+/// The warm-up after a start: it is over `idle` after the stage first
+/// heard from both sides, or from one while the other stayed silent that
+/// long. It counts from the sources, not from the start of the process:
+/// after a restart their clients may take a while to send again what was
+/// held (a retry's back-off, a connection's timeout), and until both have
+/// begun no bound can be judged.
+#[derive(Debug, Default)]
+struct Warmup {
+    /// When each side was first heard from.
+    first: [Option<Instant>; 2],
+    over: bool,
+}
+
+impl Warmup {
+    fn heard(&mut self, side: Side, now: Instant) {
+        self.first[side as usize].get_or_insert(now);
+    }
+
+    /// Whether the warm-up is over at `now`; once over, it stays over.
+    fn over(&mut self, now: Instant, idle: Duration) -> bool {
+        if !self.over {
+            let end = match self.first {
+                [Some(a), Some(b)] => Some(a.max(b) + idle),
+                [Some(a), None] | [None, Some(a)] => Some(a + idle),
+                [None, None] => None,
+            };
+            self.over = end.is_some_and(|e| now >= e);
+        }
+        self.over
+    }
+}
+
 /// What one side holds.
 struct Buffer {
     /// By (timestamp, arrival sequence): released in time order.
@@ -194,10 +231,10 @@ pub struct JoinStage {
     max_buffered: usize,
     idle: Duration,
     sides: [Buffer; 2],
-    /// Until then (`idle` after the start) no bound is judged: what the
-    /// sources send again after a restart comes in any order between the
-    /// two sides, and must all be in before anything leaves.
-    warm_until: Instant,
+    /// No bound is judged until it is over: what the sources send again
+    /// after a restart comes in any order between the two sides, and must
+    /// all be in before anything leaves.
+    warmup: Warmup,
     seq: u64,
     /// A stop: nothing is held any more, what arrives fails at once.
     stopped: bool,
@@ -229,7 +266,7 @@ impl JoinStage {
             max_buffered: usize::try_from(j.max_buffered).unwrap_or(usize::MAX).max(1),
             idle: j.idle,
             sides: [Buffer::new(now), Buffer::new(now)],
-            warm_until: now + j.idle,
+            warmup: Warmup::default(),
             seq: 0,
             stopped: false,
             counts: Arc::default(),
@@ -253,11 +290,10 @@ impl JoinStage {
 
     /// Whether the other side's progress has passed the bound of an event
     /// of `side` with timestamp `ts`: no event still to come can match it.
-    fn passed(&self, side: Side, ts: i64, now: Instant) -> bool {
+    /// `warm`: the warm-up is over.
+    fn passed(&self, side: Side, ts: i64, warm: bool) -> bool {
         let o = &self.sides[side.other() as usize];
-        o.ended
-            || (now >= self.warm_until
-                && o.max_ts.is_some_and(|m| m.saturating_sub(self.hold) > ts))
+        o.ended || (warm && o.max_ts.is_some_and(|m| m.saturating_sub(self.hold) > ts))
     }
 
     /// Takes a batch of one side: matches each event against the other
@@ -279,12 +315,18 @@ impl JoinStage {
             Side::Right => (ack, None),
         };
         let now = Instant::now();
+        self.warmup.heard(side, now);
+        let warm = self.warmup.over(now, self.idle);
+        let lateness = self.hold - self.within;
         let s = side as usize;
         let o = side.other() as usize;
         for e in events {
             let share = ack.share();
             let ts = e.timestamp;
             let b = &mut self.sides[s];
+            // More than `lateness` behind its own side: the other side may
+            // have let go of its matches already.
+            let behind = warm && b.max_ts.is_some_and(|m| m.saturating_sub(lateness) > ts);
             b.max_ts = Some(b.max_ts.map_or(ts, |m| m.max(ts)));
             let Some(key) = key_text(&e, &self.on) else {
                 // Nothing to match by: a left event misses at once.
@@ -296,10 +338,10 @@ impl JoinStage {
             if full {
                 self.counts.overflow[s].add(1);
             }
-            let late = self.passed(side, ts, now);
-            if late && !self.sides[o].ended {
+            let late = self.passed(side, ts, warm);
+            if (late || behind) && !self.sides[o].ended {
                 if self.counts.late[s].get() == 0 {
-                    tracing::warn!(side = side.name(), "an event came after the other side's watermark had passed its bound: more disorder than `lateness`; it may miss matches (counted in dab_join_late_total)");
+                    tracing::warn!(side = side.name(), "an event came more than `lateness` behind its own side, or after the other side's watermark had passed its bound: more disorder than `lateness`; it may miss matches (counted in dab_join_late_total)");
                 }
                 self.counts.late[s].add(1);
             }
@@ -414,6 +456,7 @@ impl JoinStage {
 
     /// Lets every event whose bound has passed leave, on both sides.
     pub fn release(&mut self, now: Instant, m: &PipelineMetrics, out: &mut Vec<Out>) {
+        let warm = self.warmup.over(now, self.idle);
         for side in [Side::Left, Side::Right] {
             let s = side as usize;
             let o = &self.sides[side.other() as usize];
@@ -421,7 +464,7 @@ impl JoinStage {
             let cutoff = o.max_ts.map(|mx| mx.saturating_sub(self.hold));
             let idle = now.saturating_duration_since(o.last_arrival) >= self.idle;
             let mut due: Vec<(i64, u64)> = Vec::new();
-            if !all && now < self.warm_until {
+            if !all && !warm {
                 continue;
             }
             if all {
@@ -761,7 +804,7 @@ mod tests {
             idle: Duration::from_secs(3600),
         });
         // No warm-up: bounds are judged from the first event on.
-        j.warm_until = Instant::now();
+        j.warmup.over = true;
         j
     }
 
@@ -1024,6 +1067,73 @@ mod tests {
         );
         let _ = settle(out);
         assert_eq!(order.lock().unwrap()[..2], ["left", "right"]);
+    }
+
+    /// After a restart whose clients take longer than `idle` to begin, the
+    /// warm-up still holds what they send: it counts from the sources.
+    #[test]
+    fn the_warm_up_counts_from_the_sources_not_the_start() {
+        let m = PipelineMetrics::default();
+        let idle = Duration::from_millis(200);
+        let mut j = JoinStage::new(&Join {
+            stream: "R".into(),
+            on: Operand::Payload(vec!["k".into()]),
+            within: Duration::from_secs(1),
+            lateness: Duration::from_secs(1),
+            into: "r".into(),
+            miss: Miss::Keep,
+            max_buffered: 100,
+            idle,
+        });
+        // The clients come back later than `idle` after the start.
+        std::thread::sleep(idle + Duration::from_millis(100));
+        let mut out = Vec::new();
+        // The right side's resent requests come first and reach far ahead...
+        j.absorb(
+            Side::Right,
+            Batch::new(vec![ev("r", 500, "z", 1)], AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        // ...then the left side's, whose matches come after them.
+        j.absorb(
+            Side::Left,
+            Batch::new(vec![ev("l", 100, "a", 1)], AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        j.absorb(
+            Side::Right,
+            Batch::new(vec![ev("r", 100, "a", 2)], AckToken::untracked()),
+            &m,
+            &mut out,
+        );
+        assert_eq!(j.counts.late[0].get(), 0, "nothing is late in the warm-up");
+        j.release(Instant::now() + idle, &m, &mut out);
+        let outs = settle(out);
+        assert_eq!(outs.len(), 1, "one output: the match, not a miss");
+        assert!(String::from_utf8_lossy(&outs[0].message).contains("\"r\":"));
+        assert_eq!(j.counts.misses.get(), 0);
+    }
+
+    /// An event more than `lateness` behind its own side is counted late:
+    /// the other side may have let go of its matches.
+    #[test]
+    fn disorder_beyond_lateness_within_a_side_is_counted_late() {
+        let m = PipelineMetrics::default();
+        let mut j = stage(1, Miss::Keep, 100);
+        let mut out = Vec::new();
+        for (ts, n) in [(100, 1), (99, 2), (97, 3)] {
+            j.absorb(
+                Side::Left,
+                Batch::new(vec![ev("l", ts, "a", n)], AckToken::untracked()),
+                &m,
+                &mut out,
+            );
+        }
+        // 99 is 1 s behind (within `lateness`), 97 is 3 s behind.
+        assert_eq!(j.counts.late[0].get(), 1);
+        assert_eq!(j.counts.late[1].get(), 0);
     }
 
     fn ev_ms(host: &str, ms: i64, key: &str, offset: u64) -> Event {
