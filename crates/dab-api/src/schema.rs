@@ -551,6 +551,12 @@ static KINDS: &[KindSpec] = &[
                 FieldType::Enum(&["block", "drop_newest"]),
                 "at max_bytes: `block` (back pressure, the default) or `drop_newest` (refused events go to OnError or are counted)",
             ),
+            opt(
+                "max_redeliveries",
+                FieldType::Int,
+                "times a reader sends a batch that failed downstream again before it goes to OnError (default: no limit, so that the queue rides out an outage; a limit keeps one batch that always fails from holding the queue)",
+            )
+            .within(0, 1_000_000),
         ],
     },
     // Tables (`Enrich(Table, ...)`, SPEC section 9).

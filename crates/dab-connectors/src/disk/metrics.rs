@@ -181,6 +181,11 @@ pub struct DiskReaderMetrics {
     pub(crate) acked: AtomicU64,
     pub(crate) failed_batches: AtomicU64,
     pub(crate) undecodable: AtomicU64,
+    /// Events given up on after `max_redeliveries`: sent once more,
+    /// marked for `OnError`.
+    pub(crate) exhausted: AtomicU64,
+    /// Of those, events not even `OnError` took: acknowledged past.
+    pub(crate) exhausted_lost: AtomicU64,
 }
 
 impl DiskReaderMetrics {
@@ -193,6 +198,8 @@ impl DiskReaderMetrics {
             acked: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
+            exhausted: AtomicU64::new(0),
+            exhausted_lost: AtomicU64::new(0),
         }
     }
 
@@ -228,8 +235,18 @@ impl ConnectorMetrics for DiskReaderMetrics {
         ));
         out.push(counter(
             "dab_diskq_reader_failed_batches_total",
-            "Batches whose delivery failed; each is sent again after a back-off",
+            "Batches whose delivery failed; each is sent again after a back-off, up to max_redeliveries times",
             &self.failed_batches,
+        ));
+        out.push(counter(
+            "dab_diskq_reader_exhausted_total",
+            "Events given up on after max_redeliveries, sent to OnError or dropped",
+            &self.exhausted,
+        ));
+        out.push(counter(
+            "dab_diskq_reader_exhausted_lost_total",
+            "Events given up on that not even OnError took (its pipeline was gone); acknowledged past",
+            &self.exhausted_lost,
         ));
         out.push(counter(
             "dab_diskq_reader_undecodable_total",

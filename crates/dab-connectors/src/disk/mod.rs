@@ -19,7 +19,12 @@
 //!   refuses the newest events, which go to `OnError` or are counted.
 //! - A reader hands durable records on as batches and acknowledges a batch
 //!   to the queue when its `AckToken` settles delivered and every batch
-//!   before it has; a failed batch is sent again after a back-off.
+//!   before it has; a failed batch is sent again after a back-off, with
+//!   no limit by default (the queue is there to ride out an outage), or
+//!   up to `max_redeliveries` times: then once more, marked
+//!   `retries_exhausted`, so that the pipeline hands it to `OnError` (or
+//!   counts it dropped) and one batch that always fails does not hold
+//!   the queue.
 
 mod metrics;
 mod owner;
@@ -51,6 +56,9 @@ pub struct DiskConfig {
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
     pub when_full: WhenFull,
+    /// Times a reader sends a failed batch again before giving up on it
+    /// (`OnError`); `None`: no limit.
+    pub max_redeliveries: Option<u32>,
 }
 
 impl DiskConfig {
@@ -105,12 +113,26 @@ impl DiskConfig {
                 )))
             }
         };
+        let max_redeliveries = match fields.get("max_redeliveries") {
+            None => None,
+            Some(ConfigValue::Int(n)) => Some(u32::try_from(*n).map_err(|_| {
+                bad(format!(
+                    "`max_redeliveries` must be between 0 and 1000000, found {n}"
+                ))
+            })?),
+            Some(v) => {
+                return Err(bad(format!(
+                    "`max_redeliveries` must be a whole number, found {v:?}"
+                )))
+            }
+        };
         Ok(DiskConfig {
             path,
             max_bytes,
             segment_bytes,
             fsync,
             when_full,
+            max_redeliveries,
         })
     }
 
@@ -206,7 +228,11 @@ impl SourceFactory for DiskSourceFactory {
         let readers = declared_readers(fields);
         let owner = owner::Owner::get(&queue, &cfg, readers.as_deref()).map_err(failed(name))?;
         owner.add_reader(&reader).map_err(failed(name))?;
-        Ok(Box::new(source::DiskSource::new(owner, &reader)))
+        Ok(Box::new(source::DiskSource::new(
+            owner,
+            &reader,
+            cfg.max_redeliveries,
+        )))
     }
 }
 

@@ -33,15 +33,23 @@ pub(super) struct DiskSource {
     owner: Arc<Owner>,
     reader: String,
     metrics: Arc<DiskReaderMetrics>,
+    /// Times a failed batch is sent again before it is given up on;
+    /// `None`: no limit.
+    max_redeliveries: Option<u32>,
 }
 
 impl DiskSource {
-    pub(super) fn new(owner: Arc<Owner>, reader: &str) -> DiskSource {
+    pub(super) fn new(
+        owner: Arc<Owner>,
+        reader: &str,
+        max_redeliveries: Option<u32>,
+    ) -> DiskSource {
         let metrics = Arc::new(DiskReaderMetrics::new(Arc::clone(&owner.metrics), reader));
         DiskSource {
             owner,
             reader: reader.to_owned(),
             metrics,
+            max_redeliveries,
         }
     }
 }
@@ -59,6 +67,8 @@ struct Slot {
     events: Vec<Event>,
     state: State,
     attempts: u32,
+    /// Given up on: sent once more, marked for `OnError`.
+    exhausted: bool,
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -96,7 +106,9 @@ impl DiskSource {
         });
         DiskReaderMetrics::add(&self.metrics.batches, 1);
         DiskReaderMetrics::add(&self.metrics.events, slot.events.len() as u64);
-        Batch::new(slot.events.clone(), token)
+        let mut batch = Batch::new(slot.events.clone(), token);
+        batch.retries_exhausted = slot.exhausted;
+        batch
     }
 
     /// Settles slot `id`; acknowledges the done prefix to the queue.
@@ -106,11 +118,27 @@ impl DiskSource {
         };
         match status {
             AckStatus::Delivered => slot.state = State::Done,
+            AckStatus::Failed if slot.exhausted => {
+                // Not even `OnError` took them (it, or the pipeline, is
+                // gone): counted, logged, and acknowledged past, as the
+                // limit promised.
+                let n = slot.events.len() as u64;
+                DiskReaderMetrics::add(&self.metrics.exhausted_lost, n);
+                tracing::error!(queue = %self.owner.queue, reader = %self.reader, events = n, "events given up on after max_redeliveries could not be handed to OnError; dropped (retries_exhausted)");
+                slot.state = State::Done;
+            }
             AckStatus::Failed => {
                 DiskReaderMetrics::add(&self.metrics.failed_batches, 1);
-                slot.state = State::Failed {
-                    at: Instant::now() + backoff(slot.attempts),
-                };
+                if self.max_redeliveries.is_some_and(|m| slot.attempts >= m) {
+                    // Given up on: sent at once, one last time, marked.
+                    DiskReaderMetrics::add(&self.metrics.exhausted, slot.events.len() as u64);
+                    slot.exhausted = true;
+                    slot.state = State::Failed { at: Instant::now() };
+                } else {
+                    slot.state = State::Failed {
+                        at: Instant::now() + backoff(slot.attempts),
+                    };
+                }
             }
         }
         let mut acked = None;
@@ -182,7 +210,7 @@ impl Source for DiskSource {
                     };
                     let bytes: usize = records.iter().map(|r| r.1.len()).sum();
                     let (last, events) = decode(records, &origin, &self.metrics);
-                    let slot = Slot { last, events, state: State::InFlight, attempts: 0 };
+                    let slot = Slot { last, events, state: State::InFlight, attempts: 0, exhausted: false };
                     let batch = self.batch(&slot, &ack_tx);
                     let n = slot.events.len() as u64;
                     slots.push_back(slot);

@@ -174,6 +174,71 @@ async fn events_round_trip_acks_follow_durability_and_a_failed_batch_comes_again
     reader.task.await.unwrap().unwrap();
 }
 
+/// With `max_redeliveries: 1` a batch that fails is sent again once, then
+/// once more marked `retries_exhausted` (for `OnError`); when even that
+/// fails it is counted and acknowledged past, so the queue moves on.
+/// Without a limit it keeps coming.
+#[tokio::test]
+async fn a_batch_that_keeps_failing_is_given_up_on_after_max_redeliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = [
+        ("fsync", ConfigValue::Int(20)),
+        ("max_redeliveries", ConfigValue::Int(1)),
+    ];
+    let f = fields(dir.path(), &opts);
+    let mut sink = DiskSinkFactory.build("Q", &f).unwrap();
+    sink.write(&(0..10).map(event).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let rf = reader_fields(dir.path(), "Q", "p", &opts);
+    let mut reader = start_reader(&rf);
+    let first = next(&mut reader).await;
+    assert!(!first.retries_exhausted);
+    first.ack.fail();
+    let second = next(&mut reader).await;
+    assert!(!second.retries_exhausted, "one redelivery first");
+    second.ack.fail();
+    let last = next(&mut reader).await;
+    assert!(
+        last.retries_exhausted,
+        "then given up on, marked for OnError"
+    );
+    assert_eq!(last.len(), 10);
+    last.ack.fail();
+    // Acknowledged past: the queue's records are all acknowledged.
+    let owner = owner::Owner::get("Q", &DiskConfig::from_fields("Q", &f).unwrap(), None).unwrap();
+    let mut acked = 0;
+    for _ in 0..500 {
+        acked = owner.metrics.snapshot().records_acked;
+        if acked == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(acked, 10);
+    reader.stop.cancel();
+    reader.task.await.unwrap().unwrap();
+    drop((sink, owner));
+
+    // No limit (the default): failed three times, it still comes, unmarked.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = [("fsync", ConfigValue::Int(20))];
+    let f = fields(dir.path(), &opts);
+    let mut sink = DiskSinkFactory.build("Q2", &f).unwrap();
+    sink.write(&[event(1)]).await.unwrap();
+    let mut reader = start_reader(&reader_fields(dir.path(), "Q2", "p", &opts));
+    for _ in 0..3 {
+        let b = next(&mut reader).await;
+        assert!(!b.retries_exhausted);
+        b.ack.fail();
+    }
+    let b = next(&mut reader).await;
+    assert!(!b.retries_exhausted);
+    b.ack.complete();
+    reader.stop.cancel();
+    reader.task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_full_queue_holds_the_write_until_a_reader_makes_room() {
     let dir = tempfile::tempdir().unwrap();
