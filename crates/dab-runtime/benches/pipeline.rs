@@ -5,8 +5,9 @@
 //! target is 3 million events/s for
 //! `Generator -> FilterType -> WithSampleRate -> Blackhole`; the bare
 //! `Generator -> Blackhole` figure shows what the stages add. Issue 14's
-//! `generator_3_routes_out_by_blackholes` (three `Route`s and `Out(...,
-//! by = host)`) is to reach 0.8 of `generator_blackhole`.
+//! `generator_3_routes_out_by_pid_blackholes` (three `Route`s and
+//! `Out(..., by = pid)`, 1,000 pids spread over the three outputs) is to
+//! reach 0.8 of `generator_blackhole`.
 //!
 //! `taskset -c 0 cargo bench -p dab-runtime --bench pipeline`
 
@@ -118,8 +119,8 @@ fn pipeline(c: &mut Criterion) {
         // (none matches, so each is evaluated on every event), then each
         // event to one of three sinks by its host.
         (
-            "generator_3_routes_out_by_blackholes",
-            "bench.NewPipeline().In(Gen).Route(type == \"C\", B1).Route(tags.zone == \"none\", B2).Route(pid == 4000000, B3).Out(B1, B2, B3, by = host)",
+            "generator_3_routes_out_by_pid_blackholes",
+            "bench.NewPipeline().In(Gen).Route(type == \"C\", B1).Route(tags.zone == \"none\", B2).Route(pid == 4000000, B3).Out(B1, B2, B3, by = pid)",
             None,
         ),
     ];

@@ -76,12 +76,33 @@ impl By {
     /// Moves each event of `batch` to the part of the output its key
     /// picks; `n` parts.
     fn split(&self, batch: &mut Batch, n: usize) -> Vec<Vec<dab_api::Event>> {
-        let mut parts: Vec<Vec<dab_api::Event>> = (0..n).map(|_| Vec::new()).collect();
+        // The picks first, then each event moved once into a part of
+        // exactly its size (growing parts copied events again and again).
         let mut key = Vec::with_capacity(64);
-        for e in batch.events.drain(..) {
-            key.clear();
-            key_bytes(&e, &self.keys, &mut key);
-            let i = self.hash.pick(&key).min(n.saturating_sub(1));
+        let mut sizes = vec![0usize; n.max(1)];
+        let picks: Vec<usize> = batch
+            .events
+            .iter()
+            .map(|e| {
+                key.clear();
+                key_bytes(e, &self.keys, &mut key);
+                let i = self.hash.pick(&key).min(n.saturating_sub(1));
+                sizes[i] += 1;
+                i
+            })
+            .collect();
+        // All to one output (a batch of one host, one team): the batch's
+        // events move as they are.
+        if let Some(only) = sizes.iter().position(|&s| s == batch.events.len()) {
+            let mut parts: Vec<Vec<dab_api::Event>> = (0..n).map(|_| Vec::new()).collect();
+            if let Some(p) = parts.get_mut(only) {
+                *p = std::mem::take(&mut batch.events);
+            }
+            return parts;
+        }
+        let mut parts: Vec<Vec<dab_api::Event>> =
+            sizes.iter().map(|&s| Vec::with_capacity(s)).collect();
+        for (e, i) in batch.events.drain(..).zip(picks) {
             parts[i].push(e);
         }
         parts

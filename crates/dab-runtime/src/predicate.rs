@@ -151,6 +151,122 @@ pub fn read_into(e: &Event, o: &Operand, out: &mut Owned) {
     });
 }
 
+/// Whether `op` holds for an ordering; `None` (a missing or incomparable
+/// value) equals nothing.
+fn holds(op: CmpOp, ord: Option<Ordering>) -> bool {
+    match op {
+        CmpOp::Eq => ord == Some(Ordering::Equal),
+        CmpOp::Ne => ord != Some(Ordering::Equal),
+        CmpOp::Lt => ord == Some(Ordering::Less),
+        CmpOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+        CmpOp::Gt => ord == Some(Ordering::Greater),
+        CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+    }
+}
+
+/// A condition prepared once for the events of many batches (`Filter`,
+/// `Route`): the common comparisons, an envelope field or a tag against a
+/// literal of its kind, are resolved ahead, so that testing one is a
+/// match and a compare. It gives what [`eval`] gives (a test holds them
+/// to it); everything else is left to [`eval`].
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Const(bool),
+    Not(Box<Prepared>),
+    And(Box<Prepared>, Box<Prepared>),
+    Or(Box<Prepared>, Box<Prepared>),
+    /// `host`, `type` or `message` against a string.
+    Text {
+        field: Field,
+        op: CmpOp,
+        lit: Box<[u8]>,
+    },
+    /// `tags.k` against a string.
+    Tag {
+        key: Box<str>,
+        op: CmpOp,
+        lit: Box<[u8]>,
+    },
+    /// `timestamp`, `offset` or `pid` against an integer.
+    Int {
+        field: Field,
+        op: CmpOp,
+        lit: i64,
+    },
+    Other(Predicate),
+}
+
+impl Prepared {
+    pub fn new(p: &Predicate) -> Prepared {
+        match p {
+            Predicate::Const(b) => Prepared::Const(*b),
+            Predicate::Not(a) => Prepared::Not(Box::new(Prepared::new(a))),
+            Predicate::And(a, b) => {
+                Prepared::And(Box::new(Prepared::new(a)), Box::new(Prepared::new(b)))
+            }
+            Predicate::Or(a, b) => {
+                Prepared::Or(Box::new(Prepared::new(a)), Box::new(Prepared::new(b)))
+            }
+            Predicate::Compare {
+                lhs,
+                op,
+                rhs: Operand::Value(v),
+            } => match (lhs, v) {
+                (
+                    Operand::Field(f @ (Field::Host | Field::Type | Field::Message)),
+                    Value::Str(s),
+                ) => Prepared::Text {
+                    field: *f,
+                    op: *op,
+                    lit: s.as_bytes().into(),
+                },
+                (
+                    Operand::Field(f @ (Field::Timestamp | Field::Offset | Field::Pid)),
+                    Value::Int(i),
+                ) => Prepared::Int {
+                    field: *f,
+                    op: *op,
+                    lit: *i,
+                },
+                (Operand::Tag(k), Value::Str(s)) => Prepared::Tag {
+                    key: k.as_str().into(),
+                    op: *op,
+                    lit: s.as_bytes().into(),
+                },
+                _ => Prepared::Other(p.clone()),
+            },
+            _ => Prepared::Other(p.clone()),
+        }
+    }
+
+    pub fn eval(&self, e: &Event) -> bool {
+        match self {
+            Prepared::Const(b) => *b,
+            Prepared::Not(a) => !a.eval(e),
+            Prepared::And(a, b) => a.eval(e) && b.eval(e),
+            Prepared::Or(a, b) => a.eval(e) || b.eval(e),
+            Prepared::Text { field, op, lit } => {
+                let v: &[u8] = match field {
+                    Field::Host => e.host.as_bytes(),
+                    Field::Type => e.ty.as_bytes(),
+                    _ => &e.message,
+                };
+                holds(*op, Some(v.cmp(lit)))
+            }
+            Prepared::Tag { key, op, lit } => holds(*op, e.tag(key).map(|v| v.as_bytes().cmp(lit))),
+            Prepared::Int { field, op, lit } => {
+                let v = match field {
+                    Field::Timestamp => e.timestamp,
+                    Field::Offset => i64::try_from(e.offset).unwrap_or(i64::MAX),
+                    _ => i64::from(e.pid),
+                };
+                holds(*op, Some(v.cmp(lit)))
+            }
+            Prepared::Other(p) => eval(p, e),
+        }
+    }
+}
+
 pub fn eval(p: &Predicate, e: &Event) -> bool {
     match p {
         Predicate::Const(b) => *b,
@@ -159,18 +275,85 @@ pub fn eval(p: &Predicate, e: &Event) -> bool {
         Predicate::Or(a, b) => eval(a, e) || eval(b, e),
         Predicate::Compare { lhs, op, rhs } => {
             let ord = with_operand(e, lhs, |l| with_operand(e, rhs, |r| order(&l, &r)));
-            match op {
-                CmpOp::Eq => ord == Some(Ordering::Equal),
-                CmpOp::Ne => ord != Some(Ordering::Equal),
-                CmpOp::Lt => ord == Some(Ordering::Less),
-                CmpOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
-                CmpOp::Gt => ord == Some(Ordering::Greater),
-                CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
-            }
+            holds(*op, ord)
         }
         Predicate::In { lhs, set } => with_operand(e, lhs, |v| {
             set.iter()
                 .any(|item| order(&v, &literal(item)) == Some(Ordering::Equal))
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dab_api::Text;
+
+    /// `Prepared` gives what `eval` gives, for every shape it resolves
+    /// ahead and some it leaves, on events with and without the tag.
+    #[test]
+    fn prepared_agrees_with_eval() {
+        let f = |x| Operand::Field(x);
+        let s = |x: &str| Operand::Value(Value::Str(x.into()));
+        let i = |x| Operand::Value(Value::Int(x));
+        let ops = [
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+        ];
+        let mut preds = Vec::new();
+        for op in ops {
+            let cmp = |lhs, rhs| Predicate::Compare { lhs, op, rhs };
+            preds.push(cmp(f(Field::Host), s("h2")));
+            preds.push(cmp(f(Field::Type), s("B")));
+            preds.push(cmp(f(Field::Message), s("{}")));
+            preds.push(cmp(Operand::Tag("zone".into()), s("eu")));
+            preds.push(cmp(f(Field::Pid), i(2)));
+            preds.push(cmp(f(Field::Offset), i(-1)));
+            preds.push(cmp(f(Field::Timestamp), i(5)));
+            // Left to `eval`: a float literal, a literal on the left, a
+            // payload field.
+            preds.push(cmp(f(Field::Pid), Operand::Value(Value::Float(2.5))));
+            preds.push(cmp(s("h2"), f(Field::Host)));
+            preds.push(cmp(Operand::Payload(vec!["n".into()]), i(3)));
+        }
+        let n = preds.len();
+        for k in 0..n {
+            let a = Box::new(preds[k].clone());
+            let b = Box::new(preds[(k * 7 + 3) % n].clone());
+            preds.push(Predicate::And(a.clone(), b.clone()));
+            preds.push(Predicate::Or(a.clone(), b));
+            preds.push(Predicate::Not(a));
+        }
+        preds.push(Predicate::Const(true));
+        let mut events = Vec::new();
+        for (host, ty, pid, offset, ts, zone) in [
+            ("h1", "A", 1, 0, 4, None),
+            ("h2", "B", 2, u64::MAX, 5, Some("eu")),
+            ("h3", "C", 3, 7, 6, Some("us")),
+        ] {
+            let mut e = Event {
+                host: Text::from(host),
+                ty: Text::from(ty),
+                pid,
+                offset,
+                timestamp: ts,
+                message: bytes::Bytes::from(format!("{{\"n\":{pid}}}")),
+                ..Event::default()
+            };
+            if let Some(z) = zone {
+                e.set_tag(Text::from("zone"), Text::from(z));
+            }
+            events.push(e);
+        }
+        for p in &preds {
+            let prepared = Prepared::new(p);
+            for e in &events {
+                assert_eq!(prepared.eval(e), eval(p, e), "{p:?} on {e:?}");
+            }
+        }
     }
 }

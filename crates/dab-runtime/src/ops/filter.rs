@@ -8,7 +8,7 @@ use dab_plan::ops::{OpConfig, OpSpec, Param, ParamType};
 
 use super::{ApplyCx, BuildCx, OpModule, RunStage};
 use crate::metrics::DropReason;
-use crate::predicate::eval;
+use crate::predicate::Prepared;
 
 #[derive(Debug)]
 pub struct Filter;
@@ -55,7 +55,7 @@ impl OpModule for Filter {
     }
 
     fn build(&self, c: &Config, _cx: &mut BuildCx<'_>) -> Result<Box<dyn RunStage>, String> {
-        Ok(Box::new(Run(c.predicate.clone())))
+        Ok(Box::new(Run(Prepared::new(&c.predicate))))
     }
 }
 
@@ -65,12 +65,12 @@ impl OpConfig for Config {
     }
 }
 
-struct Run(Predicate);
+struct Run(Prepared);
 
 #[async_trait]
 impl RunStage for Run {
     async fn apply(&mut self, batch: &mut Batch, cx: &ApplyCx<'_>) {
         let p = &self.0;
-        cx.keep_where(&mut batch.events, DropReason::Filter, |e| eval(p, e));
+        cx.keep_where(&mut batch.events, DropReason::Filter, |e| p.eval(e));
     }
 }

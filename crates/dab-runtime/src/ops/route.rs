@@ -11,7 +11,7 @@ use dab_plan::ops::{OpConfig, OpSpec, Param, ParamType, SideOutput};
 
 use super::{ApplyCx, BuildCx, OpModule, RunStage};
 use crate::output::OutputTx;
-use crate::predicate::eval;
+use crate::predicate::Prepared;
 
 #[derive(Debug)]
 pub struct Route;
@@ -73,7 +73,7 @@ impl OpModule for Route {
 
     fn build(&self, c: &Config, cx: &mut BuildCx<'_>) -> Result<Box<dyn RunStage>, String> {
         Ok(Box::new(Run {
-            predicate: c.predicate.clone(),
+            predicate: Prepared::new(&c.predicate),
             target: cx
                 .output(&c.target)
                 .ok_or_else(|| format!("the route target `{}` was not built", c.target))?,
@@ -95,7 +95,7 @@ impl OpConfig for Config {
 }
 
 struct Run {
-    predicate: Predicate,
+    predicate: Prepared,
     target: OutputTx,
 }
 
@@ -105,13 +105,13 @@ impl RunStage for Run {
         let predicate = &self.predicate;
         // Each event is evaluated once: up to the first match, then the
         // rest while splitting.
-        let Some(first) = batch.events.iter().position(|e| eval(predicate, e)) else {
+        let Some(first) = batch.events.iter().position(|e| predicate.eval(e)) else {
             return;
         };
         let mut taken = Vec::new();
         let mut rest = Vec::with_capacity(batch.events.len());
         for (i, e) in batch.events.drain(..).enumerate() {
-            if i == first || (i > first && eval(predicate, &e)) {
+            if i == first || (i > first && predicate.eval(&e)) {
                 taken.push(e);
             } else {
                 rest.push(e);
