@@ -756,7 +756,7 @@ impl ConnectorMetrics for JoinMetrics {
             out.push(
                 labels(Sample::counter(
                     "dab_join_late_total",
-                    "Events that came after the other side's watermark had passed their bound (more disorder than `lateness`), by side",
+                    "Events that came more than `lateness` behind their own side, or after the other side's watermark had passed their bound (more disorder than `lateness`; they may miss matches), by side",
                     c.late[side as usize].get(),
                 ))
                 .label("side", side.name()),
