@@ -289,10 +289,14 @@ fn ordered_client(addr: String, chunks: Vec<String>, window: usize, limit: Durat
             }
         }
         // Every request not answered 200 is sent again, in order; one
-        // whose answer came (unread behind the first) is not.
+        // whose answer came (unread behind the first) is not. Only what
+        // has arrived is read: some of these may be held by a new process
+        // (sent after the kill, while answers from before it were still
+        // being read), and waiting on each of them would leave both sides
+        // silent for seconds, past the join's `idle`.
         let mut again = Vec::new();
         for (i, mut s) in open.drain(..) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.set_nonblocking(true);
             if read_status(&mut s) != Some(200) {
                 again.push(i);
             }
@@ -486,10 +490,34 @@ fn http_inputs_killed_9_three_times_give_the_output_of_a_run_without_a_crash() {
         }
     }
     let missing: Vec<_> = want.difference(&have).take(10).collect();
-    let extra: Vec<_> = have.difference(&want).take(10).collect();
+    // A request acknowledged just before a kill, whose 200 died with the
+    // process, is sent again; the join cannot tell it from a new one, and
+    // its views whose clicks were acknowledged with it leave as misses
+    // (docs/language.md, `Join`, acknowledgements). Such a miss is allowed
+    // only for a view all of whose expected pairs are in the output, and
+    // from at most two requests per kill; anything else not expected fails.
+    let mut lost_answers = BTreeSet::new();
+    let mut extra = Vec::new();
+    for &(n, click) in have.difference(&want) {
+        let pairs = || want.range((n, Some(0))..=(n, Some(u64::MAX)));
+        if click.is_none() && pairs().next().is_some() && pairs().all(|w| have.contains(w)) {
+            lost_answers.insert(n / CHUNK as u64);
+        } else {
+            extra.push((n, click));
+        }
+    }
+    eprintln!(
+        "views sent again after their answer was lost, left as misses: from requests {lost_answers:?}"
+    );
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "missing (first 10): {missing:?}\nnot expected (first 10): {extra:?}"
+        "missing (first 10): {missing:?}\nnot expected (first 10): {:?}",
+        &extra[..extra.len().min(10)]
+    );
+    assert!(
+        lost_answers.len() <= 2 * kills as usize,
+        "misses for delivered views from {} requests: more than answers lost to {kills} kills could explain",
+        lost_answers.len()
     );
     assert!(
         resent > 0,
