@@ -114,6 +114,20 @@ async fn next(r: &mut Reader) -> Batch {
         .expect("the reader is running")
 }
 
+/// The records the queue holds acknowledged, once they reach `want` (the
+/// acknowledgement is written at the next sync), or after 5 s.
+async fn acked_records(owner: &owner::Owner, want: u64) -> u64 {
+    let mut n = 0;
+    for _ in 0..500 {
+        n = owner.metrics.snapshot().records_acked;
+        if n == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    n
+}
+
 #[tokio::test]
 async fn events_round_trip_acks_follow_durability_and_a_failed_batch_comes_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,18 +156,7 @@ async fn events_round_trip_acks_follow_durability_and_a_failed_batch_comes_again
     again.ack.complete();
     // The acknowledgement reaches the queue (written at the next sync).
     let owner = owner::Owner::get("Q", &DiskConfig::from_fields("Q", &f).unwrap(), None).unwrap();
-    let acked = {
-        let mut n = 0;
-        for _ in 0..500 {
-            n = owner.metrics.snapshot().records_acked;
-            if n == 100 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    };
-    assert_eq!(acked, 100);
+    assert_eq!(acked_records(&owner, 100).await, 100);
     reader.stop.cancel();
     reader.task.await.unwrap().unwrap();
     drop((sink, owner));
@@ -207,15 +210,7 @@ async fn a_batch_that_keeps_failing_is_given_up_on_after_max_redeliveries() {
     last.ack.fail();
     // Acknowledged past: the queue's records are all acknowledged.
     let owner = owner::Owner::get("Q", &DiskConfig::from_fields("Q", &f).unwrap(), None).unwrap();
-    let mut acked = 0;
-    for _ in 0..500 {
-        acked = owner.metrics.snapshot().records_acked;
-        if acked == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(acked, 10);
+    assert_eq!(acked_records(&owner, 10).await, 10);
     reader.stop.cancel();
     reader.task.await.unwrap().unwrap();
     drop((sink, owner));
